@@ -1,0 +1,35 @@
+"""The one small interface behind which every OS difference lives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    start_ticks: int | None  # Linux: /proc/<pid>/stat field 22 (immune to clock steps); else create_time*100
+    create_time: float  # epoch seconds (psutil)
+    uid: int | None
+    username: str | None
+    cmdline: tuple[str, ...]
+    status: str  # psutil status string: running, sleeping, zombie, stopped, ...
+    ppid: int | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.status not in ("zombie", "dead")
+
+
+class Platform(Protocol):
+    name: str  # linux | macos | windows | posix
+
+    def process_info(self, pid: int) -> ProcessInfo | None: ...
+    def process_environ(self, pid: int) -> dict[str, str] | None: ...
+    def iter_processes(self) -> Iterator[ProcessInfo]: ...
+    def current_uid(self) -> int | None: ...
+    def spawn_detached(self, argv: list[str], env: dict[str, str], cwd: str, log_path: str) -> int: ...
+    def request_stop(self, pid: int) -> None: ...
+    def kill_tree(self, pid: int) -> None: ...
+    def lock_is_held(self, path: str) -> bool: ...

@@ -1,0 +1,1 @@
+"""Manifest dataclasses, defaults, spec_hash, loading and schema validation."""

@@ -1,0 +1,37 @@
+"""Durations as written in fleet.yaml: numbers of seconds or strings like 2.5s, 20m, 1h30m."""
+
+from __future__ import annotations
+
+import re
+
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+_WHOLE = re.compile(r"^\s*(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h|d)\s*)+$")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds for a duration value; raises ValueError with the accepted forms."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration, found boolean {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"expected a non-negative duration, found {value!r}")
+        return float(value)
+    if isinstance(value, str) and _WHOLE.match(value):
+        return sum(float(n) * _UNIT_SECONDS[u] for n, u in _PART.findall(value))
+    raise ValueError(f"expected a duration such as 2.5s, 90s, 20m, 1h or a number of seconds, found {value!r}")
+
+
+def format_duration(seconds: float) -> str:
+    """Short human form: 2.5s, 90s -> 1m30s, 3600 -> 1h."""
+    if seconds < 0:
+        return "-" + format_duration(-seconds)
+    if seconds < 60:
+        text = f"{seconds:.1f}".rstrip("0").rstrip(".")
+        return f"{text}s"
+    whole = int(round(seconds))
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    return "".join(f"{n}{u}" for n, u in parts if n) or "0s"

@@ -1,0 +1,247 @@
+"""fleet.yaml -> validated, defaulted FleetSpec, with every problem located in the file."""
+
+from __future__ import annotations
+
+import os
+import re
+import zoneinfo
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleet.spec import schema
+from fleet.spec.codec import fleet_digest
+from fleet.spec.cron import parse_cron
+from fleet.spec.durations import parse_duration
+from fleet.spec.errors import ManifestError, Problem
+from fleet.spec.model import (
+    DRIVER_HERMES, DRIVER_PROCESS, DrainPolicy, FleetSpec, HealthPolicy, MaintenancePolicy,
+    MaintenanceWindow, ProfileSpec, RestartPolicy,
+)
+from fleet.spec.yamlsource import Located, dotted, load_located
+
+LOOPBACK_NO_PROXY = ("127.0.0.1", "localhost", "::1")
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+# Keys the fleet sets itself; a profile's env may not override them.
+RESERVED_ENV_PREFIXES = ("HERMES_FLEET_",)
+RESERVED_ENV_KEYS = frozenset({
+    "HERMES_HOME", "HERMES_GATEWAY_EXTERNAL_SUPERVISOR", "HERMES_SUPERVISED_CHILD",
+    "HERMES_S6_SUPERVISED_CHILD", "HERMES_GATEWAY_MAX_STARTS",
+})
+HERMES_MARKER_ENV = (
+    ("HERMES_GATEWAY_EXTERNAL_SUPERVISOR", "1"),
+    ("HERMES_SUPERVISED_CHILD", "1"),
+    ("HERMES_S6_SUPERVISED_CHILD", "1"),
+    ("HERMES_GATEWAY_MAX_STARTS", "0"),
+)
+POLICY_BLOCKS = ("hermes", "proxy", "restart", "drain", "health", "maintenance")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: str
+    text: str
+    spec: FleetSpec
+    digest: str  # sha256 of the canonical effective spec
+
+
+def read_manifest_text(path: str | os.PathLike) -> str:
+    p = Path(path)
+    name = str(path)
+    try:
+        if p.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ManifestError([Problem(name, 0, 0, "", f"the file is larger than {MAX_MANIFEST_BYTES // (1024 * 1024)} MiB")])
+        return p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError([Problem(name, 0, 0, "", "file not found",
+                                     "pass -f FILE or run in the folder that holds fleet.yaml")]) from None
+    except IsADirectoryError:
+        raise ManifestError([Problem(name, 0, 0, "", "is a directory, expected a fleet.yaml file")]) from None
+    except UnicodeDecodeError as exc:
+        raise ManifestError([Problem(name, 0, 0, "", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]) from None
+    except PermissionError:
+        raise ManifestError([Problem(name, 0, 0, "", "permission denied")]) from None
+
+
+def load_manifest(path: str | os.PathLike) -> Manifest:
+    text = read_manifest_text(path)
+    return parse_manifest(text, str(path), base_dir=str(Path(path).resolve().parent))
+
+
+def parse_manifest(text: str, filename: str, base_dir: str) -> Manifest:
+    located = load_located(text, filename)
+    if not isinstance(located.data, dict):
+        raise ManifestError([Problem(filename, 1, 1, "", "expected a mapping with 'version' and 'profiles' at the top level")])
+    problems = schema.validate_document(located, filename)
+    if problems:
+        raise ManifestError(problems)
+    builder = _Builder(located, filename, base_dir)
+    spec = builder.build()
+    if builder.problems:
+        raise ManifestError(builder.problems)
+    return Manifest(path=filename, text=text, spec=spec, digest=fleet_digest(spec))
+
+
+def _merge(*blocks: dict | None) -> dict:
+    out: dict = {}
+    for block in blocks:
+        if block:
+            out.update(block)
+    return out
+
+
+def _resolve_path(value: str, base_dir: str) -> str:
+    expanded = os.path.expanduser(os.path.expandvars(value))
+    if not os.path.isabs(expanded):
+        expanded = os.path.join(base_dir, expanded)
+    return os.path.normpath(expanded)
+
+
+def _env_text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class _Builder:
+    def __init__(self, located: Located, filename: str, base_dir: str):
+        self.located = located
+        self.doc: dict = located.data  # type: ignore[assignment]
+        self.filename = filename
+        self.base_dir = base_dir
+        self.problems: list[Problem] = []
+
+    def problem(self, path: tuple, message: str, hint: str = "") -> None:
+        line, col = self.located.mark(path)
+        self.problems.append(Problem(self.filename, line, col, dotted(path), message, hint))
+
+    def duration(self, value, path: tuple) -> float:
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.problem(path, str(exc))
+            return 0.0
+
+    def block(self, name: str, profile: dict, pname: str) -> tuple[dict, dict[str, tuple]]:
+        """Merged settings of one policy block and where each value came from."""
+        merged = _merge(schema.defaults(name), self.doc.get(name), profile.get(name))
+        origin = {}
+        for key in merged:
+            if key in (profile.get(name) or {}):
+                origin[key] = ("profiles", pname, name, key)
+            elif key in (self.doc.get(name) or {}):
+                origin[key] = (name, key)
+            else:
+                origin[key] = (name,)
+        return merged, origin
+
+    def build(self) -> FleetSpec:
+        hermes_top = _merge(schema.defaults("hermes"), self.doc.get("hermes"))
+        root = _resolve_path(hermes_top["home"], self.base_dir)
+        profiles = [self.profile(name, body or {}) for name, body in sorted((self.doc.get("profiles") or {}).items())]
+        maint_top = _merge(schema.defaults("maintenance"), self.doc.get("maintenance"))
+        return FleetSpec(
+            name=self.doc.get("name", schema.top_default("name")),
+            stagger=self.duration(self.doc.get("stagger", schema.top_default("stagger")), ("stagger",)),
+            max_concurrent_maintenance=int(maint_top["max_concurrent"]),
+            profiles=tuple(p for p in profiles if p is not None),
+            hermes_root=root,
+            default_state_dir=os.path.join(root, "gateway"),
+        )
+
+    def profile(self, name: str, body: dict) -> ProfileSpec | None:
+        at = ("profiles", name)
+        driver = body.get("driver", self.doc.get("driver", schema.def_default("driver")))
+        hermes_cfg, _ = self.block("hermes", body, name)
+        root = _resolve_path(hermes_cfg["home"], self.base_dir)
+        env: dict[str, str] = {}
+
+        if driver == DRIVER_HERMES:
+            prefix = list(body.get("command") or hermes_cfg["command"])
+            # The default profile is launched bare: `-p default` would make Hermes treat it as another profile.
+            command = prefix + ([] if name == "default" else ["-p", name]) + ["gateway", "run", "--external-supervisor"]
+            home = root if name == "default" else os.path.join(root, "profiles", name)
+            env["HERMES_HOME"] = root
+            env.update(HERMES_MARKER_ENV)
+            default_cwd = root
+            default_update = tuple(prefix + ["update"])
+        else:
+            if not body.get("command"):
+                self.problem(at, "the process driver needs 'command': the full command line to run, as a list")
+                return None
+            command = list(body["command"])
+            home = ""
+            default_cwd = self.base_dir
+            default_update = ()
+        cwd = _resolve_path(body["cwd"], self.base_dir) if "cwd" in body else default_cwd
+
+        for key, value in sorted((body.get("env") or {}).items()):
+            if key in RESERVED_ENV_KEYS or key.startswith(RESERVED_ENV_PREFIXES):
+                self.problem(at + ("env", key), f"'{key}' is set by hermes-fleet and cannot be overridden")
+                continue
+            env[key] = _env_text(value)
+        self.proxy_env(body, name, env)
+
+        match = body.get("match")
+        if match is not None:
+            try:
+                re.compile(match)
+            except re.error as exc:
+                self.problem(at + ("match",), f"not a valid regular expression: {exc}")
+
+        restart_cfg, restart_at = self.block("restart", body, name)
+        restart = RestartPolicy(
+            policy=restart_cfg["policy"],
+            backoff=tuple(self.duration(v, restart_at["backoff"] + (i,)) for i, v in enumerate(restart_cfg["backoff"])),
+            cap=self.duration(restart_cfg["cap"], restart_at["cap"]),
+            reset_after=self.duration(restart_cfg["reset_after"], restart_at["reset_after"]),
+        )
+        drain_cfg, drain_at = self.block("drain", body, name)
+        health_cfg, health_at = self.block("health", body, name)
+        maint_cfg, maint_at = self.block("maintenance", body, name)
+        windows = []
+        for i, w in enumerate(maint_cfg.get("windows") or []):
+            wpath = maint_at["windows"] + (i,)
+            try:
+                parse_cron(w["schedule"])
+            except ValueError as exc:
+                self.problem(wpath + ("schedule",), f"not a valid cron schedule: {exc}")
+            tz = w.get("timezone", "UTC")
+            try:
+                zoneinfo.ZoneInfo(tz)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                self.problem(wpath + ("timezone",), f"unknown time zone '{tz}'", "use an IANA name such as Europe/Berlin or UTC")
+            windows.append(MaintenanceWindow(kind=w.get("kind", "allow"), schedule=w["schedule"],
+                                             duration=self.duration(w["duration"], wpath + ("duration",)), timezone=tz))
+        update = tuple(maint_cfg.get("update_command") or default_update)
+        stagger_value = body.get("stagger", self.doc.get("stagger", schema.top_default("stagger")))
+        return ProfileSpec(
+            name=name, driver=driver, command=tuple(command), cwd=cwd,
+            env=tuple(sorted(env.items())), hermes_home=home,
+            desired=body.get("desired", "running"), suspend=bool(body.get("suspend", False)),
+            prune=bool(body.get("prune", True)),
+            stagger=self.duration(stagger_value, at + ("stagger",) if "stagger" in body else ("stagger",)),
+            restart=restart,
+            drain=DrainPolicy(timeout=self.duration(drain_cfg["timeout"], drain_at["timeout"])),
+            health=HealthPolicy(heartbeat_stale=self.duration(health_cfg["heartbeat_stale"], health_at["heartbeat_stale"]),
+                                startup_grace=self.duration(health_cfg["startup_grace"], health_at["startup_grace"])),
+            maintenance=MaintenancePolicy(idle=self.duration(maint_cfg["idle"], maint_at["idle"]),
+                                          max_concurrent=int(maint_cfg["max_concurrent"]),
+                                          update_command=update, windows=tuple(windows)),
+            match=match,
+        )
+
+    def proxy_env(self, body: dict, name: str, env: dict[str, str]) -> None:
+        proxy, _ = self.block("proxy", body, name)
+        schemes = {"HTTP_PROXY": proxy.get("http") or proxy.get("url"),
+                   "HTTPS_PROXY": proxy.get("https") or proxy.get("url"),
+                   "ALL_PROXY": proxy.get("all") or proxy.get("url")}
+        for key, value in schemes.items():
+            if value:
+                env[key] = value
+                env[key.lower()] = value
+        no_proxy = list(LOOPBACK_NO_PROXY)
+        for entry in list(proxy.get("no_proxy") or []) + env.get("NO_PROXY", "").split(","):
+            entry = entry.strip()
+            if entry and entry not in no_proxy:
+                no_proxy.append(entry)
+        env["NO_PROXY"] = env["no_proxy"] = ",".join(no_proxy)

@@ -1,0 +1,109 @@
+"""The effective spec: what fleet.yaml means once defaults are applied and paths resolved."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fleet.spec.hashing import spec_hash_of
+
+DRIVER_HERMES = "hermes"
+DRIVER_PROCESS = "process"
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    policy: str  # always | on-failure | never
+    backoff: tuple[float, ...]
+    cap: float
+    reset_after: float
+
+    def delay(self, consecutive_failures: int) -> float:
+        """Backoff before the respawn that follows `consecutive_failures` failures (>= 1)."""
+        if consecutive_failures <= 0:
+            return 0.0
+        index = min(consecutive_failures, len(self.backoff)) - 1
+        return min(self.backoff[index], self.cap)
+
+
+@dataclass(frozen=True)
+class DrainPolicy:
+    timeout: float
+
+
+@dataclass(frozen=True)
+class HealthPolicy:
+    heartbeat_stale: float
+    startup_grace: float
+
+
+@dataclass(frozen=True)
+class MaintenanceWindow:
+    kind: str  # allow | deny
+    schedule: str
+    duration: float
+    timezone: str
+
+
+@dataclass(frozen=True)
+class MaintenancePolicy:
+    idle: float
+    max_concurrent: int
+    update_command: tuple[str, ...]
+    windows: tuple[MaintenanceWindow, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    name: str
+    driver: str
+    command: tuple[str, ...]
+    cwd: str
+    env: tuple[tuple[str, str], ...]  # only what hermes-fleet sets; sorted by key
+    hermes_home: str  # the profile's own home (hermes driver); "" for the process driver
+    desired: str  # running | stopped
+    suspend: bool
+    prune: bool
+    stagger: float
+    restart: RestartPolicy
+    drain: DrainPolicy
+    health: HealthPolicy
+    maintenance: MaintenancePolicy
+    match: str | None = None
+    spec_hash: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spec_hash", spec_hash_of(self.restart_relevant()))
+
+    def restart_relevant(self) -> dict:
+        """The fields whose change means the running process must be replaced."""
+        return {
+            "driver": self.driver,
+            "command": list(self.command),
+            "cwd": self.cwd,
+            "env": {k: v for k, v in self.env},
+            "hermes_home": self.hermes_home,
+        }
+
+    @property
+    def env_map(self) -> dict[str, str]:
+        return dict(self.env)
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    name: str
+    stagger: float
+    max_concurrent_maintenance: int
+    profiles: tuple[ProfileSpec, ...]  # sorted by name
+    hermes_root: str
+    default_state_dir: str
+
+    def profile(self, name: str) -> ProfileSpec | None:
+        for p in self.profiles:
+            if p.name == name:
+                return p
+        return None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.profiles)
