@@ -96,6 +96,11 @@ def _resolve_path(value: str, base_dir: str) -> str:
     return os.path.normpath(expanded)
 
 
+def _resolve_command(command: list[str], base_dir: str) -> list[str]:
+    """Elements written ./x or ../x are relative to fleet.yaml, so a fleet folder is portable."""
+    return [os.path.normpath(os.path.join(base_dir, c)) if c.startswith(("./", "../")) else c for c in command]
+
+
 def _env_text(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -156,7 +161,7 @@ class _Builder:
         env: dict[str, str] = {}
 
         if driver == DRIVER_HERMES:
-            prefix = list(body.get("command") or hermes_cfg["command"])
+            prefix = _resolve_command(list(body.get("command") or hermes_cfg["command"]), self.base_dir)
             # The default profile is launched bare: `-p default` would make Hermes treat it as another profile.
             command = prefix + ([] if name == "default" else ["-p", name]) + ["gateway", "run", "--external-supervisor"]
             home = root if name == "default" else os.path.join(root, "profiles", name)
@@ -168,7 +173,7 @@ class _Builder:
             if not body.get("command"):
                 self.problem(at, "the process driver needs 'command': the full command line to run, as a list")
                 return None
-            command = list(body["command"])
+            command = _resolve_command(list(body["command"]), self.base_dir)
             home = ""
             default_cwd = self.base_dir
             default_update = ()
@@ -212,7 +217,7 @@ class _Builder:
                 self.problem(wpath + ("timezone",), f"unknown time zone '{tz}'", "use an IANA name such as Europe/Berlin or UTC")
             windows.append(MaintenanceWindow(kind=w.get("kind", "allow"), schedule=w["schedule"],
                                              duration=self.duration(w["duration"], wpath + ("duration",)), timezone=tz))
-        update = tuple(maint_cfg.get("update_command") or default_update)
+        update = tuple(_resolve_command(list(maint_cfg.get("update_command") or default_update), self.base_dir))
         stagger_value = body.get("stagger", self.doc.get("stagger", schema.top_default("stagger")))
         return ProfileSpec(
             name=name, driver=driver, command=tuple(command), cwd=cwd,

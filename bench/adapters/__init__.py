@@ -1,0 +1,1 @@
+"""One adapter per supervisor, all behind `Adapter` (bench/adapters/base.py)."""

@@ -1,0 +1,89 @@
+"""supervisord (the `supervisor` package): one [program:x] per child, foreground daemon.
+
+Restart delay at its minimum: supervisord has no delay setting; `startsecs=0` makes a
+start count at once and `autorestart=true` respawns after any exit. One program per
+child (not one group) because that is what lets `supervisorctl update` restart only the
+changed child (#1154); the price is that a shutdown stops the groups one after another.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+from bench import procs
+from bench.adapters.base import Adapter, base_env
+
+
+class SupervisordAdapter(Adapter):
+    name = "supervisord"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def conf(self):
+        return self.s.directory / "supervisord.conf"
+
+    def write_config(self) -> None:
+        d = self.s.directory
+        (d / "childlogs").mkdir(exist_ok=True)
+        lines = [
+            "[unix_http_server]",
+            f"file={d / 'supervisor.sock'}",
+            "[supervisord]",
+            "nodaemon=true",
+            f"logfile={d / 'supervisord.log'}",
+            f"pidfile={d / 'supervisord.pid'}",
+            f"childlogdir={d / 'childlogs'}",
+            "[rpcinterface:supervisor]",
+            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+            "[supervisorctl]",
+            f"serverurl=unix://{d / 'supervisor.sock'}",
+        ]
+        for name in self.s.names:
+            argv = " ".join(self.child.argv(name, self.s.log))
+            lines += [
+                f"[program:{name}]",
+                f"command={argv}",
+                "autostart=true",
+                "autorestart=true",
+                "startsecs=0",
+                "startretries=1000",
+                "stopsignal=TERM",
+                f'environment=BENCH_TOKEN="{self.tokens[name]}"',
+            ]
+        self.conf.write_text("\n".join(lines) + "\n")
+
+    def _env(self):
+        return base_env(self.s.directory / "home")
+
+    def start(self) -> None:
+        self.proc = self.spawn_foreground(
+            [self.tool.executable("supervisord"), "-n", "-c", str(self.conf)], "supervisord.out", self._env()
+        )
+
+    def supervisor_pids(self) -> list[int]:
+        return [self.proc.pid] if self.proc is not None else []
+
+    def reap_own(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            procs.forget_child(self.proc)
+
+    def managed_child_pids(self) -> dict[str, int]:
+        if self.proc is None or self.proc.poll() is not None:
+            return {}
+        return self.children_of(self.proc.pid)
+
+    def restart_supervisor(self) -> None:
+        self.start()
+
+    def apply_config(self) -> None:
+        self.run([self.tool.executable("supervisorctl"), "-c", str(self.conf), "update"], env=self._env())
+
+    def stop_all(self) -> None:
+        # SIGTERM is supervisord's documented shutdown: it stops every program, then exits.
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)

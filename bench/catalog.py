@@ -1,0 +1,84 @@
+"""What each scenario measures, in which unit, and the target hermes-fleet must meet.
+
+Targets compare our median with the best peer measured in the same run ("best" is the
+lowest value), or with a fixed number. The report and the JSON both read this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OURS = "hermes-fleet"
+PEERS = ("supervisord", "circus", "pm2")
+SUPERVISORS = (OURS, *PEERS)
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str  # le_best_peer | lt_best_peer | eq | lt | none
+    value: float | None = None
+    text: str = ""
+
+    def met(self, ours: float | None, best_peer: float | None) -> bool | None:
+        if ours is None or self.kind == "none":
+            return None
+        if self.kind in ("le_best_peer", "lt_best_peer"):
+            if best_peer is None:
+                return None
+            return ours <= best_peer if self.kind == "le_best_peer" else ours < best_peer
+        if self.kind == "eq":
+            return ours == self.value
+        if self.kind == "lt":
+            return ours < self.value
+        raise ValueError(self.kind)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    title: str
+    unit: str
+    group: str  # which runner produces it (see bench/scenarios.py)
+    target: Target = Target("none")
+    ours_only: bool = False
+    ratio: bool = True  # counts have no meaningful ratio
+
+
+NO_TARGET = Target("none")
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("respawn_n10", "respawn latency after SIGKILL (N=10)", "ms", "respawn",
+             Target("le_best_peer", text="median <= fastest peer")),
+    Scenario("cold_start_n10", "cold start, N=10", "ms", "lifecycle_n10"),
+    Scenario("cold_start_n100", "cold start, N=100", "ms", "lifecycle_n100",
+             Target("lt_best_peer", text="faster than every peer")),
+    Scenario("idle_cpu_n10", "idle CPU of the supervisor, N=10", "% of one core", "lifecycle_n10"),
+    Scenario("idle_rss_n10", "idle RSS of the supervisor, N=10", "MiB", "lifecycle_n10"),
+    Scenario("idle_cpu_n100", "idle CPU of the supervisor, N=100", "% of one core", "lifecycle_n100",
+             Target("le_best_peer", text="no higher than the leanest peer")),
+    Scenario("idle_rss_n100", "idle RSS of the supervisor, N=100", "MiB", "lifecycle_n100",
+             Target("le_best_peer", text="no higher than the leanest peer")),
+    Scenario("kill9_adopted", "supervisor kill -9 + restart (N=10): children adopted", "of 10", "kill9", ratio=False),
+    Scenario("kill9_duplicated", "supervisor kill -9 + restart (N=10): children duplicated", "of 10", "kill9",
+             Target("eq", 0, "zero duplicates"), ratio=False),
+    Scenario("kill9_restarted", "supervisor kill -9 + restart (N=10): children started anew", "of 10", "kill9",
+             Target("eq", 0, "zero restarts"), ratio=False),
+    Scenario("kill9_killed", "supervisor kill -9 + restart (N=10): old children dead", "of 10", "kill9",
+             Target("eq", 0, "none killed"), ratio=False),
+    Scenario("kill9_converge", "supervisor kill -9 + restart (N=10): time to converged", "ms", "kill9"),
+    Scenario("config_restarted", "config change of 1 of 10: children restarted", "count", "config",
+             Target("eq", 1, "exactly one restart"), ratio=False),
+    Scenario("config_apply", "config change of 1 of 10: time until it runs the new config", "ms", "config"),
+    Scenario("stop_n10", "graceful stop of the fleet, N=10", "ms", "lifecycle_n10"),
+    Scenario("stop_n100", "graceful stop of the fleet, N=100", "ms", "lifecycle_n100",
+             Target("lt", 1000, "under 1 s")),
+    Scenario("plan_1000", "plan() for 1,000 profiles (pure function)", "ms", "plan", ours_only=True, ratio=False),
+    Scenario("diff_1000", "`diff` wall time, 1,000-profile manifest", "ms", "diff",
+             Target("lt", 1000, "well under 1 s (design budget)"), ours_only=True, ratio=False),
+)
+
+GROUPS = tuple(dict.fromkeys(s.group for s in SCENARIOS))
+
+
+def scenario(scenario_id: str) -> Scenario:
+    return next(s for s in SCENARIOS if s.id == scenario_id)

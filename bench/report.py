@@ -1,0 +1,133 @@
+"""Render results.json as results.md (a scenario x supervisor table); run it to regenerate.
+
+    python bench/report.py [bench/results.json] [-o bench/results.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.catalog import OURS, SUPERVISORS  # noqa: E402
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "ms" and value >= 1000:
+        return f"{value / 1000:.2f} s"
+    if unit in ("of 10", "count"):
+        return f"{value:g}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def with_unit(value: float | None, unit: str) -> str:
+    text = fmt(value, unit)
+    if value is None or text.endswith(" s"):
+        return text
+    return f"{text} ms" if unit == "ms" else text
+
+
+def cell_text(result: dict | None, unit: str) -> str:
+    if result is None:
+        return "n/a"
+    if result.get("skipped"):
+        return "skipped"
+    if result.get("pending"):
+        return "pending"
+    if result.get("median") is None:
+        return "error" if result.get("errors") else "-"
+    median, p95 = result["median"], result["p95"]
+    text = with_unit(median, unit)
+    if unit not in ("of 10", "count") and p95 is not None and result.get("n", 0) > 1:
+        text += f" ({with_unit(p95, unit)})"
+    if result.get("errors"):
+        text += " !"
+    return text
+
+
+def met_text(met: bool | None) -> str:
+    return {True: "yes", False: "**no**", None: "-"}[met]
+
+
+def render_markdown(results: dict) -> str:
+    supervisors = [s for s in SUPERVISORS if s in results.get("tools", {})] or list(SUPERVISORS)
+    out = ["# hermes-fleet benchmark results", ""]
+    settings = results.get("settings", {})
+    if settings.get("quick"):
+        out += ["**Quick smoke run: too few repetitions to quote.**", ""]
+    out += [
+        f"Generated {results.get('generated_at', '?')} by `{results.get('command', 'python bench/run.py')}`.",
+        "Cells: median (p95) over repetitions; idle rows are per-second samples over the idle window.",
+        "Ratio: hermes-fleet median / best peer median in the same run (lower is better).",
+        "",
+        "| scenario | unit | " + " | ".join(supervisors) + " | ours / best peer | target | met |",
+        "|---|---|" + "---|" * len(supervisors) + "---|---|---|",
+    ]
+    for sid, sc in results.get("scenarios", {}).items():
+        row = [sc["title"], sc["unit"]]
+        row += [cell_text(sc["results"].get(sup), sc["unit"]) for sup in supervisors]
+        ratio = sc.get("ratio_ours_to_best_peer")
+        best = sc.get("best_peer")
+        row.append(f"{ratio:.2f} (vs {best})" if ratio is not None else "-")
+        row.append(sc.get("target") or "-")
+        row.append(met_text(sc.get("target_met")) if sc.get("target") else "-")
+        out.append("| " + " | ".join(row) + " |")
+    out += ["", "## Tools", ""]
+    for name, tool in results.get("tools", {}).items():
+        state = f"version {tool['version']}" if tool.get("available") else f"skipped: {tool.get('reason')}"
+        out.append(f"- {name}: {state}")
+    notes = _notes(results)
+    if notes:
+        out += ["", "## Notes, errors and pending scenarios", ""] + notes
+    machine = results.get("machine", {})
+    if machine:
+        out += ["", "## Machine", ""]
+        out += [f"- {key}: {value}" for key, value in machine.items()]
+    return "\n".join(out) + "\n"
+
+
+def _notes(results: dict) -> list[str]:
+    notes = []
+    for sid, sc in results.get("scenarios", {}).items():
+        for sup, r in sc["results"].items():
+            if r.get("pending"):
+                notes.append(f"- {sid} / {sup}: pending: {r['pending']}")
+            for err in dict.fromkeys(r.get("errors", [])):
+                notes.append(f"- {sid} / {sup}: error: {err}")
+            for key, values in r.get("extra", {}).items():
+                if key == "cleanup":
+                    for note in dict.fromkeys(values):
+                        notes.append(f"- {sid} / {sup}: clean-up: {note}")
+                elif values and all(isinstance(v, (int, float)) for v in values):
+                    ordered = sorted(values)
+                    notes.append(f"- {sid} / {sup}: {key}: median {fmt(ordered[len(ordered) // 2], 'x')}, all {values}")
+                else:
+                    notes.append(f"- {sid} / {sup}: {key}: {', '.join(map(str, dict.fromkeys(values)))}")
+    return notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    here = Path(__file__).resolve().parent
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="?", default=str(here / "results.json"))
+    parser.add_argument("-o", "--output", default=None, help="default: results.md next to the JSON")
+    args = parser.parse_args(argv)
+    source = Path(args.results)
+    target = Path(args.output) if args.output else source.with_suffix(".md")
+    target.write_text(render_markdown(json.loads(source.read_text())))
+    print(target)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Benchmark hermes-fleet against supervisord, circus and PM2 on this machine.
+
+    python bench/run.py [--quick] [--only SUPERVISOR,...] [--scenarios GROUP,...] [--reps N] [--workdir DIR]
+
+Installs the peers into their own environments under a work directory, runs every
+scenario against every available supervisor with the same tiny child program, and
+writes results.json and results.md (see bench/README.md). Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import install, microbench, scenarios  # noqa: E402
+from bench.adapters.base import Adapter, ChildProgram, python_executable  # noqa: E402
+from bench.adapters.circus import CircusAdapter  # noqa: E402
+from bench.adapters.hermes_fleet import HermesFleetAdapter  # noqa: E402
+from bench.adapters.pm2 import Pm2Adapter  # noqa: E402
+from bench.adapters.supervisord import SupervisordAdapter  # noqa: E402
+from bench.catalog import GROUPS, OURS, SCENARIOS, SUPERVISORS  # noqa: E402
+from bench.procs import Reaper, Tracker  # noqa: E402
+from bench.report import render_markdown  # noqa: E402
+from bench.results import Recorder, build_results  # noqa: E402
+from bench.scenarios import Settings  # noqa: E402
+
+BENCH_DIR = Path(__file__).resolve().parent
+ADAPTERS: dict[str, type[Adapter]] = {
+    OURS: HermesFleetAdapter,
+    "supervisord": SupervisordAdapter,
+    "circus": CircusAdapter,
+    "pm2": Pm2Adapter,
+}
+
+FULL = Settings(respawn_kills=20, lifecycle_n10_reps=5, lifecycle_n100_reps=3, kill9_reps=3,
+                config_changes=5, idle_window=30.0, idle_settle=3.0, diff_reps=10, plan_reps=30)
+QUICK = Settings(respawn_kills=5, lifecycle_n10_reps=2, lifecycle_n100_reps=1, kill9_reps=1,
+                 config_changes=2, idle_window=5.0, idle_settle=1.0, diff_reps=3, plan_reps=5)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, 5 s idle windows (a smoke run)")
+    parser.add_argument("--only", default=",".join(SUPERVISORS), help=f"comma list of supervisors ({', '.join(SUPERVISORS)})")
+    parser.add_argument("--scenarios", default=",".join(GROUPS), help=f"comma list of scenario groups ({', '.join(GROUPS)})")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions for every scenario (overrides the defaults)")
+    parser.add_argument("--workdir", default=None, help="work directory (kept; reuses installed peers); default: a fresh temp dir, removed afterwards")
+    parser.add_argument("--out", default=None, help="where results.json/results.md go (default: bench/, or the workdir with --quick)")
+    parser.add_argument("--hermes-fleet", dest="hermes_fleet", default=None, help="path of the hermes-fleet CLI (default: next to this interpreter, or on PATH)")
+    args = parser.parse_args(argv)
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    for name in args.only:
+        if name not in ADAPTERS:
+            parser.error(f"unknown supervisor {name!r}")
+    for group in args.scenarios:
+        if group not in GROUPS:
+            parser.error(f"unknown scenario group {group!r}")
+    return args
+
+
+def settings_for(args: argparse.Namespace) -> Settings:
+    base = QUICK if args.quick else FULL
+    if args.reps is None:
+        return base
+    r = args.reps
+    return Settings(r, r, r, r, r, base.idle_window, base.idle_settle, r, r)
+
+
+def install_tools(root: Path, wanted: list[str], hermes_fleet: str | None) -> dict[str, install.ToolInstall]:
+    installers = {
+        OURS: lambda: install.locate_hermes_fleet(hermes_fleet),
+        "supervisord": lambda: install.install_supervisord(root),
+        "circus": lambda: install.install_circus(root),
+        "pm2": lambda: install.install_pm2(root),
+    }
+    tools = {}
+    for name in wanted:
+        log(f"installing {name} ...")
+        try:
+            tools[name] = installers[name]()
+        except Exception as exc:  # noqa: BLE001 - an installer crash skips that tool, not the run
+            tools[name] = install.ToolInstall(name, False, reason=f"installer failed: {exc}")
+        t = tools[name]
+        log(f"  {name}: {'ok ' + t.version if t.available else 'SKIPPED: ' + t.reason}")
+    return tools
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run_supervisor(adapter: Adapter, tracker: Tracker, root: Path, settings: Settings, groups: list[str], recorder: Recorder) -> None:
+    wanted = {s.id for s in SCENARIOS if s.group in groups}
+    steps = {
+        "respawn": lambda: scenarios.run_respawn(adapter, tracker, root, settings.respawn_kills, recorder),
+        "lifecycle_n10": lambda: scenarios.run_lifecycle(adapter, tracker, root, 10, settings.lifecycle_n10_reps,
+                                                         settings.idle_window, settings.idle_settle, wanted, recorder),
+        "lifecycle_n100": lambda: scenarios.run_lifecycle(adapter, tracker, root, 100, settings.lifecycle_n100_reps,
+                                                          settings.idle_window, settings.idle_settle, wanted, recorder),
+        "kill9": lambda: scenarios.run_kill9(adapter, tracker, root, settings.kill9_reps, recorder),
+        "config": lambda: scenarios.run_config_change(adapter, tracker, root, settings.config_changes, recorder),
+        "diff": lambda: microbench.run_diff(adapter.tool, adapter.child, root / "diff", settings.diff_reps, recorder),
+        "plan": lambda: microbench.run_plan(settings.plan_reps, recorder),
+    }
+    for group in groups:
+        ours_only = all(s.ours_only for s in SCENARIOS if s.group == group)
+        if ours_only and adapter.name != OURS:
+            continue
+        log(f"{adapter.name}: {group}")
+        started = time.monotonic()
+        steps[group]()
+        log(f"{adapter.name}: {group} done in {time.monotonic() - started:.1f}s")
+
+
+def mark_skipped(recorder: Recorder, supervisor: str, reason: str, groups: list[str]) -> None:
+    for s in SCENARIOS:
+        if s.group in groups and (not s.ours_only or supervisor == OURS):
+            recorder.skip(s.id, supervisor, reason)
+
+
+def _interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+    # A SIGTERM to the harness unwinds through every finally-block, like Ctrl-C.
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = settings_for(args)
+    keep = args.workdir is not None
+    workdir = Path(args.workdir).resolve() if keep else Path(tempfile.mkdtemp(prefix="hermes-fleet-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out).resolve() if args.out else (workdir if args.quick else BENCH_DIR)
+    signal.signal(signal.SIGTERM, _interrupt)
+    tracker, reaper, recorder = Tracker(), Reaper(), Recorder()
+    reaper.start()
+    log(f"work directory: {workdir}")
+    try:
+        tools = install_tools(workdir / "tools", args.only, args.hermes_fleet)
+        child = ChildProgram(python_executable())
+        for name in args.only:
+            tool = tools[name]
+            if not tool.available:
+                mark_skipped(recorder, name, tool.reason, args.scenarios)
+                continue
+            adapter = ADAPTERS[name](tool, child, tracker)
+            try:
+                run_supervisor(adapter, tracker, workdir / "runs" / name, settings, args.scenarios, recorder)
+            finally:
+                tracker.end_all()
+        results = build_results(
+            recorder,
+            tools={name: t.as_dict() for name, t in tools.items()},
+            settings={"quick": args.quick, "only": args.only, "scenario_groups": args.scenarios,
+                      "orphan_reaper": reaper.enabled, **settings.__dict__},
+            command="python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        (out / "results.md").write_text(render_markdown(results))
+        log(f"wrote {out / 'results.md'} and {out / 'results.json'}")
+        return 0
+    finally:
+        survivors = tracker.end_all()
+        if survivors:
+            log(f"ended {len(survivors)} leftover process(es) by PID")
+        reaper.stop()
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

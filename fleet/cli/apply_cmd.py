@@ -1,0 +1,141 @@
+"""apply: record a new desired generation, hand it to the controller, watch it converge."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fleet.cli.common import (
+    EXIT_ERROR, EXIT_FAILED, EXIT_OK, EXIT_QUEUED, EXIT_REFUSED, FileOption, OutputOption, StateDirOption,
+    check_output, emit_json, fail, load_or_exit, open_store, state_for,
+)
+from fleet.cli.controller_client import ensure_controller
+from fleet.cli.gitinfo import revision_of
+from fleet.controller.preview import preview
+from fleet.controller.status import fleet_status
+from fleet.controller.wake import wake
+from fleet.platform import current_platform
+from fleet.spec.codec import fleet_to_dict
+from fleet.spec.durations import parse_duration
+from fleet.spec.hashing import canonical_json
+
+
+def apply(
+    file: Path = FileOption,
+    state_dir: Optional[str] = StateDirOption,
+    prune: bool = typer.Option(True, "--prune/--no-prune", help="Drain profiles removed from the manifest (default) or defer that."),
+    allow_empty: bool = typer.Option(False, "--allow-empty", help="Allow a manifest with no profiles to drain a running fleet."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the fleet has converged (default)."),
+    timeout: str = typer.Option("5m", "--timeout", help="How long --wait waits, e.g. 90s, 5m."),
+    output: str = OutputOption,
+) -> None:
+    """Converge the host to the manifest.
+
+    Validates, shows the plan, records a new desired generation, starts a controller if none
+    runs (detached; it keeps the fleet converged after this command returns), then waits.
+
+    Exit: 0 converged, 1 failed or timed out, 2 invalid manifest, 3 refused (empty-fleet
+    guard, native-service conflict), 4 accepted but waiting on a gate (idle, budget).
+    """
+    check_output(output)
+    try:
+        wait_for = parse_duration(timeout)
+    except ValueError as exc:
+        fail(f"--timeout: {exc}")
+    manifest = load_or_exit(file, output)
+    state = state_for(state_dir, file, manifest)
+    platform = current_platform()
+    store = open_store(state, write=True)
+    try:
+        pv = preview(manifest, state, store, platform, time.time(), prune=prune, allow_empty=allow_empty)
+        native = [c for c in pv.checks if c.code == "owned_by_native_service"]
+        if pv.plan.refusal or native:
+            reason = pv.plan.refusal or "; ".join(f"{c.profile}: {c.message}" for c in native)
+            if output == "json":
+                emit_json({"format_version": "1.0", "kind": "apply", "result": "refused", "message": reason})
+            else:
+                typer.echo(f"Refused: {reason}", err=True)
+            raise typer.Exit(EXIT_REFUSED)
+        if output == "text":
+            from fleet.cli.render_plan import render_text
+            typer.echo(render_text(pv))
+            typer.echo("")
+        revision = revision_of(str(file), manifest.digest)
+        revision["summary"] = pv.plan.counts()
+        spec_json = canonical_json(fleet_to_dict(manifest.spec))
+        generation, created = store.record_generation(
+            manifest.digest, spec_json, {p.name: p.prune for p in manifest.spec.profiles}, revision, prune=prune)
+        store.set_meta("prune", "1" if prune else "0")
+        _clear_down_overrides(store, manifest.spec.names)
+        store.journal("applied", f"generation {generation} from {revision['revision']}"
+                      + ("" if created else " (no change)"), data={"generation": generation})
+    finally:
+        store.close()
+    try:
+        pid, started = ensure_controller(state)
+    except RuntimeError as exc:
+        fail(str(exc), EXIT_FAILED)
+    if output == "text":
+        typer.echo(f"generation {generation} recorded; controller pid {pid} {'started' if started else 'notified'}")
+    if not wait:
+        if output == "json":
+            emit_json({"format_version": "1.0", "kind": "apply", "result": "accepted", "generation": generation,
+                       "changed": created, "controller_pid": pid})
+        raise typer.Exit(EXIT_OK)
+    code, status = _wait(state, generation, wait_for, output)
+    if output == "json":
+        emit_json({"format_version": "1.0", "kind": "apply", "generation": generation, "changed": created,
+                   "controller_pid": pid,
+                   "result": {EXIT_OK: "converged", EXIT_FAILED: "failed", EXIT_QUEUED: "queued"}[code],
+                   "profiles": [{"name": p.name, "phase": p.phase, "pid": p.pid, "note": p.note}
+                                for p in status.profiles]})
+    raise typer.Exit(code)
+
+
+def _clear_down_overrides(store, names) -> None:
+    for name, h in store.histories().items():
+        if h.override_by == "down":
+            store.update_history(name, override_desired=None, override_by=None, override_at=None)
+
+
+def _wait(state, generation: int, timeout: float, output: str):
+    platform = current_platform()
+    deadline = time.monotonic() + timeout
+    seen: dict[str, str] = {}
+    status = None
+    while True:
+        status = fleet_status(state, platform, time.time())
+        if output == "text":
+            for p in status.profiles:
+                line = f"{p.phase}" + (f" (pid {p.pid})" if p.pid else "") + (f" {p.note}" if p.note and p.phase != "Running" else "")
+                if seen.get(p.name) != line:
+                    seen[p.name] = line
+                    typer.echo(f"  {p.name}: {line}")
+        ready_gen = status.controller.observed_generation >= generation
+        if ready_gen and status.converged:
+            if output == "text":
+                typer.echo(f"Converged: {sum(1 for p in status.profiles if p.phase == 'Running')} running.")
+            return EXIT_OK, status
+        if ready_gen and status.failed:
+            if output == "text":
+                for p in status.failed:
+                    typer.echo(f"Failed: {p.name}: {p.note}", err=True)
+            return EXIT_FAILED, status
+        if ready_gen and status.gated and all(p.action.kind in ("keep", "wait") for p in status.profiles):
+            if output == "text":
+                typer.echo("Accepted; waiting on gates: " + ", ".join(f"{p.name} ({p.note})" for p in status.gated))
+            return EXIT_QUEUED, status
+        if not status.controller.running:
+            if output == "text":
+                typer.echo("The controller is not running; see its log: " + str(state.controller_log), err=True)
+            return EXIT_FAILED, status
+        if time.monotonic() >= deadline:
+            if output == "text":
+                pending = [p for p in status.profiles if p.action.kind != "keep"]
+                typer.echo("Timed out waiting for: " + ", ".join(f"{p.name} ({p.note})" for p in pending), err=True)
+            return EXIT_FAILED, status
+        time.sleep(0.1)

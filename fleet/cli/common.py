@@ -1,0 +1,86 @@
+"""Shared CLI plumbing: where the state lives, how manifests are loaded, how errors look."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from fleet.spec.errors import ManifestError
+from fleet.spec.load import Manifest, load_manifest
+from fleet.store.db import Store, StoreError
+from fleet.store.layout import StateDir, StateDirError, check_state_dir, ensure_state_dir, resolve_state_dir
+
+EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_REFUSED, EXIT_QUEUED = 0, 1, 2, 3, 4
+
+FileOption = typer.Option(Path("fleet.yaml"), "-f", "--file", help="The manifest (default: ./fleet.yaml).")
+StateDirOption = typer.Option(None, "--state-dir", envvar="HERMES_FLEET_STATE_DIR",
+                              help="State directory (default: <hermes home>/gateway of the manifest, else ~/.hermes/gateway).")
+OutputOption = typer.Option("text", "-o", "--output", help="text or json.")
+
+
+def fail(message: str, code: int = EXIT_ERROR, hint: str = "") -> None:
+    typer.echo(f"error: {message}", err=True)
+    if hint:
+        typer.echo(f"hint: {hint}", err=True)
+    raise typer.Exit(code)
+
+
+def emit_json(value: object) -> None:
+    typer.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
+
+
+def check_output(output: str, allowed=("text", "json")) -> None:
+    if output not in allowed:
+        fail(f"--output must be one of {', '.join(allowed)}; got {output!r}")
+
+
+def load_or_exit(path: Path, output: str = "text") -> Manifest:
+    try:
+        return load_manifest(path)
+    except ManifestError as exc:
+        if output == "json":
+            emit_json({"format_version": "1.0", "kind": "errors", "valid": False,
+                       "errors": [p.as_json() for p in exc.problems]})
+        else:
+            for problem in exc.problems:
+                typer.echo(problem.render(), err=True)
+            typer.echo(f"{len(exc.problems)} problem(s) in {path}", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+def state_for(state_dir: str | None, file: Path | None, manifest: Manifest | None = None) -> StateDir:
+    """--state-dir / $HERMES_FLEET_STATE_DIR, else the manifest's <hermes home>/gateway when one is at hand."""
+    default = None
+    if manifest is not None:
+        default = manifest.spec.default_state_dir
+    elif not state_dir and not os.environ.get("HERMES_FLEET_STATE_DIR") and file is not None and file.is_file():
+        try:
+            default = load_manifest(file).spec.default_state_dir
+        except ManifestError:
+            default = None
+    state = resolve_state_dir(state_dir, default)
+    try:
+        check_state_dir(state)
+    except StateDirError as exc:
+        fail(str(exc))
+    return state
+
+
+def open_store(state: StateDir, *, write: bool) -> Store:
+    try:
+        if write:
+            ensure_state_dir(state)
+        return Store(state.db, readonly=not write)
+    except (StateDirError, StoreError) as exc:
+        fail(str(exc))
+    except PermissionError as exc:
+        fail(f"cannot open {state.db}: {exc.strerror}")
+    raise AssertionError("unreachable")
+
+
+def is_tty() -> bool:
+    return sys.stdout.isatty()

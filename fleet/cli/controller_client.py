@@ -1,0 +1,84 @@
+"""Starting, finding and stopping the controller from the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from fleet.controller.status import controller_status
+from fleet.controller.wake import wake
+from fleet.platform import current_platform
+from fleet.store.db import Store
+from fleet.store.layout import StateDir, ensure_state_dir
+from fleet.store.lock import read_holder
+
+NO_CONTROLLER_HINT = ("start one with `hermes-fleet apply -f fleet.yaml`, `hermes-fleet controller run` "
+                      "(foreground) or `hermes-fleet service install`")
+
+
+def running_controller_pid(state: StateDir) -> int | None:
+    store = Store(state.db, readonly=True)
+    try:
+        status = controller_status(state, store, current_platform())
+    finally:
+        store.close()
+    return status.pid if status.running else None
+
+
+def controller_command(state: StateDir) -> list[str]:
+    return [sys.executable, "-m", "fleet.controller", "--state-dir", str(state.root)]
+
+
+def start_detached(state: StateDir, timeout: float = 15.0) -> int:
+    """Start a controller in its own session and return its PID once it holds the lock."""
+    ensure_state_dir(state)
+    log_fd = os.open(state.controller_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        proc = subprocess.Popen(controller_command(state), stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
+                                start_new_session=True, close_fds=True)
+    finally:
+        os.close(log_fd)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = running_controller_pid(state)
+        if pid is not None:
+            return pid
+        code = proc.poll()
+        if code is not None:
+            pid = running_controller_pid(state)  # lost a race to another controller: that one serves us
+            if pid is not None:
+                return pid
+            raise RuntimeError(f"the controller exited with code {code}; see {state.controller_log}")
+        time.sleep(0.02)
+    raise RuntimeError(f"the controller did not come up within {timeout:g}s; see {state.controller_log}")
+
+
+def ensure_controller(state: StateDir) -> tuple[int, bool]:
+    """(pid, started_now)."""
+    pid = running_controller_pid(state)
+    if pid is not None:
+        wake(state)
+        return pid, False
+    return start_detached(state), True
+
+
+def stop_controller(state: StateDir, timeout: float = 15.0) -> int | None:
+    """SIGTERM the lock holder (after checking it is the holder); the gateways keep running."""
+    import signal
+
+    holder = read_holder(state)
+    pid = running_controller_pid(state)
+    if pid is None or holder is None:
+        return None
+    info = current_platform().process_info(pid)
+    if info is None or abs(info.create_time - holder.create_time) >= 1.0:
+        return None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if running_controller_pid(state) is None:
+            return pid
+        time.sleep(0.02)
+    raise RuntimeError(f"controller pid {pid} did not stop within {timeout:g}s")

@@ -1,0 +1,450 @@
+"""Commands that operate a running fleet: status, restart/stop/start, down, logs, events, history."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from fleet.cli.common import (
+    EXIT_ERROR, EXIT_FAILED, EXIT_OK, FileOption, OutputOption, StateDirOption, check_output, emit_json, fail,
+    open_store, state_for,
+)
+from fleet.cli.controller_client import NO_CONTROLLER_HINT, running_controller_pid, stop_controller
+from fleet.cli.render_plan import utc
+from fleet.controller.status import fleet_status
+from fleet.controller.wake import wake
+from fleet.platform import current_platform
+from fleet.spec.durations import format_duration, parse_duration
+from fleet.store.db import Store
+
+
+def _fmt_age(seconds: float | None) -> str:
+    return "-" if seconds is None else format_duration(max(0.0, seconds))
+
+
+def status(
+    profiles: List[str] = typer.Argument(None, help="Only these profiles."),
+    deep: bool = typer.Option(False, "--deep", help="Per-probe PASS/FAIL checklist for each profile."),
+    output: str = OutputOption,
+    state_dir: Optional[str] = StateDirOption,
+    file: Path = FileOption,
+) -> None:
+    """The fleet now: one row per profile, the controller, and what each profile waits on.
+
+    Exit 0 when every profile is where the manifest wants it, 1 otherwise (or when no
+    controller runs), 2 on error.
+    """
+    check_output(output)
+    state = state_for(state_dir, file)
+    if not state.db.exists():
+        fail(f"no fleet state in {state.root}", hint="run `hermes-fleet apply -f fleet.yaml` first, or pass --state-dir")
+    now = time.time()
+    st = fleet_status(state, current_platform(), now, scan=deep)
+    rows = [p for p in st.profiles if not profiles or p.name in profiles]
+    unknown = set(profiles or []) - {p.name for p in st.profiles}
+    if unknown:
+        fail(f"unknown profile(s): {', '.join(sorted(unknown))}")
+    ctl = st.controller
+    if output == "json":
+        emit_json({
+            "format_version": "1.0", "kind": "status", "generated_at": utc(now),
+            "controller": {"pid": ctl.pid, "running": ctl.running, "epoch": ctl.epoch, "version": ctl.version,
+                           "since": utc(ctl.since), "generation": ctl.generation,
+                           "observed_generation": ctl.observed_generation, "converged": st.converged},
+            "profiles": [{
+                "name": p.name, "phase": p.phase, "sync": p.sync, "health": p.health, "pid": p.pid,
+                "uptime_s": int(now - p.started_at) if p.started_at else None, "restarts": p.restarts,
+                "last_exit": p.last_exit, "heartbeat_age_s": int(p.heartbeat_age) if p.heartbeat_age is not None else None,
+                "active_agents": p.active_agents, "gateway_state": p.gateway_state, "spec_hash": p.spec_hash,
+                "desired_spec_hash": p.desired_spec_hash, "desired": p.desired, "note": p.note,
+                "action": {"kind": p.action.kind, "reason": p.action.reason, "not_before": utc(p.action.not_before)},
+                **({"checks": _deep_checks(state, st, p.name)} if deep else {}),
+            } for p in rows],
+        })
+    else:
+        if ctl.running:
+            typer.echo(f"controller: running (pid {ctl.pid}, epoch {ctl.epoch}) generation {ctl.generation}, "
+                       f"observed {ctl.observed_generation}" + ("" if st.converged else " — converging"))
+        else:
+            typer.echo(f"controller: NOT RUNNING — {NO_CONTROLLER_HINT}")
+        header = f"{'PROFILE':<14}{'PHASE':<11}{'SYNC':<10}{'PID':>8}  {'UP':<8}{'RESTARTS':>8}  {'LAST EXIT':<18}{'BEAT':<6}{'ACTIVE':>6}  NOTE"
+        typer.echo(header)
+        for p in rows:
+            up = _fmt_age(now - p.started_at) if p.started_at else "-"
+            typer.echo(f"{p.name:<14}{p.phase:<11}{p.sync:<10}{(p.pid or '-'):>8}  {up:<8}{p.restarts:>8}  "
+                       f"{p.last_exit[:17]:<18}{_fmt_age(p.heartbeat_age):<6}"
+                       f"{('-' if p.active_agents is None else p.active_agents):>6}  {p.note}")
+        if deep:
+            for p in rows:
+                typer.echo(f"\n{p.name}:")
+                for check in _deep_checks(state, st, p.name):
+                    typer.echo(f"  [{check['result']}] {check['probe']}: {check['detail']}")
+    ok = ctl.running and st.converged
+    raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+def _deep_checks(state, st, name: str) -> list[dict]:
+    """Each probe behind a profile's state, so an operator can see why without reading code."""
+    from fleet.observe import hermes_files as hf
+    from fleet.observe.native import find_native_service
+    from fleet.store.files import read_json
+
+    obs = st.observed.get(name)
+    spec = None
+    for pspec in (p for p in ()):  # placeholder never used
+        spec = pspec
+    checks = []
+
+    def add(probe, ok, detail):
+        checks.append({"probe": probe, "result": "PASS" if ok is True else ("FAIL" if ok is False else "SKIP"),
+                       "detail": detail})
+
+    rec = obs.record
+    add("record present", rec is not None, f"{state.record(name)}" + (f" pid {rec.pid}" if rec else
+                                                                        f" ({obs.record_problem or 'missing'})"))
+    proc = obs.process
+    add("identity (pid + start time + user)", proc is not None,
+        f"pid {proc.pid} start {proc.start_ticks} via {proc.source}" if proc else f"verdict {obs.record_verdict}")
+    if proc:
+        add("command line", True, " ".join(proc.cmdline)[:200])
+    home = None
+    row = next((p for p in st.profiles if p.name == name), None)
+    desired_hash = row.desired_spec_hash if row else None
+    add("spec current", None if proc is None or proc.spec_hash is None else proc.spec_hash == desired_hash,
+        f"running {proc.spec_hash if proc else '-'} desired {desired_hash or '-'}")
+    for candidate in st.observed.profiles.values():
+        pass
+    from fleet.controller.desired import DesiredSource
+    store = Store(state.db, readonly=True)
+    try:
+        _, specs = DesiredSource(store).current()
+    finally:
+        store.close()
+    pspec = specs.get(name)
+    if pspec is not None and pspec.driver == "hermes":
+        home = pspec.hermes_home
+        lock = os.path.join(home, hf.GATEWAY_LOCK)
+        held = current_platform().lock_is_held(lock) if os.path.exists(lock) else False
+        add("gateway.lock held by a live process", held, lock)
+        if obs.status:
+            age = time.time() - obs.status.updated_at if obs.status.updated_at else None
+            add("gateway_state.json", obs.status.state in ("running", "draining", "starting"),
+                f"state {obs.status.state}, active_agents {obs.status.active}, updated {_fmt_age(age)} ago")
+        else:
+            add("gateway_state.json", False, "missing or unreadable")
+        env_file = os.path.join(home, ".env")
+        overridden = []
+        if os.path.exists(env_file):
+            try:
+                with open(env_file, encoding="utf-8", errors="replace") as fh:
+                    overridden = [line.split("=", 1)[0].strip() for line in fh
+                                  if "PROXY" in line.split("=", 1)[0].upper() and "=" in line]
+            except OSError:
+                pass
+        add("proxy not overridden by the profile's .env", not overridden,
+            "overrides: " + ", ".join(overridden) if overridden else "no proxy keys in .env")
+    if obs.heartbeat_at and proc:
+        age = time.time() - obs.heartbeat_at
+        limit = pspec.health.heartbeat_stale if pspec else 90
+        add("heartbeat fresh", age <= limit, f"{_fmt_age(age)} old (limit {format_duration(limit)})")
+    else:
+        add("heartbeat fresh", None, "no heartbeat from this process")
+    events = []
+    store = Store(state.db, readonly=True)
+    try:
+        events = store.events(profile=name, limit=1)
+    finally:
+        store.close()
+    add("last lifecycle event", None if not events else True,
+        f"{utc(events[-1].at)} {events[-1].kind}: {events[-1].message}" if events else "none")
+    native = find_native_service(name)
+    add("no native service conflict", native is None, native or "none found")
+    return checks
+
+
+def _need_profiles(state, names: list[str]) -> Store:
+    store = open_store(state, write=True)
+    from fleet.controller.desired import DesiredSource
+    desired, specs = DesiredSource(store).current()
+    known = set(specs)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        store.close()
+        fail(f"unknown profile(s): {', '.join(unknown)}", hint="profiles: " + ", ".join(sorted(known)) if known
+             else "apply a manifest first")
+    return store
+
+
+def _after_request(state, message: str) -> None:
+    typer.echo(message)
+    if running_controller_pid(state) is None:
+        typer.echo(f"warning: no controller is running; the request waits durably. {NO_CONTROLLER_HINT}", err=True)
+        raise typer.Exit(EXIT_FAILED)
+    wake(state)
+
+
+def restart(
+    profiles: List[str] = typer.Argument(..., help="Profiles to restart."),
+    force: bool = typer.Option(False, "--force", help="Kill at once instead of draining first."),
+    state_dir: Optional[str] = StateDirOption,
+    file: Path = FileOption,
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the new process runs."),
+    timeout: str = typer.Option("3m", "--timeout"),
+) -> None:
+    """Restart profiles: drain (wait for active agents to finish), planned stop, respawn.
+    A drain that outlasts the profile's drain timeout ends in a kill. `--force` kills at once.
+    Only the named profiles are touched."""
+    state = state_for(state_dir, file)
+    store = _need_profiles(state, profiles)
+    try:
+        ids = {p: store.add_request(p, "force_restart" if force else "restart") for p in profiles}
+    finally:
+        store.close()
+    _after_request(state, "restart requested: " + ", ".join(f"{p} (#{i})" for p, i in ids.items()))
+    if wait:
+        _wait_requests(state, ids, parse_duration(timeout))
+
+
+def _wait_requests(state, ids: dict[str, int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = dict(ids)
+    while pending and time.monotonic() < deadline:
+        store = Store(state.db, readonly=True)
+        try:
+            for name, rid in list(pending.items()):
+                req = store.request(rid)
+                if req is None or req.state != "pending":
+                    typer.echo(f"  {name}: restarted")
+                    del pending[name]
+        finally:
+            store.close()
+        time.sleep(0.1)
+    if pending:
+        typer.echo("still waiting for: " + ", ".join(pending) + " (see `hermes-fleet status`)", err=True)
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _set_override(state, names: list[str], desired: str | None, by: str) -> None:
+    store = _need_profiles(state, names)
+    try:
+        for name in names:
+            fields = dict(override_desired=desired, override_by=by if desired else None,
+                          override_at=time.time() if desired else None)
+            if desired is None:
+                fields.update(failed_reason=None, failed_spec_hash=None, failures=0, last_exit_class=None)
+            store.update_history(name, **fields)
+            store.journal("override", f"{name}: {desired or 'as in the manifest'} ({by})", profile=name)
+    finally:
+        store.close()
+
+
+def stop(
+    profiles: List[str] = typer.Argument(..., help="Profiles to stop."),
+    state_dir: Optional[str] = StateDirOption,
+    file: Path = FileOption,
+) -> None:
+    """Drain and stop profiles, and keep them stopped (across applies) until `start`."""
+    state = state_for(state_dir, file)
+    _set_override(state, profiles, "stopped", "stop")
+    _after_request(state, "stopping: " + ", ".join(profiles))
+
+
+def start(
+    profiles: List[str] = typer.Argument(..., help="Profiles to start."),
+    state_dir: Optional[str] = StateDirOption,
+    file: Path = FileOption,
+) -> None:
+    """Undo `stop`, and retry a profile that failed for good (exit 78, startup failure)."""
+    state = state_for(state_dir, file)
+    _set_override(state, profiles, None, "start")
+    _after_request(state, "starting: " + ", ".join(profiles))
+
+
+def down(
+    state_dir: Optional[str] = StateDirOption,
+    file: Path = FileOption,
+    timeout: str = typer.Option("5m", "--timeout", help="How long to wait for the drains."),
+) -> None:
+    """Drain every profile, then stop the controller. Nothing of the fleet keeps running.
+    The next `apply` brings it back."""
+    state = state_for(state_dir, file)
+    if not state.db.exists():
+        fail(f"no fleet state in {state.root}")
+    store = open_store(state, write=True)
+    from fleet.controller.desired import DesiredSource
+    try:
+        _, specs = DesiredSource(store).current()
+        for name in specs:
+            store.update_history(name, override_desired="stopped", override_by="down", override_at=time.time())
+        store.journal("down", f"draining {len(specs)} profile(s), then stopping the controller")
+    finally:
+        store.close()
+    if running_controller_pid(state) is None:
+        st = fleet_status(state, current_platform(), time.time())
+        alive = [p for p in st.profiles if p.pid]
+        if alive:
+            fail("no controller is running to drain: " + ", ".join(f"{p.name} (pid {p.pid})" for p in alive),
+                 EXIT_FAILED, hint="start one with `hermes-fleet controller run` and run `down` again")
+        typer.echo("nothing runs")
+        return
+    wake(state)
+    deadline = time.monotonic() + parse_duration(timeout)
+    while True:
+        st = fleet_status(state, current_platform(), time.time())
+        alive = [p for p in st.profiles if p.pid]
+        if not alive:
+            break
+        if time.monotonic() > deadline:
+            fail("timed out draining: " + ", ".join(f"{p.name} (pid {p.pid})" for p in alive), EXIT_FAILED)
+        time.sleep(0.05)
+    pid = stop_controller(state)
+    typer.echo(f"all profiles stopped; controller {f'pid {pid} ' if pid else ''}stopped")
+
+
+def logs(
+    profile: str = typer.Argument(..., help="Profile whose gateway output to show ('controller' for the controller)."),
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines."),
+    lines: int = typer.Option(50, "-n", "--lines", help="How many lines from the end."),
+    state_dir: Optional[str] = StateDirOption,
+    file: Path = FileOption,
+) -> None:
+    """The gateway's stdout/stderr, as written to logs/<profile>.log by the gateway itself."""
+    state = state_for(state_dir, file)
+    path = state.controller_log if profile == "controller" else state.log(profile)
+    if not path.exists():
+        fail(f"no log for {profile!r} at {path}")
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - 256 * 1024))
+        tail = fh.read().decode("utf-8", "replace").splitlines()[-lines:] if lines > 0 else []
+        for line in tail:
+            typer.echo(line)
+        if not follow:
+            return
+        inode = os.fstat(fh.fileno()).st_ino
+        try:
+            while True:
+                chunk = fh.read()
+                if chunk:
+                    typer.echo(chunk.decode("utf-8", "replace"), nl=False)
+                    continue
+                try:
+                    if os.stat(path).st_ino != inode:  # rotated: continue in the new file
+                        return logs(profile, True, 0, state_dir, file)
+                except FileNotFoundError:
+                    pass
+                time.sleep(0.25)
+        except KeyboardInterrupt:
+            return
+
+
+def events(
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new events."),
+    profile: Optional[str] = typer.Option(None, "--profile"),
+    output: str = OutputOption,
+    limit: int = typer.Option(50, "-n", "--lines"),
+    state_dir: Optional[str] = StateDirOption,
+    file: Path = FileOption,
+) -> None:
+    """The journal: every action the controller took and every exit it saw."""
+    check_output(output)
+    state = state_for(state_dir, file)
+    if not state.db.exists():
+        fail(f"no fleet state in {state.root}")
+    last = 0
+    try:
+        while True:
+            store = Store(state.db, readonly=True)
+            try:
+                batch = store.events(after_id=last, profile=profile, limit=limit if last == 0 else 1000)
+            finally:
+                store.close()
+            for e in batch:
+                last = e.id
+                if output == "json":
+                    import json
+                    typer.echo(json.dumps({"id": e.id, "at": utc(e.at), "epoch": e.epoch, "profile": e.profile,
+                                           "kind": e.kind, "message": e.message, "data": e.data}))
+                else:
+                    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at))
+                    typer.echo(f"{stamp} {e.profile or '-':<12} {e.kind:<18} {e.message}")
+            if not follow:
+                return
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return
+
+
+def history(
+    output: str = OutputOption,
+    state_dir: Optional[str] = StateDirOption,
+    file: Path = FileOption,
+) -> None:
+    """Applied revisions: which generation, from which commit, by whom, with what result."""
+    check_output(output)
+    state = state_for(state_dir, file)
+    if not state.db.exists():
+        fail(f"no fleet state in {state.root}")
+    store = Store(state.db, readonly=True)
+    try:
+        rows = store.revisions()
+    finally:
+        store.close()
+    if output == "json":
+        emit_json([{**r, "started_at": utc(r["started_at"]), "finished_at": utc(r["finished_at"])} for r in rows])
+        return
+    typer.echo(f"{'ID':>4}  {'GEN':>4}  {'APPLIED':<20}{'RESULT':<11}{'REVISION':<44}BY")
+    for r in rows:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started_at"]))
+        typer.echo(f"{r['id']:>4}  {r['generation']:>4}  {stamp:<20}{r['result']:<11}{r['revision'][:43]:<44}{r['applied_by']}")
+
+
+controller_app = typer.Typer(help="Run or stop the controller itself.", no_args_is_help=True)
+
+
+@controller_app.command("run")
+def controller_run(
+    file: Optional[Path] = typer.Option(None, "-f", "--file", help="Apply this manifest before starting."),
+    state_dir: Optional[str] = StateDirOption,
+) -> None:
+    """Run the controller in the foreground (what a service manager runs).
+
+    Exit 0 on SIGTERM (gateways keep running), 2 on a bad manifest or state directory,
+    3 when another controller holds the lock."""
+    from fleet.cli.common import load_or_exit
+
+    manifest = load_or_exit(file) if file is not None else None
+    state = state_for(state_dir, file, manifest)
+    if manifest is not None:
+        from fleet.cli.gitinfo import revision_of
+        from fleet.spec.codec import fleet_to_dict
+        from fleet.spec.hashing import canonical_json
+        store = open_store(state, write=True)
+        try:
+            store.record_generation(manifest.digest, canonical_json(fleet_to_dict(manifest.spec)),
+                                    {p.name: p.prune for p in manifest.spec.profiles},
+                                    revision_of(str(file), manifest.digest), prune=True)
+        finally:
+            store.close()
+    import sys
+    # exec keeps the PID (systemd's MainPID) and sheds the CLI's imports from the resident process.
+    os.execv(sys.executable, [sys.executable, "-m", "fleet.controller", "--state-dir", str(state.root)])
+
+
+@controller_app.command("stop")
+def controller_stop(state_dir: Optional[str] = StateDirOption, file: Path = FileOption) -> None:
+    """Stop the controller. Gateways keep running; the next controller adopts them."""
+    state = state_for(state_dir, file)
+    try:
+        pid = stop_controller(state)
+    except RuntimeError as exc:
+        fail(str(exc), EXIT_FAILED)
+    if pid is None:
+        typer.echo(f"no controller is running for {state.root}")
+        raise typer.Exit(EXIT_FAILED)
+    typer.echo(f"controller pid {pid} stopped; gateways left running")

@@ -1,0 +1,110 @@
+"""validate, diff, config: read-only commands about a manifest."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+import yaml
+
+from fleet.cli.common import (
+    EXIT_ERROR, EXIT_FAILED, EXIT_OK, FileOption, OutputOption, StateDirOption, check_output, emit_json, fail,
+    load_or_exit, open_store, state_for,
+)
+from fleet.controller.preview import preview
+from fleet.plan.fielddiff import looks_secret
+from fleet.platform import current_platform
+from fleet.spec.codec import profile_to_dict
+
+
+def validate(file: Path = FileOption, output: str = OutputOption) -> None:
+    """Check a manifest against the schema and the rules; exit 0 valid, 2 invalid.
+
+    Every problem is reported at once, each with file:line:column, the path
+    (profiles.advisor.restart.policy), what was expected and what was found.
+    """
+    check_output(output)
+    manifest = load_or_exit(file, output)
+    if output == "json":
+        emit_json({"format_version": "1.0", "kind": "validation", "valid": True, "file": str(file),
+                   "profiles": list(manifest.spec.names), "digest": manifest.digest})
+    else:
+        typer.echo(f"{file}: valid ({len(manifest.spec.profiles)} profiles: {', '.join(manifest.spec.names) or 'none'})")
+
+
+def diff(
+    file: Path = FileOption,
+    output: str = OutputOption,
+    profile: Optional[str] = typer.Option(None, "--profile", help="Show only this profile."),
+    state_dir: Optional[str] = StateDirOption,
+    prune: bool = typer.Option(True, "--prune/--no-prune", help="Plan drains of profiles removed from the manifest."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also list unchanged profiles."),
+    exit_code: bool = typer.Option(True, "--exit-code/--no-exit-code", help="Exit 1 when changes are pending."),
+) -> None:
+    """Show what `apply` would do, without doing it.
+
+    Exit codes follow kubectl/GNU diff (not Terraform's -detailed-exitcode):
+    0 in sync, 1 changes pending (including waits), 2 error.
+    Secret-looking env values (TOKEN, KEY, SECRET, PASSWORD) are never printed.
+    """
+    check_output(output)
+    manifest = load_or_exit(file, output)
+    state = state_for(state_dir, file, manifest)
+    store = open_store(state, write=False)
+    try:
+        from fleet.cli.render_plan import render_json, render_text
+        pv = preview(manifest, state, store, current_platform(), time.time(), prune=prune)
+    finally:
+        store.close()
+    if profile and profile not in pv.observed.profiles and manifest.spec.profile(profile) is None:
+        fail(f"no profile named {profile!r} in {file} or the state directory")
+    if output == "json":
+        emit_json(render_json(pv, profile=profile))
+    else:
+        typer.echo(render_text(pv, profile=profile, verbose=verbose))
+    changed = any(a.kind != "keep" and (profile is None or a.profile == profile) for a in pv.plan.actions)
+    if pv.plan.refusal:
+        raise typer.Exit(EXIT_ERROR if exit_code else EXIT_OK)
+    raise typer.Exit(EXIT_FAILED if changed and exit_code else EXIT_OK)
+
+
+def _masked(d: dict, show_secrets: bool) -> dict:
+    env = {k: (v if show_secrets or not looks_secret(k) else "(sensitive)") for k, v in d["env"]}
+    return {**d, "env": env}
+
+
+def config(
+    file: Path = FileOption,
+    hash_profile: Optional[str] = typer.Option(None, "--hash", help="Print only this profile's spec_hash."),
+    output: str = typer.Option("yaml", "-o", "--output", help="yaml or json."),
+    show_secrets: bool = typer.Option(False, "--show-secrets", help="Print secret-looking env values in clear."),
+) -> None:
+    """Print the effective spec: every default applied, every path resolved.
+
+    `--hash PROFILE` prints the spec hash that decides whether a running gateway must be
+    replaced (like `docker compose config --hash`).
+    """
+    check_output(output, ("yaml", "json"))
+    manifest = load_or_exit(file)
+    spec = manifest.spec
+    if hash_profile:
+        p = spec.profile(hash_profile)
+        if p is None:
+            fail(f"no profile named {hash_profile!r} in {file}", hint="profiles: " + ", ".join(spec.names))
+        typer.echo(f"{p.name} {p.spec_hash}")
+        return
+    doc = {
+        "name": spec.name, "stagger_s": spec.stagger, "hermes_root": spec.hermes_root,
+        "state_dir": spec.default_state_dir, "max_concurrent_maintenance": spec.max_concurrent_maintenance,
+        "digest": manifest.digest,
+        "profiles": {p.name: {**_masked(profile_to_dict(p), show_secrets), "spec_hash": p.spec_hash}
+                     for p in spec.profiles},
+    }
+    for body in doc["profiles"].values():
+        body.pop("name", None)
+    if output == "json":
+        emit_json(doc)
+    else:
+        typer.echo(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False).rstrip())

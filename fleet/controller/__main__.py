@@ -1,0 +1,28 @@
+"""`python -m fleet.controller --state-dir DIR`: the lean controller entry point. It imports no
+CLI, rendering or schema code, so a resident controller stays small."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fleet.controller.loop import EXIT_CONFIG, Controller
+from fleet.platform import current_platform
+from fleet.store.db import StoreError
+from fleet.store.layout import StateDirError, resolve_state_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hermes-fleet-controller", description=__doc__)
+    parser.add_argument("--state-dir", help="state directory (default: $HERMES_FLEET_STATE_DIR or ~/.hermes/gateway)")
+    args = parser.parse_args(argv)
+    state = resolve_state_dir(args.state_dir, None)
+    try:
+        return Controller(state, current_platform()).run()
+    except (StateDirError, StoreError, OSError) as exc:
+        print(f"hermes-fleet controller: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""The desired state as the store holds it: the newest generation, plus the last-applied spec
+of every profile that was removed but is still in the inventory (so it can be drained)."""
+
+from __future__ import annotations
+
+import json
+
+from fleet.plan.model import Desired
+from fleet.spec.codec import fleet_from_dict, profile_from_dict
+from fleet.spec.model import FleetSpec, ProfileSpec
+from fleet.store.db import Store
+
+
+class DesiredSource:
+    def __init__(self, store: Store):
+        self.store = store
+        self._cache: dict[int, FleetSpec] = {}
+
+    def spec(self, generation: int) -> FleetSpec | None:
+        if generation not in self._cache:
+            raw = self.store.generation_spec(generation)
+            if raw is None:
+                return None
+            self._cache[generation] = fleet_from_dict(json.loads(raw))
+        return self._cache[generation]
+
+    def current(self) -> tuple[Desired | None, dict[str, ProfileSpec]]:
+        gen = self.store.current_generation()
+        if gen is None:
+            return None, {}
+        spec = self.spec(gen.generation)
+        specs = {p.name: p for p in spec.profiles}
+        for entry in self.store.inventory():
+            if entry.name not in specs:
+                removed = self.last_spec_of(entry.name, gen.generation)
+                if removed is not None:
+                    specs[entry.name] = removed
+        prune = self.store.meta("prune", "1") == "1"
+        desired = Desired(spec=spec, generation=gen.generation, prune=prune, allow_empty=True,
+                          previous={p.name: p for p in spec.profiles})
+        return desired, specs
+
+    def last_spec_of(self, name: str, before: int) -> ProfileSpec | None:
+        rows = self.store.conn.execute("SELECT generation, spec_json FROM generations WHERE generation<? "
+                                       "ORDER BY generation DESC", (before,)).fetchall()
+        for row in rows:
+            for p in json.loads(row[1])["profiles"]:
+                if p["name"] == name:
+                    return profile_from_dict(p)
+        return None

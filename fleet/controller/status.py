@@ -1,0 +1,167 @@
+"""What the fleet looks like now, per profile, for `status`, `apply --wait` and the service
+commands: computed read-only from the store and the host, never from controller memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fleet.controller.desired import DesiredSource
+from fleet.observe.model import Observed, ProfileObservation
+from fleet.observe.observer import Observer
+from fleet.plan.exits import describe_exit
+from fleet.plan.model import Action, Plan
+from fleet.plan.planner import plan
+from fleet.store.db import Store
+from fleet.store.layout import StateDir
+from fleet.store.lock import Holder, lock_is_free, read_holder
+
+GATED_REASONS = ("idle_gate", "budget_exhausted", "window_closed", "maintenance")
+SETTLED_WAITS = ("suspended", "exited_cleanly", "restart_policy_never", "not_managed", "prune_deferred")
+
+
+@dataclass(frozen=True)
+class ControllerStatus:
+    running: bool
+    pid: int | None
+    epoch: int | None
+    version: str | None
+    since: float | None
+    generation: int
+    observed_generation: int
+
+    @property
+    def converged_generation(self) -> bool:
+        return self.running and self.generation == self.observed_generation
+
+
+@dataclass(frozen=True)
+class ProfileStatus:
+    name: str
+    phase: str  # Running | Starting | Backoff | Draining | Stopped | Failed | Suspended | Waiting | Missing | Removing
+    sync: str  # Synced | OutOfSync | Unknown
+    health: str  # Healthy | Progressing | Degraded | Suspended | Missing
+    pid: int | None
+    started_at: float | None
+    restarts: int
+    last_exit: str
+    heartbeat_age: float | None
+    active_agents: int | None
+    gateway_state: str | None
+    spec_hash: str | None
+    desired_spec_hash: str | None
+    desired: str
+    note: str
+    action: Action
+
+
+@dataclass(frozen=True)
+class FleetStatus:
+    controller: ControllerStatus
+    profiles: tuple[ProfileStatus, ...]
+    plan: Plan
+    observed: Observed
+
+    @property
+    def converged(self) -> bool:
+        return self.controller.converged_generation and all(p.action.kind == "keep" or (
+            p.action.kind == "wait" and p.action.reason in SETTLED_WAITS) for p in self.profiles)
+
+    @property
+    def failed(self) -> tuple[ProfileStatus, ...]:
+        return tuple(p for p in self.profiles if p.phase == "Failed")
+
+    @property
+    def gated(self) -> tuple[ProfileStatus, ...]:
+        return tuple(p for p in self.profiles if p.action.kind == "wait" and p.action.reason in GATED_REASONS)
+
+
+def controller_status(state: StateDir, store: Store, platform) -> ControllerStatus:
+    holder: Holder | None = read_holder(state)
+    running = False
+    if holder is not None:
+        info = platform.process_info(holder.pid)
+        running = info is not None and info.alive and abs(info.create_time - holder.create_time) < 1.0 \
+            and not lock_is_free(state)
+    gen = store.current_generation()
+    return ControllerStatus(running=running, pid=holder.pid if holder and running else None,
+                            epoch=holder.epoch if holder else None, version=holder.version if holder else None,
+                            since=holder.started_at if holder else None,
+                            generation=gen.generation if gen else 0, observed_generation=store.observed_generation)
+
+
+def _phase(action: Action, obs: ProfileObservation, desired: str) -> tuple[str, str]:
+    kind, reason = action.kind, action.reason
+    if kind == "conflict":
+        return "Failed", "Degraded"
+    if reason == "suspended":
+        return "Suspended", "Suspended"
+    if kind == "keep" and reason == "stopped":
+        return "Stopped", "Healthy"
+    if kind in ("drain", "replace") or reason in ("draining", "stopping"):
+        return ("Removing" if reason == "removed_from_manifest" else "Draining"), "Progressing"
+    if kind == "kill":
+        return "Failed" if reason == "wedged" else "Draining", "Degraded"
+    if obs.process is None:
+        if kind == "spawn" and action.not_before is not None and obs.history.failures:
+            return "Backoff", "Degraded"
+        if kind == "spawn":
+            return "Starting", "Progressing"
+        if reason in ("exited_cleanly", "restart_policy_never"):
+            return "Stopped", "Missing"
+        return "Missing", "Missing"
+    if kind == "wait" and reason in GATED_REASONS:
+        return "Waiting", "Healthy"
+    st = obs.status
+    if st is not None and st.state in ("starting",):
+        return "Starting", "Progressing"
+    return "Running", "Healthy"
+
+
+def fleet_status(state: StateDir, platform, now: float, *, scan: bool = False) -> FleetStatus:
+    store = Store(state.db, readonly=True)
+    try:
+        ctl = controller_status(state, store, platform)
+        desired, specs = DesiredSource(store).current()
+        if desired is None:
+            from fleet.spec.model import FleetSpec
+            from fleet.plan.model import Desired
+            desired = Desired(FleetSpec("default", 0, 1, (), "", ""), 0, allow_empty=True)
+        observed = Observer(state, store, platform).observe(specs, now=now, scan=scan)
+        current = plan(desired, observed, now)
+    finally:
+        store.close()
+    by_profile: dict[str, Action] = {}
+    for action in current.actions:
+        prev = by_profile.get(action.profile)
+        if prev is None or prev.kind in ("reclaim", "adopt", "update"):
+            by_profile[action.profile] = action
+    rows = []
+    for name in sorted(by_profile):
+        action = by_profile[name]
+        obs = observed.get(name)
+        spec = desired.spec.profile(name)
+        proc = obs.process
+        wanted = (obs.history.override_desired or spec.desired) if spec else "removed"
+        phase, health = _phase(action, obs, wanted)
+        running_hash = proc.spec_hash if proc else None
+        sync = "Unknown" if spec is None or (proc is not None and running_hash is None) else (
+            "Synced" if (proc is None and wanted == "stopped") or running_hash == spec.spec_hash else "OutOfSync")
+        hb_age = (now - obs.heartbeat_at) if obs.heartbeat_at and proc and obs.heartbeat_at >= proc.started_at - 1 else None
+        rows.append(ProfileStatus(
+            name=name, phase=phase, sync=sync, health=health, pid=proc.pid if proc else None,
+            started_at=proc.started_at if proc else None, restarts=obs.history.restarts,
+            last_exit=describe_exit(obs.history.last_exit_code, obs.history.last_exit_class),
+            heartbeat_age=hb_age, active_agents=obs.status.active if obs.status else None,
+            gateway_state=obs.status.state if obs.status else None, spec_hash=running_hash,
+            desired_spec_hash=spec.spec_hash if spec else None, desired=wanted,
+            note=_note(action), action=action))
+    return FleetStatus(controller=ctl, profiles=tuple(rows), plan=current, observed=observed)
+
+
+def _note(action: Action) -> str:
+    if action.kind == "keep":
+        return ""
+    text = f"{action.kind} ({action.reason})"
+    if action.message:
+        text += f": {action.message}"
+    return text

@@ -1,0 +1,214 @@
+"""Actions -> platform calls, record files and journal entries. The only code that touches processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timezone
+
+from fleet.execute.environment import child_environment
+from fleet.execute.logs import rotate_if_large
+from fleet.observe import hermes_files as hf
+from fleet.observe.model import ProfileObservation
+from fleet.plan.exits import CRASH_CLASSES, TERMINAL_CLASSES, classify_exit, describe_exit
+from fleet.plan.model import Action
+from fleet.spec.model import DRIVER_HERMES, ProfileSpec
+from fleet.store.db import Store
+from fleet.store.files import remove, write_json_atomic
+from fleet.store.layout import StateDir
+from fleet.store.records import PidRecord, remove_record, write_record
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class Executor:
+    def __init__(self, state: StateDir, store: Store, platform, *, epoch: int, spec_of, clock=time.time,
+                 scope_command=None):
+        self.state = state
+        self.store = store
+        self.platform = platform
+        self.epoch = epoch
+        self.spec_of = spec_of  # name -> ProfileSpec | None (desired, or last applied for removed profiles)
+        self.clock = clock
+        self.scope_command = scope_command  # (unit, argv) -> argv | None: a transient systemd scope
+
+    def execute(self, action: Action, obs: ProfileObservation) -> None:
+        handler = getattr(self, f"_{action.kind}")
+        handler(action, obs)
+
+    def journal(self, kind: str, message: str, profile: str | None = None, **data) -> None:
+        self.store.journal(kind, message, profile=profile, epoch=self.epoch, data=data or None)
+
+    # -- records only ---------------------------------------------------------------------------
+    def _reclaim(self, action: Action, obs: ProfileObservation) -> None:
+        name, now, h = action.profile, self.clock(), obs.history
+        if action.reason == "pid_dead" and obs.record is not None:
+            _, code = self.platform.reap(obs.record.pid)
+            gateway_state = obs.status.state if obs.status else None
+            klass = classify_exit(code, gateway_state, planned=bool(h.drain_intent))
+            ran = now - obs.record.started_at
+            spec = self.spec_of(name)
+            reset_after = spec.restart.reset_after if spec else 60.0
+            failures = h.failures
+            if klass in CRASH_CLASSES or klass == "clean":
+                failures = 1 if ran >= reset_after else failures + 1
+            elif klass == "planned":
+                failures = 0 if ran >= reset_after else failures
+            fields = dict(last_exit_code=code, last_exit_at=now, last_exit_class=klass, failures=failures,
+                          idle_since=None)
+            if klass in TERMINAL_CLASSES:
+                reason = (obs.status.exit_reason if obs.status and obs.status.exit_reason else
+                          "exit 78 (fatal configuration)" if klass == "fatal_config" else "startup_failed")
+                fields.update(failed_reason=reason, failed_spec_hash=obs.record.spec_hash)
+            self.store.update_history(name, **fields)
+            self.journal("exited", f"pid {obs.record.pid} exited {describe_exit(code, klass)} after {ran:.1f}s",
+                         name, pid=obs.record.pid, code=code, exit_class=klass)
+        else:
+            self.journal("reclaimed", f"record removed: {action.message}", name, reason=action.reason)
+        remove_record(self.state.record(name))
+
+    def _adopt(self, action: Action, obs: ProfileObservation) -> None:
+        proc = obs.process
+        record = PidRecord(profile=action.profile, pid=proc.pid, start_ticks=proc.start_ticks,
+                           create_time=proc.create_time, spec_hash=proc.spec_hash, started_at=proc.started_at,
+                           controller_pid=os.getpid(), epoch=self.epoch, adopted=True)
+        write_record(self.state.record(action.profile), record)
+        if obs.history.last_start is None:
+            self.store.update_history(action.profile, last_start=proc.started_at)
+        line = json.dumps({"at": iso(self.clock()), "event": "adopt", "pid": proc.pid, "reason": action.reason,
+                           "source": proc.source, "epoch": self.epoch, "spec_hash": proc.spec_hash}, sort_keys=True)
+        with open(self.state.adopt_log(action.profile), "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+        self.journal("adopted", f"pid {proc.pid} adopted ({action.reason}); not restarted", action.profile,
+                     pid=proc.pid, reason=action.reason)
+
+    def _update(self, action: Action, obs: ProfileObservation) -> None:
+        name = action.profile
+        if action.reason == "drain_complete":
+            self._clear_drain(name)
+            self.journal("drained", "previous process gone; drain finished", name)
+        elif action.reason in ("removed_from_manifest", "prune_disabled"):
+            self._clear_drain(name)
+            remove_record(self.state.record(name))
+            self.store.forget(name)
+            what = "removed" if action.reason == "removed_from_manifest" else "left running unmanaged (prune: false)"
+            self.journal("pruned", f"{name} {what}", name)
+        else:
+            self.journal("updated", action.message, name, reason=action.reason)
+
+    def _clear_drain(self, name: str) -> None:
+        spec = self.spec_of(name)
+        if spec is not None and spec.driver == DRIVER_HERMES:
+            remove(os.path.join(spec.hermes_home, hf.DRAIN_REQUEST))
+        remove(self.state.stop_marker(name))
+        self.store.update_history(name, drain_intent=None, drain_reason=None, drain_started=None,
+                                  drain_deadline=None, drain_signalled=None, drain_pid=None)
+
+    # -- processes ------------------------------------------------------------------------------
+    def _spawn(self, action: Action, obs: ProfileObservation) -> None:
+        name, now = action.profile, self.clock()
+        spec: ProfileSpec = self.spec_of(name)
+        if spec.driver == DRIVER_HERMES:
+            os.makedirs(spec.hermes_home, mode=0o700, exist_ok=True)
+            # A leftover drain request would boot the new gateway straight into a drain (same boot epoch).
+            remove(os.path.join(spec.hermes_home, hf.DRAIN_REQUEST))
+        remove(self.state.stop_marker(name))
+        remove(self.state.state_file(name))
+        log_path = str(self.state.log(name))
+        rotate_if_large(log_path)
+        argv = list(spec.command)
+        if self.scope_command is not None:
+            argv = self.scope_command(f"hermes-fleet-{name}-{int(now * 1000)}", argv) or argv
+        env = child_environment(spec, self.state)
+        try:
+            pid = self.platform.spawn_detached(argv, env, spec.cwd, log_path)
+        except OSError as exc:
+            self.store.update_history(name, last_exit_code=None, last_exit_at=now, last_exit_class="crash",
+                                      failures=obs.history.failures + 1, last_start=now)
+            self.journal("spawn_failed", f"could not start {argv[0]}: {exc.strerror or exc}", name)
+            return
+        info = self.platform.process_info(pid)
+        record = PidRecord(profile=name, pid=pid, start_ticks=info.start_ticks if info else None,
+                           create_time=info.create_time if info else now, spec_hash=spec.spec_hash,
+                           started_at=now, controller_pid=os.getpid(), epoch=self.epoch)
+        write_record(self.state.record(name), record)
+        h = obs.history
+        counts_as_restart = action.reason in ("crashed", "replacement", "restart_requested", "not_running")
+        fields = dict(last_start=now, restarts=h.restarts + (1 if counts_as_restart and h.last_start else 0),
+                      idle_since=None, drain_intent=None, drain_reason=None, drain_started=None,
+                      drain_deadline=None, drain_signalled=None, drain_pid=None)
+        if h.failed_spec_hash and (h.failed_spec_hash != spec.spec_hash or obs.restart_request):
+            fields.update(failed_reason=None, failed_spec_hash=None)
+        self.store.update_history(name, **fields)
+        for req in self.store.pending_requests():
+            if req.profile == name and req.created_at <= now:
+                self.store.finish_request(req.id, "done", f"spawned pid {pid}")
+        self.journal("spawned", f"pid {pid} started ({action.reason})", name, pid=pid, reason=action.reason,
+                     spec_hash=spec.spec_hash)
+
+    def _replace(self, action: Action, obs: ProfileObservation) -> None:
+        self._drain(action, obs, intent="replace")
+
+    def _drain(self, action: Action, obs: ProfileObservation, intent: str | None = None) -> None:
+        name, now = action.profile, self.clock()
+        spec = self.spec_of(name)
+        hermes = spec is not None and spec.driver == DRIVER_HERMES
+        if action.phase == "begin":
+            intent = intent or ("prune" if action.reason == "removed_from_manifest" else "stop")
+            timeout = spec.drain.timeout if spec else 60.0
+            self.store.update_history(name, drain_intent=intent, drain_reason=action.reason, drain_started=now,
+                                      drain_deadline=now + timeout, drain_signalled=None, drain_pid=action.pid)
+            if hermes:
+                write_json_atomic(os.path.join(spec.hermes_home, hf.DRAIN_REQUEST), {
+                    "action": "drain", "requested_at": iso(now), "principal": "hermes-fleet",
+                    "epoch": self.platform.drain_epoch(), "suppress_notification": False})
+                self.journal("drain_started", f"drain requested ({action.reason}); up to {timeout:g}s", name,
+                             pid=action.pid, intent=intent)
+            else:
+                self.journal("drain_started", f"stopping ({action.reason}); up to {timeout:g}s", name,
+                             pid=action.pid, intent=intent)
+                self._planned_stop(name, spec, obs)
+        elif action.phase == "stop":
+            self._planned_stop(name, spec, obs)
+
+    def _planned_stop(self, name: str, spec: ProfileSpec | None, obs: ProfileObservation) -> None:
+        proc = obs.process
+        if not self._still_same(proc):
+            self.journal("refused", f"pid {proc.pid} no longer passes identity; not signalled", name)
+            return
+        now = self.clock()
+        if spec is not None and spec.driver == DRIVER_HERMES:
+            write_json_atomic(os.path.join(spec.hermes_home, hf.PLANNED_STOP), {
+                "target_pid": proc.pid, "target_start_time": proc.start_ticks, "stopper_pid": os.getpid(),
+                "written_at": iso(now)})
+        deadline = obs.history.drain_deadline or now
+        write_json_atomic(self.state.stop_marker(name), {"requested_at": iso(now), "reason": obs.history.drain_reason
+                                                          or "stop", "deadline": iso(deadline), "pid": proc.pid})
+        self.platform.request_stop(proc.pid)
+        self.store.update_history(name, drain_signalled=now)
+        self.journal("stop_sent", f"planned stop sent to pid {proc.pid}", name, pid=proc.pid)
+
+    def _kill(self, action: Action, obs: ProfileObservation) -> None:
+        name, proc = action.profile, obs.process
+        if not self._still_same(proc):
+            self.journal("refused", f"pid {proc.pid} no longer passes identity; not killed", name)
+            return
+        if action.reason == "forced" and not obs.history.drain_intent:
+            now = self.clock()
+            self.store.update_history(name, drain_intent="replace", drain_reason="forced", drain_started=now,
+                                      drain_deadline=now, drain_signalled=now, drain_pid=proc.pid)
+        self.platform.kill_tree(proc.pid)
+        self.journal("killed", f"pid {proc.pid} and its tree killed ({action.reason}: {action.message})", name,
+                     pid=proc.pid, reason=action.reason)
+
+    def _still_same(self, proc) -> bool:
+        """Identity re-checked right before a signal: the PID may have been reused since we looked."""
+        info = self.platform.process_info(proc.pid)
+        if info is None or not info.alive:
+            return False
+        if proc.start_ticks is not None and info.start_ticks is not None:
+            return proc.start_ticks == info.start_ticks
+        return abs(proc.create_time - info.create_time) < 0.05

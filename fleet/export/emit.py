@@ -1,0 +1,157 @@
+"""Deterministic text: '#' comment blocks, YAML documents, systemd unit syntax.
+
+Same input, same bytes: mappings are emitted in the order the caller built them (callers
+sort where order carries no meaning), never with anchors, never wrapped.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from dataclasses import dataclass
+from typing import Sequence
+
+import yaml
+
+from fleet.export.base import ExportError, Note
+
+COMMENT_WIDTH = 96
+
+
+def comment_block(paragraphs: Sequence[str], width: int = COMMENT_WIDTH) -> str:
+    """'# '-prefixed lines; each paragraph wrapped, an empty paragraph is a bare '#'."""
+    out: list[str] = []
+    for paragraph in paragraphs:
+        if not paragraph:
+            out.append("#")
+            continue
+        indent = len(paragraph) - len(paragraph.lstrip(" "))
+        bullet = paragraph.lstrip(" ")
+        hang = " " * (indent + (2 if bullet.startswith("- ") else 0))
+        for line in textwrap.wrap(paragraph, width=width - 2, initial_indent="", subsequent_indent=hang,
+                                  break_long_words=False, break_on_hyphens=False,
+                                  drop_whitespace=True) or [""]:
+            out.append(("# " + line).rstrip())
+    return "\n".join(out) + "\n"
+
+
+def notes_paragraphs(notes: Sequence[Note], engine: str) -> list[str]:
+    if not notes:
+        return [f"Everything in fleet.yaml maps onto {engine}."]
+    out = [f"Not expressible in {engine}, and what to use instead:"]
+    for note in notes:
+        out.append(f"- {note.topic} [{note.scope()}]: {note.detail}")
+        out.append(f"  Instead: {note.instead}")
+    return out
+
+
+# ---------------------------------------------------------------- YAML
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style, lists indented under their key (kubectl's style), never anchors."""
+
+    def increase_indentation(self, flow: bool = False, indentless: bool = False):  # noqa: ARG002
+        return super().increase_indentation(flow, False)
+
+    def ignore_aliases(self, data) -> bool:  # noqa: ARG002
+        return True
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str):
+    style = "|" if "\n" in data and not any(line != line.rstrip() for line in data.split("\n")) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def yaml_document(data: dict) -> str:
+    """One YAML document; keys in the order the dict was built (callers sort where order is free)."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+                     allow_unicode=True, width=1 << 16)
+
+
+def yaml_documents(docs: Sequence[dict]) -> str:
+    return "".join("---\n" + yaml_document(doc) for doc in docs)
+
+
+# ---------------------------------------------------------------- systemd unit syntax
+
+
+def systemd_escape_specifiers(text: str) -> str:
+    return text.replace("%", "%%")
+
+
+class Verbatim(str):
+    """Text meant for systemd to expand (%t, $MAINPID): quoted if needed, '%' and '$' kept."""
+
+
+def systemd_word(word: str, exec_line: bool) -> str:
+    """One argument of an Exec*= line (exec_line) or one Environment= assignment.
+
+    Quoted when needed, with C escapes for quotes, backslashes and control characters;
+    '%' doubled (specifiers) and, on exec lines, '$' doubled (variable expansion), unless
+    the word is Verbatim.
+    """
+    needs_quotes = word == "" or any(c.isspace() or c in "\"'\\;" for c in word) or not word.isprintable()
+    text = word
+    if needs_quotes:
+        escaped = []
+        for c in text:
+            if c == "\\":
+                escaped.append("\\\\")
+            elif c == '"':
+                escaped.append('\\"')
+            elif c == "\n":
+                escaped.append("\\n")
+            elif c == "\t":
+                escaped.append("\\t")
+            elif not c.isprintable() and ord(c) < 0x100:
+                escaped.append(f"\\x{ord(c):02x}")
+            else:
+                escaped.append(c)
+        text = '"' + "".join(escaped) + '"'
+    if isinstance(word, Verbatim):
+        return text
+    text = systemd_escape_specifiers(text)
+    if exec_line:
+        text = text.replace("$", "$$")
+    return text
+
+
+def systemd_command_line(argv: Sequence[str]) -> str:
+    return " ".join(systemd_word(a, exec_line=True) for a in argv)
+
+
+def systemd_path(path: str) -> str:
+    """A path setting (WorkingDirectory=, ...): no quoting exists there, so refuse what cannot be written."""
+    if any(not c.isprintable() for c in path):
+        raise ExportError(f"the path {path!r} contains control characters and cannot be written in a unit file")
+    return systemd_escape_specifiers(path)
+
+
+def systemd_timespan(seconds: float) -> str:
+    """systemd time span: whole seconds as '90s', otherwise milliseconds as '2500ms'."""
+    if seconds <= 0:
+        return "0"
+    if abs(seconds - round(seconds)) < 1e-9:
+        return f"{int(round(seconds))}s"
+    return f"{int(math.ceil(seconds * 1000 - 1e-6))}ms"
+
+
+@dataclass(frozen=True)
+class UnitSection:
+    name: str
+    entries: tuple[tuple[str, str], ...]  # (key, value); key "#" is a comment line
+
+
+def render_unit(header: str, sections: Sequence[UnitSection]) -> str:
+    parts = [header]
+    for i, section in enumerate(sections):
+        if i or header:
+            parts.append("\n")
+        parts.append(f"[{section.name}]\n")
+        for key, value in section.entries:
+            parts.append(f"# {value}\n" if key == "#" else f"{key}={value}\n")
+    return "".join(parts)

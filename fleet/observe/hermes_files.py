@@ -1,0 +1,154 @@
+"""Hermes' own files and command-line rules (hermes-contract sections 1-3), read-only and lenient."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+from datetime import datetime
+
+from fleet.store.files import read_json
+
+DRAIN_REQUEST = ".drain_request.json"
+PLANNED_STOP = ".gateway-planned-stop.json"
+GATEWAY_STATE = "gateway_state.json"
+GATEWAY_PID = "gateway.pid"
+GATEWAY_LOCK = "gateway.lock"
+HEARTBEAT = os.path.join("state", "gateway.heartbeat")
+
+
+@dataclass(frozen=True)
+class GatewayStatus:
+    state: str | None  # starting | running | degraded | draining | stopped | startup_failed | (process driver: free text)
+    active: int | None  # active agents / runs
+    updated_at: float | None
+    exit_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class HermesPidRecord:
+    pid: int
+    start_time: int | None  # /proc ticks on Linux, create_time*100 elsewhere
+    argv: tuple[str, ...]
+
+
+def parse_iso(value) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _int_or_none(value) -> int | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def read_gateway_status(home: str) -> GatewayStatus | None:
+    data = read_json(os.path.join(home, GATEWAY_STATE))
+    if not isinstance(data, dict):
+        return None
+    return GatewayStatus(
+        state=data.get("gateway_state") if isinstance(data.get("gateway_state"), str) else None,
+        active=_int_or_none(data.get("active_agents")),
+        updated_at=parse_iso(data.get("updated_at")),
+        exit_reason=data.get("exit_reason") if isinstance(data.get("exit_reason"), str) else None,
+    )
+
+
+def read_contract_status(path: str) -> GatewayStatus | None:
+    """The process driver's HERMES_FLEET_STATE_FILE: {updated_at, state, active_runs, last_activity_at}."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        return None
+    return GatewayStatus(state=data.get("state") if isinstance(data.get("state"), str) else None,
+                         active=_int_or_none(data.get("active_runs")), updated_at=parse_iso(data.get("updated_at")))
+
+
+def read_heartbeat(home: str) -> float | None:
+    data = read_json(os.path.join(home, HEARTBEAT))
+    return parse_iso(data.get("updated_at")) if isinstance(data, dict) else None
+
+
+def read_hermes_pid(home: str) -> HermesPidRecord | None:
+    for name in (GATEWAY_PID, GATEWAY_LOCK):
+        data = read_json(os.path.join(home, name))
+        if isinstance(data, int) and not isinstance(data, bool):
+            return HermesPidRecord(pid=data, start_time=None, argv=())
+        if isinstance(data, dict) and _int_or_none(data.get("pid")):
+            argv = data.get("argv") if isinstance(data.get("argv"), list) else []
+            return HermesPidRecord(pid=int(data["pid"]), start_time=_int_or_none(data.get("start_time")),
+                                   argv=tuple(str(a) for a in argv))
+    return None
+
+
+def drain_requested(home: str) -> bool:
+    return os.path.exists(os.path.join(home, DRAIN_REQUEST))
+
+
+def _tokens(cmdline: tuple[str, ...]) -> list[str]:
+    return [t.lower() for t in cmdline]
+
+
+def _strip_profile_flags(tokens: list[str]) -> tuple[list[str], str | None]:
+    out, profile, skip = [], None, False
+    for i, tok in enumerate(tokens):
+        if skip:
+            skip = False
+            continue
+        if tok in ("-p", "--profile"):
+            profile = tokens[i + 1] if i + 1 < len(tokens) else None
+            skip = True
+            continue
+        if tok.startswith("--profile=") or tok.startswith("-p="):
+            profile = tok.split("=", 1)[1]
+            continue
+        out.append(tok)
+    return out, profile
+
+
+def gateway_subcommand(cmdline: tuple[str, ...]) -> str | None:
+    """Hermes' _gateway_command_subcommand: 'run' when the command line is a gateway runtime."""
+    tokens = _tokens(cmdline)
+    if len(tokens) == 1 and " " in tokens[0]:
+        try:
+            tokens = [t.lower() for t in shlex.split(tokens[0])]
+        except ValueError:
+            pass
+    for tok in tokens:
+        base = os.path.basename(tok)
+        if tok.endswith("gateway/run.py") or base in ("hermes-gateway", "hermes-gateway.exe"):
+            return "run"
+    if not any("hermes_cli.main" in t or "hermes_cli/main.py" in t or os.path.basename(t) in ("hermes", "hermes.exe")
+               for t in tokens):
+        return None
+    rest, _ = _strip_profile_flags(tokens)
+    if "gateway" not in rest:
+        return None
+    i = rest.index("gateway")
+    after = rest[i + 1] if i + 1 < len(rest) else None
+    if after is None or after.startswith("-") or after == "run":
+        return "run"
+    return after
+
+
+def looks_like_gateway(cmdline: tuple[str, ...]) -> bool:
+    return gateway_subcommand(cmdline) in ("run", "restart")
+
+
+def cmdline_profile(cmdline: tuple[str, ...]) -> str:
+    """The profile a gateway command line serves: the -p value, or 'default' without one."""
+    _, profile = _strip_profile_flags(_tokens(cmdline))
+    return profile or "default"
+
+
+def has_external_supervisor_flag(cmdline: tuple[str, ...]) -> bool:
+    return "--external-supervisor" in cmdline

@@ -1,0 +1,60 @@
+"""What is true on the host right now, per profile; rebuilt from scratch on every pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fleet.observe.hermes_files import GatewayStatus
+from fleet.store.db import InventoryEntry, OperatorRequest, ProfileHistory
+from fleet.store.records import PidRecord
+
+
+@dataclass(frozen=True)
+class LiveProcess:
+    """A live process that passed identity for this profile."""
+    pid: int
+    start_ticks: int | None
+    create_time: float
+    cmdline: tuple[str, ...]
+    started_at: float
+    spec_hash: str | None  # what it runs: from our record or its HERMES_FLEET_SPEC_HASH; None = unknown
+    source: str  # record | hermes_pidfile | env_marker | cmdline | match
+    record_epoch: int | None  # epoch of the record that names it; None without a record
+    external_supervisor_flag: bool = True
+
+
+@dataclass(frozen=True)
+class ProfileObservation:
+    name: str
+    record: PidRecord | None = None
+    record_problem: str | None = None  # a present record that was not trusted, and why
+    record_verdict: str = "none"  # none | alive | dead | reused | foreign | corrupt
+    process: LiveProcess | None = None
+    status: GatewayStatus | None = None
+    heartbeat_at: float | None = None
+    drain_file: bool = False  # Hermes' .drain_request.json is present
+    native_service: str | None = None  # path of a native unit/agent/task that supervises this profile
+    history: ProfileHistory = field(default_factory=lambda: ProfileHistory(""))
+    restart_request: OperatorRequest | None = None
+
+
+@dataclass(frozen=True)
+class Orphan:
+    pid: int
+    profile: str
+    cmdline: tuple[str, ...]
+    reason: str  # why it looks like a gateway
+
+
+@dataclass(frozen=True)
+class Observed:
+    observed_at: float
+    epoch: int
+    profiles: dict[str, ProfileObservation]
+    inventory: tuple[InventoryEntry, ...] = ()
+    orphans: tuple[Orphan, ...] = ()
+    last_spawn_at: float | None = None
+    scanned: bool = False  # whether unrecorded processes were searched for
+
+    def get(self, name: str) -> ProfileObservation:
+        return self.profiles.get(name) or ProfileObservation(name=name, history=ProfileHistory(name))

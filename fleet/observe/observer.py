@@ -1,0 +1,197 @@
+"""Store + state directory + OS -> Observed. Never writes anything."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from fleet.observe import hermes_files as hf
+from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservation
+from fleet.observe.native import find_native_service
+from fleet.platform.base import ProcessInfo
+from fleet.spec.model import DRIVER_HERMES, ProfileSpec
+from fleet.store.db import ProfileHistory, Store
+from fleet.store.layout import StateDir
+from fleet.store.records import PidRecord, read_record
+
+PROFILE_ENV = "HERMES_FLEET_PROFILE"
+STATE_DIR_ENV = "HERMES_FLEET_STATE_DIR"
+SPEC_HASH_ENV = "HERMES_FLEET_SPEC_HASH"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+CREATE_TIME_TOLERANCE = 0.05
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str  # alive | dead | reused | foreign
+    info: ProcessInfo | None
+
+
+def verify_record(record: PidRecord, platform) -> Verdict:
+    """PID alive, same start (ticks on Linux, else create time), same user: otherwise it is not ours."""
+    info = platform.process_info(record.pid)
+    if info is None or not info.alive:
+        return Verdict("dead", None)
+    if record.start_ticks is not None and info.start_ticks is not None:
+        same = record.start_ticks == info.start_ticks
+    else:
+        same = abs(record.create_time - info.create_time) < CREATE_TIME_TOLERANCE
+    if not same:
+        return Verdict("reused", info)
+    if info.uid is not None and platform.current_uid() is not None and info.uid != platform.current_uid():
+        return Verdict("foreign", info)
+    return Verdict("alive", info)
+
+
+def profile_names_on_disk(state: StateDir) -> set[str]:
+    try:
+        entries = os.listdir(state.root)
+    except OSError:
+        return set()
+    return {e[:-4] for e in entries if e.endswith(".pid") and _NAME.match(e[:-4])}
+
+
+class Observer:
+    def __init__(self, state: StateDir, store: Store, platform):
+        self.state = state
+        self.store = store
+        self.platform = platform
+
+    def observe(self, specs: dict[str, ProfileSpec], *, now: float, scan: bool) -> Observed:
+        histories = self.store.histories()
+        inventory = self.store.inventory()
+        requests: dict[str, object] = {}
+        for req in self.store.pending_requests():
+            requests.setdefault(req.profile, req)
+        names = sorted(set(specs) | {e.name for e in inventory} | profile_names_on_disk(self.state))
+        profiles: dict[str, ProfileObservation] = {}
+        claimed: set[int] = set()
+        for name in names:
+            obs = self._observe_profile(name, specs.get(name), histories.get(name) or ProfileHistory(name),
+                                        requests.get(name))
+            if obs.process:
+                claimed.add(obs.process.pid)
+            profiles[name] = obs
+        orphans: list[Orphan] = []
+        if scan:
+            profiles, orphans = self._scan(specs, profiles, claimed, {e.name for e in inventory})
+        last_spawn = max((h.last_start for h in histories.values() if h.last_start), default=None)
+        return Observed(observed_at=now, epoch=self.store.epoch, profiles=profiles, inventory=inventory,
+                        orphans=tuple(orphans), last_spawn_at=last_spawn, scanned=scan)
+
+    # -- one profile -------------------------------------------------------------------------
+    def _observe_profile(self, name, spec: ProfileSpec | None, history, request) -> ProfileObservation:
+        read = read_record(self.state.record(name))
+        record, problem, verdict, process = read.record, read.problem, "none", None
+        if problem:
+            verdict = "corrupt"
+        elif record is not None:
+            v = verify_record(record, self.platform)
+            verdict = v.verdict
+            if verdict == "alive":
+                process = LiveProcess(pid=record.pid, start_ticks=v.info.start_ticks, create_time=v.info.create_time,
+                                      cmdline=v.info.cmdline, started_at=record.started_at, spec_hash=record.spec_hash,
+                                      source="record", record_epoch=record.epoch,
+                                      external_supervisor_flag=self._flag_ok(spec, v.info.cmdline))
+            elif verdict in ("reused", "foreign"):
+                problem = (f"record names pid {record.pid}, which is now another program" if verdict == "reused"
+                           else f"record names pid {record.pid}, which belongs to another user")
+        status = heartbeat = None
+        drain_file = False
+        native = None
+        if spec is not None:
+            if spec.driver == DRIVER_HERMES:
+                if process is None:
+                    process = self._from_hermes_pidfile(name, spec)
+                status = hf.read_gateway_status(spec.hermes_home)
+                heartbeat = hf.read_heartbeat(spec.hermes_home)
+                drain_file = hf.drain_requested(spec.hermes_home)
+                native = find_native_service(name)
+            else:
+                status = hf.read_contract_status(str(self.state.state_file(name)))
+                heartbeat = status.updated_at if status else None
+        return ProfileObservation(name=name, record=record, record_problem=problem, record_verdict=verdict,
+                                  process=process, status=status, heartbeat_at=heartbeat, drain_file=drain_file,
+                                  native_service=native, history=history, restart_request=request)
+
+    def _flag_ok(self, spec: ProfileSpec | None, cmdline: tuple[str, ...]) -> bool:
+        if spec is None or spec.driver != DRIVER_HERMES:
+            return True
+        return hf.has_external_supervisor_flag(cmdline)
+
+    def _from_hermes_pidfile(self, name: str, spec: ProfileSpec) -> LiveProcess | None:
+        """A gateway Hermes itself recorded: lock held, same start time, a gateway command line for this profile."""
+        rec = hf.read_hermes_pid(spec.hermes_home)
+        if rec is None:
+            return None
+        info = self.platform.process_info(rec.pid)
+        if info is None or not info.alive:
+            return None
+        if rec.start_time is not None and info.start_ticks is not None and rec.start_time != info.start_ticks:
+            return None
+        if info.uid is not None and info.uid != self.platform.current_uid():
+            return None
+        if not hf.looks_like_gateway(info.cmdline) or hf.cmdline_profile(info.cmdline) != name:
+            return None
+        if not self.platform.lock_is_held(os.path.join(spec.hermes_home, hf.GATEWAY_LOCK)):
+            return None
+        return self._live(info, name, "hermes_pidfile", spec)
+
+    def _live(self, info: ProcessInfo, name: str, source: str, spec: ProfileSpec | None) -> LiveProcess:
+        env = self.platform.process_environ(info.pid) or {}
+        spec_hash = env.get(SPEC_HASH_ENV) if env.get(STATE_DIR_ENV) == str(self.state.root) else None
+        return LiveProcess(pid=info.pid, start_ticks=info.start_ticks, create_time=info.create_time,
+                           cmdline=info.cmdline, started_at=info.create_time, spec_hash=spec_hash, source=source,
+                           record_epoch=None, external_supervisor_flag=self._flag_ok(spec, info.cmdline))
+
+    # -- unrecorded processes -------------------------------------------------------------------
+    def _scan(self, specs, profiles, claimed, inventory_names):
+        """Find live processes of our profiles that no record names (adoption) and gateways nobody manages."""
+        me = os.getpid()
+        candidates: dict[str, list[tuple[ProcessInfo, str]]] = {}
+        infos = [i for i in self.platform.iter_processes() if i.pid != me and i.alive]
+        for info in infos:
+            if info.pid in claimed:
+                continue
+            env = self.platform.process_environ(info.pid) or {}
+            marker = env.get(PROFILE_ENV)
+            if marker:
+                if env.get(STATE_DIR_ENV) == str(self.state.root) and _NAME.match(marker):
+                    candidates.setdefault(marker, []).append((info, "env_marker"))
+                continue
+            if hf.looks_like_gateway(info.cmdline):
+                pname = hf.cmdline_profile(info.cmdline)
+                spec = specs.get(pname)
+                root = env.get("HERMES_HOME")
+                if spec is not None and spec.driver == DRIVER_HERMES and root is not None and \
+                        os.path.normpath(root) not in (spec.env_map.get("HERMES_HOME"), spec.hermes_home):
+                    continue  # a gateway of another Hermes root
+                candidates.setdefault(pname, []).append((info, "cmdline"))
+                continue
+            joined = " ".join(info.cmdline)
+            for spec in specs.values():
+                if spec.match and re.search(spec.match, joined):
+                    candidates.setdefault(spec.name, []).append((info, "match"))
+                    break
+        # A gateway's own subprocesses inherit its environment; only the topmost process counts.
+        candidate_pids = {i.pid for group in candidates.values() for i, _ in group} | claimed
+        orphans: list[Orphan] = []
+        out = dict(profiles)
+        for name, group in sorted(candidates.items()):
+            roots = sorted((c for c in group if c[0].ppid not in candidate_pids), key=lambda c: c[0].create_time)
+            if not roots:
+                continue
+            spec = specs.get(name)
+            obs = out.get(name)
+            managed = spec is not None or name in inventory_names
+            if managed and (obs is None or obs.process is None):
+                info, source = roots[0]
+                live = self._live(info, name, source, spec)
+                base = obs or ProfileObservation(name=name, history=ProfileHistory(name))
+                out[name] = ProfileObservation(**{**base.__dict__, "process": live})
+                roots = roots[1:]
+            for info, source in roots:
+                reason = "duplicate" if managed else f"unmanaged ({source})"
+                orphans.append(Orphan(pid=info.pid, profile=name, cmdline=info.cmdline, reason=reason))
+        return out, orphans

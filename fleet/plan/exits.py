@@ -1,0 +1,41 @@
+"""Exit codes as Hermes means them (hermes-contract section 4 and 9.7)."""
+
+from __future__ import annotations
+
+RESTART_NOW = 75  # EX_TEMPFAIL: a restart was requested
+FATAL_CONFIG = 78  # EX_CONFIG: do not retry
+
+CRASH_CLASSES = ("crash", "killed", "unknown")
+TERMINAL_CLASSES = ("fatal_config", "startup_failed")
+
+
+def classify_exit(code: int | None, gateway_state: str | None, *, planned: bool) -> str:
+    """planned: we asked it to stop (drain, replace, forced restart), so its exit is no failure."""
+    if planned:
+        return "planned"
+    if code == RESTART_NOW:
+        return "restart_now"
+    if code == FATAL_CONFIG:
+        return "fatal_config"
+    if code == 0:
+        return "startup_failed" if gateway_state == "startup_failed" else "clean"
+    if code is None:
+        # Not our child: the exit code is lost; Hermes' own status file is the best witness.
+        if gateway_state == "startup_failed":
+            return "startup_failed"
+        if gateway_state == "stopped":
+            return "clean"
+        return "unknown"
+    if code < 0:
+        return "killed"
+    return "crash"
+
+
+def describe_exit(code: int | None, klass: str | None) -> str:
+    if klass is None:
+        return "-"
+    if code is None:
+        return klass
+    if code < 0:
+        return f"signal {-code} ({klass})"
+    return f"{code} ({klass})"

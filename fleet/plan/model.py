@@ -1,0 +1,109 @@
+"""The plan as a value: actions with reasons, read by renderers and the executor alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fleet.spec.model import FleetSpec, ProfileSpec
+
+# One symbol per class, so a reader sees at a glance whether a line touches a process.
+SYMBOLS = {
+    "spawn": "+", "adopt": "~", "update": "~", "reclaim": "~", "keep": " ", "replace": "-/+",
+    "drain": "-", "kill": "!", "wait": ">", "conflict": "?",
+}
+RECORD_KINDS = ("reclaim", "adopt", "update")
+KIND_ORDER = {"reclaim": 0, "adopt": 1, "update": 2, "kill": 3, "spawn": 4, "replace": 5, "drain": 6,
+              "wait": 7, "conflict": 8, "keep": 9}
+TOUCHES_PROCESS = ("spawn", "replace", "drain", "kill")
+
+
+@dataclass(frozen=True)
+class Gate:
+    gate: str  # idle | budget | window | suspended | backoff | stagger
+    open: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str
+    profile: str
+    reason: str
+    message: str = ""
+    not_before: float | None = None
+    pid: int | None = None
+    phase: str = ""  # drain/replace: begin | stop ; kill: the drain it ends
+    voluntary: bool = False
+    gates: tuple[Gate, ...] = ()
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        if self.kind == "replace":
+            return ("drain", "spawn")
+        if self.kind in ("spawn", "drain", "kill"):
+            return (self.kind,)
+        return ()
+
+    def due(self, now: float) -> bool:
+        return self.not_before is None or self.not_before <= now
+
+    def render(self) -> str:
+        """Compact deterministic form for tests: `profile kind reason [@not_before]`."""
+        text = f"{self.profile} {self.kind} {self.reason}"
+        if self.phase:
+            text += f" ({self.phase})"
+        if self.not_before is not None:
+            text += f" @{self.not_before:g}"
+        return text
+
+
+@dataclass(frozen=True)
+class Check:
+    severity: str  # error | warning
+    code: str
+    message: str
+    profile: str | None = None
+    hint: str = ""
+
+
+@dataclass(frozen=True)
+class Desired:
+    spec: FleetSpec
+    generation: int = 0
+    prune: bool = True
+    allow_empty: bool = False
+    previous: dict[str, ProfileSpec] = field(default_factory=dict)  # last-applied specs, for in-place updates
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...]
+    checks: tuple[Check, ...] = ()
+    refusal: str | None = None
+
+    def counts(self) -> dict[str, int]:
+        out = {k: 0 for k in ("spawn", "replace", "drain", "kill", "adopt", "update", "reclaim", "keep", "wait", "conflict")}
+        for a in self.actions:
+            out[a.kind] += 1
+        return out
+
+    @property
+    def changes(self) -> tuple[Action, ...]:
+        return tuple(a for a in self.actions if a.kind != "keep")
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.changes and self.refusal is None
+
+    def executable(self, now: float) -> tuple[Action, ...]:
+        """What to do in this pass: record fixes first on their own, so the next pass sees their effect."""
+        due = [a for a in self.actions if a.kind not in ("keep", "wait", "conflict") and a.due(now)]
+        records = [a for a in due if a.kind in RECORD_KINDS]
+        return tuple(records or due)
+
+    def next_deadline(self, now: float) -> float | None:
+        times = [a.not_before for a in self.actions if a.not_before is not None and a.not_before > now]
+        return min(times) if times else None
+
+    def render(self) -> str:
+        return "\n".join(a.render() for a in self.actions)

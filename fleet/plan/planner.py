@@ -1,0 +1,279 @@
+"""plan(desired, observed, now) -> Plan. Pure: no I/O, no clock, no psutil.
+
+Each profile is planned on its own; only the stagger (spawn spacing) and the maintenance
+budget couple them, so a sibling's failure never changes another profile's action.
+"""
+
+from __future__ import annotations
+
+from fleet.observe.model import Observed, ProfileObservation
+from fleet.plan.exits import CRASH_CLASSES, TERMINAL_CLASSES
+from fleet.plan.model import KIND_ORDER, Action, Check, Desired, Gate, Plan
+from fleet.spec.model import DRIVER_HERMES, ProfileSpec
+
+# A drain request not acknowledged by the gateway within this long (an older Hermes without
+# external drain) is followed by the planned stop anyway, if no agent is known to be active.
+DRAIN_ACK_GRACE = 5.0
+
+
+def plan(desired: Desired, observed: Observed, now: float) -> Plan:
+    spec = desired.spec
+    inventory = {e.name: e for e in observed.inventory}
+    names = sorted(set(spec.names) | set(inventory) | set(observed.profiles))
+    checks: list[Check] = []
+    refusal = None
+    if not spec.profiles and any(e.state == "active" for e in observed.inventory) and desired.prune \
+            and not desired.allow_empty:
+        refusal = ("the manifest has no profiles but the fleet runs "
+                   f"{len(observed.inventory)}; refusing to drain everything (pass --allow-empty if you mean it)")
+
+    per_profile: dict[str, list[Action]] = {}
+    for name in names:
+        obs = observed.get(name)
+        pspec = spec.profile(name)
+        if refusal and pspec is None:
+            per_profile[name] = _records_only(obs, observed.epoch)
+            continue
+        per_profile[name] = _plan_profile(name, pspec, inventory.get(name), obs, desired, observed.epoch, now)
+        if obs.record_problem:
+            checks.append(Check("warning", "record_untrusted", obs.record_problem, name))
+        if obs.native_service and pspec is not None:
+            checks.append(Check("error", "owned_by_native_service",
+                                f"a native service supervises this profile: {obs.native_service}", name,
+                                "remove it (hermes gateway uninstall) or drop the profile from fleet.yaml"))
+    for orphan in observed.orphans:
+        code = "duplicate_process" if orphan.reason == "duplicate" else "unmanaged_orphan"
+        checks.append(Check("warning", code, f"pid {orphan.pid} looks like {orphan.profile}'s gateway ({orphan.reason})",
+                            orphan.profile, "add it to fleet.yaml to adopt it" if code == "unmanaged_orphan"
+                            else "a second process for one profile; stop it by hand after checking it"))
+
+    actions = [a for acts in per_profile.values() for a in acts]
+    actions = _apply_budget(actions, desired, observed, now)
+    actions = _apply_stagger(actions, desired, observed, now)
+    actions.sort(key=lambda a: (KIND_ORDER[a.kind], a.profile))
+    return Plan(actions=tuple(actions), checks=tuple(checks), refusal=refusal)
+
+
+def _records_only(obs: ProfileObservation, epoch: int) -> list[Action]:
+    return [a for a in _record_actions(obs, epoch)] or [Action("keep", obs.name, "refused")]
+
+
+def _record_actions(obs: ProfileObservation, epoch: int) -> list[Action]:
+    out = []
+    verdict = obs.record_verdict
+    if verdict in ("dead", "reused", "foreign", "corrupt"):
+        reason = {"dead": "pid_dead", "reused": "pid_reused", "foreign": "pid_foreign", "corrupt": "record_corrupt"}[verdict]
+        out.append(Action("reclaim", obs.name, reason, obs.record_problem or f"pid {obs.record.pid} has exited",
+                          pid=obs.record.pid if obs.record else None))
+    proc = obs.process
+    if proc is not None:
+        if proc.source != "record":
+            reason = "started_by_hand" if proc.source in ("cmdline", "match") else "record_missing"
+            out.append(Action("adopt", obs.name, reason, f"pid {proc.pid} found by {proc.source.replace('_', ' ')}",
+                              pid=proc.pid))
+        elif proc.record_epoch is not None and proc.record_epoch < epoch:
+            out.append(Action("adopt", obs.name, "previous_controller",
+                              f"pid {proc.pid} recorded by controller epoch {proc.record_epoch}", pid=proc.pid))
+    return out
+
+
+def _plan_profile(name: str, spec: ProfileSpec | None, inv, obs: ProfileObservation, desired: Desired,
+                  epoch: int, now: float) -> list[Action]:
+    actions = _record_actions(obs, epoch)
+    proc = obs.process
+    h = obs.history
+
+    if spec is None:
+        if inv is None:
+            if proc is not None:  # ours once (a record) but in no inventory: report, never touch
+                return [Action("wait", name, "not_managed", f"pid {proc.pid} is not in fleet.yaml nor in the inventory")]
+            return actions
+        if not desired.prune and inv.state == "active":
+            return actions + [Action("wait", name, "prune_deferred", "not in fleet.yaml; pruning deferred (--no-prune)")]
+        if not inv.prune:
+            return actions + [Action("update", name, "prune_disabled",
+                                     "not in fleet.yaml and prune: false; left running, unmanaged")]
+        if proc is None:
+            return actions + [Action("update", name, "removed_from_manifest",
+                                     f"not in fleet.yaml; last applied in generation {inv.last_generation}")]
+        return actions + _stop_flow(name, None, obs, "prune", "removed_from_manifest", now)
+
+    if spec.suspend:
+        return actions + [Action("wait", name, "suspended", "suspend: true; observed only",
+                                 gates=(Gate("suspended", False),))]
+    if obs.native_service and (proc is None or proc.source != "record"):
+        return actions + [Action("conflict", name, "owned_by_native_service",
+                                 f"a native service supervises this profile: {obs.native_service}")]
+
+    wanted = h.override_desired or spec.desired
+    if wanted == "stopped":
+        if proc is None:
+            if h.drain_intent:
+                return actions + [Action("update", name, "drain_complete", "stopped")]
+            return actions + [Action("keep", name, "stopped")]
+        return actions + _stop_flow(name, spec, obs, "stop", "desired_stopped", now)
+
+    if proc is not None:
+        running = _running_flow(name, spec, obs, now)
+        previous = desired.previous.get(name)
+        if running[0].kind == "keep" and previous is not None and previous != spec:
+            running = [Action("update", name, "policy_changed", "policy changed; applied in place", pid=proc.pid)]
+        return actions + running
+    return actions + _absent_flow(name, spec, obs, now)
+
+
+def _stop_flow(name, spec, obs: ProfileObservation, intent: str, reason: str, now: float) -> list[Action]:
+    h, proc = obs.history, obs.process
+    if h.drain_intent and h.drain_pid == proc.pid:
+        return _continue_drain(name, spec, obs, now)
+    return [Action("drain", name, reason, "drain, then stop", pid=proc.pid, phase="begin")]
+
+
+def _continue_drain(name, spec, obs: ProfileObservation, now: float) -> list[Action]:
+    """A drain under way: wait for idle, then the planned stop, and kill when the deadline passes."""
+    h, proc = obs.history, obs.process
+    kind = "replace" if h.drain_intent == "replace" else "drain"
+    if h.drain_deadline is not None and now >= h.drain_deadline:
+        return [Action("kill", name, "drain_timeout", "drain deadline passed", pid=proc.pid)]
+    if h.drain_signalled is not None:
+        return [Action("wait", name, "stopping", "planned stop sent; waiting for exit", not_before=h.drain_deadline,
+                       pid=proc.pid)]
+    st = obs.status
+    active = st.active if st else None
+    hermes = spec is None or spec.driver == DRIVER_HERMES
+    acknowledged = st is not None and st.state in ("draining", "stopped") and (active or 0) == 0
+    unacknowledged_idle = (now - (h.drain_started or now)) >= DRAIN_ACK_GRACE and (active or 0) == 0
+    if not hermes or acknowledged or unacknowledged_idle:
+        return [Action(kind, name, h.drain_reason or "draining", "drained; planned stop", pid=proc.pid, phase="stop")]
+    waiting = f"{active} active agent(s)" if active else "waiting for the gateway to acknowledge the drain"
+    return [Action("wait", name, "draining", waiting,
+                   not_before=min(h.drain_deadline or now + 1.0, now + 1.0), pid=proc.pid)]
+
+
+def _heartbeat_stale(spec: ProfileSpec, obs: ProfileObservation, now: float) -> str | None:
+    proc = obs.process
+    if now - proc.started_at < spec.health.startup_grace:
+        return None
+    hb = obs.heartbeat_at
+    if hb is not None and hb >= proc.started_at - 1.0:
+        age = now - hb
+        return f"heartbeat {age:.0f}s old (limit {spec.health.heartbeat_stale:g}s)" if age > spec.health.heartbeat_stale else None
+    if spec.driver == DRIVER_HERMES and now - proc.started_at > spec.health.startup_grace + spec.health.heartbeat_stale:
+        return "no heartbeat since start"
+    return None
+
+
+def _running_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float) -> list[Action]:
+    h, proc = obs.history, obs.process
+    if h.drain_intent and h.drain_pid == proc.pid:
+        return _continue_drain(name, spec, obs, now)
+    stale = _heartbeat_stale(spec, obs, now)
+    if stale:
+        return [Action("kill", name, "wedged", stale, pid=proc.pid)]
+    req = obs.restart_request
+    if req is not None and req.created_at > proc.started_at:
+        if req.kind == "force_restart":
+            return [Action("kill", name, "forced", "restart --force", pid=proc.pid)]
+        return [Action("replace", name, "restart_requested", f"requested by {req.requested_by or 'an operator'}",
+                       pid=proc.pid, phase="begin")]
+    if proc.spec_hash is not None and proc.spec_hash != spec.spec_hash:
+        return [_voluntary_replace(name, spec, obs, "spec_changed", "spec changed")]
+    if not proc.external_supervisor_flag:
+        return [_voluntary_replace(name, spec, obs, "adopted_argv_mismatch",
+                                   "runs without --external-supervisor; `hermes update` would fight the fleet")]
+    return [Action("keep", name, "running", pid=proc.pid)]
+
+
+def _voluntary_replace(name, spec: ProfileSpec, obs: ProfileObservation, reason: str, message: str) -> Action:
+    active = obs.status.active if obs.status else None
+    idle = Gate("idle", not active, f"{active} active agent(s)" if active else "no active agents")
+    if not idle.open:
+        return Action("wait", name, "idle_gate", f"{message}; waits until no agent is active ({active} now)",
+                      pid=obs.process.pid, voluntary=True, gates=(idle,))
+    return Action("replace", name, reason, message, pid=obs.process.pid, phase="begin", voluntary=True, gates=(idle,))
+
+
+def _absent_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float) -> list[Action]:
+    h = obs.history
+    out: list[Action] = []
+    if h.drain_intent:
+        out.append(Action("update", name, "drain_complete", "previous process has exited"))
+        if h.drain_intent == "replace":
+            return out + [Action("spawn", name, "replacement", "drained; starting the new spec")]
+    req = obs.restart_request
+    fresh_request = req is not None and (h.last_exit_at is None or req.created_at > h.last_exit_at)
+    if h.last_exit_class in TERMINAL_CLASSES and h.failed_spec_hash == spec.spec_hash and not fresh_request:
+        why = "exit 78: configuration conflict" if h.last_exit_class == "fatal_config" else "startup failed"
+        return out + [Action("conflict", name, "config_conflict" if h.last_exit_class == "fatal_config" else "startup_failed",
+                             f"{why} ({h.failed_reason or 'see the log'}); not retried until the spec changes or "
+                             f"`hermes-fleet start {name}`")]
+    policy = spec.restart.policy
+    if h.last_exit_class is not None and not fresh_request and h.last_exit_class not in ("planned", "restart_now"):
+        if policy == "never":
+            return out + [Action("wait", name, "restart_policy_never", "exited; restart policy is never")]
+        if policy == "on-failure" and h.last_exit_class == "clean":
+            return out + [Action("wait", name, "exited_cleanly", "exited 0; restart policy is on-failure")]
+    not_before = None
+    if h.last_exit_class in CRASH_CLASSES + ("clean",) and h.last_exit_at is not None and not fresh_request:
+        not_before = h.last_exit_at + spec.restart.delay(max(h.failures, 1))
+    if h.last_start is None:
+        reason = "first_apply"
+    elif h.last_exit_class in CRASH_CLASSES:
+        reason = "crashed"
+    elif h.last_exit_class == "restart_now":
+        reason = "restart_requested"
+    else:
+        reason = "not_running"
+    message = {"crashed": f"exited {h.last_exit_code if h.last_exit_code is not None else '(code unknown)'}; "
+                          f"restart {h.failures}",
+               "first_apply": "new profile"}.get(reason, "not running")
+    if not_before is not None and not_before <= now:
+        not_before = None
+    return out + [Action("spawn", name, reason, message, not_before=not_before,
+                         gates=(Gate("backoff", not_before is None, f"until {not_before:g}" if not_before else ""),))]
+
+
+def _apply_budget(actions: list[Action], desired: Desired, observed: Observed, now: float) -> list[Action]:
+    """At most max_concurrent profiles disrupted voluntarily at once; one down involuntarily counts too."""
+    limit = desired.spec.max_concurrent_maintenance
+    in_use = set()
+    for name, obs in observed.profiles.items():
+        h = obs.history
+        if h.drain_intent == "replace" and obs.process is not None:
+            in_use.add(name)
+        elif obs.process is None and h.failures > 0 and desired.spec.profile(name) is not None \
+                and h.last_exit_class in CRASH_CLASSES:
+            in_use.add(name)
+    out = []
+    for a in sorted(actions, key=lambda a: a.profile):
+        if a.kind == "replace" and a.voluntary and a.phase == "begin":
+            if len(in_use) >= limit and a.profile not in in_use:
+                busy = ", ".join(sorted(in_use))
+                out.append(Action("wait", a.profile, "budget_exhausted", f"{a.message}; budget: {busy} in maintenance",
+                                  pid=a.pid, voluntary=True,
+                                  gates=a.gates + (Gate("budget", False, f"{len(in_use)} of {limit} in use"),)))
+                continue
+            in_use.add(a.profile)
+        out.append(a)
+    return out
+
+
+def _apply_stagger(actions: list[Action], desired: Desired, observed: Observed, now: float) -> list[Action]:
+    """Spawns at least `stagger` apart, fleet-wide, in name order; each keeps its own backoff too."""
+    slot = observed.last_spawn_at
+    out = []
+    for a in sorted(actions, key=lambda a: a.profile):
+        if a.kind != "spawn":
+            out.append(a)
+            continue
+        pspec = desired.spec.profile(a.profile)
+        gap = pspec.stagger if pspec else desired.spec.stagger
+        ready = max(now, a.not_before or now, (slot + gap) if slot is not None else now)
+        slot = ready
+        nb = ready if ready > now else None
+        if nb != a.not_before:
+            gates = a.gates + (Gate("stagger", nb is None, f"{gap:g}s between spawns"),)
+            a = Action(a.kind, a.profile, a.reason, a.message, not_before=nb, pid=a.pid, phase=a.phase,
+                       voluntary=a.voluntary, gates=gates)
+        out.append(a)
+    return out

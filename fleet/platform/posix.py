@@ -1,0 +1,171 @@
+"""Linux and macOS: processes, detached spawns, signals, flock probes."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+from typing import Iterator
+
+import psutil
+
+from fleet.platform.base import ProcessInfo
+
+_ATTRS = ["pid", "create_time", "uids", "username", "cmdline", "status", "ppid"]
+
+
+def proc_start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat: the start time in clock ticks since boot, as Hermes records it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    try:
+        return int(data[data.rindex(b")") + 2:].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+class PosixPlatform:
+    def __init__(self) -> None:
+        self.name = "linux" if sys.platform.startswith("linux") else ("macos" if sys.platform == "darwin" else "posix")
+        self._has_proc = os.path.isdir("/proc/self") and self.name == "linux"
+        self.children: dict[int, subprocess.Popen] = {}
+
+    def _ticks(self, pid: int, create_time: float) -> int | None:
+        if self._has_proc:
+            return proc_start_ticks(pid)
+        return int(round(create_time * 100))
+
+    def _info(self, d: dict) -> ProcessInfo:
+        uids = d.get("uids")
+        return ProcessInfo(
+            pid=d["pid"], start_ticks=self._ticks(d["pid"], d.get("create_time") or 0.0),
+            create_time=d.get("create_time") or 0.0, uid=uids.real if uids else None,
+            username=d.get("username"), cmdline=tuple(d.get("cmdline") or ()),
+            status=d.get("status") or "unknown", ppid=d.get("ppid"),
+        )
+
+    def process_info(self, pid: int) -> ProcessInfo | None:
+        if pid <= 0:
+            return None
+        try:
+            proc = psutil.Process(pid)
+            d = proc.as_dict(attrs=_ATTRS, ad_value=None)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            return None
+        except psutil.Error:
+            return None
+        if d.get("create_time") is None:
+            return None
+        return self._info(d)
+
+    def process_environ(self, pid: int) -> dict[str, str] | None:
+        try:
+            return psutil.Process(pid).environ()
+        except psutil.Error:
+            return None
+
+    def iter_processes(self) -> Iterator[ProcessInfo]:
+        uid = self.current_uid()
+        for proc in psutil.process_iter(_ATTRS, ad_value=None):
+            d = proc.info
+            uids = d.get("uids")
+            if uids is None or uids.real != uid or d.get("create_time") is None:
+                continue
+            yield self._info(d)
+
+    def current_uid(self) -> int | None:
+        return os.getuid()
+
+    def spawn_detached(self, argv: list[str], env: dict[str, str], cwd: str, log_path: str) -> int:
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            # Own session: the gateway outlives us, and a terminal hangup never reaches it (Hermes leaves SIGHUP default).
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, cwd=cwd, env=env,
+                                    start_new_session=True, close_fds=True)
+        finally:
+            os.close(log_fd)
+        self.children[proc.pid] = proc
+        return proc.pid
+
+    def reap(self, pid: int) -> tuple[bool, int | None]:
+        """(exited, exit code) for a child we spawned; (False, None) for others or still running.
+        Exit codes follow the shell: a death by signal N is -N."""
+        proc = self.children.get(pid)
+        if proc is None:
+            return (False, None)
+        code = proc.poll()
+        if code is None:
+            return (False, None)
+        del self.children[pid]
+        return (True, code)
+
+    def request_stop(self, pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def kill_tree(self, pid: int) -> None:
+        try:
+            root = psutil.Process(pid)
+            descendants = root.children(recursive=True)
+        except psutil.Error:
+            descendants = []
+        try:
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            os.kill(pid, signal.SIGKILL)
+        for child in descendants:  # children that left the group (their own setsid) die too
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
+
+    def lock_is_held(self, path: str) -> bool:
+        import fcntl
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return False
+        try:
+            # A shared probe: it can only collide with an exclusive holder, which is what we look for.
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        except OSError as exc:
+            return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+        finally:
+            os.close(fd)
+
+    def drain_epoch(self) -> str:
+        return boot_epoch()
+
+    def exit_waiter(self, pid: int) -> int | None:
+        """A file descriptor that becomes readable when `pid` exits (Linux pidfd), works for non-children too."""
+        if not hasattr(os, "pidfd_open"):
+            return None
+        try:
+            return os.pidfd_open(pid)
+        except OSError:
+            return None
+
+
+def boot_epoch() -> str:
+    """Hermes' drain-request epoch: `<boot_id>:<start ticks of pid 1>`; empty without /proc (check off)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            boot_id = fh.read().strip()
+    except OSError:
+        return ""
+    ticks = proc_start_ticks(1)
+    return f"{boot_id}:{ticks}" if ticks is not None else ""

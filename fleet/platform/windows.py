@@ -1,0 +1,212 @@
+"""Windows implementation of the Platform interface (fleet.platform.base).
+
+- Spawn: detached, in a new process group, without a console, and broken away from the
+  job object of whatever started the controller (a GUI updater, an IDE terminal, a CI
+  runner) so closing that job does not take the gateway with it. When the parent's job
+  forbids breakaway, CreateProcess fails with ERROR_ACCESS_DENIED; the spawn is then
+  retried once without it, with a visible warning.
+- Graceful stop: Windows has no SIGTERM handlers for a detached child, so the only
+  graceful stop is the stop marker file the controller writes before it calls
+  `request_stop`. `request_stop` therefore sends nothing; `kill_tree` is the hard stop
+  after the drain deadline.
+- Identity: psutil; `start_ticks` is create_time in 1/100 s (Windows has no clock-step
+  immune start counter exposed the way Linux's /proc/<pid>/stat is).
+"""
+
+from __future__ import annotations
+
+import errno
+import locale
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+import psutil
+
+from fleet.platform.base import ProcessInfo
+
+DETACHED_PROCESS = 0x00000008
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
+CREATE_BREAKAWAY_FROM_JOB = 0x01000000
+SPAWN_FLAGS = DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW | CREATE_BREAKAWAY_FROM_JOB
+ERROR_ACCESS_DENIED = 5
+# The controller lock's probe byte: the store's Windows lock must hold a range that covers
+# it. Probing far from byte 0 means a probe can never make a starting controller fail to
+# take its own lock.
+LOCK_PROBE_OFFSET = 1024 * 1024
+TASKKILL_NOT_FOUND = 128  # taskkill: "The process ... not found"
+
+
+class _Runner(Protocol):
+    def run(self, argv: Sequence[str], *, timeout: float = 60.0) -> Any: ...
+
+
+class _TaskkillRunner:
+    """Minimal default runner (the service layer has the full one; this layer sits below it)."""
+
+    def run(self, argv: Sequence[str], *, timeout: float = 60.0) -> Any:
+        try:
+            proc = subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
+                                  creationflags=CREATE_NO_WINDOW)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return subprocess.CompletedProcess(list(argv), 1, "", str(exc))
+        encoding = locale.getencoding()
+        return subprocess.CompletedProcess(list(argv), proc.returncode, proc.stdout.decode(encoding, "replace"),
+                                           proc.stderr.decode(encoding, "replace"))
+
+
+def _warn(message: str) -> None:
+    stream = sys.stderr or sys.__stderr__
+    if stream is not None:
+        print(f"hermes-fleet: warning: {message}", file=stream, flush=True)
+
+
+class WindowsPlatform:
+    name = "windows"
+
+    def __init__(
+        self, *, runner: _Runner | None = None, popen: Callable[..., subprocess.Popen] = subprocess.Popen,
+        warn: Callable[[str], None] = _warn, locking: Callable[[int, int, int], None] | None = None,
+    ):
+        self._runner = runner or _TaskkillRunner()
+        self._popen = popen
+        self._warn = warn
+        self._locking = locking
+
+    # ------------------------------------------------------------ identity
+
+    def process_info(self, pid: int) -> ProcessInfo | None:
+        try:
+            proc = psutil.Process(pid)
+            with proc.oneshot():
+                return _info(proc)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            return None
+        except psutil.AccessDenied:
+            return _partial_info(pid)
+
+    def process_environ(self, pid: int) -> dict[str, str] | None:
+        try:
+            return psutil.Process(pid).environ()
+        except psutil.Error:
+            return None
+
+    def iter_processes(self) -> Iterator[ProcessInfo]:
+        for proc in psutil.process_iter():
+            try:
+                with proc.oneshot():
+                    yield _info(proc)
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue
+            except psutil.AccessDenied:
+                info = _partial_info(proc.pid)
+                if info is not None:
+                    yield info
+
+    def current_uid(self) -> int | None:
+        return None  # Windows identifies users by name (DOMAIN\user), see ProcessInfo.username
+
+    # ------------------------------------------------------------ spawn and stop
+
+    def spawn_detached(self, argv: list[str], env: dict[str, str], cwd: str, log_path: str) -> int:
+        os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+        with open(log_path, "ab") as log:
+            kwargs = dict(stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                          close_fds=True)
+            try:
+                proc = self._popen(argv, creationflags=SPAWN_FLAGS, **kwargs)
+            except OSError as exc:
+                if getattr(exc, "winerror", None) != ERROR_ACCESS_DENIED:
+                    raise
+                # The parent's job forbids breakaway. Retry once, only around the
+                # constructor: no process exists yet, so nothing can be started twice.
+                self._warn(
+                    "the job object this controller runs in does not allow breakaway; the gateway "
+                    f"{argv[0]!r} is started inside it and may be ended when that job closes "
+                    "(install the controller as a service to avoid this)"
+                )
+                proc = self._popen(argv, creationflags=SPAWN_FLAGS & ~CREATE_BREAKAWAY_FROM_JOB, **kwargs)
+        return proc.pid
+
+    def request_stop(self, pid: int) -> None:
+        """Deliberately nothing: on Windows the stop marker file is the graceful stop.
+
+        A detached, console-less child cannot receive CTRL_BREAK (it shares no console) and
+        `os.kill(pid, SIGTERM)` is TerminateProcess, i.e. a kill. The controller has already
+        written `<profile>.stop`; a gateway that honours it drains and exits 0, and after the
+        drain deadline the controller calls `kill_tree`.
+        """
+        return None
+
+    def kill_tree(self, pid: int) -> None:
+        result = self._runner.run(["taskkill", "/T", "/F", "/PID", str(pid)], timeout=30)
+        if result.returncode not in (0, TASKKILL_NOT_FOUND) and psutil.pid_exists(pid):
+            raise OSError(f"taskkill /T /F /PID {pid} failed (exit {result.returncode}): "
+                          f"{(result.stderr or result.stdout).strip()}")
+
+    # ------------------------------------------------------------ lock
+
+    def lock_is_held(self, path: str) -> bool:
+        """Probe the controller lock: try to lock the probe byte, release it at once if we got it."""
+        locking = self._locking or _msvcrt_locking()
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except FileNotFoundError:
+            return False
+        except PermissionError:
+            return True  # its holder opened it without sharing
+        try:
+            os.lseek(fd, LOCK_PROBE_OFFSET, os.SEEK_SET)
+            try:
+                locking(fd, LK_NBLCK, 1)
+            except OSError as exc:
+                if exc.errno in _LOCK_CONFLICT_ERRNOS:
+                    return True
+                raise
+            os.lseek(fd, LOCK_PROBE_OFFSET, os.SEEK_SET)
+            locking(fd, LK_UNLCK, 1)
+            return False
+        finally:
+            os.close(fd)
+
+
+# msvcrt.locking modes (sys/locking.h)
+LK_UNLCK = 0
+LK_NBLCK = 2
+_LOCK_CONFLICT_ERRNOS = {errno.EACCES, 36}  # 36 is EDEADLOCK in the Windows CRT
+
+
+def _msvcrt_locking() -> Callable[[int, int, int], None]:
+    import msvcrt  # Windows only
+
+    return msvcrt.locking
+
+
+def _info(proc: psutil.Process) -> ProcessInfo:
+    create_time = proc.create_time()
+    try:
+        username = proc.username()
+    except psutil.AccessDenied:
+        username = None
+    try:
+        cmdline = tuple(proc.cmdline())
+    except psutil.AccessDenied:
+        cmdline = ()
+    return ProcessInfo(
+        pid=proc.pid, start_ticks=int(round(create_time * 100)), create_time=create_time, uid=None,
+        username=username, cmdline=cmdline, status=proc.status(), ppid=proc.ppid(),
+    )
+
+
+def _partial_info(pid: int) -> ProcessInfo | None:
+    """What can be read of another user's (or a protected) process: enough to see it is alive."""
+    try:
+        proc = psutil.Process(pid)
+        create_time = proc.create_time()
+        return ProcessInfo(pid=pid, start_ticks=int(round(create_time * 100)), create_time=create_time, uid=None,
+                           username=None, cmdline=(), status=psutil.STATUS_RUNNING, ppid=None)
+    except psutil.Error:
+        return None

@@ -1,0 +1,156 @@
+"""Choose the service mechanism for this host (or for a named platform, to render it).
+
+The only place in the service layer that asks which OS it runs on.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from collections.abc import Callable, Mapping
+
+from fleet.service.base import CommandRunner, ServiceError, ServiceManager, ServiceTarget
+from fleet.service.launchd import LaunchdManager
+from fleet.service.systemd import DEFAULT_SYSTEM_UNIT_DIR, SystemdManager, systemd_version
+from fleet.service.windows import (
+    ScheduledTaskManager, ScmApi, StartupFolderManager, WindowsHost, WindowsServiceManager, pythonw_for,
+)
+
+PLATFORMS = ("linux", "macos", "windows")
+WINDOWS_MECHANISMS = ("windows-service", "scheduled-task", "startup-folder")
+
+
+def host_platform() -> str:
+    if sys.platform.startswith("linux"):
+        return "linux"
+    if sys.platform == "darwin":
+        return "macos"
+    if sys.platform in ("win32", "cygwin"):
+        return "windows"
+    return sys.platform
+
+
+def current_user(environ: Mapping[str, str]) -> str:
+    for key in ("USER", "USERNAME", "LOGNAME"):
+        if environ.get(key):
+            return environ[key]
+    return getpass.getuser()
+
+
+def home_dir(environ: Mapping[str, str]) -> str:
+    return environ.get("HOME") or environ.get("USERPROFILE") or os.path.expanduser("~")
+
+
+class UnavailableScm:
+    """Stands in for the SCM where it cannot be reached (another OS, no pywin32)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def query(self, name):
+        return None
+
+    def __getattr__(self, attr):
+        def unavailable(*args, **kwargs):
+            raise ServiceError(f"the Windows service manager is not available here: {self.reason}")
+        return unavailable
+
+
+def windows_host_from(environ: Mapping[str, str], target: ServiceTarget, *, on_windows: bool) -> WindowsHost:
+    user = current_user(environ)
+    account = f"{environ.get('USERDOMAIN') or environ.get('COMPUTERNAME') or '.'}\\{user}"
+    if not on_windows:
+        # Rendering for review on another OS: paths derived from this host, clearly illustrative.
+        home = home_dir(environ)
+        return WindowsHost(account=account, appdata=os.path.join(home, "AppData", "Roaming"), is_admin=False,
+                           pythonw=pythonw_for(target.python), service_python=target.python)
+    from fleet.service.windows import windows_is_admin
+
+    in_venv = sys.prefix != sys.base_prefix
+    site_dirs: tuple[str, ...] = ()
+    if in_venv:
+        import site
+
+        site_dirs = tuple(p for p in site.getsitepackages() if p.lower().endswith("site-packages"))
+    return WindowsHost(
+        account=account,
+        appdata=environ.get("APPDATA") or os.path.join(home_dir(environ), "AppData", "Roaming"),
+        is_admin=windows_is_admin(),
+        pythonw=pythonw_for(target.python),
+        service_python=getattr(sys, "_base_executable", sys.executable) if in_venv else sys.executable,
+        site_dirs=site_dirs,
+    )
+
+
+def default_scm(on_windows: bool) -> ScmApi | None:
+    if not on_windows:
+        return None
+    try:
+        from fleet.service.winscm import Pywin32ScmApi
+    except ImportError:
+        return None
+    return Pywin32ScmApi()
+
+
+def managers_for(
+    target: ServiceTarget, *, platform: str, runner: CommandRunner, environ: Mapping[str, str] | None = None,
+    mechanism: str | None = None, linger_mode: str = "report", password: Callable[[str], str | None] | None = None,
+    scm: ScmApi | None = None, windows_host: WindowsHost | None = None, interactive: bool = False,
+    systemd_unit_dir: str | None = None,
+) -> list[ServiceManager]:
+    """The candidate mechanisms, preferred first: `install` uses the first, `status` and
+    `uninstall` look at every one (on Windows an earlier install may have fallen back)."""
+    env = os.environ if environ is None else environ
+    on_host = platform == host_platform()
+    if platform not in PLATFORMS:
+        raise ServiceError(f"unknown platform {platform!r}: choose one of {', '.join(PLATFORMS)}")
+    if mechanism and platform != "windows":
+        raise ServiceError("--mechanism chooses among the Windows mechanisms; Linux uses systemd, macOS launchd")
+    home = home_dir(env)
+
+    if platform == "linux":
+        if target.system:
+            unit_dir = systemd_unit_dir or DEFAULT_SYSTEM_UNIT_DIR
+        else:
+            config_home = env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+            unit_dir = systemd_unit_dir or os.path.join(config_home, "systemd", "user")
+        version = systemd_version(runner) if on_host else None
+        return [SystemdManager(target, runner, unit_dir=unit_dir, home=home, user=current_user(env), version=version,
+                               system=target.system, linger_mode=linger_mode)]
+
+    if platform == "macos":
+        if target.system:
+            raise ServiceError("--system is not supported on macOS: the controller runs as a LaunchAgent of your user")
+        uid = os.getuid() if hasattr(os, "getuid") else 501
+        return [LaunchdManager(target, runner, agents_dir=os.path.join(home, "Library", "LaunchAgents"), home=home,
+                               uid=uid)]
+
+    host = windows_host or windows_host_from(env, target, on_windows=on_host)
+    scm_api = scm if scm is not None else default_scm(on_host)
+    ask_password = password or (lambda account: None)
+    service = WindowsServiceManager(
+        target, runner, host=host, scm=scm_api or UnavailableScm(
+            "pywin32 is not installed (pip install 'hermes-fleet[windows]')" if on_host else "rendering for review only"),
+        password=ask_password,
+    )
+    task = ScheduledTaskManager(target, runner, host=host)
+    startup = StartupFolderManager(target, runner, host=host)
+    wanted = mechanism or ("windows-service" if target.system else None)
+    if wanted:
+        if wanted not in WINDOWS_MECHANISMS:
+            raise ServiceError(f"unknown mechanism {wanted!r}: choose one of {', '.join(WINDOWS_MECHANISMS)}")
+        if wanted == "windows-service" and on_host and not host.is_admin:
+            raise ServiceError("a Windows service needs administrator rights: run from an elevated prompt, "
+                               "or leave out --mechanism/--system for a per-user Scheduled Task")
+        if wanted == "windows-service" and on_host and scm_api is None:
+            raise ServiceError("a Windows service needs pywin32: pip install 'hermes-fleet[windows]'")
+        chosen = {"windows-service": service, "scheduled-task": task, "startup-folder": startup}[wanted]
+        if wanted != "scheduled-task":
+            task.fallback_manager = None
+        return [chosen] + [m for m in (service, task, startup) if m is not chosen]
+    # Auto: a real service when elevated, pywin32 is there and a password can be asked for;
+    # otherwise the per-user task (which falls back to the Startup folder by itself).
+    if on_host and host.is_admin and scm_api is not None and (interactive or password is not None):
+        return [service, task, startup]
+    return [task, service, startup]

@@ -1,0 +1,344 @@
+"""fleet.db: desired generations, applied revisions, inventory, per-profile history,
+operator requests, the journal and the maintenance queue. SQLite in WAL mode: a commit
+that returned is on disk, whoever is killed next."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 1
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS generations(
+  generation INTEGER PRIMARY KEY, digest TEXT NOT NULL UNIQUE, spec_json TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS applied_revisions(
+  id INTEGER PRIMARY KEY AUTOINCREMENT, generation INTEGER NOT NULL, revision TEXT NOT NULL,
+  git_commit TEXT, git_branch TEXT, git_dirty INTEGER, manifest_path TEXT, manifest_digest TEXT,
+  applied_by TEXT, plan_summary TEXT, started_at REAL NOT NULL, finished_at REAL, result TEXT NOT NULL, message TEXT);
+CREATE TABLE IF NOT EXISTS inventory(
+  name TEXT PRIMARY KEY, first_generation INTEGER NOT NULL, last_generation INTEGER NOT NULL,
+  state TEXT NOT NULL, prune INTEGER NOT NULL DEFAULT 1, removing_since REAL);
+CREATE TABLE IF NOT EXISTS profile_state(
+  name TEXT PRIMARY KEY, restarts INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,
+  last_start REAL, last_exit_code INTEGER, last_exit_at REAL, last_exit_class TEXT,
+  failed_reason TEXT, failed_spec_hash TEXT, idle_since REAL, activity_seen REAL,
+  drain_intent TEXT, drain_reason TEXT, drain_started REAL, drain_deadline REAL, drain_signalled REAL,
+  drain_pid INTEGER, override_desired TEXT, override_by TEXT, override_at REAL);
+CREATE TABLE IF NOT EXISTS requests(
+  id INTEGER PRIMARY KEY AUTOINCREMENT, profile TEXT NOT NULL, kind TEXT NOT NULL,
+  created_at REAL NOT NULL, requested_by TEXT, state TEXT NOT NULL DEFAULT 'pending', done_at REAL, message TEXT);
+CREATE TABLE IF NOT EXISTS journal(
+  id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, epoch INTEGER NOT NULL, profile TEXT,
+  kind TEXT NOT NULL, message TEXT NOT NULL, data TEXT);
+CREATE INDEX IF NOT EXISTS journal_profile ON journal(profile, id);
+CREATE TABLE IF NOT EXISTS maintenance_requests(
+  id INTEGER PRIMARY KEY AUTOINCREMENT, profile TEXT NOT NULL, action TEXT NOT NULL,
+  reasons TEXT NOT NULL, requested_by TEXT, idle_seconds REAL NOT NULL, now INTEGER NOT NULL DEFAULT 0,
+  not_before REAL, deadline REAL, state TEXT NOT NULL, waiting_on TEXT, created_at REAL NOT NULL,
+  updated_at REAL NOT NULL, started_at REAL, finished_at REAL, outcome TEXT, update_output TEXT, epoch INTEGER);
+CREATE UNIQUE INDEX IF NOT EXISTS open_maintenance ON maintenance_requests(profile)
+  WHERE state IN ('pending', 'waiting');
+"""
+
+PROFILE_STATE_COLUMNS = (
+    "restarts", "failures", "last_start", "last_exit_code", "last_exit_at", "last_exit_class",
+    "failed_reason", "failed_spec_hash", "idle_since", "activity_seen", "drain_intent", "drain_reason",
+    "drain_started", "drain_deadline", "drain_signalled", "drain_pid", "override_desired", "override_by", "override_at",
+)
+
+
+class StoreError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ProfileHistory:
+    name: str
+    restarts: int = 0
+    failures: int = 0  # consecutive unexpected exits (drives backoff)
+    last_start: float | None = None
+    last_exit_code: int | None = None
+    last_exit_at: float | None = None
+    last_exit_class: str | None = None  # crash | restart_now | fatal_config | startup_failed | clean | killed | unknown
+    failed_reason: str | None = None
+    failed_spec_hash: str | None = None
+    idle_since: float | None = None
+    activity_seen: float | None = None
+    drain_intent: str | None = None  # replace | stop | prune | kill
+    drain_reason: str | None = None
+    drain_started: float | None = None
+    drain_deadline: float | None = None
+    drain_signalled: float | None = None
+    drain_pid: int | None = None
+    override_desired: str | None = None
+    override_by: str | None = None
+    override_at: float | None = None
+
+
+@dataclass(frozen=True)
+class InventoryEntry:
+    name: str
+    first_generation: int
+    last_generation: int
+    state: str  # active | removing
+    prune: bool
+
+
+@dataclass(frozen=True)
+class OperatorRequest:
+    id: int
+    profile: str
+    kind: str  # restart | force_restart
+    created_at: float
+    requested_by: str | None
+    state: str
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    id: int
+    at: float
+    epoch: int
+    profile: str | None
+    kind: str
+    message: str
+    data: dict | None
+
+
+@dataclass(frozen=True)
+class Generation:
+    generation: int
+    digest: str
+    spec_json: str
+    created_at: float
+
+
+def who() -> str:
+    try:
+        import getpass
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    return f"{user}@{os.uname().nodename if hasattr(os, 'uname') else 'localhost'} pid {os.getpid()}"
+
+
+class Store:
+    def __init__(self, path: str | os.PathLike, *, readonly: bool = False):
+        self.path = os.fspath(path)
+        self.readonly = readonly
+        if readonly:
+            if not os.path.exists(self.path):
+                self.conn = sqlite3.connect(":memory:", isolation_level=None)
+                self.conn.executescript(_DDL)
+            else:
+                self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None, timeout=10)
+        else:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            os.close(fd)
+            self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        self.conn.row_factory = sqlite3.Row
+        try:
+            self.conn.execute("PRAGMA busy_timeout=30000")
+            if not readonly:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=FULL")
+                self.conn.executescript(_DDL)
+                with self.tx():
+                    self.conn.execute("INSERT OR IGNORE INTO meta VALUES('store_id', ?)", (str(uuid.uuid4()),))
+                    self.conn.execute("INSERT OR IGNORE INTO meta VALUES('epoch', '0')")
+                    self.conn.execute("INSERT OR IGNORE INTO meta VALUES('observed_generation', '0')")
+                    self.conn.execute("INSERT OR IGNORE INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            raise StoreError(f"{self.path} is not a usable hermes-fleet database ({exc}); "
+                             f"move it aside to start a fresh history (running gateways will be adopted)") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- transactions -------------------------------------------------------------------
+    def tx(self):
+        return _Tx(self.conn)
+
+    def data_version(self) -> int:
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+
+    # -- meta ---------------------------------------------------------------------------
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT INTO meta VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
+
+    @property
+    def epoch(self) -> int:
+        return int(self.meta("epoch", "0") or 0)
+
+    def bump_epoch(self) -> int:
+        with self.tx():
+            epoch = self.epoch + 1
+            self.set_meta("epoch", str(epoch))
+        return epoch
+
+    @property
+    def observed_generation(self) -> int:
+        return int(self.meta("observed_generation", "0") or 0)
+
+    # -- generations ----------------------------------------------------------------------
+    def current_generation(self) -> Generation | None:
+        row = self.conn.execute("SELECT * FROM generations ORDER BY generation DESC LIMIT 1").fetchone()
+        return Generation(**dict(row)) if row else None
+
+    def record_generation(self, digest: str, spec_json: str, names_prune: dict[str, bool], revision: dict,
+                          *, prune: bool) -> tuple[int, bool]:
+        """Store a new generation unless its digest is current; update the inventory. Returns (generation, created)."""
+        now = time.time()
+        with self.tx():
+            current = self.current_generation()
+            created = current is None or current.digest != digest
+            if created:
+                existing = self.conn.execute("SELECT generation FROM generations WHERE digest=?", (digest,)).fetchone()
+                if existing:  # re-applying an older generation: it becomes the newest again
+                    self.conn.execute("DELETE FROM generations WHERE digest=?", (digest,))
+                gen = (current.generation if current else 0) + 1
+                self.conn.execute("INSERT INTO generations VALUES(?,?,?,?)", (gen, digest, spec_json, now))
+            else:
+                gen = current.generation
+            for name, prune_flag in names_prune.items():
+                self.conn.execute(
+                    "INSERT INTO inventory(name, first_generation, last_generation, state, prune) VALUES(?,?,?, 'active', ?) "
+                    "ON CONFLICT(name) DO UPDATE SET last_generation=excluded.last_generation, state='active', "
+                    "prune=excluded.prune, removing_since=NULL", (name, gen, gen, int(prune_flag)))
+            if prune:
+                self.conn.execute(
+                    f"UPDATE inventory SET state='removing', removing_since=COALESCE(removing_since, ?) "
+                    f"WHERE name NOT IN ({','.join('?' * len(names_prune))})", (now, *names_prune))
+            self.conn.execute(
+                "INSERT INTO applied_revisions(generation, revision, git_commit, git_branch, git_dirty, manifest_path, "
+                "manifest_digest, applied_by, plan_summary, started_at, result, message) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
+                (gen, revision.get("revision", ""), revision.get("commit"), revision.get("branch"),
+                 None if revision.get("dirty") is None else int(revision["dirty"]), revision.get("path"),
+                 digest, who(), json.dumps(revision.get("summary", {})), now,
+                 "Pending" if created else "NoChange", revision.get("message")))
+            self.conn.execute("DELETE FROM applied_revisions WHERE id NOT IN "
+                              "(SELECT id FROM applied_revisions ORDER BY id DESC LIMIT 50)")
+        return gen, created
+
+    def generation_spec(self, generation: int) -> str | None:
+        row = self.conn.execute("SELECT spec_json FROM generations WHERE generation=?", (generation,)).fetchone()
+        return row[0] if row else None
+
+    def set_observed_generation(self, generation: int) -> None:
+        with self.tx():
+            if self.observed_generation != generation:
+                self.set_meta("observed_generation", str(generation))
+                self.conn.execute("UPDATE applied_revisions SET result='Succeeded', finished_at=? "
+                                  "WHERE generation<=? AND result='Pending'", (time.time(), generation))
+
+    def revisions(self, limit: int = 20) -> list[dict]:
+        rows = self.conn.execute("SELECT * FROM applied_revisions ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [dict(r) for r in rows]
+
+    # -- inventory ------------------------------------------------------------------------
+    def inventory(self) -> tuple[InventoryEntry, ...]:
+        rows = self.conn.execute("SELECT * FROM inventory ORDER BY name").fetchall()
+        return tuple(InventoryEntry(r["name"], r["first_generation"], r["last_generation"], r["state"], bool(r["prune"]))
+                     for r in rows)
+
+    def forget(self, name: str) -> None:
+        with self.tx():
+            self.conn.execute("DELETE FROM inventory WHERE name=?", (name,))
+            self.conn.execute("DELETE FROM profile_state WHERE name=?", (name,))
+
+    # -- per-profile history ----------------------------------------------------------------
+    def histories(self) -> dict[str, ProfileHistory]:
+        out = {}
+        for row in self.conn.execute("SELECT * FROM profile_state"):
+            out[row["name"]] = ProfileHistory(**{k: row[k] for k in row.keys()})
+        return out
+
+    def history(self, name: str) -> ProfileHistory:
+        row = self.conn.execute("SELECT * FROM profile_state WHERE name=?", (name,)).fetchone()
+        return ProfileHistory(**{k: row[k] for k in row.keys()}) if row else ProfileHistory(name)
+
+    def update_history(self, name: str, **fields) -> None:
+        unknown = set(fields) - set(PROFILE_STATE_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown profile_state columns {unknown}")
+        cols = ", ".join(fields)
+        marks = ", ".join("?" * len(fields))
+        updates = ", ".join(f"{k}=excluded.{k}" for k in fields)
+        with self.tx():
+            self.conn.execute(f"INSERT INTO profile_state(name, {cols}) VALUES(?, {marks}) "
+                              f"ON CONFLICT(name) DO UPDATE SET {updates}", (name, *fields.values()))
+
+    # -- operator requests ------------------------------------------------------------------
+    def add_request(self, profile: str, kind: str) -> int:
+        with self.tx():
+            row = self.conn.execute("SELECT id FROM requests WHERE profile=? AND kind=? AND state='pending'",
+                                    (profile, kind)).fetchone()
+            if row:
+                return int(row[0])
+            cur = self.conn.execute("INSERT INTO requests(profile, kind, created_at, requested_by) VALUES(?,?,?,?)",
+                                    (profile, kind, time.time(), who()))
+            return int(cur.lastrowid)
+
+    def pending_requests(self) -> tuple[OperatorRequest, ...]:
+        rows = self.conn.execute("SELECT * FROM requests WHERE state='pending' ORDER BY id").fetchall()
+        return tuple(OperatorRequest(r["id"], r["profile"], r["kind"], r["created_at"], r["requested_by"], r["state"])
+                     for r in rows)
+
+    def request(self, request_id: int) -> OperatorRequest | None:
+        r = self.conn.execute("SELECT * FROM requests WHERE id=?", (request_id,)).fetchone()
+        return OperatorRequest(r["id"], r["profile"], r["kind"], r["created_at"], r["requested_by"], r["state"]) if r else None
+
+    def finish_request(self, request_id: int, state: str = "done", message: str = "") -> None:
+        with self.tx():
+            self.conn.execute("UPDATE requests SET state=?, done_at=?, message=? WHERE id=? AND state='pending'",
+                              (state, time.time(), message, request_id))
+
+    # -- journal ----------------------------------------------------------------------------
+    def journal(self, kind: str, message: str, *, profile: str | None = None, epoch: int | None = None,
+                data: dict | None = None) -> None:
+        with self.tx():
+            self.conn.execute("INSERT INTO journal(at, epoch, profile, kind, message, data) VALUES(?,?,?,?,?,?)",
+                              (time.time(), self.epoch if epoch is None else epoch, profile, kind, message,
+                               json.dumps(data, sort_keys=True) if data else None))
+
+    def events(self, *, after_id: int = 0, profile: str | None = None, limit: int = 200) -> list[JournalEntry]:
+        q = "SELECT * FROM journal WHERE id>?"
+        args: list = [after_id]
+        if profile:
+            q += " AND profile=?"
+            args.append(profile)
+        q += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        rows = list(reversed(self.conn.execute(q, args).fetchall()))
+        return [JournalEntry(r["id"], r["at"], r["epoch"], r["profile"], r["kind"], r["message"],
+                             json.loads(r["data"]) if r["data"] else None) for r in rows]
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, re-entrant: nested uses join the outer transaction."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self.outer = False
+
+    def __enter__(self):
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.outer = True
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.outer:
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False

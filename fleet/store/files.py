@@ -1,0 +1,96 @@
+"""Small JSON files written atomically and read without following symlinks."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+MAX_SMALL_FILE = 1 << 20
+
+
+class UnsafeFile(Exception):
+    pass
+
+
+def read_small(path: str | os.PathLike, *, nofollow: bool = True) -> bytes | None:
+    """Bytes of a small file; None when missing; UnsafeFile for symlinks or oversized files."""
+    flags = os.O_RDONLY | (O_NOFOLLOW if nofollow else 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if nofollow and exc.errno in (40, 62):  # ELOOP: the path is a symlink
+            raise UnsafeFile(f"{path} is a symlink; not followed") from None
+        raise
+    try:
+        data = os.read(fd, MAX_SMALL_FILE + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SMALL_FILE:
+        raise UnsafeFile(f"{path} is larger than {MAX_SMALL_FILE} bytes")
+    return data
+
+
+def read_json(path: str | os.PathLike, *, nofollow: bool = True) -> object | None:
+    """Parsed JSON, None when missing or unparseable (callers treat garbage as absent)."""
+    try:
+        data = read_small(path, nofollow=nofollow)
+    except (UnsafeFile, OSError):
+        return None
+    if data is None:
+        return None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> None:
+    """Write to a temp file beside `path`, fsync, rename over it: readers see old or new, never half."""
+    path = os.fspath(path)
+    folder = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        os.fchmod(fd, mode) if hasattr(os, "fchmod") else None
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
+
+
+def write_json_atomic(path: str | os.PathLike, value: object, mode: int = 0o600) -> None:
+    write_atomic(path, (json.dumps(value, sort_keys=True) + "\n").encode("utf-8"), mode)
+
+
+def remove(path: str | os.PathLike) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _fsync_dir(folder: str) -> None:
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,85 @@
+"""The supervisor lock: exactly one controller per state directory.
+
+The kernel lock (flock via filelock) is the truth; who holds it lives in a sidecar file,
+because filelock truncates the lock file on every acquisition attempt."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from filelock import FileLock, Timeout
+
+from fleet import __version__
+from fleet.store.files import read_json, remove, write_json_atomic
+from fleet.store.layout import StateDir
+
+
+@dataclass(frozen=True)
+class Holder:
+    pid: int
+    create_time: float
+    version: str
+    started_at: float
+    epoch: int
+
+    def describe(self) -> str:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started_at))
+        return f"pid {self.pid} (hermes-fleet {self.version}) since {since}, epoch {self.epoch}"
+
+
+class LockHeld(Exception):
+    def __init__(self, holder: Holder | None):
+        self.holder = holder
+        who = holder.describe() if holder else "a process that has not written its identity yet"
+        super().__init__(f"another controller is running: {who}")
+
+
+def read_holder(state: StateDir) -> Holder | None:
+    data = read_json(state.holder)
+    if not isinstance(data, dict):
+        return None
+    try:
+        return Holder(int(data["pid"]), float(data["create_time"]), str(data["version"]),
+                      float(data["started_at"]), int(data["epoch"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class SupervisorLock:
+    def __init__(self, state: StateDir):
+        self.state = state
+        self._lock = FileLock(str(state.lock), timeout=0, thread_local=False)
+
+    def acquire(self) -> None:
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            raise LockHeld(read_holder(self.state)) from None
+        except NotImplementedError as exc:  # filesystems without flock (network mounts)
+            raise OSError(f"the state directory {self.state.root} does not support file locks ({exc}); "
+                          f"use a local directory") from None
+
+    def publish(self, epoch: int, create_time: float) -> Holder:
+        holder = Holder(os.getpid(), create_time, __version__, time.time(), epoch)
+        write_json_atomic(self.state.holder, holder.__dict__)
+        return holder
+
+    def release(self) -> None:
+        holder = read_holder(self.state)
+        if holder and holder.pid == os.getpid():
+            remove(self.state.holder)
+        self._lock.release(force=True)
+
+
+def lock_is_free(state: StateDir) -> bool:
+    probe = FileLock(str(state.lock), timeout=0, thread_local=False)
+    try:
+        probe.acquire(timeout=0)
+    except Timeout:
+        return False
+    except OSError:
+        return False
+    probe.release(force=True)
+    return True
