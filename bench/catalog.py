@@ -72,7 +72,8 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("stop_n10", "graceful stop of the fleet, N=10", "ms", "lifecycle_n10"),
     Scenario("stop_n100", "graceful stop of the fleet, N=100", "ms", "lifecycle_n100",
              Target("lt", 1000, "under 1 s")),
-    Scenario("plan_1000", "plan() for 1,000 profiles (pure function)", "ms", "plan", ours_only=True, ratio=False),
+    Scenario("plan_1000_steady", "plan() for 1,000 running profiles (pure function)", "ms", "plan", ours_only=True, ratio=False),
+    Scenario("plan_1000_cold", "plan() for 1,000 profiles, none running (pure function)", "ms", "plan", ours_only=True, ratio=False),
     Scenario("diff_1000", "`diff` wall time, 1,000-profile manifest", "ms", "diff",
              Target("lt", 1000, "well under 1 s (design budget)"), ours_only=True, ratio=False),
 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import subprocess
 import time
 from pathlib import Path
@@ -35,32 +34,63 @@ def run_diff(tool: ToolInstall, child: ChildProgram, root: Path, reps: int, reco
         t0 = time.perf_counter()
         done = procs.run(argv, 120, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         elapsed = (time.perf_counter() - t0) * 1000
-        if done.returncode not in (0, 2):  # 2 = "changes pending", like terraform -detailed-exitcode
+        if done.returncode not in (0, 1):  # 1 = changes pending (kubectl/GNU diff convention), 2 = error
             recorder.error(sid, OURS, f"diff exited {done.returncode}: {done.stderr.strip()[-300:]}")
             continue
         recorder.add(sid, OURS, elapsed)
 
 
-def run_plan(reps: int, recorder: Recorder) -> None:
-    sid = "plan_1000"
+def run_plan(child: ChildProgram, root: Path, reps: int, recorder: Recorder) -> None:
+    """The planner on 1,000 profiles: steady state (all running, 1,000 keeps: what every
+    controller pass computes) and a cold fleet (nothing running, 1,000 spawns)."""
+    ids = ("plan_1000_steady", "plan_1000_cold")
     try:
-        planner = importlib.import_module("fleet.plan.planner")
-        plan = planner.plan
-    except (ImportError, AttributeError) as exc:
-        recorder.pending(sid, OURS, f"fleet.plan.planner.plan not available yet ({exc.__class__.__name__}: {exc})")
+        from fleet.plan.planner import plan
+    except ImportError as exc:
+        for sid in ids:
+            recorder.pending(sid, OURS, f"fleet.plan.planner.plan not importable ({exc})")
         return
     try:
-        desired, observed, now = synthetic_inputs(PROFILES)
-    except Exception as exc:  # noqa: BLE001 - the planner's input types may still be moving
-        recorder.pending(sid, OURS, f"cannot build synthetic planner inputs: {exc.__class__.__name__}: {exc}")
+        inputs = synthetic_inputs(child, root, PROFILES)
+    except Exception as exc:  # noqa: BLE001 - the planner's input types may move; say so instead of failing
+        for sid in ids:
+            recorder.pending(sid, OURS, f"cannot build synthetic planner inputs: {exc.__class__.__name__}: {exc}")
         return
-    plan(desired, observed, now)  # warm-up
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        plan(desired, observed, now)
-        recorder.add(sid, OURS, (time.perf_counter() - t0) * 1000)
+    for sid, (desired, observed, now, expected_kind) in zip(ids, inputs):
+        result = plan(desired, observed, now)  # warm-up, and a check that the input means what we think
+        kinds = {a.kind for a in result.actions}
+        if kinds != {expected_kind} or len(result.actions) != PROFILES:
+            recorder.error(sid, OURS, f"synthetic input planned {result.counts()}, expected {PROFILES} x {expected_kind}")
+            continue
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            plan(desired, observed, now)
+            recorder.add(sid, OURS, (time.perf_counter() - t0) * 1000)
 
 
-def synthetic_inputs(n: int):
-    """Desired and observed state for n profiles, built from the planner's own types."""
-    raise NotImplementedError("the planner's input types are not settled yet")
+def synthetic_inputs(child: ChildProgram, root: Path, n: int):
+    """(desired, observed, now, expected action kind) for a steady and a cold fleet of n profiles."""
+    from fleet.observe.model import LiveProcess, Observed, ProfileObservation
+    from fleet.plan.model import Desired
+    from fleet.spec.load import parse_manifest
+    from fleet.store.db import InventoryEntry, ProfileHistory
+    from fleet.store.records import PidRecord
+
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = big_manifest(root / "plan.yaml", child, n)
+    spec = parse_manifest(manifest.read_text(), str(manifest), str(root)).spec
+    now, started, epoch = 1_000_000.0, 999_000.0, 1
+    profiles = {}
+    for i, p in enumerate(spec.profiles):
+        pid = 100_000 + i
+        record = PidRecord(profile=p.name, pid=pid, start_ticks=None, create_time=started, spec_hash=p.spec_hash,
+                           started_at=started, controller_pid=99, epoch=epoch)
+        process = LiveProcess(pid=pid, start_ticks=None, create_time=started, cmdline=p.command, started_at=started,
+                              spec_hash=p.spec_hash, source="record", record_epoch=epoch)
+        profiles[p.name] = ProfileObservation(name=p.name, record=record, record_verdict="alive", process=process,
+                                              history=ProfileHistory(p.name, last_start=started))
+    inventory = tuple(InventoryEntry(p.name, 1, 1, "active", True) for p in spec.profiles)
+    steady = (Desired(spec=spec, generation=1, previous={p.name: p for p in spec.profiles}),
+              Observed(observed_at=now, epoch=epoch, profiles=profiles, inventory=inventory), now, "keep")
+    cold = (Desired(spec=spec, generation=1), Observed(observed_at=now, epoch=epoch, profiles={}), now, "spawn")
+    return steady, cold

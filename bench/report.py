@@ -60,7 +60,10 @@ def met_text(met: bool | None) -> str:
 
 
 def render_markdown(results: dict) -> str:
-    supervisors = [s for s in SUPERVISORS if s in results.get("tools", {})] or list(SUPERVISORS)
+    present = set(results.get("tools", {}))
+    for sc in results.get("scenarios", {}).values():
+        present.update(sc["results"])
+    supervisors = [s for s in SUPERVISORS if s in present]
     out = ["# hermes-fleet benchmark results", ""]
     settings = results.get("settings", {})
     if settings.get("quick"):
@@ -98,6 +101,12 @@ def render_markdown(results: dict) -> str:
 
 def _notes(results: dict) -> list[str]:
     notes = []
+    skipped: dict[str, str] = {}
+    for sc in results.get("scenarios", {}).values():
+        for sup, r in sc["results"].items():
+            if r.get("skipped"):
+                skipped.setdefault(sup, r["skipped"])
+    notes += [f"- {sup}: skipped: {reason}" for sup, reason in skipped.items()]
     for sid, sc in results.get("scenarios", {}).items():
         for sup, r in sc["results"].items():
             if r.get("pending"):

@@ -109,7 +109,7 @@ def run_supervisor(adapter: Adapter, tracker: Tracker, root: Path, settings: Set
         "kill9": lambda: scenarios.run_kill9(adapter, tracker, root, settings.kill9_reps, recorder),
         "config": lambda: scenarios.run_config_change(adapter, tracker, root, settings.config_changes, recorder),
         "diff": lambda: microbench.run_diff(adapter.tool, adapter.child, root / "diff", settings.diff_reps, recorder),
-        "plan": lambda: microbench.run_plan(settings.plan_reps, recorder),
+        "plan": lambda: microbench.run_plan(adapter.child, root / "plan", settings.plan_reps, recorder),
     }
     for group in groups:
         ours_only = all(s.ours_only for s in SCENARIOS if s.group == group)

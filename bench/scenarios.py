@@ -102,12 +102,12 @@ class Fleet:
         return self.adapter.supervisor_down() and not self.log.live_pids()
 
     def close(self) -> list[str]:
-        """Stop whatever still runs, politely first; returns what had to be ended by force."""
+        """Stop whatever still runs, politely first; returns notes on what had to be ended by force."""
         notes = []
         try:
             if not self.adapter.supervisor_down():
                 self.adapter.stop_all()
-                wait_until(self.fully_down, 60.0, 0.05)
+                wait_until(self.adapter.supervisor_down, 60.0, 0.05)
         except Exception as exc:  # noqa: BLE001 - clean-up goes on whatever failed
             notes.append(f"stop during clean-up failed: {exc}")
         try:
@@ -115,13 +115,16 @@ class Fleet:
         except Exception as exc:  # noqa: BLE001
             notes.append(f"teardown failed: {exc}")
         # Sweep until no new child shows up: a supervisor might spawn one while we end the others.
+        ended = []
         for _ in range(5):
             self.observe()
-            ended = self.tracker.end_all()
-            notes += [f"ended {e.label} (pid {e.pid}) by signal" for e in ended]
+            ended += self.tracker.end_all()
             self.observe()
             if not self.tracker.survivors():
                 break
+        if ended:
+            labels = sorted({e.label.rsplit(" ", 1)[0] if " child " in e.label else e.label for e in ended})
+            notes.append(f"{len(ended)} process(es) still alive after the stop were ended by signal ({', '.join(labels)})")
         return notes
 
 
@@ -132,8 +135,7 @@ def fleet(adapter: Adapter, tracker: Tracker, directory: Path, n: int, recorder:
         yield f
     finally:
         for note in f.close():
-            for sid in scenario_ids:
-                recorder.extra(sid, adapter.name, "cleanup", note)
+            recorder.extra(scenario_ids[0], adapter.name, "cleanup", note)
 
 
 def supervisor_processes(adapter: Adapter) -> list[psutil.Process]:
@@ -148,13 +150,27 @@ def supervisor_processes(adapter: Adapter) -> list[psutil.Process]:
     return procs
 
 
+def on_cpu_seconds(proc: psutil.Process) -> float:
+    """CPU time of all threads: nanosecond schedstat on Linux (clock ticks would quantize a
+    1-second sample to 1 %), psutil's user+system elsewhere."""
+    task_dir = f"/proc/{proc.pid}/task"
+    try:
+        total = 0
+        for tid in os.listdir(task_dir):
+            with open(f"{task_dir}/{tid}/schedstat") as handle:
+                total += int(handle.read().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        return sum(proc.cpu_times()[:2])
+
+
 def measure_idle(adapter: Adapter, window: float, settle: float) -> tuple[list[float], list[float]]:
     """Per-second CPU % of one core and RSS (MiB) of the supervisor's own process(es)."""
     time.sleep(settle)  # let start-up work finish: this is a measurement window, not a wait for a condition
     procs = supervisor_processes(adapter)
 
     def cpu_seconds() -> float:
-        return sum(sum(p.cpu_times()[:2]) for p in procs)
+        return sum(on_cpu_seconds(p) for p in procs)
 
     cpu, rss = [], []
     seconds = max(1, int(round(window)))
@@ -163,7 +179,7 @@ def measure_idle(adapter: Adapter, window: float, settle: float) -> tuple[list[f
     for i in range(1, seconds + 1):
         time.sleep(max(0.0, begin + i - time.monotonic()))
         current_cpu, current_t = cpu_seconds(), time.monotonic()
-        cpu.append(100.0 * (current_cpu - previous_cpu) / (current_t - previous_t))
+        cpu.append(max(0.0, 100.0 * (current_cpu - previous_cpu) / (current_t - previous_t)))
         rss.append(sum(p.memory_info().rss for p in procs) / MIB)
         previous_cpu, previous_t = current_cpu, current_t
     return cpu, rss
@@ -277,9 +293,23 @@ def run_kill9(adapter: Adapter, tracker: Tracker, root: Path, reps: int, recorde
                 recorder.add("kill9_duplicated", adapter.name, sum(len(live.get(nm, [])) > 1 for nm in f.names))
                 recorder.add("kill9_restarted", adapter.name, len({e.name for e in f.log.starts(since_ns=t_kill)}))
                 recorder.add("kill9_killed", adapter.name, sum(not alive(pid) for pid in before.values()))
+                orphans = [pid for nm, pid in before.items() if alive(pid) and managed.get(nm) != pid]
+                end_orphans(orphans, tracker)
+                recorder.extra("kill9_duplicated", adapter.name, "orphans_ended_by_bench", len(orphans))
             except Exception as exc:  # noqa: BLE001
                 for sid in ids:
                     recorder.error(sid, adapter.name, str(exc))
+
+
+def end_orphans(pids: list[int], tracker: Tracker) -> None:
+    """Old children nobody supervises any more: the bench started them (through the tool), so it ends them."""
+    for pid in pids:
+        tracker.add(pid, "orphaned child")
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    wait_until(lambda: not any(alive(p) for p in pids), 5.0, 0.02)
 
 
 def run_config_change(adapter: Adapter, tracker: Tracker, root: Path, changes: int, recorder: Recorder, n: int = 10) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from fleet import __version__
-from fleet.cli import apply_cmd, ops_cmds, plan_cmds
+from fleet.cli import apply_cmd, maintenance_cmd, ops_cmds, plan_cmds
 
 app = typer.Typer(
     name="hermes-fleet",
@@ -42,6 +42,7 @@ app.command("logs")(ops_cmds.logs)
 app.command("events")(ops_cmds.events)
 app.command("history")(ops_cmds.history)
 app.add_typer(ops_cmds.controller_app, name="controller")
+app.add_typer(maintenance_cmd.maintenance_app, name="maintenance")
 
 try:  # optional command groups, each in its own module
     from fleet.cli.export_cmd import export_command

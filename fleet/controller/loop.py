@@ -14,6 +14,7 @@ import time
 
 from fleet import __version__
 from fleet.controller.desired import DesiredSource
+from fleet.controller.maintenance_tick import IDLE_POLL_SECONDS, MaintenanceTick, track_idle
 from fleet.controller.wake import WakeSocket
 from fleet.execute.executor import Executor
 from fleet.observe.observer import Observer
@@ -102,6 +103,7 @@ class Controller:
         observer = Observer(self.state, store, self.platform)
         executor = Executor(self.state, store, self.platform, epoch=epoch, spec_of=lambda n: specs.get(n),
                             clock=self.clock, scope_command=_scope_command())
+        maintenance = MaintenanceTick(str(self.state.db), store, epoch)
         waiters: dict[int, int] = {}
         specs: dict = {}
         scan = True
@@ -128,11 +130,15 @@ class Controller:
                             store.journal("error", f"{action.kind} failed: {type(exc).__name__}: {exc}",
                                           profile=action.profile, epoch=epoch)
                             log(f"{action.profile}: {action.kind} failed: {exc}")
+                    track_idle(store, observed, now)
+                    maintenance.advance(desired, observed, current, now)
                     store.set_observed_generation(desired.generation)
                     self._watch(sel, waiters, observed)
                     deadline = current.next_deadline(now)
                     resync = RESYNC_SECONDS * random.uniform(0.8, 1.2)
                     timeout = min(resync, (deadline - now) if deadline else resync)
+                    if observed.maintenance or maintenance.busy():
+                        timeout = min(timeout, IDLE_POLL_SECONDS)
                 self.passes += 1
                 if notifier is not None:
                     if not ready_sent:

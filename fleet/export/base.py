@@ -75,8 +75,11 @@ class Target(ABC):
         """The files for `spec`; raises ExportError when the spec cannot be rendered."""
 
 
-def merge_notes(notes: Iterable[Note]) -> tuple[Note, ...]:
-    """One note per (topic, detail, instead), with the profiles it concerns, in first-seen order."""
+def merge_notes(notes: Iterable[Note], all_profiles: Sequence[str] = ()) -> tuple[Note, ...]:
+    """One note per (topic, detail, instead), with the profiles it concerns, in first-seen order.
+
+    A note that ends up naming every profile in `all_profiles` is about the whole fleet.
+    """
     merged: dict[tuple[str, str, str], list[str]] = {}
     fleet_wide: set[tuple[str, str, str]] = set()
     for note in notes:
@@ -87,7 +90,9 @@ def merge_notes(notes: Iterable[Note]) -> tuple[Note, ...]:
         for name in note.profiles:
             if name not in names:
                 names.append(name)
-    return tuple(Note(*key, profiles=() if key in fleet_wide else tuple(sorted(names)))
+    everyone = set(all_profiles)
+    return tuple(Note(*key, profiles=() if key in fleet_wide or (everyone and set(names) == everyone)
+                      else tuple(sorted(names)))
                  for key, names in merged.items())
 
 

@@ -35,9 +35,9 @@ def comment_block(paragraphs: Sequence[str], width: int = COMMENT_WIDTH) -> str:
     return "\n".join(out) + "\n"
 
 
-def notes_paragraphs(notes: Sequence[Note], engine: str) -> list[str]:
+def notes_paragraphs(notes: Sequence[Note], engine: str, empty: str | None = None) -> list[str]:
     if not notes:
-        return [f"Everything in fleet.yaml maps onto {engine}."]
+        return [empty or f"Everything in fleet.yaml maps onto {engine}."]
     out = [f"Not expressible in {engine}, and what to use instead:"]
     for note in notes:
         out.append(f"- {note.topic} [{note.scope()}]: {note.detail}")
@@ -87,6 +87,35 @@ class Verbatim(str):
     """Text meant for systemd to expand (%t, $MAINPID): quoted if needed, '%' and '$' kept."""
 
 
+def _needs_quotes(word: str) -> bool:
+    return word == "" or any(c.isspace() or c in "\"'\\;" for c in word) or not word.isprintable()
+
+
+def _escape_quoted(text: str) -> str:
+    """The inside of a double-quoted word: C escapes for backslash, quote and control characters."""
+    out = []
+    for c in text:
+        if c == "\\":
+            out.append("\\\\")
+        elif c == '"':
+            out.append('\\"')
+        elif c == "\n":
+            out.append("\\n")
+        elif c == "\t":
+            out.append("\\t")
+        elif not c.isprintable() and ord(c) < 0x100:
+            out.append(f"\\x{ord(c):02x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _expansions(text: str, exec_line: bool) -> str:
+    """'%' doubled (specifiers) and, on exec lines, '$' doubled (variable expansion)."""
+    text = systemd_escape_specifiers(text)
+    return text.replace("$", "$$") if exec_line else text
+
+
 def systemd_word(word: str, exec_line: bool) -> str:
     """One argument of an Exec*= line (exec_line) or one Environment= assignment.
 
@@ -94,34 +123,23 @@ def systemd_word(word: str, exec_line: bool) -> str:
     '%' doubled (specifiers) and, on exec lines, '$' doubled (variable expansion), unless
     the word is Verbatim.
     """
-    needs_quotes = word == "" or any(c.isspace() or c in "\"'\\;" for c in word) or not word.isprintable()
-    text = word
-    if needs_quotes:
-        escaped = []
-        for c in text:
-            if c == "\\":
-                escaped.append("\\\\")
-            elif c == '"':
-                escaped.append('\\"')
-            elif c == "\n":
-                escaped.append("\\n")
-            elif c == "\t":
-                escaped.append("\\t")
-            elif not c.isprintable() and ord(c) < 0x100:
-                escaped.append(f"\\x{ord(c):02x}")
-            else:
-                escaped.append(c)
-        text = '"' + "".join(escaped) + '"'
-    if isinstance(word, Verbatim):
-        return text
-    text = systemd_escape_specifiers(text)
-    if exec_line:
-        text = text.replace("$", "$$")
-    return text
+    text = f'"{_escape_quoted(word)}"' if _needs_quotes(word) else str(word)
+    return text if isinstance(word, Verbatim) else _expansions(text, exec_line)
 
 
 def systemd_command_line(argv: Sequence[str]) -> str:
     return " ".join(systemd_word(a, exec_line=True) for a in argv)
+
+
+def systemd_script_word(lines: Sequence[str], indent: str = "    ") -> str:
+    """A shell script as one double-quoted exec word spread over continuation lines.
+
+    systemd joins a line ending in a backslash with the next, replacing the backslash by a
+    space, so the shell sees the lines joined by whitespace (each script line ends with a
+    terminator for that reason). Readable in the unit, identical to the one-line form for sh.
+    """
+    parts = [_expansions(_escape_quoted(line.strip()), exec_line=True) for line in lines]
+    return '"' + (" \\\n" + indent).join(parts) + '"'
 
 
 def systemd_path(path: str) -> str:

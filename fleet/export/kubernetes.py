@@ -107,7 +107,7 @@ class KubernetesTarget(Target):
 
     def render(self, spec: FleetSpec) -> Export:
         _check_names(spec)
-        notes = merge_notes(self.fleet_notes(spec))
+        notes = merge_notes(self.fleet_notes(spec), spec.names)
         files: list[RenderedFile] = []
         for profile in spec.profiles:
             header = self.profile_header(spec, profile, notes_for(notes, profile.name))
@@ -121,26 +121,30 @@ class KubernetesTarget(Target):
         files.insert(0, RenderedFile("kustomization.yaml", index_header + yaml_document(kustomization)))
         # The stream is for `kubectl apply -f -`: resources only (a Kustomization is not a
         # cluster object), under the same header as kustomization.yaml.
-        stream = index_header + "".join(f.text for f in files[1:])
+        stream = self.index_header(spec, notes, stream=True) + "".join(f.text for f in files[1:])
         return Export(self.name, tuple(files), notes, stream)
 
-    def index_header(self, spec: FleetSpec, notes: tuple[Note, ...]) -> str:
+    def index_header(self, spec: FleetSpec, notes: tuple[Note, ...], stream: bool = False) -> str:
+        how = ("Apply with `kubectl apply -f FILE` (server-side: add --server-side)." if stream else
+               "Apply with `kubectl apply -k DIR`, or point Argo CD / Flux at DIR.")
         return comment_block([
             f'{GENERATED_LINE} kubernetes from fleet "{spec.name}". Do not edit: change fleet.yaml and export again.',
             "",
-            f"Apply with `kubectl apply -k DIR` (or point Argo CD / Flux at DIR). The Hermes home of each profile "
-            f"is a PersistentVolumeClaim mounted under {CONTAINER_ROOT}; copy the profile's home from the old "
-            "host into it before the first start.",
+            f"{how} Each profile's Hermes home is a PersistentVolumeClaim mounted under {CONTAINER_ROOT}/profiles/; "
+            "copy the profile's home from the old host into it before the first start. Create the Secrets "
+            "named below first.",
             "",
             *notes_paragraphs(notes, "Kubernetes"),
         ])
 
     def profile_header(self, spec: FleetSpec, profile: ProfileSpec, notes: tuple[Note, ...]) -> str:
+        own = tuple(n for n in notes if n.profiles)
         return comment_block([
             f'{GENERATED_LINE} kubernetes from fleet "{spec.name}", profile "{profile.name}". '
             "Do not edit: change fleet.yaml and export again.",
             "",
-            *notes_paragraphs(notes, "Kubernetes"),
+            *notes_paragraphs(own, "Kubernetes", empty="Nothing specific to this profile is lost in Kubernetes."),
+            "Notes for the whole fleet: the top of kustomization.yaml.",
         ])
 
     # ------------------------------------------------------------ objects
@@ -366,9 +370,9 @@ def prestop_command(profile: ProfileSpec) -> list[str]:
     budget = str(whole_seconds(profile.drain.timeout))
     if profile.driver == DRIVER_HERMES:
         return ["/bin/sh", "-c", script_multiline(HERMES_STOP_SCRIPT_LINES), "hermes-fleet-stop",
-                container_home(profile), budget, PRINCIPAL]
+                container_home(profile), budget, PRINCIPAL, "auto"]
     return ["/bin/sh", "-c", script_multiline(PROCESS_STOP_SCRIPT_LINES), "hermes-fleet-stop",
-            posixpath.join(CONTAINER_RUN_DIR, "stop"), budget, "kubernetes preStop"]
+            posixpath.join(CONTAINER_RUN_DIR, "stop"), budget, "kubernetes preStop", "auto"]
 
 
 def _check_names(spec: FleetSpec) -> None:

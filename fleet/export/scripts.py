@@ -13,19 +13,20 @@ from __future__ import annotations
 
 from typing import Sequence
 
-# $1 HERMES_HOME of the profile, $2 seconds to wait for idle, $3 principal, $4 gateway PID
-# (empty: read gateway.pid, else 1, the container's main process). The recommended Hermes
-# drain: write .drain_request.json, wait until gateway_state.json says draining with
+# $1 HERMES_HOME of the profile, $2 seconds to wait for idle, $3 principal, $4 the gateway's
+# PID: `auto` reads gateway.pid (else 1, a container's main process); empty or missing (a
+# unit whose main process is already gone) means there is nothing to stop. The recommended
+# Hermes drain: write .drain_request.json, wait until gateway_state.json says draining with
 # active_agents 0 (or the budget is spent, or the gateway is gone), then write the
 # planned-stop marker for (pid, start time) so the signal that follows is a planned stop.
 HERMES_STOP_SCRIPT_LINES: tuple[str, ...] = (
     'home=$1; budget=$2; principal=$3; pid=$4;',
-    'if [ -z "$pid" ]; then',
+    'if [ "$pid" = auto ]; then',
     '  pid=$(sed -n -e \'s/.*"pid"[[:space:]]*:[[:space:]]*\\([0-9][0-9]*\\).*/\\1/p\''
     ' -e \'s/^[[:space:]]*\\([0-9][0-9]*\\)[[:space:]]*$/\\1/p\' "$home/gateway.pid" 2>/dev/null | head -n 1);',
     '  [ -n "$pid" ] || pid=1;',
     'fi;',
-    'kill -0 "$pid" 2>/dev/null || exit 0;',
+    '[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || exit 0;',
     'now() { date -u +%Y-%m-%dT%H:%M:%S+00:00; };',
     'ticks() { sed \'s/.*) //\' "/proc/$1/stat" 2>/dev/null | cut -d \' \' -f 20; };',
     'epoch="$(cat /proc/sys/kernel/random/boot_id 2>/dev/null):$(ticks 1)";',
@@ -49,12 +50,13 @@ HERMES_STOP_SCRIPT_LINES: tuple[str, ...] = (
     'exit 0',
 )
 
-# $1 HERMES_FLEET_STOP_FILE, $2 seconds the child has to drain, $3 reason, $4 PID (optional:
-# when given and gone, nothing to stop). The process driver's contract: a child that sees
-# its stop file drains and exits 0; the signal follows, as hermes-fleet does on POSIX.
+# $1 HERMES_FLEET_STOP_FILE, $2 seconds the child has to drain, $3 reason, $4 the child's PID
+# (`auto`: the container's main process, not checked; empty or missing: the child is gone,
+# nothing to stop). The process driver's contract: a child that sees its stop file drains
+# and exits 0; the signal follows, as hermes-fleet does on POSIX.
 PROCESS_STOP_SCRIPT_LINES: tuple[str, ...] = (
     'stop=$1; budget=$2; reason=$3; pid=$4;',
-    'if [ -n "$pid" ]; then kill -0 "$pid" 2>/dev/null || exit 0; fi;',
+    'if [ "$pid" != auto ]; then [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || exit 0; fi;',
     'now=$(date -u +%Y-%m-%dT%H:%M:%S+00:00);',
     'deadline=$(date -u -d "@$(( $(date +%s) + budget ))" +%Y-%m-%dT%H:%M:%S+00:00 2>/dev/null) || deadline="";',
     'printf \'{"requested_at": "%s", "reason": "%s", "deadline": "%s"}\\n\' "$now" "$reason" "$deadline"'

@@ -31,9 +31,9 @@ from fleet.export.base import (
 )
 from fleet.export.emit import (
     UnitSection, Verbatim, comment_block, notes_paragraphs, render_unit, systemd_command_line, systemd_path,
-    systemd_timespan, systemd_word,
+    systemd_script_word, systemd_timespan, systemd_word,
 )
-from fleet.export.scripts import HERMES_STOP_SCRIPT_LINES, PROCESS_STOP_SCRIPT_LINES, script_one_line
+from fleet.export.scripts import HERMES_STOP_SCRIPT_LINES, PROCESS_STOP_SCRIPT_LINES
 from fleet.spec.model import DRIVER_HERMES, FleetSpec, ProfileSpec, RestartPolicy
 
 SCOPES = ("user", "system")
@@ -130,7 +130,7 @@ class SystemdTarget(Target):
     # ------------------------------------------------------------ render
 
     def render(self, spec: FleetSpec) -> Export:
-        notes = merge_notes(self.fleet_notes(spec))
+        notes = merge_notes(self.fleet_notes(spec), spec.names)
         files = []
         for profile in spec.profiles:
             header = self.header(spec, profile, notes_for(notes, profile.name))
@@ -175,23 +175,24 @@ class SystemdTarget(Target):
         service += [("Environment", systemd_word(Verbatim(f"{k}={v}") if isinstance(v, Verbatim) else f"{k}={v}",
                                                  exec_line=False)) for k, v in plain.items()]
         if secret_keys:
-            service.append(("EnvironmentFile", systemd_path(self.env_file(spec, profile))))
+            service.append(("EnvironmentFile", self.env_file(spec, profile)))
         budget = str(whole_seconds(profile.drain.timeout))
         if profile.driver == DRIVER_HERMES:
             clear = f"{profile.hermes_home}/.drain_request.json"
-            stop = [SH, "-c", script_one_line(HERMES_STOP_SCRIPT_LINES), "hermes-fleet-stop",
-                    profile.hermes_home, budget, PRINCIPAL]
+            script = HERMES_STOP_SCRIPT_LINES
+            stop_args = [profile.hermes_home, budget, PRINCIPAL]
         else:
             run_dir = self.runtime_dir(spec, profile)
             service += [("RuntimeDirectory", run_dir), ("RuntimeDirectoryMode", "0700")]
             clear = Verbatim(f"%t/{run_dir}/stop")
-            stop = [SH, "-c", script_one_line(PROCESS_STOP_SCRIPT_LINES), "hermes-fleet-stop",
-                    clear, budget, "systemd stop"]
+            script = PROCESS_STOP_SCRIPT_LINES
+            stop_args = [clear, budget, "systemd stop"]
         # A leftover drain request or stop file would stop the new process at once.
         service.append(("ExecStartPre", "-" + systemd_command_line([RM, "-f", "--", clear])))
         service.append(("ExecStart", systemd_command_line(profile.command)))
         # $MAINPID last: systemd drops an empty variable word, which would shift later arguments.
-        service.append(("ExecStop", systemd_command_line([*stop, Verbatim("$MAINPID")])))
+        service.append(("ExecStop", f"{SH} -c {systemd_script_word(script)} "
+                        + systemd_command_line(["hermes-fleet-stop", *stop_args, Verbatim("$MAINPID")])))
         service += [
             ("KillMode", "mixed"),
             ("KillSignal", "SIGTERM"),

@@ -23,6 +23,7 @@ class GatewayStatus:
     active: int | None  # active agents / runs
     updated_at: float | None
     exit_reason: str | None = None
+    activity_at: float | None = None  # latest sign of work: Hermes' updated_at, the contract's last_activity_at
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ def read_gateway_status(home: str) -> GatewayStatus | None:
         active=_int_or_none(data.get("active_agents")),
         updated_at=parse_iso(data.get("updated_at")),
         exit_reason=data.get("exit_reason") if isinstance(data.get("exit_reason"), str) else None,
+        activity_at=parse_iso(data.get("updated_at")),
     )
 
 
@@ -70,7 +72,8 @@ def read_contract_status(path: str) -> GatewayStatus | None:
     if not isinstance(data, dict):
         return None
     return GatewayStatus(state=data.get("state") if isinstance(data.get("state"), str) else None,
-                         active=_int_or_none(data.get("active_runs")), updated_at=parse_iso(data.get("updated_at")))
+                         active=_int_or_none(data.get("active_runs")), updated_at=parse_iso(data.get("updated_at")),
+                         activity_at=parse_iso(data.get("last_activity_at")))
 
 
 def read_heartbeat(home: str) -> float | None:

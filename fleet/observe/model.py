@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fleet.maintenance.model import MaintenanceRequest
 from fleet.observe.hermes_files import GatewayStatus
 from fleet.store.db import InventoryEntry, OperatorRequest, ProfileHistory
 from fleet.store.records import PidRecord
@@ -55,6 +56,7 @@ class Observed:
     orphans: tuple[Orphan, ...] = ()
     last_spawn_at: float | None = None
     scanned: bool = False  # whether unrecorded processes were searched for
+    maintenance: tuple[MaintenanceRequest, ...] = ()  # open requests, oldest first
 
     def get(self, name: str) -> ProfileObservation:
         return self.profiles.get(name) or ProfileObservation(name=name, history=ProfileHistory(name))

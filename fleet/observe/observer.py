@@ -6,6 +6,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from fleet.maintenance import queue
 from fleet.observe import hermes_files as hf
 from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservation
 from fleet.observe.native import find_native_service
@@ -78,7 +79,8 @@ class Observer:
             profiles, orphans = self._scan(specs, profiles, claimed, {e.name for e in inventory})
         last_spawn = max((h.last_start for h in histories.values() if h.last_start), default=None)
         return Observed(observed_at=now, epoch=self.store.epoch, profiles=profiles, inventory=inventory,
-                        orphans=tuple(orphans), last_spawn_at=last_spawn, scanned=scan)
+                        orphans=tuple(orphans), last_spawn_at=last_spawn, scanned=scan,
+                        maintenance=tuple(queue.open_requests(self.store)))
 
     # -- one profile -------------------------------------------------------------------------
     def _observe_profile(self, name, spec: ProfileSpec | None, history, request) -> ProfileObservation:

@@ -6,6 +6,8 @@ budget couple them, so a sibling's failure never changes another profile's actio
 
 from __future__ import annotations
 
+from fleet.maintenance.gates import idle_gate, window_gate
+from fleet.maintenance.model import MaintenanceRequest
 from fleet.observe.model import Observed, ProfileObservation
 from fleet.plan.exits import CRASH_CLASSES, TERMINAL_CLASSES
 from fleet.plan.model import KIND_ORDER, Action, Check, Desired, Gate, Plan
@@ -34,7 +36,8 @@ def plan(desired: Desired, observed: Observed, now: float) -> Plan:
         if refusal and pspec is None:
             per_profile[name] = _records_only(obs, observed.epoch)
             continue
-        per_profile[name] = _plan_profile(name, pspec, inventory.get(name), obs, desired, observed.epoch, now)
+        request = next((r for r in observed.maintenance if r.covers(name)), None)
+        per_profile[name] = _plan_profile(name, pspec, inventory.get(name), obs, desired, observed.epoch, now, request)
         if obs.record_problem:
             checks.append(Check("warning", "record_untrusted", obs.record_problem, name))
         if obs.native_service and pspec is not None:
@@ -78,7 +81,7 @@ def _record_actions(obs: ProfileObservation, epoch: int) -> list[Action]:
 
 
 def _plan_profile(name: str, spec: ProfileSpec | None, inv, obs: ProfileObservation, desired: Desired,
-                  epoch: int, now: float) -> list[Action]:
+                  epoch: int, now: float, request: MaintenanceRequest | None = None) -> list[Action]:
     actions = _record_actions(obs, epoch)
     proc = obs.process
     h = obs.history
@@ -114,7 +117,7 @@ def _plan_profile(name: str, spec: ProfileSpec | None, inv, obs: ProfileObservat
         return actions + _stop_flow(name, spec, obs, "stop", "desired_stopped", now)
 
     if proc is not None:
-        running = _running_flow(name, spec, obs, now)
+        running = _running_flow(name, spec, obs, now, request)
         previous = desired.previous.get(name)
         if running[0].kind == "keep" and previous is not None and previous != spec:
             running = [Action("update", name, "policy_changed", "policy changed; applied in place", pid=proc.pid)]
@@ -163,7 +166,8 @@ def _heartbeat_stale(spec: ProfileSpec, obs: ProfileObservation, now: float) -> 
     return None
 
 
-def _running_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float) -> list[Action]:
+def _running_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float,
+                  request: MaintenanceRequest | None = None) -> list[Action]:
     h, proc = obs.history, obs.process
     if h.drain_intent and h.drain_pid == proc.pid:
         return _continue_drain(name, spec, obs, now)
@@ -176,12 +180,42 @@ def _running_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float) 
             return [Action("kill", name, "forced", "restart --force", pid=proc.pid)]
         return [Action("replace", name, "restart_requested", f"requested by {req.requested_by or 'an operator'}",
                        pid=proc.pid, phase="begin")]
+    if request is not None and request.is_open and proc.started_at <= request.since:
+        return [_maintenance(name, spec, obs, request, now)]
     if proc.spec_hash is not None and proc.spec_hash != spec.spec_hash:
         return [_voluntary_replace(name, spec, obs, "spec_changed", "spec changed")]
     if not proc.external_supervisor_flag:
         return [_voluntary_replace(name, spec, obs, "adopted_argv_mismatch",
                                    "runs without --external-supervisor; `hermes update` would fight the fleet")]
     return [Action("keep", name, "running", pid=proc.pid)]
+
+
+def _maintenance(name, spec: ProfileSpec, obs: ProfileObservation, req: MaintenanceRequest, now: float) -> Action:
+    """A queued restart/update: only through the idle and window gates (unless a person said --now)."""
+    label = f"maintenance #{req.id} ({req.action})"
+    pid = obs.process.pid
+    if req.not_before is not None and now < req.not_before:
+        return Action("wait", name, "maintenance", f"{label}: not before {req.not_before:g}", not_before=req.not_before,
+                      pid=pid, voluntary=True)
+    gates: tuple[Gate, ...] = ()
+    if not req.now:
+        st = obs.status
+        idle_seconds = spec.maintenance.idle if req.idle_seconds is None else req.idle_seconds
+        gates = (idle_gate(st.active if st else None, st.state if st else None, obs.history.idle_since,
+                           idle_seconds, now), window_gate(spec.maintenance.windows, now))
+    closed = [g for g in gates if not g.open]
+    if closed:
+        reason = "window_closed" if closed[0].gate == "window" else "idle_gate"
+        wake_at = None
+        if closed[0].gate == "idle" and obs.history.idle_since is not None and not (obs.status and obs.status.active):
+            idle_seconds = spec.maintenance.idle if req.idle_seconds is None else req.idle_seconds
+            wake_at = obs.history.idle_since + idle_seconds
+        return Action("wait", name, reason, f"{label}: " + "; ".join(g.detail for g in closed), pid=pid,
+                      voluntary=True, gates=gates, not_before=wake_at if wake_at and wake_at > now else None)
+    if req.update_pending:
+        return Action("wait", name, "update_command", f"{label}: gates open; the update command runs first",
+                      pid=pid, voluntary=True, gates=gates)
+    return Action("replace", name, "maintenance", label, pid=pid, phase="begin", voluntary=True, gates=gates)
 
 
 def _voluntary_replace(name, spec: ProfileSpec, obs: ProfileObservation, reason: str, message: str) -> Action:
@@ -222,6 +256,8 @@ def _absent_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float) -
         reason = "crashed"
     elif h.last_exit_class == "restart_now":
         reason = "restart_requested"
+    elif h.last_exit_class == "planned":
+        reason = "replacement"
     else:
         reason = "not_running"
     message = {"crashed": f"exited {h.last_exit_code if h.last_exit_code is not None else '(code unknown)'}; "
@@ -249,7 +285,7 @@ def _apply_budget(actions: list[Action], desired: Desired, observed: Observed, n
         if a.kind == "replace" and a.voluntary and a.phase == "begin":
             if len(in_use) >= limit and a.profile not in in_use:
                 busy = ", ".join(sorted(in_use))
-                out.append(Action("wait", a.profile, "budget_exhausted", f"{a.message}; budget: {busy} in maintenance",
+                out.append(Action("wait", a.profile, "budget_exhausted", f"{a.message}: budget: {busy} in maintenance",
                                   pid=a.pid, voluntary=True,
                                   gates=a.gates + (Gate("budget", False, f"{len(in_use)} of {limit} in use"),)))
                 continue

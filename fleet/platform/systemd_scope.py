@@ -5,6 +5,11 @@ survives any restart of the controller, and it gets a real SIGTERM (not the SIGK
 ends leftovers in `user@.service`) when the user manager shuts down at logout or reboot.
 `systemd-run --scope` execs the command in place, so the PID of the spawned process is the
 gateway's own PID.
+
+systemd-run puts the *scope's* INVOCATION_ID into the command's environment, so stripping
+it from the controller's environment is not enough: the command goes through
+`env -u INVOCATION_ID`, which execs in place too (same PID, the gateway's own cmdline), and
+the gateway sees the same environment whether the controller runs under systemd or not.
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ _UNIT_UNSAFE = re.compile(r"[^A-Za-z0-9:_.\-]")
 _MAX_UNIT_NAME = 250  # 255 minus ".scope"
 
 
+def _env_binary(environ: Mapping[str, str]) -> str | None:
+    return shutil.which("env", path=environ.get("PATH"))
+
+
 def user_manager_available(environ: Mapping[str, str] | None = None) -> bool:
     """Cheap check that `systemd-run --user` has a user manager to talk to.
 
@@ -36,7 +45,7 @@ def user_manager_available(environ: Mapping[str, str] | None = None) -> bool:
     runtime_dir = env.get("XDG_RUNTIME_DIR", "")
     if not runtime_dir or not os.path.exists(os.path.join(runtime_dir, "systemd", "private")):
         return False
-    return shutil.which("systemd-run", path=env.get("PATH")) is not None
+    return shutil.which("systemd-run", path=env.get("PATH")) is not None and _env_binary(env) is not None
 
 
 def scope_command(
@@ -50,12 +59,13 @@ def scope_command(
     sets how long the manager waits after SIGTERM before SIGKILL when it stops the scope
     (give the gateway's drain timeout plus a margin).
     """
-    if not user_manager_available(environ):
+    env = os.environ if environ is None else environ
+    if not user_manager_available(env):
         return None
     command = ["systemd-run", "--user", "--scope", "--quiet", "--collect", "--unit", unit_name]
     if stop_timeout is not None:
         command.append(f"--property=TimeoutStopSec={max(1, int(round(stop_timeout)))}s")
-    return [*command, "--", *argv]
+    return [*command, "--", _env_binary(env), "-u", "INVOCATION_ID", *argv]
 
 
 def scope_unit_name(profile: str, token: str) -> str:

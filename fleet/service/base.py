@@ -193,8 +193,10 @@ class ServiceManager(ABC):
     """One OS mechanism that keeps the controller running."""
 
     mechanism: str = ""
-    #: how the service manager reacts to the controller dying, for `status`
+    #: whether the OS brings the controller back after it dies
     restart_on_crash: bool = True
+    #: tried when registering this mechanism fails (Windows: task -> Startup folder)
+    fallback_manager: ServiceManager | None = None
 
     def __init__(self, target: ServiceTarget, runner: CommandRunner):
         self.target = target
@@ -246,8 +248,12 @@ class ServiceManager(ABC):
         """Whether `pid` is the process this registration started; None when it cannot tell."""
         return None
 
-    def after_install(self, interactive: bool, ask: Callable[[str], bool]) -> list[str]:
+    def after_install(self, ask: Callable[[str], bool]) -> list[str]:
         """Checks after a successful install (Linux linger); returns lines to show."""
+        return []
+
+    def after_uninstall_steps(self) -> list[Step]:
+        """Steps after the files are removed (systemd: daemon-reload)."""
         return []
 
     def after_install_preview(self) -> list[str]:

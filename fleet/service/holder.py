@@ -36,8 +36,10 @@ class ControllerHolder:
 
 
 
-def read_holder(state_dir: str) -> ControllerHolder | None:
-    """The recorded controller, or None when there is no readable record."""
+def read_holder(state_dir: str, user: str | None = None) -> ControllerHolder | None:
+    """The recorded controller, or None when there is no readable record.
+
+    `user` is the account the controller must run as (default: ours)."""
     path = os.path.join(state_dir, HOLDER_FILE)
     try:
         with open(path, "rb") as fh:
@@ -50,11 +52,11 @@ def read_holder(state_dir: str) -> ControllerHolder | None:
     return ControllerHolder(
         pid=pid, create_time=create_time, version=str(raw.get("version", "")),
         started_at=raw.get("started_at"), epoch=epoch if isinstance(epoch, int) else None,
-        alive=process_matches(pid, create_time),
+        alive=process_matches(pid, create_time, user),
     )
 
 
-def process_matches(pid: int, create_time: float) -> bool:
+def process_matches(pid: int, create_time: float, user: str | None = None) -> bool:
     if pid <= 0:
         return False
     try:
@@ -64,19 +66,25 @@ def process_matches(pid: int, create_time: float) -> bool:
                 return False
             if create_time and abs(proc.create_time() - create_time) > CREATE_TIME_TOLERANCE:
                 return False
-            return proc.username() == psutil.Process().username()
+            return _same_user(proc.username(), user or psutil.Process().username())
     except (psutil.Error, OSError):
         return False
 
 
+def _same_user(a: str, b: str) -> bool:
+    if "\\" in a or "\\" in b:  # Windows: DOMAIN\\user, case-insensitive
+        return a.lower() == b.lower()
+    return a == b
+
+
 def wait_for_new_holder(
     state_dir: str, previous: ControllerHolder | None, deadline: float,
-    owned: Callable[[int], bool | None] = lambda pid: None, poll: float = 0.05,
+    owned: Callable[[int], bool | None] = lambda pid: None, poll: float = 0.05, user: str | None = None,
 ) -> ControllerHolder | None:
     """Wait until a live controller that is not `previous` holds the fleet (and, where the
     service manager can say, is the process it started). None at the deadline."""
     while True:
-        holder = read_holder(state_dir)
+        holder = read_holder(state_dir, user)
         replaced = previous is None or not previous.alive or not holder_is(holder, previous)
         if holder is not None and holder.alive and replaced and owned(holder.pid) is not False:
             return holder

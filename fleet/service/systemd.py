@@ -312,3 +312,15 @@ def _int(value: str | None) -> int | None:
         return int(value) if value not in (None, "", "[not set]") else None
     except ValueError:
         return None
+
+
+def unit_user(path: str) -> str | None:
+    """The User= of an installed unit file (a system unit runs the controller as that user)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("User="):
+                    return line[5:].strip() or None
+    except OSError:
+        return None
+    return None

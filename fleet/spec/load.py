@@ -57,7 +57,10 @@ def read_manifest_text(path: str | os.PathLike) -> str:
     except IsADirectoryError:
         raise ManifestError([Problem(name, 0, 0, "", "is a directory, expected a fleet.yaml file")]) from None
     except UnicodeDecodeError as exc:
-        raise ManifestError([Problem(name, 0, 0, "", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]) from None
+        before = exc.object[:exc.start]
+        line, col = before.count(b"\n") + 1, exc.start - (before.rfind(b"\n") + 1) + 1
+        raise ManifestError([Problem(name, line, col, "", f"not UTF-8 text: {exc.reason} at byte {exc.start}",
+                                     "save the file as UTF-8")]) from None
     except PermissionError:
         raise ManifestError([Problem(name, 0, 0, "", "permission denied")]) from None
 
@@ -241,11 +244,15 @@ class _Builder:
                    "HTTPS_PROXY": proxy.get("https") or proxy.get("url"),
                    "ALL_PROXY": proxy.get("all") or proxy.get("url")}
         for key, value in schemes.items():
+            # Set in both cases: a child that inherited the other case from the controller would
+            # otherwise see two proxies (and most clients prefer the lower-case one).
+            value = value or env.get(key) or env.get(key.lower())
             if value:
                 env[key] = value
                 env[key.lower()] = value
         no_proxy = list(LOOPBACK_NO_PROXY)
-        for entry in list(proxy.get("no_proxy") or []) + env.get("NO_PROXY", "").split(","):
+        for entry in (list(proxy.get("no_proxy") or []) + env.get("NO_PROXY", "").split(",")
+                      + env.get("no_proxy", "").split(",")):
             entry = entry.strip()
             if entry and entry not in no_proxy:
                 no_proxy.append(entry)

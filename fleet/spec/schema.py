@@ -97,6 +97,12 @@ def validate_document(located: Located, filename: str, schema_name: str = "fleet
                 line, col = located.mark(path + (key,), key=True)
                 problems.append(Problem(filename, line, col, dotted(path + (key,)), f"unknown key '{key}'", hint))
             continue
+        if "propertyNames" in error.relative_schema_path and path and path[-1] == "env":
+            line, col = located.mark(path + (error.instance,), key=True)
+            problems.append(Problem(filename, line, col, dotted(path + (error.instance,)),
+                                    f"invalid environment variable name '{error.instance}': expected letters, digits "
+                                    f"and '_', not starting with a digit"))
+            continue
         if "propertyNames" in error.relative_schema_path or error.validator == "propertyNames":
             name = error.instance
             line, col = located.mark(path + (name,), key=True)

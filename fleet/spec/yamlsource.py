@@ -12,8 +12,9 @@ import yaml
 
 from fleet.spec.errors import ManifestError, Problem
 
-MAX_NODES = 2_000_000
+MAX_NODES = 250_000  # with aliases expanded; a 1,000-profile manifest has ~15,000
 MAX_DEPTH = 64
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 Path = tuple  # of str | int
 
@@ -43,9 +44,105 @@ def _pos(node: yaml.Node) -> tuple[int, int]:
     return (node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+def _line_col(text: str, index: int) -> tuple[int, int]:
+    before = text[:index]
+    return before.count("\n") + 1, index - (before.rfind("\n") + 1) + 1
+
+
+class _Prepared:
+    """One pass over the distinct nodes, before anything is expanded: merge keys flattened
+    once per node (remembering how many leading pairs came from merges), the size of every
+    node with its aliases expanded, and how often each node is referenced. An alias bomb is
+    thereby measured in time linear in the file, not in its expansion."""
+
+    def __init__(self, loader, root, filename: str):
+        self.loader = loader
+        self.filename = filename
+        self.merged: dict[int, int] = {}
+        self.size: dict[int, int] = {}
+        self.refs: dict[int, int] = {}
+        self._active: set[int] = set()
+        self._visit(root, 0)
+
+    def _visit(self, node, depth: int) -> int:
+        key = id(node)
+        if key in self.size:
+            return self.size[key]
+        if depth > MAX_DEPTH:
+            raise ManifestError([Problem(self.filename, *_pos(node), "",
+                                         f"the document nests deeper than {MAX_DEPTH} levels")])
+        if key in self._active:
+            raise ManifestError([Problem(self.filename, *_pos(node), "",
+                                         "a recursive alias: an anchor is used inside its own value")])
+        self._active.add(key)
+        children: list = []
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.tag == _MERGE_TAG:  # prepare merged mappings first, so each is flattened by us
+                    for sub in (value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]):
+                        self._visit(sub, depth + 1)
+            own = sum(1 for key_node, _ in node.value if key_node.tag != _MERGE_TAG)
+            self.loader.flatten_mapping(node)  # resolves << merge keys
+            self.merged[key] = len(node.value) - own
+            children = [value_node for _, value_node in node.value]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        total = 1
+        for child in children:
+            self.refs[id(child)] = self.refs.get(id(child), 0) + 1
+            total += self._visit(child, depth + 1)
+        self._active.discard(key)
+        self.size[key] = min(total, MAX_NODES + 1)
+        return self.size[key]
+
+    def check_size(self, root) -> None:
+        """Refuse a document that expands beyond MAX_NODES, naming the outermost value that does."""
+        if self.size[id(root)] <= MAX_NODES:
+            return
+        node, path, where = root, (), _pos(root)
+        while True:
+            if isinstance(node, yaml.MappingNode):
+                pairs = [(k, v, k) for k, v in node.value]
+            elif isinstance(node, yaml.SequenceNode):
+                pairs = [(i, v, v) for i, v in enumerate(node.value)]
+            else:
+                break
+            big = next(((k, v, at) for k, v, at in pairs
+                        if self.size[id(v)] > MAX_NODES and self.refs.get(id(v), 0) == 1), None)
+            if big is None:
+                break
+            k, node, at = big
+            path += (k.value if isinstance(k, yaml.Node) else k,)
+            where = _pos(at)
+        raise ManifestError([Problem(self.filename, *where, _dotted(path),
+                                     f"the document expands to more than {MAX_NODES} nodes once aliases are "
+                                     f"expanded (alias bomb?)")])
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that stops composing at MAX_DEPTH, before Python's recursion limit does."""
+
+    def __init__(self, stream, filename: str):
+        super().__init__(stream)
+        self._filename = filename
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH + 1:
+                mark = self.peek_event().start_mark
+                raise ManifestError([Problem(self._filename, mark.line + 1, mark.column + 1, "",
+                                             f"the document nests deeper than {MAX_DEPTH} levels")])
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def load_located(text: str, filename: str) -> Located:
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = _Loader(text, filename)  # checks for unprintable characters already
         try:
             root = loader.get_single_node()
         except yaml.composer.ComposerError as exc:
@@ -60,7 +157,9 @@ def load_located(text: str, filename: str) -> Located:
         if root is None:
             raise ManifestError([Problem(filename, 1, 1, "", "the manifest is empty",
                                          "start with 'version: 1' and a 'profiles:' map")])
-        located.data = _build(loader, root, (), located, budget, problems, filename, 0)
+        prepared = _Prepared(loader, root, filename)
+        prepared.check_size(root)
+        located.data = _build(loader, root, (), located, budget, problems, filename, 0, prepared.merged)
         if problems:
             raise ManifestError(problems)
         return located
@@ -69,15 +168,23 @@ def load_located(text: str, filename: str) -> Located:
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
         what = exc.problem or str(exc)
         raise ManifestError([Problem(filename, line, col, "", f"not valid YAML: {what}")]) from None
+    except yaml.reader.ReaderError as exc:
+        line, col = _line_col(text, exc.position)
+        what = f"unprintable character #x{exc.character:04x}" if isinstance(exc.character, int) else str(exc.reason)
+        raise ManifestError([Problem(filename, line, col, "", f"not valid YAML: {what} ({exc.reason})")]) from None
     except yaml.YAMLError as exc:
         raise ManifestError([Problem(filename, 0, 0, "", f"not valid YAML: {exc}")]) from None
     except RecursionError:
-        raise ManifestError([Problem(filename, 0, 0, "", "the document nests too deeply")]) from None
+        mark = loader.get_mark() if loader is not None else None
+        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        raise ManifestError([Problem(filename, line, col, "",
+                                     f"the document nests too deeply (more than {MAX_DEPTH} levels are refused)")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
-def _build(loader, node, path, located, budget, problems, filename, depth):
+def _build(loader, node, path, located, budget, problems, filename, depth, merged):
     budget[0] -= 1
     if budget[0] < 0:
         raise ManifestError([Problem(filename, *_pos(node), _dotted(path),
@@ -89,27 +196,54 @@ def _build(loader, node, path, located, budget, problems, filename, depth):
     if isinstance(node, yaml.ScalarNode):
         return loader.construct_object(node, deep=True)
     if isinstance(node, yaml.SequenceNode):
-        return [_build(loader, child, path + (i,), located, budget, problems, filename, depth + 1)
+        return [_build(loader, child, path + (i,), located, budget, problems, filename, depth + 1, merged)
                 for i, child in enumerate(node.value)]
     if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)  # resolves << merge keys
+        pairs = _effective_pairs(loader, node, merged.get(id(node), 0))
         result: dict = {}
-        for key_node, value_node in node.value:
+        for key_node, value_node in pairs:
             if not isinstance(key_node, yaml.ScalarNode):
                 problems.append(Problem(filename, *_pos(key_node), _dotted(path), "a mapping key must be a plain scalar"))
                 continue
-            key = loader.construct_object(key_node, deep=True)
-            if not isinstance(key, str):
-                key = str(key) if not isinstance(key, bool) else str(key).lower()
+            key = _key_of(loader, key_node)
             if key in result:
                 first = located.key_marks.get(path + (key,), (0, 0))
                 problems.append(Problem(filename, *_pos(key_node), _dotted(path + (key,)),
                                         f"duplicate key '{key}' (first defined at line {first[0]})"))
                 continue
             located.key_marks[path + (key,)] = _pos(key_node)
-            result[key] = _build(loader, value_node, path + (key,), located, budget, problems, filename, depth + 1)
+            result[key] = _build(loader, value_node, path + (key,), located, budget, problems, filename, depth + 1,
+                                 merged)
         return result
     return None
+
+
+def _key_of(loader, key_node) -> str:
+    key = loader.construct_object(key_node, deep=True)
+    if not isinstance(key, str):
+        key = str(key) if not isinstance(key, bool) else str(key).lower()
+    return key
+
+
+def _effective_pairs(loader, node, from_merge: int) -> list:
+    """The pairs of a flattened mapping, with merged pairs that are overridden dropped: an
+    explicit key beats a merged one, and among merged ones the earlier source wins (YAML's
+    merge rule), so neither is a duplicate key."""
+    if not from_merge:
+        return node.value
+    own = node.value[from_merge:]
+    explicit = {_key_of(loader, k) for k, _ in own if isinstance(k, yaml.ScalarNode)}
+    kept: dict = {}
+    others = []
+    for key_node, value_node in node.value[:from_merge]:
+        if not isinstance(key_node, yaml.ScalarNode):
+            others.append((key_node, value_node))
+            continue
+        key = _key_of(loader, key_node)
+        if key not in explicit:
+            kept.pop(key, None)  # PyYAML lists the merge sources so that the later pair wins
+            kept[key] = (key_node, value_node)
+    return others + list(kept.values()) + own
 
 
 def _dotted(path: Path) -> str:

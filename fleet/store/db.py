@@ -39,9 +39,10 @@ CREATE TABLE IF NOT EXISTS journal(
 CREATE INDEX IF NOT EXISTS journal_profile ON journal(profile, id);
 CREATE TABLE IF NOT EXISTS maintenance_requests(
   id INTEGER PRIMARY KEY AUTOINCREMENT, profile TEXT NOT NULL, action TEXT NOT NULL,
-  reasons TEXT NOT NULL, requested_by TEXT, idle_seconds REAL NOT NULL, now INTEGER NOT NULL DEFAULT 0,
+  reasons TEXT NOT NULL, requested_by TEXT, idle_seconds REAL, now INTEGER NOT NULL DEFAULT 0,
   not_before REAL, deadline REAL, state TEXT NOT NULL, waiting_on TEXT, created_at REAL NOT NULL,
-  updated_at REAL NOT NULL, started_at REAL, finished_at REAL, outcome TEXT, update_output TEXT, epoch INTEGER);
+  updated_at REAL NOT NULL, started_at REAL, finished_at REAL, outcome TEXT,
+  update_started REAL, update_finished REAL, update_exit INTEGER, update_output TEXT, epoch INTEGER);
 CREATE UNIQUE INDEX IF NOT EXISTS open_maintenance ON maintenance_requests(profile)
   WHERE state IN ('pending', 'waiting');
 """

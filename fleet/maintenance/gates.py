@@ -1,0 +1,50 @@
+"""The gates a maintenance restart must pass: idle long enough, inside a window. Pure functions."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from fleet.plan.model import Gate
+from fleet.spec.cron import last_fire_within, next_fire, parse_cron
+from fleet.spec.durations import format_duration
+from fleet.spec.model import MaintenanceWindow
+
+
+def _inside(window: MaintenanceWindow, now: float) -> bool:
+    tz = ZoneInfo(window.timezone)
+    local = datetime.fromtimestamp(now, tz)
+    return last_fire_within(parse_cron(window.schedule), local, timedelta(seconds=window.duration)) is not None
+
+
+def _next_open(window: MaintenanceWindow, now: float) -> datetime | None:
+    tz = ZoneInfo(window.timezone)
+    return next_fire(parse_cron(window.schedule), datetime.fromtimestamp(now, tz), timedelta(days=31))
+
+
+def window_gate(windows: tuple[MaintenanceWindow, ...], now: float) -> Gate:
+    """No windows: always open. Any allow window: only inside one. A deny window always wins."""
+    if not windows:
+        return Gate("window", True, "no windows")
+    for w in windows:
+        if w.kind == "deny" and _inside(w, now):
+            return Gate("window", False, f"deny window ({w.schedule}, {format_duration(w.duration)}) is open")
+    allows = [w for w in windows if w.kind == "allow"]
+    if not allows or any(_inside(w, now) for w in allows):
+        return Gate("window", True, "inside an allowed window" if allows else "no deny window open")
+    upcoming = [t for t in (_next_open(w, now) for w in allows) if t is not None]
+    when = min(upcoming).strftime("%a %H:%M %Z") if upcoming else "not within a month"
+    return Gate("window", False, f"window opens {when}")
+
+
+def idle_gate(active: int | None, state: str | None, idle_since: float | None, idle_seconds: float, now: float) -> Gate:
+    if active:
+        return Gate("idle", False, f"{active} active agent{'s' if active != 1 else ''}")
+    if state == "draining":
+        return Gate("idle", False, "gateway is draining")
+    if idle_since is None:
+        return Gate("idle", False, f"idle 0s of {format_duration(idle_seconds)}")
+    idle_for = max(0.0, now - idle_since)
+    if idle_for < idle_seconds:
+        return Gate("idle", False, f"idle {format_duration(idle_for)} of {format_duration(idle_seconds)}")
+    return Gate("idle", True, f"idle {format_duration(idle_for)}")

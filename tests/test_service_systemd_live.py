@@ -1,0 +1,380 @@
+"""The generated unit under a real, private `systemd --user` (docs/service.md, "Testing").
+
+As root, a private mount namespace gets its own /run/systemd (so systemd believes it was
+booted with systemd), a delegated cgroup and a private XDG_RUNTIME_DIR; `systemd --user`
+runs there and is driven with `systemctl --user` over its private socket. Nothing of the
+host's service managers is touched; everything started here is ended by PID.
+
+Two scenarios, both: install -> controller up (READY) -> kill -9 of the controller ->
+systemd restarts it -> the gateway is untouched and adopted -> uninstall.
+- a stand-in controller (this file) built from the project's SdNotify and scope helpers,
+  which checks the unit, readiness, the watchdog and scopes independently of the real
+  controller;
+- the real controller through the real CLI (`python -m fleet.cli.main service ...`).
+
+Skipped, with the reason, where the set-up is impossible (not root, no unshare, no
+systemd binary, a cgroup layout we cannot delegate, the manager does not come up).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from fleet.service.base import ServiceTarget, SubprocessRunner
+from fleet.service.lifecycle import Lifecycle
+from fleet.service.systemd import SystemdManager, systemd_version
+
+pytestmark = [pytest.mark.systemd, pytest.mark.timeout(150)]
+
+SYSTEMD_CANDIDATES = ("/lib/systemd/systemd", "/usr/lib/systemd/systemd")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_for(condition, timeout: float, what: str, poll: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(poll)
+
+
+# ------------------------------------------------------------------ the private manager
+
+
+@dataclass
+class UserManager:
+    pid: int
+    env: dict[str, str]
+    runtime_dir: Path
+    home: Path
+    cgroup_dirs: list[Path]
+
+    def systemctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(["systemctl", "--user", *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def show(self, unit: str) -> dict[str, str]:
+        out = self.systemctl("show", unit, "-p", "ActiveState,SubState,MainPID,NRestarts,StatusText,LoadState").stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def cgroup_pids(self) -> set[int]:
+        pids: set[int] = set()
+        for top in self.cgroup_dirs:
+            for procs in top.rglob("cgroup.procs"):
+                try:
+                    pids |= {int(x) for x in procs.read_text().split()}
+                except OSError:
+                    pass
+        return pids
+
+
+def _cgroup_tops(name: str) -> list[Path] | None:
+    root = Path("/sys/fs/cgroup")
+    if (root / "unified").is_dir() and (root / "systemd").is_dir():
+        return [root / "unified" / name, root / "systemd" / name]  # hybrid layout (systemd 252 here)
+    if (root / "cgroup.controllers").exists():
+        return [root / name]  # pure cgroup v2
+    return None
+
+
+@pytest.fixture(scope="module")
+def user_manager(tmp_path_factory):
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("needs root: a private systemd --user needs a private mount namespace and a delegated cgroup")
+    systemd_bin = next((p for p in SYSTEMD_CANDIDATES if os.access(p, os.X_OK)), None)
+    missing = [tool for tool in ("unshare", "systemctl", "systemd-run") if shutil.which(tool) is None]
+    if systemd_bin is None or missing:
+        pytest.skip(f"missing: {', '.join(missing) or 'the systemd binary'}")
+    base = tmp_path_factory.mktemp("sdlive")
+    name = f"hermes-fleet-test-{os.getpid()}"
+    tops = _cgroup_tops(name)
+    if tops is None:
+        pytest.skip("unknown cgroup layout: cannot delegate a cgroup to the test manager")
+    runtime, home = base / "xdg", base / "home"
+    runtime.mkdir(mode=0o700)
+    (home / ".config").mkdir(parents=True)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_RUNTIME_DIR": str(runtime), "DBUS_SESSION_BUS_ADDRESS": f"unix:path={runtime}/bus",
+        "USER": "root", "LANG": "C.UTF-8",
+    }
+    moves = "\n".join(f'mkdir -p "{t}" && echo $$ > "{t}/cgroup.procs"' for t in tops)
+    inner = base / "inner.sh"
+    inner.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        set -e
+        mount -t tmpfs tmpfs /run/systemd 2>/dev/null || {{ mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd; }}
+        mkdir -p /run/systemd/system
+        {moves}
+        exec {systemd_bin} --user
+        """))
+    inner.chmod(0o755)
+    log = open(base / "manager.log", "wb")
+    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", str(inner)], env=env,
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    manager = UserManager(proc.pid, env, runtime, home, tops)
+    try:
+        deadline = time.monotonic() + 20
+        while not (runtime / "systemd" / "private").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                tail = (base / "manager.log").read_text(errors="replace")[-600:]
+                pytest.skip(f"systemd --user did not start here: {tail.strip() or 'no output'}")
+            time.sleep(0.05)
+        yield manager
+    finally:
+        _teardown(proc, manager)
+        log.close()
+
+
+def _teardown(proc: subprocess.Popen, manager: UserManager) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)  # the user manager's own orderly exit
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    # Whatever the manager left in its cgroups was started by this test (KillMode=process
+    # leftovers): end those PIDs, then remove the cgroups, deepest first.
+    for pid in manager.cgroup_pids():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for top in manager.cgroup_dirs:
+        if top.exists():
+            wait_for(lambda: not any(p.read_text().split() for p in top.rglob("cgroup.procs")), 10, "empty cgroups")
+            for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                d.rmdir()
+            top.rmdir()
+
+
+@pytest.fixture
+def private_env(user_manager, monkeypatch):
+    for key, value in user_manager.env.items():
+        monkeypatch.setenv(key, value)
+    return user_manager
+
+
+def _kill_recorded(paths) -> None:
+    for path in paths:
+        try:
+            rec = json.loads(Path(path).read_text())
+            proc = psutil.Process(int(rec["pid"]))
+            if abs(proc.create_time() - float(rec["create_time"])) <= 1:
+                proc.kill()
+        except (OSError, ValueError, KeyError, psutil.Error):
+            pass
+
+
+# ------------------------------------------------------------------ a stand-in controller
+
+STAND_IN = r'''
+import json, os, signal, subprocess, sys, time
+import psutil
+from fleet.service.notify import SdNotify
+from fleet.platform.systemd_scope import scope_command, scope_unit_name, strip_service_env
+
+state = sys.argv[1]
+me = psutil.Process()
+def write(path, obj):
+    with open(path + ".tmp", "w") as fh:
+        json.dump(obj, fh)
+    os.replace(path + ".tmp", path)
+
+write(os.path.join(state, ".supervisor.json"), {"pid": me.pid, "create_time": me.create_time(),
+      "version": "stand-in", "started_at": time.time(), "epoch": 1})
+record = os.path.join(state, "gw.pid")
+rec = None
+if os.path.exists(record):
+    rec = json.load(open(record))
+    try:
+        if abs(psutil.Process(rec["pid"]).create_time() - rec["create_time"]) > 1:
+            rec = None
+    except psutil.Error:
+        rec = None
+if rec is None:
+    gateway = [sys.executable, "-c", "import time\nwhile True: time.sleep(1)"]
+    env = strip_service_env(os.environ)
+    env["HERMES_FLEET_PROFILE"] = "gw"
+    argv = scope_command(scope_unit_name("gw", str(time.time_ns())), gateway) or gateway
+    child = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    rec = {"pid": child.pid, "create_time": psutil.Process(child.pid).create_time(), "scoped": argv != gateway}
+rec["controller_pid"] = me.pid
+write(record, rec)
+notify = SdNotify()
+signal.signal(signal.SIGTERM, lambda *a: (notify.stopping(), sys.exit(0)))
+notify.ready("1 profile converged")
+while True:
+    notify.watchdog()
+    time.sleep(min(notify.watchdog_interval or 5, 5))
+'''
+
+
+@dataclass(frozen=True)
+class StandInTarget(ServiceTarget):
+    script: str = ""
+
+    def controller_args(self) -> tuple[str, ...]:
+        return (self.script, self.state_dir)
+
+
+def _manager(target: ServiceTarget, env: dict[str, str]) -> SystemdManager:
+    runner = SubprocessRunner()
+    return SystemdManager(target, runner, unit_dir=os.path.join(env["XDG_CONFIG_HOME"], "systemd", "user"),
+                          home=env["HOME"], user="root", version=systemd_version(runner), linger_mode="skip")
+
+
+def test_unit_restarts_a_killed_controller_and_leaves_the_gateway_alone(private_env, tmp_path):
+    state = tmp_path / "state"
+    script = tmp_path / "stand_in.py"
+    script.write_text(STAND_IN)
+    fleet_file = tmp_path / "fleet.yaml"
+    fleet_file.write_text("version: 1\nprofiles: {}\n")
+    target = StandInTarget(fleet_name="live", fleet_file=str(fleet_file), state_dir=str(state), python=sys.executable,
+                           script=str(script))
+    manager = _manager(target, private_env.env)
+    lines: list[str] = []
+    lifecycle = Lifecycle(manager, runner=manager.runner, say=lines.append, verify_timeout=45)
+    try:
+        assert lifecycle.install(), "\n".join(lines)
+        unit = manager.name
+        props = private_env.show(unit)
+        assert props["ActiveState"] == "active"
+        assert props["StatusText"] == "1 profile converged"  # READY=1 + STATUS= arrived
+        first_main = int(props["MainPID"])
+        assert f"controller is up (PID {first_main})" in "\n".join(lines)
+
+        gw = json.loads((state / "gw.pid").read_text())
+        assert gw["scoped"] is True
+        cgroup = Path(f"/proc/{gw['pid']}/cgroup").read_text()
+        assert "hermes-fleet-gw-" in cgroup and ".scope" in cgroup, cgroup  # its own scope, not the unit's cgroup
+        environ = psutil.Process(gw["pid"]).environ()
+        assert not {"NOTIFY_SOCKET", "INVOCATION_ID", "WATCHDOG_USEC"} & environ.keys()
+
+        os.kill(first_main, signal.SIGKILL)
+        restarted = wait_for(
+            lambda: (p := private_env.show(unit))["ActiveState"] == "active" and int(p["MainPID"]) not in (0, first_main)
+            and int(p["NRestarts"]) >= 1 and p, 60, "systemd to restart the controller")
+        second_main = int(restarted["MainPID"])
+        survivor = psutil.Process(gw["pid"])
+        assert abs(survivor.create_time() - gw["create_time"]) <= 1  # the very same gateway process
+        adopted = wait_for(lambda: json.loads((state / "gw.pid").read_text())["controller_pid"] == second_main, 20,
+                           "the new controller to adopt the gateway")
+        assert adopted
+
+        status = manager.status()
+        assert status.running and status.pid == second_main and status.restarts >= 1
+
+        lines.clear()
+        assert lifecycle.install()
+        assert lines and lines[0].startswith("nothing changed"), lines
+
+        assert lifecycle.uninstall()
+        assert not os.path.exists(manager.location)
+        assert private_env.show(unit).get("LoadState") == "not-found"
+        assert psutil.pid_exists(gw["pid"]) and psutil.Process(gw["pid"]).status() != psutil.STATUS_ZOMBIE
+    finally:
+        private_env.systemctl("stop", manager.name)
+        _kill_recorded([state / "gw.pid", state / ".supervisor.json"])
+
+
+# ------------------------------------------------------------------ the real controller
+
+
+def _real_controller_missing() -> str | None:
+    probe = subprocess.run([sys.executable, "-m", "fleet.cli.main", "controller", "run", "--help"],
+                           capture_output=True, text=True, timeout=60, cwd=REPO)
+    if probe.returncode != 0:
+        return f"`python -m fleet.cli.main controller run` is not available: {(probe.stderr or probe.stdout).strip()[-300:]}"
+    probe = subprocess.run([sys.executable, "-m", "fleet.cli.main", "service", "install", "--help"],
+                           capture_output=True, text=True, timeout=60, cwd=REPO)
+    if probe.returncode != 0:
+        return "`hermes-fleet service` is not mounted in the CLI yet"
+    return None
+
+
+GATEWAY = "import os, time\nwhile True: time.sleep(1)\n"
+
+
+def test_real_controller_under_systemd_survives_kill_and_adopts(private_env, tmp_path):
+    reason = _real_controller_missing()
+    if reason:
+        pytest.skip(reason)
+    state = tmp_path / "state"
+    gateway = tmp_path / "gateway.py"
+    gateway.write_text(GATEWAY)
+    fleet_file = tmp_path / "fleet.yaml"
+    fleet_file.write_text(textwrap.dedent(f"""\
+        version: 1
+        name: live
+        stagger: 0s
+        profiles:
+          alpha:
+            driver: process
+            command: [{json.dumps(sys.executable)}, {json.dumps(str(gateway))}]
+        """))
+    env = dict(private_env.env, PATH=f"{os.path.dirname(sys.executable)}:{private_env.env['PATH']}")
+    cli = [sys.executable, "-m", "fleet.cli.main", "service"]
+    common = ["-f", str(fleet_file), "--state-dir", str(state)]
+    unit = "hermes-fleet-live.service"
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cli, *args, *common], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    try:
+        done = run("install", "--linger", "skip", "--timeout", "45")
+        assert done.returncode == 0, done.stdout + done.stderr
+        props = private_env.show(unit)
+        first_main = int(props["MainPID"])
+        assert props["ActiveState"] == "active" and f"(PID {first_main})" in done.stdout
+
+        record_path = state / "alpha.pid"
+        gw = wait_for(lambda: record_path.exists() and json.loads(record_path.read_text()), 30, "the gateway record")
+        gw_pid, gw_created = int(gw["pid"]), float(gw["create_time"])
+        environ = psutil.Process(gw_pid).environ()
+        assert not {"NOTIFY_SOCKET", "INVOCATION_ID", "WATCHDOG_USEC", "WATCHDOG_PID"} & environ.keys()
+        assert ".scope" in Path(f"/proc/{gw_pid}/cgroup").read_text()  # spawned in its own transient scope
+
+        os.kill(first_main, signal.SIGKILL)
+        restarted = wait_for(
+            lambda: (p := private_env.show(unit))["ActiveState"] == "active" and int(p["MainPID"]) not in (0, first_main)
+            and int(p["NRestarts"]) >= 1 and p, 60, "systemd to restart the controller")
+        second_main = int(restarted["MainPID"])
+        assert abs(psutil.Process(gw_pid).create_time() - gw_created) <= 1  # untouched
+        wait_for(lambda: int(json.loads(record_path.read_text()).get("controller_pid", 0)) == second_main, 30,
+                 "the new controller to adopt the gateway")
+        assert int(json.loads(record_path.read_text())["pid"]) == gw_pid  # adopted, not respawned
+
+        shown = run("status", "-o", "json", "--no-fleet")
+        report = json.loads(shown.stdout)
+        assert report["registration"]["running"] is True and report["registration"]["restarts"] >= 1
+        assert report["controller"]["pid"] == second_main
+
+        again = run("install", "--linger", "skip")
+        assert again.returncode == 0 and "nothing changed" in again.stdout
+
+        gone = run("uninstall")
+        assert gone.returncode == 0, gone.stdout + gone.stderr
+        assert private_env.show(unit).get("LoadState") == "not-found"
+        assert psutil.pid_exists(gw_pid)  # uninstall leaves gateways running by default
+    finally:
+        private_env.systemctl("stop", unit)
+        _kill_recorded([state / "alpha.pid", state / ".supervisor.json"])
