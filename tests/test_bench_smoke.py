@@ -97,7 +97,7 @@ def test_results_ratio_targets_and_markdown_from_synthetic_samples():
     rec.add("kill9_duplicated", "circus", 10)
     rec.add("stop_n100", OURS, 1500.0)
     rec.skip("stop_n100", "circus", "pip install circus failed: no network")
-    rec.pending("plan_1000", OURS, "planner not there yet")
+    rec.pending("plan_1000_steady", OURS, "planner not there yet")
     results = build_results(rec, tools={OURS: {"available": True, "version": "0", "reason": ""}}, settings={}, command="x")
 
     respawn = results["scenarios"]["respawn_n10"]

@@ -6,8 +6,10 @@ Every test drives the `hermes-fleet` CLI as a subprocess against a fleet under t
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
+import time
 
 import pytest
 
@@ -20,6 +22,10 @@ pytestmark = [
 ]
 
 THREE = {"alpha": None, "beta": None, "gamma": None}
+
+
+def parse_iso(text: str) -> float:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def test_cold_start_spawns_every_profile_stagger_apart(fleet):
@@ -84,28 +90,30 @@ def test_hung_gateway_is_killed_and_respawned(fleet):
     assert new_alpha != before["alpha"]
 
 
-def test_hung_gateway_is_killed_and_respawned_eventually(fleet):
-    """The same, with a deadline that covers the controller's periodic resync (slow; see the xfail above)."""
+def test_hung_gateway_is_detected_on_the_next_pass_killed_and_respawned(fleet):
+    """The kill-and-respawn of a wedged gateway, independent of when the controller wakes up:
+    once alpha's heartbeat is stale, a sibling's death wakes the controller, whose pass must
+    kill the wedged alpha (SIGTERM is ignored, so only a kill ends it) and respawn it."""
     fleet.write_manifest({"alpha": {"env": {"FAKE_HERMES_HEARTBEAT_S": "0.2"}},
                           "beta": {"env": {"FAKE_HERMES_HEARTBEAT_S": "0.2"}}},
                          heartbeat_stale="1s", startup_grace="0.5s")
     fleet.apply()
     before = {n: fleet.wait_running(n) for n in ("alpha", "beta")}
     fleet.control("alpha", hang=True, once=True)
-    # Poke the controller (a no-op request on the sibling's behalf is not available, so a
-    # sibling's death is the wake-up): it then re-plans and sees alpha's stale heartbeat.
-    wait_until(lambda: read_json(fleet.profile_home("alpha") / "fake-gateway.json").get("hang") is False, 5,
-               what="alpha to act on the hang knob")
-    hb = fleet.profile_home("alpha") / "state" / "gateway.heartbeat"
-    first = read_json(hb)
-    wait_until(lambda: (read_json(hb) == first) and poll_until(lambda: False, 1.5) is False and read_json(hb) == first,
-               5, what="alpha's heartbeat to stop")
-    fleet.kill9(before["beta"])
+    hb_path = fleet.profile_home("alpha") / "state" / "gateway.heartbeat"
+
+    def heartbeat_stale():
+        hb = read_json(hb_path)
+        return isinstance(hb, dict) and time.time() - parse_iso(hb["updated_at"]) > 1.5
+    wait_until(heartbeat_stale, 10, what="alpha's heartbeat to go stale")
+    assert alive(before["alpha"]) and fleet.pid("alpha") == before["alpha"]
+    fleet.kill9(before["beta"])  # wakes the controller
     new_alpha = fleet.wait_running("alpha", other_than=before["alpha"], timeout=12)
-    assert not alive(before["alpha"])
+    assert not alive(before["alpha"]), "the wedged gateway must be killed"
     killed = fleet.journal_kinds("alpha", "killed")
     assert killed and killed[0].data["reason"] == "wedged" and killed[0].data["pid"] == before["alpha"]
     assert new_alpha != before["alpha"]
+    fleet.wait_running("beta", other_than=before["beta"])
 
 
 def test_exit_78_is_not_retried(fleet):
@@ -150,19 +158,32 @@ def test_exit_75_restarts_at_once_without_backoff(fleet):
 
 def test_crash_loop_follows_the_backoff_schedule(fleet):
     fleet.write_manifest({"alpha": None, "beta": None}, backoff=["0.5s", "1s", "1.5s"])
-    fleet.control("alpha", crash=True)  # every instance crashes: a crash loop
-    fleet.apply(expect=None, timeout=60)
-    wait_until(lambda: len(fleet.journal_kinds("alpha", "spawned")) >= 5, 15, interval=0.1,
-               what="five spawns of the crashing profile")
+    fleet.apply()
+    beta = fleet.wait_running("beta")
+    fleet.wait_running("alpha")
+    fleet.control("alpha", crash=True)  # every instance crashes at once: a crash loop
+    wait_until(lambda: len(fleet.journal_kinds("alpha", "spawned")) >= 6, 15, interval=0.1,
+               what="five respawns of the crashing profile")
     fleet.clear_control("alpha")
-    spawned = [e.at for e in fleet.journal_kinds("alpha", "spawned")][:5]
-    gaps = [b - a for a, b in zip(spawned, spawned[1:])]
-    # Each respawn waits at least its step of the schedule; the last step repeats.
-    for gap, step in zip(gaps, [0.5, 1.0, 1.5, 1.5]):
-        assert gap >= step - 0.05, (gaps, step)
-    exits = fleet.journal_kinds("alpha", "exited")
-    assert all(e.data["code"] == 1 and e.data["exit_class"] == "crash" for e in exits[:4])
+    spawned = [e.at for e in fleet.journal_kinds("alpha", "spawned")][1:6]
+    exits = [e for e in fleet.journal_kinds("alpha", "exited")][:5]
+    assert all(e.data["code"] == 1 and e.data["exit_class"] == "crash" for e in exits), exits
+    # Respawn n waits at least step n of the schedule after exit n; the last step repeats.
+    for exited, respawn, step in zip(exits, spawned, [0.5, 1.0, 1.5, 1.5, 1.5]):
+        assert respawn - exited.at >= step - 0.05, ([e.at for e in exits], spawned, step)
     # The sibling was never disturbed.
     assert len(fleet.journal_kinds("beta", "spawned")) == 1
-    assert alive(fleet.pid("beta"))
+    assert fleet.pid("beta") == beta and alive(beta)
     fleet.wait_running("alpha", timeout=10)
+
+
+@pytest.mark.xfail(reason="BUG: planner._apply_stagger queues spawns in name order, so a profile in crash "
+                          "backoff keeps pushing the first start of every later-named sibling behind its next "
+                          "not_before: the sibling is starved for as long as the crash loop lasts", strict=True)
+def test_crash_loop_does_not_starve_a_sibling_at_cold_start(fleet):
+    # alpha crash-loops from its first start, long before beta's stagger slot comes up (1s);
+    # beta must still get its first start.
+    fleet.write_manifest({"alpha": None, "beta": None}, stagger="1s", backoff=["0.5s", "1s"])
+    fleet.control("alpha", crash=True)
+    fleet.apply("--no-wait")
+    fleet.wait_running("beta", timeout=8)

@@ -9,8 +9,10 @@ controller and waits for convergence; the controller's identity is in
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
+from bench import procs
 from bench.adapters.base import Adapter, CommandFailed, base_env
 from bench.procs import alive, create_time_of
 
@@ -38,6 +40,7 @@ class HermesFleetAdapter(Adapter):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.controller: tuple[int, float] | None = None  # (pid, create_time) last seen
+        self.proc: subprocess.Popen | None = None  # a controller we run in the foreground
 
     @property
     def manifest(self) -> Path:
@@ -53,6 +56,7 @@ class HermesFleetAdapter(Adapter):
 
     def open_session(self, directory, n):
         self.controller = None
+        self.proc = None
         return super().open_session(directory, n)
 
     def write_config(self) -> None:
@@ -111,8 +115,16 @@ class HermesFleetAdapter(Adapter):
         return found
 
     def restart_supervisor(self) -> None:
-        # `apply` starts a controller when none runs, then waits for convergence.
-        self._apply()
+        # What the generated service unit runs: `controller run -f` in the foreground (it
+        # execs the lean controller, keeping its PID).
+        self.proc = self.spawn_foreground([self.cli, "controller", "run", "-f", str(self.manifest),
+                                           "--state-dir", str(self.state)],
+                                          "controller.out", self._env())
+        self.controller = None
+
+    def reap_own(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            procs.forget_child(self.proc)
 
     def apply_config(self) -> None:
         self._apply()
