@@ -222,6 +222,8 @@ def test_notes_merge_per_topic_and_keep_the_profiles():
                          Note("c", "d", "i")])
     assert notes == (Note("a", "d", "i", ("x", "y")), Note("b", "d", "i", ("x",)), Note("c", "d", "i", ()))
     assert notes[2].scope() == "all profiles"
+    everyone = merge_notes([Note("a", "d", "i", ("x",)), Note("a", "d", "i", ("y",))], all_profiles=("x", "y"))
+    assert everyone == (Note("a", "d", "i", ()),)
 
 
 def test_a_single_profile_has_no_stagger_note():

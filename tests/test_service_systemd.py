@@ -395,3 +395,24 @@ def test_stand_in_survives_only_sigterm_path(processes, tmp_path):
     proc = processes.controller(tmp_path / "s")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
+
+
+def test_install_refuses_when_the_user_manager_cannot_be_reached(systemd):
+    from fleet.service.base import ServiceError
+
+    s = systemd()
+    s.runner.handler = lambda args: CommandResult(args, 1, "", "Failed to connect to bus: No medium found")
+    with pytest.raises(ServiceError, match="cannot reach your systemd user manager"):
+        s.lifecycle.install()
+    assert not os.path.exists(s.manager.location)  # refused before writing anything
+    assert [c for c in s.runner.calls if "show" not in c] == []
+
+
+def test_install_warns_about_hermes_agents_own_gateway_units(systemd, isolated_home):
+    unit_dir = isolated_home / ".config" / "systemd" / "user"
+    unit_dir.mkdir(parents=True)
+    (unit_dir / "hermes-gateway-coder.service").write_text("[Service]\nExecStart=/bin/true\n")
+    s = systemd()
+    assert s.lifecycle.install()
+    assert "warning: hermes-agent's own gateway unit" in s.output
+    assert "systemctl --user disable --now hermes-gateway-coder.service" in s.output

@@ -89,45 +89,36 @@ def status(
 
 def _deep_checks(state, st, name: str) -> list[dict]:
     """Each probe behind a profile's state, so an operator can see why without reading code."""
+    from fleet.controller.desired import DesiredSource
     from fleet.observe import hermes_files as hf
     from fleet.observe.native import find_native_service
-    from fleet.store.files import read_json
 
     obs = st.observed.get(name)
-    spec = None
-    for pspec in (p for p in ()):  # placeholder never used
-        spec = pspec
-    checks = []
-
-    def add(probe, ok, detail):
-        checks.append({"probe": probe, "result": "PASS" if ok is True else ("FAIL" if ok is False else "SKIP"),
-                       "detail": detail})
-
-    rec = obs.record
-    add("record present", rec is not None, f"{state.record(name)}" + (f" pid {rec.pid}" if rec else
-                                                                        f" ({obs.record_problem or 'missing'})"))
-    proc = obs.process
-    add("identity (pid + start time + user)", proc is not None,
-        f"pid {proc.pid} start {proc.start_ticks} via {proc.source}" if proc else f"verdict {obs.record_verdict}")
-    if proc:
-        add("command line", True, " ".join(proc.cmdline)[:200])
-    home = None
-    row = next((p for p in st.profiles if p.name == name), None)
-    desired_hash = row.desired_spec_hash if row else None
-    add("spec current", None if proc is None or proc.spec_hash is None else proc.spec_hash == desired_hash,
-        f"running {proc.spec_hash if proc else '-'} desired {desired_hash or '-'}")
-    for candidate in st.observed.profiles.values():
-        pass
-    from fleet.controller.desired import DesiredSource
     store = Store(state.db, readonly=True)
     try:
         _, specs = DesiredSource(store).current()
+        last_events = store.events(profile=name, limit=1)
     finally:
         store.close()
     pspec = specs.get(name)
+    row = next((p for p in st.profiles if p.name == name), None)
+    checks: list[dict] = []
+
+    def add(probe: str, ok: bool | None, detail: str) -> None:
+        checks.append({"probe": probe, "result": {True: "PASS", False: "FAIL", None: "SKIP"}[ok], "detail": detail})
+
+    rec, proc = obs.record, obs.process
+    add("record present", rec is not None,
+        f"{state.record(name)}" + (f" pid {rec.pid}" if rec else f" ({obs.record_problem or 'missing'})"))
+    add("identity (pid + start time + user)", proc is not None,
+        f"pid {proc.pid}, start {proc.start_ticks}, found via {proc.source}" if proc else f"verdict: {obs.record_verdict}")
+    if proc:
+        add("command line", True, " ".join(proc.cmdline)[:200])
+    desired_hash = row.desired_spec_hash if row else None
+    add("spec current", None if proc is None or proc.spec_hash is None else proc.spec_hash == desired_hash,
+        f"running {proc.spec_hash if proc else '-'}, desired {desired_hash or '-'}")
     if pspec is not None and pspec.driver == "hermes":
-        home = pspec.hermes_home
-        lock = os.path.join(home, hf.GATEWAY_LOCK)
+        lock = os.path.join(pspec.hermes_home, hf.GATEWAY_LOCK)
         held = current_platform().lock_is_held(lock) if os.path.exists(lock) else False
         add("gateway.lock held by a live process", held, lock)
         if obs.status:
@@ -136,34 +127,30 @@ def _deep_checks(state, st, name: str) -> list[dict]:
                 f"state {obs.status.state}, active_agents {obs.status.active}, updated {_fmt_age(age)} ago")
         else:
             add("gateway_state.json", False, "missing or unreadable")
-        env_file = os.path.join(home, ".env")
-        overridden = []
-        if os.path.exists(env_file):
-            try:
-                with open(env_file, encoding="utf-8", errors="replace") as fh:
-                    overridden = [line.split("=", 1)[0].strip() for line in fh
-                                  if "PROXY" in line.split("=", 1)[0].upper() and "=" in line]
-            except OSError:
-                pass
+        overridden = _proxy_keys_in_dotenv(os.path.join(pspec.hermes_home, ".env"))
         add("proxy not overridden by the profile's .env", not overridden,
-            "overrides: " + ", ".join(overridden) if overridden else "no proxy keys in .env")
+            "overridden there: " + ", ".join(overridden) if overridden else "no proxy keys in .env")
     if obs.heartbeat_at and proc:
         age = time.time() - obs.heartbeat_at
-        limit = pspec.health.heartbeat_stale if pspec else 90
+        limit = pspec.health.heartbeat_stale if pspec else 90.0
         add("heartbeat fresh", age <= limit, f"{_fmt_age(age)} old (limit {format_duration(limit)})")
     else:
         add("heartbeat fresh", None, "no heartbeat from this process")
-    events = []
-    store = Store(state.db, readonly=True)
-    try:
-        events = store.events(profile=name, limit=1)
-    finally:
-        store.close()
-    add("last lifecycle event", None if not events else True,
-        f"{utc(events[-1].at)} {events[-1].kind}: {events[-1].message}" if events else "none")
+    add("last lifecycle event", True if last_events else None,
+        f"{utc(last_events[-1].at)} {last_events[-1].kind}: {last_events[-1].message}" if last_events else "none")
     native = find_native_service(name)
     add("no native service conflict", native is None, native or "none found")
     return checks
+
+
+def _proxy_keys_in_dotenv(path: str) -> list[str]:
+    """Hermes loads <home>/.env with override=True: a proxy there beats the one the fleet passes."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            keys = [line.split("=", 1)[0].strip().removeprefix("export ").strip() for line in fh if "=" in line]
+    except OSError:
+        return []
+    return [k for k in keys if "PROXY" in k.upper()]
 
 
 def _need_profiles(state, names: list[str]) -> Store:

@@ -49,10 +49,7 @@ def notes_paragraphs(notes: Sequence[Note], engine: str, empty: str | None = Non
 
 
 class _Dumper(yaml.SafeDumper):
-    """Block style, lists indented under their key (kubectl's style), never anchors."""
-
-    def increase_indentation(self, flow: bool = False, indentless: bool = False):  # noqa: ARG002
-        return super().increase_indentation(flow, False)
+    """Block style with lists level with their key (as kubectl prints them), never anchors."""
 
     def ignore_aliases(self, data) -> bool:  # noqa: ARG002
         return True
@@ -144,8 +141,9 @@ def systemd_script_word(lines: Sequence[str], indent: str = "    ") -> str:
 
 def systemd_path(path: str) -> str:
     """A path setting (WorkingDirectory=, ...): no quoting exists there, so refuse what cannot be written."""
-    if any(not c.isprintable() for c in path):
-        raise ExportError(f"the path {path!r} contains control characters and cannot be written in a unit file")
+    if any(not c.isprintable() for c in path) or path != path.strip():
+        raise ExportError(f"the path {path!r} has control characters or surrounding blanks, which a unit file "
+                          "cannot express")
     return systemd_escape_specifiers(path)
 
 

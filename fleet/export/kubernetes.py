@@ -125,7 +125,7 @@ class KubernetesTarget(Target):
         return Export(self.name, tuple(files), notes, stream)
 
     def index_header(self, spec: FleetSpec, notes: tuple[Note, ...], stream: bool = False) -> str:
-        how = ("Apply with `kubectl apply -f FILE` (server-side: add --server-side)." if stream else
+        how = ("Apply with `kubectl apply -f FILE`, or pipe it into `kubectl apply -f -`." if stream else
                "Apply with `kubectl apply -k DIR`, or point Argo CD / Flux at DIR.")
         return comment_block([
             f'{GENERATED_LINE} kubernetes from fleet "{spec.name}". Do not edit: change fleet.yaml and export again.',
@@ -144,6 +144,7 @@ class KubernetesTarget(Target):
             "Do not edit: change fleet.yaml and export again.",
             "",
             *notes_paragraphs(own, "Kubernetes", empty="Nothing specific to this profile is lost in Kubernetes."),
+            "",
             "Notes for the whole fleet: the top of kustomization.yaml.",
         ])
 
@@ -216,11 +217,13 @@ class KubernetesTarget(Target):
             "envFrom": [{"configMapRef": {"name": config_map_name(spec, profile)}}],
         }
         if secret_keys:
-            container["env"] = [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret_name(spec, profile), "key": key}}}
+            secret = secret_name(spec, profile)
+            container["env"] = [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
                                 for key in secret_keys]
         container["livenessProbe"] = {
-            "exec": {"command": ["/bin/sh", "-c", script_multiline(HEARTBEAT_CHECK_SCRIPT_LINES), "hermes-fleet-liveness",
-                                 heartbeat_path(profile), str(whole_seconds(profile.health.heartbeat_stale))]},
+            "exec": {"command": ["/bin/sh", "-c", script_multiline(HEARTBEAT_CHECK_SCRIPT_LINES),
+                                 "hermes-fleet-liveness", heartbeat_path(profile),
+                                 str(whole_seconds(profile.health.heartbeat_stale))]},
             "initialDelaySeconds": whole_seconds(profile.health.startup_grace),
             "periodSeconds": PROBE_PERIOD_S,
             "timeoutSeconds": PROBE_TIMEOUT_S,
@@ -264,9 +267,10 @@ class KubernetesTarget(Target):
     def fleet_notes(self, spec: FleetSpec) -> list[Note]:
         notes = common_notes(spec, ADVICE)
         if not self.image_given:
-            notes.append(Note("container image", f"fleet.yaml names no image; the Deployments use the placeholder "
-                              f"{DEFAULT_IMAGE}.", "export with --image REF (an image with `hermes` on PATH, "
-                              "python3 for Hermes itself, and /bin/sh, date, stat and sed for the hooks)."))
+            notes.append(Note("container image",
+                              f"fleet.yaml names no image; the Deployments use the placeholder {DEFAULT_IMAGE}.",
+                              "export with --image REF: an image with `hermes` on PATH, and /bin/sh with sed, grep, "
+                              "cut, date, stat and mv (coreutils or busybox) for the hooks."))
         for p in spec.profiles:
             if p.restart.policy != "always":
                 notes.append(Note(f"restart.policy: {p.restart.policy}",
@@ -282,10 +286,10 @@ class KubernetesTarget(Target):
                               "nothing per workload; alert on restarts (kube_pod_container_status_restarts_total).",
                               (p.name,)))
             if p.driver == DRIVER_HERMES:
-                notes.append(Note("exit 78 (fatal configuration)",
-                                  "hermes-fleet leaves a gateway that exits 78 down; a Deployment retries it in "
-                                  "CrashLoopBackOff.", "alert on CrashLoopBackOff and fix the profile's config.",
-                                  (p.name,)))
+                notes.append(Note("terminal exits (78, startup_failed)",
+                                  "hermes-fleet leaves a gateway down that exits 78 (fatal configuration) or exits 0 "
+                                  "with gateway_state startup_failed; a Deployment restarts it, in CrashLoopBackOff.",
+                                  "alert on CrashLoopBackOff and fix the profile's config.", (p.name,)))
                 prefix = hermes_prefix(p)
                 if prefix != ("hermes",):
                     notes.append(Note("hermes.command", f"the host command {' '.join(prefix)} is replaced by `hermes` "

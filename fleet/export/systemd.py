@@ -15,10 +15,9 @@ Mapping (docs/scaling-out.md has the long form):
   drain request (on one host its epoch stays valid across restarts);
 - env -> Environment= lines; secret-looking values only through EnvironmentFile=.
 
-The unit name is Hermes' own (`hermes-gateway-<profile>`), so `hermes gateway status` and
-`hermes update` recognise the service. Hermes rewrites a unit of that name in
-~/.config/systemd/user/ (or /etc/systemd/system/) whenever a gateway starts, so the
-header tells where to install it instead.
+The unit name is the one Hermes gives a profile's service (`hermes-gateway-<profile>`).
+Hermes rewrites a unit of that name in ~/.config/systemd/user/ (or /etc/systemd/system/)
+whenever a gateway starts, so the header tells where to install it instead.
 """
 
 from __future__ import annotations
@@ -76,6 +75,12 @@ def backoff_settings(restart: RestartPolicy, systemd_version: int) -> BackoffSet
     if systemd_version < DEFAULT_SYSTEMD_VERSION or top <= first or steps == 0:
         return BackoffSettings(first, 0, first)
     return BackoffSettings(first, steps, top)
+
+
+def growth_lost(restart: RestartPolicy, systemd_version: int) -> bool:
+    """fleet.yaml asks for a growing delay that this systemd cannot give."""
+    return (systemd_version < DEFAULT_SYSTEMD_VERSION
+            and len({min(b, restart.cap) for b in restart.backoff}) > 1)
 
 
 def unit_name(profile: ProfileSpec) -> str:
@@ -202,7 +207,8 @@ class SystemdTarget(Target):
         backoff = backoff_settings(profile.restart, self.systemd_version)
         service.append(("RestartSec", systemd_timespan(backoff.restart_sec)))
         if backoff.steps:
-            service += [("RestartSteps", str(backoff.steps)), ("RestartMaxDelaySec", systemd_timespan(backoff.max_delay))]
+            service += [("RestartSteps", str(backoff.steps)),
+                        ("RestartMaxDelaySec", systemd_timespan(backoff.max_delay))]
         service += [
             ("RestartForceExitStatus", "75"),
             ("RestartPreventExitStatus", "78"),
@@ -221,7 +227,7 @@ class SystemdTarget(Target):
             # Written as specifiers on purpose: %t is the manager's runtime directory.
             env["HERMES_FLEET_STATE_FILE"] = Verbatim(f"%t/{run_dir}/state.json")
             env["HERMES_FLEET_STOP_FILE"] = Verbatim(f"%t/{run_dir}/stop")
-        elif backoff_settings(profile.restart, self.systemd_version).steps == 0:
+        elif growth_lost(profile.restart, self.systemd_version):
             # Without a growing backoff systemd would respawn a crashing gateway at the first
             # step forever; Hermes' own respawn-storm breaker then slows it down instead.
             env.pop("HERMES_GATEWAY_MAX_STARTS", None)
@@ -247,21 +253,30 @@ class SystemdTarget(Target):
                               "running; systemd keeps counting restarts until the unit is started by hand.",
                               f"`{self.systemctl} restart` (or reset-failed) the unit to start the curve again.",
                               (p.name,)))
-            backoff = backoff_settings(p.restart, self.systemd_version)
-            if not backoff.steps and len(set(min(b, p.restart.cap) for b in p.restart.backoff)) > 1:
+            if growth_lost(p.restart, self.systemd_version):
+                first = human(backoff_settings(p.restart, self.systemd_version).restart_sec)
                 notes.append(Note("restart.backoff", f"systemd {self.systemd_version} has no growing restart "
-                                  f"delay; every restart waits {human(backoff.restart_sec)}.",
-                                  f"use systemd {DEFAULT_SYSTEMD_VERSION} or newer (RestartSteps=); meanwhile "
-                                  "Hermes' own respawn-storm breaker slows a crash loop"
-                                  + (" (HERMES_GATEWAY_MAX_STARTS is left unset)." if p.driver == DRIVER_HERMES
-                                     else "; a process-driver child has none."), (p.name,)))
+                                  f"delay; every restart waits {first}.",
+                                  f"use systemd {DEFAULT_SYSTEMD_VERSION} or newer (RestartSteps=). Meanwhile "
+                                  "HERMES_GATEWAY_MAX_STARTS is left unset, so Hermes' own respawn-storm breaker "
+                                  "slows a crash loop." if p.driver == DRIVER_HERMES else
+                                  f"use systemd {DEFAULT_SYSTEMD_VERSION} or newer (RestartSteps=), or a larger "
+                                  "first backoff step.", (p.name,)))
+            if p.driver == DRIVER_HERMES and p.restart.policy == "always":
+                notes.append(Note("terminal exits (startup_failed)",
+                                  "hermes-fleet leaves a gateway down that exits 0 with gateway_state startup_failed "
+                                  "(its config refused to start); Restart=always restarts it, with the backoff. "
+                                  "Exit 78 is covered (RestartPreventExitStatus=78).",
+                                  "watch the journal or `hermes gateway status` for startup_failed and fix the "
+                                  "profile's config.", (p.name,)))
             if p.desired == "stopped":
                 notes.append(Note("desired: stopped", "a unit file cannot say 'installed but stopped'.",
                                   f"install the unit but do not enable it (`{self.systemctl} disable --now "
                                   f"{unit_name(p)}`).", (p.name,)))
             if not p.command[0].startswith("/"):
                 notes.append(Note("command", f"'{p.command[0]}' is not an absolute path; hermes-fleet finds it on "
-                                  "its own PATH, systemd only on its fixed search path (/usr/local/bin, /usr/bin, ...).",
+                                  "its own PATH, systemd only on its fixed search path (/usr/local/bin, /usr/bin, "
+                                  "...).",
                                   "set hermes.command (or command) to the absolute path of the executable.",
                                   (p.name,)))
             _, secret_keys = self.split_env(spec, p)

@@ -244,6 +244,15 @@ class ServiceManager(ABC):
             return None
         return all(file_matches(a) for a in artifacts)
 
+    def conflicts(self) -> list[str]:
+        """Registrations of hermes-agent's own per-profile gateway services found here: a gateway
+        refuses to start while its native unit is installed and running."""
+        return []
+
+    def preflight(self) -> str | None:
+        """Why this mechanism cannot be used on this host right now, or None (checked before install)."""
+        return None
+
     def owns_process(self, pid: int) -> bool | None:
         """Whether `pid` is the process this registration started; None when it cannot tell."""
         return None

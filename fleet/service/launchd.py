@@ -10,6 +10,7 @@ launchd's group kill away from them.
 
 from __future__ import annotations
 
+import glob
 import os
 import plistlib
 import re
@@ -178,6 +179,11 @@ class LaunchdManager(ServiceManager):
             running=running, pid=pid, restarts=(runs - 1) if runs else None, state=state, current=current,
             notes=tuple(notes), advice=tuple(advice),
         )
+
+    def conflicts(self) -> list[str]:
+        found = sorted(glob.glob(os.path.join(glob.escape(self.agents_dir), "ai.hermes.gateway*.plist")))
+        return [f"hermes-agent's own gateway agent {path} is installed; it conflicts with fleet supervision: "
+                f"`launchctl bootout gui/{self.uid} {path}` and remove the file" for path in found]
 
     def owns_process(self, pid: int) -> bool | None:
         domain = self.loaded_domain()

@@ -62,6 +62,13 @@ class Lifecycle:
             before = RegistrationStatus(m.mechanism, m.name, m.location, installed=False)
             holder, changed, current = None, artifacts, None
         else:
+            problem = m.preflight()
+            if problem is not None:
+                if not self.dry_run:
+                    raise ServiceError(problem)
+                self.say(f"warning: {problem}")
+            for conflict in m.conflicts():
+                self.say(f"warning: {conflict}")
             before = m.status()
             holder = read_holder(self.target.state_dir, self._user)
             changed = [a for a in artifacts if not file_matches(a)]

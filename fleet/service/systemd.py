@@ -8,6 +8,7 @@ stopping or restarting the controller never touches a gateway.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 from collections.abc import Callable
@@ -186,6 +187,23 @@ class SystemdManager(ServiceManager):
             if sep:
                 out[key.strip()] = value.strip()
         return out
+
+    def conflicts(self) -> list[str]:
+        scope = "" if self.system else " --user"
+        found = sorted(glob.glob(os.path.join(glob.escape(self.unit_dir), "hermes-gateway*.service")))
+        return [f"hermes-agent's own gateway unit {path} is installed; it conflicts with fleet supervision: "
+                f"`systemctl{scope} disable --now {os.path.basename(path)}`" for path in found]
+
+    def preflight(self) -> str | None:
+        props = self.show()
+        if not isinstance(props, str):
+            return None
+        if self.system:
+            return f"cannot reach systemd ({props}): is this host running systemd?"
+        return (f"cannot reach your systemd user manager ({props}). Run install from a login session of "
+                f"{self.user} (ssh or desktop, not su/sudo), or enable linger first (loginctl enable-linger "
+                f"{self.user}). Without a service manager, `hermes-fleet apply` still starts a controller on "
+                "demand; it just does not come back after a reboot or crash by itself.")
 
     def main_pid(self) -> int | None:
         props = self.show()

@@ -17,6 +17,7 @@ implementation is `fleet.service.winscm.Pywin32ScmApi`, imported only on Windows
 
 from __future__ import annotations
 
+import glob
 import ntpath
 import os
 import posixpath
@@ -204,6 +205,17 @@ class ScheduledTaskManager(ServiceManager):
     def render(self) -> list[Artifact]:
         return [Artifact(self.xml_path, UTF16_BOM + render_task_xml(self.target, self.host), 0o600, "utf-16-le")]
 
+    def after_uninstall_steps(self) -> list[Step]:
+        service_dir = _pathmod(self.xml_path).dirname(self.xml_path)
+
+        def remove_if_empty() -> None:
+            try:
+                os.rmdir(service_dir)
+            except OSError:
+                pass  # not empty (another fleet's task) or already gone
+
+        return [ApiCall(f"remove {service_dir} if empty", remove_if_empty)]
+
     def install_steps(self, before: RegistrationStatus, files_changed: bool) -> list[Step]:
         return [
             self._schtasks("/Create", "/TN", self.name, "/XML", self.xml_path, "/F"),
@@ -312,6 +324,11 @@ class StartupFolderManager(ServiceManager):
         # UTF-16 with a BOM: Windows Script Host reads that as Unicode, so paths with
         # non-ASCII user names survive (plain text would be read in the ANSI code page).
         return [Artifact(self.location, UTF16_BOM + render_startup_vbs(self.target, self.host), 0o644, "utf-16-le")]
+
+    def conflicts(self) -> list[str]:
+        found = sorted(glob.glob(os.path.join(glob.escape(self.host.startup_dir), "Hermes_Gateway*")))
+        return [f"hermes-agent's own gateway launcher {path} is in the Startup folder; it conflicts with fleet "
+                "supervision: remove it (`hermes gateway uninstall`)" for path in found]
 
     def _launch(self) -> Command:
         return Command(("wscript.exe", "//B", "//Nologo", self.location), windows=True, timeout=60)

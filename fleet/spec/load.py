@@ -174,9 +174,9 @@ class _Builder:
             default_update = tuple(prefix + ["update"])
         else:
             if not body.get("command"):
+                # Reported, and the rest of the profile still checked, so all its problems show at once.
                 self.problem(at, "the process driver needs 'command': the full command line to run, as a list")
-                return None
-            command = _resolve_command(list(body["command"]), self.base_dir)
+            command = _resolve_command(list(body.get("command") or []), self.base_dir)
             home = ""
             default_cwd = self.base_dir
             default_update = ()

@@ -51,7 +51,8 @@ def _expected(error) -> str:
         return repr(schema["const"])
     if validator == "type":
         t = schema["type"]
-        return " or ".join(t) if isinstance(t, list) else {"object": "a mapping", "array": "a list"}.get(t, f"a {t}")
+        return " or ".join(t) if isinstance(t, list) else {"object": "a mapping", "array": "a list",
+                                                           "integer": "an integer"}.get(t, f"a {t}")
     if validator == "oneOf" and any("pattern" in s for s in schema.get("oneOf", [])):
         return "a duration such as 2.5s, 90s, 20m, 1h or a number of seconds"
     if validator == "pattern":
@@ -65,7 +66,7 @@ def _expected(error) -> str:
     if validator == "maxItems":
         return f"at most {schema['maxItems']} item(s)"
     if validator == "minLength":
-        return "a non-empty string"
+        return "a non-empty string" if schema["minLength"] == 1 else f"at least {schema['minLength']} characters"
     if validator == "maxLength":
         return f"at most {schema['maxLength']} characters"
     return error.message
