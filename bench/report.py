@@ -27,7 +27,9 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:.0f}"
     if abs(value) >= 10:
         return f"{value:.1f}"
-    return f"{value:.2f}"
+    if abs(value) >= 1 or value == 0:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
 
 
 def with_unit(value: float | None, unit: str) -> str:
@@ -70,7 +72,7 @@ def render_markdown(results: dict) -> str:
         out += ["**Quick smoke run: too few repetitions to quote.**", ""]
     out += [
         f"Generated {results.get('generated_at', '?')} by `{results.get('command', 'python bench/run.py')}`.",
-        "Cells: median (p95) over repetitions; idle rows are per-second samples over the idle window.",
+        "Cells: median (p95) over repetitions. Idle CPU: mean over one idle window; idle RSS: per-second samples in it.",
         "Ratio: hermes-fleet median / best peer median in the same run (lower is better).",
         "",
         "| scenario | unit | " + " | ".join(supervisors) + " | ours / best peer | target | met |",

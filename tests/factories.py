@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from fleet.maintenance.model import MaintenanceRequest
 from fleet.observe.hermes_files import GatewayStatus
 from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservation
 from fleet.plan.model import Desired, Plan
@@ -140,6 +141,18 @@ def restart_request(profile: str, *, kind: str = "restart", created_at: float = 
                     requested_by: str | None = "alice") -> OperatorRequest:
     return OperatorRequest(id=id, profile=profile, kind=kind, created_at=created_at, requested_by=requested_by,
                            state="pending")
+
+
+def maintenance_request(profile: str, *, action: str = "restart", id: int = 7, created_at: float = NOW - 60.0,
+                        now: bool = False, idle_seconds: float | None = None, not_before: float | None = None,
+                        state: str = "pending", update_finished: float | None = None,
+                        reasons: tuple[str, ...] = ("security fix",)) -> MaintenanceRequest:
+    """An open maintenance request (restart or update) as the store returns it."""
+    return MaintenanceRequest(id=id, profile=profile, action=action, reasons=reasons, requested_by="ops",
+                              idle_seconds=idle_seconds, now=now, not_before=not_before, deadline=None, state=state,
+                              waiting_on=None, created_at=created_at, updated_at=created_at, started_at=None,
+                              finished_at=None, outcome=None, update_started=None, update_finished=update_finished,
+                              update_exit=None, update_output=None)
 
 
 def observation(name: str, *, process: LiveProcess | None = None, verdict: str | None = None,

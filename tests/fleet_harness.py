@@ -72,6 +72,7 @@ class FleetHarness:
         self.seen: dict[int, float] = {}  # gateway pid -> create time, every one this fleet ever ran
         self.controllers: dict[int, float] = {}
         self.command = [sys.executable, str(DEMO_HERMES)]
+        self.base_env = dict(BASE_PROFILE_ENV)  # added to every profile's env in the manifest
 
     # -- manifest ---------------------------------------------------------------------------
     def write_manifest(self, profiles: dict[str, dict | None], *, stagger: str = "0.1s",
@@ -81,7 +82,7 @@ class FleetHarness:
         body = {}
         for name, p in profiles.items():
             p = dict(p or {})
-            p["env"] = {**BASE_PROFILE_ENV, **(p.get("env") or {})}
+            p["env"] = {**self.base_env, **(p.get("env") or {})}
             body[name] = p
         doc = {
             "version": 1,

@@ -16,9 +16,9 @@ from typing import Annotated
 
 import typer
 
-from fleet.service.base import CommandRunner, ServiceError, ServiceTarget, SubprocessRunner, current_python
+from fleet.service.base import CommandRunner, ServiceError, ServiceTarget, current_python
 from fleet.service.lifecycle import Lifecycle
-from fleet.service.select import PLATFORMS, host_platform, managers_for
+from fleet.service.select import PLATFORMS, default_runner, host_platform, managers_for
 from fleet.service.systemd import DEFAULT_SYSTEM_UNIT_DIR, unit_user
 
 service_app = typer.Typer(
@@ -28,7 +28,7 @@ service_app = typer.Typer(
 )
 
 # Seams the tests replace: every external command, and the Windows SCM (None = pywin32).
-make_runner: Callable[[], CommandRunner] = SubprocessRunner
+make_runner: Callable[[], CommandRunner] = default_runner
 make_scm: Callable[[], object | None] = lambda: None
 
 
@@ -58,12 +58,12 @@ class WindowsMechanism(str, Enum):
 
 FileOpt = Annotated[Path, typer.Option("-f", "--file", help="The fleet file (stored as an absolute path).")]
 StateDirOpt = Annotated[Path | None, typer.Option(
-    "--state-dir", help="State directory [default: $HERMES_FLEET_STATE_DIR, else the manifest's default].")]
+    "--state-dir", help="State directory (default: $HERMES_FLEET_STATE_DIR, else the manifest's default).")]
 NameOpt = Annotated[str | None, typer.Option(
-    "--name", help="Fleet name, used in the service name [default: the manifest's `name`].")]
+    "--name", help="Fleet name, used in the service name (default: the manifest's `name`).")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print every file and command; change nothing.")]
 PlatformOpt = Annotated[PlatformName | None, typer.Option(
-    "--platform", help="Render for another platform (with --dry-run) [default: this host].")]
+    "--platform", help="Render for another platform (with --dry-run) (default: this host).")]
 SystemOpt = Annotated[bool, typer.Option(
     "--system", help="Linux: a system unit run as --run-as (needs root). Windows: a Windows service (admin).")]
 
@@ -177,11 +177,11 @@ def _run(action: Callable[[], bool]) -> None:
 def install(
     file: FileOpt = Path("fleet.yaml"), state_dir: StateDirOpt = None, name: NameOpt = None,
     dry_run: DryRunOpt = False, platform: PlatformOpt = None, system: SystemOpt = False,
-    run_as: Annotated[str | None, typer.Option("--run-as", help="--system on Linux: the User= account [default: $SUDO_USER].")] = None,
+    run_as: Annotated[str | None, typer.Option("--run-as", help="--system on Linux: the User= account (default: $SUDO_USER).")] = None,
     mechanism: Annotated[WindowsMechanism | None, typer.Option(
-        "--mechanism", help="Windows: force a mechanism [default: a service when elevated, else a Scheduled Task].")] = None,
+        "--mechanism", help="Windows: force a mechanism (default: a service when elevated, else a Scheduled Task).")] = None,
     linger: Annotated[LingerMode | None, typer.Option(
-        "--linger", help="Linux user units: what to do when linger is off [default: ask on a terminal, else report].")] = None,
+        "--linger", help="Linux user units: what to do when linger is off (default: ask on a terminal, else report).")] = None,
     password_stdin: Annotated[bool, typer.Option(
         "--password-stdin", help="Windows service: read the account's password from stdin.")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the controller to come up.")] = 60.0,

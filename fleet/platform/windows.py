@@ -33,9 +33,8 @@ CREATE_NO_WINDOW = 0x08000000
 CREATE_BREAKAWAY_FROM_JOB = 0x01000000
 SPAWN_FLAGS = DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW | CREATE_BREAKAWAY_FROM_JOB
 ERROR_ACCESS_DENIED = 5
-# The controller lock's probe byte: the store's Windows lock must hold a range that covers
-# it. Probing far from byte 0 means a probe can never make a starting controller fail to
-# take its own lock.
+# Hermes' gateway.lock on Windows is `msvcrt.locking` of 1 byte at offset 1 MiB (the JSON
+# record lives at the start of the same file), so that is the byte a probe must try.
 LOCK_PROBE_OFFSET = 1024 * 1024
 TASKKILL_NOT_FOUND = 128  # taskkill: "The process ... not found"
 
@@ -150,7 +149,8 @@ class WindowsPlatform:
     # ------------------------------------------------------------ lock
 
     def lock_is_held(self, path: str) -> bool:
-        """Probe the controller lock: try to lock the probe byte, release it at once if we got it."""
+        """Whether a process holds the lock byte of `path` (a Hermes gateway.lock): try to lock
+        it without blocking and release it at once if we got it."""
         locking = self._locking or _msvcrt_locking()
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))

@@ -58,12 +58,16 @@ class SubprocessRunner:
     sc still write cp932 or cp1252.
     """
 
+    def __init__(self, creationflags: int = 0):
+        # On Windows select.default_runner() passes CREATE_NO_WINDOW: no console flashes up
+        # for schtasks or sc when the CLI itself runs without one.
+        self.creationflags = creationflags
+
     def run(self, argv: Sequence[str], *, timeout: float = 60.0) -> CommandResult:
         args = tuple(argv)
-        flags = 0x08000000 if os.name == "nt" else 0  # CREATE_NO_WINDOW: no console flash
         try:
             proc = subprocess.run(
-                args, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, creationflags=flags,
+                args, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, creationflags=self.creationflags,
             )
         except FileNotFoundError as exc:
             return CommandResult(args, RC_NOT_FOUND, "", f"{args[0]}: not found ({exc.strerror})")
@@ -122,7 +126,7 @@ class Artifact:
 
     path: str
     content: str
-    mode: int = 0o644
+    mode: int | None = 0o644  # None where the OS has no POSIX modes (Windows)
     encoding: str = "utf-8"  # the task XML is UTF-16 with a BOM
 
     @property
@@ -282,7 +286,7 @@ def file_matches(artifact: Artifact) -> bool:
         with open(artifact.path, "rb") as fh:
             if fh.read() != artifact.data:
                 return False
-        return (os.stat(artifact.path).st_mode & 0o777) == artifact.mode or os.name == "nt"
+        return artifact.mode is None or (os.stat(artifact.path).st_mode & 0o777) == artifact.mode
     except OSError:
         return False
 

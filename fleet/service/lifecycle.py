@@ -125,7 +125,8 @@ class Lifecycle:
             self.say(f"would create directory {d} (mode 0700) if missing")
         for artifact in artifacts:
             verb = "would write" if artifact in changed else "unchanged"
-            self.say(f"{verb} {artifact.path} (mode {artifact.mode:04o}, {artifact.encoding}):")
+            mode = f"mode {artifact.mode:04o}, " if artifact.mode is not None else ""
+            self.say(f"{verb} {artifact.path} ({mode}{artifact.encoding}):")
             for line in artifact.content.lstrip("\ufeff").splitlines():
                 self.say(f"    {line}")
         for step in steps:
@@ -484,7 +485,8 @@ def write_artifact(artifact: Artifact) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(artifact.data)
-        os.chmod(tmp, artifact.mode)
+        if artifact.mode is not None:
+            os.chmod(tmp, artifact.mode)
         os.replace(tmp, artifact.path)
     except BaseException:
         try:

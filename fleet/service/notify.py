@@ -26,6 +26,10 @@ class SdNotify:
         self._address = _socket_address(env.get("NOTIFY_SOCKET", ""))
         self._watchdog_usec = _watchdog_usec(env, os.getpid() if pid is None else pid)
 
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SdNotify:
+        return cls(environ)
+
     @property
     def enabled(self) -> bool:
         """True when a notify socket was handed to us (Type=notify under systemd)."""

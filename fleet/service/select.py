@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 
-from fleet.service.base import CommandRunner, ServiceError, ServiceManager, ServiceTarget
+from fleet.service.base import CommandRunner, ServiceError, ServiceManager, ServiceTarget, SubprocessRunner
 from fleet.service.launchd import LaunchdManager
 from fleet.service.systemd import DEFAULT_SYSTEM_UNIT_DIR, SystemdManager, systemd_version
 from fleet.service.windows import (
@@ -29,6 +29,11 @@ def host_platform() -> str:
     if sys.platform in ("win32", "cygwin"):
         return "windows"
     return sys.platform
+
+
+def default_runner() -> CommandRunner:
+    """The subprocess runner; on Windows its commands get no console window."""
+    return SubprocessRunner(creationflags=0x08000000 if host_platform() == "windows" else 0)
 
 
 def current_user(environ: Mapping[str, str]) -> str:

@@ -44,7 +44,9 @@ UTF16_BOM = "\ufeff"
 
 
 def _pathmod(sample: str):
-    return ntpath if is_windows_path(sample) else (ntpath if os.name == "nt" else posixpath)
+    # Real Windows paths are drive or UNC paths; anything else is a path of the host we
+    # render on (tests, --platform windows --dry-run elsewhere).
+    return ntpath if is_windows_path(sample) else posixpath
 
 
 def pythonw_for(python: str) -> str:
@@ -203,7 +205,7 @@ class ScheduledTaskManager(ServiceManager):
         return Command(("schtasks", *args), may_fail=may_fail, windows=True, timeout=60)
 
     def render(self) -> list[Artifact]:
-        return [Artifact(self.xml_path, UTF16_BOM + render_task_xml(self.target, self.host), 0o600, "utf-16-le")]
+        return [Artifact(self.xml_path, UTF16_BOM + render_task_xml(self.target, self.host), None, "utf-16-le")]
 
     def after_uninstall_steps(self) -> list[Step]:
         service_dir = _pathmod(self.xml_path).dirname(self.xml_path)
@@ -323,7 +325,7 @@ class StartupFolderManager(ServiceManager):
     def render(self) -> list[Artifact]:
         # UTF-16 with a BOM: Windows Script Host reads that as Unicode, so paths with
         # non-ASCII user names survive (plain text would be read in the ANSI code page).
-        return [Artifact(self.location, UTF16_BOM + render_startup_vbs(self.target, self.host), 0o644, "utf-16-le")]
+        return [Artifact(self.location, UTF16_BOM + render_startup_vbs(self.target, self.host), None, "utf-16-le")]
 
     def conflicts(self) -> list[str]:
         found = sorted(glob.glob(os.path.join(glob.escape(self.host.startup_dir), "Hermes_Gateway*")))

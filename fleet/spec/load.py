@@ -120,7 +120,9 @@ class _Builder:
 
     def problem(self, path: tuple, message: str, hint: str = "") -> None:
         line, col = self.located.mark(path)
-        self.problems.append(Problem(self.filename, line, col, dotted(path), message, hint))
+        problem = Problem(self.filename, line, col, dotted(path), message, hint)
+        if problem not in self.problems:  # a fleet-wide value is checked once per profile, reported once
+            self.problems.append(problem)
 
     def duration(self, value, path: tuple) -> float:
         try:

@@ -15,6 +15,8 @@ from fleet.spec.errors import ManifestError, Problem
 MAX_NODES = 250_000  # with aliases expanded; a 1,000-profile manifest has ~15,000
 MAX_DEPTH = 64
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MAP_TAG = "tag:yaml.org,2002:map"
 
 Path = tuple  # of str | int
 
@@ -154,7 +156,7 @@ def load_located(text: str, filename: str) -> Located:
         located = Located(data=None)
         budget = [MAX_NODES]
         problems: list[Problem] = []
-        if root is None:
+        if root is None or (isinstance(root, yaml.ScalarNode) and root.tag == "tag:yaml.org,2002:null"):
             raise ManifestError([Problem(filename, 1, 1, "", "the manifest is empty",
                                          "start with 'version: 1' and a 'profiles:' map")])
         prepared = _Prepared(loader, root, filename)
@@ -195,6 +197,9 @@ def _build(loader, node, path, located, budget, problems, filename, depth, merge
     located.value_marks.setdefault(path, _pos(node))
     if isinstance(node, yaml.ScalarNode):
         return loader.construct_object(node, deep=True)
+    if node.tag not in (_SEQ_TAG, _MAP_TAG) and not isinstance(node, yaml.ScalarNode):
+        problems.append(Problem(filename, *_pos(node), _dotted(path), f"unsupported YAML tag '{node.tag}'"))
+        return None
     if isinstance(node, yaml.SequenceNode):
         return [_build(loader, child, path + (i,), located, budget, problems, filename, depth + 1, merged)
                 for i, child in enumerate(node.value)]
@@ -219,10 +224,9 @@ def _build(loader, node, path, located, budget, problems, filename, depth, merge
 
 
 def _key_of(loader, key_node) -> str:
-    key = loader.construct_object(key_node, deep=True)
-    if not isinstance(key, str):
-        key = str(key) if not isinstance(key, bool) else str(key).lower()
-    return key
+    """A key as written: `NO:` stays "NO" (not YAML 1.1's false), `007:` stays "007" (not 7)."""
+    loader.construct_object(key_node, deep=True)  # refuses tags the safe loader does not know
+    return key_node.value
 
 
 def _effective_pairs(loader, node, from_merge: int) -> list:

@@ -1,0 +1,827 @@
+"""Chaos soak: a fleet of demo gateways under a controller while a seeded random schedule
+SIGKILLs gateways, SIGSTOPs one (a hang), kill -9s and restarts the controller, starts second
+controllers, applies changed manifests, queues maintenance and restart requests, and plants
+hostile PID records (PID reuse, corrupt, symlinked) that point at decoy processes.
+
+A sampler thread looks at the host every 50 ms and checks, continuously:
+- never two live processes for one profile;
+- every change of a profile's process is explained by chaos aimed at that profile (a signal to
+  that very process, a manifest change of that profile, a request for it): no healthy sibling is
+  restarted because of another's failure, and no hostile record makes the controller restart anything.
+After the chaos: the decoys are alive and never received a signal, symlink targets are intact,
+every profile converges within the bound derived from its configuration, and every acknowledged
+request is still in the store.
+
+CI runs it for 60 s (CI=true), a local run for 30 s; `--soak-minutes N` runs longer and
+`--soak-seed S` replays a schedule. The seed is printed on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from helpers import poll_until
+from reliability_support import (
+    DEMO_HERMES, Decoys, alive, create_time, explain, fake_record, fleet_env, kill_verified, no_traceback,
+    proc_start_ticks, run_cli, sweep, symlink_atomic, write_atomic, write_json,
+)
+
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process model (/proc, pidfd)"),
+]
+
+HERMES_PROFILES = ("alpha", "bravo", "charlie")
+PROCESS_PROFILES = ("delta", "echo")
+NAMES = HERMES_PROFILES + PROCESS_PROFILES
+GHOSTS = ("ghost-one", "ghost-two")
+BACKOFF = (0.2, 0.5, 1.0)
+HEARTBEAT_STALE = 2.0
+STARTUP_GRACE = 1.0
+DRAIN_TIMEOUTS = ("2s", "2.5s")
+MAINTENANCE_IDLE = 0.5
+STAGGER = 0.05
+SAMPLE_INTERVAL = 0.05
+# Time for a spawn to show up as a live, heartbeating gateway on a loaded 2-core machine.
+SPAWN_ALLOWANCE = 3.0
+MARGIN = 10.0
+# The controller polls open maintenance requests every IDLE_POLL_SECONDS (fleet.controller.maintenance_tick).
+IDLE_POLL_SECONDS = 5.0
+# Known bug (see test_stopped_gateway_is_killed_without_waiting_for_resync): a stale heartbeat has no
+# deadline in the plan, so in a quiet fleet a hung gateway is only noticed at the next resync
+# (RESYNC_SECONDS = 30 s with +-20 % jitter). While that bug is open the convergence bound adds a
+# resync when a stopped gateway is still alive when the chaos ends.
+HANG_DEADLINE_BUG = True
+RESYNC_ALLOWANCE = 36.0
+EXIT_LOCKED = 3
+
+WEIGHTS = {
+    "sigkill": 24, "sigstop": 6, "kill_controller": 7, "second_controller": 4, "apply": 10,
+    "maintenance": 9, "restart": 6, "hostile_record": 12, "hermes_pidfile": 3,
+}
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def born_at(pid: int) -> float | None:
+    """Wall-clock creation time from the start ticks (10 ms precision). psutil's create_time rests on
+    the boot time in whole seconds, so it can be up to a second off the wall clock."""
+    ticks = proc_start_ticks(pid)
+    if ticks is None:
+        return None
+    return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / CLOCK_TICKS)
+
+
+# -- bookkeeping -----------------------------------------------------------------------------------
+@dataclass
+class Cause:
+    t: float  # wall clock when the chaos was aimed at the profile (before the command ran)
+    profile: str
+    kind: str
+    pid: int | None = None  # for signals: the very process that was hit
+    consumed: bool = False
+
+
+@dataclass
+class Change:
+    t: float  # when the sampler saw it
+    profile: str
+    old: tuple[int, float]
+    new: tuple[int, float]
+    born: float  # wall-clock creation of the new process
+
+
+@dataclass
+class Violation:
+    t: float
+    kind: str
+    detail: str
+
+
+@dataclass
+class Soak:
+    seed: int
+    tmp: Path
+    state: Path
+    home: Path
+    manifest: Path
+    rev: dict = field(default_factory=lambda: {n: 0 for n in NAMES})
+    drain: dict = field(default_factory=lambda: {n: DRAIN_TIMEOUTS[0] for n in NAMES})
+    removed: set = field(default_factory=set)
+    events: list = field(default_factory=list)
+    causes: list = field(default_factory=list)
+    violations: list = field(default_factory=list)
+    controllers: list = field(default_factory=list)  # (Popen, created)
+    maintenance_ids: list = field(default_factory=list)
+    restart_ids: list = field(default_factory=list)
+    symlink_targets: dict = field(default_factory=dict)  # path -> bytes
+    t0: float = field(default_factory=time.time)
+    stopped: tuple | None = None  # (profile, pid, created) of the gateway we SIGSTOPped
+
+    # -- manifest ----------------------------------------------------------------------------
+    def manifest_doc(self) -> dict:
+        profiles = {}
+        for name in NAMES:
+            if name in self.removed:
+                continue
+            env = {"FAKE_HERMES_POLL_S": "0.05", "FAKE_HERMES_HEARTBEAT_S": "0.2", "CHAOS_REV": str(self.rev[name])}
+            body: dict = {"env": env, "drain": {"timeout": self.drain[name]}}
+            if name in PROCESS_PROFILES:
+                body["driver"] = "process"
+                body["command"] = [sys.executable, str(DEMO_HERMES), "gateway", "run"]
+                env["HOME"] = str(self.tmp / "phome" / name)
+            profiles[name] = body
+        return {
+            "version": 1, "name": "chaos",
+            "hermes": {"home": str(self.home), "command": [sys.executable, str(DEMO_HERMES)]},
+            "stagger": f"{STAGGER}s",
+            "restart": {"policy": "always", "backoff": [f"{b}s" for b in BACKOFF], "reset_after": "60s"},
+            "drain": {"timeout": DRAIN_TIMEOUTS[0]},
+            "health": {"heartbeat_stale": f"{HEARTBEAT_STALE}s", "startup_grace": f"{STARTUP_GRACE}s"},
+            "maintenance": {"idle": f"{MAINTENANCE_IDLE}s"},
+            "profiles": profiles,
+        }
+
+    def write_manifest(self) -> None:
+        write_atomic(self.manifest, yaml.safe_dump(self.manifest_doc(), sort_keys=False).encode())
+
+    def apply_manifest(self, touched: list[tuple[str, str]], what: str) -> None:
+        """apply --no-wait; each profile whose process must change gets a cause dated when the store
+        recorded the new generation (not when the command started: the old spec may still spawn before)."""
+        self.write_manifest()
+        result = self.cli("apply", "--no-wait", "-f", str(self.manifest))
+        self.log("apply", what, f"exit {result.returncode}")
+        if result.returncode != 0:
+            self.violation("apply_failed", explain(result))
+            return
+        match = re.search(r"generation (\d+) recorded", result.stdout)
+        if match is None:
+            self.violation("apply_output", explain(result))
+            return
+        t = created_at(self.state, "generations", "generation", int(match.group(1)))
+        for name, kind in touched:
+            self.cause(name, kind, t=t)
+
+    def desired(self) -> list[str]:
+        return [n for n in NAMES if n not in self.removed]
+
+    # -- log -------------------------------------------------------------------------------------
+    def log(self, event: str, detail: str = "", result: str = "") -> None:
+        self.events.append({"t": round(time.time() - self.t0, 3), "event": event, "detail": detail, "result": result})
+
+    def cause(self, profile: str, kind: str, pid: int | None = None, t: float | None = None) -> None:
+        self.causes.append(Cause(time.time() if t is None else t, profile, kind, pid))
+
+    def violation(self, kind: str, detail: str) -> None:
+        self.violations.append(Violation(time.time(), kind, detail))
+
+    # -- CLI -------------------------------------------------------------------------------------
+    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        try:
+            result = run_cli(self.state, *args, cwd=self.tmp, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.violation("cli_hang", f"hermes-fleet {' '.join(args)} did not finish within {timeout}s")
+            return subprocess.CompletedProcess(args, -1, "", "timeout")
+        if not no_traceback(result.stderr) or not no_traceback(result.stdout):
+            self.violation("cli_traceback", explain(result))
+        return result
+
+    # -- controllers -----------------------------------------------------------------------------
+    def holder(self) -> tuple[int, float] | None:
+        try:
+            data = json.loads((self.state / ".supervisor.json").read_text())
+            return int(data["pid"]), float(data["create_time"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def live_holder(self) -> tuple[int, float] | None:
+        h = self.holder()
+        if h is None:
+            return None
+        created = create_time(h[0])
+        if created is None or abs(created - h[1]) > 0.01 or not alive(h[0], created):
+            return None
+        return h[0], created
+
+    def start_controller(self) -> subprocess.Popen:
+        log = open(self.tmp / "controllers" / f"ctl-{len(self.controllers)}.log", "wb")
+        try:
+            popen = subprocess.Popen([sys.executable, "-m", "fleet.controller", "--state-dir", str(self.state)],
+                                     cwd=str(self.tmp), env=fleet_env(self.state), stdin=subprocess.DEVNULL,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            log.close()
+        self.controllers.append((popen, create_time(popen.pid) or time.time()))
+        return popen
+
+    def wait_holder(self, candidates: list[subprocess.Popen], timeout: float = 20.0) -> tuple[int, float] | None:
+        pids = {p.pid for p in candidates}
+        return poll_until(lambda: (h := self.live_holder()) and h[0] in pids and h, timeout)
+
+
+# -- the sampler -----------------------------------------------------------------------------------
+class Sampler(threading.Thread):
+    """Every 50 ms: which processes serve which profile of this state directory, and what changed."""
+
+    def __init__(self, soak: Soak):
+        super().__init__(name="chaos-sampler", daemon=True)
+        self.soak = soak
+        self.state = str(soak.state)
+        self.kinds: dict[tuple[int, float], tuple] = {}
+        self.current: dict[str, tuple[int, float]] = {}
+        self.view: dict[str, list[tuple[int, float, str]]] = {}
+        self.gateways: dict[int, float] = {}
+        self.born: dict[tuple[int, float], float] = {}
+        self.controllers: dict[int, float] = {}
+        self.changes: list[Change] = []
+        self.samples = 0
+        self.max_gap = 0.0
+        self.lock = threading.Lock()
+        self.halt = threading.Event()
+        self.error: BaseException | None = None
+        self.duplicate_seen: set = set()
+
+    def classify(self, proc: psutil.Process, created: float, now: float) -> tuple:
+        key = (proc.pid, created)
+        kind = self.kinds.get(key)
+        if kind is not None:
+            return kind
+        try:
+            env = proc.environ()
+        except psutil.Error:
+            env = {}
+        if env.get("HERMES_FLEET_STATE_DIR") != self.state:
+            kind = ("other",)
+        elif env.get("HERMES_FLEET_PROFILE"):
+            kind = ("gateway", env["HERMES_FLEET_PROFILE"])
+        else:
+            try:
+                cmd = proc.cmdline()
+            except psutil.Error:
+                cmd = []
+            kind = ("controller",) if "fleet.controller" in cmd else ("cli",)
+        # Between fork and exec a child still carries its parent's environment: only a gateway
+        # verdict (which needs the exec'd environment) is final at once.
+        if kind[0] == "gateway" or now - created > 1.0:
+            self.kinds[key] = kind
+        return kind
+
+    def sample(self) -> None:
+        now = time.time()
+        groups: dict[str, list[tuple[int, float, str, int]]] = defaultdict(list)
+        gateway_pids = set()
+        entries = []
+        for proc in psutil.process_iter(["pid", "ppid", "create_time", "status"]):
+            info = proc.info
+            created = info.get("create_time")
+            if created is None or info["pid"] == os.getpid():
+                continue
+            status = info.get("status") or ""
+            if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                continue
+            kind = self.classify(proc, created, now)
+            if kind[0] == "gateway":
+                entries.append((kind[1], info["pid"], created, status, info.get("ppid")))
+                gateway_pids.add(info["pid"])
+            elif kind[0] == "controller":
+                with self.lock:
+                    self.controllers.setdefault(info["pid"], created)
+        for profile, pid, created, status, ppid in entries:
+            if ppid in gateway_pids:
+                continue  # a gateway's own subprocess inherits its environment
+            groups[profile].append((pid, created, status))
+        with self.lock:
+            self.samples += 1
+            self.view = {k: [(p, c, s) for p, c, s in v] for k, v in groups.items()}
+            for profile, procs in groups.items():
+                for pid, created, _ in procs:
+                    self.gateways.setdefault(pid, created)
+                if len(procs) > 1:
+                    key = tuple(sorted((p, c) for p, c, _ in procs))
+                    if key not in self.duplicate_seen:
+                        self.duplicate_seen.add(key)
+                        self.soak.violation("duplicate", f"{profile}: {len(procs)} live processes at once: "
+                                            + ", ".join(f"pid {p} ({s})" for p, _, s in procs))
+                    continue
+                pid, created, _ = procs[0]
+                born = self.born.setdefault((pid, created), born_at(pid) or created)
+                last = self.current.get(profile)
+                if last != (pid, created):
+                    if last is not None:
+                        self.changes.append(Change(now, profile, last, (pid, created), born))
+                    self.current[profile] = (pid, created)
+
+    def run(self) -> None:
+        last = time.monotonic()
+        try:
+            while not self.halt.is_set():
+                self.sample()
+                now = time.monotonic()
+                self.max_gap = max(self.max_gap, now - last)
+                last = now
+                self.halt.wait(max(0.0, SAMPLE_INTERVAL - (time.monotonic() - now)))
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the test
+            self.error = exc
+
+    def live_of(self, profile: str) -> tuple[int, float] | None:
+        with self.lock:
+            procs = self.view.get(profile) or []
+            live = [(p, c) for p, c, s in procs if s not in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)]
+            return live[0] if len(procs) == 1 and live else None
+
+    def snapshot(self) -> dict[str, list[tuple[int, float, str]]]:
+        with self.lock:
+            return {k: list(v) for k, v in self.view.items()}
+
+
+# -- chaos events ----------------------------------------------------------------------------------
+class Chaos:
+    def __init__(self, soak: Soak, sampler: Sampler, decoys: Decoys, rng: random.Random):
+        self.soak, self.sampler, self.decoys, self.rng = soak, sampler, decoys, rng
+        self.counts: Counter = Counter()
+        self.no_controller_since: float | None = None
+
+    def pick_live(self) -> tuple[str, int, float] | None:
+        candidates = [(n, *self.sampler.live_of(n)) for n in self.soak.desired() if self.sampler.live_of(n)]
+        return self.rng.choice(candidates) if candidates else None
+
+    def run_one(self) -> None:
+        kind = self.rng.choices(list(WEIGHTS), weights=list(WEIGHTS.values()))[0]
+        getattr(self, kind)()
+        self.counts[kind] += 1
+
+    # gateways ----------------------------------------------------------------------------------
+    def sigkill(self) -> None:
+        target = self.pick_live()
+        if target is None:
+            return self.soak.log("sigkill", "no live gateway to hit")
+        name, pid, created = target
+        t = time.time()
+        if kill_verified(pid, created, signal.SIGKILL):
+            self.soak.cause(name, "sigkill", pid, t)
+            self.soak.log("sigkill", f"{name} pid {pid}")
+
+    def sigstop(self) -> None:
+        if self.soak.stopped and alive(self.soak.stopped[1], self.soak.stopped[2]):
+            return self.soak.log("sigstop", "one gateway is already stopped")
+        target = self.pick_live()
+        if target is None:
+            return self.soak.log("sigstop", "no live gateway to hit")
+        name, pid, created = target
+        t = time.time()
+        if kill_verified(pid, created, signal.SIGSTOP):
+            self.soak.cause(name, "sigstop", pid, t)
+            self.soak.stopped = (name, pid, created)
+            self.soak.log("sigstop", f"{name} pid {pid} (hang)")
+
+    # controllers ---------------------------------------------------------------------------------
+    def kill_controller(self) -> None:
+        holder = self.soak.live_holder()
+        if holder is None:
+            return self.soak.log("kill_controller", "no controller holds the lock")
+        pid, created = holder
+        if not kill_verified(pid, created, signal.SIGKILL):
+            return self.soak.log("kill_controller", f"pid {pid} already gone")
+        poll_until(lambda: not alive(pid, created), 10)
+        roll = self.rng.random()
+        if roll < 0.55:
+            time.sleep(self.rng.uniform(0.0, 0.5))
+            popen = self.soak.start_controller()
+            ok = self.soak.wait_holder([popen])
+            self.soak.log("kill_controller", f"kill -9 pid {pid}; restarted as pid {popen.pid}",
+                          "ok" if ok else "NOT UP")
+            if not ok:
+                self.soak.violation("controller_start", f"restarted controller pid {popen.pid} never held the lock")
+        elif roll < 0.8:
+            a, b = self.soak.start_controller(), self.soak.start_controller()
+            winner = self.soak.wait_holder([a, b])
+            if not winner:
+                self.soak.violation("controller_start", f"neither of pids {a.pid}, {b.pid} took the lock")
+                return
+            loser = b if winner[0] == a.pid else a
+            code = poll_until(lambda: loser.poll() is not None, 15) and loser.returncode
+            self.soak.log("kill_controller", f"kill -9 pid {pid}; raced pids {a.pid} and {b.pid}",
+                          f"winner {winner[0]}, loser exit {loser.returncode}")
+            if loser.returncode != EXIT_LOCKED:
+                self.soak.violation("second_controller",
+                                    f"losing controller pid {loser.pid} exit {loser.returncode}, expected {EXIT_LOCKED}")
+        else:
+            self.soak.log("kill_controller", f"kill -9 pid {pid}; left down for a while")
+
+    def second_controller(self) -> None:
+        holder = self.soak.live_holder()
+        if holder is None:
+            return self.soak.log("second_controller", "no controller to compete with")
+        popen = self.soak.start_controller()
+        done = poll_until(lambda: popen.poll() is not None, 15)
+        still = self.soak.live_holder()
+        self.soak.log("second_controller", f"pid {popen.pid} beside holder {holder[0]}", f"exit {popen.returncode}")
+        if not done:
+            self.soak.violation("second_controller", f"second controller pid {popen.pid} still runs beside "
+                                                     f"holder pid {holder[0]} after 15 s")
+        elif popen.returncode != EXIT_LOCKED or still != holder:
+            self.soak.violation("second_controller", f"second controller pid {popen.pid} exit {popen.returncode} "
+                                                     f"(expected {EXIT_LOCKED}); holder {holder} -> {still}")
+
+    def ensure_controller(self) -> None:
+        """A controller left down (after a kill -9) is restarted by the next step, 2-4 s later."""
+        if self.soak.live_holder() is not None:
+            self.no_controller_since = None
+            return
+        now = time.monotonic()
+        if self.no_controller_since is None:
+            self.no_controller_since = now
+            return
+        if now - self.no_controller_since > self.rng.uniform(2.0, 4.0):
+            popen = self.soak.start_controller()
+            ok = self.soak.wait_holder([popen])
+            self.soak.log("start_controller", f"pid {popen.pid}", "ok" if ok else "NOT UP")
+            if not ok and self.soak.live_holder() is None:
+                self.soak.violation("controller_start", f"controller pid {popen.pid} never held the lock")
+            self.no_controller_since = None
+
+    # desired state and requests --------------------------------------------------------------------
+    def apply(self) -> None:
+        soak = self.soak
+        roll = self.rng.random()
+        readded = sorted(soak.removed)
+        soak.removed.clear()
+        touched = [(name, "readded") for name in readded]
+        if roll < 0.45:
+            name = self.rng.choice(NAMES)
+            soak.rev[name] += 1
+            touched.append((name, "spec_changed"))
+            what = f"{name} env changed (replace)"
+        elif roll < 0.75:
+            name = self.rng.choice(NAMES)
+            soak.drain[name] = DRAIN_TIMEOUTS[1] if soak.drain[name] == DRAIN_TIMEOUTS[0] else DRAIN_TIMEOUTS[0]
+            what = f"{name} drain.timeout -> {soak.drain[name]} (in place)"
+        elif roll < 0.88 and not readded:
+            name = self.rng.choice(NAMES)
+            soak.removed.add(name)
+            touched.append((name, "removed"))
+            what = f"{name} removed (prune)"
+        else:
+            what = "unchanged"
+        if readded:
+            what += "; re-added " + ", ".join(readded)
+        soak.apply_manifest(touched, what)
+
+    def maintenance(self) -> None:
+        soak = self.soak
+        name = self.rng.choice(soak.desired())
+        action = "update" if self.rng.random() < 0.2 else "restart"
+        args = ["maintenance", action, name, "--reason", f"chaos {len(soak.events)}", "--idle-seconds",
+                str(MAINTENANCE_IDLE), "-o", "json"]
+        if self.rng.random() < 0.25:
+            args.append("--now")
+        result = soak.cli(*args)
+        try:
+            answer = json.loads(result.stdout)
+        except ValueError:
+            answer = {}
+        if result.returncode == 0 and answer.get("ok"):
+            rid = answer["request"]["id"]
+            if rid not in soak.maintenance_ids:  # a merge joins an open request: no second restart
+                soak.maintenance_ids.append(rid)
+                soak.cause(name, f"maintenance_{action}",
+                           t=created_at(soak.state, "maintenance_requests", "id", rid))
+            soak.log("maintenance", f"{action} {name}{' --now' if '--now' in args else ''}",
+                     f"#{rid}{' (merged)' if answer.get('merged') else ''}")
+        else:
+            soak.log("maintenance", f"{action} {name}", f"refused exit {result.returncode}")
+            soak.violation("maintenance_refused", explain(result))
+
+    def restart(self) -> None:
+        soak = self.soak
+        name = self.rng.choice(soak.desired())
+        force = self.rng.random() < 0.3
+        result = soak.cli("restart", name, "--no-wait", *(["--force"] if force else []))
+        match = re.search(r"#(\d+)", result.stdout)
+        if match and result.returncode in (0, 1):  # 1: accepted, but no controller runs right now
+            rid = int(match.group(1))
+            if rid not in soak.restart_ids:  # an identical pending request is reused
+                soak.restart_ids.append(rid)
+                soak.cause(name, "force_restart" if force else "restart",
+                           t=created_at(soak.state, "requests", "id", rid))
+            soak.log("restart", f"{name}{' --force' if force else ''}", f"#{match.group(1)} exit {result.returncode}")
+        else:
+            soak.log("restart", name, f"refused exit {result.returncode}")
+            soak.violation("restart_refused", explain(result))
+
+    # hostile state ---------------------------------------------------------------------------------
+    def hostile_record(self) -> None:
+        soak = self.soak
+        decoy = self.rng.choice(self.decoys.items)
+        name = self.rng.choice(NAMES + GHOSTS)
+        path = soak.state / f"{name}.pid"
+        form = self.rng.choice(["reused", "reused", "corrupt", "garbage", "symlink", "ghost_valid"])
+        if form == "reused":  # a record naming an unrelated process: PID reuse, wrong start
+            write_json(path, fake_record(name, decoy.pid, start_ticks=(decoy.ticks or 0) + self.rng.randint(1, 10_000),
+                                         create_time_=decoy.created - self.rng.uniform(1, 1e5), spec_hash="v1:stale"))
+        elif form == "corrupt":
+            try:
+                raw = path.read_bytes()
+            except OSError:
+                raw = json.dumps(fake_record(name, decoy.pid, start_ticks=decoy.ticks, create_time_=decoy.created,
+                                             spec_hash=None)).encode()
+            write_atomic(path, raw[: self.rng.randint(0, max(0, len(raw) - 1))])
+        elif form == "garbage":
+            write_atomic(path, self.rng.randbytes(self.rng.randint(1, 300)))
+        elif form == "symlink":  # a link to a valid-looking record elsewhere naming the decoy, right start time
+            target = soak.tmp / "outside" / f"record-{len(soak.symlink_targets)}.json"
+            data = (json.dumps(fake_record(name, decoy.pid, start_ticks=decoy.ticks, create_time_=decoy.created,
+                                           spec_hash="v1:stale")) + "\n").encode()
+            target.write_bytes(data)
+            soak.symlink_targets[target] = data
+            symlink_atomic(path, target)
+        else:  # a valid record of a name that is no profile: it must be left alone
+            name = self.rng.choice(GHOSTS)
+            path = soak.state / f"{name}.pid"
+            write_json(path, fake_record(name, decoy.pid, start_ticks=decoy.ticks, create_time_=decoy.created,
+                                         spec_hash=None))
+        soak.log("hostile_record", f"{path.name}: {form} -> decoy pid {decoy.pid}")
+
+    def hermes_pidfile(self) -> None:
+        """Hermes' own gateway.pid, pointing at a decoy with its true start time."""
+        soak = self.soak
+        decoy = self.rng.choice(self.decoys.items)
+        name = self.rng.choice(HERMES_PROFILES)
+        home = soak.home / "profiles" / name
+        home.mkdir(parents=True, exist_ok=True)
+        write_json(home / "gateway.pid", {"pid": decoy.pid, "kind": "hermes-gateway", "start_time": decoy.ticks,
+                                          "argv": ["hermes", "-p", name, "gateway", "run", "--external-supervisor"]})
+        soak.log("hermes_pidfile", f"{name}/gateway.pid -> decoy pid {decoy.pid}")
+
+
+# -- verdicts --------------------------------------------------------------------------------------
+def unexplained_changes(changes: list[Change], causes: list[Cause]) -> list[tuple[Change, list[Cause]]]:
+    """A change of a profile's process must consume a cause aimed at that profile: a signal to the
+    old process itself, or a profile-level cause (manifest, request) older than the new process."""
+    out = []
+    for change in sorted(changes, key=lambda c: c.t):
+        mine = sorted((c for c in causes if c.profile == change.profile), key=lambda c: c.t)
+        explained = False
+        for c in mine:
+            if c.consumed:
+                continue
+            if c.pid is not None:
+                if c.pid == change.old[0]:
+                    c.consumed = explained = True
+            elif c.t < change.born + 0.01:
+                c.consumed = explained = True
+        if not explained:
+            out.append((change, [c for c in mine if abs(c.t - change.t) < 30]))
+    return out
+
+
+def read_requests(state: Path) -> tuple[dict[int, str], dict[int, str]]:
+    conn = sqlite3.connect(f"file:{state / 'fleet.db'}?mode=ro", uri=True, timeout=30)
+    try:
+        maint = {r[0]: r[1] for r in conn.execute("SELECT id, state FROM maintenance_requests")}
+        ops = {r[0]: r[1] for r in conn.execute("SELECT id, state FROM requests")}
+    finally:
+        conn.close()
+    return maint, ops
+
+
+def created_at(state: Path, table: str, key: str, value: int) -> float | None:
+    """When the store recorded a generation or a request: the instant it became the controller's input."""
+    conn = sqlite3.connect(f"file:{state / 'fleet.db'}?mode=ro", uri=True, timeout=30)
+    try:
+        row = conn.execute(f"SELECT created_at FROM {table} WHERE {key}=?", (value,)).fetchone()
+    finally:
+        conn.close()
+    return float(row[0]) if row else None
+
+
+def journal_tail(state: Path, n: int = 80) -> str:
+    try:
+        conn = sqlite3.connect(f"file:{state / 'fleet.db'}?mode=ro", uri=True, timeout=30)
+        try:
+            rows = conn.execute("SELECT at, epoch, profile, kind, message FROM journal ORDER BY id DESC LIMIT ?",
+                                (n,)).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return f"(journal unreadable: {exc})"
+    return "\n".join(f"{at:.3f} e{epoch} {profile or '-'} {kind}: {message}" for at, epoch, profile, kind, message
+                     in reversed(rows))
+
+
+# -- the soak --------------------------------------------------------------------------------------
+@pytest.mark.soak
+def test_chaos_soak(tmp_path, soak_seconds, soak_seed):
+    seed = soak_seed
+    soak = Soak(seed=seed, tmp=tmp_path, state=tmp_path / "state", home=tmp_path / "hermes",
+                manifest=tmp_path / "fleet.yaml")
+    for folder in ("controllers", "outside", "phome"):
+        (tmp_path / folder).mkdir()
+    rng = random.Random(seed)
+    decoys = Decoys(tmp_path / "decoys")
+    sampler = Sampler(soak)
+    summary: dict = {"seed": seed}
+    report = ""
+    try:
+        decoys.start(3)
+        sampler.start()
+        soak.write_manifest()
+        first = soak.cli("apply", "-f", str(soak.manifest), "--timeout", "60s", timeout=90)
+        assert first.returncode == 0, explain(first)
+        assert poll_until(lambda: all(sampler.live_of(n) for n in NAMES), 20), sampler.snapshot()
+        chaos = Chaos(soak, sampler, decoys, rng)
+        soak.log("chaos_start", f"seed {seed}, {soak_seconds:g}s")
+        started = time.monotonic()
+        while time.monotonic() - started < soak_seconds:
+            chaos.ensure_controller()
+            chaos.run_one()
+            time.sleep(rng.uniform(0.05, 0.6))
+        chaos_seconds = time.monotonic() - started
+        soak.log("chaos_end")
+
+        # -- convergence -------------------------------------------------------------------------
+        if soak.removed:  # the final manifest holds every profile
+            readded = sorted(soak.removed)
+            soak.removed.clear()
+            soak.apply_manifest([(name, "readded") for name in readded], "re-added " + ", ".join(readded))
+        if soak.live_holder() is None:
+            popen = soak.start_controller()
+            assert soak.wait_holder([popen]), "a controller must come up after the chaos"
+            soak.log("start_controller", f"pid {popen.pid} (after the chaos)")
+        maint_now, _ = read_requests(soak.state)
+        open_maint = sum(1 for s in maint_now.values() if s in ("pending", "waiting", "draining"))
+        stopped_left = bool(soak.stopped and alive(soak.stopped[1], soak.stopped[2]))
+        max_drain = max(float(d.rstrip("s")) for d in DRAIN_TIMEOUTS)
+        bound = (max(BACKOFF) + max(HEARTBEAT_STALE + STARTUP_GRACE, max_drain) + STAGGER * len(NAMES)
+                 + SPAWN_ALLOWANCE + MARGIN
+                 + open_maint * (IDLE_POLL_SECONDS + MAINTENANCE_IDLE + max_drain + max(BACKOFF) + SPAWN_ALLOWANCE)
+                 + (RESYNC_ALLOWANCE if HANG_DEADLINE_BUG and stopped_left else 0.0))
+        converge_start = time.monotonic()
+        last_status: dict = {}
+        why = ""
+
+        def converged() -> bool:
+            nonlocal last_status, why
+            result = soak.cli("status", "-o", "json")
+            if result.returncode not in (0, 1):
+                why = f"status exit {result.returncode}"
+                return False
+            last_status = json.loads(result.stdout)
+            rows = {p["name"]: p for p in last_status["profiles"]}
+            view = sampler.snapshot()
+            for name in NAMES:
+                row = rows.get(name)
+                if row is None or row["phase"] != "Running" or row["pid"] is None:
+                    why = f"{name}: status row {row and {k: row[k] for k in ('phase', 'pid', 'note')}}"
+                    return False
+                procs = view.get(name) or []
+                if len(procs) != 1 or procs[0][0] != row["pid"] or procs[0][2] == psutil.STATUS_STOPPED:
+                    why = f"{name}: status pid {row['pid']}, processes on the host {procs}"
+                    return False
+            if result.returncode != 0:
+                why = "status exit 1 (not converged): " + json.dumps(
+                    {"controller": last_status["controller"],
+                     "actions": {p["name"]: p["action"] for p in last_status["profiles"]}})
+                return False
+            maint, _ = read_requests(soak.state)
+            open_ids = {i: maint.get(i) for i in soak.maintenance_ids if maint.get(i) not in ("done", "failed", "cancelled")}
+            why = f"maintenance requests still open: {open_ids}"
+            return not open_ids
+
+        ok = poll_until(converged, bound, interval=0.5)
+        converge_seconds = time.monotonic() - converge_start
+        if not ok:
+            soak.violation("not_converged", f"not converged within {bound:.1f}s (open maintenance at chaos end: "
+                                            f"{open_maint}, stopped gateway left: {stopped_left}); last check: {why}")
+        time.sleep(1.0)  # one more second of samples after convergence
+
+        # -- requests: nothing acknowledged is lost ------------------------------------------------
+        result = soak.cli("maintenance", "status", "--all", "-o", "json")
+        listed = {r["id"]: r["state"] for r in json.loads(result.stdout)["requests"]} if result.returncode == 0 else {}
+        maint, ops = read_requests(soak.state)
+        recent = sorted(soak.maintenance_ids)[-50:]  # `maintenance status --all` lists the newest 50
+        for rid in soak.maintenance_ids:
+            if rid not in maint:
+                soak.violation("request_lost", f"maintenance request #{rid} was acknowledged but is not in the store")
+            elif rid in recent and rid not in listed:
+                soak.violation("request_lost", f"maintenance request #{rid} missing from `maintenance status --all`")
+        for rid in soak.restart_ids:
+            if rid not in ops:
+                soak.violation("request_lost", f"restart request #{rid} was acknowledged but is not in the store")
+            elif ops[rid] == "pending":
+                soak.violation("request_stuck", f"restart request #{rid} is still pending after convergence")
+
+        # -- decoys, symlink targets, controllers -------------------------------------------------------
+        for problem in decoys.problems():
+            soak.violation("foreign_signal", problem)
+        for target, data in soak.symlink_targets.items():
+            if target.read_bytes() != data:
+                soak.violation("symlink_followed", f"{target} was modified through a symlinked record")
+        holder = soak.live_holder()
+        with sampler.lock:
+            ctl_seen = dict(sampler.controllers)
+        live_ctls = [pid for pid, created in ctl_seen.items() if alive(pid, created)]
+        if holder is None or live_ctls != [holder[0]]:
+            soak.violation("controllers", f"live controllers {live_ctls}, holder {holder}")
+        for log in sorted((tmp_path / "controllers").glob("*.log")) + [soak.state / "logs" / "controller.log"]:
+            if log.exists() and not no_traceback(log.read_text(errors="replace")):
+                soak.violation("controller_traceback", f"{log.name}:\n{log.read_text(errors='replace')[-3000:]}")
+
+        # -- attribution of every process change ----------------------------------------------------------
+        sampler.halt.set()
+        sampler.join(10)
+        assert sampler.error is None, repr(sampler.error)
+        for change, nearby in unexplained_changes(sampler.changes, soak.causes):
+            soak.violation("unexplained_restart",
+                           f"{change.profile}: pid {change.old[0]} -> {change.new[0]} seen at "
+                           f"t+{change.t - soak.t0:.2f}s (new process created t+{change.born - soak.t0:.2f}s) "
+                           f"with no chaos aimed at it; causes near: "
+                           + ", ".join(f"{c.kind}@t+{c.t - soak.t0:.2f}{'(used)' if c.consumed else ''}"
+                                       for c in nearby))
+
+        summary.update({
+            "chaos_seconds": round(chaos_seconds, 1), "events": dict(sorted(chaos.counts.items())),
+            "events_total": sum(chaos.counts.values()), "samples": sampler.samples,
+            "max_sample_gap_s": round(sampler.max_gap, 3), "process_changes": len(sampler.changes),
+            "causes": len(soak.causes), "gateways_seen": len(sampler.gateways), "controllers_seen": len(ctl_seen),
+            "maintenance_acknowledged": len(soak.maintenance_ids), "restarts_acknowledged": len(soak.restart_ids),
+            "converge_s": round(converge_seconds, 1), "converge_bound_s": round(bound, 1),
+            "violations": len(soak.violations),
+        })
+        print("\nchaos soak summary: " + json.dumps(summary, sort_keys=True))
+        report = os.environ.get("HERMES_FLEET_SOAK_REPORT")
+        if report:
+            with open(report, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(summary, sort_keys=True) + "\n")
+        if soak.violations:
+            lines = [f"[{v.kind}] t+{v.t - soak.t0:.2f}s {v.detail}" for v in soak.violations]
+            raise AssertionError(
+                f"chaos soak seed {seed}: {len(soak.violations)} violation(s) (replay with --soak-seed {seed}):\n"
+                + "\n".join(lines[:40])
+                + "\n--- event log\n" + "\n".join(json.dumps(e) for e in soak.events)
+                + "\n--- journal tail\n" + journal_tail(soak.state))
+    except BaseException:
+        print(f"\nchaos soak seed {seed} (replay with --soak-seed {seed})")
+        raise
+    finally:
+        sampler.halt.set()
+        sampler.join(10)
+        for popen, created in soak.controllers:
+            kill_verified(popen.pid, created)
+        with sampler.lock:
+            ctl_seen, gw_seen = dict(sampler.controllers), dict(sampler.gateways)
+        for pid, created in ctl_seen.items():
+            kill_verified(pid, created)
+        for popen, _ in soak.controllers:
+            try:
+                popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        for pid, created in ctl_seen.items():
+            poll_until(lambda: not alive(pid, created), 5)
+        for pid, created in gw_seen.items():
+            kill_verified(pid, created)
+        sweep(soak.state)
+        decoys.cleanup()
+
+
+# -- the known bug the convergence bound allows for ---------------------------------------------------------
+@pytest.mark.timeout(90)
+@pytest.mark.xfail(HANG_DEADLINE_BUG, strict=True,
+                   reason="BUG: a stale heartbeat has no deadline in the plan (planner._running_flow returns "
+                          "`keep` without not_before; Plan.next_deadline ignores heartbeats), so in a quiet fleet "
+                          "a hung (SIGSTOPped) gateway is only killed at the ~30 s resync")
+def test_stopped_gateway_is_killed_without_waiting_for_resync(tmp_path):
+    soak = Soak(seed=0, tmp=tmp_path, state=tmp_path / "state", home=tmp_path / "hermes",
+                manifest=tmp_path / "fleet.yaml")
+    (tmp_path / "controllers").mkdir()
+    (tmp_path / "phome").mkdir()
+    try:
+        soak.write_manifest()
+        result = soak.cli("apply", "-f", str(soak.manifest), "--timeout", "60s", timeout=90)
+        assert result.returncode == 0, explain(result)
+        record = json.loads((soak.state / "alpha.pid").read_text())
+        pid, created = record["pid"], create_time(record["pid"])
+        time.sleep(STARTUP_GRACE + 0.5)
+        assert kill_verified(pid, created, signal.SIGSTOP)
+        bound = HEARTBEAT_STALE + STARTUP_GRACE + SPAWN_ALLOWANCE + MARGIN
+        gone = poll_until(lambda: not alive(pid, created), bound, interval=0.1)
+        assert gone, f"the stopped gateway pid {pid} still lives {bound:g}s after it hung"
+    finally:
+        sweep(soak.state)

@@ -1,0 +1,478 @@
+"""Planner properties (hypothesis), over generated fleets and observations that are consistent
+the way the observer builds them:
+
+- idempotence / convergence: applying a plan's effects to Observed (with a small simulator of
+  the executor and the processes) and replanning reaches a plan with nothing left to do now, and
+  no action survives its own effect;
+- never spawn beside a live identity;
+- never signal (drain, kill, replace) a process that failed identity;
+- determinism: same inputs (in any dict order) -> identical Plan and Plan.render();
+- sibling independence: changing one profile's observation never changes another's action kind
+  or reason, except through stagger (not_before) and the maintenance budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from factories import (
+    EPOCH, NOW, OLD_HASH, desired, fleet_spec, history, inventory, live, observation, observed, pid_record,
+    profile_spec, render_relative, restart_request, status,
+)
+from fleet.observe.model import Observed, ProfileObservation
+from fleet.plan.model import KIND_ORDER, RECORD_KINDS, Desired, Plan
+from fleet.plan.planner import plan
+from fleet.store.db import InventoryEntry, ProfileHistory
+
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+NAMES = ("alpha", "beta", "default", "delta", "gamma")
+SIGNALS = ("drain", "kill", "replace")
+EXIT_CLASSES = (None, "crash", "killed", "unknown", "clean", "restart_now", "fatal_config", "startup_failed",
+                "planned")
+
+
+# ============================================================================================
+# strategies (few draws each: choices come from prebuilt tables, which keeps every property fast)
+# ============================================================================================
+
+def _spec_variants(name: str) -> list:
+    out = []
+    for driver in ("hermes", "process"):
+        for want in ("running", "stopped"):
+            for suspend in (False, True):
+                for policy in ("always", "on-failure", "never"):
+                    for stagger in (0.0, 2.5, 10.0):
+                        for env in ({}, {"LOG_LEVEL": "debug"}):
+                            out.append(profile_spec(name, driver=driver, desired=want, suspend=suspend, policy=policy,
+                                                    stagger=stagger, env=env))
+    # the usual case more often: hermes, running, not suspended
+    usual = [s for s in out if s.driver == "hermes" and s.desired == "running" and not s.suspend]
+    return usual * 3 + out
+
+
+SPECS = {n: _spec_variants(n) for n in NAMES}
+EXIT_CODES = {"crash": 1, "killed": -9, "unknown": None, "clean": 0, "restart_now": 75, "fatal_config": 78,
+              "startup_failed": 0, "planned": 0}
+EXITS = [None] * 20 + [(klass, ago, failures) for klass in EXIT_CLASSES if klass
+                       for ago in (0.0, 0.5, 3.0, 30.0, 1000.0) for failures in (0, 1, 3, 12)]
+DRAINS = [None] * 40 + [(intent, same_pid, started, deadline, signalled, reason)
+                        for intent in ("replace", "stop", "prune") for same_pid in (True, False)
+                        for started in (1.0, 10.0) for deadline in (-1.0, 0.0, 50.0) for signalled in (None, 1.0)
+                        for reason in (None, "spec_changed", "desired_stopped")]
+# (record verdict, where the live process was found: None = no live process)
+IDENTITIES = [("none", None)] * 3 + [("alive", "record")] * 4 + [
+    ("none", "hermes_pidfile"), ("none", "env_marker"), ("none", "cmdline"), ("none", "match"),
+    ("dead", None), ("dead", "cmdline"), ("reused", None), ("reused", "env_marker"), ("foreign", None),
+    ("corrupt", None), ("corrupt", "hermes_pidfile")]
+STATUSES = [None, status("running", 0), status("running", 2), status("draining", 0), status("stopped", 0),
+            status("starting", None)]
+
+
+@st.composite
+def histories(draw, name: str, pid: int | None, spec_hash: str):
+    fields: dict = {}
+    last_start = draw(st.sampled_from([None, 5.0, 500.0, 5000.0]))
+    if last_start is not None:
+        fields["last_start"] = NOW - last_start
+    exit_ = draw(st.sampled_from(EXITS))
+    if exit_ is not None:
+        klass, ago, failures = exit_
+        fields.update(last_exit_class=klass, last_exit_code=EXIT_CODES[klass], last_exit_at=NOW - ago,
+                      failures=failures)
+        if klass in ("fatal_config", "startup_failed"):
+            fields["failed_spec_hash"] = draw(st.sampled_from([spec_hash, OLD_HASH, None]))
+    drain = draw(st.sampled_from(DRAINS))
+    if drain is not None:
+        intent, same_pid, started, deadline, signalled, reason = drain
+        fields.update(drain_intent=intent, drain_reason=reason, drain_pid=pid if same_pid and pid else 1,
+                      drain_started=NOW - started, drain_deadline=NOW + deadline,
+                      drain_signalled=None if signalled is None else NOW - signalled)
+    fields["override_desired"] = draw(st.sampled_from([None, None, None, "stopped", "running"]))
+    idle = draw(st.sampled_from([None, 10.0, 5000.0]))
+    if idle is not None:
+        fields["idle_since"] = NOW - idle
+    return history(name, **fields)
+
+
+@st.composite
+def observations(draw, name: str, index: int, spec_hash: str) -> ProfileObservation:
+    """One profile's observation, consistent the way the observer builds it. Pids are unique per
+    profile: the live process is 1000+index, a stale record names 3000+index."""
+    pid = 1000 + index
+    verdict, source = draw(st.sampled_from(IDENTITIES))
+    process = None
+    if source is not None:
+        process = live(name, pid=pid, source=source,
+                       record_epoch=draw(st.sampled_from([EPOCH, EPOCH, EPOCH - 1])) if source == "record" else None,
+                       spec_hash=draw(st.sampled_from([spec_hash, spec_hash, OLD_HASH, None])),
+                       started_at=NOW - draw(st.sampled_from([10.0, 100.0, 3600.0])),
+                       flag=draw(st.sampled_from([True, True, True, False])))
+    kwargs = {}
+    if verdict in ("dead", "reused", "foreign"):
+        kwargs["record"] = pid_record(name, pid=3000 + index, started_at=NOW - 7200.0)
+    heartbeat = None
+    if process is not None:
+        heartbeat = draw(st.sampled_from([None, NOW - 5.0, NOW - 500.0, process.started_at - 10.0]))
+    request = draw(st.sampled_from([None] * 6 + [("restart", 1.0), ("restart", 5000.0), ("force_restart", 1.0)]))
+    if request is not None:
+        request = restart_request(name, kind=request[0], created_at=NOW - request[1])
+    native = draw(st.sampled_from([None] * 9 + ["/etc/systemd/user/hermes-gateway.service"]))
+    return observation(name, process=process, verdict=verdict,
+                       history=draw(histories(name, process.pid if process else None, spec_hash)),
+                       heartbeat_at=heartbeat, status=draw(st.sampled_from(STATUSES)), native_service=native,
+                       request=request, **kwargs)
+
+
+@st.composite
+def worlds(draw, min_profiles: int = 1):
+    """(Desired, Observed): a fleet over a few names, some desired, some only observed or inventoried."""
+    names = sorted(draw(st.lists(st.sampled_from(NAMES), min_size=min_profiles, max_size=len(NAMES), unique=True)))
+    spec_by_name = {n: draw(st.sampled_from(SPECS[n])) for n in names if draw(st.sampled_from([1, 1, 1, 1, 0]))}
+    fleet = fleet_spec(*spec_by_name.values(), max_concurrent=draw(st.sampled_from([1, 1, 2, 1000])))
+    profiles = {}
+    inv: list[InventoryEntry] = []
+    for i, n in enumerate(names):
+        spec_hash = spec_by_name[n].spec_hash if n in spec_by_name else OLD_HASH
+        where = draw(st.sampled_from(["both", "both", "observed", "inventory"]))
+        if n in spec_by_name or where != "inventory":
+            profiles[n] = draw(observations(n, i, spec_hash))
+        if n in spec_by_name or where != "observed":
+            state, prune = draw(st.sampled_from([("active", True), ("active", True), ("removing", True),
+                                                 ("active", False)]))
+            inv.extend(inventory(n, state=state, prune=prune))
+    previous = {}
+    for n, s in spec_by_name.items():
+        choice = draw(st.sampled_from([None, "same", "policy"]))
+        if choice == "same":
+            previous[n] = s
+        elif choice == "policy":
+            previous[n] = dataclasses.replace(s, stagger=s.stagger + 1.0)
+    prune, allow_empty, last_spawn = draw(st.sampled_from(
+        [(p, a, t) for p in (True, True, False) for a in (False, True) for t in (None, NOW - 1.0, NOW - 100.0)]))
+    want = desired(fleet, previous=previous, prune=prune, allow_empty=allow_empty)
+    obs = observed(*profiles.values(), inventory=tuple(inv), last_spawn_at=last_spawn)
+    return want, obs
+
+
+# ============================================================================================
+# a small simulator of the executor and the processes
+# ============================================================================================
+
+_CLEAR_DRAIN = dict(drain_intent=None, drain_reason=None, drain_started=None, drain_deadline=None,
+                    drain_signalled=None, drain_pid=None)
+
+
+class Sim:
+    """Applies the effects of executed actions to (Desired, Observed), at one instant.
+
+    Processes react at once: a drained, replaced or killed process exits, a spawned one runs
+    the desired spec with our record. What the store would remember (history, inventory,
+    last-applied specs, requests) is updated the way the executor does."""
+
+    def __init__(self, want: Desired, obs: Observed, now: float):
+        self.want, self.obs, self.now = want, obs, now
+        self.next_pid = 50_000
+
+    def get(self, name: str) -> ProfileObservation:
+        return self.obs.profiles.get(name) or ProfileObservation(name=name, history=ProfileHistory(name))
+
+    def put(self, ob: ProfileObservation, **obs_fields) -> None:
+        profiles = dict(self.obs.profiles)
+        profiles[ob.name] = dataclasses.replace(ob, **{k: v for k, v in obs_fields.items() if k != "observed"})
+        self.obs = dataclasses.replace(self.obs, profiles=profiles, **obs_fields.get("observed", {}))
+
+    def apply(self, actions) -> None:
+        for a in actions:
+            getattr(self, "do_" + a.kind)(a)
+
+    def do_reclaim(self, a):
+        ob = self.get(a.profile)
+        rec = ob.record
+        keep = rec is not None and ob.process is not None and ob.process.source == "record" and rec.pid == ob.process.pid
+        self.put(ob, record=rec if keep else None, record_verdict="alive" if keep else "none", record_problem=None)
+
+    def do_adopt(self, a):
+        ob = self.get(a.profile)
+        proc = dataclasses.replace(ob.process, source="record", record_epoch=self.obs.epoch)
+        self.put(ob, process=proc, record=pid_record(a.profile, pid=proc.pid, started_at=proc.started_at,
+                                                     spec_hash=proc.spec_hash, epoch=self.obs.epoch),
+                 record_verdict="alive", record_problem=None)
+
+    def do_update(self, a):
+        ob = self.get(a.profile)
+        spec = self.want.spec.profile(a.profile)
+        if a.reason == "policy_changed":
+            self.want = dataclasses.replace(self.want, previous={**self.want.previous, a.profile: spec})
+        elif a.reason in ("removed_from_manifest", "prune_disabled"):
+            inv = tuple(e for e in self.obs.inventory if e.name != a.profile)
+            self.put(ob, history=dataclasses.replace(ob.history, **_CLEAR_DRAIN), observed={"inventory": inv})
+        elif a.reason == "drain_complete":
+            self.put(ob, history=dataclasses.replace(ob.history, **_CLEAR_DRAIN))
+        else:
+            raise AssertionError(f"unknown update: {a.render()}")
+
+    def do_spawn(self, a):
+        ob = self.get(a.profile)
+        assert ob.process is None
+        spec = self.want.spec.profile(a.profile)
+        self.next_pid += 1
+        proc = live(spec, pid=self.next_pid, started_at=self.now, source="record", spec_hash=spec.spec_hash,
+                    record_epoch=self.obs.epoch)
+        h = dataclasses.replace(ob.history, last_start=self.now, restarts=ob.history.restarts + 1, **_CLEAR_DRAIN)
+        inv = self.obs.inventory
+        if all(e.name != a.profile for e in inv):
+            inv = inv + inventory(a.profile)
+        self.want = dataclasses.replace(self.want, previous={**self.want.previous, a.profile: spec})
+        self.put(ob, process=proc, record=pid_record(a.profile, pid=proc.pid, started_at=self.now,
+                                                     spec_hash=spec.spec_hash, epoch=self.obs.epoch),
+                 record_verdict="alive", record_problem=None, heartbeat_at=None, status=None, restart_request=None,
+                 observed={"last_spawn_at": self.now, "inventory": inv})
+
+    def _exit(self, a, ob, klass: str, **history_fields):
+        assert ob.process is not None and ob.process.pid == a.pid
+        h = dataclasses.replace(ob.history, last_exit_class=klass, last_exit_at=self.now,
+                                last_exit_code=0 if klass == "planned" else -9, **history_fields)
+        self.put(ob, process=None, record=None, record_verdict="none", record_problem=None, status=None,
+                 heartbeat_at=None)
+        return h
+
+    def do_drain(self, a):
+        ob = self.get(a.profile)
+        intent = ob.history.drain_intent if ob.history.drain_pid == a.pid and ob.history.drain_intent else (
+            "stop" if self.want.spec.profile(a.profile) is not None else "prune")
+        h = self._exit(a, ob, "planned", drain_intent=intent, drain_pid=a.pid, drain_reason=a.reason)
+        self.put(self.get(a.profile), history=h)
+
+    def do_replace(self, a):
+        ob = self.get(a.profile)
+        intent = ob.history.drain_intent if ob.history.drain_pid == a.pid and ob.history.drain_intent else "replace"
+        h = self._exit(a, ob, "planned", drain_intent=intent, drain_pid=a.pid, drain_reason=a.reason)
+        self.put(self.get(a.profile), history=h)
+
+    def do_kill(self, a):
+        ob = self.get(a.profile)
+        if a.reason == "wedged":
+            h = self._exit(a, ob, "killed", failures=ob.history.failures + 1)
+        else:  # drain_timeout or forced: we asked for the stop
+            h = self._exit(a, ob, "planned")
+        self.put(self.get(a.profile), history=h, restart_request=None if a.reason == "forced" else ob.restart_request)
+
+    def do_keep(self, a):
+        raise AssertionError("keep is never executed")
+
+    do_wait = do_conflict = do_keep
+
+
+def key(a) -> tuple:
+    return (a.kind, a.profile, a.reason, a.phase)
+
+
+# ============================================================================================
+# properties
+# ============================================================================================
+
+@SETTINGS
+@given(worlds())
+def test_idempotence_converges_to_only_keep_and_wait(world):
+    want, obs = world
+    sim = Sim(want, obs, NOW)
+    for _ in range(8):
+        p = plan(sim.want, sim.obs, NOW)
+        todo = p.executable(NOW)
+        if not todo:
+            break
+        sim.apply(todo)
+        after = plan(sim.want, sim.obs, NOW)
+        # no action survives its own effect
+        assert not {key(a) for a in todo} & {key(a) for a in after.executable(NOW)}, (p.render(), after.render())
+    else:
+        raise AssertionError(f"no convergence within 8 passes:\n{p.render()}")
+    # what is left: keep/wait/conflict, or spawns scheduled for later (backoff, stagger)
+    for a in p.actions:
+        assert a.kind in ("keep", "wait", "conflict") or (a.kind == "spawn" and a.not_before is not None
+                                                           and a.not_before > NOW), a.render()
+    # and replanning the converged state gives the same plan
+    assert plan(sim.want, sim.obs, NOW) == p
+
+
+@SETTINGS
+@given(worlds())
+def test_record_fixes_are_idempotent(world):
+    """Reclaim/adopt/update, applied once, are never planned again."""
+    want, obs = world
+    p = plan(want, obs, NOW)
+    records = [a for a in p.actions if a.kind in RECORD_KINDS]
+    sim = Sim(want, obs, NOW)
+    sim.apply(records)
+    again = plan(sim.want, sim.obs, NOW)
+    assert not {key(a) for a in records} & {key(a) for a in again.actions if a.kind in RECORD_KINDS}
+
+
+@SETTINGS
+@given(worlds())
+def test_never_spawn_beside_a_live_identity(world):
+    want, obs = world
+    for a in plan(want, obs, NOW).actions:
+        if a.kind == "spawn":
+            assert obs.get(a.profile).process is None, a.render()
+
+
+@SETTINGS
+@given(worlds())
+def test_never_signal_a_process_that_failed_identity(world):
+    want, obs = world
+    untrusted_pids = {o.record.pid for o in obs.profiles.values()
+                      if o.record is not None and o.record_verdict != "alive"}
+    for a in plan(want, obs, NOW).actions:
+        if a.kind in SIGNALS:
+            proc = obs.get(a.profile).process
+            assert proc is not None, a.render()
+            assert a.pid == proc.pid, a.render()
+            assert a.pid not in untrusted_pids, a.render()
+
+
+@SETTINGS
+@given(worlds())
+def test_suspended_profiles_are_never_touched(world):
+    want, obs = world
+    suspended = {p.name for p in want.spec.profiles if p.suspend}
+    for a in plan(want, obs, NOW).actions:
+        if a.profile in suspended:
+            assert a.kind not in ("spawn",) + SIGNALS, a.render()
+
+
+@SETTINGS
+@given(worlds())
+def test_empty_fleet_guard(world):
+    want, obs = world
+    empty = dataclasses.replace(want, spec=dataclasses.replace(want.spec, profiles=()))
+    p = plan(empty, obs, NOW)
+    guarded = empty.prune and not empty.allow_empty and any(e.state == "active" for e in obs.inventory)
+    assert (p.refusal is not None) == guarded
+    if guarded:
+        assert all(a.kind in RECORD_KINDS + ("keep",) for a in p.actions), p.render()
+
+
+@SETTINGS
+@given(worlds(), st.randoms(use_true_random=False))
+def test_determinism(world, rnd):
+    want, obs = world
+    first = plan(want, obs, NOW)
+    assert plan(want, obs, NOW) == first
+    # the same inputs in another order: dicts, inventory, fleet profiles
+    items = list(obs.profiles.items())
+    rnd.shuffle(items)
+    inv = list(obs.inventory)
+    rnd.shuffle(inv)
+    shuffled_obs = dataclasses.replace(obs, profiles=dict(items), inventory=tuple(inv))
+    prev = list(want.previous.items())
+    rnd.shuffle(prev)
+    shuffled_want = dataclasses.replace(want, previous=dict(prev))
+    second = plan(shuffled_want, shuffled_obs, NOW)
+    assert second.render() == first.render()
+    assert second.actions == first.actions and second.refusal == first.refusal
+
+
+@SETTINGS
+@given(worlds())
+def test_order_is_by_kind_phase_then_profile(world):
+    want, obs = world
+    actions = plan(want, obs, NOW).actions
+    order = [(KIND_ORDER[a.kind], a.profile) for a in actions]
+    assert order == sorted(order)
+
+
+@SETTINGS
+@given(worlds())
+def test_one_decision_per_desired_profile(world):
+    """Each desired profile gets at most one process-level decision, besides record fixes."""
+    want, obs = world
+    p = plan(want, obs, NOW)
+    for spec in want.spec.profiles:
+        mine = [a for a in p.actions if a.profile == spec.name]
+        assert mine, spec.name
+        decisions = [a for a in mine if a.kind not in RECORD_KINDS]
+        assert len(decisions) <= 1, [a.render() for a in mine]
+
+
+@SETTINGS
+@given(worlds())
+def test_stagger_spacing(world):
+    want, obs = world
+    spawns = sorted((a for a in plan(want, obs, NOW).actions if a.kind == "spawn"), key=lambda a: a.profile)
+    previous = obs.last_spawn_at
+    for a in spawns:
+        at = a.not_before if a.not_before is not None else NOW
+        assert at >= NOW
+        gap = want.spec.profile(a.profile).stagger
+        if previous is not None:
+            assert at >= previous + gap - 1e-9, a.render()
+        previous = at
+
+
+@st.composite
+def sibling_changes(draw):
+    want, obs = draw(worlds(min_profiles=2))
+    names = sorted(set(obs.profiles) | set(want.spec.names) | {e.name for e in obs.inventory})
+    target, sibling = draw(st.lists(st.sampled_from(names if len(names) >= 2 else NAMES), min_size=2, max_size=2,
+                                    unique=True))
+    index = NAMES.index(sibling) + 10  # pids that no other profile uses
+    spec = want.spec.profile(sibling)
+    replacement = draw(st.none() | observations(sibling, index, spec.spec_hash if spec else OLD_HASH))
+    return want, obs, target, sibling, replacement
+
+
+def _decisions(p: Plan, name: str, budget_limited: bool) -> list[tuple]:
+    out = []
+    for a in p.actions:
+        if a.profile != name:
+            continue
+        if budget_limited and ((a.kind == "wait" and a.reason == "budget_exhausted")
+                               or (a.kind == "replace" and a.voluntary and a.phase == "begin")):
+            out.append(("voluntary-replace-or-budget-wait", a.pid))  # the budget may couple these
+            continue
+        out.append((a.kind, a.reason, a.phase, a.pid))  # not_before left out: stagger may move it
+    return out
+
+
+@SETTINGS
+@given(sibling_changes())
+def test_sibling_independence(case):
+    want, obs, target, sibling, replacement = case
+    profiles = dict(obs.profiles)
+    if replacement is None:
+        profiles.pop(sibling, None)
+    else:
+        profiles[sibling] = replacement
+    changed = dataclasses.replace(obs, profiles=profiles)
+    budget_limited = want.spec.max_concurrent_maintenance < len(NAMES)
+    before = _decisions(plan(want, obs, NOW), target, budget_limited)
+    after = _decisions(plan(want, changed, NOW), target, budget_limited)
+    assert before == after, (target, sibling)
+
+
+@SETTINGS
+@given(sibling_changes())
+def test_sibling_independence_without_budget_pressure_is_exact(case):
+    want, obs, target, sibling, replacement = case
+    want = dataclasses.replace(want, spec=dataclasses.replace(want.spec, max_concurrent_maintenance=1000))
+    profiles = dict(obs.profiles)
+    if replacement is None:
+        profiles.pop(sibling, None)
+    else:
+        profiles[sibling] = replacement
+    changed = dataclasses.replace(obs, profiles=profiles)
+    assert _decisions(plan(want, obs, NOW), target, False) == _decisions(plan(want, changed, NOW), target, False)
+
+
+def test_simulator_smoke():
+    """The simulator itself: a fresh fleet converges to running processes with staggered spawns."""
+    want = desired(fleet_spec("a", "b"))
+    sim = Sim(want, observed(), NOW)
+    sim.apply(plan(sim.want, sim.obs, NOW).executable(NOW))
+    p = plan(sim.want, sim.obs, NOW)
+    assert render_relative(p) == "b spawn first_apply @+2.5\na keep running"
+    assert sim.obs.profiles["a"].process.spec_hash == want.spec.profile("a").spec_hash
