@@ -32,7 +32,7 @@ from bench import install, procs  # noqa: E402
 from bench.adapters.base import ChildProgram, python_executable  # noqa: E402
 from bench.adapters.hermes_fleet import HermesFleetAdapter  # noqa: E402
 from bench.microbench import big_manifest  # noqa: E402
-from bench.procs import Reaper, Tracker, alive, wait_until  # noqa: E402
+from bench.procs import Reaper, Tracker, wait_until  # noqa: E402
 from bench.scenarios import Fleet  # noqa: E402
 
 

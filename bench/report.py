@@ -13,7 +13,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.catalog import OURS, SUPERVISORS  # noqa: E402
+from bench.catalog import SUPERVISORS  # noqa: E402
 
 
 def fmt(value: float | None, unit: str) -> str:
@@ -94,6 +94,15 @@ def render_markdown(results: dict) -> str:
     notes = _notes(results)
     if notes:
         out += ["", "## Notes, errors and pending scenarios", ""] + notes
+    load = results.get("host_load", [])
+    if load:
+        values = [v for entry in load for v in (entry["loadavg_1m_before"], entry["loadavg_1m_after"])]
+        cpus = results.get("machine", {}).get("logical_cpus") or 1
+        out += ["", "## Host load", "",
+                f"1-minute load average around each scenario group: min {min(values):.2f}, max {max(values):.2f} "
+                f"on {cpus} logical CPUs. Groups run one supervisor after the other, so each tool meets a similar load."]
+        if max(values) > 0.75 * cpus:
+            out.append("**Other work was running on this host during the run; treat small differences as noise.**")
     machine = results.get("machine", {})
     if machine:
         out += ["", "## Machine", ""]

@@ -76,7 +76,7 @@ def scenario_result(s: Scenario, cells: dict[str, Cell]) -> dict:
     }
 
 
-def build_results(recorder: Recorder, *, tools: dict, settings: dict, command: str) -> dict:
+def build_results(recorder: Recorder, *, tools: dict, settings: dict, command: str, load: list[dict] | None = None) -> dict:
     scenarios = {}
     for s in SCENARIOS:
         cells = {sup: c for (sid, sup), c in recorder.cells.items() if sid == s.id}
@@ -88,6 +88,7 @@ def build_results(recorder: Recorder, *, tools: dict, settings: dict, command: s
         "machine": machine_info(),
         "tools": tools,
         "settings": settings,
+        "host_load": load or [],
         "scenarios": scenarios,
     }
 

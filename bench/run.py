@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import sys
@@ -98,9 +99,10 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def run_supervisor(adapter: Adapter, tracker: Tracker, root: Path, settings: Settings, groups: list[str], recorder: Recorder) -> None:
+def group_steps(adapter: Adapter, tracker: Tracker, root: Path, settings: Settings, groups: list[str],
+                recorder: Recorder) -> dict:
     wanted = {s.id for s in SCENARIOS if s.group in groups}
-    steps = {
+    return {
         "respawn": lambda: scenarios.run_respawn(adapter, tracker, root, settings.respawn_kills, recorder),
         "lifecycle_n10": lambda: scenarios.run_lifecycle(adapter, tracker, root, 10, settings.lifecycle_n10_reps,
                                                          settings.idle_window, settings.idle_settle, wanted, recorder),
@@ -111,14 +113,25 @@ def run_supervisor(adapter: Adapter, tracker: Tracker, root: Path, settings: Set
         "diff": lambda: microbench.run_diff(adapter.tool, adapter.child, root / "diff", settings.diff_reps, recorder),
         "plan": lambda: microbench.run_plan(adapter.child, root / "plan", settings.plan_reps, recorder),
     }
+
+
+def run_groups(adapters: list[Adapter], tracker: Tracker, root: Path, settings: Settings, groups: list[str],
+               recorder: Recorder, load: list[dict]) -> None:
+    """Scenario group outermost, supervisors inside: every tool meets the same stretch of host load."""
     for group in groups:
         ours_only = all(s.ours_only for s in SCENARIOS if s.group == group)
-        if ours_only and adapter.name != OURS:
-            continue
-        log(f"{adapter.name}: {group}")
-        started = time.monotonic()
-        steps[group]()
-        log(f"{adapter.name}: {group} done in {time.monotonic() - started:.1f}s")
+        for adapter in adapters:
+            if ours_only and adapter.name != OURS:
+                continue
+            log(f"{adapter.name}: {group}")
+            before, started = os.getloadavg()[0], time.monotonic()
+            try:
+                group_steps(adapter, tracker, root / adapter.name, settings, groups, recorder)[group]()
+            finally:
+                tracker.end_all()
+            load.append({"group": group, "supervisor": adapter.name, "seconds": round(time.monotonic() - started, 1),
+                         "loadavg_1m_before": round(before, 2), "loadavg_1m_after": round(os.getloadavg()[0], 2)})
+            log(f"{adapter.name}: {group} done in {time.monotonic() - started:.1f}s (load {before:.2f} -> {os.getloadavg()[0]:.2f})")
 
 
 def mark_skipped(recorder: Recorder, supervisor: str, reason: str, groups: list[str]) -> None:
@@ -146,22 +159,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tools = install_tools(workdir / "tools", args.only, args.hermes_fleet)
         child = ChildProgram(python_executable())
+        adapters = []
         for name in args.only:
             tool = tools[name]
-            if not tool.available:
+            if tool.available:
+                adapters.append(ADAPTERS[name](tool, child, tracker))
+            else:
                 mark_skipped(recorder, name, tool.reason, args.scenarios)
-                continue
-            adapter = ADAPTERS[name](tool, child, tracker)
-            try:
-                run_supervisor(adapter, tracker, workdir / "runs" / name, settings, args.scenarios, recorder)
-            finally:
-                tracker.end_all()
+        load: list[dict] = []
+        run_groups(adapters, tracker, workdir / "runs", settings, args.scenarios, recorder, load)
         results = build_results(
             recorder,
             tools={name: t.as_dict() for name, t in tools.items()},
             settings={"quick": args.quick, "only": args.only, "scenario_groups": args.scenarios,
                       "orphan_reaper": reaper.enabled, **settings.__dict__},
             command="python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            load=load,
         )
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

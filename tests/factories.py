@@ -235,4 +235,3 @@ def render_relative(p: Plan, now: float = NOW) -> str:
     return "\n".join(lines)
 
 
-__all__ = [name for name in dir() if not name.startswith("_")] + ["DRIVER_PROCESS"]

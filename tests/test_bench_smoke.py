@@ -129,3 +129,20 @@ def test_harness_command_line_parses():
     args = bench_run.parse_args(["--quick", "--only", "supervisord,pm2", "--scenarios", "respawn,kill9"])
     assert args.only == ["supervisord", "pm2"] and args.scenarios == ["respawn", "kill9"]
     assert bench_run.settings_for(args).idle_window < bench_run.FULL.idle_window
+
+
+def test_tracker_ends_survivors_by_pid_and_ignores_dead_ones():
+    from bench import procs
+
+    proc = procs.popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        tracker = procs.Tracker()
+        assert tracker.add(proc.pid, "sleeper") is not None
+        ended = tracker.end_all(grace=5.0)
+        assert [e.pid for e in ended] == [proc.pid]
+        assert proc.wait(timeout=5) == -signal.SIGTERM
+        assert tracker.survivors() == [] and tracker.end_all() == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

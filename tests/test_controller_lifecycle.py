@@ -9,10 +9,14 @@ from __future__ import annotations
 import datetime
 import os
 import sys
+import threading
 import time
 
 import pytest
 
+import fleet_harness
+from fleet.controller.wake import wake
+from fleet.store.layout import StateDir
 from fleet_harness import alive, fleet  # noqa: F401
 from helpers import poll_until, read_json, wait_until
 
@@ -118,27 +122,115 @@ def test_hung_gateway_is_detected_on_the_next_pass_killed_and_respawned(fleet):
 
 def test_exit_78_is_not_retried(fleet):
     fleet.write_manifest(THREE)
-    fleet.control("beta", exit=78)  # the control file exists before beta's first start
-    result = fleet.apply(expect=1)
+    fleet.apply()
+    before = {n: fleet.wait_running(n) for n in THREE}
+    fleet.control("beta", exit=78)  # every instance of beta would exit 78 (fatal configuration)
+    fleet.wait_gone(before["beta"])
+    wait_until(lambda: fleet.profiles()["beta"]["phase"] == "Failed", 10, what="beta Failed")
+    result = fleet.apply(expect=1)  # apply reports the failed profile
     assert "Failed: beta" in result.stderr, fleet.explain(result)
     profiles = fleet.profiles()
     beta = profiles["beta"]
     assert beta["phase"] == "Failed" and beta["pid"] is None
     assert beta["last_exit"].startswith("78"), beta
     assert "fatal configuration error" in beta["note"], beta
-    assert profiles["alpha"]["phase"] == "Running" and profiles["gamma"]["phase"] == "Running"
+    assert profiles["alpha"]["pid"] == before["alpha"] and profiles["gamma"]["pid"] == before["gamma"]
     # A later pass of the controller (woken by a sibling's death) still does not retry beta.
-    alpha = fleet.pid("alpha")
-    fleet.kill9(alpha)
-    fleet.wait_running("alpha", other_than=alpha)
+    fleet.kill9(before["alpha"])
+    fleet.wait_running("alpha", other_than=before["alpha"])
     assert len(fleet.journal_kinds("beta", "spawned")) == 1
+    exited = fleet.journal_kinds("beta", "exited")
+    assert [(e.data["code"], e.data["exit_class"]) for e in exited] == [(78, "fatal_config")]
     assert fleet.profiles()["beta"]["phase"] == "Failed"
     # `start` retries a profile that failed for good.
     fleet.clear_control("beta")
     result = fleet.cli("start", "beta")
     assert result.returncode == 0, fleet.explain(result)
-    fleet.wait_running("beta")
+    fleet.wait_running("beta", other_than=before["beta"])
     wait_until(lambda: fleet.profiles()["beta"]["phase"] == "Running", 10, what="beta Running")
+
+
+SLOW_CONFLICT_GATEWAY = """\
+import datetime, json, os, sys, time
+# Like hermes 0.19.0 meeting a token-lock conflict: `starting` for a while, then exit 78
+# with gateway_state startup_failed (hermes-contract sections 2 and 7).
+argv = sys.argv[1:]
+root = os.environ["HERMES_HOME"]
+home = os.path.join(root, "profiles", argv[argv.index("-p") + 1]) if "-p" in argv else root
+os.makedirs(home, exist_ok=True)
+def state(value, **extra):
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    with open(os.path.join(home, "gateway_state.json.tmp"), "w") as fh:
+        json.dump(dict(pid=os.getpid(), kind="hermes-gateway", gateway_state=value, active_agents=0,
+                       updated_at=now, **extra), fh)
+    os.replace(os.path.join(home, "gateway_state.json.tmp"), os.path.join(home, "gateway_state.json"))
+state("starting")
+time.sleep(float(os.environ.get("SLOW_START_S", "1.5")))
+state("startup_failed", exit_reason="telegram_lock: token already in use (fake)")
+sys.exit(78)
+"""
+
+
+@pytest.mark.xfail(reason="BUG: apply --wait (cli/apply_cmd._wait via FleetStatus.converged) reports 'Converged' as "
+                          "soon as every process exists, while a gateway still reports gateway_state 'starting'; a "
+                          "gateway that then exits 78 (as Hermes does on a lock conflict) leaves apply at exit 0",
+                   strict=True)
+def test_apply_waits_for_a_starting_gateway_and_fails_on_exit_78(fleet, tmp_path):
+    script = tmp_path / "bin" / "hermes"
+    script.parent.mkdir()
+    script.write_text(SLOW_CONFLICT_GATEWAY)
+    fleet.write_manifest({"alpha": None, "beta": {"command": [sys.executable, str(script)]}})
+    result = fleet.apply(expect=None)
+    beta = fleet.profiles()["beta"]
+    assert result.returncode == 1 and "Failed: beta" in result.stderr, fleet.explain(result)
+    assert beta["phase"] == "Failed" and "telegram_lock" in beta["note"], beta
+
+
+BALLAST_WRAPPER = """\
+import os, runpy, sys
+# Memory the kernel must tear down when this process exits: for a few hundred ms the exiting
+# process still runs, but /proc/<pid>/cmdline is already empty.
+ballast = bytearray(b"\\x01") * (int(os.environ.get("BALLAST_MB", "0")) << 20)
+sys.argv = [{demo!r}] + sys.argv[1:]
+try:
+    runpy.run_path({demo!r}, run_name="__main__")
+except SystemExit as exc:
+    code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    sys.stdout.flush()
+    os._exit(code)
+"""
+
+
+@pytest.mark.xfail(reason="BUG: observer._observe_profile / planner._running_flow: a process of ours seen while it "
+                          "exits has an empty command line, which fails the --external-supervisor check; the plan "
+                          "then starts a replace (adopted_argv_mismatch), and the exit is classified 'planned' "
+                          "(exit 78 lost, the profile respawned; a crash would skip its backoff)", strict=True)
+def test_an_exiting_gateway_is_not_mistaken_for_a_gateway_without_the_supervisor_flag(fleet, tmp_path):
+    wrapper = tmp_path / "bin" / "hermes"
+    wrapper.parent.mkdir()
+    wrapper.write_text(BALLAST_WRAPPER.format(demo=str(fleet_harness.DEMO_HERMES)))
+    fleet.write_manifest({"alpha": None,
+                          "beta": {"command": [sys.executable, str(wrapper)], "env": {"BALLAST_MB": "768"}}})
+    fleet.apply()
+    pids = {n: fleet.wait_running(n) for n in ("alpha", "beta")}
+    stop = threading.Event()
+
+    def hammer():  # wake the controller again and again, as CLI commands do
+        while not stop.is_set():
+            wake(StateDir(fleet.state))
+            time.sleep(0.002)
+    thread = threading.Thread(target=hammer, daemon=True)
+    thread.start()
+    try:
+        fleet.control("beta", exit=78)
+        fleet.wait_gone(pids["beta"])
+    finally:
+        stop.set()
+        thread.join()
+    wait_until(lambda: fleet.journal_kinds("beta", "exited"), 10, what="beta's exit in the journal")
+    exited = fleet.journal_kinds("beta", "exited")[0]
+    assert not fleet.journal_kinds("beta", "drain_started"), [e.message for e in fleet.journal("beta")]
+    assert (exited.data["code"], exited.data["exit_class"]) == (78, "fatal_config"), exited
 
 
 def test_exit_75_restarts_at_once_without_backoff(fleet):

@@ -91,8 +91,8 @@ def test_real_hermes_fleet_respawn_stop_adopt_down(fleet, hermes_venv, tmp_path)
     fleet.wait_gone(pids["charlie"], timeout=45)
     wait_until(lambda: gateway_state(fleet, "charlie").get("gateway_state") == "stopped", 10,
                what="charlie's gateway_state stopped")
-    exited = fleet.journal_kinds("charlie", "exited")
-    assert exited and exited[-1].data["exit_class"] == "planned", exited
+    exited = wait_until(lambda: fleet.journal_kinds("charlie", "exited"), 10, what="charlie's exit in the journal")
+    assert exited[-1].data["exit_class"] == "planned", exited
     assert exited[-1].data["code"] in (0, -15), exited  # -15: SIGTERM landed during its own shutdown
     wait_until(lambda: fleet.profiles()["charlie"]["phase"] == "Stopped", 10, what="charlie Stopped")
 

@@ -93,6 +93,16 @@ class MaintenanceFleet(FleetHarness):
     def wait_state(self, rid: int, *states: str, timeout: float = NOTICE) -> dict:
         return self.wait_request(rid, lambda r: r["state"] in states, timeout, f"request #{rid} to be {states}")
 
+    def open_requests_fast(self):
+        """The open requests straight from the store (read-only; fast enough to sample every 50 ms)."""
+        from fleet.maintenance import queue
+        from fleet.store.db import Store
+        store = Store(self.state / "fleet.db", readonly=True)
+        try:
+            return queue.open_requests(store)
+        finally:
+            store.close()
+
     def controller_log_tail(self) -> str:
         try:
             return "--- controller.log\n" + (self.state / "logs" / "controller.log").read_text()[-2000:]
@@ -169,7 +179,7 @@ def test_busy_gateway_waits_then_restarts_once_idle_and_duplicates_merge(mfleet)
 
     waiting = mfleet.wait_request(rid, lambda r: r["state"] == "waiting" and "2 active agents" in (r["waiting_on"] or ""))
     assert waiting["waiting_on"] == "alpha: 2 active agents"
-    mfleet.hold_steady(["alpha", "beta"], pids, 4.0)  # busy: nothing happens, however long we look
+    mfleet.hold_steady(["alpha", "beta"], pids, 3.0)  # busy: nothing happens, however long we look
     assert mfleet.request(rid)["state"] == "waiting"
 
     went_idle = time.time()
@@ -204,7 +214,7 @@ def test_cancel_before_draining_works_and_after_is_refused(mfleet):
     assert cancelled["ok"] and cancelled["request"]["state"] == "cancelled"
     assert cancelled["request"]["outcome"].startswith("cancelled by ")
     set_busy(mfleet, "alpha", 0)  # idle now: a live request would run, a cancelled one must not
-    mfleet.hold_steady(["alpha"], {"alpha": pid}, 4.0)
+    mfleet.hold_steady(["alpha"], {"alpha": pid}, 3.0)
     assert mfleet.request(rid)["state"] == "cancelled"
 
     # A person's --now skips the idle gate: the drain begins although two agents are busy,
@@ -347,7 +357,9 @@ def test_update_runs_the_command_once_then_restarts_each_profile_when_idle(mflee
     mfleet.wait_request(rid, lambda r: "beta: 1 active agent" in (r["waiting_on"] or ""))
     assert not counter.exists()
     set_busy(mfleet, "beta", 0)
-    done = mfleet.wait_state(rid, "done", "failed", "cancelled", timeout=60)
+    for n in ("alpha", "beta"):  # the records on disk: each profile restarted
+        mfleet.wait_running(n, other_than=pids[n], timeout=60)
+    done = mfleet.wait_state(rid, "done", "failed", "cancelled", timeout=15)
     assert done["state"] == "done" and done["outcome"] == "restarted: alpha, beta", done
     assert done["update"]["exit_code"] == 0 and "Updated to 9.9." in done["update"]["output_tail"]
     assert counter.read_text() == "ran\n"  # once per request, not once per profile
@@ -368,25 +380,22 @@ def test_budget_one_never_has_two_profiles_in_maintenance(mfleet):
     ids = [a["request"]["id"] for a in answers]
     assert len(set(ids)) == 2
 
-    samples = 0
     both_draining = []
-    saw_budget = []
+    saw_budget = set()
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline:  # sample every ~50 ms
         draining = [n for n in names if mfleet.drain_file(n).exists()]
         if len(draining) > 1:
             both_draining.append(time.time())
-        samples += 1
-        if samples % 10 == 0:  # every ~0.5 s: the queue's own view
-            reqs = mfleet.requests()
-            saw_budget += [r["waiting_on"] for r in reqs.values() if "budget" in (r["waiting_on"] or "")]
-            if all(reqs[i]["state"] in ("done", "failed", "cancelled") for i in ids):
-                break
+        reqs = mfleet.open_requests_fast()
+        saw_budget |= {r.waiting_on for r in reqs if "budget" in (r.waiting_on or "")}
+        if not reqs:
+            break
         time.sleep(0.05)
     assert not both_draining, f"two drain requests at once at {both_draining}"
     reqs = mfleet.requests()
     assert [reqs[i]["state"] for i in ids] == ["done", "done"], reqs
-    assert any("budget: " in w and "in maintenance" in w for w in saw_budget), saw_budget
+    assert "beta: budget: alpha in maintenance" in saw_budget, saw_budget  # beta was held by the budget
 
     # The journal agrees: each profile's maintenance window [drain_started, spawned] is disjoint.
     events = mfleet.events()
@@ -411,7 +420,7 @@ def test_a_deny_window_blocks_execution_until_a_person_says_now(mfleet):
     rid = mfleet.mjson("restart", "alpha", "--reason", "held by the window")["request"]["id"]
     held = mfleet.wait_request(rid, lambda r: "deny window" in (r["waiting_on"] or ""))
     assert held["state"] == "waiting" and held["waiting_on"] == "alpha: deny window (* * * * *, 1h) is open"
-    mfleet.hold_steady(["alpha"], {"alpha": pid}, 4.0)  # idle for far longer than the 1 s window
+    mfleet.hold_steady(["alpha"], {"alpha": pid}, 3.0)  # idle for far longer than the 1 s window
     assert mfleet.request(rid)["state"] == "waiting"
     profile = mfleet.status()["profiles"][0]
     assert profile["action"]["kind"] == "wait" and profile["action"]["reason"] == "window_closed"
@@ -426,33 +435,6 @@ def test_a_deny_window_blocks_execution_until_a_person_says_now(mfleet):
     mfleet.wait_running("alpha", other_than=pid)
 
 
-def test_requests_of_a_stopped_or_removed_profile_are_cancelled_with_a_reason(mfleet):
-    mfleet.setup(["alpha", "beta", "gamma"])
-    pids = {n: mfleet.wait_running(n) for n in ("alpha", "beta", "gamma")}
-    ids = {n: mfleet.mjson("restart", n, "--reason", f"{n} later", "--idle-seconds", "1h")["request"]["id"]
-           for n in ("alpha", "beta", "gamma")}
-    for n, rid in ids.items():
-        mfleet.wait_request(rid, lambda r: "of 1h" in (r["waiting_on"] or ""))
-
-    stop = mfleet.cli("stop", "alpha")
-    assert stop.returncode == 0, mfleet.explain(stop)
-    alpha = mfleet.wait_state(ids["alpha"], "cancelled", "done", "failed")
-    assert alpha["state"] == "cancelled" and alpha["outcome"] == "the profile is stopped"
-
-    doc = __import__("yaml").safe_load(mfleet.manifest.read_text())
-    del doc["profiles"]["beta"]
-    mfleet.manifest.write_text(__import__("yaml").safe_dump(doc, sort_keys=False))
-    mfleet.apply(expect=None)
-    beta = mfleet.wait_state(ids["beta"], "cancelled", "done", "failed")
-    assert beta["state"] == "cancelled" and beta["outcome"] == "the profile was removed from fleet.yaml"
-
-    gamma = mfleet.request(ids["gamma"])
-    assert gamma["state"] == "waiting" and mfleet.pid("gamma") == pids["gamma"]  # the sibling keeps its request
-    journal = [(e["profile"], e["message"]) for e in mfleet.events() if e["kind"] == "maintenance_cancelled"]
-    assert ("alpha", f"#{ids['alpha']} cancelled: the profile is stopped") in journal
-    assert ("beta", f"#{ids['beta']} cancelled: the profile was removed from fleet.yaml") in journal
-
-
 @pytest.mark.xfail(reason="BUG: maintenance_tick.MaintenanceTick._run_update runs maintenance.update_command with "
                           "the controller's own environment: HERMES_HOME is not set to the fleet's hermes.home, so "
                           "`hermes update` acts on ~/.hermes instead of the fleet's Hermes root (here it misses the "
@@ -463,6 +445,7 @@ def test_the_update_command_runs_against_the_fleets_hermes_root(mfleet):
     pid = mfleet.wait_running("alpha")
     (mfleet.home / "fake-update.json").write_text(json.dumps({"exit": 5, "output": "E: update refused"}))
     rid = mfleet.mjson("update", "alpha", "--reason", "new release")["request"]["id"]
-    final = mfleet.wait_state(rid, "failed", "done", "cancelled")
-    assert final["state"] == "failed" and final["update"]["exit_code"] == 5, final
+    ran = mfleet.wait_request(rid, lambda r: r["update"]["exit_code"] is not None
+                              or r["state"] in ("done", "failed", "cancelled"))
+    assert ran["update"]["exit_code"] == 5, ran  # the root's fake-update.json says 5
     assert mfleet.pid("alpha") == pid

@@ -7,6 +7,7 @@ test_maintenance_live.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -713,7 +714,7 @@ from fleet.plan.model import Desired  # noqa: E402
 from fleet.plan.planner import plan  # noqa: E402
 from fleet.store.db import ProfileHistory  # noqa: E402
 
-T0 = 1_800_000_000.0
+T0 = float(int(time.time()))  # "now" for the planner and tick tests (the queue stamps real time)
 
 
 def _desired(tmp_path, names=("alpha", "beta"), *, windows=None, stagger="0.1s") -> Desired:
@@ -853,3 +854,152 @@ def test_plan_a_drained_profile_awaiting_its_respawn_still_uses_the_budget(tmp_p
     acts = _plan(d, [alpha_down, _running(d, "beta", pid=200)], requests, last_spawn_at=T0 - 1)
     assert acts["alpha"].kind == "spawn" and acts["alpha"].not_before is not None  # deferred by the stagger
     assert acts["beta"].kind == "wait" and acts["beta"].reason == "budget_exhausted", acts["beta"]
+
+
+# -- the controller's side: MaintenanceTick moves requests through their states ------------------------
+
+from fleet.controller.maintenance_tick import MaintenanceTick  # noqa: E402
+
+
+def _tick_setup(tmp_path, names=("alpha", "beta"), **kw):
+    d = _desired(tmp_path, names, **kw)
+    s = Store(tmp_path / "fleet.db")
+    return d, s, MaintenanceTick(str(tmp_path / "fleet.db"), s, epoch=1)
+
+
+def _advance(tick, store, desired, profiles, *, now=T0):
+    observed = Observed(observed_at=now, epoch=1, profiles={p.name: p for p in profiles}, last_spawn_at=T0 - 7200,
+                        maintenance=tuple(queue.open_requests(store)))
+    tick.advance(desired, observed, plan(desired, observed, now), now)
+
+
+def _wait_updates(tick):
+    for thread in list(tick.running_updates.values()):
+        thread.join(60)
+        assert not thread.is_alive()
+
+
+def test_tick_cancels_requests_of_removed_suspended_and_stopped_profiles(tmp_path):
+    d, s, tick = _tick_setup(tmp_path, ("alpha", "beta", "gamma"))
+    try:
+        ids = {n: queue.submit(s, profile=n, action="restart", reason=n).request.id for n in ("alpha", "beta", "gamma",
+                                                                                            "delta")}
+        # delta is not in the manifest (removed); beta is suspended; gamma is stopped by an operator.
+        spec = dataclasses.replace(d.spec, profiles=tuple(
+            dataclasses.replace(p, suspend=True) if p.name == "beta" else p for p in d.spec.profiles))
+        desired = Desired(spec=spec, generation=2)
+        profiles = [_running(desired, "alpha", pid=100, active=1),
+                    _running(desired, "beta", pid=200, active=1),
+                    _running(desired, "gamma", pid=300, active=1, override_desired="stopped")]
+        _advance(tick, s, desired, profiles)
+        outcomes = {n: (queue.get(s, rid).state, queue.get(s, rid).outcome) for n, rid in ids.items()}
+        assert outcomes == {
+            "alpha": ("waiting", None),
+            "beta": ("cancelled", "the profile is suspended"),
+            "gamma": ("cancelled", "the profile is stopped"),
+            "delta": ("cancelled", "the profile was removed from fleet.yaml"),
+        }
+        assert queue.get(s, ids["alpha"]).waiting_on == "alpha: 1 active agent"
+        kinds = [(e.profile, e.kind) for e in s.events() if e.kind == "maintenance_cancelled"]
+        assert sorted(kinds) == [("beta", "maintenance_cancelled"), ("delta", "maintenance_cancelled"),
+                                 ("gamma", "maintenance_cancelled")]
+    finally:
+        s.close()
+
+
+def test_tick_marks_a_restart_done_once_a_newer_process_runs(tmp_path):
+    d, s, tick = _tick_setup(tmp_path)
+    try:
+        rid = queue.submit(s, profile="alpha", action="restart", reason="x").request.id
+        req = queue.get(s, rid)
+        old = _running(d, "alpha", pid=100, active=2)
+        _advance(tick, s, d, [old, _running(d, "beta", pid=200)])
+        assert queue.get(s, rid).state == "waiting"
+        # The drain began (the executor recorded drain_reason=maintenance): the request is draining.
+        draining = _running(d, "alpha", pid=100, drain_intent="replace", drain_reason="maintenance",
+                            drain_started=T0, drain_deadline=T0 + 60, drain_pid=100)
+        _advance(tick, s, d, [draining, _running(d, "beta", pid=200)])
+        assert queue.get(s, rid).state == "draining"
+        newer = _running(d, "alpha", pid=101)
+        newer = dataclasses.replace(newer, process=dataclasses.replace(newer.process, started_at=req.created_at + 5))
+        _advance(tick, s, d, [newer, _running(d, "beta", pid=200)], now=req.created_at + 6)
+        done = queue.get(s, rid)
+        assert done.state == "done" and done.outcome == "restarted: alpha"
+    finally:
+        s.close()
+
+
+def test_tick_fails_a_request_whose_deadline_passed(tmp_path):
+    d, s, tick = _tick_setup(tmp_path)
+    try:
+        rid = queue.submit(s, profile="alpha", action="restart", reason="x", deadline=T0 - 1).request.id
+        _advance(tick, s, d, [_running(d, "alpha", pid=100, active=1), _running(d, "beta", pid=200)])
+        got = queue.get(s, rid)
+        assert got.state == "failed" and got.outcome == "deadline passed before the gates opened"
+    finally:
+        s.close()
+
+
+def test_tick_an_update_interrupted_by_a_controller_restart_fails_and_leaves_the_gateways(tmp_path):
+    d, s, tick = _tick_setup(tmp_path)
+    try:
+        rid = queue.submit(s, profile="alpha", action="update", reason="x").request.id
+        # An earlier controller started the command and was killed: no thread of ours runs it.
+        assert queue.transition(s, rid, "draining", expect=("pending",), update_started=T0 - 30)
+        _advance(tick, s, d, [_running(d, "alpha", pid=100), _running(d, "beta", pid=200)])
+        got = queue.get(s, rid)
+        assert got.state == "failed" and "the controller stopped while the update command ran" in got.outcome
+        assert tick.running_updates == {}  # never re-run behind the operator's back
+    finally:
+        s.close()
+
+
+def _update_desired(tmp_path, command):
+    doc = {"version": 1, "name": "unit", "stagger": "0.1s",
+           "hermes": {"home": "./hermes", "command": ["python3", "./hermes-not-run"]},
+           "maintenance": {"idle": "20m", "update_command": command}, "profiles": {"alpha": {}, "beta": {}}}
+    (tmp_path / "fleet.yaml").write_text(json.dumps(doc))
+    spec = load_manifest(tmp_path / "fleet.yaml").spec
+    return Desired(spec=spec, generation=1, previous={p.name: p for p in spec.profiles})
+
+
+def test_tick_runs_the_update_command_once_when_every_target_is_idle(tmp_path):
+    counter = tmp_path / "runs"
+    cmd = [sys.executable, "-c", f"open({str(counter)!r}, 'a').write('x'); print('Updated.')"]
+    d = _update_desired(tmp_path, cmd)
+    s = Store(tmp_path / "fleet.db")
+    tick = MaintenanceTick(str(tmp_path / "fleet.db"), s, epoch=1)
+    try:
+        rid = queue.submit(s, profile=ALL, action="update", reason="x").request.id
+        _advance(tick, s, d, [_running(d, "alpha", pid=100), _running(d, "beta", pid=200, active=1)])
+        assert tick.running_updates == {} and queue.get(s, rid).state == "waiting"  # beta is busy
+        assert "beta: 1 active agent" in queue.get(s, rid).waiting_on
+        idle = [_running(d, "alpha", pid=100), _running(d, "beta", pid=200)]
+        _advance(tick, s, d, idle)
+        _advance(tick, s, d, idle)  # a second pass while (or after) it runs starts nothing more
+        _wait_updates(tick)
+        _advance(tick, s, d, idle)
+        got = queue.get(s, rid)
+        assert counter.read_text() == "x"
+        assert got.state == "waiting" and got.update_exit == 0 and got.update_output == "Updated.\n"
+        assert got.update_started is not None and got.update_finished >= got.update_started
+    finally:
+        s.close()
+
+
+def test_tick_a_failed_update_command_fails_the_request_with_the_output_tail(tmp_path):
+    cmd = [sys.executable, "-c", "import sys; print('x' * 5000); print('E: broken'); sys.exit(4)"]
+    d = _update_desired(tmp_path, cmd)
+    s = Store(tmp_path / "fleet.db")
+    tick = MaintenanceTick(str(tmp_path / "fleet.db"), s, epoch=1)
+    try:
+        rid = queue.submit(s, profile="alpha", action="update", reason="x").request.id
+        _advance(tick, s, d, [_running(d, "alpha", pid=100), _running(d, "beta", pid=200)])
+        assert queue.get(s, rid).state == "draining"
+        _wait_updates(tick)
+        got = queue.get(s, rid)
+        assert got.state == "failed" and got.update_exit == 4
+        assert got.update_output.endswith("E: broken\n") and len(got.update_output) == 4000
+        assert got.outcome.startswith("update command exited 4; gateways left running") and "E: broken" in got.outcome
+    finally:
+        s.close()

@@ -11,6 +11,7 @@ the scenarios from outside; an adapter only acts.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,7 +63,11 @@ class Adapter(ABC):
 
     # -- session ---------------------------------------------------------------------
     def open_session(self, directory: Path, n: int) -> Session:
-        directory.mkdir(parents=True, exist_ok=True)
+        # A fresh directory every time: a reused --workdir must not carry state (restart
+        # history, PID records, a PM2 dump) from an earlier run into this one.
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
         names = tuple(f"c{i:03d}" for i in range(n))
         self.session = Session(directory, names, directory / "started.log")
         self.tokens = {name: "1" for name in names}
@@ -158,7 +163,8 @@ class Adapter(ABC):
             out.flush()
             done = procs.run(argv, timeout, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         if done.returncode != 0:
-            raise CommandFailed(f"{self.name}: {' '.join(Path(a).name if os.sep in a else a for a in argv[:3])} ... exited {done.returncode} (see commands.log)")
+            command = " ".join([Path(argv[0]).name, *argv[1:2]])
+            raise CommandFailed(f"{self.name}: `{command} ...` exited {done.returncode} (see commands.log)")
         return done
 
     def spawn_foreground(self, argv: list[str], log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -121,7 +121,8 @@ class Executor:
         rotate_if_large(log_path)
         argv = list(spec.command)
         if self.scope_command is not None:
-            argv = self.scope_command(f"hermes-fleet-{name}-{int(now * 1000)}", argv) or argv
+            argv = self.scope_command(f"hermes-fleet-{name}-{int(now * 1000)}", argv,
+                                      stop_timeout=spec.drain.timeout + 30) or argv
         env = child_environment(spec, self.state)
         try:
             pid = self.platform.spawn_detached(argv, env, spec.cwd, log_path)

@@ -29,7 +29,7 @@ class ProfileObservation:
     name: str
     record: PidRecord | None = None
     record_problem: str | None = None  # a present record that was not trusted, and why
-    record_verdict: str = "none"  # none | alive | dead | reused | foreign | corrupt
+    record_verdict: str = "none"  # none | alive | dead | reused | foreign | unrelated | corrupt
     process: LiveProcess | None = None
     status: GatewayStatus | None = None
     heartbeat_at: float | None = None

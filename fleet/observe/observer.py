@@ -58,6 +58,26 @@ class Observer:
         self.state = state
         self.store = store
         self.platform = platform
+        self._belongs: dict[tuple[int, int | None, str], bool] = {}  # a process's identity never changes
+
+    def _belongs_to(self, name: str, spec: ProfileSpec | None, info: ProcessInfo) -> bool:
+        """Beyond pid + start time + user: the process must carry this profile's marker, or be this
+        profile's gateway by Hermes' command-line rules, or match its `match` pattern."""
+        key = (info.pid, info.start_ticks, name)
+        if key not in self._belongs:
+            env = self.platform.process_environ(info.pid)
+            if env is None:
+                verdict = True  # environment unreadable here (not Linux): pid + start time + user decide
+            elif env.get(PROFILE_ENV):
+                verdict = env.get(PROFILE_ENV) == name and env.get(STATE_DIR_ENV) == str(self.state.root)
+            elif hf.looks_like_gateway(info.cmdline) and hf.cmdline_profile(info.cmdline) == name:
+                verdict = True
+            else:
+                verdict = bool(spec is not None and spec.match and re.search(spec.match, " ".join(info.cmdline)))
+            if len(self._belongs) > 4096:
+                self._belongs.clear()
+            self._belongs[key] = verdict
+        return self._belongs[key]
 
     def observe(self, specs: dict[str, ProfileSpec], *, now: float, scan: bool) -> Observed:
         histories = self.store.histories()
@@ -91,14 +111,17 @@ class Observer:
         elif record is not None:
             v = verify_record(record, self.platform)
             verdict = v.verdict
+            if verdict == "alive" and not self._belongs_to(name, spec, v.info):
+                verdict = "unrelated"
             if verdict == "alive":
                 process = LiveProcess(pid=record.pid, start_ticks=v.info.start_ticks, create_time=v.info.create_time,
                                       cmdline=v.info.cmdline, started_at=record.started_at, spec_hash=record.spec_hash,
                                       source="record", record_epoch=record.epoch,
                                       external_supervisor_flag=self._flag_ok(spec, v.info.cmdline))
-            elif verdict in ("reused", "foreign"):
-                problem = (f"record names pid {record.pid}, which is now another program" if verdict == "reused"
-                           else f"record names pid {record.pid}, which belongs to another user")
+            elif verdict in ("reused", "foreign", "unrelated"):
+                problem = {"reused": f"record names pid {record.pid}, which is now another program",
+                           "foreign": f"record names pid {record.pid}, which belongs to another user",
+                           "unrelated": f"record names pid {record.pid}, which is not this profile's gateway"}[verdict]
         status = heartbeat = None
         drain_file = False
         native = None

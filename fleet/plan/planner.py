@@ -64,8 +64,9 @@ def _records_only(obs: ProfileObservation, epoch: int) -> list[Action]:
 def _record_actions(obs: ProfileObservation, epoch: int) -> list[Action]:
     out = []
     verdict = obs.record_verdict
-    if verdict in ("dead", "reused", "foreign", "corrupt"):
-        reason = {"dead": "pid_dead", "reused": "pid_reused", "foreign": "pid_foreign", "corrupt": "record_corrupt"}[verdict]
+    if verdict in ("dead", "reused", "foreign", "unrelated", "corrupt"):
+        reason = {"dead": "pid_dead", "reused": "pid_reused", "foreign": "pid_foreign", "unrelated": "pid_unrelated",
+                  "corrupt": "record_corrupt"}[verdict]
         out.append(Action("reclaim", obs.name, reason, obs.record_problem or f"pid {obs.record.pid} has exited",
                           pid=obs.record.pid if obs.record else None))
     proc = obs.process
@@ -166,6 +167,20 @@ def _heartbeat_stale(spec: ProfileSpec, obs: ProfileObservation, now: float) -> 
     return None
 
 
+def _heartbeat_deadline(spec: ProfileSpec, obs: ProfileObservation, now: float) -> float | None:
+    """When this gateway's heartbeat would turn stale: the controller wakes then to check it."""
+    proc = obs.process
+    grace_end = proc.started_at + spec.health.startup_grace
+    hb = obs.heartbeat_at
+    if hb is not None and hb >= proc.started_at - 1.0:
+        due = max(hb + spec.health.heartbeat_stale, grace_end) + 0.05
+    elif spec.driver == DRIVER_HERMES:
+        due = grace_end + spec.health.heartbeat_stale + 0.05
+    else:
+        return None
+    return due if due > now else None
+
+
 def _running_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float,
                   request: MaintenanceRequest | None = None) -> list[Action]:
     h, proc = obs.history, obs.process
@@ -187,7 +202,7 @@ def _running_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float,
     if not proc.external_supervisor_flag:
         return [_voluntary_replace(name, spec, obs, "adopted_argv_mismatch",
                                    "runs without --external-supervisor; `hermes update` would fight the fleet")]
-    return [Action("keep", name, "running", pid=proc.pid)]
+    return [Action("keep", name, "running", pid=proc.pid, not_before=_heartbeat_deadline(spec, obs, now))]
 
 
 def _maintenance(name, spec: ProfileSpec, obs: ProfileObservation, req: MaintenanceRequest, now: float) -> Action:
@@ -298,7 +313,8 @@ def _apply_stagger(actions: list[Action], desired: Desired, observed: Observed, 
     """Spawns at least `stagger` apart, fleet-wide, in name order; each keeps its own backoff too."""
     slot = observed.last_spawn_at
     out = []
-    for a in sorted(actions, key=lambda a: a.profile):
+    # Ready-now spawns take the early slots; one in crash backoff never holds a sibling's first start back.
+    for a in sorted(actions, key=lambda a: (a.kind == "spawn" and a.not_before or 0.0, a.profile)):
         if a.kind != "spawn":
             out.append(a)
             continue

@@ -140,8 +140,7 @@ class Store:
             else:
                 self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None, timeout=10)
         else:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-            os.close(fd)
+            _create_safely(self.path)
             self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
         self.conn.row_factory = sqlite3.Row
         try:
@@ -324,6 +323,22 @@ class Store:
         rows = list(reversed(self.conn.execute(q, args).fetchall()))
         return [JournalEntry(r["id"], r["at"], r["epoch"], r["profile"], r["kind"], r["message"],
                              json.loads(r["data"]) if r["data"] else None) for r in rows]
+
+
+def _create_safely(path: str) -> None:
+    """Refuse a symlinked database and create a missing one 0600. Never open-and-close an existing
+    database file: closing any descriptor of it drops this process's SQLite (fcntl) locks."""
+    import stat as _stat
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        try:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600))
+        except FileExistsError:
+            pass
+        return
+    if _stat.S_ISLNK(st.st_mode):
+        raise StoreError(f"{path} is a symlink; refusing to follow it")
 
 
 class _Tx:

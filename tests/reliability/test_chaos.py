@@ -68,6 +68,11 @@ IDLE_POLL_SECONDS = 5.0
 # resync when a stopped gateway is still alive when the chaos ends.
 HANG_DEADLINE_BUG = True
 RESYNC_ALLOWANCE = 36.0
+# Known bug (see test_controller_sees_requests_after_a_maintenance_update): the update thread's Store()
+# os.open()s and os.close()s fleet.db, which drops the controller's POSIX locks on it; the next CLI to
+# close its connection then deletes the WAL under the controller, which from then on sees no request
+# and no new generation. While it is open the soak queues restarts only, no updates.
+WAL_LOCK_BUG = True
 EXIT_LOCKED = 3
 
 WEIGHTS = {
@@ -486,7 +491,7 @@ class Chaos:
     def maintenance(self) -> None:
         soak = self.soak
         name = self.rng.choice(soak.desired())
-        action = "update" if self.rng.random() < 0.2 else "restart"
+        action = "update" if not WAL_LOCK_BUG and self.rng.random() < 0.2 else "restart"
         args = ["maintenance", action, name, "--reason", f"chaos {len(soak.events)}", "--idle-seconds",
                 str(MAINTENANCE_IDLE), "-o", "json"]
         if self.rng.random() < 0.25:
@@ -823,5 +828,34 @@ def test_stopped_gateway_is_killed_without_waiting_for_resync(tmp_path):
         bound = HEARTBEAT_STALE + STARTUP_GRACE + SPAWN_ALLOWANCE + MARGIN
         gone = poll_until(lambda: not alive(pid, created), bound, interval=0.1)
         assert gone, f"the stopped gateway pid {pid} still lives {bound:g}s after it hung"
+    finally:
+        sweep(soak.state)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.xfail(WAL_LOCK_BUG, strict=True,
+                   reason="BUG: fleet/store/db.py Store.__init__ os.open()s and os.close()s fleet.db before connecting; "
+                          "in the controller the maintenance update thread (maintenance_tick._run_update) does that "
+                          "while the main connection is open, and closing any descriptor of a file drops the "
+                          "process's POSIX locks on it (SQLite relies on them). The next CLI that closes its "
+                          "connection believes it is the last user, checkpoints and deletes fleet.db-wal/-shm: the "
+                          "controller keeps writing to a deleted WAL and never sees another request or generation")
+def test_controller_sees_requests_after_a_maintenance_update(tmp_path):
+    soak = Soak(seed=0, tmp=tmp_path, state=tmp_path / "state", home=tmp_path / "hermes",
+                manifest=tmp_path / "fleet.yaml")
+    (tmp_path / "controllers").mkdir()
+    (tmp_path / "phome").mkdir()
+    try:
+        soak.write_manifest()
+        result = soak.cli("apply", "-f", str(soak.manifest), "--timeout", "60s", timeout=90)
+        assert result.returncode == 0, explain(result)
+        result = soak.cli("maintenance", "update", "alpha", "--now", "--reason", "test", "-o", "json")
+        assert result.returncode == 0, explain(result)
+        rid = json.loads(result.stdout)["request"]["id"]
+        assert poll_until(lambda: read_requests(soak.state)[0].get(rid) == "done", 30), read_requests(soak.state)
+        before = json.loads((soak.state / "bravo.pid").read_text())["pid"]
+        result = soak.cli("restart", "bravo", "--timeout", "10s", timeout=60)
+        assert result.returncode == 0, explain(result) + "\n" + journal_tail(soak.state, 20)
+        assert json.loads((soak.state / "bravo.pid").read_text())["pid"] != before
     finally:
         sweep(soak.state)
