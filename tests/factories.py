@@ -163,7 +163,7 @@ def observation(name: str, *, process: LiveProcess | None = None, verdict: str |
     """One profile's observation, consistent the way the observer builds it:
 
     - a process from our record comes with that record (verdict "alive");
-    - verdict dead/reused/foreign names a record whose pid is not (or no longer) ours;
+    - verdict dead/reused/foreign/unrelated names a record whose pid is not (or no longer) ours;
     - verdict corrupt has no record, only a problem.
     A live process gets a fresh heartbeat unless `heartbeat_at` says otherwise.
     """
@@ -173,7 +173,7 @@ def observation(name: str, *, process: LiveProcess | None = None, verdict: str |
         if verdict == "alive" and process is not None:
             record = pid_record(name, pid=process.pid, started_at=process.started_at, spec_hash=process.spec_hash,
                                 epoch=process.record_epoch if process.record_epoch is not None else EPOCH)
-        elif verdict in ("dead", "reused", "foreign"):
+        elif verdict in ("dead", "reused", "foreign", "unrelated"):
             record = pid_record(name, pid=3131, started_at=NOW - 7200.0)
         else:
             record = None
@@ -181,6 +181,7 @@ def observation(name: str, *, process: LiveProcess | None = None, verdict: str |
         record_problem = {
             "reused": f"record names pid {record.pid if record else 0}, which is now another program",
             "foreign": f"record names pid {record.pid if record else 0}, which belongs to another user",
+            "unrelated": f"record names pid {record.pid if record else 0}, which is not this profile's gateway",
             "corrupt": "not valid JSON",
         }.get(verdict)
     if heartbeat_at is ...:

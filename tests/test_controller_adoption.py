@@ -151,14 +151,7 @@ while True:
 """
 
 
-@pytest.mark.parametrize("forgery", [
-    "wrong_start",
-    pytest.param("no_marker", marks=pytest.mark.xfail(
-        reason="BUG: observer.verify_record trusts pid + start time + uid alone; a live process with the "
-               "recorded start time but no HERMES_FLEET_* marker and no gateway command line is taken for "
-               "the profile's gateway, adopted, and later signalled (drained, killed as wedged)",
-        strict=True)),
-])
+@pytest.mark.parametrize("forgery", ["wrong_start", "no_marker"])
 def test_record_naming_an_unrelated_process_never_signals_it(fleet, reaper, tmp_path, forgery):
     fleet.write_manifest({"alpha": {"env": {"FAKE_HERMES_HEARTBEAT_S": "0.2"}},
                           "beta": {"env": {"FAKE_HERMES_HEARTBEAT_S": "0.2"}}},
@@ -194,3 +187,5 @@ def test_record_naming_an_unrelated_process_never_signals_it(fleet, reaper, tmp_
     assert not signals_log.exists(), f"the unrelated process was signalled: {signals_log.read_text()}\n{journal}"
     adopted = [line for line in fleet.adopt_lines("alpha") if line["pid"] == bystander.pid]
     assert not adopted, adopted
+    reclaimed = [e for e in fleet.journal_kinds("alpha", "reclaimed") if str(bystander.pid) in e.message]
+    assert [e.data["reason"] for e in reclaimed] == ["pid_reused" if forgery == "wrong_start" else "pid_unrelated"]

@@ -6,19 +6,19 @@ Every test drives the `hermes-fleet` CLI as a subprocess against a fleet under t
 
 from __future__ import annotations
 
-import datetime
 import os
 import sys
 import threading
 import time
 
+import psutil
 import pytest
 
 import fleet_harness
 from fleet.controller.wake import wake
 from fleet.store.layout import StateDir
 from fleet_harness import alive, fleet  # noqa: F401
-from helpers import poll_until, read_json, wait_until
+from helpers import read_json, wait_until
 
 pytestmark = [
     pytest.mark.skipif(os.name != "posix" or not sys.platform.startswith("linux"), reason="Linux process model"),
@@ -26,10 +26,6 @@ pytestmark = [
 ]
 
 THREE = {"alpha": None, "beta": None, "gamma": None}
-
-
-def parse_iso(text: str) -> float:
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def test_cold_start_spawns_every_profile_stagger_apart(fleet):
@@ -51,7 +47,7 @@ def test_cold_start_spawns_every_profile_stagger_apart(fleet):
     for name, rec in records.items():
         status = read_json(fleet.profile_home(name) / "gateway_state.json")
         assert status["pid"] == rec["pid"]
-        env = __import__("psutil").Process(rec["pid"]).environ()
+        env = psutil.Process(rec["pid"]).environ()
         assert env["HERMES_FLEET_PROFILE"] == name
         assert env["HERMES_HOME"] == str(fleet.home)
         assert env["HERMES_GATEWAY_EXTERNAL_SUPERVISOR"] == "1"
@@ -76,9 +72,6 @@ def test_sigkill_of_one_gateway_respawns_only_it(fleet):
     assert len(fleet.journal_kinds("gamma", "spawned")) == 1
 
 
-@pytest.mark.xfail(reason="BUG: a stale heartbeat is only noticed at the ~30s resync: the plan for a running "
-                          "gateway carries no deadline for its heartbeat (planner._running_flow / "
-                          "Plan.next_deadline), so the controller sleeps RESYNC_SECONDS", strict=True)
 def test_hung_gateway_is_killed_and_respawned(fleet):
     fleet.write_manifest({"alpha": {"env": {"FAKE_HERMES_HEARTBEAT_S": "0.2"}},
                           "beta": {"env": {"FAKE_HERMES_HEARTBEAT_S": "0.2"}}},
@@ -92,32 +85,6 @@ def test_hung_gateway_is_killed_and_respawned(fleet):
     assert killed and killed[0].data["reason"] == "wedged" and killed[0].data["pid"] == before["alpha"]
     assert fleet.pid("beta") == before["beta"] and alive(before["beta"])
     assert new_alpha != before["alpha"]
-
-
-def test_hung_gateway_is_detected_on_the_next_pass_killed_and_respawned(fleet):
-    """The kill-and-respawn of a wedged gateway, independent of when the controller wakes up:
-    once alpha's heartbeat is stale, a sibling's death wakes the controller, whose pass must
-    kill the wedged alpha (SIGTERM is ignored, so only a kill ends it) and respawn it."""
-    fleet.write_manifest({"alpha": {"env": {"FAKE_HERMES_HEARTBEAT_S": "0.2"}},
-                          "beta": {"env": {"FAKE_HERMES_HEARTBEAT_S": "0.2"}}},
-                         heartbeat_stale="1s", startup_grace="0.5s")
-    fleet.apply()
-    before = {n: fleet.wait_running(n) for n in ("alpha", "beta")}
-    fleet.control("alpha", hang=True, once=True)
-    hb_path = fleet.profile_home("alpha") / "state" / "gateway.heartbeat"
-
-    def heartbeat_stale():
-        hb = read_json(hb_path)
-        return isinstance(hb, dict) and time.time() - parse_iso(hb["updated_at"]) > 1.5
-    wait_until(heartbeat_stale, 10, what="alpha's heartbeat to go stale")
-    assert alive(before["alpha"]) and fleet.pid("alpha") == before["alpha"]
-    fleet.kill9(before["beta"])  # wakes the controller
-    new_alpha = fleet.wait_running("alpha", other_than=before["alpha"], timeout=12)
-    assert not alive(before["alpha"]), "the wedged gateway must be killed"
-    killed = fleet.journal_kinds("alpha", "killed")
-    assert killed and killed[0].data["reason"] == "wedged" and killed[0].data["pid"] == before["alpha"]
-    assert new_alpha != before["alpha"]
-    fleet.wait_running("beta", other_than=before["beta"])
 
 
 def test_exit_78_is_not_retried(fleet):
@@ -269,9 +236,6 @@ def test_crash_loop_follows_the_backoff_schedule(fleet):
     fleet.wait_running("alpha", timeout=10)
 
 
-@pytest.mark.xfail(reason="BUG: planner._apply_stagger queues spawns in name order, so a profile in crash "
-                          "backoff keeps pushing the first start of every later-named sibling behind its next "
-                          "not_before: the sibling is starved for as long as the crash loop lasts", strict=True)
 def test_crash_loop_does_not_starve_a_sibling_at_cold_start(fleet):
     # alpha crash-loops from its first start, long before beta's stagger slot comes up (1s);
     # beta must still get its first start.

@@ -3,10 +3,12 @@ restart, stop/start, down, status, and what commands say when no controller runs
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 
+import psutil
 import pytest
 
 from fleet_harness import alive, fleet  # noqa: F401
@@ -44,7 +46,7 @@ def test_changing_one_profiles_env_replaces_only_that_profile(fleet):
     assert not alive(before["beta"])
     assert exited_with(fleet, "beta", before["beta"], 0), gateway_log(fleet, "beta")  # drained, planned stop
     assert fleet.record("beta")["spec_hash"] != hashes["beta"]
-    assert __import__("psutil").Process(new_beta).environ()["EXTRA_SETTING"] == "2"
+    assert psutil.Process(new_beta).environ()["EXTRA_SETTING"] == "2"
     for name in ("alpha", "gamma"):
         assert fleet.pid(name) == before[name] and alive(before[name]), name
         assert fleet.record(name)["spec_hash"] == hashes[name]
@@ -201,7 +203,6 @@ def test_status_json_fields(fleet):
     pids = {n: fleet.wait_running(n) for n in THREE}
     result = fleet.cli("status", "-o", "json")
     assert result.returncode == 0, fleet.explain(result)
-    import json
     status = json.loads(result.stdout)
     ctl = status["controller"]
     assert ctl["pid"] == fleet.controller_pid() and ctl["running"] is True
@@ -213,7 +214,8 @@ def test_status_json_fields(fleet):
         assert row["phase"] == "Running" and row["pid"] == pids[name] and row["restarts"] == 0
         assert row["spec_hash"] == fleet.record(name)["spec_hash"] == row["desired_spec_hash"]
         assert row["desired"] == "running" and row["last_exit"] == "-"
-    # A second generation and a restart show up.
+    # A second generation (gamma's env changed) and a restart (alpha killed) show up.
+    old_gamma_hash = rows["gamma"]["spec_hash"]
     fleet.write_manifest({"alpha": None, "beta": None, "gamma": {"env": {"X": "1"}}})
     fleet.apply()
     fleet.kill9(pids["alpha"])
@@ -222,8 +224,10 @@ def test_status_json_fields(fleet):
     status = fleet.status()
     assert status["controller"]["generation"] == 2 and status["controller"]["observed_generation"] == 2
     rows = {p["name"]: p for p in status["profiles"]}
-    assert rows["alpha"]["last_exit"].startswith("signal 9")
-    assert rows["gamma"]["spec_hash"] == rows["gamma"]["desired_spec_hash"] != fleet.seen and rows["gamma"]["pid"]
+    assert rows["alpha"]["last_exit"].startswith("signal 9") and rows["alpha"]["restarts"] == 1
+    assert rows["gamma"]["spec_hash"] == rows["gamma"]["desired_spec_hash"] != old_gamma_hash
+    assert rows["gamma"]["pid"] not in (None, pids["gamma"])
+    assert rows["beta"]["pid"] == pids["beta"] and rows["beta"]["restarts"] == 0
 
 
 def test_status_deep_prints_probes(fleet):
@@ -240,7 +244,6 @@ def test_status_deep_prints_probes(fleet):
     assert "[PASS] gateway.lock held by a live process" in out
     assert "[FAIL]" not in out, out
     result = fleet.cli("status", "--deep", "-o", "json")
-    import json
     rows = {p["name"]: p for p in json.loads(result.stdout)["profiles"]}
     assert all(c["result"] in ("PASS", "FAIL", "SKIP") for c in rows["alpha"]["checks"])
     # A stopped profile fails its liveness probes.
@@ -292,5 +295,4 @@ def test_logs_events_and_history(fleet):
     assert any(e["kind"] == "spawned" and e["data"]["pid"] == pid for e in events)
     result = fleet.cli("history", "-o", "json")
     assert result.returncode == 0, fleet.explain(result)
-    import json
     assert [r["generation"] for r in json.loads(result.stdout)] == [1]

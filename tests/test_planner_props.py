@@ -66,7 +66,7 @@ DRAINS = [None] * 300 + [(intent, same_pid, started, deadline, signalled, reason
 IDENTITIES = [("none", None)] * 3 + [("alive", "record")] * 8 + [
     ("none", "hermes_pidfile"), ("none", "env_marker"), ("none", "cmdline"), ("none", "match"),
     ("dead", None), ("dead", "cmdline"), ("reused", None), ("reused", "env_marker"), ("foreign", None),
-    ("corrupt", None), ("corrupt", "hermes_pidfile")]
+    ("unrelated", None), ("unrelated", "cmdline"), ("corrupt", None), ("corrupt", "hermes_pidfile")]
 STATUSES = [None, status("running", 0), status("running", 2), status("draining", 0), status("stopped", 0),
             status("starting", None)]
 
@@ -143,7 +143,7 @@ def observations(draw, name: str, index: int, spec_hash: str) -> ProfileObservat
                        started_at=NOW - draw(_STARTED_AGO),
                        flag=draw(_ARGV_FLAG))
     kwargs = {}
-    if verdict in ("dead", "reused", "foreign"):
+    if verdict in ("dead", "reused", "foreign", "unrelated"):
         kwargs["record"] = pid_record(name, pid=3000 + index, started_at=NOW - 7200.0)
     heartbeat = None
     if process is not None:
@@ -187,6 +187,29 @@ def worlds(draw, min_profiles: int = 1):
     want = desired(fleet, previous=previous, prune=prune, allow_empty=allow_empty)
     obs = observed(*profiles.values(), inventory=tuple(inv), last_spawn_at=last_spawn)
     return want, obs
+
+
+_RUNNING_SPEC = {n: st.sampled_from([x for x in SPECS[n] if x.desired == "running" and not x.suspend]) for n in NAMES}
+
+
+@st.composite
+def spawn_worlds(draw):
+    """A fleet where nothing runs: every profile is about to be spawned, now or after its own
+    backoff (the worlds that exercise the stagger)."""
+    names = sorted(draw(st.lists(_NAME, min_size=1, max_size=len(NAMES), unique=True)))
+    specs = [draw(_RUNNING_SPEC[n]) for n in names]
+    obs = []
+    for n in names:
+        exit_ = draw(_EXIT)
+        if exit_ is None or exit_[0] not in ("crash", "killed", "unknown", "clean", "restart_now", "planned"):
+            obs.append(observation(n))
+            continue
+        klass, ago, failures = exit_
+        obs.append(observation(n, history=history(n, last_start=NOW - 500.0, last_exit_class=klass,
+                                                  last_exit_code=EXIT_CODES[klass], last_exit_at=NOW - ago,
+                                                  failures=failures)))
+    _, _, last_spawn = draw(_FLEET_FLAGS)
+    return desired(fleet_spec(*specs)), observed(*obs, last_spawn_at=last_spawn)
 
 
 # ============================================================================================
@@ -431,18 +454,42 @@ def test_one_decision_per_desired_profile(world):
 
 
 @SETTINGS
-@given(worlds())
+@given(worlds() | spawn_worlds())
 def test_stagger_spacing(world):
+    """Spawns are at least the stagger apart (in the order they start), never before the
+    previous spawn plus the stagger, and never before now."""
     want, obs = world
-    spawns = sorted((a for a in plan(want, obs, NOW).actions if a.kind == "spawn"), key=lambda a: a.profile)
+    times = sorted(((a.not_before if a.not_before is not None else NOW), want.spec.profile(a.profile).stagger,
+                    a.render()) for a in plan(want, obs, NOW).actions if a.kind == "spawn")
     previous = obs.last_spawn_at
-    for a in spawns:
-        at = a.not_before if a.not_before is not None else NOW
-        assert at >= NOW
-        gap = want.spec.profile(a.profile).stagger
+    for i, (at, gap, text) in enumerate(times):
+        assert at >= NOW, text
         if previous is not None:
-            assert at >= previous + gap - 1e-9, a.render()
+            # several spawns at one instant only when their gaps allow it
+            tied_gaps = [g for t, g, _ in times if t == at]
+            assert at >= previous + min(tied_gaps) - 1e-6, text
         previous = at
+
+
+@SETTINGS
+@given(spawn_worlds() | worlds())
+def test_a_spawn_waits_for_its_own_backoff_plus_at_most_the_stagger_of_the_others(world):
+    """A sibling in a long backoff never holds a spawn back: a spawn starts no later than its own
+    ready time (planned alone) plus one stagger gap per spawn scheduled no later than it."""
+    want, obs = world
+    p = plan(want, obs, NOW)
+    spawns = [a for a in p.actions if a.kind == "spawn"]
+    for a in spawns:
+        solo_spec = dataclasses.replace(want.spec, profiles=(want.spec.profile(a.profile),))
+        solo_obs = dataclasses.replace(obs, profiles={k: v for k, v in obs.profiles.items() if k == a.profile},
+                                       inventory=tuple(e for e in obs.inventory if e.name == a.profile))
+        alone = plan(dataclasses.replace(want, spec=solo_spec), solo_obs, NOW)
+        own = next(b for b in alone.actions if b.profile == a.profile and b.kind == "spawn")
+        own_time = own.not_before if own.not_before is not None else NOW
+        max_gap = max(want.spec.profile(b.profile).stagger for b in spawns)
+        at = a.not_before if a.not_before is not None else NOW
+        earlier = sum(1 for b in spawns if (b.not_before if b.not_before is not None else NOW) <= at)
+        assert at <= own_time + max_gap * earlier + 1e-6, (a.render(), own.render())
 
 
 _CHANGE = st.sampled_from(["keep", "replace", "replace", "remove"])
@@ -506,5 +553,5 @@ def test_simulator_smoke():
     sim = Sim(want, observed(), NOW)
     sim.apply(plan(sim.want, sim.obs, NOW).executable(NOW))
     p = plan(sim.want, sim.obs, NOW)
-    assert render_relative(p) == "b spawn first_apply @+2.5\na keep running"
+    assert render_relative(p) == "b spawn first_apply @+2.5\na keep running @+150.05"
     assert sim.obs.profiles["a"].process.spec_hash == want.spec.profile("a").spec_hash

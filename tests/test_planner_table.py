@@ -107,38 +107,38 @@ CASES = [
     ("native service, nothing running", ONE, observed(observation("alpha", native_service=NATIVE)),
      "alpha conflict owned_by_native_service"),
     # ---- keep / update -----------------------------------------------------------------------
-    ("keep", ONE, observed(running(A)), "alpha keep running"),
+    ("keep", ONE, observed(running(A)), "alpha keep running @+85.05"),
     ("keep a fresh process without heartbeat yet", ONE, observed(running(A, heartbeat_at=None, started_at=NOW - 30)),
-     "alpha keep running"),
+     "alpha keep running @+120.05"),
     ("keep a process whose spec is unknown (adopted earlier)", ONE, observed(running(A, spec_hash=None)),
-     "alpha keep running"),
+     "alpha keep running @+85.05"),
     ("an old restart request is already satisfied", ONE,
-     observed(running(A, request=restart_request("alpha", created_at=NOW - 7200))), "alpha keep running"),
+     observed(running(A, request=restart_request("alpha", created_at=NOW - 7200))), "alpha keep running @+85.05"),
     ("stopped and absent", STOPPED, observed(), "alpha keep stopped"),
     ("policy change: in place", desired(ONE, previous={"alpha": with_changes(A, drain=DrainPolicy(30.0))}),
      observed(running(A)), "alpha update policy_changed"),
-    ("unchanged previous: keep", desired(ONE, previous={"alpha": A}), observed(running(A)), "alpha keep running"),
+    ("unchanged previous: keep", desired(ONE, previous={"alpha": A}), observed(running(A)), "alpha keep running @+85.05"),
     ("stop finished: close the drain", STOPPED, observed(observation("alpha", history=draining("stop"))),
      "alpha update drain_complete"),
     ("removed, nothing running: finalize", fleet_spec(B),
      observed(running(B, pid=5), inventory=inventory("alpha", "beta")),
-     "alpha update removed_from_manifest\nbeta keep running"),
+     "alpha update removed_from_manifest\nbeta keep running @+85.05"),
     ("removed with prune: false: let go", fleet_spec(B),
      observed(running(A), running(B, pid=5), inventory=inventory("beta") + inventory("alpha", prune=False)),
-     "alpha update prune_disabled\nbeta keep running"),
+     "alpha update prune_disabled\nbeta keep running @+85.05"),
     # ---- adopt / reclaim ---------------------------------------------------------------------
     ("adopt a gateway started by hand", ONE, observed(observation("alpha", process=live(A, source="cmdline"))),
-     "alpha adopt started_by_hand\nalpha keep running"),
+     "alpha adopt started_by_hand\nalpha keep running @+85.05"),
     ("adopt by match pattern", ONE, observed(observation("alpha", process=live(A, source="match"))),
-     "alpha adopt started_by_hand\nalpha keep running"),
+     "alpha adopt started_by_hand\nalpha keep running @+85.05"),
     ("adopt from Hermes' own pid file", ONE,
      observed(observation("alpha", process=live(A, source="hermes_pidfile"))),
-     "alpha adopt record_missing\nalpha keep running"),
+     "alpha adopt record_missing\nalpha keep running @+85.05"),
     ("adopt by environment marker", ONE,
      observed(observation("alpha", process=live(A, source="env_marker", spec_hash=A.spec_hash))),
-     "alpha adopt record_missing\nalpha keep running"),
+     "alpha adopt record_missing\nalpha keep running @+85.05"),
     ("adopt from the previous controller", ONE, observed(running(A, record_epoch=EPOCH - 1)),
-     "alpha adopt previous_controller\nalpha keep running"),
+     "alpha adopt previous_controller\nalpha keep running @+85.05"),
     ("adopt without --external-supervisor: queue a replace", ONE,
      observed(observation("alpha", process=live(A, source="cmdline", flag=False))),
      "alpha adopt started_by_hand\nalpha replace adopted_argv_mismatch (begin)"),
@@ -146,11 +146,13 @@ CASES = [
      "alpha reclaim pid_reused\nalpha spawn first_apply"),
     ("reclaim a pid of another user", ONE, observed(observation("alpha", verdict="foreign")),
      "alpha reclaim pid_foreign\nalpha spawn first_apply"),
+    ("reclaim a record naming a process that is not this profile's gateway", ONE,
+     observed(observation("alpha", verdict="unrelated")), "alpha reclaim pid_unrelated\nalpha spawn first_apply"),
     ("reclaim a corrupt record", ONE, observed(observation("alpha", verdict="corrupt")),
      "alpha reclaim record_corrupt\nalpha spawn first_apply"),
     ("reclaim the stale record and adopt the gateway found by hand", ONE,
      observed(observation("alpha", verdict="dead", process=live(A, source="cmdline"))),
-     "alpha reclaim pid_dead\nalpha adopt started_by_hand\nalpha keep running"),
+     "alpha reclaim pid_dead\nalpha adopt started_by_hand\nalpha keep running @+85.05"),
     # ---- replace -----------------------------------------------------------------------------
     ("spec changed, idle", ONE, observed(running(A, spec_hash=OLD_HASH)), "alpha replace spec_changed (begin)"),
     ("spec changed, busy: idle gate", ONE, observed(running(A, spec_hash=OLD_HASH, status=status(active=2))),
@@ -179,7 +181,7 @@ CASES = [
      observed(running(A, history=draining("stop", pid=1))), "alpha drain desired_stopped (begin)"),
     ("prune: removed from the manifest", fleet_spec(B),
      observed(running(A), running(B, pid=5), inventory=inventory("alpha", "beta")),
-     "alpha drain removed_from_manifest (begin)\nbeta keep running"),
+     "alpha drain removed_from_manifest (begin)\nbeta keep running @+85.05"),
     ("prune resumes after a crash (inventory says removing)", fleet_spec(),
      observed(running(A, history=draining("prune"), status=status("stopped", 0)),
               inventory=inventory("alpha", state="removing")),
@@ -198,10 +200,10 @@ CASES = [
      "alpha wait draining @+1"),
     ("--no-prune defers the drain", desired(fleet_spec(B), prune=False),
      observed(running(A), running(B, pid=5), inventory=inventory("alpha", "beta")),
-     "alpha wait prune_deferred\nbeta keep running"),
+     "alpha wait prune_deferred\nbeta keep running @+85.05"),
     ("ours once, but in no inventory: never touched", fleet_spec(B),
      observed(running(A), running(B, pid=5), inventory=inventory("beta")),
-     "alpha wait not_managed\nbeta keep running"),
+     "alpha wait not_managed\nbeta keep running @+85.05"),
     # ---- kill --------------------------------------------------------------------------------
     ("heartbeat stale: wedged", ONE, observed(running(A, heartbeat_at=NOW - 200)), "alpha kill wedged"),
     ("no heartbeat since start (hermes driver)", ONE, observed(running(A, heartbeat_at=None)), "alpha kill wedged"),
@@ -239,7 +241,7 @@ CASES = [
               maintenance=(maintenance_request("alpha", idle_seconds=60),)), "alpha replace maintenance (begin)"),
     ("maintenance restart: already restarted since the request", ONE,
      observed(running(A, started_at=NOW - 10), maintenance=(maintenance_request("alpha", now=True),)),
-     "alpha keep running"),
+     "alpha keep running @+85.05"),
     ("maintenance update: the update command runs first", ONE,
      observed(running(A), maintenance=(maintenance_request("alpha", action="update", now=True),)),
      "alpha wait update_command"),
@@ -300,7 +302,7 @@ def test_backoff_counts_from_the_exit_not_from_now():
     obs = observed(observation("alpha", history=crashed("alpha", failures=5, at=NOW - 10)))
     p = make_plan(ONE, obs)
     assert p.actions[0].not_before == NOW - 10 + 16
-    assert p.actions[0].gates == (Gate("backoff", False, f"until {NOW + 6:g}"),)
+    assert p.actions[0].gates == (Gate("backoff", False, f"until {NOW + 6:.0f}"),)
 
 
 # -- exit codes -----------------------------------------------------------------------------------
@@ -361,16 +363,21 @@ def test_stagger_adds_a_gate_and_keeps_backoff():
     assert b.gates[1] == Gate("stagger", False, "2.5s between spawns")
 
 
+def test_ready_spawns_take_the_early_slots_and_backoff_keeps_its_own_time():
+    fleet = fleet_spec("a", "b", "c")
+    obs = observed(observation("a", history=crashed("a", failures=2, at=NOW)),  # backoff 2 s
+                   observation("b", history=crashed("b", failures=9, at=NOW)))  # backoff 64 s
+    assert plan_text(fleet, obs) == "a spawn crashed @+2.5\nb spawn crashed @+64\nc spawn first_apply"
+
+
 def test_stagger_does_not_delay_non_spawn_actions():
     fleet = fleet_spec("a", "b")
     obs = observed(observation("b", process=live(profile_spec("b"), spec_hash=OLD_HASH)))
     assert plan_text(fleet, obs) == "a spawn first_apply\nb replace spec_changed (begin)"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: _apply_stagger assigns spawn slots in name order, so a sibling's long backoff "
-    "pushes every later-named profile's spawn behind it (beta waits 66.5 s instead of ~1 s)"))
 def test_a_siblings_backoff_does_not_delay_a_spawn_beyond_the_stagger():
+    """Once a BUG (slots were given in name order, so beta waited 66.5 s behind alpha's backoff)."""
     fleet = fleet_spec("alpha", "beta")
     obs = observed(observation("alpha", history=crashed("alpha", failures=9, at=NOW)),  # backoff 64 s
                    observation("beta", history=crashed("beta", failures=1, at=NOW)))  # backoff 1 s
@@ -431,10 +438,6 @@ def test_maintenance_for_every_profile_goes_through_the_budget():
     assert plan_text(fleet_spec(A, B), obs) == "alpha replace maintenance (begin)\nbeta wait budget_exhausted"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: _apply_budget counts any absent profile whose last exit was a crash as 'down involuntarily', "
-    "even when it is desired stopped, so a stopped profile with an old crash holds the maintenance budget "
-    "forever and blocks every voluntary replace in the fleet"))
 def test_a_stopped_profile_does_not_hold_the_budget():
     fleet = fleet_spec(A, with_changes(B, desired="stopped"))
     obs = observed(running(A, spec_hash=OLD_HASH),
@@ -527,7 +530,7 @@ def test_plan_order_records_kills_spawns_replaces_drains_then_the_rest():
     assert plan_text(fleet, obs) == "\n".join([
         "gamma reclaim pid_dead", "e adopt started_by_hand", "beta kill wedged", "gamma spawn first_apply",
         "alpha replace spec_changed (begin)", "d drain desired_stopped (begin)", "f wait suspended",
-        "e keep running", "g keep running"])
+        "e keep running @+85.05", "g keep running @+85.05"])
 
 
 def test_plan_value_helpers():
@@ -536,14 +539,15 @@ def test_plan_value_helpers():
                    observation("gamma", history=crashed("gamma", failures=3, at=NOW)))
     p = make_plan(fleet, obs)
     assert plan_text(fleet, obs) == "alpha reclaim pid_dead\nalpha spawn first_apply\ngamma spawn crashed @+4\n" \
-                                    "beta keep running"
+                                    "beta keep running @+85.05"
     assert p.counts() == {"spawn": 2, "replace": 0, "drain": 0, "kill": 0, "adopt": 0, "update": 0, "reclaim": 1,
                           "keep": 1, "wait": 0, "conflict": 0}
     assert [a.kind for a in p.changes] == ["reclaim", "spawn", "spawn"]
     assert not p.in_sync
     assert [a.render() for a in p.executable(NOW)] == ["alpha reclaim pid_dead"]  # records first, on their own
     assert p.next_deadline(NOW) == NOW + 4
-    assert p.next_deadline(NOW + 10) is None
+    assert p.next_deadline(NOW + 10) == pytest.approx(NOW + 85.05)  # beta's heartbeat deadline
+    assert p.next_deadline(NOW + 100) is None
 
 
 def test_executable_without_record_fixes_runs_everything_due():
@@ -573,10 +577,6 @@ def test_render_format():
         "a keep running\nb keep running")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Action.render() formats not_before with ':g' (6 significant digits), so any real epoch "
-    "timestamp renders as '@1.7e+09': two different not_before values render the same and the compact "
-    "form cannot be used to assert not_before (same for the backoff gate's 'until ...' detail)"))
 def test_render_keeps_not_before_exact_for_real_timestamps():
     early = Action("spawn", "alpha", "crashed", not_before=NOW + 1).render()
     late = Action("spawn", "alpha", "crashed", not_before=NOW + 64).render()
@@ -584,11 +584,6 @@ def test_render_keeps_not_before_exact_for_real_timestamps():
     assert early == "alpha spawn crashed @1700000001"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a gateway found by hand while a native service supervises the profile gets 'adopt' next to "
-    "'conflict owned_by_native_service'; once the adopt writes our record the conflict disappears "
-    "(_plan_profile only checks proc.source != 'record') and the fleet then replaces/kills a process "
-    "the native service owns"))
 def test_no_adoption_of_a_process_owned_by_a_native_service():
     obs = observed(observation("alpha", process=live(A, source="cmdline"), native_service=NATIVE))
     assert plan_text(ONE, obs) == "alpha conflict owned_by_native_service"
@@ -612,3 +607,32 @@ def test_plan_does_not_mutate_its_inputs():
     before = (dataclasses.astuple(want.spec), dict(want.previous), dict(obs.profiles), obs.inventory)
     make_plan(want, obs)
     assert before == (dataclasses.astuple(want.spec), dict(want.previous), dict(obs.profiles), obs.inventory)
+
+
+# -- keep carries the heartbeat deadline (the controller wakes then) -----------------------------
+
+@pytest.mark.parametrize("spec, started_ago, heartbeat_ago, deadline", [
+    (A, 3600.0, 5.0, 85.05),  # heartbeat 5 s old, stale after 90 s
+    (A, 30.0, None, 120.05),  # fresh, no heartbeat yet: startup grace 60 s + 90 s, from the start
+    (A, 30.0, 1.0, 30.05),  # fresh with a heartbeat: not judged before the grace ends
+    (A, 100.0, 80.0, 10.05),  # heartbeat 80 s ago (20 s after the start), past the grace
+    (profile_spec("alpha", driver="process"), 3600.0, None, None),  # process driver without heartbeat: never
+    (profile_spec("alpha", driver="process"), 3600.0, 5.0, 85.05),
+])
+def test_keep_wakes_at_the_heartbeat_deadline(spec, started_ago, heartbeat_ago, deadline):
+    obs = observed(running(spec, started_at=NOW - started_ago,
+                           heartbeat_at=None if heartbeat_ago is None else NOW - heartbeat_ago))
+    (action,) = make_plan(fleet_spec(spec), obs).actions
+    assert (action.kind, action.reason) == ("keep", "running")
+    if deadline is None:
+        assert action.not_before is None
+    else:
+        assert action.not_before == pytest.approx(NOW + deadline)
+
+
+def test_at_the_heartbeat_deadline_the_keep_becomes_a_kill():
+    obs = observed(running(A, heartbeat_at=NOW - 5.0))
+    deadline = make_plan(ONE, obs).actions[0].not_before
+    assert make_plan(ONE, dataclasses.replace(obs, observed_at=deadline), deadline).render() == "alpha kill wedged"
+    just_before = deadline - 0.1
+    assert make_plan(ONE, obs, just_before).actions[0].kind == "keep"

@@ -17,6 +17,11 @@ KIND_ORDER = {"reclaim": 0, "adopt": 1, "update": 2, "kill": 3, "spawn": 4, "rep
 TOUCHES_PROCESS = ("spawn", "replace", "drain", "kill")
 
 
+def format_instant(ts: float) -> str:
+    """Epoch seconds, exact to the millisecond and without float noise: 1700000001, 1700000085.05."""
+    return f"{ts:.3f}".rstrip("0").rstrip(".")
+
+
 @dataclass(frozen=True)
 class Gate:
     gate: str  # idle | budget | window | suspended | backoff | stagger
@@ -53,7 +58,7 @@ class Action:
         if self.phase:
             text += f" ({self.phase})"
         if self.not_before is not None:
-            text += f" @{self.not_before:g}"
+            text += f" @{format_instant(self.not_before)}"
         return text
 
 

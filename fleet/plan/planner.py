@@ -10,7 +10,7 @@ from fleet.maintenance.gates import idle_gate, window_gate
 from fleet.maintenance.model import MaintenanceRequest
 from fleet.observe.model import Observed, ProfileObservation
 from fleet.plan.exits import CRASH_CLASSES, TERMINAL_CLASSES
-from fleet.plan.model import KIND_ORDER, Action, Check, Desired, Gate, Plan
+from fleet.plan.model import KIND_ORDER, Action, Check, Desired, Gate, Plan, format_instant
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 
 # A drain request not acknowledged by the gateway within this long (an older Hermes without
@@ -106,6 +106,8 @@ def _plan_profile(name: str, spec: ProfileSpec | None, inv, obs: ProfileObservat
         return actions + [Action("wait", name, "suspended", "suspend: true; observed only",
                                  gates=(Gate("suspended", False),))]
     if obs.native_service and (proc is None or proc.source != "record"):
+        # Never adopt what another supervisor owns: our record would hide the conflict from then on.
+        actions = [a for a in actions if a.kind != "adopt"]
         return actions + [Action("conflict", name, "owned_by_native_service",
                                  f"a native service supervises this profile: {obs.native_service}")]
 
@@ -210,7 +212,8 @@ def _maintenance(name, spec: ProfileSpec, obs: ProfileObservation, req: Maintena
     label = f"maintenance #{req.id} ({req.action})"
     pid = obs.process.pid
     if req.not_before is not None and now < req.not_before:
-        return Action("wait", name, "maintenance", f"{label}: not before {req.not_before:g}", not_before=req.not_before,
+        return Action("wait", name, "maintenance", f"{label}: not before {format_instant(req.not_before)}",
+                      not_before=req.not_before,
                       pid=pid, voluntary=True)
     gates: tuple[Gate, ...] = ()
     if not req.now:
@@ -281,7 +284,11 @@ def _absent_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float) -
     if not_before is not None and not_before <= now:
         not_before = None
     return out + [Action("spawn", name, reason, message, not_before=not_before,
-                         gates=(Gate("backoff", not_before is None, f"until {not_before:g}" if not_before else ""),))]
+                         gates=(Gate("backoff", not_before is None, f"until {format_instant(not_before)}" if not_before else ""),))]
+
+
+def _wants_running(spec: ProfileSpec | None, history) -> bool:
+    return spec is not None and not spec.suspend and (history.override_desired or spec.desired) == "running"
 
 
 def _apply_budget(actions: list[Action], desired: Desired, observed: Observed, now: float) -> list[Action]:
@@ -292,8 +299,8 @@ def _apply_budget(actions: list[Action], desired: Desired, observed: Observed, n
         h = obs.history
         if h.drain_intent == "replace" and obs.process is not None:
             in_use.add(name)
-        elif obs.process is None and h.failures > 0 and desired.spec.profile(name) is not None \
-                and h.last_exit_class in CRASH_CLASSES:
+        elif obs.process is None and h.failures > 0 and h.last_exit_class in CRASH_CLASSES \
+                and _wants_running(desired.spec.profile(name), h):
             in_use.add(name)
     out = []
     for a in sorted(actions, key=lambda a: a.profile):
