@@ -38,21 +38,25 @@ def _tail(text: str, lines: int = 15) -> str:
 
 @pytest.fixture(scope="session")
 def hermes_venv() -> Path:
-    venv = Path(os.environ.get(VENV_ENV) or REPO / ".cache" / f"hermes-agent-{HERMES_VERSION}")
+    explicit = os.environ.get(VENV_ENV)
+    venv = Path(explicit or REPO / ".cache" / f"hermes-agent-{HERMES_VERSION}")
     exe = venv / "bin" / "hermes"
-    if exe.exists():
+    marker = venv / f".installed-hermes-agent-{HERMES_VERSION}"  # written only after a complete install
+    if exe.exists() and (explicit or marker.exists()):
         return venv
     if not ((3, 11) <= sys.version_info[:2] < (3, 14)):
         pytest.skip(f"hermes-agent {HERMES_VERSION} needs Python >=3.11,<3.14 (this is {sys.version.split()[0]})")
     venv.parent.mkdir(parents=True, exist_ok=True)
-    made = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True, timeout=300)
-    if made.returncode != 0:
-        pytest.skip(f"could not create a venv at {venv}: {_tail(made.stderr + made.stdout)}")
+    if not (venv / "bin" / "python").exists():
+        made = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True, timeout=300)
+        if made.returncode != 0:
+            pytest.skip(f"could not create a venv at {venv}: {_tail(made.stderr + made.stdout)}")
     pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
                           "-q", f"hermes-agent=={HERMES_VERSION}"],
                          capture_output=True, text=True, timeout=1200)
     if pip.returncode != 0 or not exe.exists():
         pytest.skip(f"pip install hermes-agent=={HERMES_VERSION} failed: {_tail(pip.stderr + pip.stdout)}")
+    marker.write_text(f"hermes-agent=={HERMES_VERSION}\n")
     return venv
 
 

@@ -18,9 +18,10 @@ import os
 import sys
 import time
 
+import jsonschema
 import pytest
 
-from fleet_harness import DEMO_HERMES, FleetHarness, alive, fleet  # noqa: F401
+from fleet_harness import DEMO_HERMES, REPO, FleetHarness, alive
 from helpers import poll_until, read_json, wait_until
 
 pytestmark = [
@@ -29,6 +30,8 @@ pytestmark = [
 ]
 
 GATEWAY_ENV = {"FAKE_HERMES_POLL_S": "0.05", "FAKE_HERMES_HEARTBEAT_S": "0.5"}
+RESPONSE_SCHEMA = jsonschema.Draft202012Validator(
+    json.loads((REPO / "schemas" / "maintenance-response.schema.json").read_text(encoding="utf-8")))
 NOTICE = 30.0  # deadline for "the controller noticed and acted" (it polls every 5 s while a request is open)
 
 
@@ -63,12 +66,16 @@ class MaintenanceFleet(FleetHarness):
         if expect is not None:
             assert result.returncode == expect, self.explain(result)
         assert "Traceback" not in result.stderr, result.stderr
-        return json.loads(result.stdout)
+        answer = json.loads(result.stdout)
+        for one in answer if isinstance(answer, list) else [answer]:
+            RESPONSE_SCHEMA.validate(one)  # every real answer, in every state the controller produces
+        return answer
 
     def submit(self, payload: dict) -> dict:
         result = self.cli("maintenance", "submit", "--json", json.dumps(payload))
         assert "Traceback" not in result.stderr, result.stderr
         answer = json.loads(result.stdout)
+        RESPONSE_SCHEMA.validate(answer)
         assert result.returncode == (0 if answer["ok"] else 1), self.explain(result)
         return answer
 
@@ -172,15 +179,19 @@ def test_busy_gateway_waits_then_restarts_once_idle_and_duplicates_merge(mfleet)
     first = mfleet.mjson("restart", "alpha", "--reason", "new tools installed")
     assert first["ok"] and not first["merged"] and first["controller_running"]
     rid = first["request"]["id"]
+    waiting = mfleet.wait_request(rid, lambda r: r["state"] == "waiting" and "2 active agents" in (r["waiting_on"] or ""))
+    assert waiting["waiting_on"] == "alpha: 2 active agents"
+    mfleet.hold_steady(["alpha", "beta"], pids, 2.0)  # busy, and longer than the idle window: nothing happens
+
+    # A duplicate (here from an agent) merges into the same request; it also wakes the controller,
+    # whose next pass must hold the busy gateway again.
     dup = mfleet.submit({"action": "queue_restart", "profile": "alpha", "reason": "skills changed",
                          "requested_by": "agent:test"})
     assert dup["ok"] and dup["merged"] and dup["request"]["id"] == rid
     assert dup["request"]["reasons"] == ["new tools installed", "skills changed"]
-
-    waiting = mfleet.wait_request(rid, lambda r: r["state"] == "waiting" and "2 active agents" in (r["waiting_on"] or ""))
-    assert waiting["waiting_on"] == "alpha: 2 active agents"
-    mfleet.hold_steady(["alpha", "beta"], pids, 3.0)  # busy: nothing happens, however long we look
+    mfleet.hold_steady(["alpha", "beta"], pids, 2.0)
     assert mfleet.request(rid)["state"] == "waiting"
+    assert [r["id"] for r in mfleet.mjson("status")["requests"]] == [rid]  # one request, not two
 
     went_idle = time.time()
     set_busy(mfleet, "alpha", 0)
@@ -214,7 +225,7 @@ def test_cancel_before_draining_works_and_after_is_refused(mfleet):
     assert cancelled["ok"] and cancelled["request"]["state"] == "cancelled"
     assert cancelled["request"]["outcome"].startswith("cancelled by ")
     set_busy(mfleet, "alpha", 0)  # idle now: a live request would run, a cancelled one must not
-    mfleet.hold_steady(["alpha"], {"alpha": pid}, 3.0)
+    mfleet.hold_steady(["alpha"], {"alpha": pid}, 2.0)
     assert mfleet.request(rid)["state"] == "cancelled"
 
     # A person's --now skips the idle gate: the drain begins although two agents are busy,
@@ -293,7 +304,7 @@ def test_kill9_of_the_controller_while_draining_restarts_exactly_once(mfleet):
     mfleet.start_controller()
     wait_until(lambda: mfleet.controller_pid() not in (None, ctl), 15, what="a new controller")
     # The new controller continues the drain: the busy gateway is neither stopped nor restarted.
-    assert poll_until(lambda: not alive(pid) or mfleet.pid("alpha") != pid, 3.0, 0.05) is False
+    assert poll_until(lambda: not alive(pid) or mfleet.pid("alpha") != pid, 2.0, 0.05) is False
     set_busy(mfleet, "alpha", 0)
     done = mfleet.wait_state(rid, "done", "failed")
     assert done["state"] == "done", done
@@ -421,7 +432,11 @@ def test_a_deny_window_blocks_execution_until_a_person_says_now(mfleet):
     rid = mfleet.mjson("restart", "alpha", "--reason", "held by the window")["request"]["id"]
     held = mfleet.wait_request(rid, lambda r: "deny window" in (r["waiting_on"] or ""))
     assert held["state"] == "waiting" and held["waiting_on"] == "alpha: deny window (* * * * *, 1h) is open"
-    mfleet.hold_steady(["alpha"], {"alpha": pid}, 3.0)  # idle for far longer than the 1 s window
+    mfleet.hold_steady(["alpha"], {"alpha": pid}, 2.0)  # idle for longer than the 1 s window
+    # Another request wakes the controller: its pass, with the idle gate open, still holds alpha.
+    dup = mfleet.submit({"action": "queue_restart", "profile": "alpha", "reason": "still held"})
+    assert dup["merged"] and dup["request"]["id"] == rid
+    mfleet.hold_steady(["alpha"], {"alpha": pid}, 2.0)
     assert mfleet.request(rid)["state"] == "waiting"
     profile = mfleet.status()["profiles"][0]
     assert profile["action"]["kind"] == "wait" and profile["action"]["reason"] == "window_closed"

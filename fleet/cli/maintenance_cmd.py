@@ -60,10 +60,11 @@ class ApiError(Exception):
         super().__init__(message)
 
 
-def handle(state, payload: object) -> dict:
-    """One agent/tool request -> one answer. Never raises for bad input: errors carry a code."""
+def handle(state, payload: object, *, person_now: bool = False) -> dict:
+    """One agent/tool request -> one answer. Never raises for bad input: errors carry a code.
+    person_now: the CLI's --now (a person's decision); agents cannot skip the gates."""
     try:
-        return _handle(state, payload)
+        return _handle(state, payload, person_now)
     except ApiError as exc:
         return {"format_version": API_VERSION, "ok": False, "error": {"code": exc.code, "message": str(exc)}}
     except queue.QueueError as exc:
@@ -72,11 +73,14 @@ def handle(state, payload: object) -> dict:
         return {"format_version": API_VERSION, "ok": False, "error": {"code": "state_unavailable", "message": str(exc)}}
 
 
-def _handle(state, payload: object) -> dict:
+MAX_ID = 2**63 - 1
+
+
+def _handle(state, payload: object, person_now: bool) -> dict:
     if not isinstance(payload, dict):
         raise ApiError("bad_request", "expected one JSON object")
     action = payload.get("action")
-    allowed = {"action", "profile", "profiles", "reason", "idle_seconds", "id", "requested_by", "now"}
+    allowed = {"action", "profile", "reason", "idle_seconds", "id", "requested_by", "now"}
     unknown = sorted(set(payload) - allowed)
     if unknown:
         raise ApiError("unknown_field", f"unknown field(s): {', '.join(unknown)}")
@@ -84,6 +88,9 @@ def _handle(state, payload: object) -> dict:
         raise ApiError("bad_action", "action must be one of queue_restart, queue_update, status, cancel")
     if payload.get("now"):
         raise ApiError("now_not_allowed", "--now (skipping the idle gate) is for people at the CLI, not for agents")
+    by = payload.get("requested_by")
+    if by is not None and (not isinstance(by, str) or len(by) > 200):
+        raise ApiError("bad_request", "'requested_by' must be a string of at most 200 characters")
     ensure_state_dir(state)
     store = Store(state.db)
     try:
@@ -95,8 +102,8 @@ def _handle(state, payload: object) -> dict:
                     "requests": [_describe(r, positions.get(r.id), controller) for r in reqs]}
         if action == "cancel":
             rid = payload.get("id")
-            if not isinstance(rid, int) or isinstance(rid, bool):
-                raise ApiError("bad_request", "cancel needs an integer 'id'")
+            if not isinstance(rid, int) or isinstance(rid, bool) or not 0 < rid <= MAX_ID:
+                raise ApiError("bad_request", "cancel needs a positive integer 'id'")
             req = queue.cancel(store, rid, by=payload.get("requested_by"))
             return {"format_version": API_VERSION, "ok": True, "controller_running": controller,
                     "request": _describe(req, None, controller)}
@@ -116,7 +123,10 @@ def _handle(state, payload: object) -> dict:
             raise ApiError("unknown_profile", f"no profile {profile!r} in the applied fleet"
                            + (f" (profiles: {', '.join(sorted(specs))})" if specs else "; apply a manifest first"))
         sub = queue.submit(store, profile=profile, action=ACTIONS[action], reason=reason.strip(),
-                           requested_by=payload.get("requested_by"), idle_seconds=idle)
+                           requested_by=by, idle_seconds=idle, now_flag=person_now)
+        if person_now:
+            store.journal("maintenance_now", f"#{sub.request.id}: idle and window gates skipped (--now)",
+                          profile=None if profile == ALL else profile)
         positions = _positions(store)
     finally:
         store.close()
@@ -154,15 +164,7 @@ def _queue_cli(state, profiles: list[str], action: str, reason: str, idle_second
         payload = {"action": "queue_" + action, "profile": profile, "reason": reason}
         if idle is not None:
             payload["idle_seconds"] = idle
-        answer = handle(state, payload)
-        if answer["ok"] and now:
-            store = Store(state.db)
-            try:
-                store.conn.execute("UPDATE maintenance_requests SET now=1 WHERE id=?", (answer["request"]["id"],))
-                store.journal("maintenance_now", f"#{answer['request']['id']}: idle and window gates skipped (--now)")
-            finally:
-                store.close()
-            wake(state)
+        answer = handle(state, payload, person_now=now)
         answers.append(answer)
         _print_answer(answer, "text") if output == "text" else None
     if output == "json":

@@ -261,15 +261,6 @@ def down(
     state = state_for(state_dir, file)
     if not state.db.exists():
         fail(f"no fleet state in {state.root}")
-    store = open_store(state, write=True)
-    from fleet.controller.desired import DesiredSource
-    try:
-        _, specs = DesiredSource(store).current()
-        for name in specs:
-            store.update_history(name, override_desired="stopped", override_by="down", override_at=time.time())
-        store.journal("down", f"draining {len(specs)} profile(s), then stopping the controller")
-    finally:
-        store.close()
     if running_controller_pid(state) is None:
         st = fleet_status(state, current_platform(), time.time())
         alive = [p for p in st.profiles if p.pid]
@@ -278,6 +269,17 @@ def down(
                  EXIT_FAILED, hint="start one with `hermes-fleet controller run` and run `down` again")
         typer.echo("nothing runs")
         return
+    store = open_store(state, write=True)
+    from fleet.controller.desired import DesiredSource
+    try:
+        _, specs = DesiredSource(store).current()
+        now = time.time()
+        with store.tx():
+            for name in specs:
+                store.update_history(name, override_desired="stopped", override_by="down", override_at=now)
+            store.journal("down", f"draining {len(specs)} profile(s), then stopping the controller")
+    finally:
+        store.close()
     wake(state)
     deadline = time.monotonic() + parse_duration(timeout)
     while True:

@@ -59,7 +59,7 @@ class Controller:
 
     def run(self) -> int:
         ensure_state_dir(self.state)
-        store = Store(self.state.db)
+        store = Store(self.state.db, durable=False)
         lock = SupervisorLock(self.state)
         try:
             lock.acquire()

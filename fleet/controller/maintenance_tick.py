@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 from fleet.maintenance import queue
 from fleet.maintenance.model import ALL, MaintenanceRequest
@@ -82,7 +83,7 @@ class MaintenanceTick:
                             or observed.get(n).process is None for n in targets)
                 if ready and queue.transition(self.store, req.id, "draining", expect=("pending", "waiting"),
                                               update_started=now):
-                    self._start_update(req, desired, targets)
+                    self._start_update(req, desired, targets, observed)
                     return
             if req.update_started is None:
                 self._waiting(req, targets, by_profile)
@@ -112,26 +113,42 @@ class MaintenanceTick:
             self.store.journal(f"maintenance_{state}", f"#{req.id} {state}: {outcome}", epoch=self.epoch,
                                profile=None if req.profile == ALL else req.profile)
 
-    def _start_update(self, req: MaintenanceRequest, desired: Desired, targets: list[str]) -> None:
-        commands = []
+    def _start_update(self, req: MaintenanceRequest, desired: Desired, targets: list[str], observed: Observed) -> None:
+        from fleet.execute.environment import child_environment
+        from fleet.store.layout import StateDir
+
+        state = StateDir(Path(self.store_path).parent)
+        commands = []  # (argv, env, cwd): the command sees the profile's HERMES_HOME, not the controller's
         for n in targets or list(desired.spec.names):
-            cmd = desired.spec.profile(n).maintenance.update_command
-            if cmd and cmd not in commands:
-                commands.append(cmd)
+            spec = desired.spec.profile(n)
+            cmd = spec.maintenance.update_command
+            if cmd and all(cmd != c[0] for c in commands):
+                commands.append((cmd, child_environment(spec, state), spec.cwd))
         self.store.journal("maintenance_update", f"#{req.id} running the update command: "
-                           + " | ".join(" ".join(c) for c in commands) if commands else f"#{req.id}: no update_command; "
+                           + " | ".join(" ".join(c[0]) for c in commands) if commands else f"#{req.id}: no update_command; "
                            "restart only", epoch=self.epoch)
         thread = threading.Thread(target=self._run_update, args=(req.id, commands), daemon=True,
                                   name=f"update-{req.id}")
         self.running_updates[req.id] = thread
         thread.start()
 
-    def _run_update(self, request_id: int, commands: list[tuple[str, ...]]) -> None:
+    def _run_update(self, request_id: int, commands: list) -> None:
+        try:
+            self._run_update_commands(request_id, commands)
+        except Exception as exc:  # noqa: BLE001 - the request must never stay `draining` because this thread died
+            store = Store(self.store_path)
+            try:
+                queue.transition(store, request_id, "failed", expect=("draining", "waiting"), update_finished=time.time(),
+                                 outcome=f"the update step failed: {type(exc).__name__}: {exc}")
+            finally:
+                store.close()
+
+    def _run_update_commands(self, request_id: int, commands: list) -> None:
         output, code = "", 0
-        for cmd in commands:
+        for cmd, env, cwd in commands:
             try:
                 done = subprocess.run(list(cmd), stdin=subprocess.DEVNULL, capture_output=True, timeout=UPDATE_TIMEOUT,
-                                      text=True, errors="replace")
+                                      text=True, errors="replace", env=env, cwd=cwd)
                 output += done.stdout + done.stderr
                 code = done.returncode
             except (OSError, subprocess.TimeoutExpired) as exc:
@@ -145,6 +162,8 @@ class MaintenanceTick:
             now = time.time()
             if code == 0:
                 # Back to waiting: each target now restarts through the normal graceful path and gates.
+                row = store.conn.execute("SELECT profile FROM maintenance_requests WHERE id=?", (request_id,)).fetchone()
+                queue.absorb_open_duplicates(store, request_id, row[0])
                 queue.transition(store, request_id, "waiting", expect=("draining",), update_finished=now,
                                  update_exit=0, update_output=tail)
                 store.journal("maintenance_update_ok", f"#{request_id} update command succeeded", epoch=self.epoch,

@@ -11,6 +11,7 @@ from fleet.observe.observer import Observer
 from fleet.plan.exits import describe_exit
 from fleet.plan.model import Action, Plan
 from fleet.plan.planner import plan
+from fleet.spec.model import DRIVER_HERMES
 from fleet.store.db import Store
 from fleet.store.layout import StateDir
 from fleet.store.lock import Holder, lock_is_free, read_holder
@@ -63,8 +64,9 @@ class FleetStatus:
 
     @property
     def converged(self) -> bool:
-        return self.controller.converged_generation and all(p.action.kind == "keep" or (
-            p.action.kind == "wait" and p.action.reason in SETTLED_WAITS) for p in self.profiles)
+        return self.controller.converged_generation and all(
+            (p.action.kind == "keep" or (p.action.kind == "wait" and p.action.reason in SETTLED_WAITS))
+            and p.phase != "Starting" for p in self.profiles)
 
     @property
     def failed(self) -> tuple[ProfileStatus, ...]:
@@ -89,7 +91,7 @@ def controller_status(state: StateDir, store: Store, platform) -> ControllerStat
                             generation=gen.generation if gen else 0, observed_generation=store.observed_generation)
 
 
-def _phase(action: Action, obs: ProfileObservation, desired: str) -> tuple[str, str]:
+def _phase(action: Action, obs: ProfileObservation, desired: str, hermes: bool) -> tuple[str, str]:
     kind, reason = action.kind, action.reason
     if kind == "conflict":
         return "Failed", "Degraded"
@@ -112,7 +114,9 @@ def _phase(action: Action, obs: ProfileObservation, desired: str) -> tuple[str, 
     if kind == "wait" and reason in GATED_REASONS:
         return "Waiting", "Healthy"
     st = obs.status
-    if st is not None and st.state in ("starting",):
+    if hermes and (st is None or st.pid != obs.process.pid or st.state in ("starting", "startup_failed")):
+        return "Starting", "Progressing"  # Hermes writes `running` once its adapters are up; until then it is not
+    if st is not None and st.state == "starting":
         return "Starting", "Progressing"
     return "Running", "Healthy"
 
@@ -142,7 +146,7 @@ def fleet_status(state: StateDir, platform, now: float, *, scan: bool = False) -
         spec = desired.spec.profile(name)
         proc = obs.process
         wanted = (obs.history.override_desired or spec.desired) if spec else "removed"
-        phase, health = _phase(action, obs, wanted)
+        phase, health = _phase(action, obs, wanted, spec is not None and spec.driver == DRIVER_HERMES)
         running_hash = proc.spec_hash if proc else None
         sync = "Unknown" if spec is None or (proc is not None and running_hash is None) else (
             "Synced" if (proc is None and wanted == "stopped") or running_hash == spec.spec_hash else "OutOfSync")

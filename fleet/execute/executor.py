@@ -37,7 +37,8 @@ class Executor:
 
     def execute(self, action: Action, obs: ProfileObservation) -> None:
         handler = getattr(self, f"_{action.kind}")
-        handler(action, obs)
+        with self.store.tx():  # one commit per action: its history, journal and request updates together
+            handler(action, obs)
 
     def journal(self, kind: str, message: str, profile: str | None = None, **data) -> None:
         self.store.journal(kind, message, profile=profile, epoch=self.epoch, data=data or None)
@@ -165,7 +166,7 @@ class Executor:
             if hermes:
                 write_json_atomic(os.path.join(spec.hermes_home, hf.DRAIN_REQUEST), {
                     "action": "drain", "requested_at": iso(now), "principal": "hermes-fleet",
-                    "epoch": self.platform.drain_epoch(), "suppress_notification": False})
+                    "epoch": self.platform.drain_epoch(), "suppress_notification": False}, durable=False)
                 self.journal("drain_started", f"drain requested ({action.reason}); up to {timeout:g}s", name,
                              pid=action.pid, intent=intent)
             else:
@@ -184,10 +185,11 @@ class Executor:
         if spec is not None and spec.driver == DRIVER_HERMES:
             write_json_atomic(os.path.join(spec.hermes_home, hf.PLANNED_STOP), {
                 "target_pid": proc.pid, "target_start_time": proc.start_ticks, "stopper_pid": os.getpid(),
-                "written_at": iso(now)})
+                "written_at": iso(now)}, durable=False)
         deadline = obs.history.drain_deadline or now
         write_json_atomic(self.state.stop_marker(name), {"requested_at": iso(now), "reason": obs.history.drain_reason
-                                                          or "stop", "deadline": iso(deadline), "pid": proc.pid})
+                                                          or "stop", "deadline": iso(deadline), "pid": proc.pid},
+                          durable=False)
         self.platform.request_stop(proc.pid)
         self.store.update_history(name, drain_signalled=now)
         self.journal("stop_sent", f"planned stop sent to pid {proc.pid}", name, pid=proc.pid)

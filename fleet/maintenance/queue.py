@@ -50,15 +50,18 @@ def submit(store: Store, *, profile: str, action: str, reason: str, requested_by
     by = requested_by or who()
     with store.tx():
         candidates = [MaintenanceRequest.from_row(r) for r in store.conn.execute(
-            "SELECT * FROM maintenance_requests WHERE state IN ('pending','waiting') ORDER BY id")]
-        # An update for everyone already queued covers any single-profile request.
-        covering = next((r for r in candidates if r.profile == ALL and r.action == "update"), None) or \
+            "SELECT * FROM maintenance_requests WHERE state IN ('pending','waiting') "
+            "OR (state='draining' AND action='update' AND update_finished IS NULL) ORDER BY id")]
+        # An update for everyone already queued (or whose command has not finished) covers any single-profile
+        # request; a person's --now never widens to profiles it did not name.
+        covering = next((r for r in candidates if r.profile == ALL and r.action == "update" and not now_flag), None) or \
             next((r for r in candidates if r.profile == profile and (r.action == action or r.action == "update")), None)
         if covering is not None and not (covering.action == "restart" and action == "update"):
             _merge(store, covering, reason, now_flag, idle_seconds, now)
             return Submitted(get(store, covering.id), True)
         # An update subsumes pending restarts of the profiles it covers: it restarts them anyway.
-        subsumed = [r for r in candidates if r.action == "restart" and (profile == ALL or r.profile == profile)]
+        subsumed = [r for r in candidates if r.action == "restart" and r.state != "draining"
+                    and (profile == ALL or r.profile == profile)]
         reasons = [reason]
         for r in subsumed:
             reasons.extend(r.reasons)
@@ -108,6 +111,24 @@ def cancel(store: Store, request_id: int, *, by: str | None = None) -> Maintenan
                            "WHERE id=?", (f"cancelled by {by or who()}", now, now, request_id))
         store.journal("maintenance_cancelled", f"#{request_id} cancelled", profile=None if req.profile == ALL else req.profile)
     return get(store, request_id)
+
+
+def absorb_open_duplicates(store: Store, request_id: int, profile: str) -> None:
+    """Before a request re-enters `waiting`, fold newer open requests for the same profile into it
+    (the queue holds at most one open request per profile)."""
+    with store.tx():
+        rows = store.conn.execute("SELECT id, reasons FROM maintenance_requests WHERE profile=? AND id!=? AND "
+                                  "state IN ('pending','waiting')", (profile, request_id)).fetchall()
+        if not rows:
+            return
+        mine = json.loads(store.conn.execute("SELECT reasons FROM maintenance_requests WHERE id=?",
+                                             (request_id,)).fetchone()[0])
+        now = time.time()
+        for row in rows:
+            mine = _unique(mine + json.loads(row[1]))
+            store.conn.execute("UPDATE maintenance_requests SET state='cancelled', outcome=?, updated_at=?, "
+                               "finished_at=? WHERE id=?", (f"merged into #{request_id}", now, now, row[0]))
+        store.conn.execute("UPDATE maintenance_requests SET reasons=? WHERE id=?", (json.dumps(mine), request_id))
 
 
 def transition(store: Store, request_id: int, state: str, *, expect: tuple[str, ...], waiting_on: str | None = None,

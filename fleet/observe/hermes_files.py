@@ -24,6 +24,7 @@ class GatewayStatus:
     updated_at: float | None
     exit_reason: str | None = None
     activity_at: float | None = None  # latest sign of work: Hermes' updated_at, the contract's last_activity_at
+    pid: int | None = None  # the process that wrote it (Hermes' file); None when the format has no pid
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ def read_gateway_status(home: str) -> GatewayStatus | None:
         updated_at=parse_iso(data.get("updated_at")),
         exit_reason=data.get("exit_reason") if isinstance(data.get("exit_reason"), str) else None,
         activity_at=parse_iso(data.get("updated_at")),
+        pid=_int_or_none(data.get("pid")),
     )
 
 

@@ -66,9 +66,11 @@ class Observer:
         key = (info.pid, info.start_ticks, name)
         if key not in self._belongs:
             env = self.platform.process_environ(info.pid)
-            if env is None:
-                verdict = True  # environment unreadable here (not Linux): pid + start time + user decide
-            elif env.get(PROFILE_ENV):
+            if not env or not info.cmdline:
+                # Unreadable (not Linux) or a process mid-exit whose memory is already gone: pid + start
+                # time + user decide, and the next pass looks again.
+                return True
+            if env.get(PROFILE_ENV):
                 verdict = env.get(PROFILE_ENV) == name and env.get(STATE_DIR_ENV) == str(self.state.root)
             elif hf.looks_like_gateway(info.cmdline) and hf.cmdline_profile(info.cmdline) == name:
                 verdict = True
@@ -117,7 +119,7 @@ class Observer:
                 process = LiveProcess(pid=record.pid, start_ticks=v.info.start_ticks, create_time=v.info.create_time,
                                       cmdline=v.info.cmdline, started_at=record.started_at, spec_hash=record.spec_hash,
                                       source="record", record_epoch=record.epoch,
-                                      external_supervisor_flag=self._flag_ok(spec, v.info.cmdline))
+                                      external_supervisor_flag=not record.adopted or self._flag_ok(spec, v.info.cmdline))
             elif verdict in ("reused", "foreign", "unrelated"):
                 problem = {"reused": f"record names pid {record.pid}, which is now another program",
                            "foreign": f"record names pid {record.pid}, which belongs to another user",
@@ -141,7 +143,7 @@ class Observer:
                                   native_service=native, history=history, restart_request=request)
 
     def _flag_ok(self, spec: ProfileSpec | None, cmdline: tuple[str, ...]) -> bool:
-        if spec is None or spec.driver != DRIVER_HERMES:
+        if spec is None or spec.driver != DRIVER_HERMES or not cmdline:  # empty: exiting, not a verdict
             return True
         return hf.has_external_supervisor_flag(cmdline)
 

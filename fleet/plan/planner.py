@@ -299,6 +299,8 @@ def _apply_budget(actions: list[Action], desired: Desired, observed: Observed, n
         h = obs.history
         if h.drain_intent == "replace" and obs.process is not None:
             in_use.add(name)
+        elif obs.process is None and h.last_exit_class == "planned" and _wants_running(desired.spec.profile(name), h):
+            in_use.add(name)  # drained on purpose and not yet respawned: still in maintenance
         elif obs.process is None and h.failures > 0 and h.last_exit_class in CRASH_CLASSES \
                 and _wants_running(desired.spec.profile(name), h):
             in_use.add(name)

@@ -14,6 +14,8 @@ import psutil
 from fleet.platform.base import ProcessInfo
 
 _ATTRS = ["pid", "create_time", "uids", "username", "cmdline", "status", "ppid"]
+_PROC_STATES = {"R": "running", "S": "sleeping", "D": "disk-sleep", "Z": "zombie", "T": "stopped",
+                "t": "tracing-stop", "X": "dead", "x": "dead", "I": "idle", "W": "waking", "P": "parked"}
 
 
 def proc_start_ticks(pid: int) -> int | None:
@@ -34,6 +36,9 @@ class PosixPlatform:
         self.name = "linux" if sys.platform.startswith("linux") else ("macos" if sys.platform == "darwin" else "posix")
         self._has_proc = os.path.isdir("/proc/self") and self.name == "linux"
         self.children: dict[int, subprocess.Popen] = {}
+        if self._has_proc:
+            self._boot_time = psutil.boot_time()
+            self._clock_ticks = os.sysconf("SC_CLK_TCK")
 
     def _ticks(self, pid: int, create_time: float) -> int | None:
         if self._has_proc:
@@ -52,6 +57,8 @@ class PosixPlatform:
     def process_info(self, pid: int) -> ProcessInfo | None:
         if pid <= 0:
             return None
+        if self._has_proc:
+            return self._proc_info(pid)
         try:
             proc = psutil.Process(pid)
             d = proc.as_dict(attrs=_ATTRS, ad_value=None)
@@ -62,6 +69,29 @@ class PosixPlatform:
         if d.get("create_time") is None:
             return None
         return self._info(d)
+
+    def _proc_info(self, pid: int) -> ProcessInfo | None:
+        """Linux fast path: three reads of /proc instead of psutil's dozen (the controller does this
+        for every profile on every pass)."""
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                stat = fh.read()
+            uid = os.stat(f"/proc/{pid}").st_uid
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                raw = fh.read()
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        except OSError:
+            return None
+        try:
+            fields = stat[stat.rindex(b")") + 2:].split()
+            state, ppid, ticks = fields[0].decode(), int(fields[1]), int(fields[19])
+        except (ValueError, IndexError):
+            return None
+        cmdline = tuple(a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0")[:-1]) if raw else ()
+        return ProcessInfo(pid=pid, start_ticks=ticks, create_time=self._boot_time + ticks / self._clock_ticks,
+                           uid=uid, username=None, cmdline=cmdline, status=_PROC_STATES.get(state, "unknown"),
+                           ppid=ppid)
 
     def process_environ(self, pid: int) -> dict[str, str] | None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,24 +46,29 @@ class Manifest:
 
 
 def read_manifest_text(path: str | os.PathLike) -> str:
-    p = Path(path)
     name = str(path)
     try:
-        if p.stat().st_size > MAX_MANIFEST_BYTES:
-            raise ManifestError([Problem(name, 0, 0, "", f"the file is larger than {MAX_MANIFEST_BYTES // (1024 * 1024)} MiB")])
-        return p.read_text(encoding="utf-8")
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise ManifestError([Problem(name, 0, 0, "", f"is {kind}, expected a fleet.yaml file")])
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         raise ManifestError([Problem(name, 0, 0, "", "file not found",
                                      "pass -f FILE or run in the folder that holds fleet.yaml")]) from None
-    except IsADirectoryError:
-        raise ManifestError([Problem(name, 0, 0, "", "is a directory, expected a fleet.yaml file")]) from None
-    except UnicodeDecodeError as exc:
-        before = exc.object[:exc.start]
-        line, col = before.count(b"\n") + 1, exc.start - (before.rfind(b"\n") + 1) + 1
-        raise ManifestError([Problem(name, line, col, "", f"not UTF-8 text: {exc.reason} at byte {exc.start}",
-                                     "save the file as UTF-8")]) from None
     except PermissionError:
         raise ManifestError([Problem(name, 0, 0, "", "permission denied")]) from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError([Problem(name, 0, 0, "", f"the file is larger than {MAX_MANIFEST_BYTES // (1024 * 1024)} MiB")])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start]
+        line = before.count(b"\n") + 1
+        col = exc.start - (before.rfind(b"\n") + 1) + 1
+        raise ManifestError([Problem(name, line, col, "", f"not UTF-8 text: {exc.reason} at byte {exc.start}",
+                                     "save the file as UTF-8")]) from None
 
 
 def load_manifest(path: str | os.PathLike) -> Manifest:

@@ -130,7 +130,9 @@ def who() -> str:
 
 
 class Store:
-    def __init__(self, path: str | os.PathLike, *, readonly: bool = False):
+    def __init__(self, path: str | os.PathLike, *, readonly: bool = False, durable: bool = True):
+        """durable=False (the controller's own bookkeeping): commits survive a crash of any process but
+        are not fsynced one by one; requests that the CLI acknowledges to a person are always durable."""
         self.path = os.fspath(path)
         self.readonly = readonly
         if readonly:
@@ -147,7 +149,7 @@ class Store:
             self.conn.execute("PRAGMA busy_timeout=30000")
             if not readonly:
                 self.conn.execute("PRAGMA journal_mode=WAL")
-                self.conn.execute("PRAGMA synchronous=FULL")
+                self.conn.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
                 self.conn.executescript(_DDL)
                 with self.tx():
                     self.conn.execute("INSERT OR IGNORE INTO meta VALUES('store_id', ?)", (str(uuid.uuid4()),))

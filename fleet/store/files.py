@@ -48,8 +48,9 @@ def read_json(path: str | os.PathLike, *, nofollow: bool = True) -> object | Non
         return None
 
 
-def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> None:
-    """Write to a temp file beside `path`, fsync, rename over it: readers see old or new, never half."""
+def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o600, *, durable: bool = True) -> None:
+    """Write to a temp file beside `path`, fsync, rename over it: readers see old or new, never half.
+    durable=False skips the fsyncs for short-lived markers (a rename is still atomic)."""
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
@@ -58,7 +59,8 @@ def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> Non
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -66,11 +68,12 @@ def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> Non
         except OSError:
             pass
         raise
-    _fsync_dir(folder)
+    if durable:
+        _fsync_dir(folder)
 
 
-def write_json_atomic(path: str | os.PathLike, value: object, mode: int = 0o600) -> None:
-    write_atomic(path, (json.dumps(value, sort_keys=True) + "\n").encode("utf-8"), mode)
+def write_json_atomic(path: str | os.PathLike, value: object, mode: int = 0o600, *, durable: bool = True) -> None:
+    write_atomic(path, (json.dumps(value, sort_keys=True) + "\n").encode("utf-8"), mode, durable=durable)
 
 
 def remove(path: str | os.PathLike) -> bool:

@@ -587,10 +587,13 @@ class Chaos:
         decoy = self.rng.choice(self.decoys.items)
         name = self.rng.choice(NAMES + GHOSTS)
         path = soak.state / f"{name}.pid"
-        form = self.rng.choice(["reused", "reused", "corrupt", "garbage", "symlink", "ghost_valid"])
+        form = self.rng.choice(["reused", "reused", "forged", "corrupt", "garbage", "symlink", "ghost_valid"])
         if form == "reused":  # a record naming an unrelated process: PID reuse, wrong start
             write_json(path, fake_record(name, decoy.pid, start_ticks=(decoy.ticks or 0) + self.rng.randint(1, 10_000),
                                          create_time_=decoy.created - self.rng.uniform(1, 1e5), spec_hash="v1:stale"))
+        elif form == "forged":  # the decoy's true start time: only the profile marker tells it is no gateway
+            write_json(path, fake_record(name, decoy.pid, start_ticks=decoy.ticks, create_time_=decoy.created,
+                                         spec_hash="v1:stale"))
         elif form == "corrupt":
             try:
                 raw = path.read_bytes()
@@ -877,7 +880,7 @@ def test_stopped_gateway_is_killed_without_waiting_for_resync(tmp_path):
         pid, created = record["pid"], create_time(record["pid"])
         time.sleep(STARTUP_GRACE + 0.5)
         assert kill_verified(pid, created, signal.SIGSTOP)
-        bound = HEARTBEAT_STALE + STARTUP_GRACE + SPAWN_ALLOWANCE + MARGIN
+        bound = HEARTBEAT_STALE + STARTUP_GRACE + SPAWN_ALLOWANCE + 4.0
         gone = poll_until(lambda: not alive(pid, created), bound, interval=0.1)
         assert gone, f"the stopped gateway pid {pid} still lives {bound:g}s after it hung"
     finally:

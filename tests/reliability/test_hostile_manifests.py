@@ -61,7 +61,7 @@ VALID = {
 }
 VALID_TEXT = yaml.safe_dump(VALID, sort_keys=False)
 
-HYPOTHESIS = settings(max_examples=150, deadline=None, derandomize=False, database=None,
+HYPOTHESIS = settings(max_examples=200, deadline=None, derandomize=False, database=None,
                       suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                              HealthCheck.filter_too_much])
 
@@ -414,12 +414,13 @@ def test_hand_written_hostile_manifests_through_the_cli(tmp_path):
     assert not failures, "\n\n".join(failures)
 
 
-@pytest.mark.parametrize("name", ["billion_laughs", "billion_laughs_wide", "merge_key_bomb", "deep_flow_lists",
-                                  "ten_thousand_profiles"])
+@pytest.mark.parametrize("name", ["billion_laughs", "billion_laughs_wide", "merge_key_bomb", "recursive_alias",
+                                  "deep_flow_lists", "deep_flow_maps", "many_aliases_within_budget"])
 def test_hostile_manifests_in_bounded_memory(name):
-    """In-process, the same cases stay within a memory bound (tracemalloc peak)."""
+    """In-process, the bombs and deep documents stay within 64 MiB (tracemalloc peak). The 10,000-profile
+    manifest is bounded by the CLI run above (address-space limit)."""
     content, expected = HAND_WRITTEN[name]
-    limit = 400 * 1024 * 1024 if name == "ten_thousand_profiles" else 64 * 1024 * 1024
+    limit = 64 * 1024 * 1024
     tracemalloc.start()
     try:
         try:
@@ -470,7 +471,7 @@ def test_special_files_as_manifest_are_refused(tmp_path, kind):
     else:
         path = Path("/dev/zero")
     try:
-        result = run_validate(path, timeout=15, address_space=512 * 1024 * 1024)
+        result = run_validate(path, timeout=5, address_space=512 * 1024 * 1024)
     except subprocess.TimeoutExpired:
         raise AssertionError(f"validate -f {kind} hangs") from None
     assert result.returncode == 2 and no_traceback(result.stderr), result.stderr[-1500:]
