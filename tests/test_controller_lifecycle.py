@@ -138,10 +138,6 @@ sys.exit(78)
 """
 
 
-@pytest.mark.xfail(reason="BUG: apply --wait (cli/apply_cmd._wait via FleetStatus.converged) reports 'Converged' as "
-                          "soon as every process exists, while a gateway still reports gateway_state 'starting'; a "
-                          "gateway that then exits 78 (as Hermes does on a lock conflict) leaves apply at exit 0",
-                   strict=True)
 def test_apply_waits_for_a_starting_gateway_and_fails_on_exit_78(fleet, tmp_path):
     script = tmp_path / "bin" / "hermes"
     script.parent.mkdir()
@@ -168,10 +164,6 @@ except SystemExit as exc:
 """
 
 
-@pytest.mark.xfail(reason="BUG: observer._observe_profile / planner._running_flow: a process of ours seen while it "
-                          "exits has an empty command line, which fails the --external-supervisor check; the plan "
-                          "then starts a replace (adopted_argv_mismatch), and the exit is classified 'planned' "
-                          "(exit 78 lost, the profile respawned; a crash would skip its backoff)", strict=True)
 def test_an_exiting_gateway_is_not_mistaken_for_a_gateway_without_the_supervisor_flag(fleet, tmp_path):
     wrapper = tmp_path / "bin" / "hermes"
     wrapper.parent.mkdir()

@@ -451,10 +451,6 @@ def test_a_deny_window_blocks_execution_until_a_person_says_now(mfleet):
     mfleet.wait_running("alpha", other_than=pid)
 
 
-@pytest.mark.xfail(reason="BUG: maintenance_tick.MaintenanceTick._run_update runs maintenance.update_command with "
-                          "the controller's own environment: HERMES_HOME is not set to the fleet's hermes.home, so "
-                          "`hermes update` acts on ~/.hermes instead of the fleet's Hermes root (here it misses the "
-                          "root's fake-update.json, 'succeeds' and restarts the gateway)", strict=True)
 def test_the_update_command_runs_against_the_fleets_hermes_root(mfleet):
     mfleet.hermes_home_in_env = False  # a controller started from a shell without HERMES_HOME (or by systemd)
     mfleet.setup(["alpha"])

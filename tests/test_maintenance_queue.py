@@ -312,12 +312,6 @@ def test_a_second_store_in_the_same_process_keeps_the_first_ones_writes_visible(
         main.close()
 
 
-@pytest.mark.xfail(reason="BUG: queue.submit only merges into pending/waiting requests, so a restart submitted "
-                          "while an update runs its command (state draining) is inserted as a new pending row; "
-                          "when the update command succeeds, maintenance_tick._run_update moves the update back "
-                          "to 'waiting' and violates the unique index open_maintenance(profile) -> "
-                          "sqlite3.IntegrityError in the update thread, and the request stays 'draining' forever",
-                   strict=True)
 def test_an_update_returning_to_waiting_after_its_command_is_not_blocked_by_a_newer_request(store):
     upd = queue.submit(store, profile="alpha", action="update", reason="u").request
     assert queue.transition(store, upd.id, "draining", expect=("pending", "waiting"), update_started=time.time())
@@ -556,26 +550,17 @@ def test_an_unusable_state_directory_is_state_unavailable(tmp_path):
     assert ans["ok"] is False and ans["error"]["code"] == "state_unavailable"
 
 
-@pytest.mark.xfail(reason="BUG: maintenance_cmd._handle never checks the type of 'requested_by'; a JSON object "
-                          "or array reaches SQLite and raises sqlite3.ProgrammingError, which handle() does not "
-                          "catch (the CLI prints a traceback)", strict=True)
 @pytest.mark.parametrize("by", [{"agent": "x"}, ["x"]])
 def test_a_non_string_requested_by_is_a_bad_request(state, by):
     ans = handle(state, {"action": "queue_restart", "profile": "alpha", "reason": "x", "requested_by": by})
     assert ans["ok"] is False and ans["error"]["code"] == "bad_request"
 
 
-@pytest.mark.xfail(reason="BUG: maintenance_cmd._handle accepts any int as a cancel 'id'; one beyond SQLite's "
-                          "64-bit range raises OverflowError in queue.get, which handle() does not catch",
-                   strict=True)
 def test_a_huge_cancel_id_is_an_error_not_an_exception(state):
     ans = handle(state, {"action": "cancel", "id": 2 ** 70})
     assert ans["ok"] is False and ans["error"]["code"] in ("bad_request", "not_found")
 
 
-@pytest.mark.xfail(reason="BUG: maintenance_cmd._handle lists 'profiles' among the allowed fields but never reads "
-                          "it, so {action: queue_update, profiles: [alpha]} silently queues an update of EVERY "
-                          "profile ('*') instead of alpha only, or refusing the field", strict=True)
 def test_a_profiles_list_is_honoured_or_refused_never_widened(state):
     ans = handle(state, {"action": "queue_update", "profiles": ["alpha"], "reason": "only alpha"})
     assert not ans["ok"] or ans["request"]["profile"] == "alpha", ans
@@ -704,10 +689,6 @@ def test_cli_restart_queues_merges_and_reports_without_a_controller(state):
         s.close()
 
 
-@pytest.mark.xfail(reason="BUG: maintenance_cmd._queue_cli applies --now with `UPDATE ... SET now=1 WHERE id=<the "
-                          "answered id>`; when `maintenance restart P --now` merges into an open fleet-wide update "
-                          "('*'), the whole update skips the idle and window gates for EVERY profile, so a person's "
-                          "--now for one profile interrupts busy siblings", strict=True)
 def test_now_for_one_profile_does_not_skip_the_gates_of_a_fleet_wide_update(state):
     assert _cli(state, "maintenance", "update", "--reason", "hermes 0.20").returncode == 0
     out = _cli(state, "maintenance", "restart", "alpha", "--reason", "alpha right now", "--now")
@@ -878,12 +859,6 @@ def test_plan_a_crash_looping_profile_uses_the_budget(tmp_path):
     assert acts["alpha"].kind == "wait" and acts["alpha"].reason == "budget_exhausted"
 
 
-@pytest.mark.xfail(reason="BUG: planner._apply_budget counts a profile as 'in maintenance' only while its old "
-                          "process lives (drain_intent == 'replace' and process is not None). Once the drained "
-                          "gateway has exited and drain_complete cleared the intent, a replacement whose spawn "
-                          "is still deferred (stagger, here) is not counted, so a second profile starts draining "
-                          "while the first is down: two profiles in maintenance with max_concurrent 1",
-                   strict=True)
 def test_plan_a_drained_profile_awaiting_its_respawn_still_uses_the_budget(tmp_path):
     d = _desired(tmp_path, stagger="5s")
     # alpha was drained for maintenance #1 and exited; its respawn waits for the stagger (another spawn 1s ago).

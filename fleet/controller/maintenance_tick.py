@@ -3,6 +3,7 @@ states, cancel those whose profile is gone, and run update commands (once per re
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -123,7 +124,7 @@ class MaintenanceTick:
             spec = desired.spec.profile(n)
             cmd = spec.maintenance.update_command
             if cmd and all(cmd != c[0] for c in commands):
-                commands.append((cmd, child_environment(spec, state), spec.cwd))
+                commands.append((cmd, child_environment(spec, state), spec.cwd if os.path.isdir(spec.cwd) else None))
         self.store.journal("maintenance_update", f"#{req.id} running the update command: "
                            + " | ".join(" ".join(c[0]) for c in commands) if commands else f"#{req.id}: no update_command; "
                            "restart only", epoch=self.epoch)

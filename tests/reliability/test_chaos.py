@@ -65,13 +65,13 @@ IDLE_POLL_SECONDS = 5.0
 # deadline in the plan, so in a quiet fleet a hung gateway is only noticed at the next resync
 # (RESYNC_SECONDS = 30 s with +-20 % jitter). While that bug is open the convergence bound adds a
 # resync when a stopped gateway is still alive when the chaos ends.
-HANG_DEADLINE_BUG = True
+HANG_DEADLINE_BUG = False
 RESYNC_ALLOWANCE = 36.0
 # Known bug (see test_controller_sees_requests_after_a_maintenance_update): the update thread's Store()
 # os.open()s and os.close()s fleet.db, which drops the controller's POSIX locks on it; the next CLI to
 # close its connection then deletes the WAL under the controller, which from then on sees no request
 # and no new generation. While it is open the soak queues restarts only, no updates.
-WAL_LOCK_BUG = True
+WAL_LOCK_BUG = False
 EXIT_LOCKED = 3
 
 WEIGHTS = {
