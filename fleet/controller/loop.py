@@ -24,6 +24,7 @@ from fleet.store.layout import StateDir, ensure_state_dir
 from fleet.store.lock import LockHeld, SupervisorLock
 
 RESYNC_SECONDS = 30.0
+KNOWN_PREDECESSOR = ("crashed", "replacement", "restart_requested")
 IDLE_WAIT_SECONDS = 60.0
 EXIT_OK, EXIT_FATAL, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
 
@@ -117,8 +118,10 @@ class Controller:
                 if desired is not None:
                     observed = observer.observe(specs, now=now, scan=scan)
                     current = plan(desired, observed, now)
-                    if not observed.scanned and any(a.kind == "spawn" for a in current.executable(now)):
-                        # Never spawn beside a live process we have not seen: look for one first.
+                    if not observed.scanned and any(a.kind == "spawn" and a.reason not in KNOWN_PREDECESSOR
+                                                    for a in current.executable(now)):
+                        # Never spawn blind beside a live process we have not seen: look for one first. A
+                        # respawn after an exit we watched ourselves needs no scan: we saw its predecessor die.
                         observed = observer.observe(specs, now=now, scan=True)
                         current = plan(desired, observed, now)
                     scan = False

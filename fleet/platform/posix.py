@@ -94,6 +94,18 @@ class PosixPlatform:
                            ppid=ppid)
 
     def process_environ(self, pid: int) -> dict[str, str] | None:
+        if self._has_proc:
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as fh:
+                    raw = fh.read()
+            except OSError:
+                return None
+            env = {}
+            for item in raw.split(b"\0"):
+                key, sep, value = item.partition(b"=")
+                if sep:
+                    env[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+            return env
         try:
             return psutil.Process(pid).environ()
         except psutil.Error:
@@ -101,6 +113,18 @@ class PosixPlatform:
 
     def iter_processes(self) -> Iterator[ProcessInfo]:
         uid = self.current_uid()
+        if self._has_proc:
+            for entry in os.scandir("/proc"):
+                if entry.name.isdigit():
+                    try:
+                        if entry.stat().st_uid != uid:
+                            continue
+                    except OSError:
+                        continue
+                    info = self._proc_info(int(entry.name))
+                    if info is not None:
+                        yield info
+            return
         for proc in psutil.process_iter(_ATTRS, ad_value=None):
             d = proc.info
             uids = d.get("uids")

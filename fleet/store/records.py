@@ -59,7 +59,8 @@ def read_record(path) -> RecordRead:
 
 
 def write_record(path, record: PidRecord) -> None:
-    write_json_atomic(path, asdict(record))
+    # Atomic, not fsynced: a record only matters while its process lives, and no process outlives a power loss.
+    write_json_atomic(path, asdict(record), durable=False)
 
 
 def remove_record(path) -> bool:
