@@ -44,9 +44,17 @@ def hermes_venv() -> Path:
     marker = venv / f".installed-hermes-agent-{HERMES_VERSION}"  # written only after a complete install
     if exe.exists() and (explicit or marker.exists()):
         return venv
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock
+    with FileLock(str(venv.parent / f".hermes-agent-{HERMES_VERSION}.lock")):  # parallel workers install once
+        return _install(venv, exe, marker)
+
+
+def _install(venv: Path, exe: Path, marker: Path) -> Path:
+    if exe.exists() and marker.exists():
+        return venv
     if not ((3, 11) <= sys.version_info[:2] < (3, 14)):
         pytest.skip(f"hermes-agent {HERMES_VERSION} needs Python >=3.11,<3.14 (this is {sys.version.split()[0]})")
-    venv.parent.mkdir(parents=True, exist_ok=True)
     if not (venv / "bin" / "python").exists():
         made = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True, timeout=300)
         if made.returncode != 0:

@@ -61,17 +61,28 @@ SPAWN_ALLOWANCE = 3.0
 MARGIN = 10.0
 # The controller polls open maintenance requests every IDLE_POLL_SECONDS (fleet.controller.maintenance_tick).
 IDLE_POLL_SECONDS = 5.0
-# Known bug (see test_stopped_gateway_is_killed_without_waiting_for_resync): a stale heartbeat has no
+# Known bug, fixed (test_stopped_gateway_is_killed_without_waiting_for_resync): a stale heartbeat has no
 # deadline in the plan, so in a quiet fleet a hung gateway is only noticed at the next resync
 # (RESYNC_SECONDS = 30 s with +-20 % jitter). While that bug is open the convergence bound adds a
 # resync when a stopped gateway is still alive when the chaos ends.
 HANG_DEADLINE_BUG = False
 RESYNC_ALLOWANCE = 36.0
-# Known bug (see test_controller_sees_requests_after_a_maintenance_update): the update thread's Store()
+# Known bug, fixed (test_controller_sees_requests_after_a_maintenance_update): the update thread's Store()
 # os.open()s and os.close()s fleet.db, which drops the controller's POSIX locks on it; the next CLI to
 # close its connection then deletes the WAL under the controller, which from then on sees no request
 # and no new generation. While it is open the soak queues restarts only, no updates.
 WAL_LOCK_BUG = False
+# Known bug (see test_hostile_state.py::test_lost_record_after_a_crash_respawn_never_duplicates): a profile
+# whose history holds an exit ("crashed", "replacement", "restart_requested") is respawned without the
+# pre-spawn scan, so a hostile record (corrupt, forged, reused) on a profile that once crashed makes the
+# controller start a duplicate beside the live gateway. While it is open the soak plants hostile records
+# under names that are no profile only.
+PREDECESSOR_SCAN_BUG = True
+# Known bug (see test_update_command_is_not_mistaken_for_a_gateway): the update command runs with the
+# profile's full child environment, HERMES_FLEET_PROFILE included, so it is indistinguishable from a
+# second gateway of that profile. While it is open the sampler does not count a process whose command
+# line ends in `update` (the demo's `hermes update`) as a gateway.
+UPDATE_ENV_BUG = True
 EXIT_LOCKED = 3
 
 WEIGHTS = {
@@ -91,6 +102,7 @@ class Cause:
     kind: str
     pid: int | None = None  # for signals: the very process that was hit
     consumed: bool = False
+    request: int | None = None  # maintenance request id (an update restarts after its command finished)
 
 
 @dataclass
@@ -180,8 +192,9 @@ class Soak:
     def log(self, event: str, detail: str = "", result: str = "") -> None:
         self.events.append({"t": round(time.time() - self.t0, 3), "event": event, "detail": detail, "result": result})
 
-    def cause(self, profile: str, kind: str, pid: int | None = None, t: float | None = None) -> None:
-        self.causes.append(Cause(time.time() if t is None else t, profile, kind, pid))
+    def cause(self, profile: str, kind: str, pid: int | None = None, t: float | None = None,
+              request: int | None = None) -> None:
+        self.causes.append(Cause(time.time() if t is None else t, profile, kind, pid, request=request))
 
     def violation(self, kind: str, detail: str) -> None:
         self.violations.append(Violation(time.time(), kind, detail))
@@ -323,7 +336,11 @@ class Sampler(threading.Thread):
         if env.get("HERMES_FLEET_STATE_DIR") != self.state:
             kind = ("other",)
         elif env.get("HERMES_FLEET_PROFILE"):
-            kind = ("gateway", env["HERMES_FLEET_PROFILE"])
+            argv = read_cmdline(pid)
+            if UPDATE_ENV_BUG and argv[-1:] == ["update"]:
+                kind = ("updater",) if argv else ("gateway", env["HERMES_FLEET_PROFILE"])
+            else:
+                kind = ("gateway", env["HERMES_FLEET_PROFILE"])
         else:
             kind = ("controller",) if "fleet.controller" in read_cmdline(pid) else ("cli",)
         # Between fork and exec a child still carries its parent's environment: only a gateway
@@ -557,7 +574,7 @@ class Chaos:
             if rid not in soak.maintenance_ids:  # a merge joins an open request: no second restart
                 soak.maintenance_ids.append(rid)
                 soak.cause(name, f"maintenance_{action}",
-                           t=created_at(soak.state, "maintenance_requests", "id", rid))
+                           t=created_at(soak.state, "maintenance_requests", "id", rid), request=rid)
             soak.log("maintenance", f"{action} {name}{' --now' if '--now' in args else ''}",
                      f"#{rid}{' (merged)' if answer.get('merged') else ''}")
         else:
@@ -585,7 +602,7 @@ class Chaos:
     def hostile_record(self) -> None:
         soak = self.soak
         decoy = self.rng.choice(self.decoys.items)
-        name = self.rng.choice(NAMES + GHOSTS)
+        name = self.rng.choice(GHOSTS if PREDECESSOR_SCAN_BUG else NAMES + GHOSTS)
         path = soak.state / f"{name}.pid"
         form = self.rng.choice(["reused", "reused", "forged", "corrupt", "garbage", "symlink", "ghost_valid"])
         if form == "reused":  # a record naming an unrelated process: PID reuse, wrong start
@@ -630,9 +647,15 @@ class Chaos:
 
 
 # -- verdicts --------------------------------------------------------------------------------------
+TIE = 0.05  # a cause this close to a birth may have come just before or just after the spawn
+
+
 def unexplained_changes(changes: list[Change], causes: list[Cause]) -> list[tuple[Change, list[Cause]]]:
     """A change of a profile's process must consume a cause aimed at that profile: a signal to the
-    old process itself, or a profile-level cause (manifest, request) older than the new process."""
+    old process itself, or a profile-level cause (manifest, request) older than the new process.
+    A cause within TIE of the birth explains the change but stays available for the next one: the
+    controller compares the request with the instant it began the spawn, which the tick-based
+    birth time cannot place to the millisecond."""
     out = []
     for change in sorted(changes, key=lambda c: c.t):
         mine = sorted((c for c in causes if c.profile == change.profile), key=lambda c: c.t)
@@ -643,8 +666,9 @@ def unexplained_changes(changes: list[Change], causes: list[Cause]) -> list[tupl
             if c.pid is not None:
                 if c.pid == change.old[0]:
                     c.consumed = explained = True
-            elif c.t < change.born + 0.01:
-                c.consumed = explained = True
+            elif c.t < change.born + TIE:
+                explained = True
+                c.consumed = c.t < change.born - TIE
         if not explained:
             out.append((change, [c for c in mine if abs(c.t - change.t) < 30]))
     return out
@@ -793,11 +817,19 @@ def test_chaos_soak(tmp_path, soak_seconds, soak_seed):
             if target.read_bytes() != data:
                 soak.violation("symlink_followed", f"{target} was modified through a symlinked record")
         holder = soak.live_holder()
+
+        def live_controllers() -> list[int]:
+            with sampler.lock:
+                seen = dict(sampler.controllers)
+            return sorted(pid for pid, ticks in seen.items() if ticks_alive(pid, ticks))
+
+        # A controller that lost the race for the lock exits on its own (exit 3): give it time.
+        if holder is None or not poll_until(lambda: live_controllers() == [holder[0]], 15):
+            soak.violation("controllers", f"live controllers {live_controllers()}, holder {holder}: " + "; ".join(
+                f"pid {pid}: {' '.join(read_cmdline(pid))} (ppid {(read_stat(str(pid)) or ('?', '?'))[1]})"
+                for pid in live_controllers()))
         with sampler.lock:
             ctl_seen = dict(sampler.controllers)
-        live_ctls = [pid for pid, ticks in ctl_seen.items() if ticks_alive(pid, ticks)]
-        if holder is None or live_ctls != [holder[0]]:
-            soak.violation("controllers", f"live controllers {live_ctls}, holder {holder}")
         for log in sorted((tmp_path / "controllers").glob("*.log")) + [soak.state / "logs" / "controller.log"]:
             if log.exists() and not no_traceback(log.read_text(errors="replace")):
                 soak.violation("controller_traceback", f"{log.name}:\n{log.read_text(errors='replace')[-3000:]}")
@@ -806,6 +838,16 @@ def test_chaos_soak(tmp_path, soak_seconds, soak_seed):
         sampler.halt.set()
         sampler.join(10)
         assert sampler.error is None, repr(sampler.error)
+        # An update restarts its profiles only once its command has finished: that is when the cause bites.
+        conn = sqlite3.connect(f"file:{soak.state / 'fleet.db'}?mode=ro", uri=True, timeout=30)
+        try:
+            finished = dict(conn.execute("SELECT id, update_finished FROM maintenance_requests WHERE action='update' "
+                                         "AND update_finished IS NOT NULL").fetchall())
+        finally:
+            conn.close()
+        for c in soak.causes:
+            if c.request in finished:
+                c.t = max(c.t, finished[c.request])
         for change, nearby in unexplained_changes(sampler.changes, soak.causes):
             soak.violation("unexplained_restart",
                            f"{change.profile}: pid {change.old[0]} -> {change.new[0]} seen at "
@@ -912,5 +954,47 @@ def test_controller_sees_requests_after_a_maintenance_update(tmp_path):
         result = soak.cli("restart", "bravo", "--timeout", "10s", timeout=60)
         assert result.returncode == 0, explain(result) + "\n" + journal_tail(soak.state, 20)
         assert json.loads((soak.state / "bravo.pid").read_text())["pid"] != before
+    finally:
+        sweep(soak.state)
+
+
+UPDATER = r"""
+import json, os, sys, time
+with open(sys.argv[1] + ".tmp", "w") as fh:
+    json.dump(dict(os.environ), fh)
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(3)
+print("updated")
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.xfail(UPDATE_ENV_BUG, strict=True,
+                   reason="BUG: maintenance_tick._start_update runs the update command with child_environment(spec), "
+                          "so it carries the gateway's identity (HERMES_FLEET_PROFILE, HERMES_FLEET_STATE_DIR, "
+                          "HERMES_FLEET_SPEC_HASH): while it runs, the observer's scan counts it as a second process "
+                          "of the profile (diff/status report duplicate_process: 'stop it by hand'), and a scan that "
+                          "finds no recorded gateway would adopt the updater as the gateway. Give the update command "
+                          "the profile's env (HERMES_HOME, proxy) without the HERMES_FLEET_* markers")
+def test_update_command_is_not_mistaken_for_a_gateway(tmp_path):
+    soak = Soak(seed=0, tmp=tmp_path, state=tmp_path / "state", home=tmp_path / "hermes",
+                manifest=tmp_path / "fleet.yaml")
+    (tmp_path / "controllers").mkdir()
+    (tmp_path / "phome").mkdir()
+    (tmp_path / "updater.py").write_text(UPDATER)
+    seen_env = tmp_path / "updater-env.json"
+    doc = soak.manifest_doc()
+    doc["maintenance"]["update_command"] = [sys.executable, str(tmp_path / "updater.py"), str(seen_env)]
+    soak.manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+    try:
+        result = soak.cli("apply", "-f", str(soak.manifest), "--timeout", "60s", timeout=90)
+        assert result.returncode == 0, explain(result)
+        result = soak.cli("maintenance", "update", "alpha", "--now", "--reason", "test", "-o", "json")
+        assert result.returncode == 0, explain(result)
+        assert poll_until(seen_env.exists, 20), "the update command never ran"
+        diff = soak.cli("diff", "-o", "json", "-f", str(soak.manifest))
+        checks = [c for c in json.loads(diff.stdout)["checks"] if c["code"] == "duplicate_process"]
+        env = json.loads(seen_env.read_text())
+        assert "HERMES_FLEET_PROFILE" not in env and not checks, (sorted(k for k in env if "FLEET" in k), checks)
     finally:
         sweep(soak.state)
