@@ -88,7 +88,19 @@ class Fleet:
         if not wait_until(ready, timeout, 0.02):
             started = len(self.first_starts_since(since_ns))
             raise ScenarioFailed(f"only {started} of {len(self.names)} children started within {timeout:.0f}s")
+        self.track_supervisor_helpers()
         return self.first_starts_since(since_ns)
+
+    def track_supervisor_helpers(self) -> None:
+        """Remember every descendant of the supervisor too (e.g. circus's stats process), so
+        the clean-up ends helpers orphaned by a kill -9 of their supervisor."""
+        for pid in self.adapter.supervisor_pids():
+            try:
+                descendants = psutil.Process(pid).children(recursive=True)
+            except psutil.Error:
+                continue
+            for proc in descendants:
+                self.tracker.add(proc.pid, f"{self.adapter.name} helper")
 
     def live_pid(self, name: str) -> int:
         self.observe()

@@ -430,7 +430,8 @@ def test_a_deny_window_blocks_execution_until_a_person_says_now(mfleet):
     ]})
     pid = mfleet.wait_running("alpha")
     rid = mfleet.mjson("restart", "alpha", "--reason", "held by the window")["request"]["id"]
-    held = mfleet.wait_request(rid, lambda r: "deny window" in (r["waiting_on"] or ""))
+    # Once the idle window has passed, the deny window is the only thing holding it.
+    held = mfleet.wait_request(rid, lambda r: (r["waiting_on"] or "").startswith("alpha: deny window"))
     assert held["state"] == "waiting" and held["waiting_on"] == "alpha: deny window (* * * * *, 1h) is open"
     mfleet.hold_steady(["alpha"], {"alpha": pid}, 2.0)  # idle for longer than the 1 s window
     # Another request wakes the controller: its pass, with the idle gate open, still holds alpha.

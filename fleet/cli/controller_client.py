@@ -11,6 +11,7 @@ from fleet.controller.status import controller_status
 from fleet.controller.wake import wake
 from fleet.platform import current_platform
 from fleet.store.db import Store
+from fleet.store.files import open_append
 from fleet.store.layout import StateDir, ensure_state_dir
 from fleet.store.lock import read_holder
 
@@ -34,7 +35,7 @@ def controller_command(state: StateDir) -> list[str]:
 def start_detached(state: StateDir, timeout: float = 15.0) -> int:
     """Start a controller in its own session and return its PID once it holds the lock."""
     ensure_state_dir(state)
-    log_fd = os.open(state.controller_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    log_fd = open_append(state.controller_log)
     try:
         proc = subprocess.Popen(controller_command(state), stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
                                 start_new_session=True, close_fds=True)

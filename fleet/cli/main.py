@@ -55,5 +55,23 @@ try:
 except ImportError:
     pass
 
+def main() -> None:
+    """The console script: the app, with the failures no command can fix reported as one line
+    (a full disk, a store another tool damaged) instead of a traceback."""
+    import sqlite3
+    import sys
+
+    from fleet.store.db import StoreError
+    from fleet.store.files import UnsafeFile
+    from fleet.store.layout import StateDirError
+
+    try:
+        app(standalone_mode=True)
+    except (sqlite3.Error, StoreError, StateDirError, UnsafeFile) as exc:
+        hint = " (is the disk full?)" if "full" in str(exc).lower() or "i/o" in str(exc).lower() else ""
+        print(f"error: the state store failed: {exc}{hint}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -71,7 +71,7 @@ def diff(
 
 
 def _masked(d: dict, show_secrets: bool) -> dict:
-    env = {k: (v if show_secrets or not looks_secret(k) else "(sensitive)") for k, v in d["env"]}
+    env = {k: (v if show_secrets or not looks_secret(k, v) else "(sensitive)") for k, v in d["env"]}
     return {**d, "env": env}
 
 

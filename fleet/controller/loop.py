@@ -24,9 +24,13 @@ from fleet.store.layout import StateDir, ensure_state_dir
 from fleet.store.lock import LockHeld, SupervisorLock
 
 RESYNC_SECONDS = 30.0
-KNOWN_PREDECESSOR = ("crashed", "replacement", "restart_requested")
+ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 IDLE_WAIT_SECONDS = 60.0
 EXIT_OK, EXIT_FATAL, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
+
+
+def held_now(failing: dict, now: float) -> frozenset:
+    return frozenset(k for k, (_, until) in failing.items() if until > now)
 
 
 def log(message: str) -> None:
@@ -107,6 +111,8 @@ class Controller:
         maintenance = MaintenanceTick(str(self.state.db), store, epoch)
         waiters: dict[int, int] = {}
         specs: dict = {}
+        watched_exits: set[str] = set()  # profiles whose last process this controller saw die
+        failing: dict[tuple[str, str], tuple[int, float]] = {}  # (profile, action) -> (failures, retry at)
         scan = True
         ready_sent = False
         try:
@@ -118,26 +124,39 @@ class Controller:
                 if desired is not None:
                     observed = observer.observe(specs, now=now, scan=scan)
                     current = plan(desired, observed, now)
-                    if not observed.scanned and any(a.kind == "spawn" and a.reason not in KNOWN_PREDECESSOR
-                                                    for a in current.executable(now)):
+                    if not observed.scanned and any(a.kind == "spawn" and a.profile not in watched_exits
+                                                    for a in current.executable(now, held_now(failing, now))):
                         # Never spawn blind beside a live process we have not seen: look for one first. A
-                        # respawn after an exit we watched ourselves needs no scan: we saw its predecessor die.
+                        # respawn after an exit this controller watched needs no scan: it saw the predecessor die.
                         observed = observer.observe(specs, now=now, scan=True)
                         current = plan(desired, observed, now)
                     scan = False
-                    for action in current.executable(now):
+                    # Actions that failed recently wait out their backoff instead of spinning the loop.
+                    held = held_now(failing, now)
+                    for action in current.executable(now, held):
+                        key = (action.profile, action.kind)
                         acted = True
                         try:
                             executor.execute(action, observed.get(action.profile))
+                            failing.pop(key, None)
                         except Exception as exc:  # noqa: BLE001 - one profile's failure must not stop the loop
-                            store.journal("error", f"{action.kind} failed: {type(exc).__name__}: {exc}",
-                                          profile=action.profile, epoch=epoch)
-                            log(f"{action.profile}: {action.kind} failed: {exc}")
+                            count = failing.get(key, (0, 0.0))[0]
+                            failing[key] = (count + 1, now + ERROR_BACKOFF[min(count, len(ERROR_BACKOFF) - 1)])
+                            if count < 3 or count % 20 == 0:
+                                store.journal("error", f"{action.kind} failed: {type(exc).__name__}: {exc}",
+                                              profile=action.profile, epoch=epoch)
+                                log(f"{action.profile}: {action.kind} failed: {exc}")
+                            continue
+                        if action.kind == "reclaim" and action.reason == "pid_dead":
+                            watched_exits.add(action.profile)
+                        elif action.kind == "spawn":
+                            watched_exits.discard(action.profile)
                     track_idle(store, observed, now)
                     maintenance.advance(desired, observed, current, now)
                     store.set_observed_generation(desired.generation)
                     self._watch(sel, waiters, observed)
-                    deadline = current.next_deadline(now)
+                    deadline = min([d for d in [current.next_deadline(now)] if d] +
+                                   [until for _, until in failing.values() if until > now], default=None)
                     resync = RESYNC_SECONDS * random.uniform(0.8, 1.2)
                     timeout = min(resync, (deadline - now) if deadline else resync)
                     if observed.maintenance or maintenance.busy():

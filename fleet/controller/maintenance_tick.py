@@ -119,12 +119,15 @@ class MaintenanceTick:
         from fleet.store.layout import StateDir
 
         state = StateDir(Path(self.store_path).parent)
-        commands = []  # (argv, env, cwd): the command sees the profile's HERMES_HOME, not the controller's
+        # (argv, env, cwd): the command sees the profile's HERMES_HOME, but none of the markers that
+        # would make it look like the profile's gateway.
+        commands = []
         for n in targets or list(desired.spec.names):
             spec = desired.spec.profile(n)
             cmd = spec.maintenance.update_command
             if cmd and all(cmd != c[0] for c in commands):
-                commands.append((cmd, child_environment(spec, state), spec.cwd if os.path.isdir(spec.cwd) else None))
+                env = {k: v for k, v in child_environment(spec, state).items() if not k.startswith("HERMES_FLEET_")}
+                commands.append((cmd, env, spec.cwd if os.path.isdir(spec.cwd) else None))
         self.store.journal("maintenance_update", f"#{req.id} running the update command: "
                            + " | ".join(" ".join(c[0]) for c in commands) if commands else f"#{req.id}: no update_command; "
                            "restart only", epoch=self.epoch)

@@ -15,9 +15,12 @@ from fleet.plan.exits import CRASH_CLASSES, TERMINAL_CLASSES, classify_exit, des
 from fleet.plan.model import Action
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 from fleet.store.db import Store
-from fleet.store.files import remove, write_json_atomic
+from fleet.store.files import append_line, remove, write_json_atomic
 from fleet.store.layout import StateDir
 from fleet.store.records import PidRecord, remove_record, write_record
+
+
+KILL_GRACE = 5.0  # after SIGKILL, how long before the kill is tried again
 
 
 def iso(ts: float) -> str:
@@ -81,8 +84,11 @@ class Executor:
             self.store.update_history(action.profile, last_start=proc.started_at)
         line = json.dumps({"at": iso(self.clock()), "event": "adopt", "pid": proc.pid, "reason": action.reason,
                            "source": proc.source, "epoch": self.epoch, "spec_hash": proc.spec_hash}, sort_keys=True)
-        with open(self.state.adopt_log(action.profile), "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
+        try:
+            append_line(self.state.adopt_log(action.profile), line)
+        except OSError as exc:  # e.g. a symlink planted there: refuse to write through it, still adopt
+            self.journal("warning", f"{self.state.adopt_log(action.profile)} not written: {exc.strerror or exc}",
+                         action.profile)
         self.journal("adopted", f"pid {proc.pid} adopted ({action.reason}); not restarted", action.profile,
                      pid=proc.pid, reason=action.reason)
 
@@ -201,8 +207,11 @@ class Executor:
             return
         if action.reason == "forced" and not obs.history.drain_intent:
             now = self.clock()
+            # The kill is the stop; the deadline only covers the kernel tearing the tree down.
             self.store.update_history(name, drain_intent="replace", drain_reason="forced", drain_started=now,
-                                      drain_deadline=now, drain_signalled=now, drain_pid=proc.pid)
+                                      drain_deadline=now + KILL_GRACE, drain_signalled=now, drain_pid=proc.pid)
+        elif action.reason == "drain_timeout":
+            self.store.update_history(name, drain_deadline=self.clock() + KILL_GRACE)
         self.platform.kill_tree(proc.pid)
         self.journal("killed", f"pid {proc.pid} and its tree killed ({action.reason}: {action.message})", name,
                      pid=proc.pid, reason=action.reason)

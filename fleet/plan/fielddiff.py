@@ -10,8 +10,12 @@ from fleet.spec.model import ProfileSpec
 SECRET_KEY = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 
 
-def looks_secret(key: str) -> bool:
-    return bool(SECRET_KEY.search(key))
+URL_CREDENTIALS = re.compile(r"://[^/@\s]*:[^/@\s]*@")
+
+
+def looks_secret(key: str, value: object = None) -> bool:
+    """By name (TOKEN, KEY, SECRET, PASSWORD...) or by value (a URL carrying user:password@)."""
+    return bool(SECRET_KEY.search(key)) or (isinstance(value, str) and bool(URL_CREDENTIALS.search(value)))
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ def flatten(spec: ProfileSpec) -> dict[str, tuple[object, bool, bool]]:
         "match": (spec.match, False, False),
     }
     for key, value in spec.env:
-        out[f"env.{key}"] = (value, True, looks_secret(key))
+        out[f"env.{key}"] = (value, True, looks_secret(key, value))
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Iterator
 import psutil
 
 from fleet.platform.base import ProcessInfo
+from fleet.store.files import open_append
 
 _ATTRS = ["pid", "create_time", "uids", "username", "cmdline", "status", "ppid"]
 _PROC_STATES = {"R": "running", "S": "sleeping", "D": "disk-sleep", "Z": "zombie", "T": "stopped",
@@ -136,7 +137,7 @@ class PosixPlatform:
         return os.getuid()
 
     def spawn_detached(self, argv: list[str], env: dict[str, str], cwd: str, log_path: str) -> int:
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        log_fd = open_append(log_path)
         try:
             # Own session: the gateway outlives us, and a terminal hangup never reaches it (Hermes leaves SIGHUP default).
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, cwd=cwd, env=env,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 
+MAX_SECONDS = 365 * 86400.0  # the schema's bound for numbers too
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
 _WHOLE = re.compile(r"^\s*(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h|d)\s*)+$")
@@ -21,7 +22,10 @@ def parse_duration(value: object) -> float:
             raise ValueError(f"expected a non-negative duration, found {value!r}")
         return float(value)
     if isinstance(value, str) and _WHOLE.match(value):
-        return sum(float(n) * _UNIT_SECONDS[u] for n, u in _PART.findall(value))
+        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _PART.findall(value))
+        if seconds > MAX_SECONDS:
+            raise ValueError(f"expected a duration of at most 365d, found {value!r}")
+        return seconds
     raise ValueError(f"expected a duration such as 2.5s, 90s, 20m, 1h or a number of seconds, found {value!r}")
 
 

@@ -21,7 +21,7 @@ from fleet.spec.model import (
 from fleet.spec.yamlsource import Located, dotted, load_located
 
 LOOPBACK_NO_PROXY = ("127.0.0.1", "localhost", "::1")
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # ~20,000 profiles; bounds the YAML node graph's memory
 # Keys the fleet sets itself; a profile's env may not override them.
 RESERVED_ENV_PREFIXES = ("HERMES_FLEET_",)
 RESERVED_ENV_KEYS = frozenset({

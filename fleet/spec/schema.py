@@ -117,6 +117,8 @@ def validate_document(located: Located, filename: str, schema_name: str = "fleet
             problems.append(Problem(filename, line, col, dotted(path), error.message.replace("is a required property", "is required")))
             continue
         line, col = located.mark(path)
-        problems.append(Problem(filename, line, col, dotted(path),
-                                f"expected {_expected(error)}; found {_found(error.instance)}"))
+        found = _found(error.instance)
+        if "env" in path and isinstance(error.instance, str):
+            found = "a string (value not shown: env values may be secrets)"
+        problems.append(Problem(filename, line, col, dotted(path), f"expected {_expected(error)}; found {found}"))
     return problems

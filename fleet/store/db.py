@@ -136,6 +136,8 @@ class Store:
         self.path = os.fspath(path)
         self.readonly = readonly
         if readonly:
+            if os.path.islink(self.path):
+                raise StoreError(f"{self.path} is a symlink; refusing to follow it")
             if not os.path.exists(self.path):
                 self.conn = sqlite3.connect(":memory:", isolation_level=None)
                 self.conn.executescript(_DDL)
@@ -147,6 +149,8 @@ class Store:
         self.conn.row_factory = sqlite3.Row
         try:
             self.conn.execute("PRAGMA busy_timeout=30000")
+            if readonly:
+                self.conn.execute("SELECT key FROM meta LIMIT 1").fetchall()  # a damaged file fails here, clearly
             if not readonly:
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
@@ -158,6 +162,8 @@ class Store:
                     self.conn.execute("INSERT OR IGNORE INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as exc:
             self.conn.close()
+            if _is_full(exc):
+                raise StoreError(f"cannot write {self.path}: {exc}; free some disk space (nothing was changed)") from None
             raise StoreError(f"{self.path} is not a usable hermes-fleet database ({exc}); "
                              f"move it aside to start a fresh history (running gateways will be adopted)") from None
 
@@ -327,6 +333,11 @@ class Store:
                              json.loads(r["data"]) if r["data"] else None) for r in rows]
 
 
+def _is_full(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "full" in text or "disk i/o" in text or "no space" in text
+
+
 def _create_safely(path: str) -> None:
     """Refuse a symlinked database and create a missing one 0600. Never open-and-close an existing
     database file: closing any descriptor of it drops this process's SQLite (fcntl) locks."""
@@ -357,6 +368,13 @@ class _Tx:
         return self.conn
 
     def __exit__(self, exc_type, exc, tb):
-        if self.outer:
-            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        if not self.outer:
+            return False
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite already rolled back (e.g. disk full); the original error is what matters
         return False

@@ -76,12 +76,27 @@ def write_json_atomic(path: str | os.PathLike, value: object, mode: int = 0o600,
     write_atomic(path, (json.dumps(value, sort_keys=True) + "\n").encode("utf-8"), mode, durable=durable)
 
 
+def open_append(path: str | os.PathLike, mode: int = 0o600) -> int:
+    """An O_APPEND descriptor that refuses to follow a symlink planted at `path`."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | O_NOFOLLOW, mode)
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    fd = open_append(path)
+    try:
+        os.write(fd, (line + "\n").encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
 def remove(path: str | os.PathLike) -> bool:
     try:
         os.unlink(path)
         return True
     except FileNotFoundError:
         return False
+    except IsADirectoryError:
+        raise UnsafeFile(f"{path} is a directory where a file belongs; remove it by hand") from None
 
 
 def _fsync_dir(folder: str) -> None:

@@ -89,3 +89,5 @@ def ensure_state_dir(state: StateDir) -> None:
     state.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     state.logs.mkdir(mode=0o700, exist_ok=True)
     check_state_dir(state)
+    if os.path.islink(state.logs):
+        raise StateDirError(f"{state.logs} is a symlink; refusing to write logs through it")

@@ -49,7 +49,7 @@ def read_record(path) -> RecordRead:
             epoch=int(data.get("epoch", 0)), adopted=bool(data.get("adopted", False)),
             managed_by=str(data.get("managed_by", "")),
         )
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, OverflowError):
         return RecordRead(None, "corrupt record (not the JSON hermes-fleet writes)")
     if rec.pid <= 0:
         return RecordRead(None, f"corrupt record (pid {rec.pid})")

@@ -130,13 +130,6 @@ def test_corrupt_records_are_reported_then_reclaimed_without_a_restart(fleet):
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(strict=True, reason="BUG: a record path the controller cannot remove (here a directory "
-                                       "<name>.pid) makes Executor._reclaim raise in remove_record on every pass; "
-                                       "Plan.executable() runs record actions alone first, so the loop spins "
-                                       "(acted=True, no wait) journalling 'reclaimed'+'error' thousands of times a "
-                                       "second, and no other profile's action ever runs (a restart of a sibling "
-                                       "stalls). Suggest: treat an unremovable record as a per-profile conflict "
-                                       "(reported once), not as a record action that is retried at once")
 def test_an_unremovable_record_does_not_stall_the_fleet(fleet):
     fleet.write_manifest(TWO)
     fleet.apply()
@@ -152,10 +145,6 @@ def test_an_unremovable_record_does_not_stall_the_fleet(fleet):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=True, reason="BUG: records.read_record catches ValueError/KeyError/TypeError but not "
-                                       "OverflowError: a record with \"pid\": 1e999 (a JSON infinity) raises from "
-                                       "int(), which escapes Observer.observe() (outside the loop's per-action "
-                                       "try): the controller dies with a traceback, and so does `status`")
 def test_record_with_an_infinite_pid_is_reclaimed(fleet):
     fleet.write_manifest(TWO)
     fleet.apply()
@@ -171,14 +160,6 @@ def test_record_with_an_infinite_pid_is_reclaimed(fleet):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=True, reason="BUG (duplicates): controller/loop.py skips the pre-spawn scan when the spawn's "
-                                       "reason is in KNOWN_PREDECESSOR ('crashed', 'replacement', 'restart_requested'), "
-                                       "but that reason comes from the profile's *history* (the last exit it saw), "
-                                       "not from the live process: once a respawned gateway's record is lost "
-                                       "(corrupt, forged, deleted) the planner still says 'crashed', the controller "
-                                       "spawns beside the live gateway without looking, and (the demo holding its "
-                                       "lock) the newcomers crash-loop. Scan before every spawn whose predecessor is "
-                                       "not known dead in this controller's memory (e.g. a pid reaped this epoch)")
 @pytest.mark.parametrize("form", ["garbage", "forged"])
 def test_lost_record_after_a_crash_respawn_never_duplicates(fleet, decoys, form):
     """A profile that crashed once and runs again under a new pid loses its record (corrupted, or forged to name
@@ -244,12 +225,6 @@ def test_damaged_store_is_refused_by_writers_and_the_controller(tmp_path, form):
         sweep(state)  # what an accepted apply started
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: read-only commands open fleet.db with Store(readonly=True), which runs no "
-                                       "query in its constructor, so a garbage, empty or truncated fleet.db escapes "
-                                       "as sqlite3.DatabaseError/OperationalError from the first query: status, "
-                                       "events, history and diff print a traceback (controller/status.fleet_status, "
-                                       "ops_cmds.events/history, preview). Suggest: probe the schema in "
-                                       "Store.__init__ for readonly too, and route every read through open_store()")
 @pytest.mark.parametrize("form", ["garbage", "empty", "truncated"])
 def test_damaged_store_is_reported_by_readers(tmp_path, form):
     state = tmp_path / "state"
@@ -398,9 +373,6 @@ def test_symlinked_state_directory_is_refused(tmp_path, swept):
     assert os.listdir(real) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Executor._adopt appends to <profile>.adopt.log with open(path, 'a'), "
-                                       "which follows a symlink: an adoption appends a line to any file the link "
-                                       "names. Open with os.O_WRONLY|O_APPEND|O_CREAT|O_NOFOLLOW (0o600)")
 def test_symlinked_adopt_log_is_not_written_through(fleet, tmp_path):
     fleet.write_manifest({"alpha": None})
     fleet.apply()
@@ -416,11 +388,6 @@ def test_symlinked_adopt_log_is_not_written_through(fleet, tmp_path):
     assert target.read_text() == "precious\n"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the logs folder and controller.log are opened through symlinks: "
-                                       "ensure_state_dir accepts a `logs` symlink to a folder elsewhere (gateway logs "
-                                       "then land there; O_NOFOLLOW guards only the last component), and "
-                                       "controller_client.start_detached opens logs/controller.log without "
-                                       "O_NOFOLLOW. Refuse a symlinked logs folder (lstat) and open with O_NOFOLLOW")
 @pytest.mark.parametrize("what", ["controller_log", "logs_folder"])
 def test_symlinked_logs_are_not_written_through(tmp_path, what):
     harness = FleetHarness(tmp_path)
@@ -475,9 +442,6 @@ def test_symlinked_store_is_refused_by_writers(tmp_path):
         sweep(state)  # in case apply started a controller after all
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: readers open fleet.db through a symlink: Store(readonly=True) connects "
-                                       "with a file: URI (no O_NOFOLLOW), so `status` and `events` show another "
-                                       "store's fleet and journal as this one's instead of refusing like the writers")
 def test_symlinked_store_is_refused_by_readers(tmp_path):
     state, _ = symlinked_store(tmp_path)
     problems = []
@@ -703,15 +667,6 @@ def test_full_disk_loses_nothing_acknowledged_and_recovers(full_disk_fleet):
     assert set(acked) <= listed, (acked, listed, attempts)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a full disk is reported wrongly. With the WAL in use (a reader holds a "
-                                       "snapshot) every writer dies with a traceback (sqlite3.OperationalError: "
-                                       "database or disk is full): `maintenance restart`, `restart`, `apply`, and the "
-                                       "controller start-up in Store.bump_epoch (maintenance_cmd.handle catches only "
-                                       "StoreError/OSError, controller.__main__ neither; _Tx.__exit__ may then mask it "
-                                       "with 'cannot rollback - no transaction is active'). With no WAL yet, Store() "
-                                       "fails with 'disk I/O error' and the StoreError says the database is not usable "
-                                       "and to 'move it aside to start a fresh history': advice that throws away every "
-                                       "acknowledged request on a disk that is merely full")
 @pytest.mark.parametrize("wal", ["absent", "in_use"])
 def test_full_disk_writers_fail_with_a_clear_message(full_disk_fleet, wal):
     fleet, filler = full_disk_fleet
