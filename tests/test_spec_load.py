@@ -944,7 +944,7 @@ class TestFormatDuration:
         assert format_duration(seconds) == text
 
     @settings(max_examples=200, deadline=None, derandomize=True)
-    @given(st.integers(min_value=0, max_value=10 * 365 * 86400))
+    @given(st.integers(min_value=0, max_value=365 * 86400))
     def test_whole_seconds_round_trip(self, seconds):
         assert parse_duration(format_duration(seconds)) == seconds
 

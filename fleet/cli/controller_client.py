@@ -35,7 +35,11 @@ def controller_command(state: StateDir) -> list[str]:
 def start_detached(state: StateDir, timeout: float = 15.0) -> int:
     """Start a controller in its own session and return its PID once it holds the lock."""
     ensure_state_dir(state)
-    log_fd = open_append(state.controller_log)
+    try:
+        log_fd = open_append(state.controller_log)
+    except OSError as exc:
+        raise RuntimeError(f"cannot open {state.controller_log}: {exc.strerror or exc} "
+                           f"(a symlink there is refused; remove it)") from None
     try:
         proc = subprocess.Popen(controller_command(state), stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
                                 start_new_session=True, close_fds=True)

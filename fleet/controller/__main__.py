@@ -4,9 +4,10 @@ CLI, rendering or schema code, so a resident controller stays small."""
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 
-from fleet.controller.loop import EXIT_CONFIG, Controller
+from fleet.controller.loop import EXIT_CONFIG, EXIT_FATAL, Controller
 from fleet.platform import current_platform
 from fleet.store.db import StoreError
 from fleet.store.layout import StateDirError, resolve_state_dir
@@ -22,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     except (StateDirError, StoreError, OSError) as exc:
         print(f"hermes-fleet controller: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except sqlite3.Error as exc:  # the gateways keep running; a restarted controller adopts them
+        full = " (is the disk full?)" if "full" in str(exc).lower() else ""
+        print(f"hermes-fleet controller: the state store failed: {exc}{full}; gateways left running", file=sys.stderr)
+        return EXIT_FATAL
 
 
 if __name__ == "__main__":
