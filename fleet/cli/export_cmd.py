@@ -6,7 +6,6 @@ with `app.command("export")(export_command)`.
 """
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +15,7 @@ from fleet.export.base import GENERATED_MARKER, Export, ExportError, Target
 from fleet.export.kubernetes import DEFAULT_IMAGE, DEFAULT_STORAGE_SIZE, KubernetesTarget
 from fleet.export.systemd import DEFAULT_SYSTEMD_VERSION, SystemdTarget
 from fleet.spec.errors import ManifestError
+from fleet.store.files import write_atomic
 from fleet.spec.load import load_manifest
 
 TARGETS = ("kubernetes", "systemd")
@@ -135,20 +135,7 @@ def _write_atomically(path: Path, text: str) -> bool:
             return False
     except OSError:
         pass
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, data, 0o644)
     return True
 
 

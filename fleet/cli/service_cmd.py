@@ -223,7 +223,7 @@ def stop(
     file: FileOpt = Path("fleet.yaml"), state_dir: StateDirOpt = None, name: NameOpt = None,
     dry_run: DryRunOpt = False, platform: PlatformOpt = None, system: SystemOpt = False,
 ) -> None:
-    """Stop the controller (gateways keep running; `hermes-fleet stop --all` stops those)."""
+    """Stop the controller (gateways keep running; `hermes-fleet down` stops those)."""
     lifecycle, managers = _lifecycle(file, state_dir, name, dry_run=dry_run, platform=platform, system=system)
     _run(lambda: _installed(lifecycle, managers).stop())
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from fleet.store.files import write_atomic
 from fleet.service.base import (
     ApiCall, Artifact, Command, CommandResult, CommandRunner, RegistrationStatus, ServiceError, ServiceManager,
     Step, file_matches,
@@ -479,21 +479,8 @@ class StatusReport:
 
 def write_artifact(artifact: Artifact) -> None:
     """Atomic write (temp file + rename) with the artifact's mode."""
-    directory = os.path.dirname(artifact.path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".hermes-fleet-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(artifact.data)
-        if artifact.mode is not None:
-            os.chmod(tmp, artifact.mode)
-        os.replace(tmp, artifact.path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    os.makedirs(os.path.dirname(artifact.path), exist_ok=True)
+    write_atomic(artifact.path, artifact.data, 0o600 if artifact.mode is None else artifact.mode)
 
 
 def remove_artifacts(artifacts: Sequence[Artifact]) -> None:
