@@ -19,6 +19,8 @@ from pathlib import Path
 
 import psutil
 
+from fleet_harness import alive, create_time, environ_of, proc_start_ticks  # noqa: F401 - re-exported
+
 from helpers import poll_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,39 +40,6 @@ open(ready_path, "w").close()
 while True:
     time.sleep(0.5)
 """
-
-
-def proc_start_ticks(pid: int) -> int | None:
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-        return int(data[data.rindex(b")") + 2:].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.Error, ValueError):
-        return None
-
-
-def alive(pid: int, created: float | None = None) -> bool:
-    """Alive and not a zombie; when `created` is given, still the process created then."""
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
-            return False
-        return created is None or abs(proc.create_time() - created) < 0.01
-    except psutil.Error:
-        return False
-
-
-def environ_of(pid: int) -> dict[str, str]:
-    try:
-        return psutil.Process(pid).environ()
-    except psutil.Error:
-        return {}
 
 
 def fleet_env(state: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
