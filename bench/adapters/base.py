@@ -190,3 +190,29 @@ def base_env(home: Path) -> dict[str, str]:
 
 def python_executable() -> str:
     return getattr(sys, "_base_executable", None) or sys.executable
+
+
+class ForegroundDaemonAdapter(Adapter):
+    """A supervisor run as one foreground daemon process whose children are the managed programs
+    (supervisord -n, circusd); SIGTERM to it is the graceful stop of the whole fleet."""
+
+    proc: subprocess.Popen | None = None
+
+    def supervisor_pids(self) -> list[int]:
+        return [self.proc.pid] if self.proc is not None else []
+
+    def reap_own(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            procs.forget_child(self.proc)
+
+    def managed_child_pids(self) -> dict[str, int]:
+        if self.proc is None or self.proc.poll() is not None:
+            return {}
+        return self.children_of(self.proc.pid)
+
+    def restart_supervisor(self) -> None:
+        self.start()
+
+    def stop_all(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)

@@ -10,17 +10,14 @@ respawn latency. `warmup_delay = 0` (no stagger), like every tool here. No
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 
-from bench import procs
-from bench.adapters.base import Adapter, base_env
+from bench.adapters.base import ForegroundDaemonAdapter, base_env
 
 CHECK_DELAY = 0.1
 
 
-class CircusAdapter(Adapter):
+class CircusAdapter(ForegroundDaemonAdapter):
     name = "circus"
 
     def __init__(self, *args, **kwargs) -> None:
@@ -66,25 +63,7 @@ class CircusAdapter(Adapter):
             self._env(),
         )
 
-    def supervisor_pids(self) -> list[int]:
-        return [self.proc.pid] if self.proc is not None else []
-
-    def reap_own(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            procs.forget_child(self.proc)
-
-    def managed_child_pids(self) -> dict[str, int]:
-        if self.proc is None or self.proc.poll() is not None:
-            return {}
-        return self.children_of(self.proc.pid)
-
-    def restart_supervisor(self) -> None:
-        self.start()
 
     def apply_config(self) -> None:
         self.run([self.tool.executable("circusctl"), "--endpoint", self.endpoint, "reloadconfig"], env=self._env())
 
-    def stop_all(self) -> None:
-        # SIGTERM makes the arbiter stop every watcher gracefully, then circusd exits.
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)

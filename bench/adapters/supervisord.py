@@ -8,15 +8,12 @@ changed child (#1154); the price is that a shutdown stops the groups one after a
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 
-from bench import procs
-from bench.adapters.base import Adapter, base_env
+from bench.adapters.base import ForegroundDaemonAdapter, base_env
 
 
-class SupervisordAdapter(Adapter):
+class SupervisordAdapter(ForegroundDaemonAdapter):
     name = "supervisord"
 
     def __init__(self, *args, **kwargs) -> None:
@@ -65,25 +62,7 @@ class SupervisordAdapter(Adapter):
             [self.tool.executable("supervisord"), "-n", "-c", str(self.conf)], "supervisord.out", self._env()
         )
 
-    def supervisor_pids(self) -> list[int]:
-        return [self.proc.pid] if self.proc is not None else []
-
-    def reap_own(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            procs.forget_child(self.proc)
-
-    def managed_child_pids(self) -> dict[str, int]:
-        if self.proc is None or self.proc.poll() is not None:
-            return {}
-        return self.children_of(self.proc.pid)
-
-    def restart_supervisor(self) -> None:
-        self.start()
 
     def apply_config(self) -> None:
         self.run([self.tool.executable("supervisorctl"), "-c", str(self.conf), "update"], env=self._env())
 
-    def stop_all(self) -> None:
-        # SIGTERM is supervisord's documented shutdown: it stops every program, then exits.
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)

@@ -22,6 +22,14 @@ from fleet.spec.durations import format_duration, parse_duration
 from fleet.store.db import Store
 
 
+def _fleet_state(state_dir: str | None, file: Path):
+    """The state directory, refusing one where no fleet was ever applied."""
+    state = state_for(state_dir, file)
+    if not state.db.exists():
+        fail(f"no fleet state in {state.root}", hint="run `hermes-fleet apply -f fleet.yaml` first, or pass --state-dir")
+    return state
+
+
 def _fmt_age(seconds: float | None) -> str:
     return "-" if seconds is None else format_duration(max(0.0, seconds))
 
@@ -39,9 +47,7 @@ def status(
     controller runs), 2 on error.
     """
     check_output(output)
-    state = state_for(state_dir, file)
-    if not state.db.exists():
-        fail(f"no fleet state in {state.root}", hint="run `hermes-fleet apply -f fleet.yaml` first, or pass --state-dir")
+    state = _fleet_state(state_dir, file)
     now = time.time()
     st = fleet_status(state, current_platform(), now, scan=deep)
     rows = [p for p in st.profiles if not profiles or p.name in profiles]
@@ -258,9 +264,7 @@ def down(
 ) -> None:
     """Drain every profile, then stop the controller. Nothing of the fleet keeps running.
     The next `apply` brings it back."""
-    state = state_for(state_dir, file)
-    if not state.db.exists():
-        fail(f"no fleet state in {state.root}")
+    state = _fleet_state(state_dir, file)
     if running_controller_pid(state) is None:
         st = fleet_status(state, current_platform(), time.time())
         alive = [p for p in st.profiles if p.pid]
@@ -342,9 +346,7 @@ def events(
 ) -> None:
     """The journal: every action the controller took and every exit it saw."""
     check_output(output)
-    state = state_for(state_dir, file)
-    if not state.db.exists():
-        fail(f"no fleet state in {state.root}")
+    state = _fleet_state(state_dir, file)
     last = 0
     try:
         while True:
@@ -376,9 +378,7 @@ def history(
 ) -> None:
     """Applied revisions: which generation, from which commit, by whom, with what result."""
     check_output(output)
-    state = state_for(state_dir, file)
-    if not state.db.exists():
-        fail(f"no fleet state in {state.root}")
+    state = _fleet_state(state_dir, file)
     store = Store(state.db, readonly=True)
     try:
         rows = store.revisions()
