@@ -58,6 +58,23 @@ GOLDEN_MANIFEST_HASHES = {
 GOLDEN_MANIFEST_DIGEST = "sha256:8626c8e300d78cef8bab3bf966dc86ed10e8574a2a872f0cc5b3eafe3e9fb69f"
 
 
+EXAMPLE_HASHES = {  # the examples as if checked out at /srv/fleet, with HOME=/home/op
+    "examples/demo/fleet.yaml": {
+        "advisor": "v1:8683aeba58eba6a19262406b5e48405749fee864b809e17a7cbe345d0cbd7482",
+        "analyst": "v1:eec9df47130078d9e204fd0b1841bb1598b07a35008727af60d127737bbc5125",
+        "executor": "v1:8cd0c124acae4f96e4ee3970374c77739d16b21a34f5f29aec64e08395c21b0a",
+    },
+    "examples/anchors/fleet.yaml": {  # YAML merge keys: these move if the merge rule does
+        "advisor": "v1:4bd70ba07c6bd8a714ddb02d52b418ead061918109e377506c1eaccea10e766b",
+        "analyst": "v1:f851d21886a74be62684fcc118ddd6532d2986e7fd7a634b04d95351ab5fed6c",
+        "archivist": "v1:7d7c309f7a8ef00f44f3b7d14ab572c0cfb261149006ac509527c3f8cdab8226",
+        "auditor": "v1:b5f515bf55577aa070ec786b7b6dafbc99ba93f964d4c4be56dc10e21ef52809",
+        "executor": "v1:3c4e955150369325ba5c4a66efadb48be575a00cdf2f9e45914ee87329789b0f",
+    },
+}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def golden_spec(**changes) -> ProfileSpec:
     """A fixed spec written out in full, so the golden hash depends on nothing else in the project."""
     spec = ProfileSpec(
@@ -96,6 +113,17 @@ def test_golden_manifest_hashes_and_digest():
     m = golden_manifest_spec()
     assert {p.name: p.spec_hash for p in m.spec.profiles} == GOLDEN_MANIFEST_HASHES
     assert m.digest == GOLDEN_MANIFEST_DIGEST
+
+
+@pytest.mark.skipif(not POSIX_PATHS, reason="the examples resolve POSIX paths")
+@pytest.mark.parametrize("example", sorted(EXAMPLE_HASHES))
+def test_example_hashes_are_golden(example, monkeypatch):
+    """The shipped examples' hashes are pinned: a dependency release or a loader change that
+    moves them would restart every gateway of a user who changed nothing."""
+    monkeypatch.setenv("HOME", "/home/op")
+    with open(os.path.join(REPO, example), encoding="utf-8") as f:
+        m = parse_manifest(f.read(), example, base_dir=os.path.join("/srv/fleet", os.path.dirname(example)))
+    assert {p.name: p.spec_hash for p in m.spec.profiles} == EXAMPLE_HASHES[example]
 
 
 @pytest.mark.skipif(not POSIX_PATHS, reason="the golden manifest resolves POSIX paths")

@@ -228,6 +228,52 @@ class TestProcessDriver:
 
 
 class TestPolicyMerging:
+    """YAML merge keys have the project's meaning (YAML 1.1): explicit keys win over merged ones,
+    and in `<<: [*a, *b]` the mapping listed first wins. The loader resolves merges itself, so
+    no PyYAML release can change a profile's effective spec or its spec_hash."""
+
+    MERGE_CASES = [
+        # (profile body, expected LOG_LEVEL, expected drain timeout)
+        ("{<<: *a}", "a", 10.0),
+        ("{<<: [*a, *b]}", "a", 10.0),
+        ("{<<: [*b, *a]}", "b", 20.0),
+        ("{<<: [*a, *b], env: {LOG_LEVEL: own}}", "own", 10.0),
+        ("{env: {LOG_LEVEL: own}, <<: [*b, *a]}", "own", 20.0),
+        ("{<<: *c}", "c", 10.0),            # c merges a itself, and its own env wins over a's
+        ("{<<: [*c, *b]}", "c", 10.0),
+        ("{<<: [*b, *c]}", "b", 20.0),
+        ("{<<: [*a], drain: {timeout: 1s}}", "a", 1.0),
+    ]
+
+    @pytest.mark.parametrize("body,level,timeout", MERGE_CASES)
+    def test_merge_rule_is_the_projects_own(self, body, level, timeout):
+        m = parse(manifest(f"""\
+            profiles:
+              a: &a {{env: {{LOG_LEVEL: a}}, drain: {{timeout: 10s}}}}
+              b: &b {{env: {{LOG_LEVEL: b}}, drain: {{timeout: 20s}}}}
+              c: &c {{<<: *a, env: {{LOG_LEVEL: c}}}}
+              p: {body}
+            """))
+        p = m.spec.profile("p")
+        assert (p.env_map["LOG_LEVEL"], p.drain.timeout) == (level, timeout)
+
+    def test_merge_leaves_the_anchored_mapping_untouched(self):
+        m = parse(manifest("""\
+            profiles:
+              a: &a {env: {LOG_LEVEL: a}}
+              b: {<<: *a, env: {LOG_LEVEL: b}}
+              c: {<<: *a}
+            """))
+        assert [m.spec.profile(n).env_map["LOG_LEVEL"] for n in "abc"] == ["a", "b", "a"]
+
+    def test_duplicate_own_keys_beside_a_merge_are_still_reported(self):
+        found = the_error("version: 1\nprofiles:\n  a: &a {desired: stopped}\n"
+                          "  b: {<<: *a, desired: running, desired: stopped}\n")
+        assert found.startswith("fleet.yaml:4:33: profiles.b.desired: duplicate key 'desired'")
+
+    def test_a_merge_that_includes_itself_is_refused(self):
+        assert "recursive alias" in the_error("version: 1\nprofiles:\n  a: &a {<<: *a}\n")
+
     def test_fleet_wide_blocks_are_defaults_that_profiles_override_key_by_key(self):
         m = parse(manifest("""\
             stagger: 1s
@@ -731,8 +777,13 @@ class TestYamlProblems:
 
     def test_merge_of_a_scalar(self):
         found = the_error("version: 1\nx: &x 5\nprofiles: {a: {<<: *x}}\n")
-        assert found == ("fleet.yaml:2:4: not valid YAML: expected a mapping or list of mappings for merging, "
-                         "but found scalar")
+        assert found == ("fleet.yaml:2:4: a merge key '<<' takes a mapping (*anchor) or a list of mappings; "
+                         "found the scalar '5'")
+
+    def test_merge_of_a_list_holding_a_scalar(self):
+        found = the_error("version: 1\nprofiles: {a: {<<: [{desired: stopped}, 3]}}\n")
+        assert found == ("fleet.yaml:2:41: a merge key '<<' takes a mapping (*anchor) or a list of mappings; "
+                         "found the scalar '3'")
 
     def test_byte_order_mark_is_accepted(self):
         assert parse("\ufeff" + manifest("profiles: {a: {}}\n")).spec.names == ("a",)

@@ -52,15 +52,16 @@ def _line_col(text: str, index: int) -> tuple[int, int]:
 
 
 class _Prepared:
-    """One pass over the distinct nodes, before anything is expanded: merge keys flattened
-    once per node (remembering how many leading pairs came from merges), the size of every
-    node with its aliases expanded, and how often each node is referenced. An alias bomb is
-    thereby measured in time linear in the file, not in its expansion."""
+    """One pass over the distinct nodes, before anything is expanded: merge keys resolved once
+    per node by the project's own rule (see `_merged_pairs`), the size of every node with its
+    aliases expanded, and how often each node is referenced. An alias bomb is thereby measured
+    in time linear in the file, not in its expansion. Nodes are never mutated, so the result
+    does not depend on how a PyYAML release flattens merges."""
 
     def __init__(self, loader, root, filename: str):
         self.loader = loader
         self.filename = filename
-        self.merged: dict[int, int] = {}
+        self.pairs: dict[int, list] = {}
         self.size: dict[int, int] = {}
         self.refs: dict[int, int] = {}
         self._active: set[int] = set()
@@ -79,14 +80,10 @@ class _Prepared:
         self._active.add(key)
         children: list = []
         if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                if key_node.tag == _MERGE_TAG:  # prepare merged mappings first, so each is flattened by us
-                    for sub in (value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]):
-                        self._visit(sub, depth + 1)
-            own = sum(1 for key_node, _ in node.value if key_node.tag != _MERGE_TAG)
-            self.loader.flatten_mapping(node)  # resolves << merge keys
-            self.merged[key] = len(node.value) - own
-            children = [value_node for _, value_node in node.value]
+            for source in self._merge_sources(node):
+                self._visit(source, depth + 1)
+            self.pairs[key] = self._merged_pairs(node)
+            children = [value_node for _, value_node in self.pairs[key]]
         elif isinstance(node, yaml.SequenceNode):
             children = node.value
         total = 1
@@ -97,6 +94,40 @@ class _Prepared:
         self.size[key] = min(total, MAX_NODES + 1)
         return self.size[key]
 
+    def _merge_sources(self, node) -> list:
+        sources: list = []
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG:
+                continue
+            listed = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for source in listed:
+                if not isinstance(source, yaml.MappingNode):
+                    raise ManifestError([Problem(self.filename, *_pos(source), "",
+                                                 "a merge key '<<' takes a mapping (*anchor) or a list of "
+                                                 f"mappings; found {_node_kind(source)}")])
+                sources.append(source)
+        return sources
+
+    def _merged_pairs(self, node) -> list:
+        """The YAML 1.1 merge rule, owned here: the mapping's own keys win over merged ones, and
+        among merge sources the one listed first wins. Own pairs are kept whole (a duplicate among
+        them is still reported); merged pairs that lose are dropped, so they are never duplicates."""
+        own = [(k, v) for k, v in node.value if k.tag != _MERGE_TAG]
+        sources = self._merge_sources(node)
+        if not sources:
+            return own
+        taken = {_key_of(self.loader, k) for k, _ in own if isinstance(k, yaml.ScalarNode)}
+        merged: list = []
+        for source in sources:
+            for key_node, value_node in self.pairs[id(source)]:
+                if isinstance(key_node, yaml.ScalarNode):
+                    name = _key_of(self.loader, key_node)
+                    if name in taken:
+                        continue
+                    taken.add(name)
+                merged.append((key_node, value_node))
+        return merged + own
+
     def check_size(self, root) -> None:
         """Refuse a document that expands beyond MAX_NODES, naming the outermost value that does."""
         if self.size[id(root)] <= MAX_NODES:
@@ -104,7 +135,7 @@ class _Prepared:
         node, path, where = root, (), _pos(root)
         while True:
             if isinstance(node, yaml.MappingNode):
-                pairs = [(k, v, k) for k, v in node.value]
+                pairs = [(k, v, k) for k, v in self.pairs[id(node)]]
             elif isinstance(node, yaml.SequenceNode):
                 pairs = [(i, v, v) for i, v in enumerate(node.value)]
             else:
@@ -198,7 +229,7 @@ def load_located(text: str, filename: str) -> Located:
                                          "start with 'version: 1' and a 'profiles:' map")])
         prepared = _Prepared(loader, root, filename)
         prepared.check_size(root)
-        located.data = _build(loader, root, (), located, budget, problems, filename, 0, prepared.merged)
+        located.data = _build(loader, root, (), located, budget, problems, filename, 0, prepared.pairs)
         if problems:
             raise ManifestError(problems)
         return located
@@ -223,7 +254,7 @@ def load_located(text: str, filename: str) -> Located:
             loader.dispose()
 
 
-def _build(loader, node, path, located, budget, problems, filename, depth, merged):
+def _build(loader, node, path, located, budget, problems, filename, depth, pairs_of):
     budget[0] -= 1
     if budget[0] < 0:
         raise ManifestError([Problem(filename, *_pos(node), _dotted(path),
@@ -238,12 +269,11 @@ def _build(loader, node, path, located, budget, problems, filename, depth, merge
         problems.append(Problem(filename, *_pos(node), _dotted(path), f"unsupported YAML tag '{node.tag}'"))
         return None
     if isinstance(node, yaml.SequenceNode):
-        return [_build(loader, child, path + (i,), located, budget, problems, filename, depth + 1, merged)
+        return [_build(loader, child, path + (i,), located, budget, problems, filename, depth + 1, pairs_of)
                 for i, child in enumerate(node.value)]
     if isinstance(node, yaml.MappingNode):
-        pairs = _effective_pairs(loader, node, merged.get(id(node), 0))
         result: dict = {}
-        for key_node, value_node in pairs:
+        for key_node, value_node in pairs_of[id(node)]:
             if not isinstance(key_node, yaml.ScalarNode):
                 problems.append(Problem(filename, *_pos(key_node), _dotted(path), "a mapping key must be a plain scalar"))
                 continue
@@ -255,7 +285,7 @@ def _build(loader, node, path, located, budget, problems, filename, depth, merge
                 continue
             located.key_marks[path + (key,)] = _pos(key_node)
             result[key] = _build(loader, value_node, path + (key,), located, budget, problems, filename, depth + 1,
-                                 merged)
+                                 pairs_of)
         return result
     return None
 
@@ -266,25 +296,12 @@ def _key_of(loader, key_node) -> str:
     return key_node.value
 
 
-def _effective_pairs(loader, node, from_merge: int) -> list:
-    """The pairs of a flattened mapping, with merged pairs that are overridden dropped: an
-    explicit key beats a merged one, and among merged ones the earlier source wins (YAML's
-    merge rule), so neither is a duplicate key."""
-    if not from_merge:
-        return node.value
-    own = node.value[from_merge:]
-    explicit = {_key_of(loader, k) for k, _ in own if isinstance(k, yaml.ScalarNode)}
-    kept: dict = {}
-    others = []
-    for key_node, value_node in node.value[:from_merge]:
-        if not isinstance(key_node, yaml.ScalarNode):
-            others.append((key_node, value_node))
-            continue
-        key = _key_of(loader, key_node)
-        if key not in explicit:
-            kept.pop(key, None)  # PyYAML lists the merge sources so that the later pair wins
-            kept[key] = (key_node, value_node)
-    return others + list(kept.values()) + own
+def _node_kind(node) -> str:
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    return f"the scalar {node.value!r}" if node.value else "nothing"
 
 
 def _dotted(path: Path) -> str:
