@@ -368,7 +368,7 @@ class Sampler(threading.Thread):
                 entries.append((kind[1], pid, stat[2], stat[0], stat[1]))
                 gateway_pids.add(pid)
             elif kind[0] == "controller":
-                controllers.append((pid, stat[2]))
+                controllers.append((pid, stat[2], stat[1]))
         groups: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
         for profile, pid, ticks, state, ppid in entries:
             if ppid in gateway_pids:
@@ -376,8 +376,11 @@ class Sampler(threading.Thread):
             groups[profile].append((pid, ticks, state))
         with self.lock:
             self.samples += 1
-            for pid, ticks in controllers:
-                self.controllers.setdefault(pid, ticks)
+            # a controller's child between fork and exec still shows the controller's command line
+            parents = {pid for pid, _, _ in controllers} | set(self.controllers)
+            for pid, ticks, ppid in controllers:
+                if ppid not in parents:
+                    self.controllers.setdefault(pid, ticks)
             self.view = dict(groups)
             for profile, procs in groups.items():
                 for pid, ticks, _ in procs:
