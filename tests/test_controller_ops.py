@@ -213,7 +213,7 @@ def test_status_json_fields(fleet):
         assert STATUS_PROFILE_KEYS <= set(row), row
         assert row["phase"] == "Running" and row["pid"] == pids[name] and row["restarts"] == 0
         assert row["spec_hash"] == fleet.record(name)["spec_hash"] == row["desired_spec_hash"]
-        assert row["desired"] == "running" and row["last_exit"] == "-"
+        assert row["desired"] == "running" and row["last_exit"] is None  # null, never a "-" placeholder
     # A second generation (gamma's env changed) and a restart (alpha killed) show up.
     old_gamma_hash = rows["gamma"]["spec_hash"]
     fleet.write_manifest({"alpha": None, "beta": None, "gamma": {"env": {"X": "1"}}})

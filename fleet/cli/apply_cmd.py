@@ -16,12 +16,11 @@ from fleet.cli.common import (
 from fleet.cli.controller_client import ensure_controller
 from fleet.cli.gitinfo import revision_of
 from fleet.controller.preview import preview
+from fleet.controller.record import record_manifest
 from fleet.controller.status import fleet_status
 from fleet.controller.wake import wake
 from fleet.platform import current_platform
-from fleet.spec.codec import fleet_to_dict
 from fleet.spec.durations import parse_duration
-from fleet.spec.hashing import canonical_json
 
 
 def apply(
@@ -66,13 +65,8 @@ def apply(
             typer.echo("")
         revision = revision_of(str(file), manifest.digest)
         revision["summary"] = pv.plan.counts()
-        spec_json = canonical_json(fleet_to_dict(manifest.spec))
-        generation, created = store.record_generation(
-            manifest.digest, spec_json, {p.name: p.prune for p in manifest.spec.profiles}, revision, prune=prune)
-        store.set_meta("prune", "1" if prune else "0")
-        _clear_down_overrides(store, manifest.spec.names)
-        store.journal("applied", f"generation {generation} from {revision['revision']}"
-                      + ("" if created else " (no change)"), data={"generation": generation})
+        recorded = record_manifest(store, manifest, revision, prune=prune, source="apply", lift_down=True)
+        generation, created = recorded.generation, recorded.created
     finally:
         store.close()
     try:
@@ -94,12 +88,6 @@ def apply(
                    "profiles": [{"name": p.name, "phase": p.phase, "pid": p.pid, "note": p.note}
                                 for p in status.profiles]})
     raise typer.Exit(code)
-
-
-def _clear_down_overrides(store, names) -> None:
-    for name, h in store.histories().items():
-        if h.override_by == "down":
-            store.update_history(name, override_desired=None, override_by=None, override_at=None)
 
 
 def _wait(state, generation: int, timeout: float, output: str):

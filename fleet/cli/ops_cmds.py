@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -15,11 +16,11 @@ from fleet.cli.common import (
 )
 from fleet.cli.controller_client import NO_CONTROLLER_HINT, running_controller_pid, stop_controller
 from fleet.cli.render_plan import utc
-from fleet.controller.status import fleet_status
+from fleet.controller.status import fleet_status, held_down_message, hold_note
 from fleet.controller.wake import wake
 from fleet.platform import current_platform
 from fleet.spec.durations import format_duration, parse_duration
-from fleet.store.db import Store
+from fleet.store.db import Store, user_name
 
 
 def _fleet_state(state_dir: str | None, file: Path):
@@ -43,8 +44,8 @@ def status(
 ) -> None:
     """The fleet now: one row per profile, the controller, and what each profile waits on.
 
-    Exit 0 when every profile is where the manifest wants it, 1 otherwise (or when no
-    controller runs), 2 on error.
+    Exit 0 when every profile is where the manifest wants it, 1 otherwise (a profile held
+    stopped by `stop` or `down` included, or when no controller runs), 2 on error.
     """
     check_output(output)
     state = _fleet_state(state_dir, file)
@@ -67,6 +68,7 @@ def status(
                 "last_exit": p.last_exit, "heartbeat_age_s": int(p.heartbeat_age) if p.heartbeat_age is not None else None,
                 "active_agents": p.active_agents, "gateway_state": p.gateway_state, "spec_hash": p.spec_hash,
                 "desired_spec_hash": p.desired_spec_hash, "desired": p.desired, "note": p.note,
+                "hold": None if p.hold is None else {"by": p.hold.by, "user": p.hold.user, "since": utc(p.hold.since)},
                 "action": {"kind": p.action.kind, "reason": p.action.reason, "not_before": utc(p.action.not_before)},
                 **({"checks": _deep_checks(state, st, p.name)} if deep else {}),
             } for p in rows],
@@ -77,20 +79,34 @@ def status(
                        f"observed {ctl.observed_generation}" + ("" if st.converged else " — converging"))
         else:
             typer.echo(f"controller: NOT RUNNING — {NO_CONTROLLER_HINT}")
-        header = f"{'PROFILE':<14}{'PHASE':<11}{'SYNC':<10}{'PID':>8}  {'UP':<8}{'RESTARTS':>8}  {'LAST EXIT':<18}{'BEAT':<6}{'ACTIVE':>6}  NOTE"
-        typer.echo(header)
+        downs = [p.hold for p in st.held if p.hold.by == "down"]
+        if downs:
+            first = min(downs, key=lambda h: h.since or now)
+            typer.echo(f"fleet: {hold_note(first, now, 'PROFILE...')} ({len(downs)} profile(s))")
+        table = [("PROFILE", "PHASE", "SYNC", "PID", "UP", "RESTARTS", "LAST EXIT", "BEAT", "ACTIVE", "NOTE")]
         for p in rows:
-            up = _fmt_age(now - p.started_at) if p.started_at else "-"
-            typer.echo(f"{p.name:<14}{p.phase:<11}{p.sync:<10}{(p.pid or '-'):>8}  {up:<8}{p.restarts:>8}  "
-                       f"{p.last_exit[:17]:<18}{_fmt_age(p.heartbeat_age):<6}"
-                       f"{('-' if p.active_agents is None else p.active_agents):>6}  {p.note}")
+            table.append((p.name, p.phase, p.sync, str(p.pid or "-"),
+                          _fmt_age(now - p.started_at) if p.started_at else "-", str(p.restarts), p.last_exit or "-",
+                          _fmt_age(p.heartbeat_age), "-" if p.active_agents is None else str(p.active_agents), p.note))
+        for line in _columns(table, right={3, 5, 8}):
+            typer.echo(line)
         if deep:
             for p in rows:
                 typer.echo(f"\n{p.name}:")
                 for check in _deep_checks(state, st, p.name):
                     typer.echo(f"  [{check['result']}] {check['probe']}: {check['detail']}")
-    ok = ctl.running and st.converged
+    ok = ctl.running and st.converged and not st.held
     raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+def _columns(table: list[tuple[str, ...]], right: set[int] = frozenset()) -> list[str]:
+    """Rows of a table, each column as wide as its widest cell, two spaces apart; the last one unpadded."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    out = []
+    for row in table:
+        cells = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        out.append("  ".join(cells + [row[-1]]).rstrip())
+    return out
 
 
 def _deep_checks(state, st, name: str) -> list[dict]:
@@ -153,10 +169,46 @@ def _proxy_keys_in_dotenv(path: str) -> list[str]:
     """Hermes loads <home>/.env with override=True: a proxy there beats the one the fleet passes."""
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
-            keys = [line.split("=", 1)[0].strip().removeprefix("export ").strip() for line in fh if "=" in line]
+            keys = dotenv_keys(fh.read())
     except OSError:
         return []
     return [k for k in keys if "PROXY" in k.upper()]
+
+
+_DOTENV_ASSIGNMENT = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=(.*)$")
+
+
+def dotenv_keys(text: str) -> list[str]:
+    """The keys a .env file sets, read as python-dotenv (Hermes' loader) reads them: `#` comments and
+    blank lines set nothing, `export ` is optional, and a quoted value may span lines (its inner lines
+    are value, not assignments). An empty value counts: it still overrides."""
+    keys: list[str] = []
+    lines = iter(text.splitlines())
+    for line in lines:
+        match = _DOTENV_ASSIGNMENT.match(line)
+        if not match:
+            continue
+        keys.append(match.group(1))
+        value = match.group(2).lstrip()
+        if value[:1] in ("'", '"'):
+            quote, rest = value[0], value[1:]
+            while not _closes(rest, quote):
+                rest = next(lines, None)
+                if rest is None:
+                    break
+    return keys
+
+
+def _closes(text: str, quote: str) -> bool:
+    escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quote == '"':
+            escaped = True
+        elif ch == quote:
+            return True
+    return False
 
 
 def _need_profiles(state, names: list[str]) -> Store:
@@ -225,7 +277,7 @@ def _set_override(state, names: list[str], desired: str | None, by: str) -> None
     store = _need_profiles(state, names)
     try:
         for name in names:
-            fields = dict(override_desired=desired, override_by=by if desired else None,
+            fields = dict(override_desired=desired, override_by=f"{by}:{user_name()}" if desired else None,
                           override_at=time.time() if desired else None)
             if desired is None:
                 fields.update(failed_reason=None, failed_spec_hash=None, failures=0, last_exit_class=None)
@@ -263,27 +315,36 @@ def down(
     timeout: str = typer.Option("5m", "--timeout", help="How long to wait for the drains."),
 ) -> None:
     """Drain every profile, then stop the controller. Nothing of the fleet keeps running.
-    The next `apply` brings it back."""
+
+    The fleet stays down, across controller restarts and reboots (a service's controller
+    included), until `apply` brings it back, or `start P` brings back one profile."""
     state = _fleet_state(state_dir, file)
-    if running_controller_pid(state) is None:
+    running = running_controller_pid(state) is not None
+    if not running:
         st = fleet_status(state, current_platform(), time.time())
         alive = [p for p in st.profiles if p.pid]
         if alive:
             fail("no controller is running to drain: " + ", ".join(f"{p.name} (pid {p.pid})" for p in alive),
                  EXIT_FAILED, hint="start one with `hermes-fleet controller run` and run `down` again")
-        typer.echo("nothing runs")
-        return
     store = open_store(state, write=True)
     from fleet.controller.desired import DesiredSource
+    from fleet.controller.record import DOWN
     try:
         _, specs = DesiredSource(store).current()
         now = time.time()
         with store.tx():
             for name in specs:
-                store.update_history(name, override_desired="stopped", override_by="down", override_at=now)
-            store.journal("down", f"draining {len(specs)} profile(s), then stopping the controller")
+                if store.history(name).override_desired == "stopped":
+                    continue  # already held by `stop` (which outlives `apply`) or by an earlier `down`
+                store.update_history(name, override_desired="stopped", override_by=f"{DOWN}:{user_name()}",
+                                     override_at=now)
+            store.journal("down", f"{user_name()}: draining {len(specs)} profile(s), then stopping the controller; "
+                                  "the fleet stays down until `apply` or `start`", data={"by": user_name()})
     finally:
         store.close()
+    if not running:
+        typer.echo("nothing runs; the fleet stays down until `apply` or `start`")
+        return
     wake(state)
     deadline = time.monotonic() + parse_duration(timeout)
     while True:
@@ -295,7 +356,8 @@ def down(
             fail("timed out draining: " + ", ".join(f"{p.name} (pid {p.pid})" for p in alive), EXIT_FAILED)
         time.sleep(0.05)
     pid = stop_controller(state)
-    typer.echo(f"all profiles stopped; controller {f'pid {pid} ' if pid else ''}stopped")
+    typer.echo(f"all profiles stopped; controller {f'pid {pid} ' if pid else ''}stopped; "
+               "the fleet stays down until `apply` or `start`")
 
 
 def logs(
@@ -385,12 +447,31 @@ def history(
     finally:
         store.close()
     if output == "json":
-        emit_json([{**r, "started_at": utc(r["started_at"]), "finished_at": utc(r["finished_at"])} for r in rows])
+        emit_json([{**r, "plan_summary": _summary(r["plan_summary"]), "started_at": utc(r["started_at"]),
+                    "finished_at": utc(r["finished_at"])} for r in rows])
         return
-    typer.echo(f"{'ID':>4}  {'GEN':>4}  {'APPLIED':<20}{'RESULT':<11}{'REVISION':<44}BY")
+    table = [("ID", "GEN", "APPLIED", "RESULT", "REVISION", "BY")]
     for r in rows:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started_at"]))
-        typer.echo(f"{r['id']:>4}  {r['generation']:>4}  {stamp:<20}{r['result']:<11}{r['revision'][:43]:<44}{r['applied_by']}")
+        table.append((str(r["id"]), str(r["generation"]), stamp, r["result"], _short_revision(r["revision"]),
+                      r["applied_by"] or "-"))
+    for line in _columns(table, right={0, 1}):
+        typer.echo(line)
+
+
+def _short_revision(revision: str) -> str:
+    """Commit ids and digests cut to 12 hex digits, as `git log --oneline` does; a `+dirty` mark stays."""
+    import re
+    return re.sub(r"\b([0-9a-f]{12})[0-9a-f]{4,}\b", r"\1", revision)
+
+
+def _summary(raw: str | None) -> dict | None:
+    import json
+    try:
+        value = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 controller_app = typer.Typer(help="Run or stop the controller itself.", no_args_is_help=True)
@@ -411,15 +492,16 @@ def controller_run(
     state = state_for(state_dir, file, manifest)
     if manifest is not None:
         from fleet.cli.gitinfo import revision_of
-        from fleet.spec.codec import fleet_to_dict
-        from fleet.spec.hashing import canonical_json
+        from fleet.controller.record import record_manifest
         store = open_store(state, write=True)
         try:
-            store.record_generation(manifest.digest, canonical_json(fleet_to_dict(manifest.spec)),
-                                    {p.name: p.prune for p in manifest.spec.profiles},
-                                    revision_of(str(file), manifest.digest), prune=True)
+            recorded = record_manifest(store, manifest, revision_of(str(file), manifest.digest), prune=True,
+                                       source="controller run", lift_down=False)
         finally:
             store.close()
+        if recorded.held_down:
+            # The service log is where an operator looks when a rebooted host runs no gateway.
+            typer.echo(f"hermes-fleet: {held_down_message(recorded.held_down, time.time())}", err=True)
     import sys
     # exec keeps the PID (systemd's MainPID) and sheds the CLI's imports from the resident process.
     os.execv(sys.executable, [sys.executable, "-m", "fleet.controller", "--state-dir", str(state.root)])

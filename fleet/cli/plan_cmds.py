@@ -80,6 +80,7 @@ def config(
     hash_profile: Optional[str] = typer.Option(None, "--hash", help="Print only this profile's spec_hash."),
     output: str = typer.Option("yaml", "-o", "--output", help="yaml or json."),
     show_secrets: bool = typer.Option(False, "--show-secrets", help="Print secret-looking env values in clear."),
+    state_dir: Optional[str] = StateDirOption,
 ) -> None:
     """Print the effective spec: every default applied, every path resolved.
 
@@ -97,7 +98,7 @@ def config(
         return
     doc = {
         "name": spec.name, "stagger_s": spec.stagger, "hermes_root": spec.hermes_root,
-        "state_dir": spec.default_state_dir, "max_concurrent_maintenance": spec.max_concurrent_maintenance,
+        "state_dir": str(state_for(state_dir, file, manifest).root), "max_concurrent_maintenance": spec.max_concurrent_maintenance,
         "digest": manifest.digest,
         "profiles": {p.name: {**_masked(profile_to_dict(p), show_secrets), "spec_hash": p.spec_hash}
                      for p in spec.profiles},

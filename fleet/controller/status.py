@@ -3,6 +3,7 @@ commands: computed read-only from the store and the host, never from controller 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from fleet.controller.desired import DesiredSource
@@ -12,7 +13,7 @@ from fleet.plan.exits import describe_exit
 from fleet.plan.model import Action, Plan
 from fleet.plan.planner import plan
 from fleet.spec.model import DRIVER_HERMES
-from fleet.store.db import Store
+from fleet.store.db import ProfileHistory, Store
 from fleet.store.layout import StateDir
 from fleet.store.lock import Holder, lock_is_free, read_holder
 
@@ -36,6 +37,43 @@ class ControllerStatus:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """A person's `stop` or `down` keeping a profile stopped that the manifest wants running."""
+    by: str  # stop | down
+    user: str | None
+    since: float | None
+
+
+def hold_of(history: ProfileHistory) -> Hold | None:
+    if history.override_desired != "stopped":
+        return None
+    return Hold(by=history.override_verb or "stop", user=history.override_user, since=history.override_at)
+
+
+def _clock(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "an unknown time"
+    same_day = time.localtime(ts)[:3] == time.localtime(now)[:3]
+    return time.strftime("%H:%M" if same_day else "%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def hold_note(hold: Hold, now: float, profile: str) -> str:
+    """e.g. "down since 17:39 by root; `apply` or `start alpha` brings it back"."""
+    who = f" by {hold.user}" if hold.user else ""
+    if hold.by == "down":
+        return f"down since {_clock(hold.since, now)}{who}; `apply` or `start {profile}` brings it back"
+    return f"stopped since {_clock(hold.since, now)}{who}; `start {profile}` brings it back"
+
+
+def held_down_message(held: tuple[ProfileHistory, ...], now: float) -> str:
+    """One line for the log of a controller that starts while `down` is in force."""
+    first = min(held, key=lambda h: h.override_at or now)
+    who = f" by {first.override_user}" if first.override_user else ""
+    return (f"the fleet is down (since {_clock(first.override_at, now)}{who}): {len(held)} profile(s) stay stopped "
+            f"until `hermes-fleet apply` or `hermes-fleet start PROFILE`")
+
+
+@dataclass(frozen=True)
 class ProfileStatus:
     name: str
     phase: str  # Running | Starting | Backoff | Draining | Stopped | Failed | Suspended | Waiting | Missing | Removing
@@ -44,7 +82,7 @@ class ProfileStatus:
     pid: int | None
     started_at: float | None
     restarts: int
-    last_exit: str
+    last_exit: str | None  # None: no exit seen yet
     heartbeat_age: float | None
     active_agents: int | None
     gateway_state: str | None
@@ -53,6 +91,7 @@ class ProfileStatus:
     desired: str
     note: str
     action: Action
+    hold: Hold | None = None  # set when a `stop`/`down` keeps stopped what the manifest wants running
 
 
 @dataclass(frozen=True)
@@ -71,6 +110,10 @@ class FleetStatus:
     @property
     def failed(self) -> tuple[ProfileStatus, ...]:
         return tuple(p for p in self.profiles if p.phase == "Failed")
+
+    @property
+    def held(self) -> tuple[ProfileStatus, ...]:
+        return tuple(p for p in self.profiles if p.hold is not None)
 
     @property
     def gated(self) -> tuple[ProfileStatus, ...]:
@@ -148,18 +191,32 @@ def fleet_status(state: StateDir, platform, now: float, *, scan: bool = False) -
         wanted = (obs.history.override_desired or spec.desired) if spec else "removed"
         phase, health = _phase(action, obs, wanted, spec is not None and spec.driver == DRIVER_HERMES)
         running_hash = proc.spec_hash if proc else None
-        sync = "Unknown" if spec is None or (proc is not None and running_hash is None) else (
-            "Synced" if (proc is None and wanted == "stopped") or running_hash == spec.spec_hash else "OutOfSync")
+        hold = hold_of(obs.history) if spec is not None and spec.desired == "running" else None
+        sync = _sync(spec, proc, running_hash, hold)
         hb_age = (now - obs.heartbeat_at) if obs.heartbeat_at and proc and obs.heartbeat_at >= proc.started_at - 1 else None
         rows.append(ProfileStatus(
             name=name, phase=phase, sync=sync, health=health, pid=proc.pid if proc else None,
             started_at=proc.started_at if proc else None, restarts=obs.history.restarts,
-            last_exit=describe_exit(obs.history.last_exit_code, obs.history.last_exit_class),
+            last_exit=None if obs.history.last_exit_class is None else
+            describe_exit(obs.history.last_exit_code, obs.history.last_exit_class),
             heartbeat_age=hb_age, active_agents=obs.status.active if obs.status else None,
             gateway_state=obs.status.state if obs.status else None, spec_hash=running_hash,
             desired_spec_hash=spec.spec_hash if spec else None, desired=wanted,
-            note=_note(action), action=action))
+            note=hold_note(hold, now, name) if hold and action.kind == "keep" else _note(action),
+            action=action, hold=hold))
     return FleetStatus(controller=ctl, profiles=tuple(rows), plan=current, observed=observed)
+
+
+def _sync(spec, proc, running_hash: str | None, hold: Hold | None) -> str:
+    """Synced only when what runs is what the manifest says: a profile that a `stop` or `down` keeps
+    stopped, or that runs while the manifest wants it stopped, is OutOfSync."""
+    if spec is None or (proc is not None and running_hash is None):
+        return "Unknown"
+    if hold is not None:
+        return "OutOfSync"
+    if spec.desired == "stopped":
+        return "Synced" if proc is None else "OutOfSync"
+    return "Synced" if running_hash == spec.spec_hash else "OutOfSync"
 
 
 def _note(action: Action) -> str:

@@ -78,8 +78,16 @@ class ProfileHistory:
     drain_signalled: float | None = None
     drain_pid: int | None = None
     override_desired: str | None = None
-    override_by: str | None = None
+    override_by: str | None = None  # "<verb>:<user>" (stop, down), or a bare verb from older releases
     override_at: float | None = None
+
+    @property
+    def override_verb(self) -> str | None:
+        return (self.override_by or "").partition(":")[0] or None
+
+    @property
+    def override_user(self) -> str | None:
+        return (self.override_by or "").partition(":")[2] or None
 
 
 @dataclass(frozen=True)
@@ -120,13 +128,16 @@ class Generation:
     created_at: float
 
 
-def who() -> str:
+def user_name() -> str:
     try:
         import getpass
-        user = getpass.getuser()
+        return getpass.getuser()
     except Exception:  # noqa: BLE001 - no passwd entry in some containers
-        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
-    return f"{user}@{os.uname().nodename if hasattr(os, 'uname') else 'localhost'} pid {os.getpid()}"
+        return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+
+
+def who() -> str:
+    return f"{user_name()}@{os.uname().nodename if hasattr(os, 'uname') else 'localhost'} pid {os.getpid()}"
 
 
 class Store:
