@@ -13,6 +13,7 @@ HERMES_GATEWAY_LOCK_DIR sandboxed to the test's tmp directory.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,7 +79,15 @@ def test_real_hermes_fleet_respawn_stop_adopt_down(fleet, hermes_venv, tmp_path)
     fleet.command = [str(hermes_venv / "bin" / "hermes")]
     lock_dir = tmp_path / "gateway-locks"
     lock_dir.mkdir()
-    fleet.base_env = {"HERMES_GATEWAY_LOCK_DIR": str(lock_dir)}
+    # Hermes answers every stop with a detached `timeout 5 bash -c 'ps auxf ...'` diagnostic that carries the
+    # gateway's environment. On a busy host `ps` takes seconds and the diagnostic outlives its gateway; a
+    # slow `ps` makes that happen on every run, so adoption and `down` must cope with it.
+    slow = tmp_path / "slow-bin"
+    slow.mkdir()
+    real_ps = shutil.which("ps") or "/bin/ps"
+    (slow / "ps").write_text(f"#!/bin/sh\nsleep 3\nexec {real_ps} \"$@\"\n")
+    (slow / "ps").chmod(0o755)
+    fleet.base_env = {"HERMES_GATEWAY_LOCK_DIR": str(lock_dir), "PATH": f"{slow}{os.pathsep}{os.environ['PATH']}"}
     for name in PROFILES:
         fleet.profile_home(name).mkdir(parents=True)  # `-p NAME` needs the profile directory
     fleet.write_manifest({name: None for name in PROFILES}, stagger="0.2s", drain_timeout="30s",
@@ -120,9 +129,11 @@ def test_real_hermes_fleet_respawn_stop_adopt_down(fleet, hermes_venv, tmp_path)
         assert profiles[name]["restarts"] == restarts[name], (name, profiles[name])
         assert any(line["pid"] == pids[name] for line in fleet.adopt_lines(name)), name
     assert profiles["charlie"]["phase"] == "Stopped" and profiles["charlie"]["pid"] is None
+    assert not fleet.adopt_lines("charlie"), "charlie's shutdown diagnostic was adopted as its gateway"
 
     result = fleet.cli("down", "--timeout", "60s", timeout=90)
     assert result.returncode == 0, fleet.explain(result)
     assert fleet.leftovers() == []
+    assert fleet._strays() == [], "processes the gateways started outlived `down`"
     for name in ("alpha", "bravo"):
         assert gateway_state(fleet, name).get("gateway_state") == "stopped", name

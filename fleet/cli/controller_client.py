@@ -82,8 +82,12 @@ def stop_controller(state: StateDir, timeout: float = 15.0) -> int | None:
         return None
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
+    platform = current_platform()
     while time.monotonic() < deadline:
-        if running_controller_pid(state) is None:
+        # The lock is released before the process has exited: stopped means the process is gone too.
+        now = platform.process_info(pid)
+        gone = now is None or not now.alive or now.start_ticks != info.start_ticks
+        if gone and running_controller_pid(state) is None:
             return pid
         time.sleep(0.02)
     raise RuntimeError(f"controller pid {pid} did not stop within {timeout:g}s")

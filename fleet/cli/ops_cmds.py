@@ -355,9 +355,26 @@ def down(
         if time.monotonic() > deadline:
             fail("timed out draining: " + ", ".join(f"{p.name} (pid {p.pid})" for p in alive), EXIT_FAILED)
         time.sleep(0.05)
+    _wait_for_leftovers(state, set(specs), deadline)
     pid = stop_controller(state)
     typer.echo(f"all profiles stopped; controller {f'pid {pid} ' if pid else ''}stopped; "
                "the fleet stays down until `apply` or `start`")
+
+
+def _wait_for_leftovers(state, names: set[str], deadline: float) -> None:
+    """A gateway may exit before processes it started, which carry its fleet markers (Hermes 0.19 starts a
+    detached shutdown diagnostic at every stop that lives up to 5 s more): `down` is done when they are gone too."""
+    from fleet.observe.observer import marked_processes
+    platform = current_platform()
+    while True:
+        left = [(info, profile) for info, profile in marked_processes(state, platform) if profile in names]
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            fail("timed out waiting for processes the gateways started: " + ", ".join(
+                f"{profile} pid {info.pid} ({' '.join(info.cmdline)[:60]})" for info, profile in left), EXIT_FAILED,
+                hint="they are not gateways, so hermes-fleet does not signal them; end them by PID and run `down` again")
+        time.sleep(0.1)
 
 
 def logs(

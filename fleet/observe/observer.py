@@ -45,6 +45,14 @@ def verify_record(record: PidRecord, platform) -> Verdict:
     return Verdict("alive", info)
 
 
+def is_gateway_subprocess(spec: ProfileSpec | None, info: ProcessInfo) -> bool:
+    """A process that inherited a Hermes gateway's fleet markers but is not a gateway command line:
+    the gateway's own subprocess, e.g. the detached `timeout 5 bash -c 'ps ...'` shutdown diagnostic
+    Hermes 0.19 starts at every stop, which outlives the gateway by seconds. Never the gateway itself."""
+    return (spec is not None and spec.driver == DRIVER_HERMES and bool(info.cmdline)
+            and not (hf.looks_like_gateway(info.cmdline) and hf.cmdline_profile(info.cmdline) == spec.name))
+
+
 def profile_names_on_disk(state: StateDir) -> set[str]:
     try:
         entries = os.listdir(state.root)
@@ -184,7 +192,8 @@ class Observer:
             env = self.platform.process_environ(info.pid) or {}
             marker = env.get(PROFILE_ENV)
             if marker:
-                if env.get(STATE_DIR_ENV) == str(self.state.root) and _NAME.match(marker):
+                if env.get(STATE_DIR_ENV) == str(self.state.root) and _NAME.match(marker) \
+                        and not is_gateway_subprocess(specs.get(marker), info):
                     candidates.setdefault(marker, []).append((info, "env_marker"))
                 continue
             if hf.looks_like_gateway(info.cmdline):
@@ -222,3 +231,16 @@ class Observer:
                 reason = "duplicate" if managed else f"unmanaged ({source})"
                 orphans.append(Orphan(pid=info.pid, profile=name, cmdline=info.cmdline, reason=reason))
         return out, orphans
+
+
+def marked_processes(state: StateDir, platform) -> list[tuple[ProcessInfo, str]]:
+    """(process, profile) for every live process carrying this state directory's profile marker: the
+    gateways and whatever they started, including what outlived its gateway."""
+    out = []
+    for info in platform.iter_processes():
+        if not info.alive or info.pid == os.getpid():
+            continue
+        env = platform.process_environ(info.pid) or {}
+        if env.get(STATE_DIR_ENV) == str(state.root) and env.get(PROFILE_ENV):
+            out.append((info, env[PROFILE_ENV]))
+    return out

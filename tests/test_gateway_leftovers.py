@@ -1,0 +1,74 @@
+"""Processes a gateway started that outlive it. Hermes 0.19 answers every stop with a detached
+`timeout 5 bash -c 'ps auxf ...'` shutdown diagnostic in its own session: it inherits the gateway's
+environment (the fleet's HERMES_FLEET_* markers included) and lives up to 5 s after the gateway.
+Such a process is never the profile's gateway, and `down` is not done while one lives."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from fleet_harness import alive, environ_of, fleet  # noqa: F401
+from helpers import reaper, wait_until  # noqa: F401
+
+pytestmark = [
+    pytest.mark.skipif(os.name != "posix" or not sys.platform.startswith("linux"), reason="Linux process model"),
+    pytest.mark.timeout(90),
+]
+
+
+def shutdown_diagnostic(reaper, gateway_env: dict[str, str], seconds: float) -> subprocess.Popen:
+    """Stand-in for Hermes' diagnostic: the gateway's environment, its own session, not a gateway command line."""
+    return reaper.spawn([sys.executable, "-c", f"import time; time.sleep({seconds})"], env=gateway_env,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_a_gateways_leftover_subprocess_is_never_adopted(fleet, reaper):
+    fleet.write_manifest({"alpha": None})
+    fleet.apply()
+    pid = fleet.wait_running("alpha")
+    env = environ_of(pid)
+    assert env.get("HERMES_FLEET_PROFILE") == "alpha"
+    assert fleet.cli("stop", "alpha").returncode == 0
+    fleet.wait_gone(pid)
+    assert fleet.cli("controller", "stop").returncode == 0
+    leftover = shutdown_diagnostic(reaper, env, 60)
+    assert fleet.cli("start", "alpha").returncode == 1  # recorded; no controller runs yet
+    # A new controller scans the process table before it spawns: the leftover must not pass for alpha.
+    fleet.apply()
+    new = fleet.wait_running("alpha", other_than=leftover.pid)
+    assert new != leftover.pid
+    assert not [e for e in fleet.journal("alpha") if e.kind == "adopted"], fleet.journal("alpha")
+    assert leftover.poll() is None, "the fleet signalled a process that is not a gateway"
+    assert fleet.profiles()["alpha"]["pid"] == new
+
+
+def test_down_waits_for_what_the_gateways_left_behind(fleet, reaper):
+    fleet.write_manifest({"alpha": None, "beta": None})
+    fleet.apply()
+    pids = {n: fleet.wait_running(n) for n in ("alpha", "beta")}
+    leftover = shutdown_diagnostic(reaper, environ_of(pids["alpha"]), 6)
+    started = time.monotonic()
+    result = fleet.cli("down", "--timeout", "20s")
+    assert result.returncode == 0, fleet.explain(result)
+    assert leftover.poll() is not None, f"down returned after {time.monotonic() - started:.1f}s with pid " \
+                                        f"{leftover.pid} of the fleet still running"
+    assert fleet.leftovers() == [] and fleet._strays() == []
+
+
+def test_down_names_a_leftover_that_outlives_its_timeout(fleet, reaper):
+    fleet.write_manifest({"alpha": None})
+    fleet.apply()
+    pid = fleet.wait_running("alpha")
+    leftover = shutdown_diagnostic(reaper, environ_of(pid), 60)
+    result = fleet.cli("down", "--timeout", "3s")
+    assert result.returncode == 1, fleet.explain(result)
+    assert f"alpha pid {leftover.pid}" in result.stderr and "end them by PID" in result.stderr
+    assert leftover.poll() is None  # never signalled: it is not a gateway
+    assert not alive(pid)
+    assert psutil.pid_exists(leftover.pid)
