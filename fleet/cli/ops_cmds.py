@@ -478,7 +478,6 @@ def history(
 
 def _short_revision(revision: str) -> str:
     """Commit ids and digests cut to 12 hex digits, as `git log --oneline` does; a `+dirty` mark stays."""
-    import re
     return re.sub(r"\b([0-9a-f]{12})[0-9a-f]{4,}\b", r"\1", revision)
 
 

@@ -35,4 +35,4 @@ class ManifestError(Exception):
     def __init__(self, problems: list[Problem]):
         # In file order, as a compiler lists them: the schema and the rules find them in no useful order.
         self.problems = sorted(problems, key=lambda p: (p.file, p.line, p.column, p.path, p.message))
-        super().__init__("\n".join(p.render() for p in problems))
+        super().__init__("\n".join(p.render() for p in self.problems))
