@@ -187,7 +187,7 @@ def restart(
     state_dir: Optional[str] = StateDirOption,
     file: Path = FileOption,
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the new process runs."),
-    timeout: str = typer.Option("3m", "--timeout"),
+    timeout: str = typer.Option("3m", "--timeout", help="How long --wait waits, e.g. 90s, 3m."),
 ) -> None:
     """Restart profiles: drain (wait for active agents to finish), planned stop, respawn.
     A drain that outlasts the profile's drain timeout ends in a kill. `--force` kills at once.
@@ -359,9 +359,9 @@ def _print_log(path: Path, lines: int, follow: bool) -> None:
 
 def events(
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new events."),
-    profile: Optional[str] = typer.Option(None, "--profile"),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Only this profile's events."),
     output: str = OutputOption,
-    limit: int = typer.Option(50, "-n", "--lines"),
+    limit: int = typer.Option(50, "-n", "--lines", help="How many of the latest events to print first."),
     state_dir: Optional[str] = StateDirOption,
     file: Path = FileLongOption,
 ) -> None:
