@@ -225,8 +225,19 @@ def test_completion_uses_fleet_yaml_in_the_current_directory(tmp_path, manifest)
     assert sorted(result.stdout.split()) == ["alpha", "alpine", "beta"]
 
 
-def test_completion_can_be_installed(tmp_path):
-    assert "--show-completion" in _fleet(tmp_path, "--help").stdout
+def test_bash_completes_profile_names_through_the_installed_script(tmp_path, manifest):
+    assert "--install-completion" in _fleet(tmp_path, "--help").stdout
+    script = _fleet(tmp_path, "--show-completion", "bash")
+    assert script.returncode == 0 and "_HERMES_FLEET_COMPLETE=complete_bash" in script.stdout, script
+    (tmp_path / "completion.bash").write_text(script.stdout)
+    env = _env(tmp_path)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    shell = subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c",
+         'source completion.bash; COMP_WORDS=(hermes-fleet stop -f fleet.yaml al); COMP_CWORD=4; '
+         '_hermes_fleet_completion hermes-fleet; printf "%s\\n" "${COMPREPLY[@]}"'],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert sorted(shell.stdout.split()) == ["alpha", "alpine"], shell
 
 
 def test_help_and_version_import_no_rich(tmp_path):

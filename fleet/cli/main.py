@@ -67,14 +67,6 @@ def command():
     return root
 
 
-def _click_exceptions():
-    try:  # typer carries its own click from 0.26 on
-        from typer._click import exceptions
-    except ImportError:
-        from click import exceptions
-    return exceptions
-
-
 def main(argv: list[str] | None = None) -> None:
     """The console script: the app, with a usage error or a failure no command can fix (a full
     disk, a store another tool damaged) reported as one `error:` line instead of a panel or a
@@ -86,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     from fleet.store.files import UnsafeFile
     from fleet.store.layout import StateDirError
 
-    exc_types = _click_exceptions()
+    from typer._click import exceptions as exc_types  # typer carries its own click from 0.26 on
+
     root = command()
     try:
         code = root.main(args=argv, prog_name="hermes-fleet", standalone_mode=False)
