@@ -1,4 +1,4 @@
-"""Plain help, one-line usage errors and profile-name completion for the click tree typer builds.
+"""Plain help and profile-name completion for the click tree typer builds.
 
 typer's own help is a rich panel with a type after every option, and its rendering changes from
 one typer minor to the next; this renders help the way git and kubectl do from the parameters
