@@ -338,3 +338,45 @@ def test_a_record_naming_the_controller_or_its_parent_is_reclaimed_never_signall
     result = fleet.cli("controller", "stop")
     assert result.returncode == 0, fleet.explain(result)
     assert wrapper.wait(timeout=15) == 0
+
+
+# -- the executor's re-check right before a signal --------------------------------------------------------------
+@pytest.mark.parametrize("target", ["init", "runner", "empty_env_decoy", "other_profile"])
+@pytest.mark.parametrize("kind", ["kill", "stop"])
+def test_the_executor_rechecks_identity_and_never_signals_what_is_not_ours(tmp_path, reaper, no_signals, target,
+                                                                            kind):
+    from fleet.execute.executor import Executor
+    from fleet.observe.model import LiveProcess, ProfileObservation
+    from fleet.plan.model import Action
+    from fleet.store.db import ProfileHistory, Store
+    from fleet.store.layout import StateDir, ensure_state_dir
+
+    state = StateDir(tmp_path / "state")
+    ensure_state_dir(state)
+    if target == "init":
+        pid = 1
+    elif target == "runner":
+        pid = os.getpid()
+    elif target == "empty_env_decoy":
+        pid = logger(reaper, tmp_path, env=None, empty_env=True)[0].pid
+    else:
+        pid = logger(reaper, tmp_path, env=marked(name="beta", state=str(state.root)))[0].pid
+    platform = PosixPlatform()
+    info = platform.process_info(pid)
+    spec = profile_spec("alpha", driver="process", command=(sys.executable, "-c", "pass"), cwd=str(tmp_path),
+                        match=".")
+    store = Store(state.db, durable=False)
+    try:
+        executor = Executor(state, store, platform, epoch=1, spec_of=lambda n: spec)
+        proc = LiveProcess(pid=pid, start_ticks=info.start_ticks, create_time=info.create_time, cmdline=info.cmdline,
+                           started_at=time.time(), spec_hash=spec.spec_hash, source="record", record_epoch=1)
+        obs = ProfileObservation(name="alpha", process=proc, history=ProfileHistory("alpha"))
+        action = Action("kill", "alpha", "forced", "forced", pid=pid) if kind == "kill" else \
+            Action("drain", "alpha", "desired_stopped", "drain", pid=pid, phase="stop")
+        executor.execute(action, obs)
+        journal = store.events(profile="alpha", limit=1000)
+    finally:
+        store.close()
+    assert no_signals == []
+    refused = [e for e in journal if e.kind == "refused"]
+    assert len(refused) == 1 and f"pid {pid} " in refused[0].message, journal
