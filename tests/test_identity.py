@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -380,3 +379,30 @@ def test_the_executor_rechecks_identity_and_never_signals_what_is_not_ours(tmp_p
     assert no_signals == []
     refused = [e for e in journal if e.kind == "refused"]
     assert len(refused) == 1 and f"pid {pid} " in refused[0].message, journal
+
+
+GROUP_WITH_ANOTHER_USER = r"""
+import json, os, subprocess, sys, time
+out = sys.argv[1]
+other = subprocess.Popen(["sleep", "600"], user=65534, group=65534)  # stays in our group, another user
+mine = subprocess.Popen(["sleep", "600"])
+with open(out + ".tmp", "w") as fh:
+    json.dump({"other": other.pid, "mine": mine.pid}, fh)
+os.replace(out + ".tmp", out)
+while True:
+    time.sleep(3600)
+"""
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="starting another user's process needs root")
+def test_a_tree_kill_never_reaches_another_users_process_in_the_gateways_group(reaper, tmp_path):
+    out = tmp_path / "group.json"
+    root = reaper.spawn([sys.executable, "-c", GROUP_WITH_ANOTHER_USER, str(out)], env=marked())
+    tree = wait_until(lambda: json.loads(out.read_text()) if out.exists() else None, 15, what="the group")
+    created = {k: psutil.Process(p).create_time() for k, p in tree.items()}
+    reaper.track(tree["other"])
+    assert os.getpgid(tree["other"]) == root.pid
+    PosixPlatform().kill_tree(root.pid, identity.markers("alpha", STATE))
+    root.wait(timeout=10)
+    wait_until(lambda: not alive(tree["mine"], created["mine"]), 10, what="our own group member to die")
+    assert alive(tree["other"], created["other"]), "another user's process in the group was killed"

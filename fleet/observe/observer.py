@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 
 from fleet.maintenance import queue
 from fleet.observe import hermes_files as hf
 from fleet.observe import identity
-from fleet.observe.identity import SPEC_HASH_ENV, STATE_DIR_ENV, PROFILE_ENV
+from fleet.observe.identity import PROFILE_ENV, SPEC_HASH_ENV, STATE_DIR_ENV
 from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservation
 from fleet.observe.native import find_native_service
 from fleet.platform.base import ProcessInfo

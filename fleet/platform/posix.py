@@ -17,6 +17,7 @@ from fleet.store.files import open_append
 _ATTRS = ["pid", "create_time", "uids", "username", "cmdline", "status", "ppid"]
 PF_KTHREAD = 0x00200000  # include/linux/sched.h: the task is a kernel thread
 KTHREADD = 2  # Linux: parent of every kernel thread
+EXITED = "has already exited (zombie)"
 _PROC_STATES = {"R": "running", "S": "sleeping", "D": "disk-sleep", "Z": "zombie", "T": "stopped",
                 "t": "tracing-stop", "X": "dead", "x": "dead", "I": "idle", "W": "waking", "P": "parked"}
 
@@ -205,17 +206,33 @@ class PosixPlatform:
             descendants = []
         members = [d for d in descendants if self._in_tree(pid, d.pid, markers)]
         try:
-            if _leads_group(pid) and not _protected_in_group(pid):
+            if _leads_group(pid) and not self._protected_in_group(pid):
                 os.killpg(pid, signal.SIGKILL)
             else:
                 os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        except PermissionError:  # a group whose other members we may not signal
+            os.kill(pid, signal.SIGKILL)
         for child in members:  # marked children that left the group (their own setsid) die too
             try:
                 child.kill()  # psutil refuses a PID reused since `children()` listed it
             except psutil.Error:
                 pass
+
+    def _protected_in_group(self, pgid: int) -> bool:
+        """Whether killing process group `pgid` would reach a process never_signal refuses (this controller,
+        an ancestor, another user's setuid program the gateway ran): then its members die one by one."""
+        for pid in psutil.pids():
+            try:
+                if pid == pgid or os.getpgid(pid) != pgid:
+                    continue
+            except OSError:
+                continue
+            refusal = self.never_signal(pid)
+            if refusal and not refusal.endswith(EXITED):
+                return True
+        return False
 
     def _in_tree(self, root: int, pid: int, markers: Mapping[str, str]) -> bool:
         """A descendant belongs to the gateway's tree by its session or group (led by the gateway), its
@@ -290,7 +307,7 @@ def _proc_refusal(pid: int) -> str | None:
     except (ValueError, IndexError):
         return f"pid {pid} cannot be inspected"
     if state in (b"Z", b"X", b"x"):
-        return f"pid {pid} has already exited (zombie)"
+        return f"pid {pid} {EXITED}"
     if flags & PF_KTHREAD or ppid == KTHREADD or pid == KTHREADD:
         return f"pid {pid} is a kernel thread"
     uids = next((line.split()[1:4] for line in status.splitlines() if line.startswith("Uid:")), None)
@@ -332,18 +349,6 @@ def _leads_group(pid: int) -> bool:
         return os.getpgid(pid) == pid
     except OSError:
         return False
-
-
-def _protected_in_group(pgid: int) -> bool:
-    """Whether killing process group `pgid` would reach this controller or one of its ancestors."""
-    me = os.getpid()
-    for pid in {me} | _ancestors(me):
-        try:
-            if os.getpgid(pid) == pgid:
-                return True
-        except OSError:
-            continue
-    return False
 
 
 def _cgroup(pid: int) -> str | None:
