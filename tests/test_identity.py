@@ -240,14 +240,14 @@ def forge(fleet, name: str, pid: int, **extra) -> dict:
     return original
 
 
-@pytest.mark.parametrize("target", ["pid1", "pid1_adopted", "runner"])
+@pytest.mark.parametrize("target", ["pid1", "pid1_adopted", "runner", "kthreadd"])
 def test_diff_reclaims_a_record_naming_pid_1_or_the_runner_and_plans_no_signal(fleet, target):
     fleet.write_manifest({"alpha": None})
     fleet.apply()
     fleet.wait_running("alpha")
     result = fleet.cli("controller", "stop")
     assert result.returncode == 0, fleet.explain(result)
-    pid = os.getpid() if target == "runner" else 1
+    pid = {"runner": os.getpid(), "kthreadd": 2}.get(target, 1)
     original = forge(fleet, "alpha", pid, **({"adopted": True} if target == "pid1_adopted" else {}))
     try:
         result = fleet.cli("diff")  # plan only: nothing is executed
@@ -257,6 +257,19 @@ def test_diff_reclaims_a_record_naming_pid_1_or_the_runner_and_plans_no_signal(f
     assert "alpha will have its record reclaimed (pid foreign)" in result.stdout, fleet.explain(result)
     assert "0 to replace, 0 to drain, 0 to kill" in result.stdout, fleet.explain(result)
     assert "Draining" not in result.stdout and "will be drained" not in result.stdout, fleet.explain(result)
+
+
+def test_a_gateway_look_alike_with_an_empty_environment_is_never_adopted(fleet, reaper, tmp_path):
+    fleet.write_manifest({"alpha": None})
+    fleet.apply()
+    gateway = fleet.wait_running("alpha")
+    result = fleet.cli("controller", "stop")
+    assert result.returncode == 0, fleet.explain(result)
+    fleet.kill9(gateway)
+    decoy, log = logger(reaper, tmp_path, env=None, empty_env=True, extra=("hermes", "-p", "alpha", "gateway", "run"))
+    result = fleet.cli("diff")  # scans for unrecorded processes
+    assert f"pid {decoy.pid}" in result.stdout and "unproven" in result.stdout, fleet.explain(result)
+    assert "0 to adopt" in result.stdout and "alpha will be adopted" not in result.stdout, fleet.explain(result)
 
 
 def fleet_processes(fleet, name: str) -> list[int]:
