@@ -101,7 +101,7 @@ def _field(text: str, field: int) -> frozenset[int]:
         elif "-" in body:
             a, b = body.split("-", 1)
             start, end = _value(a, field), _value(b, field)
-            if field == 4 and end == 0 and start > 0 and step == 1:
+            if field == 4 and end == 0 and start > 0 and "/" not in part:
                 end = 7  # cronie: fri-sun is 5-7
         else:
             start = end = _value(body, field)
