@@ -232,12 +232,25 @@ def _next_matching_day(cron: Cron, day: int, last_day: int) -> int | None:
     return None
 
 
+def _prev_matching_day(cron: Cron, day: int, first_day: int) -> int | None:
+    while day >= first_day:
+        d = date.fromordinal(_EPOCH_ORDINAL + day)
+        if d.month not in cron.months:
+            day -= d.day
+            continue
+        if cron.matches_date(d):
+            return day
+        day -= 1
+    return None
+
+
 def next_fire_at(cron: Cron, tz: tzinfo, after: float, horizon: float) -> float | None:
     """The first fire instant strictly after `after` and at most `horizon` seconds later, or None."""
     if not cron.can_fire():
         return None
     p = int(after // 1) + 1
     end = after + horizon
+    span = 3600  # grows to a day: a frequent schedule is answered from the first hour
     while p <= end:
         # Offsets stay well within two days, so a chunk with no matching date near it has no fire.
         day = _next_matching_day(cron, p // _DAY - 2, int(end // _DAY) + 2)
@@ -246,10 +259,11 @@ def next_fire_at(cron: Cron, tz: tzinfo, after: float, horizon: float) -> float 
         if (day - 2) * _DAY > p:
             p = (day - 2) * _DAY
             continue
-        q = p + _DAY
+        q = p + span
         for t in _fires(cron, tz, p, q):
             return float(t) if t <= end else None
         p = q
+        span = min(_DAY, span * 4)
     return None
 
 
@@ -258,12 +272,20 @@ def last_fire_at(cron: Cron, tz: tzinfo, now: float, lookback: float) -> float |
     floor_now = int(now // 1)
     lowest = int((now - lookback) // 1) + 1
     q = floor_now + 1
+    span = 3600
     while q > lowest:
-        p = max(lowest, q - _DAY)
+        day = _prev_matching_day(cron, q // _DAY + 2, lowest // _DAY - 2)
+        if day is None:
+            return None
+        if (day + 3) * _DAY < q:
+            q = (day + 3) * _DAY
+            continue
+        p = max(lowest, q - span)
         fires = _fires(cron, tz, p, q)
         if fires:
             return float(fires[-1])
         q = p
+        span = min(_DAY, span * 4)
     return None
 
 
