@@ -252,3 +252,13 @@ def test_a_window_that_never_opens_is_refused(schedule, tmp_path):
     assert [p.render() for p in info.value.problems] == [
         "fleet.yaml:3:24: maintenance.windows[0].schedule: this schedule never fires: no month in it has that day "
         "(day-of-month and day-of-week combine with AND when either starts with '*')"]
+
+
+def test_a_hermes_block_in_a_process_profile_is_refused(tmp_path):
+    """The process driver runs `command` as written: a profile's hermes.home and hermes.command were ignored."""
+    text = "version: 1\nprofiles:\n  w: {driver: process, command: [./gw.sh], hermes: {home: ./h}}\n"
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(text, "fleet.yaml", base_dir=str(tmp_path))
+    assert [p.render() for p in info.value.problems] == [
+        "fleet.yaml:3:52: profiles.w.hermes: the process driver does not use 'hermes' (home, command) "
+        "(remove it, or set driver: hermes)"]

@@ -184,6 +184,9 @@ class _Builder:
             if not body.get("command"):
                 # Reported, and the rest of the profile still checked, so all its problems show at once.
                 self.problem(at, "the process driver needs 'command': the full command line to run, as a list")
+            if "hermes" in body:
+                self.problem(at + ("hermes",), "the process driver does not use 'hermes' (home, command)",
+                             "remove it, or set driver: hermes")
             command = _resolve_command(list(body.get("command") or []), self.base_dir)
             home = ""
             default_cwd = self.base_dir
