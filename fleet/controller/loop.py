@@ -108,7 +108,8 @@ class Controller:
         sel.register(rfd, selectors.EVENT_READ, "signal")
         if wake.sock:
             sel.register(wake.sock, selectors.EVENT_READ, "wake")
-            fence.hold("wake socket", wake.path, wake.identity)
+            if wake.identity is not None:
+                fence.hold("wake socket", wake.path, wake.identity)
         fenced: list[str] = []  # why this process no longer owns the state directory
 
         def breached() -> bool:
@@ -275,6 +276,7 @@ class _Claims:
         self.epoch = epoch
         self.mine = own_claim(state, store.meta("store_id") or "", os.getpid())
         self.homes: dict[str, str] = {}  # Hermes home -> profile, claimed by this process
+        self.unwritable: set[str] = set()  # homes whose claim could not be written (logged once)
 
     def update(self, desired, specs: dict, observed) -> None:
         if self.mine is None:
@@ -296,8 +298,11 @@ class _Claims:
             try:
                 write_claim(home, self.mine)
             except OSError as exc:
-                log(f"{name}: cannot write the claim in {home}: {exc}")
+                if home not in self.unwritable:
+                    self.unwritable.add(home)
+                    log(f"{name}: cannot write the claim in {home}: {exc}")
                 continue
+            self.unwritable.discard(home)
             self.homes[home] = name
             if obs.claim == "stale":
                 self.store.journal("claim_taken_over", f"{home}: stale claim of {obs.claim_note} taken over "
