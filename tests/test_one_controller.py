@@ -66,10 +66,10 @@ def gateways_of(home, name: str) -> list[int]:
     return out
 
 
-def never_two(fleet, names, seconds: float) -> None:
-    """For `seconds`, no profile has two processes (a bounded observation window, not a sleep)."""
+def never_two(fleet, names, seconds: float, *, until=None) -> None:
+    """For `seconds` (or until `until()` holds), no profile has two processes (a bounded observation window)."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (until and until()):
         for name in names:
             pids = gateways_of(fleet.home, name)
             assert len(pids) <= 1, f"{name} has {len(pids)} processes: {pids}"
@@ -93,8 +93,10 @@ def test_state_dir_removed_under_a_running_controller_then_apply(fleet):
     fleet.apply()
     new = fleet.controller_pid()
     assert new is not None and new != old
-    # Within a bound, without anything waking it: the old controller sees its directory is gone.
-    wait_until(lambda: not alive(old, old_created), 10, what=f"the old controller {old} to exit")
+    # Within a bound, without anything waking it: the old controller sees its directory is gone; while it
+    # lives and after, no profile ever has two processes.
+    never_two(fleet, THREE, 10.0, until=lambda: not alive(old, old_created))
+    assert not alive(old, old_created), f"the old controller {old} still runs"
     never_two(fleet, THREE, 3.0)
     for name, pid in pids.items():
         assert alive(pid, fleet.seen[pid]), f"{name}'s gateway {pid} was signalled"
@@ -163,7 +165,8 @@ def test_controller_exits_when_its_state_files_are_replaced(fleet, tmp_path, wha
 
 @LINUX
 @pytest.mark.timeout(150)
-def test_two_state_dirs_over_one_hermes_home(fleet, tmp_path):
+@pytest.mark.parametrize("how", ["same_root", "profile_home_override"])
+def test_two_state_dirs_over_one_hermes_home(fleet, tmp_path, how):
     fleet.write_manifest({"alpha": None})
     fleet.apply()
     a_pid = fleet.wait_running("alpha")
@@ -171,9 +174,14 @@ def test_two_state_dirs_over_one_hermes_home(fleet, tmp_path):
     (tmp_path / "b").mkdir()
     other = FleetHarness(tmp_path / "b")
     other._popens = []
-    other.home = fleet.home  # the same Hermes root, another state directory
+    if how == "same_root":
+        other.home = fleet.home  # the same Hermes root, another state directory
+        alpha = None
+    else:  # another root, but alpha's home is overridden into the first fleet's root
+        other.home = tmp_path / "b" / "hermes"
+        alpha = {"hermes": {"home": str(fleet.home)}}
     try:
-        other.write_manifest({"alpha": None, "beta": None})
+        other.write_manifest({"alpha": alpha, "beta": None})
         result = other.apply(expect=None)
         assert result.returncode == 1, other.explain(result)  # alpha is a conflict: reported, not applied
         beta = other.wait_running("beta")
@@ -191,7 +199,7 @@ def test_two_state_dirs_over_one_hermes_home(fleet, tmp_path):
         assert "owned_by_other_fleet" in diff.stdout, other.explain(diff)
         # The first fleet is untouched: its gateway, its claim, its own view.
         assert fleet.profiles()["alpha"]["phase"] == "Running"
-        assert beta in gateways_of(fleet.home, "beta")
+        assert beta in gateways_of(other.home, "beta")
     finally:
         other.cleanup()
     assert alive(a_pid, a_created)
