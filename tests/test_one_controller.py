@@ -256,6 +256,8 @@ def test_superseded_apply_exits_non_zero_and_names_the_newer_generation(fleet, t
             try:
                 gen = store.current_generation()
                 return gen.generation if gen else None
+            except sqlite3.Error:  # the schema is still being created
+                return None
             finally:
                 store.close()
         wait_until(lambda: generation() == 1, 30, what="the first apply to record generation 1")
