@@ -19,7 +19,7 @@ import pytest
 
 from factories import fleet_spec, live, observation, observed, plan_text, profile_spec
 from fleet_harness import FleetHarness, alive, fleet  # noqa: F401
-from helpers import poll_until, wait_until
+from helpers import wait_until
 
 LINUX = pytest.mark.skipif(os.name != "posix" or not sys.platform.startswith("linux"), reason="Linux process model")
 FENCED_EXIT = 4
