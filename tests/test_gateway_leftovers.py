@@ -74,27 +74,26 @@ def test_down_names_a_leftover_that_outlives_its_timeout(fleet, reaper):
     assert psutil.pid_exists(leftover.pid)
 
 
-def test_the_identity_rule_tells_a_gateway_from_a_process_it_started(reaper, tmp_path):
-    """Markers prove a hermes profile's gateway only on a gateway command line; a process driver's own
-    command is not known to Hermes' rules, so its markers still prove it."""
+def test_a_marked_process_is_a_gateway_only_on_a_gateway_command_line(reaper, tmp_path):
+    """For the scan of unrecorded processes: the markers point at a hermes profile's gateway only on a gateway
+    command line (Hermes' rules); a process driver's command is its own, so its markers still do."""
     from factories import profile_spec
     from fleet.observe import identity
     from fleet.platform.posix import PosixPlatform
 
-    state = "/nonexistent/fleet-state"
-    env = {**os.environ, **identity.markers("alpha", state)}
+    env = {**os.environ, **identity.markers("alpha", "/nonexistent/fleet-state")}
     diag = reaper.spawn([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
     hermes = tmp_path / "hermes"
     hermes.write_text("import time\ntime.sleep(60)\n")
-    gateway_like = reaper.spawn([sys.executable, str(hermes), "-p", "alpha", "gateway", "run", "--external-supervisor"],
-                                env=env)
+    gateway = reaper.spawn([sys.executable, str(hermes), "-p", "alpha", "gateway", "run", "--external-supervisor"],
+                           env=env)
     platform = PosixPlatform()
 
-    def verdict(pid, spec):
-        info = wait_until(lambda: (lambda i: i if i and i.cmdline else None)(platform.process_info(pid)), 10)
-        return identity.check(platform, pid, info.start_ticks, info.create_time, "alpha", state, spec)
+    def info(pid):
+        return wait_until(lambda: (lambda i: i if i and i.cmdline else None)(platform.process_info(pid)), 10)
 
-    c = verdict(diag.pid, profile_spec("alpha"))
-    assert c.verdict == "unrelated" and "not a gateway command line" in c.proof.why_not
-    assert verdict(gateway_like.pid, profile_spec("alpha")).verdict == "alive"
-    assert verdict(diag.pid, profile_spec("alpha", driver="process", command=(sys.executable,))).verdict == "alive"
+    assert identity.is_gateway_subprocess(profile_spec("alpha"), info(diag.pid))
+    assert not identity.is_gateway_subprocess(profile_spec("alpha"), info(gateway.pid))
+    assert identity.is_gateway_subprocess(profile_spec("beta"), info(gateway.pid))  # alpha's gateway, not beta's
+    assert not identity.is_gateway_subprocess(profile_spec("alpha", driver="process", command=(sys.executable,)),
+                                              info(diag.pid))

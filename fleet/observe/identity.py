@@ -6,7 +6,8 @@ user, identity needs positive proof, one of:
 
 - the child's environment we spawned it with, while we still hold it unreaped (its PID cannot be reused);
 - the `HERMES_FLEET_PROFILE` / `HERMES_FLEET_STATE_DIR` markers naming this profile and this state dir
-  (for a hermes-driver profile, on a gateway command line: its subprocesses carry the markers too);
+  (a gateway's subprocesses carry them too: the scan for unrecorded processes skips those, see
+  `is_gateway_subprocess`);
 - Hermes' own proof for a hermes-driver profile: `gateway.lock` held in the profile's home, `gateway.pid`
   naming this very process, and a gateway command line for this profile;
 - the profile's `match` pattern on its command line.
@@ -75,9 +76,6 @@ def prove(platform, info: ProcessInfo, name: str, state_root: str, spec: Profile
     marker = env.get(PROFILE_ENV)
     if marker is not None:
         if marker == name and env.get(STATE_DIR_ENV) == state_root:
-            if is_gateway_subprocess(spec, info):
-                return Proof(None, f"pid {info.pid} carries {name}'s markers but is not a gateway command line: "
-                                   f"a process its gateway started", env=env)
             return Proof(PROOF_MARKER, env=env)
         return Proof(None, f"pid {info.pid}'s markers name profile {marker!r} of state dir "
                            f"{env.get(STATE_DIR_ENV)!r}", env=env)
@@ -91,8 +89,10 @@ def prove(platform, info: ProcessInfo, name: str, state_root: str, spec: Profile
 def is_gateway_subprocess(spec: ProfileSpec | None, info: ProcessInfo) -> bool:
     """Every process a gateway starts inherits its markers, and some outlive it: Hermes 0.19 answers every stop
     with a detached `timeout 5 bash -c 'ps auxf ...'` shutdown diagnostic in its own session that lives up to 5 s
-    more. For a hermes-driver profile, a marked process without a gateway command line for that profile is such
-    a subprocess, never the gateway. (An empty command line is a process mid-exit: it proves nothing either way.)"""
+    more. For a hermes-driver profile, an unrecorded marked process without a gateway command line for that
+    profile is such a subprocess, never the gateway to adopt. A recorded PID needs no such test: we spawned it
+    (its command may be a wrapper Hermes' rules do not know), or adopted it through the scan that applies this.
+    (An empty command line is a process mid-exit: it decides nothing.)"""
     return (spec is not None and spec.driver == DRIVER_HERMES and bool(info.cmdline)
             and not (hf.looks_like_gateway(info.cmdline) and hf.cmdline_profile(info.cmdline) == spec.name))
 

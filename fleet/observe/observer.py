@@ -201,7 +201,8 @@ class Observer:
             marker = env.get(PROFILE_ENV)
             if marker:
                 if env.get(STATE_DIR_ENV) == str(self.state.root) and _NAME.match(marker):
-                    candidates.setdefault(marker, []).append((info, "env_marker"))
+                    if not identity.is_gateway_subprocess(specs.get(marker), info):
+                        candidates.setdefault(marker, []).append((info, "env_marker"))
                 else:
                     foreign = self._foreign_gateway(info)
                     for spec in specs.values():
