@@ -14,9 +14,9 @@ from fleet.cli.common import (
     load_or_exit, open_store, state_for,
 )
 from fleet.controller.preview import preview
-from fleet.plan.fielddiff import looks_secret
 from fleet.platform import current_platform
 from fleet.spec.codec import profile_to_dict
+from fleet.spec.secrets import mask_argv, mask_env
 
 
 def validate(file: Path = FileOption, output: str = OutputOption) -> None:
@@ -47,7 +47,9 @@ def diff(
 
     Exit codes follow kubectl/GNU diff (not Terraform's -detailed-exitcode):
     0 in sync, 1 changes pending (including waits), 2 error.
-    Secret-looking env values (TOKEN, KEY, SECRET, PASSWORD) are never printed.
+    Secret env values (by name: TOKEN, KEY, SECRET, PASS...; by value: URLs with credentials,
+    JWTs, private keys, known token formats) are never printed: a rotated secret shows as
+    "(sensitive value changed)".
     """
     check_output(output)
     manifest = load_or_exit(file, output)
@@ -71,8 +73,12 @@ def diff(
 
 
 def _masked(d: dict, show_secrets: bool) -> dict:
-    env = {k: (v if show_secrets or not looks_secret(k, v) else "(sensitive)") for k, v in d["env"]}
-    return {**d, "env": env}
+    if show_secrets:
+        return {**d, "env": dict(d["env"])}
+    masked = {**d, "env": mask_env(d["env"]), "command": mask_argv(d["command"])}
+    if d.get("maintenance", {}).get("update_command"):
+        masked["maintenance"] = {**d["maintenance"], "update_command": mask_argv(d["maintenance"]["update_command"])}
+    return masked
 
 
 def config(
