@@ -22,21 +22,22 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from fleet.cli.export_cmd import export_command
-from fleet.export.base import (
-    GENERATED_MARKER, ExportError, Note, carries_credentials, is_secret, looks_secret, merge_notes, whole_seconds,
-)
+from fleet.export.base import GENERATED_MARKER, ExportError, Note, merge_notes, whole_seconds
 from fleet.export.emit import comment_block, systemd_timespan, yaml_document
 from fleet.export.kubernetes import KubernetesTarget
 from fleet.export.systemd import SystemdTarget, backoff_settings
 from fleet.spec.load import load_manifest, parse_manifest
 from fleet.spec.model import RestartPolicy
+from fleet.spec.secrets import is_secret, secret_name, secret_value
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "export"
 MANIFEST = GOLDEN / "fleet.yaml"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 # Secret values in the golden manifest: none may appear in any output.
 GOLDEN_SECRETS = ("123456:fake-telegram-token-for-golden", "fake-telegram-token", "sk-fake-openai-key-for-golden",
-                  "fake-proxy-pass-for-golden")
+                  "fake-proxy-pass-for-golden", "fake-db-passwd-for-golden", "fake-credential-for-golden",
+                  "fakesentrykeyforgolden", "fakeSlackPathForGolden", "fake.bearer-for-golden",
+                  "fake-cli-token-for-golden")
 
 SCENARIOS = {
     "kubernetes": lambda: KubernetesTarget(),
@@ -150,7 +151,8 @@ def test_no_secret_value_appears_anywhere_in_the_output(scenario):
             assert secret not in text, f"{secret!r} leaked into {scenario}/{name}"
     # ...but the keys are still wired up, so the secrets do reach the gateway.
     everything = "".join(files.values())
-    for key in ("TELEGRAM_BOT_TOKEN", "OPENAI_API_KEY", "HTTPS_PROXY"):
+    for key in ("TELEGRAM_BOT_TOKEN", "OPENAI_API_KEY", "HTTPS_PROXY", "DB_PASSWD", "SERVICE_ACCOUNT_CREDENTIAL",
+                "ERROR_REPORTING_URL", "NOTIFY_URL", "UPSTREAM_HEADER", "HERMES_FLEET_SECRET_ARG_5"):
         assert key in everything
 
 
@@ -184,16 +186,17 @@ def test_generated_secrets_never_appear_in_any_target(key, value, proxy_password
 
 
 def test_secret_detection():
-    for key in ("TELEGRAM_BOT_TOKEN", "openai_api_key", "DB_PASSWORD", "CLIENT_SECRET", "Keyring"):
-        assert looks_secret(key), key
-    for key in ("HERMES_HOME", "NO_PROXY", "HTTP_PROXY", "LOG_LEVEL", "PATH"):
-        assert not looks_secret(key), key
-    assert carries_credentials("http://bot:pw@proxy:3128")
-    assert carries_credentials("socks5://u:p@h:1080")
-    assert not carries_credentials("http://proxy:3128")
-    assert not carries_credentials("http://user@proxy:3128")  # no password, nothing to hide
-    assert not carries_credentials("not a url")
-    assert not carries_credentials("http://[bad")
+    for key in ("TELEGRAM_BOT_TOKEN", "openai_api_key", "DB_PASSWORD", "CLIENT_SECRET", "Keyring", "DB_PASSWD",
+                "PGPASS", "SERVICE_ACCOUNT_CREDENTIAL", "SENTRY_DSN", "SLACK_WEBHOOK", "AUTH", "BASIC_AUTH"):
+        assert secret_name(key), key
+    for key in ("HERMES_HOME", "NO_PROXY", "HTTP_PROXY", "LOG_LEVEL", "PATH", "AUTHOR", "PWD"):
+        assert not secret_name(key), key
+    assert secret_value("http://bot:pw@proxy:3128")
+    assert secret_value("socks5://u:p@h:1080")
+    assert secret_value("https://abc123@o1.ingest.sentry.io/1")  # a Sentry DSN: the key is the user part
+    assert not secret_value("http://proxy:3128")
+    assert not secret_value("not a url")
+    assert not secret_value("http://[bad")
     assert is_secret("HTTP_PROXY", "http://u:p@h:1")
     assert not is_secret("HTTP_PROXY", "http://h:1")
 
