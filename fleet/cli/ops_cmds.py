@@ -20,6 +20,7 @@ from fleet.controller.status import fleet_status
 from fleet.controller.wake import wake
 from fleet.platform import current_platform
 from fleet.spec.durations import format_duration, parse_duration
+from fleet.spec.secrets import mask_argv
 from fleet.store.db import Store
 
 
@@ -120,7 +121,7 @@ def _deep_checks(state, st, name: str) -> list[dict]:
     add("identity (pid + start time + user)", proc is not None,
         f"pid {proc.pid}, start {proc.start_ticks}, found via {proc.source}" if proc else f"verdict: {obs.record_verdict}")
     if proc:
-        add("command line", True, " ".join(proc.cmdline)[:200])
+        add("command line", True, " ".join(mask_argv(proc.cmdline))[:200])
     desired_hash = row.desired_spec_hash if row else None
     add("spec current", None if proc is None or proc.spec_hash is None else proc.spec_hash == desired_hash,
         f"running {proc.spec_hash if proc else '-'}, desired {desired_hash or '-'}")

@@ -20,6 +20,7 @@ from fleet.execute.executor import Executor
 from fleet.observe.observer import Observer
 from fleet.plan.planner import plan
 from fleet.spec.model import DRIVER_HERMES
+from fleet.spec.secrets import mask_text
 from fleet.store.claims import own_claim, release_claim, write_claim
 from fleet.store.db import Store
 from fleet.store.fence import Fence
@@ -41,7 +42,7 @@ def held_now(failing: dict, now: float) -> frozenset:
 
 def log(message: str) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime())
-    print(f"{stamp} hermes-fleet[{os.getpid()}] {message}", file=sys.stderr, flush=True)
+    print(f"{stamp} hermes-fleet[{os.getpid()}] {mask_text(message)}", file=sys.stderr, flush=True)
 
 
 def _notifier():

@@ -12,6 +12,7 @@ from fleet.plan.exits import describe_exit
 from fleet.plan.model import Action, Plan
 from fleet.plan.planner import plan
 from fleet.spec.model import DRIVER_HERMES
+from fleet.spec.secrets import mask_text
 from fleet.store.db import Store
 from fleet.store.layout import StateDir
 from fleet.store.lock import Holder, lock_is_free, read_holder
@@ -168,4 +169,4 @@ def _note(action: Action) -> str:
     text = f"{action.kind} ({action.reason})"
     if action.message:
         text += f": {action.message}"
-    return text
+    return mask_text(text)

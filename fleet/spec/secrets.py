@@ -149,7 +149,8 @@ def mask_text(text: str, known: Iterable[str] = ()) -> str:
     """
     if not text:
         return text
-    for value in sorted({k for k in known if k and len(k) >= 4}, key=len, reverse=True):
+    # Short values ("true", "1") would mask ordinary words all over the text.
+    for value in sorted({k for k in known if k and len(k) >= 6}, key=len, reverse=True):
         text = text.replace(value, MASK)
     text = _PEM_BLOCK.sub(MASK, text)
     for pattern in (_TOKEN_PREFIXES, _JWT, _AUTH_SCHEME):
@@ -172,3 +173,16 @@ _PEM_BLOCK = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----.*?(?:
 def secret_values(env: Iterable[tuple[str, str]]) -> tuple[str, ...]:
     """The values of the secret entries of an env, for mask_text(known=...)."""
     return tuple(sorted({v for k, v in env if v and is_secret(k, v)}))
+
+
+def mask_data(value: object, known: Iterable[str] = ()) -> object:
+    """A JSON-like value with every secret in it masked: secret-named keys, and mask_text on strings."""
+    known = tuple(known)
+    if isinstance(value, str):
+        return mask_text(value, known)
+    if isinstance(value, dict):
+        return {k: (MASK if isinstance(k, str) and isinstance(v, str) and secret_name(k) else mask_data(v, known))
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [mask_data(v, known) for v in value]
+    return value

@@ -11,6 +11,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from fleet.spec.secrets import mask_data, mask_text
+
 SCHEMA_VERSION = 1
 
 _DDL = """
@@ -252,7 +254,7 @@ class Store:
 
     def revisions(self, limit: int = 20) -> list[dict]:
         rows = self.conn.execute("SELECT * FROM applied_revisions ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        return [dict(r) for r in rows]
+        return [mask_data(dict(r)) for r in rows]
 
     # -- inventory ------------------------------------------------------------------------
     def inventory(self) -> tuple[InventoryEntry, ...]:
@@ -315,6 +317,8 @@ class Store:
     # -- journal ----------------------------------------------------------------------------
     def journal(self, kind: str, message: str, *, profile: str | None = None, epoch: int | None = None,
                 data: dict | None = None) -> None:
+        # Masked before it is kept: the journal is printed by events, status and the controller's readers.
+        message, data = mask_text(message), mask_data(data) if data else None
         with self.tx():
             self.conn.execute("INSERT INTO journal(at, epoch, profile, kind, message, data) VALUES(?,?,?,?,?,?)",
                               (time.time(), self.epoch if epoch is None else epoch, profile, kind, message,
@@ -329,8 +333,9 @@ class Store:
         q += " ORDER BY id DESC LIMIT ?"
         args.append(limit)
         rows = list(reversed(self.conn.execute(q, args).fetchall()))
-        return [JournalEntry(r["id"], r["at"], r["epoch"], r["profile"], r["kind"], r["message"],
-                             json.loads(r["data"]) if r["data"] else None) for r in rows]
+        # Masked again on the way out: entries written before the rule knew a form stay hidden too.
+        return [JournalEntry(r["id"], r["at"], r["epoch"], r["profile"], r["kind"], mask_text(r["message"]),
+                             mask_data(json.loads(r["data"])) if r["data"] else None) for r in rows]
 
 
 def _is_full(exc: Exception) -> bool:
