@@ -128,15 +128,17 @@ def mask_argv(argv: Sequence[str]) -> list[str]:
 
 
 _ASSIGNMENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
-# NAME=value, NAME: value, --name value inside free text, where NAME is secret-looking.
-_ASSIGNMENT = re.compile(r"(?P<name>(?<![A-Za-z0-9_\-])-{0,2}[A-Za-z_][A-Za-z0-9_.\-]*)(?P<sep>\s*[=:]\s*|\s+)"
+# NAME=value or NAME: value inside free text, where NAME is secret-looking.
+_ASSIGNMENT = re.compile(r"(?P<name>(?<![A-Za-z0-9_\-])-{0,2}[A-Za-z_][A-Za-z0-9_.\-]*)(?P<sep>\s*[=:]\s*)"
                          r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;&\"']+)")
+# --name value inside free text (a command line quoted in a message).
+_FLAG_VALUE = re.compile(r"(?<!\S)(?P<name>--[A-Za-z][A-Za-z0-9_\-]*)(?P<sep>\s+)(?P<value>\"[^\"]*\"|'[^']*'|[^\s\-\"'][^\s]*)")
 
 
 def _assignment_secret(text: str) -> bool:
     """`password=x`, `api_key: x` inside a longer value (connection strings, headers)."""
     for m in _ASSIGNMENT.finditer(text):
-        if m.group("sep").strip() and secret_name(m.group("name")) and m.group("value").strip("\"'"):
+        if secret_name(m.group("name")) and m.group("value").strip("\"'"):
             return True
     return False
 
@@ -159,12 +161,11 @@ def mask_text(text: str, known: Iterable[str] = ()) -> str:
 
     def assignment(m: re.Match) -> str:
         name, sep = m.group("name"), m.group("sep")
-        is_flag = name.startswith("--")
-        if (sep.strip() or is_flag) and secret_name(name.lstrip("-")) and m.group("value") != MASK:
+        if secret_name(name.lstrip("-")) and m.group("value") != MASK:
             return f"{name}{sep}{MASK}"
         return m.group(0)
 
-    return _ASSIGNMENT.sub(assignment, text)
+    return _FLAG_VALUE.sub(assignment, _ASSIGNMENT.sub(assignment, text))
 
 
 _PEM_BLOCK = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----.*?(?:-----END [A-Z0-9 ]*-----|$)", re.S)
