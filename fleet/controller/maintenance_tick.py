@@ -13,7 +13,7 @@ from fleet.maintenance import queue
 from fleet.maintenance.model import ALL, MaintenanceRequest
 from fleet.observe.model import Observed
 from fleet.plan.model import Desired, Plan
-from fleet.spec.secrets import mask_argv, mask_text, secret_values
+from fleet.spec.secrets import mask_argv, mask_text, secret_values, secret_words
 from fleet.store.db import Store
 
 OUTPUT_TAIL = 4000
@@ -162,7 +162,8 @@ class MaintenanceTick:
             if code != 0:
                 break
         # The command's output may echo its env: hide those secrets by value before anyone reads it.
-        tail = mask_text(output, known=[v for _, env, _ in commands for v in secret_values(env.items())])[-OUTPUT_TAIL:]
+        known = [v for cmd, env, _ in commands for v in (*secret_values(env.items()), *secret_words(cmd))]
+        tail = mask_text(output, known=known)[-OUTPUT_TAIL:]
         store = Store(self.store_path)  # this thread's own connection
         try:
             now = time.time()

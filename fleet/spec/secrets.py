@@ -187,3 +187,12 @@ def mask_data(value: object, known: Iterable[str] = ()) -> object:
     if isinstance(value, (list, tuple)):
         return [mask_data(v, known) for v in value]
     return value
+
+
+def secret_words(argv: Sequence[str]) -> tuple[str, ...]:
+    """The secrets mask_argv hides in a command line, for mask_text(known=...)."""
+    found = []
+    for word, shown in zip(argv, mask_argv(argv)):
+        if word != shown:
+            found.append(word.partition("=")[2] if shown.endswith("=" + MASK) else word)
+    return tuple(found)
