@@ -397,3 +397,23 @@ def test_cli_help_teaches_with_examples(cli):
     result = cli("--help")
     assert result.exit_code == 0
     assert "hermes-fleet export kubernetes" in result.stdout and "--systemd-version" in result.stdout
+
+
+def test_a_secret_word_of_the_command_becomes_a_variable_reference():
+    manifest = {"version": 1, "name": "cmd", "profiles": {"bot": {
+        "driver": "process", "cwd": "/srv",
+        "command": ["/usr/bin/bot", "--api-key=keyValue1secret", "--token", "tokenValue2secret", "50%$(off)",
+                    "https://u:urlPw3secret@host/x"]}}}
+    spec = parse_manifest(yaml.safe_dump(manifest), "c.yaml", "/srv").spec
+    unit = SystemdTarget().render(spec).files[0].text
+    assert ("ExecStart=/usr/bin/bot --api-key=${HERMES_FLEET_SECRET_ARG_1} --token ${HERMES_FLEET_SECRET_ARG_3} "
+            "50%%$$(off) ${HERMES_FLEET_SECRET_ARG_5}\n") in unit
+    k8s = yaml.safe_load_all(KubernetesTarget().render(spec).stream)
+    [deployment] = [d for d in k8s if d and d["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"][-5:] == ["--api-key=$(HERMES_FLEET_SECRET_ARG_1)", "--token",
+                                         "$(HERMES_FLEET_SECRET_ARG_3)", "50%$(off)", "$(HERMES_FLEET_SECRET_ARG_5)"]
+    assert {e["name"] for e in container["env"]} == {f"HERMES_FLEET_SECRET_ARG_{i}" for i in (1, 3, 5)}
+    for export in (SystemdTarget().render(spec), KubernetesTarget().render(spec)):
+        text = export.stream + "".join(n.one_line() for n in export.notes)
+        assert not [s for s in ("keyValue1secret", "tokenValue2secret", "urlPw3secret") if s in text]

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 from fleet.export.base import (
     GENERATED_LINE, TEARDOWN_MARGIN_S, Advice, Export, ExportError, Note, RenderedFile, Target, common_notes,
-    SecretSplit, hermes_prefix, hermes_root_of, hermes_suffix, human, merge_notes, notes_for, secrets_detail,
-    split_secrets, whole_seconds,
+    SecretSplit, hermes_prefix, hermes_root_of, hermes_suffix, human, merge_notes, notes_for, secret_arguments,
+    secrets_detail, split_secrets, whole_seconds,
 )
 from fleet.export.emit import comment_block, notes_paragraphs, yaml_document, yaml_documents
 from fleet.export.scripts import (
@@ -182,10 +182,10 @@ class KubernetesTarget(Target):
         """One Secret holds one value per key: profiles sharing a Secret must agree on each key."""
         seen: dict[tuple[str, str], tuple[str, str]] = {}
         for p in spec.profiles:
-            env = dict(p.env)
             split = self.split_env(spec, p)
+            values = {**dict(p.env), **{key: secret for key, (_, secret) in secret_arguments(p.command).items()}}
             for key in split.secret_keys:
-                value = env[key] if key in env else p.command[int(key.rsplit("_", 1)[1])]
+                value = values[key]
                 first = seen.setdefault((self.secret_of(spec, p), key), (p.name, value))
                 if first[1] != value:
                     raise ExportError(f"profiles '{first[0]}' and '{p.name}' both read {key} from the Secret "
@@ -206,7 +206,8 @@ class KubernetesTarget(Target):
             env["HERMES_FLEET_STOP_FILE"] = posixpath.join(CONTAINER_RUN_DIR, "stop")
         # The image's `hermes` replaces hermes.command, so only a process command can carry a secret word.
         command = ("hermes", *hermes_suffix(profile)) if profile.driver == DRIVER_HERMES else profile.command
-        return split_secrets(env, command, lambda key: f"$({key})")
+        # $$( is the kubelet's escape for a literal $( in the rest of the word.
+        return split_secrets(env, command, lambda head, key: head.replace("$(", "$$(") + f"$({key})")
 
     def metadata(self, spec: FleetSpec, profile: ProfileSpec, name: str, annotations: dict | None = None) -> dict:
         meta: dict = {"name": name}

@@ -31,7 +31,8 @@ from fleet.export.base import (
     SecretSplit, human, merge_notes, notes_for, secrets_detail, split_secrets, whole_seconds,
 )
 from fleet.export.emit import (
-    UnitSection, Verbatim, comment_block, notes_paragraphs, render_unit, systemd_command_line, systemd_path,
+    UnitSection, Verbatim, comment_block, notes_paragraphs, render_unit, systemd_command_line, systemd_escape_specifiers,
+    systemd_path,
     systemd_script_word, systemd_timespan, systemd_word,
 )
 from fleet.export.scripts import HERMES_STOP_SCRIPT_LINES, PROCESS_STOP_SCRIPT_LINES
@@ -233,8 +234,9 @@ class SystemdTarget(Target):
             # Without a growing backoff systemd would respawn a crashing gateway at the first
             # step forever; Hermes' own respawn-storm breaker then slows it down instead.
             env.pop("HERMES_GATEWAY_MAX_STARTS", None)
-        # ${KEY} as a whole word: systemd passes the variable's exact value as one argument.
-        return split_secrets(env, profile.command, lambda key: Verbatim("${" + key + "}"))
+        # ${KEY} (not $KEY): systemd puts the variable's exact value into the word, unsplit.
+        return split_secrets(env, profile.command, lambda head, key: Verbatim(
+            systemd_escape_specifiers(head).replace("$", "$$") + "${" + key + "}"))
 
     # ------------------------------------------------------------ notes
 
