@@ -195,6 +195,7 @@ def test_secret_detection():
     assert secret_value("socks5://u:p@h:1080")
     assert secret_value("https://abc123@o1.ingest.sentry.io/1")  # a Sentry DSN: the key is the user part
     assert not secret_value("http://proxy:3128")
+    assert not secret_value("http://user@proxy:3128")  # a login name without a password hides nothing
     assert not secret_value("not a url")
     assert not secret_value("http://[bad")
     assert is_secret("HTTP_PROXY", "http://u:p@h:1")

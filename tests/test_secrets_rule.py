@@ -38,7 +38,8 @@ SECRET_VALUES = {
 }
 PLAIN_VALUES = ["info", "/srv/hermes/profiles/alpha", "http://proxy.internal:3128", "127.0.0.1,localhost,::1",
                 'hello world; 100% "quoted" $HOME \\ back', "Bot started in basic mode", "https://example.com/docs?page=2",
-                "task-runner", "v1.2.3", "true", "Token refresh every 5m", "user@example.com"]
+                "task-runner", "v1.2.3", "true", "Token refresh every 5m", "user@example.com",
+                "ssh://git@github.com/org/repo.git", "http://user@proxy:3128"]  # a login name is no secret
 
 
 @pytest.mark.parametrize("form", sorted(SECRET_VALUES))

@@ -26,8 +26,8 @@ _NAME_PARTS = ("TOKEN", "KEY", "SECRET", "PASS", "PWD", "CREDENTIAL", "DSN", "WE
                "PRIVATE", "BEARER")
 # Matched as a whole word of the name only: AUTH, BASIC_AUTH, AUTH_HEADER, AUTHORIZATION (not AUTHOR).
 _NAME_WORDS = re.compile(r"(?:^|[^A-Z0-9])(?:AUTH|AUTHORIZATION|AUTHN|OAUTH|PW|PIN|OTP)(?:$|[^A-Z0-9])")
-# Names that contain a secret word but never hold a secret (the working directory, a prompt).
-_NOT_SECRET_NAMES = frozenset({"PWD", "OLDPWD", "PS1", "PATH", "PASSWD_FILE_PATH"})
+# Names that contain a secret word but never hold a secret (the shell's working directories).
+_NOT_SECRET_NAMES = frozenset({"PWD", "OLDPWD"})
 
 # Token formats issued by common services: GitHub, GitLab, Slack, OpenAI/Anthropic/Stripe,
 # AWS access keys, Google API keys, Hugging Face, npm, PyPI, SendGrid, Telegram bot tokens.
@@ -44,12 +44,21 @@ _JWT = re.compile(r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]{4,}\.eyJ[A-Za-z0-9_\-]{
 _PEM_PRIVATE = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
 _AUTH_SCHEME = re.compile(r"(?<![A-Za-z0-9])(?:[Bb]earer|[Bb]asic|[Dd]igest|[Tt]oken|Bot|ApiKey)\s+"
                           r"(?=[A-Za-z0-9._~+/=:\-]*(?:[0-9._~+/=:\-]|[a-z][A-Z]|[A-Z][a-z]*[A-Z]))[A-Za-z0-9._~+/=:\-]{8,}")
-# user:password@ or a bare key@ (Sentry DSN) in a URL.
-_URL_USERINFO = re.compile(r"(?i)\b[a-z][a-z0-9+.\-]*://[^/?#@\s]+@")
+# user:password@ in a URL, or a user part that is a key (a Sentry DSN's https://<key>@host/1),
+# not a login name such as git@ or deploy@.
+_URL_USERINFO = re.compile(r"(?i)\b[a-z][a-z0-9+.\-]*://(?P<user>[^/?#@:\s]*)(?P<password>:[^/?#@\s]*)?@")
+_KEY_LIKE_USER = re.compile(r"^(?=.*[0-9])(?=.*[A-Za-z])[A-Za-z0-9_\-]{8,}$|^[A-Za-z0-9_\-]{20,}$")
 _URL = re.compile(r"(?i)\b[a-z][a-z0-9+.\-]*://[^\s\"'<>]+")
+_PEM_BLOCK = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----.*?(?:-----END [A-Z0-9 ]*-----|$)", re.S)
 # Hosts whose URL path is itself the credential.
 _WEBHOOK_HOSTS = ("hooks.slack.com", "discord.com", "discordapp.com", "outlook.office.com", "webhook.office.com",
                   "chat.googleapis.com", "api.telegram.org")
+_ASSIGNMENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+# NAME=value or NAME: value inside free text, where NAME is secret-looking.
+_ASSIGNMENT = re.compile(r"(?P<name>(?<![A-Za-z0-9_\-])-{0,2}[A-Za-z_][A-Za-z0-9_.\-]*)(?P<sep>\s*[=:]\s*)"
+                         r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;&\"']+)")
+# --name value inside free text (a command line quoted in a message).
+_FLAG_VALUE = re.compile(r"(?<!\S)(?P<name>--[A-Za-z][A-Za-z0-9_\-]*)(?P<sep>\s+)(?P<value>\"[^\"]*\"|'[^']*'|[^\s\-\"'][^\s]*)")
 # A long single word of letters and digits, as API keys without a known prefix are.
 _OPAQUE = re.compile(r"^(?=[^/]*[0-9])(?=[^/]*[A-Za-z])[A-Za-z0-9_\-+=]{32,}$")
 
@@ -63,13 +72,15 @@ def secret_name(name: str) -> bool:
 
 
 def _url_carries_credentials(url: str) -> bool:
-    if _URL_USERINFO.match(url):
-        return True
     try:
         parts = urllib.parse.urlsplit(url)
         host = (parts.hostname or "").lower()
     except ValueError:
-        return False
+        return bool(_URL_USERINFO.match(url))
+    userinfo = _URL_USERINFO.match(url)
+    if userinfo and (userinfo.group("password") or _KEY_LIKE_USER.match(userinfo.group("user"))
+                     or "sentry" in host):
+        return True
     if any(host == h or host.endswith("." + h) for h in _WEBHOOK_HOSTS) or "webhook" in parts.path.lower():
         return True
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True) + \
@@ -92,11 +103,6 @@ def secret_value(value: object) -> bool:
 def is_secret(name: str, value: object = None) -> bool:
     """The rule: secret by name or by value."""
     return secret_name(name) or secret_value(value)
-
-
-def mask(name: str, value: object) -> object:
-    """The value, or MASK when the entry is secret."""
-    return MASK if is_secret(name, value) else value
 
 
 def mask_env(env: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -125,14 +131,6 @@ def mask_argv(argv: Sequence[str]) -> list[str]:
         else:
             out.append(MASK if secret_value(word) else word)
     return out
-
-
-_ASSIGNMENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
-# NAME=value or NAME: value inside free text, where NAME is secret-looking.
-_ASSIGNMENT = re.compile(r"(?P<name>(?<![A-Za-z0-9_\-])-{0,2}[A-Za-z_][A-Za-z0-9_.\-]*)(?P<sep>\s*[=:]\s*)"
-                         r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;&\"']+)")
-# --name value inside free text (a command line quoted in a message).
-_FLAG_VALUE = re.compile(r"(?<!\S)(?P<name>--[A-Za-z][A-Za-z0-9_\-]*)(?P<sep>\s+)(?P<value>\"[^\"]*\"|'[^']*'|[^\s\-\"'][^\s]*)")
 
 
 def _assignment_secret(text: str) -> bool:
@@ -166,9 +164,6 @@ def mask_text(text: str, known: Iterable[str] = ()) -> str:
         return m.group(0)
 
     return _FLAG_VALUE.sub(assignment, _ASSIGNMENT.sub(assignment, text))
-
-
-_PEM_BLOCK = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----.*?(?:-----END [A-Z0-9 ]*-----|$)", re.S)
 
 
 def secret_values(env: Iterable[tuple[str, str]]) -> tuple[str, ...]:
