@@ -31,9 +31,8 @@ from fleet.export.base import (
     SecretSplit, human, merge_notes, notes_for, secrets_detail, split_secrets, whole_seconds,
 )
 from fleet.export.emit import (
-    UnitSection, Verbatim, comment_block, notes_paragraphs, render_unit, systemd_command_line, systemd_escape_specifiers,
-    systemd_path,
-    systemd_script_word, systemd_timespan, systemd_word,
+    UnitSection, Verbatim, comment_block, notes_paragraphs, render_unit, systemd_command_line,
+    systemd_escape_specifiers, systemd_path, systemd_script_word, systemd_timespan, systemd_word,
 )
 from fleet.export.scripts import HERMES_STOP_SCRIPT_LINES, PROCESS_STOP_SCRIPT_LINES
 from fleet.spec.model import DRIVER_HERMES, FleetSpec, ProfileSpec, RestartPolicy
@@ -284,7 +283,8 @@ class SystemdTarget(Target):
                                   (p.name,)))
             split = self.split_env(spec, p)
             if split.secret_keys:
-                notes.append(Note("secrets", f"{secrets_detail(split)}; the unit reads them from {self.env_file_shown(spec, p)} (EnvironmentFile=).",
+                notes.append(Note("secrets", f"{secrets_detail(split)}; the unit reads them from "
+                                  f"{self.env_file_shown(spec, p)} (EnvironmentFile=).",
                                   f"create that file (mode 0600, owned by the service's user) with KEY=value lines "
                                   "for those keys, from your secret store.", (p.name,)))
         notes.append(Note("prune", "removing a profile from fleet.yaml only removes its unit from this export; "

@@ -42,8 +42,11 @@ _TOKEN_PREFIXES = re.compile(
     r")")
 _JWT = re.compile(r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]{4,}\.eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*")
 _PEM_PRIVATE = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
+# A credential after an Authorization scheme: 8+ characters with a digit, a symbol or mixed case
+# (so "Bot started" and "Basic authentication" stay readable).
 _AUTH_SCHEME = re.compile(r"(?<![A-Za-z0-9])(?:[Bb]earer|[Bb]asic|[Dd]igest|[Tt]oken|Bot|ApiKey)\s+"
-                          r"(?=[A-Za-z0-9._~+/=:\-]*(?:[0-9._~+/=:\-]|[a-z][A-Z]|[A-Z][a-z]*[A-Z]))[A-Za-z0-9._~+/=:\-]{8,}")
+                          r"(?=[A-Za-z0-9._~+/=:\-]*(?:[0-9]|[._~+/=:\-][A-Za-z0-9]|[a-z][A-Z]|[A-Z][a-z]*[A-Z]))"
+                          r"[A-Za-z0-9._~+/=:\-]{8,}")
 # user:password@ in a URL, or a user part that is a key (a Sentry DSN's https://<key>@host/1),
 # not a login name such as git@ or deploy@.
 _URL_USERINFO = re.compile(r"(?i)\b[a-z][a-z0-9+.\-]*://(?P<user>[^/?#@:\s]*)(?P<password>:[^/?#@\s]*)?@")
@@ -58,7 +61,8 @@ _ASSIGNMENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _ASSIGNMENT = re.compile(r"(?P<name>(?<![A-Za-z0-9_\-])-{0,2}[A-Za-z_][A-Za-z0-9_.\-]*)(?P<sep>\s*[=:]\s*)"
                          r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;&\"']+)")
 # --name value inside free text (a command line quoted in a message).
-_FLAG_VALUE = re.compile(r"(?<!\S)(?P<name>--[A-Za-z][A-Za-z0-9_\-]*)(?P<sep>\s+)(?P<value>\"[^\"]*\"|'[^']*'|[^\s\-\"'][^\s]*)")
+_FLAG_VALUE = re.compile(r"(?<!\S)(?P<name>--[A-Za-z][A-Za-z0-9_\-]*)(?P<sep>\s+)"
+                         r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s\-\"'][^\s]*)")
 # A long single word of letters and digits, as API keys without a known prefix are.
 _OPAQUE = re.compile(r"^(?=[^/]*[0-9])(?=[^/]*[A-Za-z])[A-Za-z0-9_\-+=]{32,}$")
 
