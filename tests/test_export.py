@@ -370,11 +370,23 @@ def test_cli_rejects_options_of_the_other_target(cli):
     assert "--image, --namespace do not apply to the systemd target" in result.stderr
     result = cli("kubernetes", "-f", str(MANIFEST), "--scope", "system")
     assert result.exit_code == 2 and "--scope" in result.stderr
+    result = cli("systemd", "-f", str(MANIFEST), "--secret-name", "bots")
+    assert result.exit_code == 2 and "--secret-name does not apply to the systemd target" in result.stderr
 
 
 def test_cli_rejects_bad_option_values(cli):
     result = cli("kubernetes", "-f", str(MANIFEST), "--namespace", "Bad_NS")
     assert result.exit_code == 2 and "namespace" in result.stderr
+    result = cli("kubernetes", "-f", str(MANIFEST), "--secret-name", "Bad_Secret")
+    assert result.exit_code == 2 and "--secret-name 'Bad_Secret' is not a valid Secret name" in result.stderr
+
+
+def test_cli_secret_name_points_the_deployments_at_the_users_secret(cli):
+    result = cli("kubernetes", "-f", str(MANIFEST), "--secret-name", "hermes-{profile}-vault")
+    assert result.exit_code == 0, result.stderr
+    assert "name: hermes-demo-alpha-vault" in result.stdout and "demo-alpha-secrets" not in result.stdout
+    assert "create secret generic hermes-demo-worker-vault" in result.stderr
+    assert not [s for s in GOLDEN_SECRETS if s in result.stdout + result.stderr]
 
 
 def test_cli_reports_manifest_problems_with_their_location(cli, tmp_path):
