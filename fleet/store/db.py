@@ -11,6 +11,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from fleet.store.diagnosis import diagnose as _diagnose, read_only_reason
+
 SCHEMA_VERSION = 1
 
 _DDL = """
@@ -56,6 +58,20 @@ PROFILE_STATE_COLUMNS = (
 
 class StoreError(Exception):
     pass
+
+
+class StoreFault(StoreError, sqlite3.OperationalError):
+    """A write that failed, with what is wrong with the store (`kind`: full, locked, read-only,
+    io, corrupt, other) in its message. Still an sqlite3.OperationalError for callers that catch that."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+    @classmethod
+    def of(cls, path: str, exc: BaseException) -> "StoreFault":
+        kind, message = _diagnose(path, exc)
+        return cls(message, kind)
 
 
 @dataclass(frozen=True)
@@ -150,7 +166,18 @@ class Store:
         try:
             self.conn.execute("PRAGMA busy_timeout=30000")
             if readonly:
-                self.conn.execute("SELECT key FROM meta LIMIT 1").fetchall()  # a damaged file fails here, clearly
+                try:
+                    self.conn.execute("SELECT key FROM meta LIMIT 1").fetchall()  # a damaged file fails here, clearly
+                except sqlite3.OperationalError:
+                    if not read_only_reason(self.path):
+                        raise
+                    # On a read-only file system nobody can change the file, and SQLite cannot create the
+                    # WAL index a plain read needs: read it as the immutable file it is.
+                    self.conn.close()
+                    self.conn = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True,
+                                                isolation_level=None)
+                    self.conn.row_factory = sqlite3.Row
+                    self.conn.execute("SELECT key FROM meta LIMIT 1").fetchall()
             if not readonly:
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
@@ -160,19 +187,19 @@ class Store:
                     self.conn.execute("INSERT OR IGNORE INTO meta VALUES('epoch', '0')")
                     self.conn.execute("INSERT OR IGNORE INTO meta VALUES('observed_generation', '0')")
                     self.conn.execute("INSERT OR IGNORE INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
+        except StoreFault:
+            self.conn.close()
+            raise
         except sqlite3.DatabaseError as exc:
             self.conn.close()
-            if _is_full(exc):
-                raise StoreError(f"cannot write {self.path}: {exc}; free some disk space (nothing was changed)") from None
-            raise StoreError(f"{self.path} is not a usable hermes-fleet database ({exc}); "
-                             f"move it aside to start a fresh history (running gateways will be adopted)") from None
+            raise StoreFault.of(self.path, exc) from None
 
     def close(self) -> None:
         self.conn.close()
 
     # -- transactions -------------------------------------------------------------------
     def tx(self):
-        return _Tx(self.conn)
+        return _Tx(self.conn, self.path)
 
     def data_version(self) -> int:
         return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
@@ -333,11 +360,6 @@ class Store:
                              json.loads(r["data"]) if r["data"] else None) for r in rows]
 
 
-def _is_full(exc: Exception) -> bool:
-    text = str(exc).lower()
-    return "full" in text or "disk i/o" in text or "no space" in text
-
-
 def _create_safely(path: str) -> None:
     """Refuse a symlinked database and create a missing one 0600. Never open-and-close an existing
     database file: closing any descriptor of it drops this process's SQLite (fcntl) locks."""
@@ -355,15 +377,20 @@ def _create_safely(path: str) -> None:
 
 
 class _Tx:
-    """BEGIN IMMEDIATE ... COMMIT, re-entrant: nested uses join the outer transaction."""
+    """BEGIN IMMEDIATE ... COMMIT, re-entrant: nested uses join the outer transaction. A failure
+    leaves as a StoreFault that says what is wrong with the store (full, locked, read-only...)."""
 
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn: sqlite3.Connection, path: str = ""):
         self.conn = conn
+        self.path = path
         self.outer = False
 
     def __enter__(self):
         if not self.conn.in_transaction:
-            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreFault.of(self.path, exc) from exc
             self.outer = True
         return self.conn
 
@@ -371,10 +398,20 @@ class _Tx:
         if not self.outer:
             return False
         if exc_type is None:
-            self.conn.execute("COMMIT")
-        elif self.conn.in_transaction:
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.OperationalError as failed:
+                self._rollback()
+                raise StoreFault.of(self.path, failed) from failed
+        else:
+            self._rollback()
+            if isinstance(exc, sqlite3.OperationalError) and not isinstance(exc, StoreFault):
+                raise StoreFault.of(self.path, exc) from exc
+        return False
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
             try:
                 self.conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass  # SQLite already rolled back (e.g. disk full); the original error is what matters
-        return False
