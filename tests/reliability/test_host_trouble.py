@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +26,8 @@ pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process model (/proc)"),
     pytest.mark.timeout(240),
 ]
+
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 # -- the environment of a gateway ---------------------------------------------------------------------------------
@@ -67,3 +72,99 @@ def test_apply_waits_through_a_rolling_change_held_by_the_budget(fleet):
     assert "Converged" in result.stdout
     for name in names:
         assert fleet.pid(name) != before[name] and alive(fleet.pid(name))
+
+
+# -- a store that is locked, read-only or corrupt ------------------------------------------------------------------
+HOLD_LOCK = r"""
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_locked_store_names_the_holder_and_is_not_called_unusable(fleet):
+    quiet = {"env": {"FAKE_HERMES_HEARTBEAT_S": "3600"}}
+    fleet.write_manifest({"alpha": quiet})
+    fleet.apply()
+    fleet.wait_running("alpha")
+    assert fleet.cli("controller", "stop").returncode == 0
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(fleet.state / "fleet.db")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = fleet.cli("restart", "alpha", "--no-wait", timeout=120)
+        text = result.stdout + result.stderr
+        assert result.returncode != 0 and "Traceback" not in text, explain(result)
+        assert f"locked by pid {holder.pid}" in text, explain(result)
+        assert "move it aside" not in text and "not a usable" not in text, explain(result)
+        status = fleet.cli("status")  # a reader is not blocked by a writer in WAL mode
+        assert status.returncode in (0, 1) and "move it aside" not in status.stdout + status.stderr, explain(status)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    fleet.apply()  # the lock released, the same store serves again
+
+
+def read_only_bind(where: Path) -> bool:
+    """`where` remounted read-only through a bind mount of itself (root needed); the processes that already
+    write there through the original mount keep doing so."""
+    if not IS_ROOT or shutil.which("mount") is None:
+        return False
+    if subprocess.run(["mount", "--bind", str(where), str(where)], capture_output=True).returncode != 0:
+        return False
+    if subprocess.run(["mount", "-o", "remount,bind,ro", str(where)], capture_output=True).returncode != 0:
+        unmount(where)
+        return False
+    return True
+
+
+def unmount(where: Path) -> None:
+    for _ in range(50):
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.1)
+
+
+def test_a_read_only_store_says_read_only(fleet):
+    fleet.write_manifest({"alpha": {"env": {"FAKE_HERMES_HEARTBEAT_S": "3600"}}})
+    fleet.apply()
+    fleet.wait_running("alpha")
+    assert fleet.cli("controller", "stop").returncode == 0
+    if not read_only_bind(fleet.state):
+        pytest.skip("needs root and a working `mount --bind` with a read-only remount")
+    try:
+        for args in (["restart", "alpha", "--no-wait"], ["apply", "--no-wait"]):
+            result = fleet.cli(*args)
+            text = result.stdout + result.stderr
+            assert result.returncode != 0 and "Traceback" not in text, explain(result)
+            assert "read-only" in text and "move it aside" not in text, explain(result)
+        status = fleet.cli("status", "-o", "json")  # still readable
+        assert status.returncode in (0, 1), explain(status)
+        assert "alpha" in {p["name"] for p in json.loads(status.stdout)["profiles"]}
+    finally:
+        unmount(fleet.state)
+
+
+def test_only_a_proven_corrupt_store_is_called_corrupt(tmp_path):
+    from fleet.store.db import Store, StoreError
+    db = tmp_path / "fleet.db"
+    store = Store(db)
+    for i in range(300):
+        store.journal("filler", "x" * 500)
+    store.close()
+    pages = db.stat().st_size // 4096
+    with open(db, "r+b") as fh:  # scribble over interior pages, keep the header: opens, but is damaged
+        for page in range(2, pages, 3):
+            fh.seek(page * 4096)
+            fh.write(os.urandom(4096))
+    with pytest.raises(StoreError) as info:
+        s = Store(db)
+        try:
+            s.events(limit=1000)
+            s.journal("more", "y" * 500)
+            s.conn.execute("SELECT count(*), sum(length(message)) FROM journal").fetchall()
+        finally:
+            s.close()
+    assert "integrity check" in str(info.value) and "move it aside" in str(info.value), info.value
