@@ -20,12 +20,14 @@ from fleet.execute.executor import Executor
 from fleet.observe.observer import Observer
 from fleet.plan.planner import plan
 from fleet.store.db import Store
+from fleet.store.health import HealthFile
 from fleet.store.layout import StateDir, ensure_state_dir
 from fleet.store.lock import LockHeld, SupervisorLock
 
 RESYNC_SECONDS = 30.0
 ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 IDLE_WAIT_SECONDS = 60.0
+STORE_BUSY_SECONDS = 5.0  # a store locked longer than this: keep supervising from memory (see StoreBookkeeping)
 EXIT_OK, EXIT_FATAL, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
 
 
@@ -35,7 +37,10 @@ def held_now(failing: dict, now: float) -> frozenset:
 
 def log(message: str) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime())
-    print(f"{stamp} hermes-fleet[{os.getpid()}] {message}", file=sys.stderr, flush=True)
+    try:
+        print(f"{stamp} hermes-fleet[{os.getpid()}] {message}", file=sys.stderr, flush=True)
+    except OSError:
+        pass  # a full disk under the log must not stop the supervision
 
 
 def _notifier():
@@ -64,7 +69,7 @@ class Controller:
 
     def run(self) -> int:
         ensure_state_dir(self.state)
-        store = Store(self.state.db, durable=False)
+        store = Store(self.state.db, durable=False, degradable=True, busy_timeout=STORE_BUSY_SECONDS)
         lock = SupervisorLock(self.state)
         try:
             lock.acquire()
@@ -115,10 +120,12 @@ class Controller:
         failing: dict[tuple[str, str], tuple[int, float]] = {}  # (profile, action) -> (failures, retry at)
         scan = True
         ready_sent = False
+        bookkeeping = StoreBookkeeping(store, HealthFile(self.state), self.clock)
         try:
             while not self.stopping:
                 desired, specs = source.current()
                 now = self.clock()
+                bookkeeping.tick(now)
                 timeout = IDLE_WAIT_SECONDS
                 acted = False
                 if desired is not None:
@@ -142,6 +149,10 @@ class Controller:
                         except Exception as exc:  # noqa: BLE001 - one profile's failure must not stop the loop
                             count = failing.get(key, (0, 0.0))[0]
                             failing[key] = (count + 1, now + ERROR_BACKOFF[min(count, len(ERROR_BACKOFF) - 1)])
+                            if action.kind == "spawn":
+                                # It may have started before failing (a full disk refuses its record): look
+                                # for it before any respawn, never start a second one blind.
+                                watched_exits.discard(action.profile)
                             if count < 3 or count % 20 == 0:
                                 store.journal("error", f"{action.kind} failed: {type(exc).__name__}: {exc}",
                                               profile=action.profile, epoch=epoch)
@@ -171,12 +182,13 @@ class Controller:
                         timeout = min(timeout, notifier.watchdog_interval)
                 if acted:
                     continue
-                timeout = max(0.0, timeout)
+                timeout = max(0.0, bookkeeping.bound(timeout, self.clock()))
                 if not wake.sock:
                     timeout = min(timeout, 1.0)  # no wake socket: poll the store instead
                 events = sel.select(timeout)
                 for key, _ in events:
                     if key.data == "wake":
+                        bookkeeping.retry_soon()  # a CLI command wrote: the store may take writes again
                         if "scan" in wake.drain():
                             scan = True
                     elif key.data == "signal":
@@ -195,6 +207,7 @@ class Controller:
                 notifier.stopping()
             store.journal("controller_stopped", f"controller pid {os.getpid()} stopped", 
                           epoch=epoch)
+            bookkeeping.finish()
             log("controller stopped; gateways left running")
         return EXIT_OK
 
@@ -211,3 +224,64 @@ class Controller:
             if fd is not None:
                 waiters[pid] = fd
                 sel.register(fd, selectors.EVENT_READ, ("exit", pid))
+
+
+class StoreBookkeeping:
+    """While the store refuses writes (full, locked, read-only, I/O errors) the controller keeps its
+    bookkeeping in memory and goes on supervising; this retries the store with backoff, says so in
+    the log and in the health file `status` reads, and notes when the store has caught up."""
+
+    def __init__(self, store: Store, health: HealthFile, clock):
+        self.store = store
+        self.health = health
+        self.clock = clock
+        self.failures = 0
+        self.retry_at = 0.0
+        self.reported: tuple | None = None
+
+    def tick(self, now: float) -> None:
+        problem = self.store.degraded
+        if problem is None:
+            return
+        if now >= self.retry_at:
+            if self.store.catch_up():
+                log(f"store recovered: {problem.pending} bookkeeping write(s) kept in memory since "
+                    f"{time.strftime('%H:%M:%S', time.localtime(problem.since))} are in the store")
+                self.store.journal("store_recovered", f"store degraded ({problem.kind}) since "
+                                   f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(problem.since))}; "
+                                   f"caught up {problem.pending} write(s)", data={"kind": problem.kind})
+                self.failures = 0
+                self.retry_at = 0.0
+                self.reported = None
+                self.health.publish(None)
+                return
+            self.retry_at = now + ERROR_BACKOFF[min(self.failures, len(ERROR_BACKOFF) - 1)]
+            self.failures += 1
+        self.report()
+
+    def report(self) -> None:
+        problem = self.store.degraded
+        if problem is None:
+            return
+        key = (problem.kind, problem.message)
+        if key != self.reported:
+            log(f"store degraded: {problem.message}; supervising from memory, retrying with backoff")
+            self.reported = key
+        self.health.publish(problem.kind, problem.message, problem.since, problem.pending)
+
+    def bound(self, timeout: float, now: float) -> float:
+        if self.store.degraded is None:
+            return timeout
+        self.report()
+        return min(timeout, max(0.0, self.retry_at - now))
+
+    def retry_soon(self) -> None:
+        self.retry_at = 0.0
+
+    def finish(self) -> None:
+        problem = self.store.degraded
+        if problem is not None and not self.store.catch_up():
+            log(f"store still degraded at exit: {problem.pending} bookkeeping write(s) kept in memory are lost; "
+                f"the next controller adopts the gateways")
+        self.health.publish(None)
+        self.health.close()

@@ -168,3 +168,43 @@ def test_only_a_proven_corrupt_store_is_called_corrupt(tmp_path):
         finally:
             s.close()
     assert "integrity check" in str(info.value) and "move it aside" in str(info.value), info.value
+
+
+# -- a full disk under a running controller ------------------------------------------------------------------------
+from test_hostile_state import checkpoint, fill, full_disk_fleet  # noqa: E402,F401 - the real 4 MiB tmpfs fixture
+
+
+def test_a_full_disk_under_a_running_controller_keeps_the_fleet_supervised(full_disk_fleet):
+    fleet, filler = full_disk_fleet
+    quiet = {"env": {"FAKE_HERMES_HEARTBEAT_S": "3600"}}
+    fleet.write_manifest({"alpha": quiet, "beta": quiet})
+    fleet.apply()
+    pids = {n: fleet.wait_running(n) for n in ("alpha", "beta")}
+    controller = fleet.controller_pid()
+    checkpoint(fleet.state / "fleet.db")  # an empty WAL: the next bookkeeping write needs new disk space
+    fill(filler)
+    try:
+        fleet.kill9(pids["alpha"])
+        respawned = fleet.wait_pid("alpha", other_than=pids["alpha"], timeout=30)
+        assert alive(respawned)
+        status = fleet.cli("status", "-o", "json")  # the CLI still reads the full store
+        assert status.returncode in (0, 1), explain(status)
+        ctl = json.loads(status.stdout)["controller"]
+        assert ctl["running"] and ctl["pid"] == controller, ctl
+        assert ctl["store_degraded"] and "full" in ctl["store_degraded"], ctl
+        text = fleet.cli("status")
+        assert "store degraded:" in text.stdout, explain(text)
+        fleet.kill9(respawned)  # and again: still supervised
+        again = fleet.wait_pid("alpha", other_than=respawned, timeout=30)
+        assert alive(again) and alive(pids["beta"])
+    finally:
+        filler.unlink(missing_ok=True)
+    # Space is back: the journal catches up on its own (backoff), the degraded line goes away.
+    wait_until(lambda: any(e.kind == "store_recovered" for e in fleet.journal()), 120,
+               what="the controller to write its bookkeeping kept in memory")
+    exits = [e for e in fleet.journal("alpha") if e.kind == "exited"]
+    assert len(exits) >= 2, [(e.kind, e.message) for e in fleet.journal("alpha")]
+    assert fleet.controller_pid() == controller and alive(pids["beta"])
+    status = fleet.status()
+    assert status["controller"]["store_degraded"] is None
+    assert fleet.pid("alpha") == again and alive(again)
