@@ -208,3 +208,28 @@ def test_a_full_disk_under_a_running_controller_keeps_the_fleet_supervised(full_
     status = fleet.status()
     assert status["controller"]["store_degraded"] is None
     assert fleet.pid("alpha") == again and alive(again)
+
+
+def test_a_store_locked_under_a_running_controller_keeps_the_fleet_supervised(fleet):
+    quiet = {"env": {"FAKE_HERMES_HEARTBEAT_S": "3600"}}
+    fleet.write_manifest({"alpha": quiet, "beta": quiet})
+    fleet.apply()
+    pids = {n: fleet.wait_running(n) for n in ("alpha", "beta")}
+    controller = fleet.controller_pid()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(fleet.state / "fleet.db")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        fleet.kill9(pids["alpha"])
+        respawned = fleet.wait_pid("alpha", other_than=pids["alpha"], timeout=30)
+        assert alive(respawned) and alive(pids["beta"])
+        status = fleet.status()
+        assert status["controller"]["pid"] == controller
+        assert f"locked by pid {holder.pid}" in (status["controller"]["store_degraded"] or ""), status["controller"]
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    wait_until(lambda: any(e.kind == "store_recovered" for e in fleet.journal()), 120,
+               what="the controller to write its bookkeeping kept in memory")
+    assert any(e.kind == "exited" for e in fleet.journal("alpha"))
+    assert fleet.status()["controller"]["store_degraded"] is None and fleet.controller_pid() == controller
