@@ -17,6 +17,7 @@ from fleet.controller.desired import DesiredSource
 from fleet.controller.maintenance_tick import IDLE_POLL_SECONDS, MaintenanceTick, track_idle
 from fleet.controller.wake import WakeSocket
 from fleet.execute.executor import Executor
+from fleet.execute.logs import LogGuard
 from fleet.observe.observer import Observer
 from fleet.plan.planner import plan
 from fleet.store.db import Store
@@ -121,6 +122,7 @@ class Controller:
         scan = True
         ready_sent = False
         bookkeeping = StoreBookkeeping(store, HealthFile(self.state), self.clock)
+        log_guard = LogGuard(str(self.state.logs)).start()
         try:
             while not self.stopping:
                 desired, specs = source.current()
@@ -197,6 +199,7 @@ class Controller:
                         except OSError:
                             pass
         finally:
+            log_guard.stop()
             for fd in waiters.values():
                 os.close(fd)
             sel.close()

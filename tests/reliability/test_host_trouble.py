@@ -233,3 +233,66 @@ def test_a_store_locked_under_a_running_controller_keeps_the_fleet_supervised(fl
                what="the controller to write its bookkeeping kept in memory")
     assert any(e.kind == "exited" for e in fleet.journal("alpha"))
     assert fleet.status()["controller"]["store_degraded"] is None and fleet.controller_pid() == controller
+
+
+# -- bounded logs ---------------------------------------------------------------------------------------------------
+NUMBERED_WRITER = r"""
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+for i in range(int(sys.argv[2])):
+    os.write(fd, b"line %08d %s\n" % (i, b"x" * 90))
+    if i % 200 == 0:
+        time.sleep(0.001)
+os.write(fd, b"done\n")
+"""
+
+
+def test_copy_truncate_under_a_running_writer_loses_no_line_at_an_ordinary_rate(tmp_path):
+    from fleet.execute.logs import trim_running
+    log = tmp_path / "w.log"
+    count = 60000
+    writer = subprocess.Popen([sys.executable, "-c", NUMBERED_WRITER, str(log), str(count)])
+    try:
+        rotations = 0
+        while writer.poll() is None:
+            rotations += trim_running(str(log), max_bytes=128 * 1024, keep=10000)
+    finally:
+        writer.wait(timeout=60)
+    rotations += trim_running(str(log), max_bytes=1, keep=10000)
+    assert rotations >= 10
+    rotated = sorted(tmp_path.glob("w.log.*"), key=lambda p: -int(p.suffix[1:]))  # oldest first
+    text = b"".join(p.read_bytes() for p in rotated) + log.read_bytes()
+    numbers = [int(line.split()[1]) for line in text.splitlines() if line.startswith(b"line ")]
+    assert numbers == list(range(count)), f"{count - len(numbers)} lines lost or out of order"
+
+
+FLOOD = r"""
+import os, sys, time
+chunk = (b"flood " + b"y" * 1017 + b"\n") * 512  # 512 KiB
+while True:
+    sys.stdout.buffer.write(chunk)
+    sys.stdout.buffer.flush()
+    time.sleep(0.01)  # about 50 MB/s
+"""
+
+
+def test_a_flooding_gateway_keeps_its_logs_bounded_and_keeps_running(fleet):
+    from fleet.execute.logs import FLOOD_SLACK, KEEP_ROTATED, MAX_LOG_BYTES
+    fleet.write_manifest({"flood": {"driver": "process", "command": [sys.executable, "-c", FLOOD]}})
+    fleet.apply()
+    pid = fleet.wait_pid("flood")
+    logs = fleet.state / "logs"
+    bound = MAX_LOG_BYTES * (KEEP_ROTATED + 1) + KEEP_ROTATED * FLOOD_SLACK + 8 * 1024 * 1024
+    written = 0
+    biggest = 0
+    deadline = time.monotonic() + 12
+    while time.monotonic() < deadline:
+        sizes = {p.name: p.stat().st_size for p in logs.glob("flood.log*") if p.exists()}
+        biggest = max(biggest, sum(sizes.values()))
+        assert sum(sizes.values()) <= bound, sizes
+        assert len(sizes) <= KEEP_ROTATED + 1, sizes
+        written = max(written, len(sizes))
+        time.sleep(0.05)
+    assert written >= 2 and biggest > MAX_LOG_BYTES, "the gateway never flooded"
+    assert fleet.pid("flood") == pid and alive(pid), "the flooding gateway was restarted or killed"
+    assert (logs / "flood.log.1").exists() and b"flood " in (logs / "flood.log.1").read_bytes()[-2048:]
