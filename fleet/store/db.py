@@ -403,6 +403,7 @@ class StoreProblem:
 
 
 PASSING = (FULL, LOCKED, READONLY, IO)  # problems that end without losing the store: wait them out
+CATCH_UP_BUSY_MS = 200
 MAX_PENDING_JOURNAL = 10000  # beyond this, the oldest journal entries kept in memory are dropped
 _TX_VERBS = ("BEGIN", "COMMIT", "END", "ROLLBACK")
 
@@ -524,6 +525,8 @@ class DegradableConnection:
             return True
         if self.mem.in_transaction:
             return False
+        busy = self.disk.execute("PRAGMA busy_timeout").fetchone()[0]
+        self.disk.execute(f"PRAGMA busy_timeout={CATCH_UP_BUSY_MS}")  # a retry never stalls supervision
         try:
             self.disk.execute("BEGIN IMMEDIATE")
             for sql, params in self.pending:
@@ -543,6 +546,8 @@ class DegradableConnection:
             kind, message = _diagnose(self.path, exc)
             self.problem = StoreProblem(kind, message, self.problem.since, len(self.pending))
             return False
+        finally:
+            self.disk.execute(f"PRAGMA busy_timeout={int(busy)}")
         self.mem.close()
         self.mem = None
         self.pending = []
