@@ -408,6 +408,10 @@ MAX_PENDING_JOURNAL = 10000  # beyond this, the oldest journal entries kept in m
 _TX_VERBS = ("BEGIN", "COMMIT", "END", "ROLLBACK")
 
 
+def _is_journal(sql: str) -> bool:
+    return sql.lstrip().startswith("INSERT INTO journal")
+
+
 class DegradableConnection:
     """The controller's connection to the store. While the store takes writes it is the store. When
     a write fails for a reason that passes (the disk is full, another process holds the write lock,
@@ -426,6 +430,7 @@ class DegradableConnection:
         self.pending: list[tuple[str, tuple]] = []  # committed in memory, not yet in the store
         self.problem: StoreProblem | None = None
         self.dropped = 0
+        self.journal_kept = 0
 
     # -- the sqlite3.Connection surface the store uses --------------------------------------------
     @property
@@ -483,11 +488,18 @@ class DegradableConnection:
 
     def _keep(self, writes: list[tuple[str, tuple]]) -> None:
         self.pending.extend(writes)
-        journal = [i for i, (sql, _) in enumerate(self.pending) if sql.lstrip().startswith("INSERT INTO journal")]
-        if len(journal) > MAX_PENDING_JOURNAL:
-            drop = set(journal[:len(journal) - MAX_PENDING_JOURNAL])
-            self.pending = [w for i, w in enumerate(self.pending) if i not in drop]
-            self.dropped += len(drop)
+        self.journal_kept += sum(1 for sql, _ in writes if _is_journal(sql))
+        if self.journal_kept > MAX_PENDING_JOURNAL + MAX_PENDING_JOURNAL // 10:  # amortized: drop in batches
+            excess = self.journal_kept - MAX_PENDING_JOURNAL
+            kept = []
+            for w in self.pending:
+                if excess and _is_journal(w[0]):
+                    excess -= 1
+                    self.dropped += 1
+                    continue
+                kept.append(w)
+            self.pending = kept
+            self.journal_kept = MAX_PENDING_JOURNAL
         if self.problem is not None:
             self.problem = StoreProblem(self.problem.kind, self.problem.message, self.problem.since, len(self.pending))
 
@@ -552,6 +564,7 @@ class DegradableConnection:
         self.mem = None
         self.pending = []
         self.dropped = 0
+        self.journal_kept = 0
         self.problem = None
         return True
 
