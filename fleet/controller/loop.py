@@ -122,7 +122,7 @@ class Controller:
         scan = True
         ready_sent = False
         bookkeeping = StoreBookkeeping(store, HealthFile(self.state), self.clock)
-        log_guard = LogGuard(str(self.state.logs)).start()
+        log_guard = LogGuard(str(self.state.logs))
         try:
             while not self.stopping:
                 desired, specs = source.current()
@@ -187,7 +187,7 @@ class Controller:
                 timeout = max(0.0, bookkeeping.bound(timeout, self.clock()))
                 if not wake.sock:
                     timeout = min(timeout, 1.0)  # no wake socket: poll the store instead
-                events = sel.select(timeout)
+                events = log_guard.select(sel, timeout)  # logs stay bounded while the loop waits
                 for key, _ in events:
                     if key.data == "wake":
                         bookkeeping.retry_soon()  # a CLI command wrote: the store may take writes again
@@ -199,7 +199,7 @@ class Controller:
                         except OSError:
                             pass
         finally:
-            log_guard.stop()
+            log_guard.close()
             for fd in waiters.values():
                 os.close(fd)
             sel.close()
