@@ -22,6 +22,10 @@ from fleet.platform import current_platform
 from fleet.spec.codec import fleet_to_dict
 from fleet.spec.durations import parse_duration
 from fleet.spec.hashing import canonical_json
+from fleet.store.db import Store
+
+# Another apply recorded a newer generation before this one converged: what converges is not this manifest.
+EXIT_SUPERSEDED = 5
 
 
 def apply(
@@ -40,8 +44,9 @@ def apply(
 
     Exit: 0 converged, 1 failed or timed out, 2 invalid manifest, 3 refused (empty-fleet
     guard, native-service conflict), 4 accepted but waiting on a gate that does not open by
-    itself soon (idle agents, a maintenance window); a rolling change held back by the
-    disruption budget is progress, and apply waits for it.
+    itself soon (idle agents, a maintenance window; a rolling change held back by the
+    disruption budget is progress, and apply waits for it), 5 superseded by a newer
+    generation (another apply) before it converged.
     """
     check_output(output)
     try:
@@ -92,7 +97,9 @@ def apply(
     if output == "json":
         emit_json({"format_version": "1.0", "kind": "apply", "generation": generation, "changed": created,
                    "controller_pid": pid,
-                   "result": {EXIT_OK: "converged", EXIT_FAILED: "failed", EXIT_QUEUED: "queued"}[code],
+                   "result": {EXIT_OK: "converged", EXIT_FAILED: "failed", EXIT_QUEUED: "queued",
+                              EXIT_SUPERSEDED: "superseded"}[code],
+                   **({"superseded_by": status.controller.generation} if code == EXIT_SUPERSEDED else {}),
                    "profiles": [{"name": p.name, "phase": p.phase, "pid": p.pid, "note": p.note}
                                 for p in status.profiles]})
     raise typer.Exit(code)
@@ -122,6 +129,10 @@ def _wait(state, generation: int, timeout: float, output: str):
     status = None
     while True:
         status = fleet_status(state, platform, time.time())
+        if status.controller.generation != generation:
+            typer.echo(f"generation {generation} superseded by "
+                       f"{_describe_generation(state, status.controller.generation)}; not waiting for it", err=True)
+            return EXIT_SUPERSEDED, status
         if output == "text":
             for p in status.profiles:
                 line = f"{p.phase}" + (f" (pid {p.pid})" if p.pid else "") + (f" {p.note}" if p.note and p.phase != "Running" else "")
@@ -152,3 +163,17 @@ def _wait(state, generation: int, timeout: float, output: str):
                 typer.echo("Timed out waiting for: " + ", ".join(f"{p.name} ({p.note})" for p in pending), err=True)
             return EXIT_FAILED, status
         time.sleep(0.1)
+
+
+def _describe_generation(state, generation: int) -> str:
+    """'generation M (applied by WHO from WHERE)', from the store's applied revisions."""
+    store = Store(state.db, readonly=True)
+    try:
+        rows = [r for r in store.revisions(50) if r["generation"] == generation]
+    finally:
+        store.close()
+    if not rows:
+        return f"generation {generation}"
+    row = rows[0]
+    where = row["manifest_path"] or row["revision"] or "an unknown manifest"
+    return f"generation {generation} (applied by {row['applied_by'] or 'someone'} from {where})"

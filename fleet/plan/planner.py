@@ -40,15 +40,22 @@ def plan(desired: Desired, observed: Observed, now: float) -> Plan:
         per_profile[name] = _plan_profile(name, pspec, inventory.get(name), obs, desired, observed.epoch, now, request)
         if obs.record_problem:
             checks.append(Check("warning", "record_untrusted", obs.record_problem, name))
+        if obs.other_fleet and pspec is not None:
+            checks.append(Check("error", "owned_by_other_fleet", obs.other_fleet, name,
+                                "one Hermes home is managed by one fleet: stop it there, or drop the profile "
+                                "from this fleet.yaml"))
         if obs.native_service and pspec is not None:
             checks.append(Check("error", "owned_by_native_service",
                                 f"a native service supervises this profile: {obs.native_service}", name,
                                 "remove it (hermes gateway uninstall) or drop the profile from fleet.yaml"))
     for orphan in observed.orphans:
-        code = "duplicate_process" if orphan.reason == "duplicate" else "unmanaged_orphan"
+        code = "duplicate_process" if orphan.reason == "duplicate" else \
+            "unproven_process" if orphan.reason.startswith("unproven") else "unmanaged_orphan"
         checks.append(Check("warning", code, f"pid {orphan.pid} looks like {orphan.profile}'s gateway ({orphan.reason})",
-                            orphan.profile, "add it to fleet.yaml to adopt it" if code == "unmanaged_orphan"
-                            else "a second process for one profile; stop it by hand after checking it"))
+                            orphan.profile, {"unmanaged_orphan": "add it to fleet.yaml to adopt it",
+                                             "unproven_process": "no marker or Hermes lock proves it this fleet's; "
+                                                                 "never adopted nor signalled: stop it by hand"}.get(
+                                code, "a second process for one profile; stop it by hand after checking it")))
 
     actions = [a for acts in per_profile.values() for a in acts]
     actions = _apply_budget(actions, desired, observed, now)
@@ -102,6 +109,10 @@ def _plan_profile(name: str, spec: ProfileSpec | None, inv, obs: ProfileObservat
                                      f"not in fleet.yaml; last applied in generation {inv.last_generation}")]
         return actions + _stop_flow(name, None, obs, "prune", "removed_from_manifest", now)
 
+    if obs.other_fleet:
+        # Another fleet's gateway or claim: adopting, signalling or spawning beside it would start a tug of war.
+        return [a for a in actions if a.kind == "reclaim"] + [
+            Action("conflict", name, "owned_by_other_fleet", obs.other_fleet)]
     if spec.suspend:
         return actions + [Action("wait", name, "suspended", "suspend: true; observed only",
                                  gates=(Gate("suspended", False),))]
