@@ -62,7 +62,8 @@ def status(
             "format_version": "1.0", "kind": "status", "generated_at": utc(now),
             "controller": {"pid": ctl.pid, "running": ctl.running, "epoch": ctl.epoch, "version": ctl.version,
                            "since": utc(ctl.since), "generation": ctl.generation,
-                           "observed_generation": ctl.observed_generation, "converged": st.converged},
+                           "observed_generation": ctl.observed_generation, "converged": st.converged,
+                           "store_degraded": ctl.store_degraded},
             "profiles": [{
                 "name": p.name, "phase": p.phase, "sync": p.sync, "health": p.health, "pid": p.pid,
                 "uptime_s": int(now - p.started_at) if p.started_at else None, "restarts": p.restarts,
@@ -79,6 +80,8 @@ def status(
                        f"observed {ctl.observed_generation}" + ("" if st.converged else " — converging"))
         else:
             typer.echo(f"controller: NOT RUNNING — {NO_CONTROLLER_HINT}")
+        if ctl.store_degraded:
+            typer.echo(f"store degraded: {ctl.store_degraded}")
         header = f"{'PROFILE':<14}{'PHASE':<11}{'SYNC':<10}{'PID':>8}  {'UP':<8}{'RESTARTS':>8}  {'LAST EXIT':<18}{'BEAT':<6}{'ACTIVE':>6}  NOTE"
         typer.echo(header)
         for p in rows:

@@ -14,6 +14,7 @@ from fleet.cli.common import (
     load_or_exit, open_store, state_for,
 )
 from fleet.controller.preview import preview
+from fleet.execute.environment import CONTRACT_ENV, PASSTHROUGH_ENV, PASSTHROUGH_PREFIXES
 from fleet.platform import current_platform
 from fleet.spec.codec import profile_to_dict
 from fleet.spec.secrets import mask_argv, mask_env
@@ -105,6 +106,9 @@ def config(
         "name": spec.name, "stagger_s": spec.stagger, "hermes_root": spec.hermes_root,
         "state_dir": spec.default_state_dir, "max_concurrent_maintenance": spec.max_concurrent_maintenance,
         "digest": manifest.digest,
+        # Besides each profile's env: the only host variables a gateway inherits, and the fleet's own.
+        "gateway_environment": {"passed_through": [*PASSTHROUGH_ENV, *(f"{p}*" for p in PASSTHROUGH_PREFIXES)],
+                                "set_by_fleet": list(CONTRACT_ENV)},
         "profiles": {p.name: {**_masked(profile_to_dict(p), show_secrets), "spec_hash": p.spec_hash}
                      for p in spec.profiles},
     }
