@@ -17,7 +17,7 @@ from fleet.cli.controller_client import ensure_controller
 from fleet.cli.gitinfo import revision_of
 from fleet.controller.preview import preview
 from fleet.controller.record import record_manifest
-from fleet.controller.status import fleet_status
+from fleet.controller.status import SETTLED_WAITS, fleet_status
 from fleet.controller.wake import wake
 from fleet.platform import current_platform
 from fleet.spec.durations import parse_duration
@@ -42,8 +42,10 @@ def apply(
     runs (detached; it keeps the fleet converged after this command returns), then waits.
 
     Exit: 0 converged, 1 failed or timed out, 2 invalid manifest, 3 refused (empty-fleet
-    guard, native-service conflict), 4 accepted but waiting on a gate (idle, budget), 5 superseded by
-    a newer generation (another apply) before it converged.
+    guard, native-service conflict), 4 accepted but waiting on a gate that does not open by
+    itself soon (idle agents, a maintenance window; a rolling change held back by the
+    disruption budget is progress, and apply waits for it), 5 superseded by a newer
+    generation (another apply) before it converged.
     """
     check_output(output)
     try:
@@ -97,6 +99,17 @@ def apply(
     raise typer.Exit(code)
 
 
+# Gates that do not open by themselves soon: a person's agents going idle, a maintenance window,
+# a request's not-before. A budget that is merely exhausted frees up as the rolling change drains.
+LASTING_GATES = ("idle_gate", "window_closed", "maintenance")
+
+
+def _held_by_lasting_gates(status) -> bool:
+    """Nothing left to do but wait on a lasting gate: `apply` hands over (exit 4) instead of waiting."""
+    waiting = [p for p in status.profiles if p.action.kind != "keep" and p.action.reason not in SETTLED_WAITS]
+    return bool(waiting) and all(p.action.kind == "wait" and p.action.reason in LASTING_GATES for p in waiting)
+
+
 def _wait(state, generation: int, timeout: float, output: str):
     platform = current_platform()
     deadline = time.monotonic() + timeout
@@ -124,7 +137,7 @@ def _wait(state, generation: int, timeout: float, output: str):
                 for p in status.failed:
                     typer.echo(f"Failed: {p.name}: {p.note}", err=True)
             return EXIT_FAILED, status
-        if ready_gen and status.gated and all(p.action.kind in ("keep", "wait") for p in status.profiles):
+        if ready_gen and _held_by_lasting_gates(status):
             if output == "text":
                 typer.echo("Accepted; waiting on gates: " + ", ".join(f"{p.name} ({p.note})" for p in status.gated))
             return EXIT_QUEUED, status

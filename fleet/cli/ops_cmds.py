@@ -21,6 +21,7 @@ from fleet.controller.status import fleet_status, held_down_message, hold_note
 from fleet.controller.wake import wake
 from fleet.platform import current_platform
 from fleet.spec.durations import format_duration, parse_duration
+from fleet.spec.secrets import mask_argv
 from fleet.store.db import Store, user_name
 
 
@@ -62,7 +63,8 @@ def status(
             "format_version": "1.0", "kind": "status", "generated_at": utc(now),
             "controller": {"pid": ctl.pid, "running": ctl.running, "epoch": ctl.epoch, "version": ctl.version,
                            "since": utc(ctl.since), "generation": ctl.generation,
-                           "observed_generation": ctl.observed_generation, "converged": st.converged},
+                           "observed_generation": ctl.observed_generation, "converged": st.converged,
+                           "store_degraded": ctl.store_degraded},
             "profiles": [{
                 "name": p.name, "phase": p.phase, "sync": p.sync, "health": p.health, "pid": p.pid,
                 "uptime_s": int(now - p.started_at) if p.started_at else None, "restarts": p.restarts,
@@ -80,6 +82,8 @@ def status(
                        f"observed {ctl.observed_generation}" + ("" if st.converged else " — converging"))
         else:
             typer.echo(f"controller: NOT RUNNING — {NO_CONTROLLER_HINT}")
+        if ctl.store_degraded:
+            typer.echo(f"store degraded: {ctl.store_degraded}")
         downs = [p.hold for p in st.held if p.hold.by == "down"]
         if downs:
             first = min(downs, key=lambda h: h.since or now)
@@ -136,7 +140,7 @@ def _deep_checks(state, st, name: str) -> list[dict]:
     add("identity (pid + start time + user)", proc is not None,
         f"pid {proc.pid}, start {proc.start_ticks}, found via {proc.source}" if proc else f"verdict: {obs.record_verdict}")
     if proc:
-        add("command line", True, " ".join(proc.cmdline)[:200])
+        add("command line", True, " ".join(mask_argv(proc.cmdline))[:200])
     desired_hash = row.desired_spec_hash if row else None
     add("spec current", None if proc is None or proc.spec_hash is None else proc.spec_hash == desired_hash,
         f"running {proc.spec_hash if proc else '-'}, desired {desired_hash or '-'}")
@@ -373,7 +377,7 @@ def _wait_for_leftovers(state, names: set[str], deadline: float) -> None:
             return
         if time.monotonic() > deadline:
             fail("timed out waiting for processes the gateways started: " + ", ".join(
-                f"{profile} pid {info.pid} ({' '.join(info.cmdline)[:60]})" for info, profile in left), EXIT_FAILED,
+                f"{profile} pid {info.pid} ({' '.join(mask_argv(info.cmdline))[:60]})" for info, profile in left), EXIT_FAILED,
                 hint="they are not gateways, so hermes-fleet does not signal them; end them by PID and run `down` again")
         time.sleep(0.1)
 

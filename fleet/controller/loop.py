@@ -17,18 +17,22 @@ from fleet.controller.desired import DesiredSource
 from fleet.controller.maintenance_tick import IDLE_POLL_SECONDS, MaintenanceTick, track_idle
 from fleet.controller.wake import WakeSocket
 from fleet.execute.executor import Executor
+from fleet.execute.logs import LogGuard
 from fleet.observe.observer import Observer
 from fleet.plan.planner import plan
 from fleet.spec.model import DRIVER_HERMES
+from fleet.spec.secrets import mask_text
 from fleet.store.claims import own_claim, release_claim, write_claim
 from fleet.store.db import Store
 from fleet.store.fence import Fence
+from fleet.store.health import HealthFile
 from fleet.store.layout import StateDir, ensure_state_dir
 from fleet.store.lock import LockHeld, SupervisorLock
 
 RESYNC_SECONDS = 30.0
 ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 IDLE_WAIT_SECONDS = 60.0
+STORE_BUSY_SECONDS = 5.0  # a store locked longer than this: keep supervising from memory (see StoreBookkeeping)
 # Between passes the fence is re-checked at least this often, so a controller whose state directory
 # was removed or replaced exits promptly even while nothing wakes it.
 FENCE_POLL_SECONDS = 2.0
@@ -41,7 +45,10 @@ def held_now(failing: dict, now: float) -> frozenset:
 
 def log(message: str) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime())
-    print(f"{stamp} hermes-fleet[{os.getpid()}] {message}", file=sys.stderr, flush=True)
+    try:
+        print(f"{stamp} hermes-fleet[{os.getpid()}] {mask_text(message)}", file=sys.stderr, flush=True)
+    except OSError:
+        pass  # a full disk under the log must not stop the supervision
 
 
 def _notifier():
@@ -72,7 +79,7 @@ class Controller:
         ensure_state_dir(self.state)
         fence = Fence()
         fence.hold("state directory", self.state.root)
-        store = Store(self.state.db, durable=False)
+        store = Store(self.state.db, durable=False, degradable=True, busy_timeout=STORE_BUSY_SECONDS)
         lock = SupervisorLock(self.state)
         try:
             lock.acquire()
@@ -141,6 +148,8 @@ class Controller:
         failing: dict[tuple[str, str], tuple[int, float]] = {}  # (profile, action) -> (failures, retry at)
         scan = True
         ready_sent = False
+        bookkeeping = StoreBookkeeping(store, HealthFile(self.state), self.clock)
+        log_guard = LogGuard(str(self.state.logs))
         claims = _Claims(self.state, store, epoch)
         try:
             while not self.stopping:
@@ -148,6 +157,7 @@ class Controller:
                     break
                 desired, specs = source.current()
                 now = self.clock()
+                bookkeeping.tick(now)
                 timeout = IDLE_WAIT_SECONDS
                 acted = False
                 if desired is not None:
@@ -176,6 +186,10 @@ class Controller:
                         except Exception as exc:  # noqa: BLE001 - one profile's failure must not stop the loop
                             count = failing.get(key, (0, 0.0))[0]
                             failing[key] = (count + 1, now + ERROR_BACKOFF[min(count, len(ERROR_BACKOFF) - 1)])
+                            if action.kind == "spawn":
+                                # It may have started before failing (a full disk refuses its record): look
+                                # for it before any respawn, never start a second one blind.
+                                watched_exits.discard(action.profile)
                             if count < 3 or count % 20 == 0:
                                 store.journal("error", f"{action.kind} failed: {type(exc).__name__}: {exc}",
                                               profile=action.profile, epoch=epoch)
@@ -207,14 +221,15 @@ class Controller:
                         timeout = min(timeout, notifier.watchdog_interval)
                 if acted:
                     continue
-                timeout = max(0.0, timeout)
+                timeout = max(0.0, bookkeeping.bound(timeout, self.clock()))
                 if not wake.sock:
                     timeout = min(timeout, 1.0)  # no wake socket: poll the store instead
-                events = self._wait(sel, timeout, breached)
+                events = self._wait(sel, timeout, breached, log_guard)
                 if fenced:
                     break
                 for key, _ in events:
                     if key.data == "wake":
+                        bookkeeping.retry_soon()  # a CLI command wrote: the store may take writes again
                         if "scan" in wake.drain():
                             scan = True
                     elif key.data == "signal":
@@ -223,6 +238,7 @@ class Controller:
                         except OSError:
                             pass
         finally:
+            log_guard.close()
             for fd in waiters.values():
                 os.close(fd)
             sel.close()
@@ -238,15 +254,17 @@ class Controller:
             else:
                 store.journal("controller_stopped", f"controller pid {os.getpid()} stopped",
                               epoch=epoch)
+                bookkeeping.finish()
                 log("controller stopped; gateways left running")
         return EXIT_FENCED if fenced else EXIT_OK
 
     @staticmethod
-    def _wait(sel, timeout: float, breached) -> list:
-        """select() in slices, checking the fence between them; returns early once it is breached."""
+    def _wait(sel, timeout: float, breached, log_guard: LogGuard) -> list:
+        """select() in slices, checking the fence between them (and the logs' sizes, see LogGuard);
+        returns early once it is breached."""
         deadline = time.monotonic() + timeout
         while True:
-            events = sel.select(min(max(0.0, deadline - time.monotonic()), FENCE_POLL_SECONDS))
+            events = log_guard.select(sel, min(max(0.0, deadline - time.monotonic()), FENCE_POLL_SECONDS))
             if events or time.monotonic() >= deadline or breached():
                 return events
 
@@ -308,3 +326,64 @@ class _Claims:
                 self.store.journal("claim_taken_over", f"{home}: stale claim of {obs.claim_note} taken over "
                                    f"(its controller is gone)", profile=name, epoch=self.epoch,
                                    data={"home": home, "previous": obs.claim_note})
+
+
+class StoreBookkeeping:
+    """While the store refuses writes (full, locked, read-only, I/O errors) the controller keeps its
+    bookkeeping in memory and goes on supervising; this retries the store with backoff, says so in
+    the log and in the health file `status` reads, and notes when the store has caught up."""
+
+    def __init__(self, store: Store, health: HealthFile, clock):
+        self.store = store
+        self.health = health
+        self.clock = clock
+        self.failures = 0
+        self.retry_at = 0.0
+        self.reported: tuple | None = None
+
+    def tick(self, now: float) -> None:
+        problem = self.store.degraded
+        if problem is None:
+            return
+        if now >= self.retry_at:
+            if self.store.catch_up():
+                log(f"store recovered: {problem.pending} bookkeeping write(s) kept in memory since "
+                    f"{time.strftime('%H:%M:%S', time.localtime(problem.since))} are in the store")
+                self.store.journal("store_recovered", f"store degraded ({problem.kind}) since "
+                                   f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(problem.since))}; "
+                                   f"caught up {problem.pending} write(s)", data={"kind": problem.kind})
+                self.failures = 0
+                self.retry_at = 0.0
+                self.reported = None
+                self.health.publish(None)
+                return
+            self.retry_at = now + ERROR_BACKOFF[min(self.failures, len(ERROR_BACKOFF) - 1)]
+            self.failures += 1
+        self.report()
+
+    def report(self) -> None:
+        problem = self.store.degraded
+        if problem is None:
+            return
+        key = (problem.kind, problem.message)
+        if key != self.reported:
+            log(f"store degraded: {problem.message}; supervising from memory, retrying with backoff")
+            self.reported = key
+        self.health.publish(problem.kind, problem.message, problem.since, problem.pending)
+
+    def bound(self, timeout: float, now: float) -> float:
+        if self.store.degraded is None:
+            return timeout
+        self.report()
+        return min(timeout, max(0.0, self.retry_at - now))
+
+    def retry_soon(self) -> None:
+        self.retry_at = 0.0
+
+    def finish(self) -> None:
+        problem = self.store.degraded
+        if problem is not None and not self.store.catch_up():
+            log(f"store still degraded at exit: {problem.pending} bookkeeping write(s) kept in memory are lost; "
+                f"the next controller adopts the gateways")
+        self.health.publish(None)
+        self.health.close()
