@@ -136,16 +136,21 @@ class Controller:
                     for action in current.executable(now, held):
                         key = (action.profile, action.kind)
                         acted = True
+                        history = observed.get(action.profile).history
                         try:
                             executor.execute(action, observed.get(action.profile))
                             failing.pop(key, None)
+                            if history.action_error_kind == action.kind and action.kind != "spawn":
+                                store.update_history(action.profile, action_error=None, action_error_kind=None,
+                                                     action_error_at=None, action_errors=0)
                         except Exception as exc:  # noqa: BLE001 - one profile's failure must not stop the loop
-                            count = failing.get(key, (0, 0.0))[0]
-                            failing[key] = (count + 1, now + ERROR_BACKOFF[min(count, len(ERROR_BACKOFF) - 1)])
-                            if count < 3 or count % 20 == 0:
-                                store.journal("error", f"{action.kind} failed: {type(exc).__name__}: {exc}",
-                                              profile=action.profile, epoch=epoch)
-                                log(f"{action.profile}: {action.kind} failed: {exc}")
+                            count = self._action_failed(store, epoch, action, history, exc, now, failing)
+                            if count <= 3 or count % 20 == 0:
+                                log(f"{action.profile}: {action.kind} failed: {type(exc).__name__}: {exc}")
+                            # What the failed action left behind is unknown (a process may have started):
+                            # look at the host before the next spawn.
+                            watched_exits.discard(action.profile)
+                            scan = True
                             continue
                         if action.kind == "reclaim" and action.reason == "pid_dead":
                             watched_exits.add(action.profile)
@@ -197,6 +202,24 @@ class Controller:
                           epoch=epoch)
             log("controller stopped; gateways left running")
         return EXIT_OK
+
+    def _action_failed(self, store: Store, epoch: int, action, history, exc: Exception, now: float,
+                       failing: dict) -> int:
+        """Any exception of an action is that profile's failure, kept in the store: the planner backs
+        it off (and `status` shows it) while every other profile goes on. Returns how many in a row."""
+        key = (action.profile, action.kind)
+        count = (history.action_errors if history.action_error_kind == action.kind else 0) + 1
+        count = max(count, failing.get(key, (0, 0.0))[0] + 1)
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        try:
+            store.update_history(action.profile, action_error=error, action_error_kind=action.kind,
+                                 action_error_at=now, action_errors=count)
+            if count <= 3 or count % 20 == 0:
+                store.journal("error", f"{action.kind} failed: {error}", profile=action.profile, epoch=epoch)
+            failing.pop(key, None)
+        except Exception:  # noqa: BLE001 - the store itself is in trouble: hold the action in memory instead
+            failing[key] = (count, now + ERROR_BACKOFF[min(count - 1, len(ERROR_BACKOFF) - 1)])
+        return count
 
     def _watch(self, sel, waiters: dict[int, int], observed) -> None:
         """Keep one exit waiter (pidfd) per live gateway, so a death wakes us at once."""

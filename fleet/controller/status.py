@@ -97,6 +97,8 @@ def _phase(action: Action, obs: ProfileObservation, desired: str, hermes: bool) 
         return "Failed", "Degraded"
     if reason == "suspended":
         return "Suspended", "Suspended"
+    if kind == "wait" and reason == "action_failed":
+        return "Backoff", "Degraded"
     if kind == "keep" and reason == "stopped":
         return "Stopped", "Healthy"
     if kind in ("drain", "replace") or reason in ("draining", "stopping"):

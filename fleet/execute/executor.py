@@ -118,36 +118,34 @@ class Executor:
     def _spawn(self, action: Action, obs: ProfileObservation) -> None:
         name, now = action.profile, self.clock()
         spec: ProfileSpec = self.spec_of(name)
-        if spec.driver == DRIVER_HERMES:
-            os.makedirs(spec.hermes_home, mode=0o700, exist_ok=True)
-            # A leftover drain request would boot the new gateway straight into a drain (same boot epoch).
-            remove(os.path.join(spec.hermes_home, hf.DRAIN_REQUEST))
-        remove(self.state.stop_marker(name))
-        remove(self.state.state_file(name))
-        log_path = str(self.state.log(name))
-        rotate_if_large(log_path)
-        argv = list(spec.command)
-        if self.scope_command is not None:
-            argv = self.scope_command(f"hermes-fleet-{name}-{int(now * 1000)}", argv,
-                                      stop_timeout=spec.drain.timeout + 30) or argv
-        env = child_environment(spec, self.state)
+        h = obs.history
+        starts = (h.recent_starts + (now,))[-max(spec.restart.start_limit_burst, 1):]
         try:
-            pid = self.platform.spawn_detached(argv, env, spec.cwd, log_path)
-        except OSError as exc:
+            argv = self._prepare_spawn(name, spec, now)
+            pid = self.platform.spawn_detached(argv, child_environment(spec, self.state), spec.cwd,
+                                               str(self.state.log(name)))
+        except Exception as exc:  # noqa: BLE001 - whatever stops a start is this profile's failure, never the loop's
+            # Counted as an attempt (start limit) and a failure (backoff), but not as a start: a sibling's
+            # stagger slot is only taken by a process that runs.
+            error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else (
+                f"{type(exc).__name__}: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
             self.store.update_history(name, last_exit_code=None, last_exit_at=now, last_exit_class="crash",
-                                      failures=obs.history.failures + 1, last_start=now)
-            self.journal("spawn_failed", f"could not start {argv[0]}: {exc.strerror or exc}", name)
+                                      failures=h.failures + 1, recent_starts=starts, action_error=error[:500],
+                                      action_error_kind="spawn", action_error_at=now,
+                                      action_errors=(h.action_errors if h.action_error_kind == "spawn" else 0) + 1)
+            self.journal("spawn_failed", f"could not start {spec.command[0] if spec.command else name}: {error}",
+                         name, error=error[:500])
             return
         info = self.platform.process_info(pid)
         record = PidRecord(profile=name, pid=pid, start_ticks=info.start_ticks if info else None,
                            create_time=info.create_time if info else now, spec_hash=spec.spec_hash,
                            started_at=now, controller_pid=os.getpid(), epoch=self.epoch)
         write_record(self.state.record(name), record)
-        h = obs.history
         counts_as_restart = action.reason in ("crashed", "replacement", "restart_requested", "not_running")
         fields = dict(last_start=now, restarts=h.restarts + (1 if counts_as_restart and h.last_start else 0),
                       idle_since=None, drain_intent=None, drain_reason=None, drain_started=None,
-                      drain_deadline=None, drain_signalled=None, drain_pid=None)
+                      drain_deadline=None, drain_signalled=None, drain_pid=None, recent_starts=starts,
+                      action_error=None, action_error_kind=None, action_error_at=None, action_errors=0)
         if h.failed_spec_hash and (h.failed_spec_hash != spec.spec_hash or obs.restart_request):
             fields.update(failed_reason=None, failed_spec_hash=None)
         self.store.update_history(name, **fields)
@@ -156,6 +154,20 @@ class Executor:
                 self.store.finish_request(req.id, "done", f"spawned pid {pid}")
         self.journal("spawned", f"pid {pid} started ({action.reason})", name, pid=pid, reason=action.reason,
                      spec_hash=spec.spec_hash)
+
+    def _prepare_spawn(self, name: str, spec: ProfileSpec, now: float) -> list[str]:
+        if spec.driver == DRIVER_HERMES:
+            os.makedirs(spec.hermes_home, mode=0o700, exist_ok=True)
+            # A leftover drain request would boot the new gateway straight into a drain (same boot epoch).
+            remove(os.path.join(spec.hermes_home, hf.DRAIN_REQUEST))
+        remove(self.state.stop_marker(name))
+        remove(self.state.state_file(name))
+        rotate_if_large(str(self.state.log(name)))
+        argv = list(spec.command)
+        if self.scope_command is not None:
+            argv = self.scope_command(f"hermes-fleet-{name}-{int(now * 1000)}", argv,
+                                      stop_timeout=spec.drain.timeout + 30) or argv
+        return argv
 
     def _replace(self, action: Action, obs: ProfileObservation) -> None:
         self._drain(action, obs, intent="replace")

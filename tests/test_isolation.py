@@ -1,0 +1,212 @@
+"""One profile's trouble never touches a sibling.
+
+- Any failure of an action on one profile (any exception type) is that profile's failure: it is
+  kept in the store, backs off and shows in `status`, and takes no stagger slot, budget or
+  wake-up of another profile (planner tables, then the real controller with the demo gateway).
+- A profile that keeps dying at once is slowed by the restart floor and the start limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from factories import NOW, crashed, fleet_spec, history, make_plan, observation, observed, plan_text, profile_spec
+from fleet_harness import REPO, alive, create_time, fleet  # noqa: F401
+from helpers import wait_until
+
+from fleet.plan.model import Action
+from fleet.spec.model import RestartPolicy
+from fleet.store.db import OperatorRequest
+
+pytestmark = pytest.mark.timeout(180) if hasattr(pytest.mark, "timeout") else []
+
+
+def spawn_failed(name: str, *, at: float = NOW, errors: int = 1, error: str = "ValueError: embedded null byte",
+                 starts: tuple[float, ...] | None = None) -> object:
+    """The history the executor leaves after a spawn that raised: a failure and an attempt, no start."""
+    return history(name, failures=errors, last_exit_at=at, last_exit_class="crash", action_error=error,
+                   action_error_kind="spawn", action_error_at=at, action_errors=errors,
+                   recent_starts=starts if starts is not None else (at,))
+
+
+def zero_backoff(name: str, **restart) -> object:
+    base = profile_spec(name)
+    return dataclasses.replace(base, restart=dataclasses.replace(base.restart, backoff=(0.0,), **restart))
+
+
+# -- planner: a failed spawn ------------------------------------------------------------------
+
+def test_a_failed_spawn_backs_off_and_a_fresh_sibling_takes_the_slot():
+    fleet = fleet_spec("alpha", "beta")
+    p = make_plan(fleet, observed(observation("alpha", history=spawn_failed("alpha"))))
+    spawns = {a.profile: a for a in p.actions if a.kind == "spawn"}
+    assert spawns["beta"].not_before is None  # ready now, not pushed behind alpha's retry
+    assert spawns["alpha"].reason == "spawn_failed"
+    # its own restart backoff (1 s), then behind beta's start by the stagger
+    assert spawns["alpha"].not_before == NOW + 2.5
+    assert "ValueError: embedded null byte" in spawns["alpha"].message
+    assert [a.profile for a in p.executable(NOW)] == ["beta"]
+
+
+def test_a_retrying_spawn_reserves_no_slot_a_sibling_could_use():
+    """Once a LIVELOCK: the failing profile took the first stagger slot on every pass."""
+    fleet = fleet_spec(zero_backoff("alpha"), "beta", stagger=2.5)
+    obs = observed(observation("alpha", history=spawn_failed("alpha", at=NOW - 0.1)),
+                   observation("beta", history=crashed("beta", failures=1, at=NOW - 0.5)))  # backoff 1 s
+    p = make_plan(fleet, obs)
+    spawns = {a.profile: a.not_before for a in p.actions if a.kind == "spawn"}
+    assert spawns["alpha"] == pytest.approx(NOW + 0.15)  # the floor after its last attempt
+    assert spawns["beta"] == pytest.approx(NOW + 0.5)  # its own backoff; alpha's retry does not push it
+    # And when both are ready at once, the healthy one goes first.
+    obs = observed(observation("alpha", history=spawn_failed("alpha", at=NOW - 5)),
+                   observation("beta", history=crashed("beta", failures=1, at=NOW - 5)))
+    assert plan_text(fleet, obs) == "alpha spawn spawn_failed @+2.5\nbeta spawn crashed"
+
+
+@pytest.mark.parametrize("kind", ["reclaim", "adopt", "drain", "kill", "update"])
+def test_any_failed_action_waits_its_backoff_and_never_blocks_a_sibling(kind):
+    fleet = fleet_spec("alpha", "beta")
+    failed = history("alpha", action_error=f"RuntimeError: {kind} exploded", action_error_kind=kind,
+                     action_error_at=NOW - 0.5, action_errors=2)
+    from fleet.plan import planner
+    actions = [Action(kind, "alpha", "whatever", pid=7), Action("keep", "alpha", "running")]
+    held = planner._hold_failed(actions, failed, NOW)
+    assert held[0].kind == "wait" and held[0].reason == "action_failed"
+    assert held[0].not_before == NOW - 0.5 + planner.ACTION_BACKOFF[1]
+    assert f"RuntimeError: {kind} exploded" in held[0].message and "next try at" in held[0].message
+    assert len(held) == 1  # the profile's other actions follow once the failing one succeeds
+    assert planner._hold_failed(actions, failed, NOW + 10) == actions  # the backoff has passed
+    # In a whole plan: a failed reclaim (a record fix, normally run alone first) no longer holds beta's spawn.
+    if kind == "reclaim":
+        obs = observed(observation("alpha", verdict="dead", history=failed))
+        p = make_plan(fleet, obs)
+        assert [(a.profile, a.kind) for a in p.executable(NOW)] == [("beta", "spawn")]
+
+
+# -- planner: floor and start limit -----------------------------------------------------------
+
+def test_the_floor_spaces_two_starts_of_one_profile_whatever_the_backoff():
+    fleet = fleet_spec(zero_backoff("alpha"))
+    h = dataclasses.replace(crashed("alpha", failures=3, at=NOW), recent_starts=(NOW - 0.1,))
+    assert plan_text(fleet, observed(observation("alpha", history=h))) == "alpha spawn crashed @+0.15"
+
+
+def test_the_start_limit_marks_a_crash_loop_and_slows_it():
+    fleet = fleet_spec(zero_backoff("alpha"))
+    starts = (NOW - 4, NOW - 3, NOW - 2, NOW - 1, NOW - 0.5)
+    h = dataclasses.replace(crashed("alpha", failures=5, at=NOW - 0.4), recent_starts=starts)
+    spawn = make_plan(fleet, observed(observation("alpha", history=h))).actions[0]
+    assert spawn.kind == "spawn" and spawn.not_before == NOW - 4 + 10.0
+    assert "crash-looping: 5 starts within 10s" in spawn.message
+    # Starts spread over more than the interval are not a crash loop.
+    spread = dataclasses.replace(h, recent_starts=(NOW - 40, NOW - 30, NOW - 20, NOW - 10, NOW - 0.5))
+    assert plan_text(fleet, observed(observation("alpha", history=spread))) == "alpha spawn crashed"
+    # An operator's restart is never held back; burst 0 turns the limit off.
+    request = OperatorRequest(1, "alpha", "restart", NOW - 0.1, "me", "pending")
+    assert plan_text(fleet, observed(observation("alpha", history=h, request=request))) == "alpha spawn crashed"
+    off = fleet_spec(zero_backoff("alpha", start_limit_burst=0))
+    assert plan_text(off, observed(observation("alpha", history=h))) == "alpha spawn crashed"
+
+
+def test_the_start_limit_counts_immediate_restarts_too():
+    """Exit 75 (restart now) has no backoff: only the start limit brakes a gateway that keeps asking."""
+    fleet = fleet_spec(zero_backoff("alpha"))
+    starts = tuple(NOW - 4 + i for i in range(5))
+    h = dataclasses.replace(crashed("alpha", failures=0, at=NOW - 0.1, code=75, klass="restart_now"),
+                            recent_starts=starts)
+    spawn = make_plan(fleet, observed(observation("alpha", history=h))).actions[0]
+    assert spawn.not_before == NOW - 4 + 10.0
+
+
+def test_restart_policy_defaults_brake():
+    r = RestartPolicy("always", (0.0,), 64.0, 60.0)
+    assert (r.floor, r.start_limit_burst, r.start_limit_interval) == (0.25, 5, 10.0)
+
+
+# -- the real controller: spawn failures of every kind stay with their profile ---------------
+
+def _healthy_siblings_survive(fleet, bad: str = "bad") -> None:
+    """good starts; crashy's gateway, killed, is respawned; bad shows Backoff with its error."""
+    good = fleet.wait_running("good", timeout=30)
+    first = fleet.wait_running("crashy", timeout=30)
+    fleet.kill9(first)
+    second = fleet.wait_running("crashy", other_than=first, timeout=30)
+    assert second != first and alive(good)
+
+    def backoff_shown():
+        row = fleet.profiles().get(bad)
+        return row if row and row["phase"] in ("Backoff", "Failed", "Starting") and row["note"] else None
+    row = wait_until(backoff_shown, 20, what=f"{bad} to show its failure")
+    errors = [e for e in fleet.journal(bad) if e.kind in ("spawn_failed", "error")]
+    assert errors, fleet.journal(bad)
+    assert fleet.pid(bad) is None
+    return row
+
+
+@pytest.mark.parametrize("how", ["home_under_a_file", "stop_marker_is_a_directory"])
+def test_a_profile_that_cannot_spawn_never_blocks_its_siblings(fleet, how):
+    blocker = fleet.tmp / "a-file"
+    blocker.write_text("not a directory\n")
+    bad = {"hermes": {"home": str(blocker / "hermes")}} if how == "home_under_a_file" else None
+    fleet.write_manifest({"bad": bad, "crashy": None, "good": None}, stagger="0.5s")
+    if how == "stop_marker_is_a_directory":
+        (fleet.state / "bad.stop").mkdir(parents=True)
+        fleet.profile_home("bad").mkdir(parents=True)
+    fleet.profile_home("crashy").mkdir(parents=True)
+    fleet.profile_home("good").mkdir(parents=True)
+    fleet.apply("--no-wait")
+    _healthy_siblings_survive(fleet)
+
+
+WRAPPER = textwrap.dedent("""\
+    import os, sys
+    sys.path.insert(0, {repo!r})
+    from fleet.controller import __main__ as entry
+    from fleet.platform.posix import PosixPlatform
+    import builtins
+    EXC = getattr(builtins, os.environ["ISOLATION_SPAWN_RAISES"])
+
+    class Raising(PosixPlatform):
+        def spawn_detached(self, argv, env, cwd, log_path):
+            if env.get("HERMES_FLEET_PROFILE") == "bad":
+                raise EXC("injected by the test")
+            return super().spawn_detached(argv, env, cwd, log_path)
+
+    entry.current_platform = Raising
+    sys.exit(entry.main(sys.argv[1:]))
+    """)
+
+
+@pytest.mark.parametrize("exc", ["ValueError", "TypeError", "RuntimeError", "PermissionError", "KeyError",
+                                 "LookupError"])
+def test_any_exception_from_a_spawn_is_that_profiles_failure(fleet, exc):
+    fleet.write_manifest({"bad": None, "crashy": None, "good": None}, stagger="0.5s")
+    for name in ("bad", "crashy", "good"):
+        fleet.profile_home(name).mkdir(parents=True)
+    script = fleet.tmp / "controller_wrapper.py"
+    script.write_text(WRAPPER.format(repo=str(REPO)))
+    env = fleet.env()
+    env["ISOLATION_SPAWN_RAISES"] = exc
+    fleet.state.mkdir(parents=True, exist_ok=True)
+    log = open(fleet.tmp / "controller.out", "wb")
+    try:
+        proc = subprocess.Popen([sys.executable, str(script), "--state-dir", str(fleet.state)], cwd=str(fleet.tmp),
+                                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    finally:
+        log.close()
+    fleet.controllers[proc.pid] = create_time(proc.pid) or time.time()
+    fleet._popens.append(proc)
+    wait_until(lambda: fleet.controller_pid() == proc.pid, 20, what="the wrapped controller to hold the lock")
+    fleet.apply("--no-wait")
+    row = _healthy_siblings_survive(fleet)
+    assert proc.poll() is None
+    assert exc in row["note"] and "injected by the test" in row["note"], row
+    assert row["action"]["not_before"] is not None or row["phase"] == "Starting", row
