@@ -18,7 +18,7 @@ import time
 import pytest
 
 from factories import NOW, crashed, fleet_spec, history, make_plan, observation, observed, plan_text, profile_spec
-from fleet_harness import REPO, alive, create_time, fleet  # noqa: F401
+from fleet_harness import REPO, alive, create_time, environ_of, fleet  # noqa: F401
 from helpers import wait_until
 
 from fleet.plan.model import Action
@@ -210,3 +210,90 @@ def test_any_exception_from_a_spawn_is_that_profiles_failure(fleet, exc):
     assert proc.poll() is None
     assert exc in row["note"] and "injected by the test" in row["note"], row
     assert row["action"]["not_before"] is not None or row["phase"] == "Starting", row
+
+
+# -- the real controller: what a dead gateway leaves is ended before its successor --------------
+
+def _marked(fleet, profile: str) -> list[int]:
+    """Live processes carrying this test fleet's and this profile's markers (psutil, independent of the code)."""
+    return [p.pid for p in fleet._strays() if environ_of(p.pid).get("HERMES_FLEET_PROFILE") == profile]
+
+
+@pytest.mark.parametrize("how", ["group", "session", "daemon"])
+def test_a_crashing_gateway_leaves_no_orphans_and_down_says_so_truthfully(fleet, how):
+    fleet.write_manifest({"leaky": None, "good": None}, backoff=["0.2s"])
+    fleet.profile_home("leaky").mkdir(parents=True)
+    fleet.profile_home("good").mkdir(parents=True)
+    fleet.control("leaky", leave_child=how, crash=True)  # every instance leaves a child, then crashes
+    fleet.apply("--no-wait")
+    fleet.wait_running("good", timeout=30)
+    wait_until(lambda: len(fleet.journal_kinds("leaky", "exited")) >= 4, 60, what="four crashes of leaky")
+    fleet.clear_control("leaky")
+    live = fleet.wait_running("leaky", timeout=60)
+    ended = fleet.journal_kinds("leaky", "leftovers_ended")
+    assert len(ended) >= 3, [e.message for e in fleet.journal("leaky")]
+    assert _marked(fleet, "leaky") == [live], (how, _marked(fleet, "leaky"), live)
+    result = fleet.cli("down", "--timeout", "30s")
+    assert result.returncode == 0, fleet.explain(result)
+    assert "nothing of the fleet runs" in result.stdout
+    assert fleet._strays() == []
+
+
+# -- the restart brake ----------------------------------------------------------------------------
+
+def test_a_crash_loop_is_braked_and_its_journal_stays_bounded(fleet):
+    """Once 440 spawns a second with backoff [0s]: now at most start_limit_burst (5) starts in any
+    start_limit_interval (10 s), never two within the floor, and a bounded number of rows per start."""
+    fleet.write_manifest({"loop": {"driver": "process", "command": [sys.executable, "-c", "raise SystemExit(3)"]},
+                          "good": None}, backoff=["0s"])
+    fleet.profile_home("good").mkdir(parents=True)
+    fleet.apply("--no-wait")
+    fleet.wait_running("good", timeout=30)
+
+    def starts() -> list[float]:
+        return sorted(e.at for e in fleet.journal("loop") if e.kind in ("spawned", "spawn_failed"))
+    wait_until(lambda: len(starts()) >= 8, 90, what="eight starts of the crash-looping profile")
+    at = starts()
+    for i in range(len(at) - 5):
+        assert at[i + 5] - at[i] >= 10.0 - 0.01, at  # the sixth start waits for the window
+    for a, b in zip(at, at[1:]):
+        assert b - a >= 0.25 - 0.01, at
+    rows = fleet.journal("loop")
+    assert len(rows) <= 3 * len(at) + 5, [(e.kind, e.message) for e in rows]
+    row = fleet.profiles()["loop"]
+    assert row["phase"] in ("Backoff", "Starting", "Missing"), row
+
+
+def test_retention_bounds_the_journal_requests_and_adoption_logs(tmp_path):
+    from fleet.spec.model import RetentionPolicy
+    from fleet.store.db import Store
+    from fleet.store.layout import StateDir
+    from fleet.store.retention import apply_retention
+
+    state = StateDir(tmp_path)
+    store = Store(tmp_path / "fleet.db")
+    try:
+        now = time.time()
+        with store.tx():
+            for i in range(500):
+                store.conn.execute("INSERT INTO journal(at, epoch, profile, kind, message) VALUES(?,?,?,?,?)",
+                                   (now - 100 * 86400 if i < 50 else now - 500 + i, 1, "a", "spawned", f"row {i}"))
+            for i in range(40):
+                store.conn.execute("INSERT INTO requests(profile, kind, created_at, state, done_at) "
+                                   "VALUES('a','restart',?,?,?)", (now - 10, "done" if i < 37 else "pending", now - 5))
+        log = tmp_path / "a.adopt.log"
+        old = '{"at": "2001-01-01T00:00:00.000Z", "event": "adopt"}\n'
+        new = '{"at": "%s", "event": "adopt", "pad": "%s"}\n'
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(now))
+        log.write_text(old * 10 + "".join(new % (stamp, "x" * 100) for _ in range(100)))
+        policy = RetentionPolicy(max_age=30 * 86400.0, journal_rows=100, request_rows=10, adopt_log_bytes=4096)
+        assert apply_retention(store, state, policy, now) > 0
+        rows = store.events(limit=100000)
+        assert len(rows) == 100 and rows[-1].message == "row 499"
+        states = [r[0] for r in store.conn.execute("SELECT state FROM requests")]
+        assert states.count("pending") == 3 and states.count("done") == 10
+        text = log.read_text()
+        assert len(text.encode()) <= 4096 and "2001-01-01" not in text and text.endswith("}\n")
+        assert apply_retention(store, state, policy, now) == 0  # idempotent
+    finally:
+        store.close()

@@ -294,8 +294,25 @@ def down(
         if time.monotonic() > deadline:
             fail("timed out draining: " + ", ".join(f"{p.name} (pid {p.pid})" for p in alive), EXIT_FAILED)
         time.sleep(0.05)
+    left = _fleet_leftovers(state, deadline)
     pid = stop_controller(state)
-    typer.echo(f"all profiles stopped; controller {f'pid {pid} ' if pid else ''}stopped")
+    if left:
+        fail(f"all gateways stopped, but {len(left)} process(es) of the fleet still run: "
+             + ", ".join(f"pid {i.pid} ({name})" for i, name in left) + f"; controller {pid or ''} stopped",
+             EXIT_FAILED, hint="they carry the fleet's markers (HERMES_FLEET_PROFILE); check them and end them by hand")
+    typer.echo(f"all profiles stopped; nothing of the fleet runs; controller {f'pid {pid} ' if pid else ''}stopped")
+
+
+def _fleet_leftovers(state, deadline: float) -> list:
+    """Processes that carry this fleet's markers once every gateway is gone; the controller ends a
+    dead gateway's leftovers when it reclaims it, so give it until the deadline."""
+    from fleet.observe.leftovers import find_leftovers
+    platform = current_platform()
+    while True:
+        left = [(f.info, f.profile) for f in find_leftovers(platform, str(state.root))]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
 
 
 def logs(

@@ -22,10 +22,12 @@ from fleet.plan.planner import plan
 from fleet.store.db import Store
 from fleet.store.layout import StateDir, ensure_state_dir
 from fleet.store.lock import LockHeld, SupervisorLock
+from fleet.store.retention import apply_retention
 
 RESYNC_SECONDS = 30.0
 ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 IDLE_WAIT_SECONDS = 60.0
+RETENTION_EVERY = 60.0  # how often the journal, requests and adoption logs are trimmed
 EXIT_OK, EXIT_FATAL, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
 
 
@@ -115,6 +117,7 @@ class Controller:
         failing: dict[tuple[str, str], tuple[int, float]] = {}  # (profile, action) -> (failures, retry at)
         scan = True
         ready_sent = False
+        retained_at: float | None = None
         try:
             while not self.stopping:
                 desired, specs = source.current()
@@ -156,6 +159,9 @@ class Controller:
                             watched_exits.add(action.profile)
                         elif action.kind == "spawn":
                             watched_exits.discard(action.profile)
+                    if retained_at is None or not 0 <= now - retained_at < RETENTION_EVERY:
+                        retained_at = now
+                        self._retain(store, desired.spec.retention, now)
                     track_idle(store, observed, now)
                     maintenance.advance(desired, observed, current, now)
                     store.set_observed_generation(desired.generation)
@@ -202,6 +208,15 @@ class Controller:
                           epoch=epoch)
             log("controller stopped; gateways left running")
         return EXIT_OK
+
+    def _retain(self, store: Store, policy, now: float) -> None:
+        try:
+            gone = apply_retention(store, self.state, policy, now)
+        except Exception as exc:  # noqa: BLE001 - trimming history never stops the fleet
+            log(f"retention failed: {type(exc).__name__}: {exc}")
+            return
+        if gone:
+            log(f"retention: {gone} old journal rows, requests or adoption-log lines dropped")
 
     def _action_failed(self, store: Store, epoch: int, action, history, exc: Exception, now: float,
                        failing: dict) -> int:

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from fleet.execute.environment import child_environment
 from fleet.execute.logs import rotate_if_large
 from fleet.observe import hermes_files as hf
+from fleet.observe.leftovers import find_leftovers
 from fleet.observe.model import ProfileObservation
 from fleet.plan.exits import CRASH_CLASSES, TERMINAL_CLASSES, classify_exit, describe_exit
 from fleet.plan.model import Action
@@ -21,6 +22,8 @@ from fleet.store.records import PidRecord, remove_record, write_record
 
 
 KILL_GRACE = 5.0  # after SIGKILL, how long before the kill is tried again
+LEFTOVER_GRACE = 1.0  # a dead gateway's leftovers get this long after SIGTERM, then SIGKILL
+LEFTOVER_KILL_WAIT = 2.0
 
 
 def iso(ts: float) -> str:
@@ -40,6 +43,10 @@ class Executor:
 
     def execute(self, action: Action, obs: ProfileObservation) -> None:
         handler = getattr(self, f"_{action.kind}")
+        if action.kind == "reclaim" and action.reason in ("pid_dead", "pid_reused") and obs.record is not None:
+            # Like KillMode=control-group: what the gateway left is ended before a successor can start
+            # (outside the transaction: this may wait for processes).
+            self._end_leftovers(action.profile, obs.record.pid)
         with self.store.tx():  # one commit per action: its history, journal and request updates together
             handler(action, obs)
 
@@ -227,6 +234,43 @@ class Executor:
         self.platform.kill_tree(proc.pid)
         self.journal("killed", f"pid {proc.pid} and its tree killed ({action.reason}: {action.message})", name,
                      pid=proc.pid, reason=action.reason)
+
+    def _end_leftovers(self, name: str, gateway_pid: int) -> None:
+        """End the processes that positively carry this fleet's and this profile's markers (children,
+        setsid children, double-forked daemons); report, never signal, unmarked members of the dead
+        gateway's session or process group."""
+        found = find_leftovers(self.platform, str(self.state.root), name, group_of=gateway_pid)
+        marked = [f.info for f in found if f.profile == name]
+        unmarked = [f.info for f in found if f.profile != name]
+        if unmarked:
+            self.journal("warning", f"pid(s) {', '.join(str(i.pid) for i in unmarked)} in the session of exited pid "
+                         f"{gateway_pid} carry no markers of {name}; left running", name,
+                         pids=[i.pid for i in unmarked])
+        if not marked:
+            return
+        for info in marked:
+            if self._still_same(info):
+                self.platform.request_stop(info.pid)
+        survivors = self._wait_gone(marked, LEFTOVER_GRACE)
+        for info in survivors:
+            if self._still_same(info):
+                self.platform.kill_process(info.pid)
+        remaining = self._wait_gone(survivors, LEFTOVER_KILL_WAIT)
+        pids = [i.pid for i in marked]
+        self.journal("leftovers_ended", f"{len(marked) - len(remaining)} process(es) left by pid {gateway_pid} ended "
+                     f"({len(survivors)} needed SIGKILL): {', '.join(map(str, pids))}", name, pids=pids,
+                     killed=[i.pid for i in survivors])
+        if remaining:
+            self.journal("warning", f"pid(s) {', '.join(str(i.pid) for i in remaining)} left by pid {gateway_pid} "
+                         f"survived SIGKILL", name, pids=[i.pid for i in remaining])
+
+    def _wait_gone(self, infos: list, timeout: float) -> list:
+        deadline = time.monotonic() + timeout
+        alive = [i for i in infos if self._still_same(i)]
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.02)
+            alive = [i for i in alive if self._still_same(i)]
+        return alive
 
     def _still_same(self, proc) -> bool:
         """Identity re-checked right before a signal: the PID may have been reused since we looked."""

@@ -186,6 +186,20 @@ class PosixPlatform:
             except psutil.Error:
                 pass
 
+    def kill_process(self, pid: int) -> None:
+        """SIGKILL one process, nothing else (its group may hold processes that are not ours)."""
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def process_group(self, pid: int) -> tuple[int | None, int | None]:
+        """(process group id, session id) of a live process; (None, None) when gone."""
+        try:
+            return os.getpgid(pid), os.getsid(pid)
+        except OSError:
+            return None, None
+
     def lock_is_held(self, path: str) -> bool:
         import fcntl
         try:

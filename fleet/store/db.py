@@ -349,6 +349,21 @@ class Store:
                               (time.time(), self.epoch if epoch is None else epoch, profile, kind, message,
                                json.dumps(data, sort_keys=True) if data else None))
 
+    def enforce_retention(self, now: float, *, max_age: float, journal_rows: int, request_rows: int) -> int:
+        """Drop journal rows and finished requests older than max_age or beyond the newest N; pending
+        requests always stay. Returns how many rows went."""
+        cutoff = now - max_age
+        with self.tx():
+            gone = self.conn.execute("DELETE FROM journal WHERE at < ?", (cutoff,)).rowcount
+            gone += self.conn.execute("DELETE FROM journal WHERE id <= (SELECT id FROM journal ORDER BY id DESC "
+                                      "LIMIT 1 OFFSET ?)", (journal_rows,)).rowcount
+            gone += self.conn.execute("DELETE FROM requests WHERE state != 'pending' AND COALESCE(done_at, created_at) < ?",
+                                      (cutoff,)).rowcount
+            gone += self.conn.execute("DELETE FROM requests WHERE state != 'pending' AND id <= (SELECT id FROM requests "
+                                      "WHERE state != 'pending' ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                                      (request_rows,)).rowcount
+        return gone
+
     def events(self, *, after_id: int = 0, profile: str | None = None, limit: int = 200) -> list[JournalEntry]:
         q = "SELECT * FROM journal WHERE id>?"
         args: list = [after_id]
