@@ -70,6 +70,16 @@ def test_a_retrying_spawn_reserves_no_slot_a_sibling_could_use():
     assert plan_text(fleet, obs) == "alpha spawn spawn_failed @+2.5\nbeta spawn crashed"
 
 
+def test_a_profile_that_cannot_spawn_holds_no_maintenance_budget():
+    """A crashed sibling holds the budget (it was capacity and is down); one that never started does not,
+    or a broken profile would block every sibling's maintenance for good."""
+    from factories import running
+    a, b = profile_spec("alpha"), profile_spec("beta")
+    obs = observed(running(a, pid=100, spec_hash="v1:" + "0" * 64), observation("beta", history=spawn_failed("beta")))
+    p = make_plan(fleet_spec(a, b), obs)
+    assert [(x.profile, x.kind) for x in p.actions] == [("beta", "spawn"), ("alpha", "replace")]
+
+
 @pytest.mark.parametrize("kind", ["reclaim", "adopt", "drain", "kill", "update"])
 def test_any_failed_action_waits_its_backoff_and_never_blocks_a_sibling(kind):
     fleet = fleet_spec("alpha", "beta")
@@ -230,9 +240,9 @@ def test_a_crashing_gateway_leaves_no_orphans_and_down_says_so_truthfully(fleet,
     wait_until(lambda: len(fleet.journal_kinds("leaky", "exited")) >= 4, 60, what="four crashes of leaky")
     fleet.clear_control("leaky")
     live = fleet.wait_running("leaky", timeout=60)
+    assert _marked(fleet, "leaky") == [live], (how, _marked(fleet, "leaky"), live)
     ended = fleet.journal_kinds("leaky", "leftovers_ended")
     assert len(ended) >= 3, [e.message for e in fleet.journal("leaky")]
-    assert _marked(fleet, "leaky") == [live], (how, _marked(fleet, "leaky"), live)
     result = fleet.cli("down", "--timeout", "30s")
     assert result.returncode == 0, fleet.explain(result)
     assert "nothing of the fleet runs" in result.stdout

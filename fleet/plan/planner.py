@@ -360,8 +360,8 @@ def _apply_budget(actions: list[Action], desired: Desired, observed: Observed, n
         elif obs.process is None and h.last_exit_class == "planned" and _wants_running(desired.spec.profile(name), h):
             in_use.add(name)  # drained on purpose and not yet respawned: still in maintenance
         elif obs.process is None and h.failures > 0 and h.last_exit_class in CRASH_CLASSES \
-                and _wants_running(desired.spec.profile(name), h):
-            in_use.add(name)
+                and h.action_error_kind != "spawn" and _wants_running(desired.spec.profile(name), h):
+            in_use.add(name)  # a profile that could not even be spawned was never capacity: it holds no budget
     out = []
     for a in sorted(actions, key=lambda a: a.profile):
         if a.kind == "replace" and a.voluntary and a.phase == "begin":
