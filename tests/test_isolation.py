@@ -152,7 +152,8 @@ def _healthy_siblings_survive(fleet, bad: str = "bad") -> None:
 
     def backoff_shown():
         row = fleet.profiles().get(bad)
-        return row if row and row["phase"] in ("Backoff", "Failed", "Starting") and row["note"] else None
+        return row if row and row["phase"] in ("Backoff", "Failed") and row["action"]["not_before"] \
+            and "could not start" in row["note"] else None
     row = wait_until(backoff_shown, 20, what=f"{bad} to show its failure")
     errors = [e for e in fleet.journal(bad) if e.kind in ("spawn_failed", "error")]
     assert errors, fleet.journal(bad)
@@ -219,7 +220,6 @@ def test_any_exception_from_a_spawn_is_that_profiles_failure(fleet, exc):
     row = _healthy_siblings_survive(fleet)
     assert proc.poll() is None
     assert exc in row["note"] and "injected by the test" in row["note"], row
-    assert row["action"]["not_before"] is not None or row["phase"] == "Starting", row
 
 
 # -- the real controller: what a dead gateway leaves is ended before its successor --------------
@@ -264,10 +264,11 @@ def test_a_crash_loop_is_braked_and_its_journal_stays_bounded(fleet):
         return sorted(e.at for e in fleet.journal("loop") if e.kind in ("spawned", "spawn_failed"))
     wait_until(lambda: len(starts()) >= 8, 90, what="eight starts of the crash-looping profile")
     at = starts()
+    slack = 0.2  # a journal row is written after its spawn, which takes a few ms on a loaded machine
     for i in range(len(at) - 5):
-        assert at[i + 5] - at[i] >= 10.0 - 0.01, at  # the sixth start waits for the window
+        assert at[i + 5] - at[i] >= 10.0 - slack, at  # the sixth start waits for the window
     for a, b in zip(at, at[1:]):
-        assert b - a >= 0.25 - 0.01, at
+        assert b - a >= 0.25 - slack, at
     rows = fleet.journal("loop")
     assert len(rows) <= 3 * len(at) + 5, [(e.kind, e.message) for e in rows]
     row = fleet.profiles()["loop"]
