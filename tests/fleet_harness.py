@@ -115,7 +115,7 @@ class FleetHarness:
     def cli(self, *args: str, timeout: float = CLI_TIMEOUT, with_file: bool = True) -> subprocess.CompletedProcess:
         argv = [sys.executable, "-m", "fleet.cli.main", *args, "--state-dir", str(self.state)]
         if with_file:
-            argv += ["-f", str(self.manifest)]
+            argv += ["--file", str(self.manifest)]
         try:
             result = subprocess.run(argv, cwd=str(self.tmp), env=self.env(), stdin=subprocess.DEVNULL,
                                     capture_output=True, text=True, timeout=timeout)

@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 import fleet.platform.windows as win
+from fleet.platform.base import SignalRefused
 from fleet.platform.windows import (
     CREATE_BREAKAWAY_FROM_JOB, CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW, DETACHED_PROCESS, LK_NBLCK, LK_UNLCK,
     LOCK_PROBE_OFFSET, SPAWN_FLAGS, WindowsPlatform,
@@ -78,19 +79,92 @@ def test_request_stop_sends_nothing():
     assert runner.calls == [] and popen.calls == []
 
 
-def test_kill_tree_uses_taskkill_through_the_runner(monkeypatch):
+MARKERS = {"HERMES_FLEET_PROFILE": "alpha", "HERMES_FLEET_STATE_DIR": "C:\\fleet"}
+
+
+class FakeTreeProc:
+    """A process of a fake tree: its environment and whether kill() reached it."""
+
+    def __init__(self, pid, env=None, children=()):
+        self.pid, self.env, self._children, self.killed = pid, env, list(children), False
+
+    def children(self, recursive=False):
+        out = []
+        for c in self._children:
+            out += [c] + (c.children(recursive=True) if recursive else [])
+        return out
+
+    def environ(self):
+        if self.env is None:
+            raise psutil.AccessDenied(self.pid)
+        return self.env
+
+    def kill(self):
+        self.killed = True
+
+
+def fake_tree(monkeypatch, root):
+    procs = {root.pid: root, **{c.pid: c for c in root.children(recursive=True)}}
+    monkeypatch.setattr(win.psutil, "Process", lambda pid: procs[pid])
+    monkeypatch.setattr(WindowsPlatform, "never_signal", lambda self, pid: None)
+    return procs
+
+
+def test_kill_tree_kills_the_root_by_taskkill_without_t_and_only_marked_descendants(monkeypatch):
+    marked = FakeTreeProc(11, dict(MARKERS))
+    other_profile = FakeTreeProc(12, {**MARKERS, "HERMES_FLEET_PROFILE": "beta"})
+    unreadable = FakeTreeProc(13, None)
+    bare = FakeTreeProc(14, {"PATH": "x"}, children=[FakeTreeProc(15, dict(MARKERS))])
+    fake_tree(monkeypatch, FakeTreeProc(1234, dict(MARKERS), [marked, other_profile, unreadable, bare]))
     runner = RecordingRunner(lambda args: ok(args, "SUCCESS"))
-    WindowsPlatform(runner=runner).kill_tree(1234)
-    assert runner.calls == [("taskkill", "/T", "/F", "/PID", "1234")]
+    WindowsPlatform(runner=runner).kill_tree(1234, MARKERS)
+    assert runner.calls == [("taskkill", "/F", "/PID", "1234")]  # never /T: the whole tree is not ours
+    assert marked.killed and bare.children()[0].killed
+    assert not other_profile.killed and not unreadable.killed and not bare.killed
 
 
 def test_kill_tree_of_a_gone_process_is_fine_and_a_real_failure_raises(monkeypatch):
+    fake_tree(monkeypatch, FakeTreeProc(1234, dict(MARKERS)))
     gone = RecordingRunner(lambda args: failed(args, 128, 'ERROR: The process "1234" not found.'))
-    WindowsPlatform(runner=gone).kill_tree(1234)
+    WindowsPlatform(runner=gone).kill_tree(1234, MARKERS)
     denied = RecordingRunner(lambda args: failed(args, 1, "ERROR: Access is denied."))
     monkeypatch.setattr(psutil, "pid_exists", lambda pid: True)
     with pytest.raises(OSError, match="Access is denied"):
-        WindowsPlatform(runner=denied).kill_tree(1234)
+        WindowsPlatform(runner=denied).kill_tree(1234, MARKERS)
+
+
+@pytest.mark.parametrize("pid", [0, 4, os.getpid()])
+def test_kill_tree_refuses_system_processes_and_itself_before_any_taskkill(pid):
+    runner = RecordingRunner(lambda args: ok(args, "SUCCESS"))
+    with pytest.raises(SignalRefused):
+        WindowsPlatform(runner=runner).kill_tree(pid, MARKERS)
+    assert runner.calls == []
+
+
+def test_never_signal_refuses_ancestors_and_other_users(monkeypatch):
+    me = os.getpid()
+
+    class P:
+        def __init__(self, pid):
+            self.pid = pid
+
+        def parents(self):
+            return [P(7000)]
+
+        def username(self):
+            return "DESKTOP\\zoe" if self.pid in (me, 7000, 7001) else "NT AUTHORITY\\SYSTEM"
+
+        def cmdline(self):
+            return ["gw.exe"]
+
+        def exe(self):
+            return "C:\\gw.exe"
+
+    monkeypatch.setattr(win.psutil, "Process", P)
+    platform = WindowsPlatform(runner=RecordingRunner())
+    assert "ancestor" in platform.never_signal(7000)
+    assert "another user" in platform.never_signal(7002)
+    assert platform.never_signal(7001) is None
 
 
 def test_lock_probe_says_held_when_the_probe_byte_is_locked(tmp_path):

@@ -17,6 +17,9 @@ from fleet.store.layout import StateDir, StateDirError, check_state_dir, ensure_
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_REFUSED, EXIT_QUEUED = 0, 1, 2, 3, 4
 
 FileOption = typer.Option(Path("fleet.yaml"), "-f", "--file", help="The manifest (default: ./fleet.yaml).")
+# logs and events spell follow -f, as tail, kubectl logs and pm2 logs do; the manifest is --file there.
+FileLongOption = typer.Option(Path("fleet.yaml"), "--file",
+                              help="The manifest (default: ./fleet.yaml); -f is --follow here.")
 StateDirOption = typer.Option(None, "--state-dir", envvar="HERMES_FLEET_STATE_DIR",
                               help="State directory (default: <hermes home>/gateway of the manifest, else ~/.hermes/gateway).")
 OutputOption = typer.Option("text", "-o", "--output", help="text or json.")

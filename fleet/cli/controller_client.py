@@ -77,8 +77,11 @@ def stop_controller(state: StateDir, timeout: float = 15.0) -> int | None:
     pid = running_controller_pid(state)
     if pid is None or holder is None:
         return None
-    info = current_platform().process_info(pid)
+    platform = current_platform()
+    info = platform.process_info(pid)
     if info is None or abs(info.create_time - holder.create_time) >= 1.0:
+        return None
+    if platform.never_signal(pid):  # a forged holder file naming pid 1, our own shell, another user's process
         return None
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout

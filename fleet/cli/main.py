@@ -5,14 +5,14 @@ from __future__ import annotations
 import typer
 
 from fleet import __version__
-from fleet.cli import apply_cmd, maintenance_cmd, ops_cmds, plan_cmds
+from fleet.cli import apply_cmd, maintenance_cmd, ops_cmds, plan_cmds, schema_cmd
 
 app = typer.Typer(
     name="hermes-fleet",
     help="Keep a fleet of Hermes gateways converged to fleet.yaml: diff, apply, and a controller that "
          "respawns crashes, kills hangs, adopts after its own restarts and never duplicates a gateway.",
     no_args_is_help=True,
-    add_completion=False,
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
 
@@ -41,6 +41,7 @@ app.command("down")(ops_cmds.down)
 app.command("logs")(ops_cmds.logs)
 app.command("events")(ops_cmds.events)
 app.command("history")(ops_cmds.history)
+app.command("schema")(schema_cmd.schema)
 app.add_typer(ops_cmds.controller_app, name="controller")
 app.add_typer(maintenance_cmd.maintenance_app, name="maintenance")
 
@@ -55,9 +56,21 @@ try:
 except ImportError:
     pass
 
-def main() -> None:
-    """The console script: the app, with the failures no command can fix reported as one line
-    (a full disk, a store another tool damaged) instead of a traceback."""
+def command():
+    """The click command tree of `app`, with plain help and profile-name completion."""
+    from typer.main import get_command
+
+    from fleet.cli.plainhelp import plain
+
+    root = get_command(app)
+    plain(root)
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script: the app, with a usage error or a failure no command can fix (a full
+    disk, a store another tool damaged) reported as one `error:` line instead of a panel or a
+    traceback."""
     import sqlite3
     import sys
 
@@ -65,12 +78,29 @@ def main() -> None:
     from fleet.store.files import UnsafeFile
     from fleet.store.layout import StateDirError
 
+    from typer._click import exceptions as exc_types  # typer carries its own click from 0.26 on
+
+    root = command()
     try:
-        app(standalone_mode=True)
+        code = root.main(args=argv, prog_name="hermes-fleet", standalone_mode=False)
+    except exc_types.NoArgsIsHelpError as exc:
+        print(exc.ctx.get_help())
+        code = 0
+    except exc_types.UsageError as exc:
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        print(f"error: {' '.join(exc.format_message().split())}{where}", file=sys.stderr)
+        code = exc.exit_code
+    except exc_types.ClickException as exc:
+        print(f"error: {' '.join(exc.format_message().split())}", file=sys.stderr)
+        code = exc.exit_code
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        code = 1
     except (sqlite3.Error, StoreError, StateDirError, UnsafeFile) as exc:
         hint = " (is the disk full?)" if "full" in str(exc).lower() or "i/o" in str(exc).lower() else ""
         print(f"error: the state store failed: {exc}{hint}", file=sys.stderr)
-        sys.exit(2)
+        code = 2
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

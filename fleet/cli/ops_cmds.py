@@ -13,6 +13,7 @@ from fleet.cli.common import (
     EXIT_ERROR, EXIT_FAILED, EXIT_OK, FileOption, OutputOption, StateDirOption, check_output, emit_json, fail,
     open_store, state_for,
 )
+from fleet.cli.common import FileLongOption
 from fleet.cli.controller_client import NO_CONTROLLER_HINT, running_controller_pid, stop_controller
 from fleet.cli.render_plan import utc
 from fleet.controller.status import fleet_status
@@ -186,7 +187,7 @@ def restart(
     state_dir: Optional[str] = StateDirOption,
     file: Path = FileOption,
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the new process runs."),
-    timeout: str = typer.Option("3m", "--timeout"),
+    timeout: str = typer.Option("3m", "--timeout", help="How long --wait waits, e.g. 90s, 3m."),
 ) -> None:
     """Restart profiles: drain (wait for active agents to finish), planned stop, respawn.
     A drain that outlasts the profile's drain timeout ends in a kill. `--force` kills at once.
@@ -320,46 +321,66 @@ def logs(
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines."),
     lines: int = typer.Option(50, "-n", "--lines", help="How many lines from the end."),
     state_dir: Optional[str] = StateDirOption,
-    file: Path = FileOption,
+    file: Path = FileLongOption,
 ) -> None:
-    """The gateway's stdout/stderr, as written to logs/<profile>.log by the gateway itself."""
+    """The gateway's stdout/stderr, as written to logs/<profile>.log by the gateway itself.
+
+    With -f, keep printing what is appended, into the new file when a respawn rotates the log,
+    until interrupted."""
     state = state_for(state_dir, file)
     path = state.controller_log if profile == "controller" else state.log(profile)
     if not path.exists():
         fail(f"no log for {profile!r} at {path}")
-    with open(path, "rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        size = fh.tell()
-        fh.seek(max(0, size - 256 * 1024))
-        tail = fh.read().decode("utf-8", "replace").splitlines()[-lines:] if lines > 0 else []
-        for line in tail:
+    try:
+        _print_log(path, lines, follow)
+    except KeyboardInterrupt:
+        return
+
+
+def _print_log(path: Path, lines: int, follow: bool) -> None:
+    import codecs
+
+    fh = open(path, "rb")
+    try:
+        start = max(0, os.fstat(fh.fileno()).st_size - 256 * 1024)
+        fh.seek(start)
+        data = fh.read()
+        if follow:  # an unfinished last line is printed whole once it is finished
+            data = data[:data.rfind(b"\n") + 1]
+            fh.seek(start + len(data))
+        for line in (data.decode("utf-8", "replace").splitlines()[-lines:] if lines > 0 else []):
             typer.echo(line)
-        if not follow:
-            return
-        inode = os.fstat(fh.fileno()).st_ino
-        try:
-            while True:
-                chunk = fh.read()
-                if chunk:
-                    typer.echo(chunk.decode("utf-8", "replace"), nl=False)
-                    continue
-                try:
-                    if os.stat(path).st_ino != inode:  # rotated: continue in the new file
-                        return logs(profile, True, 0, state_dir, file)
-                except FileNotFoundError:
-                    pass
-                time.sleep(0.25)
-        except KeyboardInterrupt:
-            return
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        while follow:
+            chunk = fh.read(64 * 1024)
+            if chunk:
+                typer.echo(decoder.decode(chunk), nl=False)
+                continue
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:  # renamed away, the next spawn has not created it yet
+                now = None
+            held = os.fstat(fh.fileno())
+            if now is not None and (now.st_ino, now.st_dev) != (held.st_ino, held.st_dev):
+                # rotated: the old file is read to its end above; the new one from its start
+                fh.close()
+                fh = open(path, "rb")
+                decoder.reset()
+                continue
+            if held.st_size < fh.tell():  # truncated in place
+                fh.seek(0)
+            time.sleep(0.1)
+    finally:
+        fh.close()
 
 
 def events(
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new events."),
-    profile: Optional[str] = typer.Option(None, "--profile"),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Only this profile's events."),
     output: str = OutputOption,
-    limit: int = typer.Option(50, "-n", "--lines"),
+    limit: int = typer.Option(50, "-n", "--lines", help="How many of the latest events to print first."),
     state_dir: Optional[str] = StateDirOption,
-    file: Path = FileOption,
+    file: Path = FileLongOption,
 ) -> None:
     """The journal: every action the controller took and every exit it saw."""
     check_output(output)

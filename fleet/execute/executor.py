@@ -10,8 +10,10 @@ from datetime import datetime, timezone
 from fleet.execute.environment import child_environment
 from fleet.execute.logs import rotate_if_large
 from fleet.observe import hermes_files as hf
+from fleet.observe import identity
 from fleet.observe.leftovers import find_leftovers
 from fleet.observe.model import ProfileObservation
+from fleet.platform.base import SignalRefused
 from fleet.plan.exits import CRASH_CLASSES, TERMINAL_CLASSES, classify_exit, describe_exit
 from fleet.plan.model import Action
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
@@ -203,8 +205,9 @@ class Executor:
 
     def _planned_stop(self, name: str, spec: ProfileSpec | None, obs: ProfileObservation) -> None:
         proc = obs.process
-        if not self._still_same(proc):
-            self.journal("refused", f"pid {proc.pid} no longer passes identity; not signalled", name)
+        why = self._not_ours(name, proc)
+        if why:
+            self.journal("refused", f"pid {proc.pid} no longer passes identity ({why}); not signalled", name)
             return
         now = self.clock()
         if spec is not None and spec.driver == DRIVER_HERMES:
@@ -221,8 +224,9 @@ class Executor:
 
     def _kill(self, action: Action, obs: ProfileObservation) -> None:
         name, proc = action.profile, obs.process
-        if not self._still_same(proc):
-            self.journal("refused", f"pid {proc.pid} no longer passes identity; not killed", name)
+        why = self._not_ours(name, proc)
+        if why:
+            self.journal("refused", f"pid {proc.pid} no longer passes identity ({why}); not killed", name)
             return
         if action.reason == "forced" and not obs.history.drain_intent:
             now = self.clock()
@@ -231,9 +235,17 @@ class Executor:
                                       drain_deadline=now + KILL_GRACE, drain_signalled=now, drain_pid=proc.pid)
         elif action.reason == "drain_timeout":
             self.store.update_history(name, drain_deadline=self.clock() + KILL_GRACE)
-        self.platform.kill_tree(proc.pid)
+        self.platform.kill_tree(proc.pid, identity.markers(name, str(self.state.root)))
         self.journal("killed", f"pid {proc.pid} and its tree killed ({action.reason}: {action.message})", name,
                      pid=proc.pid, reason=action.reason)
+
+    def _not_ours(self, name: str, proc) -> str | None:
+        """The identity rule again right before a signal: the PID may have been reused since we looked."""
+        check = identity.check(self.platform, proc.pid, proc.start_ticks, proc.create_time, name,
+                               str(self.state.root), self.spec_of(name))
+        if check.verdict == "alive":
+            return None
+        return (check.proof.why_not if check.proof is not None else "") or check.verdict
 
     def _end_leftovers(self, name: str, gateway_pid: int) -> None:
         """End the processes that positively carry this fleet's and this profile's markers (children,
@@ -249,12 +261,10 @@ class Executor:
         if not marked:
             return
         for info in marked:
-            if self._still_same(info):
-                self.platform.request_stop(info.pid)
+            self._signal_leftover(name, info, self.platform.request_stop)
         survivors = self._wait_gone(marked, LEFTOVER_GRACE)
         for info in survivors:
-            if self._still_same(info):
-                self.platform.kill_process(info.pid)
+            self._signal_leftover(name, info, self.platform.kill_process)
         remaining = self._wait_gone(survivors, LEFTOVER_KILL_WAIT)
         pids = [i.pid for i in marked]
         self.journal("leftovers_ended", f"{len(marked) - len(remaining)} process(es) left by pid {gateway_pid} ended "
@@ -272,11 +282,18 @@ class Executor:
             alive = [i for i in alive if self._still_same(i)]
         return alive
 
-    def _still_same(self, proc) -> bool:
-        """Identity re-checked right before a signal: the PID may have been reused since we looked."""
-        info = self.platform.process_info(proc.pid)
-        if info is None or not info.alive:
-            return False
-        if proc.start_ticks is not None and info.start_ticks is not None:
-            return proc.start_ticks == info.start_ticks
-        return abs(proc.create_time - info.create_time) < 0.05
+    def _signal_leftover(self, name: str, info, send) -> None:
+        """Only a process that still passes identity by this profile's markers (same start, our user, not
+        protected) is signalled; the markers were read moments ago, the PID may have been reused since."""
+        check = identity.check(self.platform, info.pid, info.start_ticks, info.create_time, name,
+                               str(self.state.root), self.spec_of(name))
+        if check.verdict != "alive" or check.proof is None or check.proof.how != identity.PROOF_MARKER:
+            return
+        try:
+            send(info.pid)
+        except SignalRefused:
+            pass
+
+    def _still_same(self, info) -> bool:
+        now = self.platform.process_info(info.pid)
+        return now is not None and now.alive and identity.same_start(info.start_ticks, info.create_time, now)

@@ -7,10 +7,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from fleet.observe.identity import PROFILE_ENV, STATE_DIR_ENV
 from fleet.platform.base import ProcessInfo
-
-PROFILE_ENV = "HERMES_FLEET_PROFILE"
-STATE_DIR_ENV = "HERMES_FLEET_STATE_DIR"
 
 
 @dataclass(frozen=True)
@@ -38,7 +36,7 @@ def find_leftovers(platform, state_root: str, profile: str | None = None, *, gro
     me = os.getpid()
     out: list[Leftover] = []
     for info in platform.iter_processes():
-        if info.pid == me or info.pid in exclude or not info.alive:
+        if info.pid == me or info.pid in exclude or not info.alive or platform.never_signal(info.pid):
             continue
         env = platform.process_environ(info.pid)
         if carries_markers(env, state_root, profile):

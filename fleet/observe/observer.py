@@ -4,45 +4,20 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 
 from fleet.maintenance import queue
 from fleet.observe import hermes_files as hf
+from fleet.observe import identity
+from fleet.observe.identity import PROFILE_ENV, SPEC_HASH_ENV, STATE_DIR_ENV
 from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservation
 from fleet.observe.native import find_native_service
 from fleet.platform.base import ProcessInfo
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 from fleet.store.db import ProfileHistory, Store
 from fleet.store.layout import StateDir
-from fleet.store.records import PidRecord, read_record
+from fleet.store.records import read_record
 
-PROFILE_ENV = "HERMES_FLEET_PROFILE"
-STATE_DIR_ENV = "HERMES_FLEET_STATE_DIR"
-SPEC_HASH_ENV = "HERMES_FLEET_SPEC_HASH"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-CREATE_TIME_TOLERANCE = 0.05
-
-
-@dataclass(frozen=True)
-class Verdict:
-    verdict: str  # alive | dead | reused | foreign
-    info: ProcessInfo | None
-
-
-def verify_record(record: PidRecord, platform) -> Verdict:
-    """PID alive, same start (ticks on Linux, else create time), same user: otherwise it is not ours."""
-    info = platform.process_info(record.pid)
-    if info is None or not info.alive:
-        return Verdict("dead", None)
-    if record.start_ticks is not None and info.start_ticks is not None:
-        same = record.start_ticks == info.start_ticks
-    else:
-        same = abs(record.create_time - info.create_time) < CREATE_TIME_TOLERANCE
-    if not same:
-        return Verdict("reused", info)
-    if info.uid is not None and platform.current_uid() is not None and info.uid != platform.current_uid():
-        return Verdict("foreign", info)
-    return Verdict("alive", info)
 
 
 def profile_names_on_disk(state: StateDir) -> set[str]:
@@ -58,28 +33,23 @@ class Observer:
         self.state = state
         self.store = store
         self.platform = platform
-        self._belongs: dict[tuple[int, int | None, str], bool] = {}  # a process's identity never changes
+        # Marker proofs only: a process's environment never changes, the other proofs (a held lock) can.
+        self._proven: dict[tuple[int, int | None, str], identity.Proof] = {}
 
-    def _belongs_to(self, name: str, spec: ProfileSpec | None, info: ProcessInfo) -> bool:
-        """Beyond pid + start time + user: the process must carry this profile's marker, or be this
-        profile's gateway by Hermes' command-line rules, or match its `match` pattern."""
-        key = (info.pid, info.start_ticks, name)
-        if key not in self._belongs:
-            env = self.platform.process_environ(info.pid)
-            if not env or not info.cmdline:
-                # Unreadable (not Linux) or a process mid-exit whose memory is already gone: pid + start
-                # time + user decide, and the next pass looks again.
-                return True
-            if env.get(PROFILE_ENV):
-                verdict = env.get(PROFILE_ENV) == name and env.get(STATE_DIR_ENV) == str(self.state.root)
-            elif hf.looks_like_gateway(info.cmdline) and hf.cmdline_profile(info.cmdline) == name:
-                verdict = True
-            else:
-                verdict = bool(spec is not None and spec.match and re.search(spec.match, " ".join(info.cmdline)))
-            if len(self._belongs) > 4096:
-                self._belongs.clear()
-            self._belongs[key] = verdict
-        return self._belongs[key]
+    def _check(self, name: str, spec: ProfileSpec | None, pid: int, start_ticks: int | None,
+               create_time: float) -> identity.Check:
+        key = (pid, start_ticks, name)
+        cached = self._proven.get(key)
+        if cached is not None:
+            info = self.platform.process_info(pid)
+            if info is not None and info.alive and identity.same_start(start_ticks, create_time, info):
+                return identity.Check("alive", info, cached)
+        result = identity.check(self.platform, pid, start_ticks, create_time, name, str(self.state.root), spec)
+        if result.proof is not None and result.proof.how == identity.PROOF_MARKER:
+            if len(self._proven) > 4096:
+                self._proven.clear()
+            self._proven[key] = result.proof
+        return result
 
     def observe(self, specs: dict[str, ProfileSpec], *, now: float, scan: bool) -> Observed:
         histories = self.store.histories()
@@ -111,19 +81,20 @@ class Observer:
         if problem:
             verdict = "corrupt"
         elif record is not None:
-            v = verify_record(record, self.platform)
+            v = self._check(name, spec, record.pid, record.start_ticks, record.create_time)
             verdict = v.verdict
-            if verdict == "alive" and not self._belongs_to(name, spec, v.info):
-                verdict = "unrelated"
             if verdict == "alive":
                 process = LiveProcess(pid=record.pid, start_ticks=v.info.start_ticks, create_time=v.info.create_time,
                                       cmdline=v.info.cmdline, started_at=record.started_at, spec_hash=record.spec_hash,
                                       source="record", record_epoch=record.epoch,
                                       external_supervisor_flag=not record.adopted or self._flag_ok(spec, v.info.cmdline))
             elif verdict in ("reused", "foreign", "unrelated"):
+                why = v.proof.why_not if v.proof is not None else ""
                 problem = {"reused": f"record names pid {record.pid}, which is now another program",
-                           "foreign": f"record names pid {record.pid}, which belongs to another user",
-                           "unrelated": f"record names pid {record.pid}, which is not this profile's gateway"}[verdict]
+                           "foreign": f"record names pid {record.pid}, which is not ours to signal ("
+                                      f"{why or 'another user'})",
+                           "unrelated": f"record names pid {record.pid}, which is not this profile's gateway"
+                                        + (f" ({why})" if why else "")}[verdict]
         status = heartbeat = None
         drain_file = False
         native = None
@@ -148,7 +119,8 @@ class Observer:
         return hf.has_external_supervisor_flag(cmdline)
 
     def _from_hermes_pidfile(self, name: str, spec: ProfileSpec) -> LiveProcess | None:
-        """A gateway Hermes itself recorded: lock held, same start time, a gateway command line for this profile."""
+        """A gateway Hermes itself recorded, if it passes the identity rule (lock held, same start, its
+        command line for this profile, or our markers)."""
         rec = hf.read_hermes_pid(spec.hermes_home)
         if rec is None:
             return None
@@ -157,16 +129,14 @@ class Observer:
             return None
         if rec.start_time is not None and info.start_ticks is not None and rec.start_time != info.start_ticks:
             return None
-        if info.uid is not None and info.uid != self.platform.current_uid():
+        v = self._check(name, spec, info.pid, info.start_ticks, info.create_time)
+        if v.verdict != "alive":
             return None
-        if not hf.looks_like_gateway(info.cmdline) or hf.cmdline_profile(info.cmdline) != name:
-            return None
-        if not self.platform.lock_is_held(os.path.join(spec.hermes_home, hf.GATEWAY_LOCK)):
-            return None
-        return self._live(info, name, "hermes_pidfile", spec)
+        return self._live(v.info, name, "hermes_pidfile", spec, v.proof)
 
-    def _live(self, info: ProcessInfo, name: str, source: str, spec: ProfileSpec | None) -> LiveProcess:
-        env = self.platform.process_environ(info.pid) or {}
+    def _live(self, info: ProcessInfo, name: str, source: str, spec: ProfileSpec | None,
+              proof: identity.Proof) -> LiveProcess:
+        env = proof.env or {}
         spec_hash = env.get(SPEC_HASH_ENV) if env.get(STATE_DIR_ENV) == str(self.state.root) else None
         return LiveProcess(pid=info.pid, start_ticks=info.start_ticks, create_time=info.create_time,
                            cmdline=info.cmdline, started_at=info.create_time, spec_hash=spec_hash, source=source,
@@ -212,13 +182,20 @@ class Observer:
             spec = specs.get(name)
             obs = out.get(name)
             managed = spec is not None or name in inventory_names
+            adopted = None
             if managed and (obs is None or obs.process is None):
-                info, source = roots[0]
-                live = self._live(info, name, source, spec)
-                base = obs or ProfileObservation(name=name, history=ProfileHistory(name))
-                out[name] = ProfileObservation(**{**base.__dict__, "process": live})
-                roots = roots[1:]
+                for info, source in roots:  # the oldest that passes the identity rule is adopted
+                    v = self._check(name, spec, info.pid, info.start_ticks, info.create_time)
+                    if v.verdict == "alive":
+                        adopted = info.pid
+                        base = obs or ProfileObservation(name=name, history=ProfileHistory(name))
+                        out[name] = ProfileObservation(**{**base.__dict__,
+                                                          "process": self._live(v.info, name, source, spec, v.proof)})
+                        break
             for info, source in roots:
-                reason = "duplicate" if managed else f"unmanaged ({source})"
+                if info.pid == adopted:
+                    continue
+                reason = ("duplicate" if adopted is not None or (obs is not None and obs.process is not None)
+                          else f"unproven ({source})") if managed else f"unmanaged ({source})"
                 orphans.append(Orphan(pid=info.pid, profile=name, cmdline=info.cmdline, reason=reason))
         return out, orphans

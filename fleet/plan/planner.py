@@ -50,10 +50,13 @@ def plan(desired: Desired, observed: Observed, now: float) -> Plan:
                                 f"a native service supervises this profile: {obs.native_service}", name,
                                 "remove it (hermes gateway uninstall) or drop the profile from fleet.yaml"))
     for orphan in observed.orphans:
-        code = "duplicate_process" if orphan.reason == "duplicate" else "unmanaged_orphan"
+        code = "duplicate_process" if orphan.reason == "duplicate" else \
+            "unproven_process" if orphan.reason.startswith("unproven") else "unmanaged_orphan"
         checks.append(Check("warning", code, f"pid {orphan.pid} looks like {orphan.profile}'s gateway ({orphan.reason})",
-                            orphan.profile, "add it to fleet.yaml to adopt it" if code == "unmanaged_orphan"
-                            else "a second process for one profile; stop it by hand after checking it"))
+                            orphan.profile, {"unmanaged_orphan": "add it to fleet.yaml to adopt it",
+                                             "unproven_process": "no marker or Hermes lock proves it this fleet's; "
+                                                                 "never adopted nor signalled: stop it by hand"}.get(
+                                code, "a second process for one profile; stop it by hand after checking it")))
 
     actions = [a for acts in per_profile.values() for a in acts]
     actions = _apply_budget(actions, desired, observed, now)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Iterator, Mapping, Protocol
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,10 @@ class ProcessInfo:
         return self.status not in ("zombie", "dead")
 
 
+class SignalRefused(PermissionError):
+    """The last line of defence: a signal this controller must never send, whatever a record says."""
+
+
 class Platform(Protocol):
     name: str  # linux | macos | windows | posix
 
@@ -30,8 +34,12 @@ class Platform(Protocol):
     def iter_processes(self) -> Iterator[ProcessInfo]: ...
     def current_uid(self) -> int | None: ...
     def spawn_detached(self, argv: list[str], env: dict[str, str], cwd: str, log_path: str) -> int: ...
-    def request_stop(self, pid: int) -> None: ...
-    def kill_tree(self, pid: int) -> None: ...
+    def never_signal(self, pid: int) -> str | None: ...  # why `pid` must never be signalled, or None
+    def child_environ(self, pid: int) -> dict[str, str] | None: ...  # env of a child we spawned and still hold
+    def request_stop(self, pid: int) -> None: ...  # raises SignalRefused when never_signal(pid) says so
+    # Kills `pid` and those descendants that carry every `markers` entry in their environment or share the
+    # root's own session, process group or service scope; raises SignalRefused for a protected root.
+    def kill_tree(self, pid: int, markers: Mapping[str, str]) -> None: ...
     def kill_process(self, pid: int) -> None: ...  # that process only
     def process_group(self, pid: int) -> tuple[int | None, int | None]: ...  # (pgid, sid) or (None, None)
     def lock_is_held(self, path: str) -> bool: ...

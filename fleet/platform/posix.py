@@ -7,14 +7,17 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import psutil
 
-from fleet.platform.base import ProcessInfo
+from fleet.platform.base import ProcessInfo, SignalRefused
 from fleet.store.files import open_append
 
 _ATTRS = ["pid", "create_time", "uids", "username", "cmdline", "status", "ppid"]
+PF_KTHREAD = 0x00200000  # include/linux/sched.h: the task is a kernel thread
+KTHREADD = 2  # Linux: parent of every kernel thread
+EXITED = "has already exited (zombie)"
 _PROC_STATES = {"R": "running", "S": "sleeping", "D": "disk-sleep", "Z": "zombie", "T": "stopped",
                 "t": "tracing-stop", "X": "dead", "x": "dead", "I": "idle", "W": "waking", "P": "parked"}
 
@@ -37,6 +40,7 @@ class PosixPlatform:
         self.name = "linux" if sys.platform.startswith("linux") else ("macos" if sys.platform == "darwin" else "posix")
         self._has_proc = os.path.isdir("/proc/self") and self.name == "linux"
         self.children: dict[int, subprocess.Popen] = {}
+        self._child_env: dict[int, dict[str, str]] = {}
         if self._has_proc:
             self._boot_time = psutil.boot_time()
             self._clock_ticks = os.sysconf("SC_CLK_TCK")
@@ -145,7 +149,16 @@ class PosixPlatform:
         finally:
             os.close(log_fd)
         self.children[proc.pid] = proc
+        self._child_env[proc.pid] = dict(env)
         return proc.pid
+
+    def child_environ(self, pid: int) -> dict[str, str] | None:
+        """The environment we gave a child we still hold unreaped: its PID cannot have been reused, and
+        it holds before the child's exec too, when /proc still shows our own environment."""
+        proc = self.children.get(pid)
+        if proc is None or proc.returncode is not None:
+            return None
+        return self._child_env.get(pid)
 
     def reap(self, pid: int) -> tuple[bool, int | None]:
         """(exited, exit code) for a child we spawned; (False, None) for others or still running.
@@ -157,37 +170,59 @@ class PosixPlatform:
         if code is None:
             return (False, None)
         del self.children[pid]
+        self._child_env.pop(pid, None)
         return (True, code)
 
+    # -- signals: never_signal is the last line of defence, whatever a record or an observer said -----------
+    def never_signal(self, pid: int) -> str | None:
+        if pid <= 1:
+            return f"pid {pid} is the init process" if pid == 1 else f"pid {pid} names no single process"
+        me = os.getpid()
+        if pid == me:
+            return f"pid {pid} is this controller itself"
+        if pid in _ancestors(me):
+            return f"pid {pid} is an ancestor of this controller"
+        if self._has_proc:
+            return _proc_refusal(pid)
+        return _psutil_refusal(pid)
+
+    def _guard(self, pid: int) -> None:
+        refusal = self.never_signal(pid)
+        if refusal:
+            raise SignalRefused(f"refused to signal pid {pid}: {refusal}")
+
     def request_stop(self, pid: int) -> None:
+        self._guard(pid)
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
 
-    def kill_tree(self, pid: int) -> None:
+    def kill_tree(self, pid: int, markers: Mapping[str, str]) -> None:
+        self._guard(pid)
         try:
-            root = psutil.Process(pid)
-            descendants = root.children(recursive=True)
+            descendants = psutil.Process(pid).children(recursive=True)
         except psutil.Error:
             descendants = []
+        members = [d for d in descendants if self._in_tree(pid, d.pid, markers)]
         try:
-            if os.getpgid(pid) == pid:
+            if _leads_group(pid) and not self._protected_in_group(pid):
                 os.killpg(pid, signal.SIGKILL)
             else:
                 os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        except PermissionError:
+        except PermissionError:  # a group whose other members we may not signal
             os.kill(pid, signal.SIGKILL)
-        for child in descendants:  # children that left the group (their own setsid) die too
+        for child in members:  # marked children that left the group (their own setsid) die too
             try:
-                child.kill()
+                child.kill()  # psutil refuses a PID reused since `children()` listed it
             except psutil.Error:
                 pass
 
     def kill_process(self, pid: int) -> None:
         """SIGKILL one process, nothing else (its group may hold processes that are not ours)."""
+        self._guard(pid)
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -199,6 +234,36 @@ class PosixPlatform:
             return os.getpgid(pid), os.getsid(pid)
         except OSError:
             return None, None
+
+    def _protected_in_group(self, pgid: int) -> bool:
+        """Whether killing process group `pgid` would reach a process never_signal refuses (this controller,
+        an ancestor, another user's setuid program the gateway ran): then its members die one by one."""
+        for pid in psutil.pids():
+            try:
+                if pid == pgid or os.getpgid(pid) != pgid:
+                    continue
+            except OSError:
+                continue
+            refusal = self.never_signal(pid)
+            if refusal and not refusal.endswith(EXITED):
+                return True
+        return False
+
+    def _in_tree(self, root: int, pid: int, markers: Mapping[str, str]) -> bool:
+        """A descendant belongs to the gateway's tree by its session or group (led by the gateway), its
+        service scope (the gateway's own), or the profile's markers; a bare descendant never does."""
+        if self.never_signal(pid):
+            return False
+        try:
+            if os.getsid(pid) == root or os.getpgid(pid) == root:
+                return True
+        except OSError:
+            return False
+        scope = _own_scope(root)
+        if scope is not None and _cgroup(pid) == scope:
+            return True
+        env = self.process_environ(pid)
+        return bool(markers) and env is not None and all(env.get(k) == v for k, v in markers.items())
 
     def lock_is_held(self, path: str) -> bool:
         import fcntl
@@ -227,6 +292,101 @@ class PosixPlatform:
             return os.pidfd_open(pid)
         except OSError:
             return None
+
+
+def _ancestors(pid: int) -> set[int]:
+    out: set[int] = set()
+    try:
+        parents = psutil.Process(pid).parents()
+    except psutil.Error:
+        return out
+    return {p.pid for p in parents}
+
+
+def _proc_refusal(pid: int) -> str | None:
+    """Linux: another user (any of real, effective, saved uid), a kernel thread, or unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            status = fh.read().decode("ascii", "replace")
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmdline = fh.read()
+    except FileNotFoundError:
+        return None  # gone: a signal reaches nobody
+    except OSError as exc:
+        return f"pid {pid} cannot be inspected ({exc.strerror or exc})"
+    try:
+        fields = stat[stat.rindex(b")") + 2:].split()
+        state, ppid, flags = fields[0], int(fields[1]), int(fields[6])
+    except (ValueError, IndexError):
+        return f"pid {pid} cannot be inspected"
+    if state in (b"Z", b"X", b"x"):
+        return f"pid {pid} {EXITED}"
+    if flags & PF_KTHREAD or ppid == KTHREADD or pid == KTHREADD:
+        return f"pid {pid} is a kernel thread"
+    uids = next((line.split()[1:4] for line in status.splitlines() if line.startswith("Uid:")), None)
+    if not uids or any(int(u) != os.getuid() for u in uids):
+        return f"pid {pid} runs as another user (uid {'/'.join(uids or ['?'])})"
+    if not cmdline and not _has_exe(pid):
+        return f"pid {pid} is a kernel thread (no command line, no executable)"
+    return None
+
+
+def _has_exe(pid: int) -> bool:
+    try:
+        return bool(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        return False
+
+
+def _psutil_refusal(pid: int) -> str | None:
+    """macOS and other POSIX: another user, or a kernel task (no command line and no executable)."""
+    try:
+        proc = psutil.Process(pid)
+        uids = proc.uids()
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.Error as exc:
+        return f"pid {pid} cannot be inspected ({exc})"
+    if any(u != os.getuid() for u in (uids.real, uids.effective, uids.saved)):
+        return f"pid {pid} runs as another user (uid {uids.real})"
+    try:
+        if not proc.cmdline() and not proc.exe():
+            return f"pid {pid} is a kernel task (no command line, no executable)"
+    except psutil.Error as exc:
+        return f"pid {pid} cannot be inspected ({exc})"
+    return None
+
+
+def _leads_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except OSError:
+        return False
+
+
+def _cgroup(pid: int) -> str | None:
+    """The unified (v2) cgroup path of `pid`, or None."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("0::"):
+                    return line[3:].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _own_scope(pid: int) -> str | None:
+    """The transient scope the controller started `pid` in (hermes-fleet-<profile>-<ms>.scope), or None:
+    any other cgroup (a login session, a terminal) holds processes that are not the gateway's."""
+    path = _cgroup(pid)
+    if path:
+        leaf = path.rsplit("/", 1)[-1]
+        if leaf.startswith("hermes-fleet-") and leaf.endswith(".scope"):
+            return path
+    return None
 
 
 def boot_epoch() -> str:

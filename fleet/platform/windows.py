@@ -8,7 +8,9 @@
 - Graceful stop: Windows has no SIGTERM handlers for a detached child, so the only
   graceful stop is the stop marker file the controller writes before it calls
   `request_stop`. `request_stop` therefore sends nothing; `kill_tree` is the hard stop
-  after the drain deadline.
+  after the drain deadline: the root by `taskkill /F` (no `/T`), then only those
+  descendants that carry the profile's markers (Windows has no session or group that
+  a gateway leads).
 - Identity: psutil; `start_ticks` is create_time in 1/100 s (Windows has no clock-step
   immune start counter exposed the way Linux's /proc/<pid>/stat is).
 """
@@ -20,12 +22,12 @@ import locale
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import psutil
 
-from fleet.platform.base import ProcessInfo
+from fleet.platform.base import ProcessInfo, SignalRefused
 
 DETACHED_PROCESS = 0x00000008
 CREATE_NEW_PROCESS_GROUP = 0x00000200
@@ -37,6 +39,7 @@ ERROR_ACCESS_DENIED = 5
 # record lives at the start of the same file), so that is the byte a probe must try.
 LOCK_PROBE_OFFSET = 1024 * 1024
 TASKKILL_NOT_FOUND = 128  # taskkill: "The process ... not found"
+SYSTEM_PIDS = (0, 4)  # System Idle Process, System
 
 
 class _Runner(Protocol):
@@ -74,6 +77,7 @@ class WindowsPlatform:
         self._popen = popen
         self._warn = warn
         self._locking = locking
+        self._children: dict[int, tuple[subprocess.Popen, dict[str, str]]] = {}
 
     # ------------------------------------------------------------ identity
 
@@ -128,7 +132,39 @@ class WindowsPlatform:
                     "(install the controller as a service to avoid this)"
                 )
                 proc = self._popen(argv, creationflags=SPAWN_FLAGS & ~CREATE_BREAKAWAY_FROM_JOB, **kwargs)
+        self._children[proc.pid] = (proc, dict(env))
         return proc.pid
+
+    def child_environ(self, pid: int) -> dict[str, str] | None:
+        """The environment we gave a child whose handle we still hold (its PID cannot be reused meanwhile)."""
+        held = self._children.get(pid)
+        if held is None:
+            return None
+        poll = getattr(held[0], "poll", None)
+        if poll is not None and poll() is not None:
+            del self._children[pid]  # exited: the handle no longer pins the PID
+            return None
+        return held[1]
+
+    def never_signal(self, pid: int) -> str | None:
+        if pid in SYSTEM_PIDS or pid < 0:
+            return f"pid {pid} is a system process"
+        me = os.getpid()
+        if pid == me:
+            return f"pid {pid} is this controller itself"
+        try:
+            if pid in {p.pid for p in psutil.Process(me).parents()}:
+                return f"pid {pid} is an ancestor of this controller"
+            proc = psutil.Process(pid)
+            if proc.username() != psutil.Process(me).username():
+                return f"pid {pid} runs as another user"
+            if not proc.cmdline() and not proc.exe():
+                return f"pid {pid} is a system process (no command line, no executable)"
+        except psutil.NoSuchProcess:
+            return None
+        except psutil.Error as exc:
+            return f"pid {pid} cannot be inspected ({exc})"
+        return None
 
     def request_stop(self, pid: int) -> None:
         """Deliberately nothing: on Windows the stop marker file is the graceful stop.
@@ -140,13 +176,29 @@ class WindowsPlatform:
         """
         return None
 
-    def kill_tree(self, pid: int) -> None:
-        result = self._runner.run(["taskkill", "/T", "/F", "/PID", str(pid)], timeout=30)
+    def kill_tree(self, pid: int, markers: Mapping[str, str]) -> None:
+        refusal = self.never_signal(pid)
+        if refusal:
+            raise SignalRefused(f"refused to signal pid {pid}: {refusal}")
+        try:
+            descendants = psutil.Process(pid).children(recursive=True)
+        except psutil.Error:
+            descendants = []
+        members = [d for d in descendants if not self.never_signal(d.pid) and _carries(d, markers)]
+        result = self._runner.run(["taskkill", "/F", "/PID", str(pid)], timeout=30)
         if result.returncode not in (0, TASKKILL_NOT_FOUND) and psutil.pid_exists(pid):
-            raise OSError(f"taskkill /T /F /PID {pid} failed (exit {result.returncode}): "
+            raise OSError(f"taskkill /F /PID {pid} failed (exit {result.returncode}): "
                           f"{(result.stderr or result.stdout).strip()}")
+        for child in members:
+            try:
+                child.kill()  # psutil refuses a PID reused since `children()` listed it
+            except psutil.Error:
+                pass
 
     def kill_process(self, pid: int) -> None:
+        refusal = self.never_signal(pid)
+        if refusal:
+            raise SignalRefused(f"refused to signal pid {pid}: {refusal}")
         result = self._runner.run(["taskkill", "/F", "/PID", str(pid)], timeout=30)
         if result.returncode not in (0, TASKKILL_NOT_FOUND) and psutil.pid_exists(pid):
             raise OSError(f"taskkill /F /PID {pid} failed (exit {result.returncode}): "
@@ -192,6 +244,14 @@ def _msvcrt_locking() -> Callable[[int, int, int], None]:
     import msvcrt  # Windows only
 
     return msvcrt.locking
+
+
+def _carries(proc: psutil.Process, markers: Mapping[str, str]) -> bool:
+    try:
+        env = proc.environ()
+    except psutil.Error:
+        return False
+    return bool(markers) and all(env.get(k) == v for k, v in markers.items())
 
 
 def _info(proc: psutil.Process) -> ProcessInfo:

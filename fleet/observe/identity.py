@@ -1,0 +1,127 @@
+"""The one identity rule: when a live process is a profile's gateway.
+
+The observer (records, Hermes' pid file, the scan) and the executor (right before every signal) both ask
+here, so a process is never ours by one path and not by another. Beyond the PID, its start time and our
+user, identity needs positive proof, one of:
+
+- the child's environment we spawned it with, while we still hold it unreaped (its PID cannot be reused);
+- the `HERMES_FLEET_PROFILE` / `HERMES_FLEET_STATE_DIR` markers naming this profile and this state dir;
+- Hermes' own proof for a hermes-driver profile: `gateway.lock` held in the profile's home, `gateway.pid`
+  naming this very process, and a gateway command line for this profile;
+- the profile's `match` pattern on its command line.
+
+An environment that is unreadable or empty proves nothing (a non-dumpable process, a process of another
+user, a kernel thread, a process mid-exit). Markers that name another profile or state dir rule the
+others out. And a process the platform would never signal (pid 1, the controller, its ancestors, other
+users, kernel threads) is never ours, whatever a record says.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from fleet.observe import hermes_files as hf
+from fleet.platform.base import ProcessInfo
+from fleet.spec.model import DRIVER_HERMES, ProfileSpec
+
+PROFILE_ENV = "HERMES_FLEET_PROFILE"
+STATE_DIR_ENV = "HERMES_FLEET_STATE_DIR"
+SPEC_HASH_ENV = "HERMES_FLEET_SPEC_HASH"
+CREATE_TIME_TOLERANCE = 0.05
+
+PROOF_CHILD, PROOF_MARKER, PROOF_HERMES, PROOF_MATCH = "child", "marker", "hermes_lock", "match"
+
+
+@dataclass(frozen=True)
+class Proof:
+    how: str | None  # child | marker | hermes_lock | match; None: not ours
+    why_not: str = ""  # when `how` is None: what the record's reader is told
+    protected: bool = False  # the platform would refuse to signal it at all
+    env: dict[str, str] | None = None  # the environment that was read (for the spec hash), if any
+
+    def __bool__(self) -> bool:
+        return self.how is not None
+
+
+def markers(name: str, state_root: str) -> dict[str, str]:
+    """What every process of `name`'s gateway tree carries; a tree kill reaches only those (or the
+    gateway's own session, group or scope)."""
+    return {PROFILE_ENV: name, STATE_DIR_ENV: state_root}
+
+
+def same_start(start_ticks: int | None, create_time: float, info: ProcessInfo) -> bool:
+    """Same process, not a reused PID: start ticks on Linux (immune to clock steps), else create time."""
+    if start_ticks is not None and info.start_ticks is not None:
+        return start_ticks == info.start_ticks
+    return abs(create_time - info.create_time) < CREATE_TIME_TOLERANCE
+
+
+def prove(platform, info: ProcessInfo, name: str, state_root: str, spec: ProfileSpec | None) -> Proof:
+    """Positive proof that the live process `info` is `name`'s gateway under state dir `state_root`."""
+    refusal = platform.never_signal(info.pid)
+    if refusal:
+        return Proof(None, refusal, protected=True)
+    given = platform.child_environ(info.pid)
+    if given is not None:
+        if given.get(PROFILE_ENV) == name and given.get(STATE_DIR_ENV) == state_root:
+            return Proof(PROOF_CHILD, env=given)
+        return Proof(None, f"pid {info.pid} is a gateway this controller started for another profile")
+    env = platform.process_environ(info.pid)
+    if not env:
+        return Proof(None, f"pid {info.pid}'s environment is unreadable or empty, so nothing proves it ours")
+    marker = env.get(PROFILE_ENV)
+    if marker is not None:
+        if marker == name and env.get(STATE_DIR_ENV) == state_root:
+            return Proof(PROOF_MARKER, env=env)
+        return Proof(None, f"pid {info.pid}'s markers name profile {marker!r} of state dir "
+                           f"{env.get(STATE_DIR_ENV)!r}", env=env)
+    if _hermes_proof(platform, info, name, spec, env):
+        return Proof(PROOF_HERMES, env=env)
+    if spec is not None and spec.match and info.cmdline and re.search(spec.match, " ".join(info.cmdline)):
+        return Proof(PROOF_MATCH, env=env)
+    return Proof(None, f"nothing proves pid {info.pid} is {name}'s gateway (no marker, no Hermes lock)", env=env)
+
+
+def _hermes_proof(platform, info: ProcessInfo, name: str, spec: ProfileSpec | None, env: dict[str, str]) -> bool:
+    if spec is None or spec.driver != DRIVER_HERMES:
+        return False
+    if not hf.looks_like_gateway(info.cmdline) or hf.cmdline_profile(info.cmdline) != name:
+        return False
+    root = env.get("HERMES_HOME")
+    if root is not None and os.path.normpath(root) not in (spec.env_map.get("HERMES_HOME"), spec.hermes_home):
+        return False  # a gateway of another Hermes root
+    rec = hf.read_hermes_pid(spec.hermes_home)
+    if rec is None or rec.pid != info.pid:
+        return False
+    if rec.start_time is not None and info.start_ticks is not None and rec.start_time != info.start_ticks:
+        return False
+    return platform.lock_is_held(os.path.join(spec.hermes_home, hf.GATEWAY_LOCK))
+
+
+@dataclass(frozen=True)
+class Check:
+    verdict: str  # alive | dead | reused | foreign | unrelated
+    info: ProcessInfo | None
+    proof: Proof | None = None
+
+
+def check(platform, pid: int, start_ticks: int | None, create_time: float, name: str, state_root: str,
+          spec: ProfileSpec | None) -> Check:
+    """The full rule for a PID someone wrote down (our record, or the executor's last observation)."""
+    info = platform.process_info(pid)
+    if info is None or not info.alive:
+        return Check("dead", None)
+    if not same_start(start_ticks, create_time, info):
+        return Check("reused", info)
+    me = platform.current_uid()
+    if info.uid is not None and me is not None and info.uid != me:
+        return Check("foreign", info)
+    proof = prove(platform, info, name, state_root, spec)
+    if proof:
+        return Check("alive", info, proof)
+    again = platform.process_info(pid)  # a process mid-exit reads as empty: dead, not unrelated
+    if again is None or not again.alive:
+        return Check("dead", None)
+    return Check("foreign" if proof.protected else "unrelated", info, proof)
