@@ -292,6 +292,11 @@ def test_retention_bounds_the_journal_requests_and_adoption_logs(tmp_path):
             for i in range(40):
                 store.conn.execute("INSERT INTO requests(profile, kind, created_at, state, done_at) "
                                    "VALUES('a','restart',?,?,?)", (now - 10, "done" if i < 37 else "pending", now - 5))
+            for i in range(30):
+                store.conn.execute("INSERT INTO maintenance_requests(profile, action, reasons, state, created_at, "
+                                   "updated_at, finished_at) VALUES(?, 'restart', '[]', ?, ?, ?, ?)",
+                                   (f"p{i}", "done" if i < 25 else "pending", now - 10, now - 5,
+                                    now - 5 if i < 25 else None))
         log = tmp_path / "a.adopt.log"
         old = '{"at": "2001-01-01T00:00:00.000Z", "event": "adopt"}\n'
         new = '{"at": "%s", "event": "adopt", "pad": "%s"}\n'
@@ -303,6 +308,8 @@ def test_retention_bounds_the_journal_requests_and_adoption_logs(tmp_path):
         assert len(rows) == 100 and rows[-1].message == "row 499"
         states = [r[0] for r in store.conn.execute("SELECT state FROM requests")]
         assert states.count("pending") == 3 and states.count("done") == 10
+        maint = [r[0] for r in store.conn.execute("SELECT state FROM maintenance_requests")]
+        assert maint.count("pending") == 5 and maint.count("done") == 10
         text = log.read_text()
         assert len(text.encode()) <= 4096 and "2001-01-01" not in text and text.endswith("}\n")
         assert apply_retention(store, state, policy, now) == 0  # idempotent

@@ -350,8 +350,8 @@ class Store:
                                json.dumps(data, sort_keys=True) if data else None))
 
     def enforce_retention(self, now: float, *, max_age: float, journal_rows: int, request_rows: int) -> int:
-        """Drop journal rows and finished requests older than max_age or beyond the newest N; pending
-        requests always stay. Returns how many rows went."""
+        """Drop journal rows and finished requests (operator and maintenance) older than max_age or beyond
+        the newest N; open requests always stay. Returns how many rows went."""
         cutoff = now - max_age
         with self.tx():
             gone = self.conn.execute("DELETE FROM journal WHERE at < ?", (cutoff,)).rowcount
@@ -361,6 +361,12 @@ class Store:
                                       (cutoff,)).rowcount
             gone += self.conn.execute("DELETE FROM requests WHERE state != 'pending' AND id <= (SELECT id FROM requests "
                                       "WHERE state != 'pending' ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                                      (request_rows,)).rowcount
+            finished = "state IN ('done', 'failed', 'cancelled')"
+            gone += self.conn.execute(f"DELETE FROM maintenance_requests WHERE {finished} AND "
+                                      "COALESCE(finished_at, updated_at) < ?", (cutoff,)).rowcount
+            gone += self.conn.execute(f"DELETE FROM maintenance_requests WHERE {finished} AND id <= (SELECT id FROM "
+                                      f"maintenance_requests WHERE {finished} ORDER BY id DESC LIMIT 1 OFFSET ?)",
                                       (request_rows,)).rowcount
         return gone
 
