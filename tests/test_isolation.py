@@ -19,7 +19,7 @@ import pytest
 
 from factories import NOW, crashed, fleet_spec, history, make_plan, observation, observed, plan_text, profile_spec
 from fleet_harness import REPO, alive, create_time, environ_of, fleet  # noqa: F401
-from helpers import wait_until
+from helpers import reaper, wait_until  # noqa: F401
 
 from fleet.plan.model import Action
 from fleet.spec.model import RestartPolicy
@@ -315,3 +315,20 @@ def test_retention_bounds_the_journal_requests_and_adoption_logs(tmp_path):
         assert apply_retention(store, state, policy, now) == 0  # idempotent
     finally:
         store.close()
+
+
+def test_down_names_what_of_the_fleet_still_runs(fleet, reaper):
+    """`down` never says "stopped" while a process carrying the fleet's markers still runs (here one the
+    controller has no record of, so it is never its to end)."""
+    fleet.write_manifest({"good": None})
+    fleet.profile_home("good").mkdir(parents=True)
+    fleet.apply()
+    fleet.wait_running("good")
+    env = dict(fleet.env(), HERMES_FLEET_PROFILE="ghost")
+    stray = reaper.spawn([sys.executable, "-c", "import time; time.sleep(120)"], env=env)
+    wait_until(lambda: environ_of(stray.pid).get("HERMES_FLEET_PROFILE") == "ghost", 10, what="the stray to start")
+    result = fleet.cli("down", "--timeout", "3s")
+    assert result.returncode == 1, fleet.explain(result)
+    assert f"pid {stray.pid} (ghost)" in result.stderr and "still run" in result.stderr, fleet.explain(result)
+    assert "nothing of the fleet runs" not in result.stdout
+    assert stray.poll() is None  # reported, never signalled: no record makes it the controller's
