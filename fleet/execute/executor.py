@@ -28,6 +28,13 @@ LEFTOVER_GRACE = 1.0  # a dead gateway's leftovers get this long after SIGTERM, 
 LEFTOVER_KILL_WAIT = 2.0
 
 
+def _started_after(info, record: PidRecord) -> bool:
+    """A leftover was forked by the gateway, so it cannot have started before it."""
+    if record.start_ticks is not None and info.start_ticks is not None:
+        return info.start_ticks >= record.start_ticks
+    return info.create_time >= record.create_time - 0.05  # a damaged record (NaN) proves nothing: not ended
+
+
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
@@ -48,7 +55,7 @@ class Executor:
         if action.kind == "reclaim" and action.reason in ("pid_dead", "pid_reused") and obs.record is not None:
             # Like KillMode=control-group: what the gateway left is ended before a successor can start
             # (outside the transaction: this may wait for processes).
-            self._end_leftovers(action.profile, obs.record.pid)
+            self._end_leftovers(action.profile, obs)
         with self.store.tx():  # one commit per action: its history, journal and request updates together
             handler(action, obs)
 
@@ -247,15 +254,19 @@ class Executor:
             return None
         return (check.proof.why_not if check.proof is not None else "") or check.verdict
 
-    def _end_leftovers(self, name: str, gateway_pid: int) -> None:
+    def _end_leftovers(self, name: str, obs: ProfileObservation) -> None:
         """End the processes that positively carry this fleet's and this profile's markers (children,
         setsid children, double-forked daemons); report, never signal, unmarked members of the dead
         gateway's session or process group."""
-        found = find_leftovers(self.platform, str(self.state.root), name, group_of=gateway_pid)
-        marked = [f.info for f in found if f.profile == name]
+        gateway_pid = obs.record.pid
+        found = find_leftovers(self.platform, str(self.state.root), name,
+                               group_of=gateway_pid if gateway_pid > 1 else None,
+                               exclude=self._live_gateways(name, obs))
+        marked = [f.info for f in found if f.profile == name and _started_after(f.info, obs.record)
+                  and self.platform.child_environ(f.info.pid) is None]  # a gateway we spawned is no leftover
         unmarked = [f.info for f in found if f.profile != name]
         if unmarked:
-            self.journal("warning", f"pid(s) {', '.join(str(i.pid) for i in unmarked)} in the session of exited pid "
+            self.journal("warning", f"pid(s) {', '.join(str(i.pid) for i in unmarked[:20])} in the session of exited pid "
                          f"{gateway_pid} carry no markers of {name}; left running", name,
                          pids=[i.pid for i in unmarked])
         if not marked:
@@ -281,6 +292,19 @@ class Executor:
             time.sleep(0.02)
             alive = [i for i in alive if self._still_same(i)]
         return alive
+
+    def _live_gateways(self, name: str, obs: ProfileObservation) -> frozenset[int]:
+        """Marked processes that may be the profile's gateway itself, not a leftover, should the record be
+        wrong: the one observed and the one Hermes' pid file names while its lock is held."""
+        out = set()
+        if obs.process is not None:
+            out.add(obs.process.pid)
+        spec = self.spec_of(name)
+        if spec is not None and spec.driver == DRIVER_HERMES:
+            rec = hf.read_hermes_pid(spec.hermes_home)
+            if rec is not None and self.platform.lock_is_held(os.path.join(spec.hermes_home, hf.GATEWAY_LOCK)):
+                out.add(rec.pid)
+        return frozenset(out)
 
     def _signal_leftover(self, name: str, info, send) -> None:
         """Only a process that still passes identity by this profile's markers (same start, our user, not
