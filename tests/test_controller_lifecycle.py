@@ -7,6 +7,7 @@ Every test drives the `hermes-fleet` CLI as a subprocess against a fleet under t
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -235,3 +236,25 @@ def test_crash_loop_does_not_starve_a_sibling_at_cold_start(fleet):
     fleet.control("alpha", crash=True)
     fleet.apply("--no-wait")
     fleet.wait_running("beta", timeout=8)
+
+
+def test_a_controller_started_by_the_cli_is_nobodys_child(fleet):
+    """A CLI run inside a gateway's process tree (an agent calling `hermes-fleet apply`) starts the
+    controller; the never-signal guard protects the controller's ancestors, so the controller must not
+    count that gateway among them, not even while the CLI still waits."""
+    fleet.write_manifest({"alpha": {"env": {"FAKE_HERMES_EXIT_AFTER": "0.1", "FAKE_HERMES_EXIT_CODE": "1"}}},
+                         backoff=["5s"])
+    argv = [sys.executable, "-m", "fleet.cli.main", "apply", "--timeout", "30s", "--state-dir", str(fleet.state),
+            "--file", str(fleet.manifest)]
+    cli = subprocess.Popen(argv, cwd=str(fleet.tmp), env=fleet.env(), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        controller = wait_until(fleet.controller_pid, 20)
+        assert cli.poll() is None, "apply should still be waiting on the crash-looping gateway"
+        ancestors = [p.pid for p in psutil.Process(controller).parents()]
+        assert cli.pid not in ancestors and os.getpid() not in ancestors, ancestors
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+        cli.wait(10)
+        fleet.note_pids()

@@ -22,21 +22,22 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from fleet.cli.export_cmd import export_command
-from fleet.export.base import (
-    GENERATED_MARKER, ExportError, Note, carries_credentials, is_secret, looks_secret, merge_notes, whole_seconds,
-)
+from fleet.export.base import GENERATED_MARKER, ExportError, Note, merge_notes, whole_seconds
 from fleet.export.emit import comment_block, systemd_timespan, yaml_document
 from fleet.export.kubernetes import KubernetesTarget
 from fleet.export.systemd import SystemdTarget, backoff_settings
 from fleet.spec.load import load_manifest, parse_manifest
 from fleet.spec.model import RestartPolicy
+from fleet.spec.secrets import is_secret, secret_name, secret_value
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "export"
 MANIFEST = GOLDEN / "fleet.yaml"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 # Secret values in the golden manifest: none may appear in any output.
 GOLDEN_SECRETS = ("123456:fake-telegram-token-for-golden", "fake-telegram-token", "sk-fake-openai-key-for-golden",
-                  "fake-proxy-pass-for-golden")
+                  "fake-proxy-pass-for-golden", "fake-db-passwd-for-golden", "fake-credential-for-golden",
+                  "fakesentrykeyforgolden", "fakeSlackPathForGolden", "fake.bearer-for-golden",
+                  "fake-cli-token-for-golden")
 
 SCENARIOS = {
     "kubernetes": lambda: KubernetesTarget(),
@@ -150,7 +151,8 @@ def test_no_secret_value_appears_anywhere_in_the_output(scenario):
             assert secret not in text, f"{secret!r} leaked into {scenario}/{name}"
     # ...but the keys are still wired up, so the secrets do reach the gateway.
     everything = "".join(files.values())
-    for key in ("TELEGRAM_BOT_TOKEN", "OPENAI_API_KEY", "HTTPS_PROXY"):
+    for key in ("TELEGRAM_BOT_TOKEN", "OPENAI_API_KEY", "HTTPS_PROXY", "DB_PASSWD", "SERVICE_ACCOUNT_CREDENTIAL",
+                "ERROR_REPORTING_URL", "NOTIFY_URL", "UPSTREAM_HEADER", "HERMES_FLEET_SECRET_ARG_5"):
         assert key in everything
 
 
@@ -184,16 +186,18 @@ def test_generated_secrets_never_appear_in_any_target(key, value, proxy_password
 
 
 def test_secret_detection():
-    for key in ("TELEGRAM_BOT_TOKEN", "openai_api_key", "DB_PASSWORD", "CLIENT_SECRET", "Keyring"):
-        assert looks_secret(key), key
-    for key in ("HERMES_HOME", "NO_PROXY", "HTTP_PROXY", "LOG_LEVEL", "PATH"):
-        assert not looks_secret(key), key
-    assert carries_credentials("http://bot:pw@proxy:3128")
-    assert carries_credentials("socks5://u:p@h:1080")
-    assert not carries_credentials("http://proxy:3128")
-    assert not carries_credentials("http://user@proxy:3128")  # no password, nothing to hide
-    assert not carries_credentials("not a url")
-    assert not carries_credentials("http://[bad")
+    for key in ("TELEGRAM_BOT_TOKEN", "openai_api_key", "DB_PASSWORD", "CLIENT_SECRET", "Keyring", "DB_PASSWD",
+                "PGPASS", "SERVICE_ACCOUNT_CREDENTIAL", "SENTRY_DSN", "SLACK_WEBHOOK", "AUTH", "BASIC_AUTH"):
+        assert secret_name(key), key
+    for key in ("HERMES_HOME", "NO_PROXY", "HTTP_PROXY", "LOG_LEVEL", "PATH", "AUTHOR", "PWD"):
+        assert not secret_name(key), key
+    assert secret_value("http://bot:pw@proxy:3128")
+    assert secret_value("socks5://u:p@h:1080")
+    assert secret_value("https://abc123@o1.ingest.sentry.io/1")  # a Sentry DSN: the key is the user part
+    assert not secret_value("http://proxy:3128")
+    assert not secret_value("http://user@proxy:3128")  # a login name without a password hides nothing
+    assert not secret_value("not a url")
+    assert not secret_value("http://[bad")
     assert is_secret("HTTP_PROXY", "http://u:p@h:1")
     assert not is_secret("HTTP_PROXY", "http://h:1")
 
@@ -366,11 +370,23 @@ def test_cli_rejects_options_of_the_other_target(cli):
     assert "--image, --namespace do not apply to the systemd target" in result.stderr
     result = cli("kubernetes", "-f", str(MANIFEST), "--scope", "system")
     assert result.exit_code == 2 and "--scope" in result.stderr
+    result = cli("systemd", "-f", str(MANIFEST), "--secret-name", "bots")
+    assert result.exit_code == 2 and "--secret-name does not apply to the systemd target" in result.stderr
 
 
 def test_cli_rejects_bad_option_values(cli):
     result = cli("kubernetes", "-f", str(MANIFEST), "--namespace", "Bad_NS")
     assert result.exit_code == 2 and "namespace" in result.stderr
+    result = cli("kubernetes", "-f", str(MANIFEST), "--secret-name", "Bad_Secret")
+    assert result.exit_code == 2 and "--secret-name 'Bad_Secret' is not a valid Secret name" in result.stderr
+
+
+def test_cli_secret_name_points_the_deployments_at_the_users_secret(cli):
+    result = cli("kubernetes", "-f", str(MANIFEST), "--secret-name", "hermes-{profile}-vault")
+    assert result.exit_code == 0, result.stderr
+    assert "name: hermes-demo-alpha-vault" in result.stdout and "demo-alpha-secrets" not in result.stdout
+    assert "create secret generic hermes-demo-worker-vault" in result.stderr
+    assert not [s for s in GOLDEN_SECRETS if s in result.stdout + result.stderr]
 
 
 def test_cli_reports_manifest_problems_with_their_location(cli, tmp_path):
@@ -394,3 +410,23 @@ def test_cli_help_teaches_with_examples(cli):
     result = cli("--help")
     assert result.exit_code == 0
     assert "hermes-fleet export kubernetes" in result.stdout and "--systemd-version" in result.stdout
+
+
+def test_a_secret_word_of_the_command_becomes_a_variable_reference():
+    manifest = {"version": 1, "name": "cmd", "profiles": {"bot": {
+        "driver": "process", "cwd": "/srv",
+        "command": ["/usr/bin/bot", "--api-key=keyValue1secret", "--token", "tokenValue2secret", "50%$(off)",
+                    "https://u:urlPw3secret@host/x"]}}}
+    spec = parse_manifest(yaml.safe_dump(manifest), "c.yaml", "/srv").spec
+    unit = SystemdTarget().render(spec).files[0].text
+    assert ("ExecStart=/usr/bin/bot --api-key=${HERMES_FLEET_SECRET_ARG_1} --token ${HERMES_FLEET_SECRET_ARG_3} "
+            "50%%$$(off) ${HERMES_FLEET_SECRET_ARG_5}\n") in unit
+    k8s = yaml.safe_load_all(KubernetesTarget().render(spec).stream)
+    [deployment] = [d for d in k8s if d and d["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"][-5:] == ["--api-key=$(HERMES_FLEET_SECRET_ARG_1)", "--token",
+                                         "$(HERMES_FLEET_SECRET_ARG_3)", "50%$(off)", "$(HERMES_FLEET_SECRET_ARG_5)"]
+    assert {e["name"] for e in container["env"]} == {f"HERMES_FLEET_SECRET_ARG_{i}" for i in (1, 3, 5)}
+    for export in (SystemdTarget().render(spec), KubernetesTarget().render(spec)):
+        text = export.stream + "".join(n.one_line() for n in export.notes)
+        assert not [s for s in ("keyValue1secret", "tokenValue2secret", "urlPw3secret") if s in text]

@@ -462,3 +462,30 @@ def test_the_update_command_runs_against_the_fleets_hermes_root(mfleet):
                               or r["state"] in ("done", "failed", "cancelled"))
     assert ran["update"]["exit_code"] == 5, ran  # the root's fake-update.json says 5
     assert mfleet.pid("alpha") == pid
+
+
+def test_the_update_command_and_its_output_never_show_a_secret(mfleet):
+    # The command echoes its environment and a header, as a verbose installer would.
+    wrapper = mfleet.tmp / "noisy-update.py"
+    wrapper.write_text(
+        "import os, sys\n"
+        "print('using DB_PASSWD from the env:', os.environ['DB_PASSWD'])\n"
+        "print('Authorization: Bearer hdrSecretJ34abc.def')\n"
+        "print('token given:', sys.argv[2])\n"
+        "sys.exit(3)\n")
+    mfleet.write_manifest({"alpha": {"env": {**GATEWAY_ENV, "DB_PASSWD": "envSecretK35value"}}}, drain_timeout="5s",
+                          extra={"maintenance": {"idle": "1s", "update_command": [
+                              sys.executable, str(wrapper), "--api-token", "cliSecretL36value"]}})
+    mfleet.apply()
+    mfleet.wait_running("alpha")
+    rid = mfleet.mjson("update", "alpha", "--reason", "noisy")["request"]["id"]
+    failed = mfleet.wait_state(rid, "failed", "done", "cancelled")
+    assert failed["state"] == "failed" and "using DB_PASSWD" in failed["update"]["output_tail"], failed
+    texts = [json.dumps(failed), json.dumps(mfleet.events())]
+    for args in (("maintenance", "status", "--all"), ("events", "-n", "1000"), ("logs", "controller", "-n", "1000")):
+        result = mfleet.cli(*args)
+        assert "Traceback" not in result.stderr, mfleet.explain(result)
+        texts.append(result.stdout)
+    leaked = [s for s in ("envSecretK35value", "hdrSecretJ34abc", "cliSecretL36value") for t in texts if s in t]
+    assert not leaked, (leaked, texts)
+    assert any("--api-token (sensitive)" in t for t in texts), texts  # the command is still shown

@@ -237,7 +237,7 @@ def test_restart_relevant_covers_exactly_these_fields():
     "restart: {policy: never, backoff: [5s], cap: 5s, reset_after: 1s}",
     "drain: {timeout: 5s}",
     "health: {heartbeat_stale: 5s, startup_grace: 5s}",
-    "maintenance: {idle: 1m, max_concurrent: 4, update_command: [x], windows: [{schedule: '0 3 * * *', duration: 1h}]}",
+    "maintenance: {idle: 1m, update_command: [x], windows: [{schedule: '0 3 * * *', duration: 1h}]}",
     "stagger: 9s",
     "desired: stopped",
     "suspend: true",

@@ -707,7 +707,7 @@ class TestBuilderErrors:
         ("0 3 * * * *", "expected 5 fields (minute hour day month weekday), found 6"),
         ("0 3 * *  ", "expected 5 fields (minute hour day month weekday), found 4"),
         ("*/0 3 * * *", "minute field: bad step '0'"),
-        ("0 3 * * fun", "day-of-week field: 'fun' is not a number"),
+        ("0 3 * * fun", "day-of-week field: 'fun' is not a number or a name (sun-sat)"),
     ])
     def test_invalid_cron_schedule(self, schedule, message):
         text = manifest(f"profiles:\n  a:\n    maintenance:\n      windows:\n        - {{schedule: '{schedule}', "
@@ -1103,14 +1103,14 @@ class TestParseCron:
     @pytest.mark.parametrize("expr, message", [
         ("", "expected 5 fields (minute hour day month weekday), found 0"),
         ("* * * *", "expected 5 fields (minute hour day month weekday), found 4"),
-        ("@daily", "expected 5 fields (minute hour day month weekday), found 1"),
+        ("@reboot", "'@reboot' names no time of day; a window needs one"),
         ("60 * * * *", "minute field: '60' is outside 0-59"),
-        ("5-3 * * * *", "minute field: '5-3' is outside 0-59"),
+        ("5-3 * * * *", "minute field: '5-3': the range runs backwards (5 > 3)"),
         ("*/x * * * *", "minute field: bad step 'x'"),
         ("a * * * *", "minute field: 'a' is not a number"),
         ("* -1 * * *", "hour field: '' is not a number"),
         ("* * 32 * *", "day-of-month field: '32' is outside 1-31"),
-        ("* * * foo *", "month field: 'foo' is not a number"),
+        ("* * * foo *", "month field: 'foo' is not a number or a name (jan-dec)"),
         ("* * * * mon-", "day-of-week field: '' is not a number"),
     ])
     def test_errors(self, expr, message):

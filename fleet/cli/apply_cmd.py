@@ -16,12 +16,16 @@ from fleet.cli.common import (
 from fleet.cli.controller_client import ensure_controller
 from fleet.cli.gitinfo import revision_of
 from fleet.controller.preview import preview
-from fleet.controller.status import fleet_status
+from fleet.controller.status import SETTLED_WAITS, fleet_status
 from fleet.controller.wake import wake
 from fleet.platform import current_platform
 from fleet.spec.codec import fleet_to_dict
 from fleet.spec.durations import parse_duration
 from fleet.spec.hashing import canonical_json
+from fleet.store.db import Store
+
+# Another apply recorded a newer generation before this one converged: what converges is not this manifest.
+EXIT_SUPERSEDED = 5
 
 
 def apply(
@@ -39,7 +43,10 @@ def apply(
     runs (detached; it keeps the fleet converged after this command returns), then waits.
 
     Exit: 0 converged, 1 failed or timed out, 2 invalid manifest, 3 refused (empty-fleet
-    guard, native-service conflict), 4 accepted but waiting on a gate (idle, budget).
+    guard, native-service conflict), 4 accepted but waiting on a gate that does not open by
+    itself soon (idle agents, a maintenance window; a rolling change held back by the
+    disruption budget is progress, and apply waits for it), 5 superseded by a newer
+    generation (another apply) before it converged.
     """
     check_output(output)
     try:
@@ -90,7 +97,9 @@ def apply(
     if output == "json":
         emit_json({"format_version": "1.0", "kind": "apply", "generation": generation, "changed": created,
                    "controller_pid": pid,
-                   "result": {EXIT_OK: "converged", EXIT_FAILED: "failed", EXIT_QUEUED: "queued"}[code],
+                   "result": {EXIT_OK: "converged", EXIT_FAILED: "failed", EXIT_QUEUED: "queued",
+                              EXIT_SUPERSEDED: "superseded"}[code],
+                   **({"superseded_by": status.controller.generation} if code == EXIT_SUPERSEDED else {}),
                    "profiles": [{"name": p.name, "phase": p.phase, "pid": p.pid, "note": p.note}
                                 for p in status.profiles]})
     raise typer.Exit(code)
@@ -102,6 +111,17 @@ def _clear_down_overrides(store, names) -> None:
             store.update_history(name, override_desired=None, override_by=None, override_at=None)
 
 
+# Gates that do not open by themselves soon: a person's agents going idle, a maintenance window,
+# a request's not-before. A budget that is merely exhausted frees up as the rolling change drains.
+LASTING_GATES = ("idle_gate", "window_closed", "maintenance")
+
+
+def _held_by_lasting_gates(status) -> bool:
+    """Nothing left to do but wait on a lasting gate: `apply` hands over (exit 4) instead of waiting."""
+    waiting = [p for p in status.profiles if p.action.kind != "keep" and p.action.reason not in SETTLED_WAITS]
+    return bool(waiting) and all(p.action.kind == "wait" and p.action.reason in LASTING_GATES for p in waiting)
+
+
 def _wait(state, generation: int, timeout: float, output: str):
     platform = current_platform()
     deadline = time.monotonic() + timeout
@@ -109,6 +129,10 @@ def _wait(state, generation: int, timeout: float, output: str):
     status = None
     while True:
         status = fleet_status(state, platform, time.time())
+        if status.controller.generation != generation:
+            typer.echo(f"generation {generation} superseded by "
+                       f"{_describe_generation(state, status.controller.generation)}; not waiting for it", err=True)
+            return EXIT_SUPERSEDED, status
         if output == "text":
             for p in status.profiles:
                 line = f"{p.phase}" + (f" (pid {p.pid})" if p.pid else "") + (f" {p.note}" if p.note and p.phase != "Running" else "")
@@ -125,7 +149,7 @@ def _wait(state, generation: int, timeout: float, output: str):
                 for p in status.failed:
                     typer.echo(f"Failed: {p.name}: {p.note}", err=True)
             return EXIT_FAILED, status
-        if ready_gen and status.gated and all(p.action.kind in ("keep", "wait") for p in status.profiles):
+        if ready_gen and _held_by_lasting_gates(status):
             if output == "text":
                 typer.echo("Accepted; waiting on gates: " + ", ".join(f"{p.name} ({p.note})" for p in status.gated))
             return EXIT_QUEUED, status
@@ -139,3 +163,17 @@ def _wait(state, generation: int, timeout: float, output: str):
                 typer.echo("Timed out waiting for: " + ", ".join(f"{p.name} ({p.note})" for p in pending), err=True)
             return EXIT_FAILED, status
         time.sleep(0.1)
+
+
+def _describe_generation(state, generation: int) -> str:
+    """'generation M (applied by WHO from WHERE)', from the store's applied revisions."""
+    store = Store(state.db, readonly=True)
+    try:
+        rows = [r for r in store.revisions(50) if r["generation"] == generation]
+    finally:
+        store.close()
+    if not rows:
+        return f"generation {generation}"
+    row = rows[0]
+    where = row["manifest_path"] or row["revision"] or "an unknown manifest"
+    return f"generation {generation} (applied by {row['applied_by'] or 'someone'} from {where})"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 
@@ -40,9 +39,11 @@ def start_detached(state: StateDir, timeout: float = 15.0) -> int:
     except OSError as exc:
         raise RuntimeError(f"cannot open {state.controller_log}: {exc.strerror or exc} "
                            f"(a symlink there is refused; remove it)") from None
+    platform = current_platform()
     try:
-        proc = subprocess.Popen(controller_command(state), stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
-                                start_new_session=True, close_fds=True)
+        daemon = platform.spawn_daemon(controller_command(state), log_fd)
+    except OSError as exc:
+        raise RuntimeError(f"cannot start the controller: {exc}") from None
     finally:
         os.close(log_fd)
     deadline = time.monotonic() + timeout
@@ -50,12 +51,12 @@ def start_detached(state: StateDir, timeout: float = 15.0) -> int:
         pid = running_controller_pid(state)
         if pid is not None:
             return pid
-        code = proc.poll()
-        if code is not None:
+        info = platform.process_info(daemon)
+        if info is None or not info.alive:
             pid = running_controller_pid(state)  # lost a race to another controller: that one serves us
             if pid is not None:
                 return pid
-            raise RuntimeError(f"the controller exited with code {code}; see {state.controller_log}")
+            raise RuntimeError(f"the controller exited before it took the lock; see {state.controller_log}")
         time.sleep(0.02)
     raise RuntimeError(f"the controller did not come up within {timeout:g}s; see {state.controller_log}")
 

@@ -40,6 +40,10 @@ def export_command(
                                                f"{DEFAULT_STORAGE_SIZE})."),
     storage_class: Optional[str] = typer.Option(None, "--storage-class", rich_help_panel=_K8S, show_default=False,
                                                 help="StorageClass of the volumes (default: the cluster's)."),
+    secret_name: Optional[str] = typer.Option(None, "--secret-name", rich_help_panel=_K8S, show_default=False,
+                                              help="The existing Secret the gateways read their secrets from; "
+                                              "{profile} stands for the profile (default: one Secret per profile, "
+                                              "FLEET-PROFILE-secrets, which you create)."),
     scope: Optional[str] = typer.Option(None, "--scope", rich_help_panel=_SYSTEMD, show_default=False,
                                         help="user (a user's own systemd instance) or system (default: user)."),
     user_name: Optional[str] = typer.Option(None, "--user-name", rich_help_panel=_SYSTEMD, show_default=False,
@@ -55,8 +59,10 @@ def export_command(
     Same manifest, same bytes: commit fleet.yaml, export in CI, apply with the engine's own
     tooling. What the engine cannot express (stagger, the idle maintenance queue, adoption,
     ...) is listed at the top of the output and on stderr, with what to use instead. Secret
-    values (env keys with TOKEN, KEY, SECRET or PASSWORD, URLs with a password) never appear
-    in the output: they become references to a Kubernetes Secret or a systemd EnvironmentFile.
+    values never appear in the output (the rule `config` and `diff` mask by: names with TOKEN,
+    KEY, SECRET, PASS, CREDENTIAL...; values such as URLs with credentials, webhook URLs, JWTs,
+    private keys, known token formats): they become references to a Kubernetes Secret or a
+    systemd EnvironmentFile that you create, never a rendered Secret or file with the values.
 
     Examples:
 
@@ -72,7 +78,7 @@ def export_command(
     if chosen not in TARGETS:
         _fail(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
     k8s_options = {"--image": image, "--namespace": namespace, "--storage-size": storage_size,
-                   "--storage-class": storage_class}
+                   "--storage-class": storage_class, "--secret-name": secret_name}
     systemd_options = {"--scope": scope, "--user-name": user_name, "--systemd-version": systemd_version}
     foreign = k8s_options if chosen == "systemd" else systemd_options
     given = [flag for flag, value in foreign.items() if value is not None]
@@ -84,7 +90,7 @@ def export_command(
         if chosen == "kubernetes":
             renderer = KubernetesTarget(image=image or DEFAULT_IMAGE, image_given=image is not None,
                                         namespace=namespace, storage_size=storage_size or DEFAULT_STORAGE_SIZE,
-                                        storage_class=storage_class)
+                                        storage_class=storage_class, secret_name=secret_name)
         else:
             renderer = SystemdTarget(scope=scope or "user", user_name=user_name,
                                      systemd_version=DEFAULT_SYSTEMD_VERSION if systemd_version is None

@@ -20,6 +20,7 @@ from fleet.controller.status import fleet_status
 from fleet.controller.wake import wake
 from fleet.platform import current_platform
 from fleet.spec.durations import format_duration, parse_duration
+from fleet.spec.secrets import mask_argv
 from fleet.store.db import Store
 
 
@@ -61,7 +62,8 @@ def status(
             "format_version": "1.0", "kind": "status", "generated_at": utc(now),
             "controller": {"pid": ctl.pid, "running": ctl.running, "epoch": ctl.epoch, "version": ctl.version,
                            "since": utc(ctl.since), "generation": ctl.generation,
-                           "observed_generation": ctl.observed_generation, "converged": st.converged},
+                           "observed_generation": ctl.observed_generation, "converged": st.converged,
+                           "store_degraded": ctl.store_degraded},
             "profiles": [{
                 "name": p.name, "phase": p.phase, "sync": p.sync, "health": p.health, "pid": p.pid,
                 "uptime_s": int(now - p.started_at) if p.started_at else None, "restarts": p.restarts,
@@ -78,6 +80,8 @@ def status(
                        f"observed {ctl.observed_generation}" + ("" if st.converged else " — converging"))
         else:
             typer.echo(f"controller: NOT RUNNING — {NO_CONTROLLER_HINT}")
+        if ctl.store_degraded:
+            typer.echo(f"store degraded: {ctl.store_degraded}")
         header = f"{'PROFILE':<14}{'PHASE':<11}{'SYNC':<10}{'PID':>8}  {'UP':<8}{'RESTARTS':>8}  {'LAST EXIT':<18}{'BEAT':<6}{'ACTIVE':>6}  NOTE"
         typer.echo(header)
         for p in rows:
@@ -120,7 +124,7 @@ def _deep_checks(state, st, name: str) -> list[dict]:
     add("identity (pid + start time + user)", proc is not None,
         f"pid {proc.pid}, start {proc.start_ticks}, found via {proc.source}" if proc else f"verdict: {obs.record_verdict}")
     if proc:
-        add("command line", True, " ".join(proc.cmdline)[:200])
+        add("command line", True, " ".join(mask_argv(proc.cmdline))[:200])
     desired_hash = row.desired_spec_hash if row else None
     add("spec current", None if proc is None or proc.spec_hash is None else proc.spec_hash == desired_hash,
         f"running {proc.spec_hash if proc else '-'}, desired {desired_hash or '-'}")

@@ -14,9 +14,10 @@ from fleet.cli.common import (
     load_or_exit, open_store, state_for,
 )
 from fleet.controller.preview import preview
-from fleet.plan.fielddiff import looks_secret
+from fleet.execute.environment import CONTRACT_ENV, PASSTHROUGH_ENV, PASSTHROUGH_PREFIXES
 from fleet.platform import current_platform
 from fleet.spec.codec import profile_to_dict
+from fleet.spec.secrets import mask_argv, mask_env
 
 
 def validate(file: Path = FileOption, output: str = OutputOption) -> None:
@@ -47,7 +48,9 @@ def diff(
 
     Exit codes follow kubectl/GNU diff (not Terraform's -detailed-exitcode):
     0 in sync, 1 changes pending (including waits), 2 error.
-    Secret-looking env values (TOKEN, KEY, SECRET, PASSWORD) are never printed.
+    Secret env values (by name: TOKEN, KEY, SECRET, PASS...; by value: URLs with credentials,
+    JWTs, private keys, known token formats) are never printed: a rotated secret shows as
+    "(sensitive value changed)".
     """
     check_output(output)
     manifest = load_or_exit(file, output)
@@ -71,8 +74,12 @@ def diff(
 
 
 def _masked(d: dict, show_secrets: bool) -> dict:
-    env = {k: (v if show_secrets or not looks_secret(k, v) else "(sensitive)") for k, v in d["env"]}
-    return {**d, "env": env}
+    if show_secrets:
+        return {**d, "env": dict(d["env"])}
+    masked = {**d, "env": mask_env(d["env"]), "command": mask_argv(d["command"])}
+    if d.get("maintenance", {}).get("update_command"):
+        masked["maintenance"] = {**d["maintenance"], "update_command": mask_argv(d["maintenance"]["update_command"])}
+    return masked
 
 
 def config(
@@ -99,6 +106,9 @@ def config(
         "name": spec.name, "stagger_s": spec.stagger, "hermes_root": spec.hermes_root,
         "state_dir": spec.default_state_dir, "max_concurrent_maintenance": spec.max_concurrent_maintenance,
         "digest": manifest.digest,
+        # Besides each profile's env: the only host variables a gateway inherits, and the fleet's own.
+        "gateway_environment": {"passed_through": [*PASSTHROUGH_ENV, *(f"{p}*" for p in PASSTHROUGH_PREFIXES)],
+                                "set_by_fleet": list(CONTRACT_ENV)},
         "profiles": {p.name: {**_masked(profile_to_dict(p), show_secrets), "spec_hash": p.spec_hash}
                      for p in spec.profiles},
     }

@@ -29,8 +29,7 @@ def local_clock(ts: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts))
 
 
-def _value(change: FieldChange, which: str) -> str:
-    value = change.before if which == "before" else change.after
+def _value(value: object) -> str:
     if value is None:
         return "(none)"
     if isinstance(value, str):
@@ -46,10 +45,11 @@ def _change_lines(changes: list[FieldChange]) -> list[str]:
     lines = []
     for c in changes:
         note = "# forces replace" if c.forces_replace else "# in place"
-        if c.sensitive:
-            lines.append(f"      ~ {c.path} = (sensitive value changed)   {note}")
+        shown = c.shown()
+        if shown is None:
+            lines.append(f"      ~ {c.path} = (sensitive value {c.change})   {note}")
         else:
-            lines.append(f"      ~ {c.path} = {_value(c, 'before')} -> {_value(c, 'after')}   {note}")
+            lines.append(f"      ~ {c.path} = {_value(shown[0])} -> {_value(shown[1])}   {note}")
     return lines
 
 
@@ -147,9 +147,10 @@ def _drift(pv: Preview, profile: str | None) -> list[str]:
 
 
 def _change_json(c: FieldChange) -> dict:
-    out = {"path": c.path, "forces_replace": c.forces_replace, "sensitive": c.sensitive}
-    if not c.sensitive:
-        out.update(before=c.before, after=c.after)
+    out = {"path": c.path, "forces_replace": c.forces_replace, "sensitive": c.sensitive, "change": c.change}
+    shown = c.shown()
+    if shown is not None:
+        out.update(before=shown[0], after=shown[1])
     return out
 
 

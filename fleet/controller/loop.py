@@ -17,9 +17,15 @@ from fleet.controller.desired import DesiredSource
 from fleet.controller.maintenance_tick import IDLE_POLL_SECONDS, MaintenanceTick, track_idle
 from fleet.controller.wake import WakeSocket
 from fleet.execute.executor import Executor
+from fleet.execute.logs import LogGuard
 from fleet.observe.observer import Observer
 from fleet.plan.planner import plan
+from fleet.spec.model import DRIVER_HERMES
+from fleet.spec.secrets import mask_text
+from fleet.store.claims import own_claim, release_claim, write_claim
 from fleet.store.db import Store
+from fleet.store.fence import Fence
+from fleet.store.health import HealthFile
 from fleet.store.layout import StateDir, ensure_state_dir
 from fleet.store.lock import LockHeld, SupervisorLock
 from fleet.store.retention import apply_retention
@@ -28,7 +34,11 @@ RESYNC_SECONDS = 30.0
 ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 IDLE_WAIT_SECONDS = 60.0
 RETENTION_EVERY = 60.0  # how often the journal, requests and adoption logs are trimmed
-EXIT_OK, EXIT_FATAL, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
+STORE_BUSY_SECONDS = 5.0  # a store locked longer than this: keep supervising from memory (see StoreBookkeeping)
+# Between passes the fence is re-checked at least this often, so a controller whose state directory
+# was removed or replaced exits promptly even while nothing wakes it.
+FENCE_POLL_SECONDS = 2.0
+EXIT_OK, EXIT_FATAL, EXIT_CONFIG, EXIT_LOCKED, EXIT_FENCED = 0, 1, 2, 3, 4
 
 
 def held_now(failing: dict, now: float) -> frozenset:
@@ -37,7 +47,10 @@ def held_now(failing: dict, now: float) -> frozenset:
 
 def log(message: str) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime())
-    print(f"{stamp} hermes-fleet[{os.getpid()}] {message}", file=sys.stderr, flush=True)
+    try:
+        print(f"{stamp} hermes-fleet[{os.getpid()}] {mask_text(message)}", file=sys.stderr, flush=True)
+    except OSError:
+        pass  # a full disk under the log must not stop the supervision
 
 
 def _notifier():
@@ -66,7 +79,9 @@ class Controller:
 
     def run(self) -> int:
         ensure_state_dir(self.state)
-        store = Store(self.state.db, durable=False)
+        fence = Fence()
+        fence.hold("state directory", self.state.root)
+        store = Store(self.state.db, durable=False, degradable=True, busy_timeout=STORE_BUSY_SECONDS)
         lock = SupervisorLock(self.state)
         try:
             lock.acquire()
@@ -75,12 +90,19 @@ class Controller:
             store.close()
             return EXIT_LOCKED
         try:
-            return self._run_locked(store, lock)
+            fence.hold("supervisor lock", self.state.lock, lock.identity)
+            fence.hold("database", self.state.db)
+            breach = fence.breach()
+            if breach:
+                log(f"{breach}; another controller may own this state directory now; exiting without touching "
+                    f"any gateway")
+                return EXIT_FENCED
+            return self._run_locked(store, lock, fence)
         finally:
             lock.release()
             store.close()
 
-    def _run_locked(self, store: Store, lock: SupervisorLock) -> int:
+    def _run_locked(self, store: Store, lock: SupervisorLock, fence: Fence) -> int:
         epoch = store.bump_epoch()
         me = self.platform.process_info(os.getpid())
         lock.publish(epoch, me.create_time if me else self.clock())
@@ -95,6 +117,17 @@ class Controller:
         sel.register(rfd, selectors.EVENT_READ, "signal")
         if wake.sock:
             sel.register(wake.sock, selectors.EVENT_READ, "wake")
+            if wake.identity is not None:
+                fence.hold("wake socket", wake.path, wake.identity)
+        fenced: list[str] = []  # why this process no longer owns the state directory
+
+        def breached() -> bool:
+            # Everything on disk must still be what this process opened before it writes or signals.
+            if not fenced:
+                why = fence.breach()
+                if why:
+                    fenced.append(why)
+            return bool(fenced)
 
         def on_signal(signum, _frame):
             self.stopping = True
@@ -118,10 +151,16 @@ class Controller:
         scan = True
         ready_sent = False
         retained_at: float | None = None
+        bookkeeping = StoreBookkeeping(store, HealthFile(self.state), self.clock)
+        log_guard = LogGuard(str(self.state.logs))
+        claims = _Claims(self.state, store, epoch)
         try:
             while not self.stopping:
+                if breached():
+                    break
                 desired, specs = source.current()
                 now = self.clock()
+                bookkeeping.tick(now)
                 timeout = IDLE_WAIT_SECONDS
                 acted = False
                 if desired is not None:
@@ -134,9 +173,14 @@ class Controller:
                         observed = observer.observe(specs, now=now, scan=True)
                         current = plan(desired, observed, now)
                     scan = False
+                    if breached():
+                        break
+                    claims.update(desired, specs, observed)
                     # Actions that failed recently wait out their backoff instead of spinning the loop.
                     held = held_now(failing, now)
                     for action in current.executable(now, held):
+                        if breached():
+                            break
                         key = (action.profile, action.kind)
                         acted = True
                         history = observed.get(action.profile).history
@@ -162,6 +206,8 @@ class Controller:
                     if retained_at is None or not 0 <= now - retained_at < RETENTION_EVERY:
                         retained_at = now
                         self._retain(store, desired.spec.retention, now)
+                    if breached():
+                        break
                     track_idle(store, observed, now)
                     maintenance.advance(desired, observed, current, now)
                     store.set_observed_generation(desired.generation)
@@ -182,12 +228,15 @@ class Controller:
                         timeout = min(timeout, notifier.watchdog_interval)
                 if acted:
                     continue
-                timeout = max(0.0, timeout)
+                timeout = max(0.0, bookkeeping.bound(timeout, self.clock()))
                 if not wake.sock:
                     timeout = min(timeout, 1.0)  # no wake socket: poll the store instead
-                events = sel.select(timeout)
+                events = self._wait(sel, timeout, breached, log_guard)
+                if fenced:
+                    break
                 for key, _ in events:
                     if key.data == "wake":
+                        bookkeeping.retry_soon()  # a CLI command wrote: the store may take writes again
                         if "scan" in wake.drain():
                             scan = True
                     elif key.data == "signal":
@@ -196,6 +245,7 @@ class Controller:
                         except OSError:
                             pass
         finally:
+            log_guard.close()
             for fd in waiters.values():
                 os.close(fd)
             sel.close()
@@ -204,10 +254,26 @@ class Controller:
             os.close(wfd)
             if notifier is not None:
                 notifier.stopping()
-            store.journal("controller_stopped", f"controller pid {os.getpid()} stopped", 
-                          epoch=epoch)
-            log("controller stopped; gateways left running")
-        return EXIT_OK
+            if fenced:
+                # Nothing goes into a store that may be another controller's, or no one's.
+                log(f"{fenced[0]}; another controller may own this state directory now; exiting without "
+                    f"touching any gateway")
+            else:
+                store.journal("controller_stopped", f"controller pid {os.getpid()} stopped",
+                              epoch=epoch)
+                bookkeeping.finish()
+                log("controller stopped; gateways left running")
+        return EXIT_FENCED if fenced else EXIT_OK
+
+    @staticmethod
+    def _wait(sel, timeout: float, breached, log_guard: LogGuard) -> list:
+        """select() in slices, checking the fence between them (and the logs' sizes, see LogGuard);
+        returns early once it is breached."""
+        deadline = time.monotonic() + timeout
+        while True:
+            events = log_guard.select(sel, min(max(0.0, deadline - time.monotonic()), FENCE_POLL_SECONDS))
+            if events or time.monotonic() >= deadline or breached():
+                return events
 
     def _retain(self, store: Store, policy, now: float) -> None:
         try:
@@ -249,3 +315,109 @@ class Controller:
             if fd is not None:
                 waiters[pid] = fd
                 sel.register(fd, selectors.EVENT_READ, ("exit", pid))
+
+
+class _Claims:
+    """This fleet's claims on the Hermes homes it manages: written when missing, taken over when stale
+    (with a journal entry), released when a profile leaves the fleet. Another fleet's live claim is
+    left alone: the planner reports that profile as a conflict."""
+
+    def __init__(self, state: StateDir, store: Store, epoch: int):
+        self.state = state
+        self.store = store
+        self.epoch = epoch
+        self.mine = own_claim(state, store.meta("store_id") or "", os.getpid())
+        self.homes: dict[str, str] = {}  # Hermes home -> profile, claimed by this process
+        self.unwritable: set[str] = set()  # homes whose claim could not be written (logged once)
+
+    def update(self, desired, specs: dict, observed) -> None:
+        if self.mine is None:
+            return
+        wanted = {}
+        for name in desired.spec.names:
+            spec = specs.get(name)
+            if spec is not None and spec.driver == DRIVER_HERMES:
+                wanted[spec.hermes_home] = name
+        for home in [h for h in self.homes if h not in wanted]:
+            release_claim(home, self.mine)
+            del self.homes[home]
+        for home, name in wanted.items():
+            obs = observed.get(name)
+            if obs.other_fleet or obs.claim == "other":
+                continue
+            if obs.claim == "ours" and home in self.homes:
+                continue
+            try:
+                write_claim(home, self.mine)
+            except OSError as exc:
+                if home not in self.unwritable:
+                    self.unwritable.add(home)
+                    log(f"{name}: cannot write the claim in {home}: {exc}")
+                continue
+            self.unwritable.discard(home)
+            self.homes[home] = name
+            if obs.claim == "stale":
+                self.store.journal("claim_taken_over", f"{home}: stale claim of {obs.claim_note} taken over "
+                                   f"(its controller is gone)", profile=name, epoch=self.epoch,
+                                   data={"home": home, "previous": obs.claim_note})
+
+
+class StoreBookkeeping:
+    """While the store refuses writes (full, locked, read-only, I/O errors) the controller keeps its
+    bookkeeping in memory and goes on supervising; this retries the store with backoff, says so in
+    the log and in the health file `status` reads, and notes when the store has caught up."""
+
+    def __init__(self, store: Store, health: HealthFile, clock):
+        self.store = store
+        self.health = health
+        self.clock = clock
+        self.failures = 0
+        self.retry_at = 0.0
+        self.reported: tuple | None = None
+
+    def tick(self, now: float) -> None:
+        problem = self.store.degraded
+        if problem is None:
+            return
+        if now >= self.retry_at:
+            if self.store.catch_up():
+                log(f"store recovered: {problem.pending} bookkeeping write(s) kept in memory since "
+                    f"{time.strftime('%H:%M:%S', time.localtime(problem.since))} are in the store")
+                self.store.journal("store_recovered", f"store degraded ({problem.kind}) since "
+                                   f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(problem.since))}; "
+                                   f"caught up {problem.pending} write(s)", data={"kind": problem.kind})
+                self.failures = 0
+                self.retry_at = 0.0
+                self.reported = None
+                self.health.publish(None)
+                return
+            self.retry_at = now + ERROR_BACKOFF[min(self.failures, len(ERROR_BACKOFF) - 1)]
+            self.failures += 1
+        self.report()
+
+    def report(self) -> None:
+        problem = self.store.degraded
+        if problem is None:
+            return
+        key = (problem.kind, problem.message)
+        if key != self.reported:
+            log(f"store degraded: {problem.message}; supervising from memory, retrying with backoff")
+            self.reported = key
+        self.health.publish(problem.kind, problem.message, problem.since, problem.pending)
+
+    def bound(self, timeout: float, now: float) -> float:
+        if self.store.degraded is None:
+            return timeout
+        self.report()
+        return min(timeout, max(0.0, self.retry_at - now))
+
+    def retry_soon(self) -> None:
+        self.retry_at = 0.0
+
+    def finish(self) -> None:
+        problem = self.store.degraded
+        if problem is not None and not self.store.catch_up():
+            log(f"store still degraded at exit: {problem.pending} bookkeeping write(s) kept in memory are lost; "
+                f"the next controller adopts the gateways")
+        self.health.publish(None)
+        self.health.close()

@@ -13,6 +13,7 @@ from fleet.maintenance import queue
 from fleet.maintenance.model import ALL, MaintenanceRequest
 from fleet.observe.model import Observed
 from fleet.plan.model import Desired, Plan
+from fleet.spec.secrets import mask_argv, mask_text, secret_values, secret_words
 from fleet.store.db import Store
 
 OUTPUT_TAIL = 4000
@@ -129,7 +130,7 @@ class MaintenanceTick:
                 env = {k: v for k, v in child_environment(spec, state).items() if not k.startswith("HERMES_FLEET_")}
                 commands.append((cmd, env, spec.cwd if os.path.isdir(spec.cwd) else None))
         self.store.journal("maintenance_update", f"#{req.id} running the update command: "
-                           + " | ".join(" ".join(c[0]) for c in commands) if commands else f"#{req.id}: no update_command; "
+                           + " | ".join(" ".join(mask_argv(c[0])) for c in commands) if commands else f"#{req.id}: no update_command; "
                            "restart only", epoch=self.epoch)
         thread = threading.Thread(target=self._run_update, args=(req.id, commands), daemon=True,
                                   name=f"update-{req.id}")
@@ -160,7 +161,9 @@ class MaintenanceTick:
                 code = 127 if isinstance(exc, OSError) else 124
             if code != 0:
                 break
-        tail = output[-OUTPUT_TAIL:]
+        # The command's output may echo its env: hide those secrets by value before anyone reads it.
+        known = [v for cmd, env, _ in commands for v in (*secret_values(env.items()), *secret_words(cmd))]
+        tail = mask_text(output, known=known)[-OUTPUT_TAIL:]
         store = Store(self.store_path)  # this thread's own connection
         try:
             now = time.time()

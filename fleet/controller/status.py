@@ -12,7 +12,9 @@ from fleet.plan.exits import describe_exit
 from fleet.plan.model import Action, Plan
 from fleet.plan.planner import plan
 from fleet.spec.model import DRIVER_HERMES
+from fleet.spec.secrets import mask_text
 from fleet.store.db import Store
+from fleet.store.health import read_degraded
 from fleet.store.layout import StateDir
 from fleet.store.lock import Holder, lock_is_free, read_holder
 
@@ -29,6 +31,7 @@ class ControllerStatus:
     since: float | None
     generation: int
     observed_generation: int
+    store_degraded: str | None = None  # "<reason> since <time>" while the controller keeps its bookkeeping in memory
 
     @property
     def converged_generation(self) -> bool:
@@ -90,7 +93,19 @@ def controller_status(state: StateDir, store: Store, platform) -> ControllerStat
     return ControllerStatus(running=running, pid=holder.pid if holder and running else None,
                             epoch=holder.epoch if holder else None, version=holder.version if holder else None,
                             since=holder.started_at if holder else None,
-                            generation=gen.generation if gen else 0, observed_generation=store.observed_generation)
+                            generation=gen.generation if gen else 0, observed_generation=store.observed_generation,
+                            store_degraded=_store_degraded(state) if running else None)
+
+
+def _store_degraded(state: StateDir) -> str | None:
+    import time
+    problem = read_degraded(state)
+    if problem is None:
+        return None
+    since = problem.get("since")
+    when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
+    return (f"{problem.get('message', problem.get('kind'))} since {when}; "
+            f"{problem.get('pending', 0)} bookkeeping write(s) kept in memory")
 
 
 def _phase(action: Action, obs: ProfileObservation, desired: str, hermes: bool) -> tuple[str, str]:
@@ -172,4 +187,4 @@ def _note(action: Action) -> str:
     text = f"{action.kind} ({action.reason})"
     if action.message:
         text += f": {action.message}"
-    return text
+    return mask_text(text)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 
+from fleet.store.fence import FileId, file_id, remove_if_same
 from fleet.store.layout import StateDir
 
 
@@ -13,6 +14,7 @@ class WakeSocket:
     def __init__(self, state: StateDir):
         self.path = str(state.wake_socket)
         self.sock: socket.socket | None = None
+        self.identity: FileId | None = None  # the socket file this process bound
         if not hasattr(socket, "AF_UNIX"):
             return
         try:
@@ -25,6 +27,7 @@ class WakeSocket:
             os.chmod(self.path, 0o600)
             sock.setblocking(False)
             self.sock = sock
+            self.identity = file_id(self.path)
         except OSError:  # path too long for AF_UNIX: the controller falls back to polling the store
             self.sock = None
 
@@ -43,10 +46,8 @@ class WakeSocket:
     def close(self) -> None:
         if self.sock:
             self.sock.close()
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
+            # A successor controller may have bound its own socket at this name: that one stays.
+            remove_if_same(self.path, self.identity)
 
 
 def wake(state: StateDir, message: str = "wake") -> bool:

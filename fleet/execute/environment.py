@@ -1,5 +1,8 @@
-"""The environment a gateway starts with: the controller's own, minus what belongs to the
-service manager, plus the spec's variables and the fleet contract."""
+"""The environment a gateway starts with: the manifest's variables, the fleet contract and a
+short documented list of host variables passed through from the controller. Nothing else of
+the controller's environment reaches a gateway, so a secret exported in the shell that first
+ran `apply` never leaks into the fleet, and the environment is the same whether the controller
+was started by `apply`, by `controller run` or by a service manager."""
 
 from __future__ import annotations
 
@@ -8,18 +11,34 @@ import os
 from fleet.spec.model import ProfileSpec
 from fleet.store.layout import StateDir
 
-# Variables that describe the controller's own service; a gateway that inherited them would
-# answer to the controller's watchdog or claim to be its service.
-SERVICE_ENV_TO_STRIP = ("INVOCATION_ID", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM",
-                        "MANAGERPID", "SYSTEMD_EXEC_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+# The host variables a program expects to find (locale, time zone, who and where it runs, the
+# runtime directory a user service manager is reached through) plus the few that Windows
+# needs to start a process at all. Absent names are simply not passed.
+PASSTHROUGH_ENV = (
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "XDG_RUNTIME_DIR",
+    "SYSTEMROOT", "SYSTEMDRIVE", "WINDIR", "COMSPEC", "PATHEXT", "USERPROFILE", "USERNAME", "APPDATA",
+    "LOCALAPPDATA", "PROGRAMDATA", "TEMP", "TMP",
+)
+PASSTHROUGH_PREFIXES = ("LC_",)
+
+# Set by hermes-fleet for every gateway (see docs/architecture.md, the fleet contract).
+CONTRACT_ENV = ("HERMES_FLEET_PROFILE", "HERMES_FLEET_STATE_DIR", "HERMES_FLEET_STATE_FILE",
+                "HERMES_FLEET_STOP_FILE", "HERMES_FLEET_SPEC_HASH")
+
+
+def passes_through(key: str) -> bool:
+    upper = key.upper()  # Windows names are case-insensitive
+    return upper in PASSTHROUGH_ENV or upper.startswith(PASSTHROUGH_PREFIXES)
+
+
+def passed_through(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The part of `base` (default: this process's environment) that a gateway inherits."""
+    source = os.environ if base is None else base
+    return {k: v for k, v in source.items() if passes_through(k)}
 
 
 def child_environment(spec: ProfileSpec, state: StateDir, base: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
-    for key in SERVICE_ENV_TO_STRIP:
-        env.pop(key, None)
-    for key in [k for k in env if k.startswith("HERMES_FLEET_")]:
-        del env[key]
+    env = passed_through(base)
     env.update(spec.env_map)
     env.update({
         "HERMES_FLEET_PROFILE": spec.name,

@@ -1,14 +1,37 @@
-"""Gateway logs: a file the child holds itself (never a pipe through the controller).
+"""Gateway logs: a file the child holds itself (never a pipe through the controller), so a
+gateway outlives its controller and is adopted with its log as it was.
 
-Rotation renames the file: the running child keeps writing to the renamed inode, so no line
-is lost, and the next spawn opens a fresh file."""
+Bounded while the gateway runs: the controller's LogGuard checks the logs' sizes every second
+(every LOG_FLOOD_CHECK_SECONDS for a while after one was over its cap) and copy-truncates a log
+over the cap: its bytes are copied to `<log>.1` (the older rotated files shift up, the oldest
+goes first), then the log is truncated; the gateway writes with O_APPEND, so its next write
+lands at the new end. What is lost: the bytes written between the copy reaching the end and the
+truncate (a window of microseconds); under a flood (over FLOOD_SLACK per check interval) also
+the oldest bytes beyond MAX_LOG_BYTES + FLOOD_SLACK and the newest written while those are
+copied. On disk at any time: KEEP_ROTATED rotated files of at most MAX_LOG_BYTES + FLOOD_SLACK,
+plus the live log (the cap plus what a flood writes in one check interval). At a spawn, with no
+writer left, a log over the cap is simply renamed."""
 
 from __future__ import annotations
 
 import os
+import time
 
 MAX_LOG_BYTES = 10 * 1024 * 1024
 KEEP_ROTATED = 3
+FLOOD_SLACK = 1024 * 1024
+LOG_CHECK_SECONDS = 1.0
+LOG_FLOOD_CHECK_SECONDS = 0.05
+FLOOD_STICKY_SECONDS = 10.0
+_CHUNK = 1024 * 1024
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _shift(path: str, keep: int) -> None:
+    for i in range(keep - 1, 0, -1):
+        src, dst = f"{path}.{i}", f"{path}.{i + 1}"
+        if os.path.lexists(src):
+            os.replace(src, dst)
 
 
 def rotate_if_large(path: str, max_bytes: int = MAX_LOG_BYTES, keep: int = KEEP_ROTATED) -> bool:
@@ -17,9 +40,115 @@ def rotate_if_large(path: str, max_bytes: int = MAX_LOG_BYTES, keep: int = KEEP_
             return False
     except OSError:
         return False
-    for i in range(keep - 1, 0, -1):
-        src, dst = f"{path}.{i}", f"{path}.{i + 1}"
-        if os.path.exists(src):
-            os.replace(src, dst)
+    _shift(path, keep)
     os.replace(path, f"{path}.1")
     return True
+
+
+def trim_running(path: str, max_bytes: int = MAX_LOG_BYTES, keep: int = KEEP_ROTATED) -> bool:
+    """Copy-truncate a log that a running process appends to, if it is over `max_bytes`."""
+    try:
+        src = os.open(path, os.O_RDWR | _NOFOLLOW)
+    except OSError:
+        return False
+    tmp = f"{path}.rotating"
+    try:
+        size = os.fstat(src).st_size
+        if size < max_bytes:
+            return False
+        for stale in (tmp, f"{path}.{keep}" if keep > 0 else tmp):  # the oldest goes first: bounded at all times
+            try:
+                os.unlink(stale)
+            except FileNotFoundError:
+                pass
+        dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
+        try:
+            budget = max_bytes + FLOOD_SLACK
+            offset = max(0, size - budget)  # only under a flood: the oldest bytes beyond the budget go
+            while budget > 0:
+                chunk = os.pread(src, min(_CHUNK, budget), offset)
+                if not chunk:
+                    break
+                os.write(dst, chunk)
+                offset += len(chunk)
+                budget -= len(chunk)
+            # Right after the last read found the end: only what lands in between is lost.
+            os.ftruncate(src, 0)
+        finally:
+            os.close(dst)
+        if keep > 0:
+            _shift(path, keep)
+            os.replace(tmp, f"{path}.1")
+        else:
+            os.unlink(tmp)
+        return True
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        return False
+    finally:
+        os.close(src)
+
+
+class LogGuard:
+    """Keeps every `*.log` in the logs directory within its cap, between the controller's passes:
+    the controller waits for events through `select()`, which checks the logs on the way. No
+    thread: a killed controller releases everything (its lock included) at once."""
+
+    def __init__(self, directory: str, max_bytes: int = MAX_LOG_BYTES, keep: int = KEEP_ROTATED):
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self.open: dict[str, tuple[int, int]] = {}  # log name -> (inode, a read-only descriptor of it)
+        self.next_check = 0.0
+        self.flooding_until = 0.0
+
+    def select(self, selector, timeout: float):
+        """selector.select(timeout), checking the logs every LOG_CHECK_SECONDS while it waits."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            now = time.monotonic()
+            if now >= self.next_check:
+                if self.check():
+                    self.flooding_until = now + FLOOD_STICKY_SECONDS  # a flood rarely stops at once
+                self.next_check = now + (LOG_FLOOD_CHECK_SECONDS if now < self.flooding_until else LOG_CHECK_SECONDS)
+            events = selector.select(max(0.0, min(deadline, self.next_check) - now))
+            if events or time.monotonic() >= deadline:
+                return events
+
+    def check(self) -> bool:
+        """One pass over the logs; True when one was over its cap (check again soon). Cheap enough to
+        run every second at N=100 (well under 0.1 ms of CPU): one directory read, and the size of each
+        log from a descriptor the guard keeps open (a seek to its end), reopened when the file changes."""
+        trimmed = False
+        try:
+            entries = [e for e in os.scandir(self.directory) if e.name.endswith(".log")]
+        except OSError:
+            return False
+        seen = set()
+        for entry in entries:
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                seen.add(entry.name)
+                held = self.open.get(entry.name)
+                if held is None or held[0] != entry.inode():
+                    if held is not None:
+                        os.close(held[1])
+                        del self.open[entry.name]
+                    held = self.open[entry.name] = (entry.inode(), os.open(entry.path, os.O_RDONLY | _NOFOLLOW))
+                if os.lseek(held[1], 0, os.SEEK_END) < self.max_bytes:
+                    continue
+            except OSError:
+                continue
+            trimmed = trim_running(entry.path, self.max_bytes, self.keep) or trimmed
+        for name in set(self.open) - seen:
+            os.close(self.open.pop(name)[1])
+        return trimmed
+
+    def close(self) -> None:
+        for _, fd in self.open.values():
+            os.close(fd)
+        self.open.clear()

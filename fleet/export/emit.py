@@ -57,6 +57,9 @@ class _Dumper(yaml.SafeDumper):
 
 def _represent_str(dumper: yaml.SafeDumper, data: str):
     style = "|" if "\n" in data and not any(line != line.rstrip() for line in data.split("\n")) else None
+    if "\x85" in data:
+        # PyYAML writes NEL raw inside single quotes, where a reader folds it into a space.
+        style = '"'
     return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
 

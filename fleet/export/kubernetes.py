@@ -9,8 +9,11 @@ Mapping (docs/scaling-out.md has the long form):
   terminationGracePeriodSeconds = drain.timeout + TEARDOWN_MARGIN_S;
 - liveness by heartbeat: an exec probe fails when state/gateway.heartbeat is older than
   health.heartbeat_stale; initialDelaySeconds = health.startup_grace;
-- env: a ConfigMap (envFrom) for plain values, secretKeyRef for secret-looking ones (the
-  Secret is never rendered, its values never appear); proxies with NO_PROXY as loaded;
+- env: a ConfigMap (envFrom) for plain values, secretKeyRef for secrets (fleet/spec/secrets.py
+  decides which) to a Secret the user creates: <fleet>-<profile>-secrets, or the one named by
+  --secret-name. The Secret is never rendered, not even with placeholder values: applied,
+  it would overwrite the real one. A secret word of the command (`--token X`) becomes
+  $(HERMES_FLEET_SECRET_ARG_<n>), a key of the same Secret. Proxies with NO_PROXY as loaded;
 - the image is not in fleet.yaml: --image, default hermes-agent:latest (with a note).
 
 In the container the Hermes root is /opt/data and the profile's volume is mounted at
@@ -26,7 +29,8 @@ from dataclasses import dataclass
 
 from fleet.export.base import (
     GENERATED_LINE, TEARDOWN_MARGIN_S, Advice, Export, ExportError, Note, RenderedFile, Target, common_notes,
-    hermes_prefix, hermes_root_of, hermes_suffix, human, is_secret, merge_notes, notes_for, whole_seconds,
+    SecretSplit, hermes_prefix, hermes_root_of, hermes_suffix, human, merge_notes, notes_for, secret_arguments,
+    secrets_detail, split_secrets, whole_seconds,
 )
 from fleet.export.emit import comment_block, notes_paragraphs, yaml_document, yaml_documents
 from fleet.export.scripts import (
@@ -67,6 +71,8 @@ KEEP_ON_PRUNE = (("argocd.argoproj.io/sync-options", "Prune=false"),
                  ("kustomize.toolkit.fluxcd.io/prune", "disabled"))
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+PROFILE_PLACEHOLDER = "{profile}"
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 _IMAGE = re.compile(r"^[^\s]+$")
 
@@ -88,6 +94,8 @@ class KubernetesTarget(Target):
     namespace: str | None = None
     storage_size: str = DEFAULT_STORAGE_SIZE
     storage_class: str | None = None
+    # The Secret the gateways read their secrets from; "{profile}" stands for the profile.
+    secret_name: str | None = None
 
     name = "kubernetes"
     title = "Kubernetes"
@@ -102,11 +110,18 @@ class KubernetesTarget(Target):
             raise ExportError(f"--storage-size {self.storage_size!r} is not a Kubernetes quantity such as 1Gi or 500Mi")
         if self.storage_class is not None and not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", self.storage_class):
             raise ExportError(f"--storage-class {self.storage_class!r} is not a valid StorageClass name")
+        if self.secret_name is not None:
+            probe = self.secret_name.replace(PROFILE_PLACEHOLDER, "p")
+            if len(probe) > 253 or not _DNS_SUBDOMAIN.match(probe):
+                raise ExportError(f"--secret-name {self.secret_name!r} is not a valid Secret name (lower-case "
+                                  f"letters, digits, '-' and '.', at most 253 characters; {PROFILE_PLACEHOLDER} "
+                                  "stands for the profile)")
 
     # ------------------------------------------------------------ render
 
     def render(self, spec: FleetSpec) -> Export:
         _check_names(spec)
+        self.check_shared_secrets(spec)
         notes = merge_notes(self.fleet_notes(spec), spec.names)
         files: list[RenderedFile] = []
         for profile in spec.profiles:
@@ -151,14 +166,34 @@ class KubernetesTarget(Target):
     # ------------------------------------------------------------ objects
 
     def profile_documents(self, spec: FleetSpec, profile: ProfileSpec) -> list[dict]:
-        plain, secret_keys = self.split_env(spec, profile)
-        docs = [self.config_map(spec, profile, plain)]
+        split = self.split_env(spec, profile)
+        docs = [self.config_map(spec, profile, split.plain)]
         if profile.driver == DRIVER_HERMES:
             docs.append(self.volume_claim(spec, profile))
-        docs.append(self.deployment(spec, profile, plain, secret_keys))
+        docs.append(self.deployment(spec, profile, split))
         return docs
 
-    def split_env(self, spec: FleetSpec, profile: ProfileSpec) -> tuple[dict[str, str], list[str]]:
+    def secret_of(self, spec: FleetSpec, profile: ProfileSpec) -> str:
+        if self.secret_name is None:
+            return secret_name(spec, profile)
+        return self.secret_name.replace(PROFILE_PLACEHOLDER, base_name(spec, profile))
+
+    def check_shared_secrets(self, spec: FleetSpec) -> None:
+        """One Secret holds one value per key: profiles sharing a Secret must agree on each key."""
+        seen: dict[tuple[str, str], tuple[str, str]] = {}
+        for p in spec.profiles:
+            split = self.split_env(spec, p)
+            values = {**dict(p.env), **{key: secret for key, (_, secret) in secret_arguments(p.command).items()}}
+            for key in split.secret_keys:
+                value = values[key]
+                first = seen.setdefault((self.secret_of(spec, p), key), (p.name, value))
+                if first[1] != value:
+                    raise ExportError(f"profiles '{first[0]}' and '{p.name}' both read {key} from the Secret "
+                                      f"{self.secret_of(spec, p)} but set it to different values; put "
+                                      f"{PROFILE_PLACEHOLDER} in --secret-name (one Secret per profile) or give them "
+                                      "the same value")
+
+    def split_env(self, spec: FleetSpec, profile: ProfileSpec) -> SecretSplit:
         env = dict(profile.env)
         env["HERMES_FLEET_PROFILE"] = profile.name
         if profile.driver == DRIVER_HERMES:
@@ -169,9 +204,10 @@ class KubernetesTarget(Target):
         else:
             env["HERMES_FLEET_STATE_FILE"] = posixpath.join(CONTAINER_RUN_DIR, "state.json")
             env["HERMES_FLEET_STOP_FILE"] = posixpath.join(CONTAINER_RUN_DIR, "stop")
-        plain = {k: v for k, v in sorted(env.items()) if not is_secret(k, v)}
-        secret_keys = sorted(k for k, v in env.items() if is_secret(k, v))
-        return plain, secret_keys
+        # The image's `hermes` replaces hermes.command, so only a process command can carry a secret word.
+        command = ("hermes", *hermes_suffix(profile)) if profile.driver == DRIVER_HERMES else profile.command
+        # $$( is the kubelet's escape for a literal $( in the rest of the word.
+        return split_secrets(env, command, lambda head, key: head.replace("$(", "$$(") + f"$({key})")
 
     def metadata(self, spec: FleetSpec, profile: ProfileSpec, name: str, annotations: dict | None = None) -> dict:
         meta: dict = {"name": name}
@@ -201,25 +237,25 @@ class KubernetesTarget(Target):
             "spec": claim_spec,
         }
 
-    def deployment(self, spec: FleetSpec, profile: ProfileSpec, plain: dict[str, str], secret_keys: list[str]) -> dict:
+    def deployment(self, spec: FleetSpec, profile: ProfileSpec, split: SecretSplit) -> dict:
         selector = selector_labels(spec, profile)
         annotations = {ANNOTATION_PREFIX + "profile": profile.name, ANNOTATION_PREFIX + "driver": profile.driver}
         if not profile.prune:
             annotations.update(KEEP_ON_PRUNE)
         # A changed ConfigMap alone does not restart pods; hermes-fleet replaces a gateway
         # whose env changed, so the pod template carries a hash of it.
-        env_hash = sha256_hex(canonical_json({"env": plain, "secrets": secret_keys}))[:16]
+        env_hash = sha256_hex(canonical_json({"env": split.plain, "secrets": list(split.secret_keys)}))[:16]
         container: dict = {
             "name": CONTAINER_NAME,
             "image": self.image,
-            "command": container_command(profile),
+            "command": container_command(profile, split.command),
             "workingDir": CONTAINER_ROOT if profile.driver == DRIVER_HERMES else profile.cwd,
             "envFrom": [{"configMapRef": {"name": config_map_name(spec, profile)}}],
         }
-        if secret_keys:
-            secret = secret_name(spec, profile)
+        if split.secret_keys:
+            secret = self.secret_of(spec, profile)
             container["env"] = [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
-                                for key in secret_keys]
+                                for key in split.secret_keys]
         container["livenessProbe"] = {
             "exec": {"command": ["/bin/sh", "-c", script_multiline(HEARTBEAT_CHECK_SCRIPT_LINES),
                                  "hermes-fleet-liveness", heartbeat_path(profile),
@@ -305,12 +341,12 @@ class KubernetesTarget(Target):
                                   "declares no data directory for it).", "set the image and add volumes with a "
                                   "kustomize patch.", (p.name,)))
         for p in spec.profiles:
-            _, secret_keys = self.split_env(spec, p)
-            if secret_keys:
+            split = self.split_env(spec, p)
+            if split.secret_keys:
                 ns = f" -n {self.namespace}" if self.namespace else ""
-                notes.append(Note("secrets", f"the values of {', '.join(secret_keys)} are not exported; the "
-                                  f"Deployment reads them from the Secret {secret_name(spec, p)}, which you create.",
-                                  f"`kubectl{ns} create secret generic {secret_name(spec, p)} --from-env-file=FILE` "
+                notes.append(Note("secrets", f"{secrets_detail(split)}; the Deployment reads them from the Secret "
+                                  f"{self.secret_of(spec, p)}, which you create.",
+                                  f"`kubectl{ns} create secret generic {self.secret_of(spec, p)} --from-env-file=FILE` "
                                   f"with FILE holding KEY=value lines for those keys (or a sealed/external secret "
                                   f"of that name).", (p.name,)))
         return notes
@@ -361,13 +397,13 @@ def heartbeat_path(profile: ProfileSpec) -> str:
     return posixpath.join(CONTAINER_RUN_DIR, "state.json")
 
 
-def container_command(profile: ProfileSpec) -> list[str]:
+def container_command(profile: ProfileSpec, command: tuple[str, ...]) -> list[str]:
     if profile.driver == DRIVER_HERMES:
-        return ["hermes", *hermes_suffix(profile)]
+        return list(command)
     # A stop file left by the last preStop (the emptyDir outlives a container restart)
     # would stop the restarted child at once: clear it, then exec the child as the main process.
     return ["/bin/sh", "-c", CLEAR_THEN_EXEC_SCRIPT, "hermes-fleet-start",
-            posixpath.join(CONTAINER_RUN_DIR, "stop"), *profile.command]
+            posixpath.join(CONTAINER_RUN_DIR, "stop"), *command]
 
 
 def prestop_command(profile: ProfileSpec) -> list[str]:

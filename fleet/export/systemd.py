@@ -13,7 +13,9 @@ Mapping (docs/scaling-out.md has the long form):
   drain.timeout, planned-stop marker for $MAINPID) before systemd signals; KillMode=mixed;
   TimeoutStopSec = drain.timeout + TEARDOWN_MARGIN_S; ExecStartPre= deletes a leftover
   drain request (on one host its epoch stays valid across restarts);
-- env -> Environment= lines; secret-looking values only through EnvironmentFile=.
+- env -> Environment= lines; secrets (fleet/spec/secrets.py decides which) only through
+  EnvironmentFile=, a file the user creates; a secret word of the command (`--token X`)
+  becomes ${HERMES_FLEET_SECRET_ARG_<n>} on ExecStart=, its value in that same file.
 
 The unit name is the one Hermes gives a profile's service (`hermes-gateway-<profile>`).
 Hermes rewrites a unit of that name in ~/.config/systemd/user/ (or /etc/systemd/system/)
@@ -26,11 +28,11 @@ from dataclasses import dataclass
 
 from fleet.export.base import (
     GENERATED_LINE, TEARDOWN_MARGIN_S, Advice, Export, ExportError, Note, RenderedFile, Target, common_notes,
-    human, is_secret, merge_notes, notes_for, whole_seconds,
+    SecretSplit, human, merge_notes, notes_for, secrets_detail, split_secrets, whole_seconds,
 )
 from fleet.export.emit import (
-    UnitSection, Verbatim, comment_block, notes_paragraphs, render_unit, systemd_command_line, systemd_path,
-    systemd_script_word, systemd_timespan, systemd_word,
+    UnitSection, Verbatim, comment_block, notes_paragraphs, render_unit, systemd_command_line,
+    systemd_escape_specifiers, systemd_path, systemd_script_word, systemd_timespan, systemd_word,
 )
 from fleet.export.scripts import HERMES_STOP_SCRIPT_LINES, PROCESS_STOP_SCRIPT_LINES
 from fleet.spec.model import DRIVER_HERMES, FleetSpec, ProfileSpec, RestartPolicy
@@ -176,10 +178,10 @@ class SystemdTarget(Target):
         if self.user_name:
             service.append(("User", self.user_name))
         service.append(("WorkingDirectory", systemd_path(profile.cwd)))
-        plain, secret_keys = self.split_env(spec, profile)
+        split = self.split_env(spec, profile)
         service += [("Environment", systemd_word(Verbatim(f"{k}={v}") if isinstance(v, Verbatim) else f"{k}={v}",
-                                                 exec_line=False)) for k, v in plain.items()]
-        if secret_keys:
+                                                 exec_line=False)) for k, v in split.plain.items()]
+        if split.secret_keys:
             service.append(("EnvironmentFile", self.env_file(spec, profile)))
         budget = str(whole_seconds(profile.drain.timeout))
         if profile.driver == DRIVER_HERMES:
@@ -194,7 +196,7 @@ class SystemdTarget(Target):
             stop_args = [clear, budget, "systemd stop"]
         # A leftover drain request or stop file would stop the new process at once.
         service.append(("ExecStartPre", "-" + systemd_command_line([RM, "-f", "--", clear])))
-        service.append(("ExecStart", systemd_command_line(profile.command)))
+        service.append(("ExecStart", systemd_command_line(split.command)))
         # $MAINPID last: systemd drops an empty variable word, which would shift later arguments.
         service.append(("ExecStop", f"{SH} -c {systemd_script_word(script)} "
                         + systemd_command_line(["hermes-fleet-stop", *stop_args, Verbatim("$MAINPID")])))
@@ -219,7 +221,7 @@ class SystemdTarget(Target):
         return [UnitSection("Unit", tuple(unit)), UnitSection("Service", tuple(service)),
                 UnitSection("Install", tuple(install))]
 
-    def split_env(self, spec: FleetSpec, profile: ProfileSpec) -> tuple[dict[str, str], list[str]]:
+    def split_env(self, spec: FleetSpec, profile: ProfileSpec) -> SecretSplit:
         env = dict(profile.env)
         env["HERMES_FLEET_PROFILE"] = profile.name
         if profile.driver != DRIVER_HERMES:
@@ -231,9 +233,9 @@ class SystemdTarget(Target):
             # Without a growing backoff systemd would respawn a crashing gateway at the first
             # step forever; Hermes' own respawn-storm breaker then slows it down instead.
             env.pop("HERMES_GATEWAY_MAX_STARTS", None)
-        plain = {k: v for k, v in sorted(env.items()) if not is_secret(k, v)}
-        secret_keys = sorted(k for k, v in env.items() if is_secret(k, v))
-        return plain, secret_keys
+        # ${KEY} (not $KEY): systemd puts the variable's exact value into the word, unsplit.
+        return split_secrets(env, profile.command, lambda head, key: Verbatim(
+            systemd_escape_specifiers(head).replace("$", "$$") + "${" + key + "}"))
 
     # ------------------------------------------------------------ notes
 
@@ -279,10 +281,10 @@ class SystemdTarget(Target):
                                   "...).",
                                   "set hermes.command (or command) to the absolute path of the executable.",
                                   (p.name,)))
-            _, secret_keys = self.split_env(spec, p)
-            if secret_keys:
-                notes.append(Note("secrets", f"the values of {', '.join(secret_keys)} are not exported; the unit "
-                                  f"reads them from {self.env_file_shown(spec, p)} (EnvironmentFile=).",
+            split = self.split_env(spec, p)
+            if split.secret_keys:
+                notes.append(Note("secrets", f"{secrets_detail(split)}; the unit reads them from "
+                                  f"{self.env_file_shown(spec, p)} (EnvironmentFile=).",
                                   f"create that file (mode 0600, owned by the service's user) with KEY=value lines "
                                   "for those keys, from your secret store.", (p.name,)))
         notes.append(Note("prune", "removing a profile from fleet.yaml only removes its unit from this export; "

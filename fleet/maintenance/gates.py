@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from fleet.plan.model import Gate
-from fleet.spec.cron import last_fire_within, next_fire, parse_cron
+from fleet.spec.cron import last_fire_at, next_fire_at, parse_cron
 from fleet.spec.durations import format_duration
 from fleet.spec.model import MaintenanceWindow
 
+_NEXT_OPEN_HORIZON = 31 * 86400.0
+
 
 def _inside(window: MaintenanceWindow, now: float) -> bool:
-    tz = ZoneInfo(window.timezone)
-    local = datetime.fromtimestamp(now, tz)
-    return last_fire_within(parse_cron(window.schedule), local, timedelta(seconds=window.duration)) is not None
+    """Open from each fire instant for `duration` seconds of real time, whatever the wall clock does meanwhile."""
+    return last_fire_at(parse_cron(window.schedule), ZoneInfo(window.timezone), now, window.duration) is not None
 
 
 def _next_open(window: MaintenanceWindow, now: float) -> datetime | None:
     tz = ZoneInfo(window.timezone)
-    return next_fire(parse_cron(window.schedule), datetime.fromtimestamp(now, tz), timedelta(days=31))
+    t = next_fire_at(parse_cron(window.schedule), tz, now, _NEXT_OPEN_HORIZON)
+    return None if t is None else datetime.fromtimestamp(t, tz)
 
 
 def window_gate(windows: tuple[MaintenanceWindow, ...], now: float) -> Gate:

@@ -37,6 +37,9 @@ class ProfileObservation:
     native_service: str | None = None  # path of a native unit/agent/task that supervises this profile
     history: ProfileHistory = field(default_factory=lambda: ProfileHistory(""))
     restart_request: OperatorRequest | None = None
+    other_fleet: str | None = None  # another fleet's gateway or live claim holds this Hermes home: why
+    claim: str = ""  # our claim on the Hermes home: ours | none | stale | other ("" without a home)
+    claim_note: str = ""  # whose claim it is when not ours
 
 
 @dataclass(frozen=True)

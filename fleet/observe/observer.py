@@ -13,7 +13,9 @@ from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservatio
 from fleet.observe.native import find_native_service
 from fleet.platform.base import ProcessInfo
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
+from fleet.store.claims import claim_is_live, read_claim
 from fleet.store.db import ProfileHistory, Store
+from fleet.store.fence import file_id
 from fleet.store.layout import StateDir
 from fleet.store.records import read_record
 
@@ -35,6 +37,7 @@ class Observer:
         self.platform = platform
         # Marker proofs only: a process's environment never changes, the other proofs (a held lock) can.
         self._proven: dict[tuple[int, int | None, str], identity.Proof] = {}
+        self._foreign: dict[tuple[int, int | None], tuple[str, str] | None] = {}  # (state dir, Hermes home)
 
     def _check(self, name: str, spec: ProfileSpec | None, pid: int, start_ticks: int | None,
                create_time: float) -> identity.Check:
@@ -98,9 +101,11 @@ class Observer:
         status = heartbeat = None
         drain_file = False
         native = None
+        other_fleet, claim, claim_note = None, "", ""
         if spec is not None:
             if spec.driver == DRIVER_HERMES:
-                if process is None:
+                other_fleet, claim, claim_note = self._ownership(spec)
+                if process is None and other_fleet is None:
                     process = self._from_hermes_pidfile(name, spec)
                 status = hf.read_gateway_status(spec.hermes_home)
                 heartbeat = hf.read_heartbeat(spec.hermes_home)
@@ -111,7 +116,8 @@ class Observer:
                 heartbeat = status.updated_at if status else None
         return ProfileObservation(name=name, record=record, record_problem=problem, record_verdict=verdict,
                                   process=process, status=status, heartbeat_at=heartbeat, drain_file=drain_file,
-                                  native_service=native, history=history, restart_request=request)
+                                  native_service=native, history=history, restart_request=request,
+                                  other_fleet=other_fleet, claim=claim, claim_note=claim_note)
 
     def _flag_ok(self, spec: ProfileSpec | None, cmdline: tuple[str, ...]) -> bool:
         if spec is None or spec.driver != DRIVER_HERMES or not cmdline:  # empty: exiting, not a verdict
@@ -142,11 +148,51 @@ class Observer:
                            cmdline=info.cmdline, started_at=info.create_time, spec_hash=spec_hash, source=source,
                            record_epoch=None, external_supervisor_flag=self._flag_ok(spec, info.cmdline))
 
+    # -- other fleets ----------------------------------------------------------------------------
+    def _foreign_gateway(self, info: ProcessInfo) -> tuple[str, str] | None:
+        """(state directory, Hermes home) of a process another fleet started; None for ours or unmarked."""
+        key = (info.pid, info.start_ticks)
+        if key not in self._foreign:
+            env = self.platform.process_environ(info.pid) or {}
+            other, profile, root = env.get(STATE_DIR_ENV), env.get(PROFILE_ENV), env.get("HERMES_HOME")
+            found = None
+            if other and profile and root and os.path.normpath(other) != str(self.state.root):
+                root = os.path.normpath(root)
+                found = (other, root if profile == "default" else os.path.join(root, "profiles", profile))
+            if len(self._foreign) > 4096:
+                self._foreign.clear()
+            self._foreign[key] = found
+        return self._foreign[key]
+
+    def _ownership(self, spec: ProfileSpec) -> tuple[str | None, str, str]:
+        """(why another fleet holds this Hermes home or None, our claim's state, whose claim it is)."""
+        other = None
+        rec = hf.read_hermes_pid(spec.hermes_home)
+        if rec is not None:
+            info = self.platform.process_info(rec.pid)
+            same_start = info is not None and (rec.start_time is None or info.start_ticks is None
+                                               or rec.start_time == info.start_ticks)
+            if info is not None and info.alive and same_start:
+                foreign = self._foreign_gateway(info)
+                if foreign and os.path.normpath(foreign[1]) == os.path.normpath(spec.hermes_home):
+                    other = f"pid {info.pid} is the gateway of another fleet (state directory {foreign[0]})"
+        claim = read_claim(spec.hermes_home)
+        if claim is None:
+            return other, "none", ""
+        here = file_id(self.state.root)
+        if claim.state_dir == str(self.state.root) and here is not None and (here.dev, here.ino) == (claim.dev, claim.ino):
+            mine = claim.store_id == self.store.meta("store_id")
+            return other, "ours" if mine else "stale", "" if mine else f"an earlier store of {claim.state_dir}"
+        if claim_is_live(claim, self.platform.lock_is_held):
+            return other or f"{spec.hermes_home} is claimed by {claim.describe()}", "other", claim.describe()
+        return other, "stale", claim.describe()
+
     # -- unrecorded processes -------------------------------------------------------------------
     def _scan(self, specs, profiles, claimed, inventory_names):
         """Find live processes of our profiles that no record names (adoption) and gateways nobody manages."""
         me = os.getpid()
         candidates: dict[str, list[tuple[ProcessInfo, str]]] = {}
+        others: dict[str, str] = {}  # profile -> another fleet's gateway in its Hermes home
         infos = [i for i in self.platform.iter_processes() if i.pid != me and i.alive]
         for info in infos:
             if info.pid in claimed:
@@ -156,6 +202,13 @@ class Observer:
             if marker:
                 if env.get(STATE_DIR_ENV) == str(self.state.root) and _NAME.match(marker):
                     candidates.setdefault(marker, []).append((info, "env_marker"))
+                else:
+                    foreign = self._foreign_gateway(info)
+                    for spec in specs.values():
+                        if foreign and spec.driver == DRIVER_HERMES and \
+                                os.path.normpath(spec.hermes_home) == os.path.normpath(foreign[1]):
+                            others.setdefault(spec.name, f"pid {info.pid} is the gateway of another fleet "
+                                                         f"(state directory {foreign[0]})")
                 continue
             if hf.looks_like_gateway(info.cmdline):
                 pname = hf.cmdline_profile(info.cmdline)
@@ -175,6 +228,10 @@ class Observer:
         candidate_pids = {i.pid for group in candidates.values() for i, _ in group} | claimed
         orphans: list[Orphan] = []
         out = dict(profiles)
+        for name, why in others.items():
+            base = out.get(name) or ProfileObservation(name=name, history=ProfileHistory(name))
+            if base.other_fleet is None:
+                out[name] = ProfileObservation(**{**base.__dict__, "other_fleet": why})
         for name, group in sorted(candidates.items()):
             roots = sorted((c for c in group if c[0].ppid not in candidate_pids), key=lambda c: c[0].create_time)
             if not roots:

@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from fleet.spec.model import ProfileSpec
-
-SECRET_KEY = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
-
-
-URL_CREDENTIALS = re.compile(r"://[^/@\s]*:[^/@\s]*@")
-
-
-def looks_secret(key: str, value: object = None) -> bool:
-    """By name (TOKEN, KEY, SECRET, PASSWORD...) or by value (a URL carrying user:password@)."""
-    return bool(SECRET_KEY.search(key)) or (isinstance(value, str) and bool(URL_CREDENTIALS.search(value)))
+from fleet.spec.secrets import is_secret, mask_argv
 
 
 @dataclass(frozen=True)
@@ -26,12 +16,30 @@ class FieldChange:
     forces_replace: bool
     sensitive: bool
 
+    @property
+    def change(self) -> str:
+        return "added" if self.before is None else "removed" if self.after is None else "changed"
+
+    def shown(self) -> tuple[object, object] | None:
+        """(before, after) safe to print, or None when only that it changed may be said.
+
+        A secret value is never shown, nor anything derived from it; a command shows its
+        other words, when those alone tell the change apart.
+        """
+        if not self.sensitive:
+            return self.before, self.after
+        if isinstance(self.before, list) and isinstance(self.after, list):
+            before, after = mask_argv(self.before), mask_argv(self.after)
+            if before != after:
+                return before, after
+        return None
+
 
 def flatten(spec: ProfileSpec) -> dict[str, tuple[object, bool, bool]]:
     """path -> (value, forces_replace, sensitive)."""
     out: dict[str, tuple[object, bool, bool]] = {
         "driver": (spec.driver, True, False),
-        "command": (list(spec.command), True, False),
+        "command": _argv(spec.command, True),
         "cwd": (spec.cwd, True, False),
         "hermes_home": (spec.hermes_home, True, False),
         "desired": (spec.desired, False, False),
@@ -47,13 +55,19 @@ def flatten(spec: ProfileSpec) -> dict[str, tuple[object, bool, bool]]:
         "health.startup_grace_s": (spec.health.startup_grace, False, False),
         "maintenance.idle_s": (spec.maintenance.idle, False, False),
         "maintenance.max_concurrent": (spec.maintenance.max_concurrent, False, False),
-        "maintenance.update_command": (list(spec.maintenance.update_command), False, False),
+        "maintenance.update_command": _argv(spec.maintenance.update_command, False),
         "maintenance.windows": ([w.__dict__ for w in spec.maintenance.windows], False, False),
         "match": (spec.match, False, False),
     }
     for key, value in spec.env:
-        out[f"env.{key}"] = (value, True, looks_secret(key, value))
+        out[f"env.{key}"] = (value, True, is_secret(key, value))
     return out
+
+
+def _argv(argv, forces_replace: bool) -> tuple[object, bool, bool]:
+    """A command is sensitive when any of its words is (`--token X`, a URL with a password...)."""
+    words = list(argv)
+    return words, forces_replace, mask_argv(words) != words
 
 
 def diff_specs(before: ProfileSpec | None, after: ProfileSpec | None) -> list[FieldChange]:

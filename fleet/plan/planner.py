@@ -45,6 +45,10 @@ def plan(desired: Desired, observed: Observed, now: float) -> Plan:
                                                        now, request), obs.history, now)
         if obs.record_problem:
             checks.append(Check("warning", "record_untrusted", obs.record_problem, name))
+        if obs.other_fleet and pspec is not None:
+            checks.append(Check("error", "owned_by_other_fleet", obs.other_fleet, name,
+                                "one Hermes home is managed by one fleet: stop it there, or drop the profile "
+                                "from this fleet.yaml"))
         if obs.native_service and pspec is not None:
             checks.append(Check("error", "owned_by_native_service",
                                 f"a native service supervises this profile: {obs.native_service}", name,
@@ -134,6 +138,10 @@ def _plan_profile(name: str, spec: ProfileSpec | None, inv, obs: ProfileObservat
                                      f"not in fleet.yaml; last applied in generation {inv.last_generation}")]
         return actions + _stop_flow(name, None, obs, "prune", "removed_from_manifest", now)
 
+    if obs.other_fleet:
+        # Another fleet's gateway or claim: adopting, signalling or spawning beside it would start a tug of war.
+        return [a for a in actions if a.kind == "reclaim"] + [
+            Action("conflict", name, "owned_by_other_fleet", obs.other_fleet)]
     if spec.suspend:
         return actions + [Action("wait", name, "suspended", "suspend: true; observed only",
                                  gates=(Gate("suspended", False),))]

@@ -152,6 +152,33 @@ class PosixPlatform:
         self._child_env[proc.pid] = dict(env)
         return proc.pid
 
+    def spawn_daemon(self, argv: list[str], log_fd: int) -> int:
+        """Start `argv` through an intermediate that exits at once, so the new process is re-parented
+        to init (or the session's subreaper) from its first instant. A controller started by a CLI
+        that runs inside a gateway's process tree thus never has that gateway among its ancestors,
+        which the never-signal guard would otherwise protect from it."""
+        read_end, write_end = os.pipe()
+        intermediate = os.fork()
+        if intermediate == 0:  # pragma: no cover - runs in the forked child, which only spawns and leaves
+            code = 1
+            try:
+                os.close(read_end)
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
+                                        start_new_session=True, close_fds=True)
+                os.write(write_end, str(proc.pid).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        try:
+            with os.fdopen(read_end, "rb") as pipe:
+                written = pipe.read()
+        finally:
+            os.waitpid(intermediate, 0)
+        if not written:
+            raise OSError(f"could not start {argv[0]!r}")
+        return int(written)
+
     def child_environ(self, pid: int) -> dict[str, str] | None:
         """The environment we gave a child we still hold unreaped: its PID cannot have been reused, and
         it holds before the child's exec too, when /proc still shows our own environment."""

@@ -135,6 +135,12 @@ class WindowsPlatform:
         self._children[proc.pid] = (proc, dict(env))
         return proc.pid
 
+    def spawn_daemon(self, argv: list[str], log_fd: int) -> int:
+        """A detached process with no console; Windows keeps no parent chain that could protect a gateway."""
+        proc = self._popen(argv, creationflags=SPAWN_FLAGS & ~CREATE_BREAKAWAY_FROM_JOB, stdin=subprocess.DEVNULL,
+                           stdout=log_fd, stderr=log_fd, close_fds=True)
+        return proc.pid
+
     def child_environ(self, pid: int) -> dict[str, str] | None:
         """The environment we gave a child whose handle we still hold (its PID cannot be reused meanwhile)."""
         held = self._children.get(pid)

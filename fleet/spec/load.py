@@ -191,6 +191,9 @@ class _Builder:
             if not body.get("command"):
                 # Reported, and the rest of the profile still checked, so all its problems show at once.
                 self.problem(at, "the process driver needs 'command': the full command line to run, as a list")
+            if "hermes" in body:
+                self.problem(at + ("hermes",), "the process driver does not use 'hermes' (home, command)",
+                             "remove it, or set driver: hermes")
             command = _resolve_command(list(body.get("command") or []), self.base_dir)
             home = ""
             default_cwd = self.base_dir
@@ -228,7 +231,9 @@ class _Builder:
         for i, w in enumerate(maint_cfg.get("windows") or []):
             wpath = maint_at["windows"] + (i,)
             try:
-                parse_cron(w["schedule"])
+                if not parse_cron(w["schedule"]).can_fire():
+                    self.problem(wpath + ("schedule",), "this schedule never fires: no month in it has that day",
+                                 "day-of-month and day-of-week combine with AND when either starts with '*'")
             except ValueError as exc:
                 self.problem(wpath + ("schedule",), f"not a valid cron schedule: {exc}")
             tz = w.get("timezone", "UTC")
@@ -236,8 +241,17 @@ class _Builder:
                 zoneinfo.ZoneInfo(tz)
             except (zoneinfo.ZoneInfoNotFoundError, ValueError):
                 self.problem(wpath + ("timezone",), f"unknown time zone '{tz}'", "use an IANA name such as Europe/Berlin or UTC")
+            try:
+                duration = parse_duration(w["duration"])
+            except ValueError as exc:
+                self.problem(wpath + ("duration",), str(exc))
+                duration = 0.0
+            else:
+                if duration <= 0:
+                    self.problem(wpath + ("duration",), f"expected a duration above 0; found {w['duration']!r}",
+                                 "a window of no length is never open")
             windows.append(MaintenanceWindow(kind=w.get("kind", "allow"), schedule=w["schedule"],
-                                             duration=self.duration(w["duration"], wpath + ("duration",)), timezone=tz))
+                                             duration=duration, timezone=tz))
         update = tuple(_resolve_command(list(maint_cfg.get("update_command") or default_update), self.base_dir))
         stagger_value = body.get("stagger", self.doc.get("stagger", schema.top_default("stagger")))
         return ProfileSpec(

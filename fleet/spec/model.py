@@ -59,7 +59,7 @@ class MaintenanceWindow:
 @dataclass(frozen=True)
 class MaintenancePolicy:
     idle: float
-    max_concurrent: int
+    max_concurrent: int  # the fleet-wide budget (top-level maintenance.max_concurrent); no profile has its own
     update_command: tuple[str, ...]
     windows: tuple[MaintenanceWindow, ...] = ()
 

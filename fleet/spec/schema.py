@@ -117,6 +117,13 @@ def validate_document(located: Located, filename: str, schema_name: str = "fleet
                        f"invalid name '{name}': expected lower-case letters, digits, '_' or '-', starting with a letter or digit, at most 64 characters")
             problems.append(Problem(filename, line, col, dotted(path + (name,)), message))
             continue
+        if error.validator == "not" and error.validator_value == {}:
+            # {"not": {}} marks a key that exists elsewhere (fleet-wide) but means nothing here.
+            line, col = located.mark(path, key=True)
+            where = "in a profile" if path[:1] == ("profiles",) else "here"
+            problems.append(Problem(filename, line, col, dotted(path), f"'{path[-1]}' cannot be set {where}",
+                                    error.schema.get("description", "")))
+            continue
         if error.validator == "required":
             line, col = located.mark(path)
             problems.append(Problem(filename, line, col, dotted(path), error.message.replace("is a required property", "is required")))

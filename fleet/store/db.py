@@ -11,6 +11,10 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from fleet.spec.secrets import mask_data, mask_text
+from fleet.store.diagnosis import FULL, IO, LOCKED, READONLY, classify, read_only_reason
+from fleet.store.diagnosis import diagnose as _diagnose
+
 SCHEMA_VERSION = 1
 
 _DDL = """
@@ -64,6 +68,20 @@ _ADDED_PROFILE_COLUMNS = (
 
 class StoreError(Exception):
     pass
+
+
+class StoreFault(StoreError, sqlite3.OperationalError):
+    """A write that failed, with what is wrong with the store (`kind`: full, locked, read-only,
+    io, corrupt, other) in its message. Still an sqlite3.OperationalError for callers that catch that."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+    @classmethod
+    def of(cls, path: str, exc: BaseException) -> "StoreFault":
+        kind, message = _diagnose(path, exc)
+        return cls(message, kind)
 
 
 @dataclass(frozen=True)
@@ -156,9 +174,12 @@ def who() -> str:
 
 
 class Store:
-    def __init__(self, path: str | os.PathLike, *, readonly: bool = False, durable: bool = True):
+    def __init__(self, path: str | os.PathLike, *, readonly: bool = False, durable: bool = True,
+                 degradable: bool = False, busy_timeout: float = 30.0, clock=time.time):
         """durable=False (the controller's own bookkeeping): commits survive a crash of any process but
-        are not fsynced one by one; requests that the CLI acknowledges to a person are always durable."""
+        are not fsynced one by one; requests that the CLI acknowledges to a person are always durable.
+        degradable=True (the controller): a write that fails for a reason that passes (full, locked,
+        read-only, I/O) does not fail; see DegradableConnection."""
         self.path = os.fspath(path)
         self.readonly = readonly
         if readonly:
@@ -176,7 +197,18 @@ class Store:
         try:
             self.conn.execute("PRAGMA busy_timeout=30000")
             if readonly:
-                self.conn.execute("SELECT key FROM meta LIMIT 1").fetchall()  # a damaged file fails here, clearly
+                try:
+                    self.conn.execute("SELECT key FROM meta LIMIT 1").fetchall()  # a damaged file fails here, clearly
+                except sqlite3.OperationalError:
+                    if not read_only_reason(self.path):
+                        raise
+                    # On a read-only file system nobody can change the file, and SQLite cannot create the
+                    # WAL index a plain read needs: read it as the immutable file it is.
+                    self.conn.close()
+                    self.conn = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True,
+                                                isolation_level=None)
+                    self.conn.row_factory = sqlite3.Row
+                    self.conn.execute("SELECT key FROM meta LIMIT 1").fetchall()
             if not readonly:
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
@@ -187,19 +219,33 @@ class Store:
                     self.conn.execute("INSERT OR IGNORE INTO meta VALUES('epoch', '0')")
                     self.conn.execute("INSERT OR IGNORE INTO meta VALUES('observed_generation', '0')")
                     self.conn.execute("INSERT OR IGNORE INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
+        except StoreFault:
+            self.conn.close()
+            raise
         except sqlite3.DatabaseError as exc:
             self.conn.close()
-            if _is_full(exc):
-                raise StoreError(f"cannot write {self.path}: {exc}; free some disk space (nothing was changed)") from None
-            raise StoreError(f"{self.path} is not a usable hermes-fleet database ({exc}); "
-                             f"move it aside to start a fresh history (running gateways will be adopted)") from None
+            raise StoreFault.of(self.path, exc) from None
+        if degradable and not readonly:
+            self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            self.conn = DegradableConnection(self.conn, self.path, clock)
+
+    @property
+    def degraded(self) -> "StoreProblem | None":
+        """Why the controller's writes are kept in memory instead of the store, or None."""
+        return self.conn.problem if isinstance(self.conn, DegradableConnection) else None
+
+    def catch_up(self) -> bool:
+        """Write what was kept in memory into the store; True once the store holds everything."""
+        return self.conn.catch_up() if isinstance(self.conn, DegradableConnection) else True
 
     def close(self) -> None:
+        if isinstance(self.conn, DegradableConnection):
+            self.conn.catch_up()
         self.conn.close()
 
     # -- transactions -------------------------------------------------------------------
     def tx(self):
-        return _Tx(self.conn)
+        return _Tx(self.conn, self.path)
 
     def data_version(self) -> int:
         return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
@@ -279,7 +325,7 @@ class Store:
 
     def revisions(self, limit: int = 20) -> list[dict]:
         rows = self.conn.execute("SELECT * FROM applied_revisions ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        return [dict(r) for r in rows]
+        return [mask_data(dict(r)) for r in rows]
 
     # -- inventory ------------------------------------------------------------------------
     def inventory(self) -> tuple[InventoryEntry, ...]:
@@ -344,6 +390,8 @@ class Store:
     # -- journal ----------------------------------------------------------------------------
     def journal(self, kind: str, message: str, *, profile: str | None = None, epoch: int | None = None,
                 data: dict | None = None) -> None:
+        # Masked before it is kept: the journal is printed by events, status and the controller's readers.
+        message, data = mask_text(message), mask_data(data) if data else None
         with self.tx():
             self.conn.execute("INSERT INTO journal(at, epoch, profile, kind, message, data) VALUES(?,?,?,?,?,?)",
                               (time.time(), self.epoch if epoch is None else epoch, profile, kind, message,
@@ -379,8 +427,9 @@ class Store:
         q += " ORDER BY id DESC LIMIT ?"
         args.append(limit)
         rows = list(reversed(self.conn.execute(q, args).fetchall()))
-        return [JournalEntry(r["id"], r["at"], r["epoch"], r["profile"], r["kind"], r["message"],
-                             json.loads(r["data"]) if r["data"] else None) for r in rows]
+        # Masked again on the way out: entries written before the rule knew a form stay hidden too.
+        return [JournalEntry(r["id"], r["at"], r["epoch"], r["profile"], r["kind"], mask_text(r["message"]),
+                             mask_data(json.loads(r["data"])) if r["data"] else None) for r in rows]
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
@@ -388,11 +437,6 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
     for name, decl in _ADDED_PROFILE_COLUMNS:
         if name not in have:
             conn.execute(f"ALTER TABLE profile_state ADD COLUMN {name} {decl}")
-
-
-def _is_full(exc: Exception) -> bool:
-    text = str(exc).lower()
-    return "full" in text or "disk i/o" in text or "no space" in text
 
 
 def _create_safely(path: str) -> None:
@@ -411,16 +455,196 @@ def _create_safely(path: str) -> None:
         raise StoreError(f"{path} is a symlink; refusing to follow it")
 
 
-class _Tx:
-    """BEGIN IMMEDIATE ... COMMIT, re-entrant: nested uses join the outer transaction."""
+@dataclass(frozen=True)
+class StoreProblem:
+    kind: str  # full | locked | read-only | io
+    message: str
+    since: float
+    pending: int  # writes kept in memory, waiting for the store
 
-    def __init__(self, conn: sqlite3.Connection):
+
+PASSING = (FULL, LOCKED, READONLY, IO)  # problems that end without losing the store: wait them out
+CATCH_UP_BUSY_MS = 200
+MAX_PENDING_JOURNAL = 10000  # beyond this, the oldest journal entries kept in memory are dropped
+_TX_VERBS = ("BEGIN", "COMMIT", "END", "ROLLBACK")
+
+
+def _is_journal(sql: str) -> bool:
+    return sql.lstrip().startswith("INSERT INTO journal")
+
+
+class DegradableConnection:
+    """The controller's connection to the store. While the store takes writes it is the store. When
+    a write fails for a reason that passes (the disk is full, another process holds the write lock,
+    the file system went read-only, an I/O error), the controller must keep supervising: from then
+    on it reads and writes an in-memory copy of the store, keeps every write in order, and
+    `catch_up()` replays them into the store once it takes writes again. Nothing that has been
+    written is lost while the controller runs, except the oldest journal entries beyond
+    MAX_PENDING_JOURNAL; a controller killed while degraded loses what it kept in memory."""
+
+    def __init__(self, disk: sqlite3.Connection, path: str, clock=time.time):
+        self.disk = disk
+        self.path = path
+        self.clock = clock
+        self.mem: sqlite3.Connection | None = None
+        self.tx_log: list[tuple[str, tuple]] = []  # writes of the open transaction
+        self.pending: list[tuple[str, tuple]] = []  # committed in memory, not yet in the store
+        self.problem: StoreProblem | None = None
+        self.dropped = 0
+        self.journal_kept = 0
+
+    # -- the sqlite3.Connection surface the store uses --------------------------------------------
+    @property
+    def row_factory(self):
+        return self.disk.row_factory
+
+    @row_factory.setter
+    def row_factory(self, value) -> None:
+        self.disk.row_factory = value
+        if self.mem is not None:
+            self.mem.row_factory = value
+
+    @property
+    def in_transaction(self) -> bool:
+        return (self.mem or self.disk).in_transaction
+
+    def executescript(self, script: str):
+        return (self.mem or self.disk).executescript(script)
+
+    def close(self) -> None:
+        if self.mem is not None:
+            self.mem.close()
+        self.disk.close()
+
+    def execute(self, sql: str, params=()):
+        params = tuple(params)
+        verb = sql.lstrip()[:8].upper()
+        write = not verb.startswith(("SELECT", "PRAGMA", "WITH"))
+        if self.mem is not None:
+            cur = self.mem.execute(sql, params)
+            self._log(verb, write, sql, params, self.mem)
+            return cur
+        try:
+            cur = self.disk.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            if not write or classify(exc) not in PASSING:
+                raise
+            return self._degrade(exc, verb, sql, params)
+        self._log(verb, write, sql, params, self.disk)
+        return cur
+
+    def _log(self, verb: str, write: bool, sql: str, params: tuple, conn) -> None:
+        if not write:
+            return
+        if verb.startswith(("BEGIN", "ROLLBACK")):
+            self.tx_log = []
+        elif verb.startswith(("COMMIT", "END")):
+            if conn is self.mem:
+                self._keep(self.tx_log)
+            self.tx_log = []
+        elif conn.in_transaction:
+            self.tx_log.append((sql, params))
+        elif conn is self.mem:
+            self._keep([(sql, params)])
+
+    def _keep(self, writes: list[tuple[str, tuple]]) -> None:
+        self.pending.extend(writes)
+        self.journal_kept += sum(1 for sql, _ in writes if _is_journal(sql))
+        if self.journal_kept > MAX_PENDING_JOURNAL + MAX_PENDING_JOURNAL // 10:  # amortized: drop in batches
+            excess = self.journal_kept - MAX_PENDING_JOURNAL
+            kept = []
+            for w in self.pending:
+                if excess and _is_journal(w[0]):
+                    excess -= 1
+                    self.dropped += 1
+                    continue
+                kept.append(w)
+            self.pending = kept
+            self.journal_kept = MAX_PENDING_JOURNAL
+        if self.problem is not None:
+            self.problem = StoreProblem(self.problem.kind, self.problem.message, self.problem.since, len(self.pending))
+
+    def _degrade(self, exc: sqlite3.OperationalError, verb: str, sql: str, params: tuple):
+        """Continue in memory from the store's last committed state plus the open transaction."""
+        kind, message = _diagnose(self.path, exc)
+        in_tx = verb.startswith(_TX_VERBS[:3]) or self.disk.in_transaction
+        if self.disk.in_transaction:
+            try:
+                self.disk.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        mem = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            self.disk.backup(mem)
+        except sqlite3.Error:
+            mem.close()
+            raise StoreFault(message, kind) from exc
+        mem.row_factory = self.disk.row_factory
+        self.mem = mem
+        self.problem = StoreProblem(kind, message, self.clock(), len(self.pending))
+        opened = self.tx_log
+        self.tx_log = []
+        if in_tx:
+            self.execute("BEGIN IMMEDIATE")
+            for w_sql, w_params in opened:
+                self.execute(w_sql, w_params)
+            if verb.startswith("BEGIN"):
+                return None
+        return self.execute(sql, params)
+
+    def catch_up(self) -> bool:
+        """Replay the kept writes into the store in one transaction; back to the store on success."""
+        if self.mem is None:
+            return True
+        if self.mem.in_transaction:
+            return False
+        busy = self.disk.execute("PRAGMA busy_timeout").fetchone()[0]
+        self.disk.execute(f"PRAGMA busy_timeout={CATCH_UP_BUSY_MS}")  # a retry never stalls supervision
+        try:
+            self.disk.execute("BEGIN IMMEDIATE")
+            for sql, params in self.pending:
+                self.disk.execute(sql, params)
+            if self.dropped:
+                self.disk.execute("INSERT INTO journal(at, epoch, kind, message) VALUES(?, "
+                                  "(SELECT CAST(value AS INTEGER) FROM meta WHERE key='epoch'), 'warning', ?)",
+                                  (self.clock(), f"{self.dropped} journal entries were dropped while the store "
+                                                 f"was unavailable"))
+            self.disk.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self.disk.in_transaction:
+                try:
+                    self.disk.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            kind, message = _diagnose(self.path, exc)
+            self.problem = StoreProblem(kind, message, self.problem.since, len(self.pending))
+            return False
+        finally:
+            self.disk.execute(f"PRAGMA busy_timeout={int(busy)}")
+        self.mem.close()
+        self.mem = None
+        self.pending = []
+        self.dropped = 0
+        self.journal_kept = 0
+        self.problem = None
+        return True
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, re-entrant: nested uses join the outer transaction. A failure
+    leaves as a StoreFault that says what is wrong with the store (full, locked, read-only...)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str = ""):
         self.conn = conn
+        self.path = path
         self.outer = False
 
     def __enter__(self):
         if not self.conn.in_transaction:
-            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreFault.of(self.path, exc) from exc
             self.outer = True
         return self.conn
 
@@ -428,10 +652,20 @@ class _Tx:
         if not self.outer:
             return False
         if exc_type is None:
-            self.conn.execute("COMMIT")
-        elif self.conn.in_transaction:
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.OperationalError as failed:
+                self._rollback()
+                raise StoreFault.of(self.path, failed) from failed
+        else:
+            self._rollback()
+            if isinstance(exc, sqlite3.OperationalError) and not isinstance(exc, StoreFault):
+                raise StoreFault.of(self.path, exc) from exc
+        return False
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
             try:
                 self.conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass  # SQLite already rolled back (e.g. disk full); the original error is what matters
-        return False

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from filelock import FileLock, Timeout
 
 from fleet import __version__
-from fleet.store.files import read_json, remove, write_json_atomic
+from fleet.store.fence import FileId, fd_id, file_id, remove_if_same
+from fleet.store.files import read_json, write_json_atomic
 from fleet.store.layout import StateDir
 
 
@@ -51,6 +52,8 @@ class SupervisorLock:
     def __init__(self, state: StateDir):
         self.state = state
         self._lock = FileLock(str(state.lock), timeout=0, thread_local=False)
+        self.identity: FileId | None = None  # the lock file this process holds the flock on
+        self._holder_id: FileId | None = None  # the holder file this process wrote
 
     def acquire(self) -> None:
         try:
@@ -60,16 +63,20 @@ class SupervisorLock:
         except NotImplementedError as exc:  # filesystems without flock (network mounts)
             raise OSError(f"the state directory {self.state.root} does not support file locks ({exc}); "
                           f"use a local directory") from None
+        fd = getattr(getattr(self._lock, "_context", None), "lock_file_fd", None)
+        # The descriptor is what the flock is on; the name may already lead elsewhere.
+        self.identity = fd_id(fd) if isinstance(fd, int) else file_id(self.state.lock)
 
     def publish(self, epoch: int, create_time: float) -> Holder:
         holder = Holder(os.getpid(), create_time, __version__, time.time(), epoch)
         write_json_atomic(self.state.holder, holder.__dict__)
+        self._holder_id = file_id(self.state.holder)
         return holder
 
     def release(self) -> None:
         holder = read_holder(self.state)
         if holder and holder.pid == os.getpid():
-            remove(self.state.holder)
+            remove_if_same(self.state.holder, self._holder_id)
         self._lock.release(force=True)
 
 

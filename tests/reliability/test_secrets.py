@@ -149,3 +149,105 @@ def test_validation_errors_do_not_quote_env_values(tmp_path):
                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 2, explain(result)
     assert "dotenvsecret" not in result.stderr and "listsecret" not in result.stderr, result.stderr
+
+
+# The forms of issue 11, each under a name the name rule alone would not catch (the value gives
+# it away) or a name only the one shared rule knows (PASSWD, PGPASS, CREDENTIAL, AUTH).
+PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpemBodySecretR17xyz\n-----END RSA PRIVATE KEY-----"
+FORMS = {
+    "DB_PASSWD": "hunter2-passwdS18",
+    "PGPASS": "pgpass-secretT19",
+    "SERVICE_ACCOUNT_CREDENTIAL": "svc-credential-U20",
+    "AUTH": "Bearer bearerSecretV21.abc",
+    "ALERTS": "https://hooks.slack.com/services/T0000/B0000/slackPathSecretW22",
+    "REPORTING": "https://sentryKeyX23secret@o1.ingest.example/1",
+    "DATABASE_URL": "postgres://app:dbUrlSecretY24@db.internal:5432/app",
+    "UPSTREAM_CLAIMS": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJqd3RTZWNyZXRaMjUifQ.jwtSigSecretZ25",
+    "TLS_MATERIAL": PEM,
+    "GH": "ghp_githubSecretA26xyz",
+    "CHAT": "xoxb-1234-slackBotSecretB27",
+    "LLM": "sk-openaiSecretC28",
+    "CLOUD_ID": "AKIAIOSFODNN7SECRD29",
+}
+ROTATED_FORMS = {"DB_PASSWD": "hunter3-passwdE30", "ALERTS": "https://hooks.slack.com/services/T0000/B0000/rotatedF31",
+                 "GH": "ghp_githubRotatedG32xyz"}
+# A secret word of a command: python accepts and ignores an unknown -X option.
+COMMAND_SECRET = "cliSecretH33value"
+
+
+def form_fragments() -> list[str]:
+    """The part of each value that must never be printed (a PEM's body, not its armour)."""
+    values = [v for v in {**FORMS, **ROTATED_FORMS}.values() if v != PEM] + ["MIIEpemBodySecretR17xyz", COMMAND_SECRET]
+    return values + ["hunter2", "hunter3"]
+
+
+def test_one_rule_hides_every_secret_form_in_every_output(fleet, tmp_path):
+    def write(forms: dict) -> None:
+        fleet.write_manifest({
+            "alpha": {"env": {**forms, "PLAIN_SETTING": "visible-value"}},
+            "worker": {"driver": "process",
+                       "command": [sys.executable, "-X", f"api_token={COMMAND_SECRET}", str(fleet.command[1]),
+                                   "gateway", "run"],
+                       "env": {**forms, "HOME": str(fleet.tmp / "worker-home")}},
+        })
+
+    outputs: dict[str, str] = {}
+
+    def run(label: str, *args: str, ok=(0, 1), manifest_only: bool = False) -> str:
+        if manifest_only:
+            result = subprocess.run([sys.executable, "-m", "fleet.cli.main", *args, "-f", str(fleet.manifest)],
+                                    cwd=str(fleet.tmp), env=fleet.env(), capture_output=True, text=True, timeout=60,
+                                    stdin=subprocess.DEVNULL)
+        else:
+            result = fleet.cli(*args)
+        assert result.returncode in ok and no_traceback(result.stderr), f"{label}: {explain(result)}"
+        outputs[label] = result.stdout + result.stderr
+        return result.stdout
+
+    write(FORMS)
+    run("config", "config", ok=(0,), manifest_only=True)
+    run("config -o json", "config", "-o", "json", ok=(0,), manifest_only=True)
+    run("diff", "diff")
+    run("diff -o json", "diff", "-o", "json")
+    for target in ("kubernetes", "systemd"):
+        run(f"export {target}", "export", target, ok=(0,), manifest_only=True)
+        folder = tmp_path / f"export-{target}"
+        run(f"export {target} -o DIR", "export", target, "-o", str(folder), ok=(0,), manifest_only=True)
+        for path in folder.iterdir():
+            outputs[f"export {target} {path.name}"] = path.read_text(encoding="utf-8")
+    outputs["apply"] = fleet.apply().stdout
+    fleet.wait_running("alpha")
+    fleet.wait_pid("worker")
+    run("status", "status")
+    run("status -o json", "status", "-o", "json")
+    run("status --deep", "status", "--deep")
+    run("status --deep -o json", "status", "--deep", "-o", "json")
+
+    write({**FORMS, **ROTATED_FORMS})
+    text = run("diff (rotated)", "diff")
+    for key in ROTATED_FORMS:
+        for profile_diff in ("alpha", "worker"):
+            assert f"env.{key} = (sensitive value changed)" in text, (profile_diff, text)
+    changes = json.loads(run("diff -o json (rotated)", "diff", "-o", "json"))["changes"]
+    rotated = [d for c in changes for d in c["diff"] if d["path"].removeprefix("env.") in ROTATED_FORMS]
+    assert len(rotated) == 2 * len(ROTATED_FORMS), changes
+    assert all(d["sensitive"] and d["change"] == "changed" and "before" not in d and "after" not in d
+               for d in rotated), rotated
+    result = fleet.cli("apply", "-o", "json", "--timeout", "30s")
+    assert result.returncode in (0, 4) and no_traceback(result.stderr), explain(result)
+    outputs["apply -o json (rotated)"] = result.stdout + result.stderr
+    fleet.wait_running("alpha")
+    run("events", "events", "-n", "1000")
+    run("events -o json", "events", "-o", "json", "-n", "1000")
+    run("history", "history")
+    run("history -o json", "history", "-o", "json")
+    run("logs controller", "logs", "controller", "-n", "1000")
+
+    found = {label: [v for v in form_fragments() if v in text] for label, text in outputs.items()}
+    found = {label: hits for label, hits in found.items() if hits}
+    assert not found, f"secret values printed: {found}"
+    # Not vacuous: ordinary values and the keys themselves are still shown.
+    assert "visible-value" in outputs["config"] and "(sensitive)" in outputs["config"]
+    assert "-X api_token=(sensitive)" in outputs["status --deep"], outputs["status --deep"]
+    for key in FORMS:
+        assert key in outputs["config"] and key in outputs["export kubernetes"], key
