@@ -103,7 +103,8 @@ class TestDefaults:
 
     def test_defaults_are_read_from_the_schema_file(self):
         assert schema.defaults("restart") == {"policy": "always", "backoff": [1, 2, 4, 9, 16, 25, 36, 49, 64],
-                                              "cap": "64s", "reset_after": "60s"}
+                                              "cap": "64s", "reset_after": "60s", "floor": "0.25s",
+                                              "start_limit_burst": 5, "start_limit_interval": "10s"}
         assert schema.defaults("drain") == {"timeout": "60s"}
         assert schema.defaults("health") == {"heartbeat_stale": "90s", "startup_grace": "60s"}
         assert schema.defaults("maintenance") == {"idle": "20m", "max_concurrent": 1, "windows": []}
@@ -609,6 +610,67 @@ class TestSchemaErrors:
         ]
 
 
+class TestNeverSpawnable:
+    """What can never reach a process (a NUL byte in an argument, an environment value or a path)
+    is refused by `validate` with file:line:col, not found out by the controller at spawn time."""
+
+    NUL = "text without NUL bytes (no command argument, environment value or path can hold one)"
+
+    @pytest.mark.parametrize("body, where", [
+        ('profiles:\n  a: {driver: process, command: ["/bin/echo", "x\\0y"]}\n', "4:47: profiles.a.command[1]"),
+        ('hermes: {command: ["her\\0mes"]}\nprofiles:\n  a: {}\n', "2:20: hermes.command[0]"),
+        ('profiles:\n  a: {env: {TOKEN: "s\\0"}}\n', "4:20: profiles.a.env.TOKEN"),
+        ('profiles:\n  a: {cwd: "/tmp/\\0x"}\n', "4:12: profiles.a.cwd"),
+        ('profiles:\n  a: {hermes: {home: "/h\\0"}}\n', "4:22: profiles.a.hermes.home"),
+        ('proxy: {url: "http://p\\0:1"}\nprofiles:\n  a: {}\n', "3:14: proxy.url"),
+        ('profiles:\n  a: {maintenance: {update_command: ["up\\0"]}}\n', "4:38: profiles.a.maintenance.update_command[0]"),
+    ])
+    def test_a_nul_byte_is_refused_with_its_location(self, body, where):
+        found = errors(manifest(body, home=None) if body.startswith("hermes:") else manifest(body))
+        assert len(found) == 1, found
+        assert found[0].startswith(f"fleet.yaml:{where}: expected {self.NUL}; found "), found[0]
+
+    def test_the_value_of_a_secret_is_not_shown(self):
+        found = the_error(manifest('profiles:\n  a: {env: {API_TOKEN: "hunter\\0two"}}\n'))
+        assert "hunter" not in found and self.NUL in found
+
+
+class TestStartLimitAndRetentionSettings:
+    def test_defaults(self):
+        spec = parse(manifest("profiles:\n  a: {}\n")).spec
+        r = spec.profile("a").restart
+        assert (r.floor, r.start_limit_burst, r.start_limit_interval) == (0.25, 5, 10.0)
+        assert (spec.retention.max_age, spec.retention.journal_rows, spec.retention.request_rows,
+                spec.retention.adopt_log_bytes) == (30 * 86400.0, 100000, 10000, 1048576)
+
+    def test_fleet_wide_and_per_profile_values(self):
+        spec = parse(manifest("""\
+            restart: {floor: 1s, start_limit_burst: 3, start_limit_interval: 1m}
+            retention: {max_age: 2d, journal_rows: 500, request_rows: 50, adopt_log_bytes: 8192}
+            profiles:
+              a: {}
+              b: {restart: {start_limit_burst: 0}}
+            """)).spec
+        assert (spec.profile("a").restart.floor, spec.profile("a").restart.start_limit_burst,
+                spec.profile("a").restart.start_limit_interval) == (1.0, 3, 60.0)
+        assert spec.profile("b").restart.start_limit_burst == 0
+        assert (spec.retention.max_age, spec.retention.journal_rows, spec.retention.request_rows,
+                spec.retention.adopt_log_bytes) == (2 * 86400.0, 500, 50, 8192)
+
+    def test_bad_values_are_located(self):
+        assert the_error(manifest("retention: {journal_rows: 5}\nprofiles: {}\n")) == (
+            "fleet.yaml:3:27: retention.journal_rows: expected a number >= 100; found 5")
+        assert the_error(manifest("restart: {start_limit_interval: soon}\nprofiles: {}\n")).startswith(
+            "fleet.yaml:3:33: restart.start_limit_interval: expected a duration")
+
+    def test_settings_left_at_their_defaults_keep_the_digest(self):
+        plain = parse(manifest("profiles:\n  a: {}\n"))
+        spelled = parse(manifest("restart: {floor: 0.25s, start_limit_burst: 5}\nretention: {max_age: 30d}\n"
+                                 "profiles:\n  a: {}\n"))
+        assert plain.digest == spelled.digest
+        assert parse(manifest("restart: {start_limit_burst: 6}\nprofiles:\n  a: {}\n")).digest != plain.digest
+
+
 class TestUnknownKeys:
     def test_did_you_mean_in_a_policy_block(self):
         assert the_error(manifest("profiles:\n  advisor:\n    restart:\n      backof: [1]\n")) == (
@@ -627,7 +689,7 @@ class TestUnknownKeys:
         problem = pytest.raises(ManifestError, parse, manifest("zzz: 1\nprofiles: {}\n")).value.problems[0]
         assert (problem.line, problem.column, problem.path, problem.message) == (3, 1, "zzz", "unknown key 'zzz'")
         assert problem.hint == ("allowed: version, name, hermes, driver, stagger, proxy, restart, drain, health, "
-                                "maintenance, profiles")
+                                "maintenance, retention, profiles")
 
 
 class TestBuilderErrors:

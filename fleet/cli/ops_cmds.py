@@ -360,26 +360,27 @@ def down(
         if time.monotonic() > deadline:
             fail("timed out draining: " + ", ".join(f"{p.name} (pid {p.pid})" for p in alive), EXIT_FAILED)
         time.sleep(0.05)
-    _wait_for_leftovers(state, set(specs), deadline)
+    left = _fleet_leftovers(state, deadline)
     pid = stop_controller(state)
-    typer.echo(f"all profiles stopped; controller {f'pid {pid} ' if pid else ''}stopped; "
+    if left:
+        fail(f"all gateways stopped, but {len(left)} process(es) of the fleet still run: "
+             + ", ".join(f"pid {i.pid} ({name}: {' '.join(mask_argv(i.cmdline))[:60]})" for i, name in left)
+             + f"; controller {f'pid {pid} ' if pid else ''}stopped",
+             EXIT_FAILED, hint="they carry the fleet's markers (HERMES_FLEET_PROFILE); check them and end them by hand")
+    typer.echo(f"all profiles stopped; nothing of the fleet runs; controller {f'pid {pid} ' if pid else ''}stopped; "
                "the fleet stays down until `apply` or `start`")
 
 
-def _wait_for_leftovers(state, names: set[str], deadline: float) -> None:
-    """A gateway may exit before processes it started, which carry its fleet markers (Hermes 0.19 starts a
-    detached shutdown diagnostic at every stop that lives up to 5 s more): `down` is done when they are gone too."""
-    from fleet.observe.observer import marked_processes
+def _fleet_leftovers(state, deadline: float) -> list:
+    """Processes that carry this fleet's markers once every gateway is gone; the controller ends a
+    dead gateway's leftovers when it reclaims it, so give it until the deadline."""
+    from fleet.observe.leftovers import find_leftovers
     platform = current_platform()
     while True:
-        left = [(info, profile) for info, profile in marked_processes(state, platform) if profile in names]
-        if not left:
-            return
-        if time.monotonic() > deadline:
-            fail("timed out waiting for processes the gateways started: " + ", ".join(
-                f"{profile} pid {info.pid} ({' '.join(mask_argv(info.cmdline))[:60]})" for info, profile in left), EXIT_FAILED,
-                hint="they are not gateways, so hermes-fleet does not signal them; end them by PID and run `down` again")
-        time.sleep(0.1)
+        left = [(f.info, f.profile) for f in find_leftovers(platform, str(state.root))]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
 
 
 def logs(

@@ -28,10 +28,12 @@ from fleet.store.fence import Fence
 from fleet.store.health import HealthFile
 from fleet.store.layout import StateDir, ensure_state_dir
 from fleet.store.lock import LockHeld, SupervisorLock
+from fleet.store.retention import apply_retention
 
 RESYNC_SECONDS = 30.0
 ERROR_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 IDLE_WAIT_SECONDS = 60.0
+RETENTION_EVERY = 60.0  # how often the journal, requests and adoption logs are trimmed
 STORE_BUSY_SECONDS = 5.0  # a store locked longer than this: keep supervising from memory (see StoreBookkeeping)
 # Between passes the fence is re-checked at least this often, so a controller whose state directory
 # was removed or replaced exits promptly even while nothing wakes it.
@@ -148,6 +150,7 @@ class Controller:
         failing: dict[tuple[str, str], tuple[int, float]] = {}  # (profile, action) -> (failures, retry at)
         scan = True
         ready_sent = False
+        retained_at: float | None = None
         bookkeeping = StoreBookkeeping(store, HealthFile(self.state), self.clock)
         log_guard = LogGuard(str(self.state.logs))
         claims = _Claims(self.state, store, epoch)
@@ -180,25 +183,29 @@ class Controller:
                             break
                         key = (action.profile, action.kind)
                         acted = True
+                        history = observed.get(action.profile).history
                         try:
                             executor.execute(action, observed.get(action.profile))
                             failing.pop(key, None)
+                            if history.action_error_kind == action.kind and action.kind != "spawn":
+                                store.update_history(action.profile, action_error=None, action_error_kind=None,
+                                                     action_error_at=None, action_errors=0)
                         except Exception as exc:  # noqa: BLE001 - one profile's failure must not stop the loop
-                            count = failing.get(key, (0, 0.0))[0]
-                            failing[key] = (count + 1, now + ERROR_BACKOFF[min(count, len(ERROR_BACKOFF) - 1)])
-                            if action.kind == "spawn":
-                                # It may have started before failing (a full disk refuses its record): look
-                                # for it before any respawn, never start a second one blind.
-                                watched_exits.discard(action.profile)
-                            if count < 3 or count % 20 == 0:
-                                store.journal("error", f"{action.kind} failed: {type(exc).__name__}: {exc}",
-                                              profile=action.profile, epoch=epoch)
-                                log(f"{action.profile}: {action.kind} failed: {exc}")
+                            count = self._action_failed(store, epoch, action, history, exc, now, failing)
+                            if count <= 3 or count % 20 == 0:
+                                log(f"{action.profile}: {action.kind} failed: {type(exc).__name__}: {exc}")
+                            # What the failed action left behind is unknown (a process may have started):
+                            # look at the host before the next spawn.
+                            watched_exits.discard(action.profile)
+                            scan = True
                             continue
                         if action.kind == "reclaim" and action.reason == "pid_dead":
                             watched_exits.add(action.profile)
                         elif action.kind == "spawn":
                             watched_exits.discard(action.profile)
+                    if retained_at is None or not 0 <= now - retained_at < RETENTION_EVERY:
+                        retained_at = now
+                        self._retain(store, desired.spec.retention, now)
                     if breached():
                         break
                     track_idle(store, observed, now)
@@ -267,6 +274,33 @@ class Controller:
             events = log_guard.select(sel, min(max(0.0, deadline - time.monotonic()), FENCE_POLL_SECONDS))
             if events or time.monotonic() >= deadline or breached():
                 return events
+
+    def _retain(self, store: Store, policy, now: float) -> None:
+        try:
+            gone = apply_retention(store, self.state, policy, now)
+        except Exception as exc:  # noqa: BLE001 - trimming history never stops the fleet
+            log(f"retention failed: {type(exc).__name__}: {exc}")
+            return
+        if gone:
+            log(f"retention: {gone} old journal rows, requests or adoption-log lines dropped")
+
+    def _action_failed(self, store: Store, epoch: int, action, history, exc: Exception, now: float,
+                       failing: dict) -> int:
+        """Any exception of an action is that profile's failure, kept in the store: the planner backs
+        it off (and `status` shows it) while every other profile goes on. Returns how many in a row."""
+        key = (action.profile, action.kind)
+        count = (history.action_errors if history.action_error_kind == action.kind else 0) + 1
+        count = max(count, failing.get(key, (0, 0.0))[0] + 1)
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        try:
+            store.update_history(action.profile, action_error=error, action_error_kind=action.kind,
+                                 action_error_at=now, action_errors=count)
+            if count <= 3 or count % 20 == 0:
+                store.journal("error", f"{action.kind} failed: {error}", profile=action.profile, epoch=epoch)
+            failing.pop(key, None)
+        except Exception:  # noqa: BLE001 - the store itself is in trouble: hold the action in memory instead
+            failing[key] = (count, now + ERROR_BACKOFF[min(count - 1, len(ERROR_BACKOFF) - 1)])
+        return count
 
     def _watch(self, sel, waiters: dict[int, int], observed) -> None:
         """Keep one exit waiter (pidfd) per live gateway, so a death wakes us at once."""

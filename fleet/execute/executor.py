@@ -11,7 +11,9 @@ from fleet.execute.environment import child_environment
 from fleet.execute.logs import rotate_if_large
 from fleet.observe import hermes_files as hf
 from fleet.observe import identity
+from fleet.observe.leftovers import find_leftovers
 from fleet.observe.model import ProfileObservation
+from fleet.platform.base import SignalRefused
 from fleet.plan.exits import CRASH_CLASSES, TERMINAL_CLASSES, classify_exit, describe_exit
 from fleet.plan.model import Action
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
@@ -22,6 +24,15 @@ from fleet.store.records import PidRecord, remove_record, write_record
 
 
 KILL_GRACE = 5.0  # after SIGKILL, how long before the kill is tried again
+LEFTOVER_GRACE = 1.0  # a dead gateway's leftovers get this long after SIGTERM, then SIGKILL
+LEFTOVER_KILL_WAIT = 2.0
+
+
+def _started_after(info, record: PidRecord) -> bool:
+    """A leftover was forked by the gateway, so it cannot have started before it."""
+    if record.start_ticks is not None and info.start_ticks is not None:
+        return info.start_ticks >= record.start_ticks
+    return info.create_time >= record.create_time - 0.05  # a damaged record (NaN) proves nothing: not ended
 
 
 def iso(ts: float) -> str:
@@ -41,6 +52,10 @@ class Executor:
 
     def execute(self, action: Action, obs: ProfileObservation) -> None:
         handler = getattr(self, f"_{action.kind}")
+        if action.kind == "reclaim" and action.reason in ("pid_dead", "pid_reused") and obs.record is not None:
+            # Like KillMode=control-group: what the gateway left is ended before a successor can start
+            # (outside the transaction: this may wait for processes).
+            self._end_leftovers(action.profile, obs)
         with self.store.tx():  # one commit per action: its history, journal and request updates together
             handler(action, obs)
 
@@ -119,36 +134,34 @@ class Executor:
     def _spawn(self, action: Action, obs: ProfileObservation) -> None:
         name, now = action.profile, self.clock()
         spec: ProfileSpec = self.spec_of(name)
-        if spec.driver == DRIVER_HERMES:
-            os.makedirs(spec.hermes_home, mode=0o700, exist_ok=True)
-            # A leftover drain request would boot the new gateway straight into a drain (same boot epoch).
-            remove(os.path.join(spec.hermes_home, hf.DRAIN_REQUEST))
-        remove(self.state.stop_marker(name))
-        remove(self.state.state_file(name))
-        log_path = str(self.state.log(name))
-        rotate_if_large(log_path)
-        argv = list(spec.command)
-        if self.scope_command is not None:
-            argv = self.scope_command(f"hermes-fleet-{name}-{int(now * 1000)}", argv,
-                                      stop_timeout=spec.drain.timeout + 30) or argv
-        env = child_environment(spec, self.state)
+        h = obs.history
+        starts = (h.recent_starts + (now,))[-max(spec.restart.start_limit_burst, 1):]
         try:
-            pid = self.platform.spawn_detached(argv, env, spec.cwd, log_path)
-        except OSError as exc:
+            argv = self._prepare_spawn(name, spec, now)
+            pid = self.platform.spawn_detached(argv, child_environment(spec, self.state), spec.cwd,
+                                               str(self.state.log(name)))
+        except Exception as exc:  # noqa: BLE001 - whatever stops a start is this profile's failure, never the loop's
+            # Counted as an attempt (start limit) and a failure (backoff), but not as a start: a sibling's
+            # stagger slot is only taken by a process that runs.
+            error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else (
+                f"{type(exc).__name__}: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
             self.store.update_history(name, last_exit_code=None, last_exit_at=now, last_exit_class="crash",
-                                      failures=obs.history.failures + 1, last_start=now)
-            self.journal("spawn_failed", f"could not start {argv[0]}: {exc.strerror or exc}", name)
+                                      failures=h.failures + 1, recent_starts=starts, action_error=error[:500],
+                                      action_error_kind="spawn", action_error_at=now,
+                                      action_errors=(h.action_errors if h.action_error_kind == "spawn" else 0) + 1)
+            self.journal("spawn_failed", f"could not start {spec.command[0] if spec.command else name}: {error}",
+                         name, error=error[:500])
             return
         info = self.platform.process_info(pid)
         record = PidRecord(profile=name, pid=pid, start_ticks=info.start_ticks if info else None,
                            create_time=info.create_time if info else now, spec_hash=spec.spec_hash,
                            started_at=now, controller_pid=os.getpid(), epoch=self.epoch)
         write_record(self.state.record(name), record)
-        h = obs.history
         counts_as_restart = action.reason in ("crashed", "replacement", "restart_requested", "not_running")
         fields = dict(last_start=now, restarts=h.restarts + (1 if counts_as_restart and h.last_start else 0),
                       idle_since=None, drain_intent=None, drain_reason=None, drain_started=None,
-                      drain_deadline=None, drain_signalled=None, drain_pid=None)
+                      drain_deadline=None, drain_signalled=None, drain_pid=None, recent_starts=starts,
+                      action_error=None, action_error_kind=None, action_error_at=None, action_errors=0)
         if h.failed_spec_hash and (h.failed_spec_hash != spec.spec_hash or obs.restart_request):
             fields.update(failed_reason=None, failed_spec_hash=None)
         self.store.update_history(name, **fields)
@@ -157,6 +170,20 @@ class Executor:
                 self.store.finish_request(req.id, "done", f"spawned pid {pid}")
         self.journal("spawned", f"pid {pid} started ({action.reason})", name, pid=pid, reason=action.reason,
                      spec_hash=spec.spec_hash)
+
+    def _prepare_spawn(self, name: str, spec: ProfileSpec, now: float) -> list[str]:
+        if spec.driver == DRIVER_HERMES:
+            os.makedirs(spec.hermes_home, mode=0o700, exist_ok=True)
+            # A leftover drain request would boot the new gateway straight into a drain (same boot epoch).
+            remove(os.path.join(spec.hermes_home, hf.DRAIN_REQUEST))
+        remove(self.state.stop_marker(name))
+        remove(self.state.state_file(name))
+        rotate_if_large(str(self.state.log(name)))
+        argv = list(spec.command)
+        if self.scope_command is not None:
+            argv = self.scope_command(f"hermes-fleet-{name}-{int(now * 1000)}", argv,
+                                      stop_timeout=spec.drain.timeout + 30) or argv
+        return argv
 
     def _replace(self, action: Action, obs: ProfileObservation) -> None:
         self._drain(action, obs, intent="replace")
@@ -226,3 +253,71 @@ class Executor:
         if check.verdict == "alive":
             return None
         return (check.proof.why_not if check.proof is not None else "") or check.verdict
+
+    def _end_leftovers(self, name: str, obs: ProfileObservation) -> None:
+        """End the processes that positively carry this fleet's and this profile's markers (children,
+        setsid children, double-forked daemons); report, never signal, unmarked members of the dead
+        gateway's session or process group."""
+        gateway_pid = obs.record.pid
+        found = find_leftovers(self.platform, str(self.state.root), name,
+                               group_of=gateway_pid if gateway_pid > 1 else None,
+                               exclude=self._live_gateways(name, obs))
+        marked = [f.info for f in found if f.profile == name and _started_after(f.info, obs.record)
+                  and self.platform.child_environ(f.info.pid) is None]  # a gateway we spawned is no leftover
+        unmarked = [f.info for f in found if f.profile != name]
+        if unmarked:
+            self.journal("warning", f"pid(s) {', '.join(str(i.pid) for i in unmarked[:20])} in the session of exited pid "
+                         f"{gateway_pid} carry no markers of {name}; left running", name,
+                         pids=[i.pid for i in unmarked])
+        if not marked:
+            return
+        for info in marked:
+            self._signal_leftover(name, info, self.platform.request_stop)
+        survivors = self._wait_gone(marked, LEFTOVER_GRACE)
+        for info in survivors:
+            self._signal_leftover(name, info, self.platform.kill_process)
+        remaining = self._wait_gone(survivors, LEFTOVER_KILL_WAIT)
+        pids = [i.pid for i in marked]
+        self.journal("leftovers_ended", f"{len(marked) - len(remaining)} process(es) left by pid {gateway_pid} ended "
+                     f"({len(survivors)} needed SIGKILL): {', '.join(map(str, pids))}", name, pids=pids,
+                     killed=[i.pid for i in survivors])
+        if remaining:
+            self.journal("warning", f"pid(s) {', '.join(str(i.pid) for i in remaining)} left by pid {gateway_pid} "
+                         f"survived SIGKILL", name, pids=[i.pid for i in remaining])
+
+    def _wait_gone(self, infos: list, timeout: float) -> list:
+        deadline = time.monotonic() + timeout
+        alive = [i for i in infos if self._still_same(i)]
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.02)
+            alive = [i for i in alive if self._still_same(i)]
+        return alive
+
+    def _live_gateways(self, name: str, obs: ProfileObservation) -> frozenset[int]:
+        """Marked processes that may be the profile's gateway itself, not a leftover, should the record be
+        wrong: the one observed and the one Hermes' pid file names while its lock is held."""
+        out = set()
+        if obs.process is not None:
+            out.add(obs.process.pid)
+        spec = self.spec_of(name)
+        if spec is not None and spec.driver == DRIVER_HERMES:
+            rec = hf.read_hermes_pid(spec.hermes_home)
+            if rec is not None and self.platform.lock_is_held(os.path.join(spec.hermes_home, hf.GATEWAY_LOCK)):
+                out.add(rec.pid)
+        return frozenset(out)
+
+    def _signal_leftover(self, name: str, info, send) -> None:
+        """Only a process that still passes identity by this profile's markers (same start, our user, not
+        protected) is signalled; the markers were read moments ago, the PID may have been reused since."""
+        check = identity.check(self.platform, info.pid, info.start_ticks, info.create_time, name,
+                               str(self.state.root), self.spec_of(name))
+        if check.verdict != "alive" or check.proof is None or check.proof.how != identity.PROOF_MARKER:
+            return
+        try:
+            send(info.pid)
+        except SignalRefused:
+            pass
+
+    def _still_same(self, info) -> bool:
+        now = self.platform.process_info(info.pid)
+        return now is not None and now.alive and identity.same_start(info.start_ticks, info.create_time, now)

@@ -257,16 +257,3 @@ class Observer:
                           else f"unproven ({source})") if managed else f"unmanaged ({source})"
                 orphans.append(Orphan(pid=info.pid, profile=name, cmdline=info.cmdline, reason=reason))
         return out, orphans
-
-
-def marked_processes(state: StateDir, platform) -> list[tuple[ProcessInfo, str]]:
-    """(process, profile) for every live process carrying this state directory's profile marker: the
-    gateways and whatever they started, including what outlived its gateway."""
-    out = []
-    for info in platform.iter_processes():
-        if not info.alive or info.pid == os.getpid():
-            continue
-        env = platform.process_environ(info.pid) or {}
-        if env.get(STATE_DIR_ENV) == str(state.root) and env.get(PROFILE_ENV):
-            out.append((info, env[PROFILE_ENV]))
-    return out

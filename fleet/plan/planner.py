@@ -16,6 +16,10 @@ from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 # A drain request not acknowledged by the gateway within this long (an older Hermes without
 # external drain) is followed by the planned stop anyway, if no agent is known to be active.
 DRAIN_ACK_GRACE = 5.0
+# After an action on a profile failed (any exception), that action waits this long before it is
+# tried again (the n-th consecutive failure picks the n-th entry; the last repeats). A spawn that
+# failed follows the profile's own restart backoff and start limit instead.
+ACTION_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
 def plan(desired: Desired, observed: Observed, now: float) -> Plan:
@@ -37,7 +41,8 @@ def plan(desired: Desired, observed: Observed, now: float) -> Plan:
             per_profile[name] = _records_only(obs, observed.epoch)
             continue
         request = next((r for r in observed.maintenance if r.covers(name)), None)
-        per_profile[name] = _plan_profile(name, pspec, inventory.get(name), obs, desired, observed.epoch, now, request)
+        per_profile[name] = _hold_failed(_plan_profile(name, pspec, inventory.get(name), obs, desired, observed.epoch,
+                                                       now, request), obs.history, now)
         if obs.record_problem:
             checks.append(Check("warning", "record_untrusted", obs.record_problem, name))
         if obs.other_fleet and pspec is not None:
@@ -62,6 +67,30 @@ def plan(desired: Desired, observed: Observed, now: float) -> Plan:
     actions = _apply_stagger(actions, desired, observed, now)
     actions.sort(key=lambda a: (KIND_ORDER[a.kind], a.profile))
     return Plan(actions=tuple(actions), checks=tuple(checks), refusal=refusal)
+
+
+def action_retry_at(history) -> float | None:
+    """When an action that failed on this profile may run again (None: nothing failed)."""
+    if not history.action_error_kind or history.action_error_at is None or history.action_error_kind == "spawn":
+        return None
+    n = max(history.action_errors, 1)
+    return history.action_error_at + ACTION_BACKOFF[min(n, len(ACTION_BACKOFF)) - 1]
+
+
+def _hold_failed(actions: list[Action], history, now: float) -> list[Action]:
+    """The action that failed last time waits out its own backoff; the profile's other actions and
+    every sibling go on. Its wait takes no stagger slot and no budget."""
+    retry = action_retry_at(history)
+    if retry is None or retry <= now:
+        return actions
+    failed = next((a for a in actions if a.kind == history.action_error_kind), None)
+    if failed is None:
+        return actions
+    # The profile's other actions (a spawn after a failed reclaim, say) wait with it: it is in trouble.
+    return [Action("wait", failed.profile, "action_failed",
+                   f"{failed.kind} failed {history.action_errors} time(s): {history.action_error}; "
+                   f"next try at {format_instant(retry)}", not_before=retry, pid=failed.pid,
+                   gates=(Gate("backoff", False, f"until {format_instant(retry)}"),))]
 
 
 def _records_only(obs: ProfileObservation, epoch: int) -> list[Action]:
@@ -279,7 +308,14 @@ def _absent_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float) -
     not_before = None
     if h.last_exit_class in CRASH_CLASSES + ("clean",) and h.last_exit_at is not None and not fresh_request:
         not_before = h.last_exit_at + spec.restart.delay(max(h.failures, 1))
-    if h.last_start is None:
+    limited = None
+    if not fresh_request:
+        earliest, limited = _start_limit(spec, h.recent_starts)
+        if earliest is not None and (not_before is None or earliest > not_before):
+            not_before = earliest
+    if h.action_error_kind == "spawn":
+        reason = "spawn_failed"
+    elif h.last_start is None:
         reason = "first_apply"
     elif h.last_exit_class in CRASH_CLASSES:
         reason = "crashed"
@@ -291,11 +327,33 @@ def _absent_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float) -
         reason = "not_running"
     message = {"crashed": f"exited {h.last_exit_code if h.last_exit_code is not None else '(code unknown)'}; "
                           f"restart {h.failures}",
-               "first_apply": "new profile"}.get(reason, "not running")
+               "first_apply": "new profile",
+               "spawn_failed": f"could not start ({h.action_errors or h.failures} time(s)): {h.action_error}"
+               }.get(reason, "not running")
     if not_before is not None and not_before <= now:
         not_before = None
+    if limited and not_before is not None:
+        message += f"; {limited}"
     return out + [Action("spawn", name, reason, message, not_before=not_before,
                          gates=(Gate("backoff", not_before is None, f"until {format_instant(not_before)}" if not_before else ""),))]
+
+
+def _start_limit(spec: ProfileSpec, starts: tuple[float, ...]) -> tuple[float | None, str | None]:
+    """The earliest next start allowed by the floor and the start limit (systemd's StartLimitBurst/
+    IntervalSec): never two starts within `floor`, never more than `burst` within `interval`.
+    Returns (earliest, why) where why is set when the profile is crash-looping."""
+    if not starts:
+        return None, None
+    r = spec.restart
+    earliest = starts[-1] + r.floor
+    why = None
+    if r.start_limit_burst > 0 and len(starts) >= r.start_limit_burst:
+        window_start = starts[-r.start_limit_burst]
+        if starts[-1] - window_start < r.start_limit_interval:
+            why = (f"crash-looping: {r.start_limit_burst} starts within {r.start_limit_interval:g}s; "
+                   f"slowed to one try per {r.start_limit_interval:g}s")
+            earliest = max(earliest, window_start + r.start_limit_interval)
+    return earliest, why
 
 
 def _wants_running(spec: ProfileSpec | None, history) -> bool:
@@ -313,8 +371,8 @@ def _apply_budget(actions: list[Action], desired: Desired, observed: Observed, n
         elif obs.process is None and h.last_exit_class == "planned" and _wants_running(desired.spec.profile(name), h):
             in_use.add(name)  # drained on purpose and not yet respawned: still in maintenance
         elif obs.process is None and h.failures > 0 and h.last_exit_class in CRASH_CLASSES \
-                and _wants_running(desired.spec.profile(name), h):
-            in_use.add(name)
+                and h.action_error_kind != "spawn" and _wants_running(desired.spec.profile(name), h):
+            in_use.add(name)  # a profile that could not even be spawned was never capacity: it holds no budget
     out = []
     for a in sorted(actions, key=lambda a: a.profile):
         if a.kind == "replace" and a.voluntary and a.phase == "begin":
@@ -332,16 +390,23 @@ def _apply_budget(actions: list[Action], desired: Desired, observed: Observed, n
 def _apply_stagger(actions: list[Action], desired: Desired, observed: Observed, now: float) -> list[Action]:
     """Spawns at least `stagger` apart, fleet-wide, in name order; each keeps its own backoff too."""
     slot = observed.last_spawn_at
+
+    def failing(a: Action) -> bool:
+        return a.kind == "spawn" and observed.get(a.profile).history.action_error_kind == "spawn"
+
     out = []
-    # Ready-now spawns take the early slots; one in crash backoff never holds a sibling's first start back.
-    for a in sorted(actions, key=lambda a: (a.kind == "spawn" and a.not_before or 0.0, a.profile)):
+    # Ready-now spawns take the early slots; one in crash backoff never holds a sibling's first start back,
+    # and one whose last attempt failed comes after every other ready spawn.
+    for a in sorted(actions, key=lambda a: (a.kind == "spawn" and a.not_before or 0.0, failing(a), a.profile)):
         if a.kind != "spawn":
             out.append(a)
             continue
         pspec = desired.spec.profile(a.profile)
         gap = pspec.stagger if pspec else desired.spec.stagger
         ready = max(now, a.not_before or now, (slot + gap) if slot is not None else now)
-        slot = ready
+        if not (failing(a) and ready > now):
+            # A failed attempt starts nothing: its retry reserves no slot a sibling could have used.
+            slot = ready
         nb = ready if ready > now else None
         if nb != a.not_before:
             gates = a.gates + (Gate("stagger", nb is None, f"{gap:g}s between spawns"),)

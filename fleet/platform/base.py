@@ -41,6 +41,8 @@ class Platform(Protocol):
     # Kills `pid` and those descendants that carry every `markers` entry in their environment or share the
     # root's own session, process group or service scope; raises SignalRefused for a protected root.
     def kill_tree(self, pid: int, markers: Mapping[str, str]) -> None: ...
+    def kill_process(self, pid: int) -> None: ...  # that process only
+    def process_group(self, pid: int) -> tuple[int | None, int | None]: ...  # (pgid, sid) or (None, None)
     def lock_is_held(self, path: str) -> bool: ...
     def reap(self, pid: int) -> tuple[bool, int | None]: ...  # (exited, code) for our own children
     def exit_waiter(self, pid: int) -> int | None: ...  # fd readable at exit, or None (then poll)

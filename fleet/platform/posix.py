@@ -247,6 +247,21 @@ class PosixPlatform:
             except psutil.Error:
                 pass
 
+    def kill_process(self, pid: int) -> None:
+        """SIGKILL one process, nothing else (its group may hold processes that are not ours)."""
+        self._guard(pid)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def process_group(self, pid: int) -> tuple[int | None, int | None]:
+        """(process group id, session id) of a live process; (None, None) when gone."""
+        try:
+            return os.getpgid(pid), os.getsid(pid)
+        except OSError:
+            return None, None
+
     def _protected_in_group(self, pgid: int) -> bool:
         """Whether killing process group `pgid` would reach a process never_signal refuses (this controller,
         an ancestor, another user's setuid program the gateway ran): then its members die one by one."""

@@ -201,6 +201,18 @@ class WindowsPlatform:
             except psutil.Error:
                 pass
 
+    def kill_process(self, pid: int) -> None:
+        refusal = self.never_signal(pid)
+        if refusal:
+            raise SignalRefused(f"refused to signal pid {pid}: {refusal}")
+        result = self._runner.run(["taskkill", "/F", "/PID", str(pid)], timeout=30)
+        if result.returncode not in (0, TASKKILL_NOT_FOUND) and psutil.pid_exists(pid):
+            raise OSError(f"taskkill /F /PID {pid} failed (exit {result.returncode}): "
+                          f"{(result.stderr or result.stdout).strip()}")
+
+    def process_group(self, pid: int) -> tuple[int | None, int | None]:
+        return None, None  # no sessions or process groups to speak of: the markers decide alone
+
     # ------------------------------------------------------------ lock
 
     def lock_is_held(self, path: str) -> bool:

@@ -16,7 +16,7 @@ from fleet.spec.durations import parse_duration
 from fleet.spec.errors import ManifestError, Problem
 from fleet.spec.model import (
     DRIVER_HERMES, DRIVER_PROCESS, DrainPolicy, FleetSpec, HealthPolicy, MaintenancePolicy,
-    MaintenanceWindow, ProfileSpec, RestartPolicy,
+    MaintenanceWindow, ProfileSpec, RestartPolicy, RetentionPolicy,
 )
 from fleet.spec.yamlsource import Located, dotted, load_located
 
@@ -162,7 +162,14 @@ class _Builder:
             profiles=tuple(p for p in profiles if p is not None),
             hermes_root=root,
             default_state_dir=os.path.join(root, "gateway"),
+            retention=self.retention(),
         )
+
+    def retention(self) -> RetentionPolicy:
+        cfg = _merge(schema.defaults("retention"), self.doc.get("retention"))
+        at = ("retention",) if "max_age" not in (self.doc.get("retention") or {}) else ("retention", "max_age")
+        return RetentionPolicy(max_age=self.duration(cfg["max_age"], at), journal_rows=int(cfg["journal_rows"]),
+                               request_rows=int(cfg["request_rows"]), adopt_log_bytes=int(cfg["adopt_log_bytes"]))
 
     def profile(self, name: str, body: dict) -> ProfileSpec | None:
         at = ("profiles", name)
@@ -213,6 +220,9 @@ class _Builder:
             backoff=tuple(self.duration(v, restart_at["backoff"] + (i,)) for i, v in enumerate(restart_cfg["backoff"])),
             cap=self.duration(restart_cfg["cap"], restart_at["cap"]),
             reset_after=self.duration(restart_cfg["reset_after"], restart_at["reset_after"]),
+            floor=self.duration(restart_cfg["floor"], restart_at["floor"]),
+            start_limit_burst=int(restart_cfg["start_limit_burst"]),
+            start_limit_interval=self.duration(restart_cfg["start_limit_interval"], restart_at["start_limit_interval"]),
         )
         drain_cfg, drain_at = self.block("drain", body, name)
         health_cfg, health_at = self.block("health", body, name)

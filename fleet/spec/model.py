@@ -16,6 +16,9 @@ class RestartPolicy:
     backoff: tuple[float, ...]
     cap: float
     reset_after: float
+    floor: float = 0.25  # never two starts of one profile closer than this, whatever the backoff says
+    start_limit_burst: int = 5  # more starts than this within start_limit_interval: crash-looping (0: off)
+    start_limit_interval: float = 10.0
 
     def delay(self, consecutive_failures: int) -> float:
         """Backoff before the respawn that follows `consecutive_failures` failures (>= 1)."""
@@ -23,6 +26,15 @@ class RestartPolicy:
             return 0.0
         index = min(consecutive_failures, len(self.backoff)) - 1
         return min(self.backoff[index], self.cap)
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """How much history the state directory keeps, so it stays bounded under any crash loop."""
+    max_age: float = 30 * 86400.0  # journal rows, finished requests and adoption-log lines older than this go
+    journal_rows: int = 100_000
+    request_rows: int = 10_000
+    adopt_log_bytes: int = 1_048_576
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,7 @@ class FleetSpec:
     profiles: tuple[ProfileSpec, ...]  # sorted by name
     hermes_root: str
     default_state_dir: str
+    retention: RetentionPolicy = RetentionPolicy()
 
     def profile(self, name: str) -> ProfileSpec | None:
         for p in self.profiles:

@@ -16,6 +16,9 @@ _CANDIDATES = (
 )
 
 
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+
+
 def schema_path(name: str = "fleet.schema.json") -> Path:
     for folder in _CANDIDATES:
         if (folder / name).is_file():
@@ -55,6 +58,8 @@ def _expected(error) -> str:
                                                            "integer": "an integer"}.get(t, f"a {t}")
     if validator == "oneOf" and any("pattern" in s for s in schema.get("oneOf", [])):
         return "a duration such as 2.5s, 90s, 20m, 1h or a number of seconds"
+    if validator == "pattern" and schema["pattern"] == NO_NUL_PATTERN:
+        return "text without NUL bytes (no command argument, environment value or path can hold one)"
     if validator == "pattern":
         return f"a string matching {schema['pattern']}"
     if validator == "minimum":

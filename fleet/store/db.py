@@ -33,7 +33,9 @@ CREATE TABLE IF NOT EXISTS profile_state(
   last_start REAL, last_exit_code INTEGER, last_exit_at REAL, last_exit_class TEXT,
   failed_reason TEXT, failed_spec_hash TEXT, idle_since REAL, activity_seen REAL,
   drain_intent TEXT, drain_reason TEXT, drain_started REAL, drain_deadline REAL, drain_signalled REAL,
-  drain_pid INTEGER, override_desired TEXT, override_by TEXT, override_at REAL);
+  drain_pid INTEGER, override_desired TEXT, override_by TEXT, override_at REAL,
+  action_error TEXT, action_error_kind TEXT, action_error_at REAL, action_errors INTEGER NOT NULL DEFAULT 0,
+  recent_starts TEXT);
 CREATE TABLE IF NOT EXISTS requests(
   id INTEGER PRIMARY KEY AUTOINCREMENT, profile TEXT NOT NULL, kind TEXT NOT NULL,
   created_at REAL NOT NULL, requested_by TEXT, state TEXT NOT NULL DEFAULT 'pending', done_at REAL, message TEXT);
@@ -55,6 +57,12 @@ PROFILE_STATE_COLUMNS = (
     "restarts", "failures", "last_start", "last_exit_code", "last_exit_at", "last_exit_class",
     "failed_reason", "failed_spec_hash", "idle_since", "activity_seen", "drain_intent", "drain_reason",
     "drain_started", "drain_deadline", "drain_signalled", "drain_pid", "override_desired", "override_by", "override_at",
+    "action_error", "action_error_kind", "action_error_at", "action_errors", "recent_starts",
+)
+# Columns added after the first release: ALTER TABLE brings an older fleet.db up to date.
+_ADDED_PROFILE_COLUMNS = (
+    ("action_error", "TEXT"), ("action_error_kind", "TEXT"), ("action_error_at", "REAL"),
+    ("action_errors", "INTEGER NOT NULL DEFAULT 0"), ("recent_starts", "TEXT"),
 )
 
 
@@ -98,6 +106,24 @@ class ProfileHistory:
     override_desired: str | None = None
     override_by: str | None = None  # "<verb>:<user>" (stop, down), or a bare verb from older releases
     override_at: float | None = None
+    action_error: str | None = None  # the last failure of an action on this profile (any exception)
+    action_error_kind: str | None = None  # the action kind that failed: spawn | drain | kill | reclaim | ...
+    action_error_at: float | None = None
+    action_errors: int = 0  # consecutive failures of that action (drives its backoff)
+    recent_starts: tuple[float, ...] = ()  # the latest spawn attempts, oldest first (drives the start limit)
+
+
+def _history(row) -> ProfileHistory:
+    fields = {k: row[k] for k in row.keys()}
+    raw = fields.get("recent_starts")
+    try:
+        starts = tuple(float(t) for t in json.loads(raw)) if raw else ()
+    except (ValueError, TypeError):
+        starts = ()
+    fields["recent_starts"] = starts
+    if fields.get("action_errors") is None:
+        fields["action_errors"] = 0
+    return ProfileHistory(**fields)
 
     @property
     def override_verb(self) -> str | None:
@@ -198,6 +224,7 @@ class Store:
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
                 self.conn.executescript(_DDL)
+                _add_missing_columns(self.conn)
                 with self.tx():
                     self.conn.execute("INSERT OR IGNORE INTO meta VALUES('store_id', ?)", (str(uuid.uuid4()),))
                     self.conn.execute("INSERT OR IGNORE INTO meta VALUES('epoch', '0')")
@@ -326,17 +353,19 @@ class Store:
     def histories(self) -> dict[str, ProfileHistory]:
         out = {}
         for row in self.conn.execute("SELECT * FROM profile_state"):
-            out[row["name"]] = ProfileHistory(**{k: row[k] for k in row.keys()})
+            out[row["name"]] = _history(row)
         return out
 
     def history(self, name: str) -> ProfileHistory:
         row = self.conn.execute("SELECT * FROM profile_state WHERE name=?", (name,)).fetchone()
-        return ProfileHistory(**{k: row[k] for k in row.keys()}) if row else ProfileHistory(name)
+        return _history(row) if row else ProfileHistory(name)
 
     def update_history(self, name: str, **fields) -> None:
         unknown = set(fields) - set(PROFILE_STATE_COLUMNS)
         if unknown:
             raise ValueError(f"unknown profile_state columns {unknown}")
+        if "recent_starts" in fields:
+            fields["recent_starts"] = json.dumps([round(t, 3) for t in fields["recent_starts"] or ()])
         cols = ", ".join(fields)
         marks = ", ".join("?" * len(fields))
         updates = ", ".join(f"{k}=excluded.{k}" for k in fields)
@@ -379,6 +408,27 @@ class Store:
                               (time.time(), self.epoch if epoch is None else epoch, profile, kind, message,
                                json.dumps(data, sort_keys=True) if data else None))
 
+    def enforce_retention(self, now: float, *, max_age: float, journal_rows: int, request_rows: int) -> int:
+        """Drop journal rows and finished requests (operator and maintenance) older than max_age or beyond
+        the newest N; open requests always stay. Returns how many rows went."""
+        cutoff = now - max_age
+        with self.tx():
+            gone = self.conn.execute("DELETE FROM journal WHERE at < ?", (cutoff,)).rowcount
+            gone += self.conn.execute("DELETE FROM journal WHERE id <= (SELECT id FROM journal ORDER BY id DESC "
+                                      "LIMIT 1 OFFSET ?)", (journal_rows,)).rowcount
+            gone += self.conn.execute("DELETE FROM requests WHERE state != 'pending' AND COALESCE(done_at, created_at) < ?",
+                                      (cutoff,)).rowcount
+            gone += self.conn.execute("DELETE FROM requests WHERE state != 'pending' AND id <= (SELECT id FROM requests "
+                                      "WHERE state != 'pending' ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                                      (request_rows,)).rowcount
+            finished = "state IN ('done', 'failed', 'cancelled')"
+            gone += self.conn.execute(f"DELETE FROM maintenance_requests WHERE {finished} AND "
+                                      "COALESCE(finished_at, updated_at) < ?", (cutoff,)).rowcount
+            gone += self.conn.execute(f"DELETE FROM maintenance_requests WHERE {finished} AND id <= (SELECT id FROM "
+                                      f"maintenance_requests WHERE {finished} ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                                      (request_rows,)).rowcount
+        return gone
+
     def events(self, *, after_id: int = 0, profile: str | None = None, limit: int = 200) -> list[JournalEntry]:
         q = "SELECT * FROM journal WHERE id>?"
         args: list = [after_id]
@@ -391,6 +441,13 @@ class Store:
         # Masked again on the way out: entries written before the rule knew a form stay hidden too.
         return [JournalEntry(r["id"], r["at"], r["epoch"], r["profile"], r["kind"], mask_text(r["message"]),
                              mask_data(json.loads(r["data"])) if r["data"] else None) for r in rows]
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    have = {r[1] for r in conn.execute("PRAGMA table_info(profile_state)")}
+    for name, decl in _ADDED_PROFILE_COLUMNS:
+        if name not in have:
+            conn.execute(f"ALTER TABLE profile_state ADD COLUMN {name} {decl}")
 
 
 def _create_safely(path: str) -> None:
