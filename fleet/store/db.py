@@ -112,6 +112,14 @@ class ProfileHistory:
     action_errors: int = 0  # consecutive failures of that action (drives its backoff)
     recent_starts: tuple[float, ...] = ()  # the latest spawn attempts, oldest first (drives the start limit)
 
+    @property
+    def override_verb(self) -> str | None:
+        return (self.override_by or "").partition(":")[0] or None
+
+    @property
+    def override_user(self) -> str | None:
+        return (self.override_by or "").partition(":")[2] or None
+
 
 def _history(row) -> ProfileHistory:
     fields = {k: row[k] for k in row.keys()}
@@ -124,14 +132,6 @@ def _history(row) -> ProfileHistory:
     if fields.get("action_errors") is None:
         fields["action_errors"] = 0
     return ProfileHistory(**fields)
-
-    @property
-    def override_verb(self) -> str | None:
-        return (self.override_by or "").partition(":")[0] or None
-
-    @property
-    def override_user(self) -> str | None:
-        return (self.override_by or "").partition(":")[2] or None
 
 
 @dataclass(frozen=True)
