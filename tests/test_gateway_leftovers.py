@@ -1,7 +1,8 @@
 """Processes a gateway started that outlive it. Hermes 0.19 answers every stop with a detached
 `timeout 5 bash -c 'ps auxf ...'` shutdown diagnostic in its own session: it inherits the gateway's
 environment (the fleet's HERMES_FLEET_* markers included) and lives up to 5 s after the gateway.
-Such a process is never the profile's gateway, and `down` is not done while one lives."""
+Such a process is never the profile's gateway; like systemd's KillMode=control-group, it is ended before
+the profile's next gateway starts, and `down` is not done while one lives."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 
 from fleet_harness import alive, environ_of, fleet  # noqa: F401
@@ -28,7 +28,7 @@ def shutdown_diagnostic(reaper, gateway_env: dict[str, str], seconds: float) -> 
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def test_a_gateways_leftover_subprocess_is_never_adopted(fleet, reaper):
+def test_a_gateways_leftover_subprocess_is_never_adopted_and_ended_before_the_next_start(fleet, reaper):
     fleet.write_manifest({"alpha": None})
     fleet.apply()
     pid = fleet.wait_running("alpha")
@@ -39,12 +39,16 @@ def test_a_gateways_leftover_subprocess_is_never_adopted(fleet, reaper):
     assert fleet.cli("controller", "stop").returncode == 0
     leftover = shutdown_diagnostic(reaper, env, 60)
     assert fleet.cli("start", "alpha").returncode == 1  # recorded; no controller runs yet
-    # A new controller scans the process table before it spawns: the leftover must not pass for alpha.
+    # A new controller scans the process table before it spawns: the leftover must not pass for alpha,
+    # and it is ended before alpha's next gateway starts, although no record names its gateway any more.
     fleet.apply()
     new = fleet.wait_running("alpha", other_than=leftover.pid)
     assert new != leftover.pid
     assert not [e for e in fleet.journal("alpha") if e.kind == "adopted"], fleet.journal("alpha")
-    assert leftover.poll() is None, "the fleet signalled a process that is not a gateway"
+    assert leftover.poll() is not None, "the leftover outlived its gateway's successor's start"
+    ended = [e for e in fleet.journal("alpha") if e.kind == "leftovers_ended"]
+    spawned = [e for e in fleet.journal("alpha") if e.kind == "spawned"]
+    assert ended and spawned and ended[-1].at <= spawned[-1].at, fleet.journal("alpha")
     assert fleet.profiles()["alpha"]["pid"] == new
 
 
@@ -61,17 +65,18 @@ def test_down_waits_for_what_the_gateways_left_behind(fleet, reaper):
     assert fleet.leftovers() == [] and fleet._strays() == []
 
 
-def test_down_names_a_leftover_that_outlives_its_timeout(fleet, reaper):
+def test_down_ends_a_leftover_that_would_outlive_its_timeout(fleet, reaper):
     fleet.write_manifest({"alpha": None})
     fleet.apply()
     pid = fleet.wait_running("alpha")
-    leftover = shutdown_diagnostic(reaper, environ_of(pid), 60)
-    result = fleet.cli("down", "--timeout", "3s")
-    assert result.returncode == 1, fleet.explain(result)
-    assert f"alpha pid {leftover.pid}" in result.stderr and "end them by PID" in result.stderr
-    assert leftover.poll() is None  # never signalled: it is not a gateway
+    leftover = reaper.spawn([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                             "signal.SIG_IGN); time.sleep(60)"], env=environ_of(pid),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: environ_of(leftover.pid).get("HERMES_FLEET_PROFILE") == "alpha", 10, what="the leftover")
+    result = fleet.cli("down", "--timeout", "10s")
+    assert result.returncode == 0 and "nothing of the fleet runs" in result.stdout, fleet.explain(result)
+    assert leftover.poll() == -9  # it ignored SIGTERM: SIGKILL after the grace
     assert not alive(pid)
-    assert psutil.pid_exists(leftover.pid)
 
 
 def test_a_marked_process_is_a_gateway_only_on_a_gateway_command_line(reaper, tmp_path):

@@ -201,7 +201,8 @@ bare = {k: v for k, v in os.environ.items() if not k.startswith("HERMES_FLEET_")
 # C: carries the marker but leaves our session; it starts G, unmarked, in yet another session.
 c_code = ("import subprocess, sys, time\n"
           f"g = subprocess.Popen([sys.executable, '-c', {stay!r}], env={bare!r}, start_new_session=True)\n"
-          f"open({out!r} + '.g', 'w').write(str(g.pid))\n" + stay)
+          f"open({out!r} + '.g.tmp', 'w').write(str(g.pid))\n"
+          f"import os\nos.replace({out!r} + '.g.tmp', {out!r} + '.g')\n" + stay)
 c = subprocess.Popen([py, "-c", c_code], env=marked, start_new_session=True)
 d = subprocess.Popen([py, "-c", stay], env=bare)  # unmarked, in our session and group
 e = subprocess.Popen([py, "-c", stay], env=bare, start_new_session=True)  # unmarked, its own session

@@ -133,8 +133,9 @@ def test_kill_tree_of_a_gone_process_is_fine_and_a_real_failure_raises(monkeypat
         WindowsPlatform(runner=denied).kill_tree(1234, MARKERS)
 
 
-@pytest.mark.parametrize("pid", [0, 4, os.getpid()])
-def test_kill_tree_refuses_system_processes_and_itself_before_any_taskkill(pid):
+@pytest.mark.parametrize("which", ["idle", "system", "itself"])
+def test_kill_tree_refuses_system_processes_and_itself_before_any_taskkill(which):
+    pid = {"idle": 0, "system": 4, "itself": os.getpid()}[which]  # ids stay stable across xdist workers
     runner = RecordingRunner(lambda args: ok(args, "SUCCESS"))
     with pytest.raises(SignalRefused):
         WindowsPlatform(runner=runner).kill_tree(pid, MARKERS)

@@ -364,7 +364,7 @@ def down(
     pid = stop_controller(state)
     if left:
         fail(f"all gateways stopped, but {len(left)} process(es) of the fleet still run: "
-             + ", ".join(f"pid {i.pid} ({name}: {' '.join(mask_argv(i.cmdline))[:60]})" for i, name in left)
+             + ", ".join(f"pid {i.pid} ({name}) `{' '.join(mask_argv(i.cmdline))[:60]}`" for i, name in left)
              + f"; controller {f'pid {pid} ' if pid else ''}stopped",
              EXIT_FAILED, hint="they carry the fleet's markers (HERMES_FLEET_PROFILE); check them and end them by hand")
     typer.echo(f"all profiles stopped; nothing of the fleet runs; controller {f'pid {pid} ' if pid else ''}stopped; "

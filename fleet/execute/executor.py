@@ -49,6 +49,8 @@ class Executor:
         self.spec_of = spec_of  # name -> ProfileSpec | None (desired, or last applied for removed profiles)
         self.clock = clock
         self.scope_command = scope_command  # (unit, argv) -> argv | None: a transient systemd scope
+        self._ended: set[str] = set()  # profiles whose dead gateway's leftovers were ended since their last spawn
+        self._sweep: tuple[float, list] | None = None  # (monotonic, the fleet's marked processes), shared by a pass
 
     def execute(self, action: Action, obs: ProfileObservation) -> None:
         handler = getattr(self, f"_{action.kind}")
@@ -56,8 +58,15 @@ class Executor:
             # Like KillMode=control-group: what the gateway left is ended before a successor can start
             # (outside the transaction: this may wait for processes).
             self._end_leftovers(action.profile, obs)
+            self._ended.add(action.profile)
+        elif action.kind == "spawn" and action.profile not in self._ended:
+            # The dead gateway may be unknown to us (its record lost or forged, a previous controller's
+            # child): whatever still carries this profile's markers is ended before the new one starts.
+            self._end_strays(action.profile, obs)
         with self.store.tx():  # one commit per action: its history, journal and request updates together
             handler(action, obs)
+        if action.kind == "spawn":
+            self._ended.discard(action.profile)
 
     def journal(self, kind: str, message: str, profile: str | None = None, **data) -> None:
         self.store.journal(kind, message, profile=profile, epoch=self.epoch, data=data or None)
@@ -269,6 +278,18 @@ class Executor:
             self.journal("warning", f"pid(s) {', '.join(str(i.pid) for i in unmarked[:20])} in the session of exited pid "
                          f"{gateway_pid} carry no markers of {name}; left running", name,
                          pids=[i.pid for i in unmarked])
+        self._end(name, marked, f"left by pid {gateway_pid}")
+
+    def _end_strays(self, name: str, obs: ProfileObservation) -> None:
+        now = time.monotonic()
+        if self._sweep is None or now - self._sweep[0] > 1.0:  # one scan serves a pass's many spawns
+            self._sweep = (now, find_leftovers(self.platform, str(self.state.root)))
+        exclude = self._live_gateways(name, obs)
+        strays = [f.info for f in self._sweep[1] if f.profile == name and f.info.pid not in exclude
+                  and self.platform.child_environ(f.info.pid) is None]
+        self._end(name, strays, "left by an earlier gateway")
+
+    def _end(self, name: str, marked: list, origin: str) -> None:
         if not marked:
             return
         for info in marked:
@@ -278,11 +299,11 @@ class Executor:
             self._signal_leftover(name, info, self.platform.kill_process)
         remaining = self._wait_gone(survivors, LEFTOVER_KILL_WAIT)
         pids = [i.pid for i in marked]
-        self.journal("leftovers_ended", f"{len(marked) - len(remaining)} process(es) left by pid {gateway_pid} ended "
+        self.journal("leftovers_ended", f"{len(marked) - len(remaining)} process(es) {origin} ended "
                      f"({len(survivors)} needed SIGKILL): {', '.join(map(str, pids))}", name, pids=pids,
                      killed=[i.pid for i in survivors])
         if remaining:
-            self.journal("warning", f"pid(s) {', '.join(str(i.pid) for i in remaining)} left by pid {gateway_pid} "
+            self.journal("warning", f"pid(s) {', '.join(str(i.pid) for i in remaining)} {origin} "
                          f"survived SIGKILL", name, pids=[i.pid for i in remaining])
 
     def _wait_gone(self, infos: list, timeout: float) -> list:
