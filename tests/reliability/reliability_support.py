@@ -31,6 +31,9 @@ CLI_TIMEOUT = 60.0
 DECOY_SOURCE = r"""
 import os, signal, sys, time
 log_path, ready_path = sys.argv[1], sys.argv[2]
+if sys.argv[3:] == ["nondumpable"]:  # /proc/<pid>/environ then reads as nothing to other users
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
 def record(signum, _frame):
     with open(log_path, "a") as fh:
         fh.write(f"{signum} {time.time():.3f}\n")
@@ -114,14 +117,21 @@ class Decoys:
     folder: Path
     items: list[Decoy] = field(default_factory=list)
 
-    def start(self, n: int) -> list[Decoy]:
+    def start(self, n: int, flavour: str = "plain") -> list[Decoy]:
+        """`flavour`: "plain" (our environment less the fleet's markers), "envless" (an empty
+        environment, as `env -i` gives) or "nondumpable" (PR_SET_DUMPABLE 0)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         started = []
         for _ in range(n):
             i = len(self.items)
             log, ready = self.folder / f"decoy-{i}.signals", self.folder / f"decoy-{i}.ready"
             env = {k: v for k, v in os.environ.items() if not k.startswith(("HERMES_FLEET_", "FAKE_HERMES_"))}
-            popen = subprocess.Popen([sys.executable, "-c", DECOY_SOURCE, str(log), str(ready)], env=env,
+            if flavour == "envless":
+                env = {}
+            argv = [sys.executable, "-c", DECOY_SOURCE, str(log), str(ready)]
+            if flavour == "nondumpable":
+                argv.append("nondumpable")
+            popen = subprocess.Popen(argv, env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
             decoy = Decoy(popen, log, create_time(popen.pid) or 0.0, proc_start_ticks(popen.pid))

@@ -1,16 +1,26 @@
 """Chaos soak: a fleet of demo gateways under a controller while a seeded random schedule
 SIGKILLs gateways, SIGSTOPs one (a hang), kill -9s and restarts the controller, starts second
-controllers, applies changed manifests, queues maintenance and restart requests, and plants
-hostile PID records (PID reuse, corrupt, symlinked) that point at decoy processes.
+controllers, applies changed manifests, queues maintenance and restart requests, plants
+hostile PID records (PID reuse, corrupt, symlinked) that point at decoy processes (ordinary ones,
+ones with an empty environment, non-dumpable ones), forges records naming pid 1, kthreadd, the
+test runner and the controller in a plan-only state directory, adds profiles whose spawn fails
+(missing or non-executable command, a file as cwd, an uncreatable Hermes home, a directory where
+the planned-stop marker goes), makes gateways leave SIGTERM-ignoring children behind (same group,
+own session, double-forked daemon), moves the state directory away under the controller and
+back, runs a second fleet over the same Hermes home, fills the state directory's file system and
+remounts it read-only for a moment (root only), and floods gateways' logs.
 
 A sampler thread looks at the host every 50 ms and checks, continuously:
 - never two live processes for one profile;
 - every change of a profile's process is explained by chaos aimed at that profile (a signal to
   that very process, a manifest change of that profile, a request for it): no healthy sibling is
   restarted because of another's failure, and no hostile record makes the controller restart anything.
+- no child a gateway left behind outlives the gateway's successor's start (by more than a sample);
+- no gateway of another fleet over the same Hermes home is touched.
 After the chaos: the decoys are alive and never received a signal, symlink targets are intact,
-every profile converges within the bound derived from its configuration, and every acknowledged
-request is still in the store.
+every profile converges within the bound derived from its configuration, every acknowledged
+request is still in the store, the store is bounded by its retention settings and every
+gateway's logs by the log cap.
 
 CI runs it for 60 s (CI=true), a local run for 30 s; `--soak-minutes N` runs longer and
 `--soak-seed S` replays a schedule. The seed is printed on failure.
@@ -22,6 +32,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -88,7 +99,22 @@ EXIT_LOCKED = 3
 WEIGHTS = {
     "sigkill": 24, "sigstop": 6, "kill_controller": 7, "second_controller": 4, "apply": 10,
     "maintenance": 9, "restart": 6, "hostile_record": 12, "hermes_pidfile": 3,
+    "plan_only_forgery": 3, "spawn_error": 4, "leftover": 5, "state_dir_moved": 2, "second_fleet": 2,
+    "disk_full": 3, "read_only_store": 2, "log_flood": 3,
 }
+MOUNT_EVENTS = ("disk_full", "read_only_store")  # need the state directory on a tmpfs of our own (root)
+STATE_TMPFS_MIB = 512
+# The controller's start limit (restart.start_limit_burst within start_limit_interval, the defaults): a
+# profile hit that often in a row waits out the interval.
+START_LIMIT_INTERVAL = 10.0
+# The log guard's cap (fleet.execute.logs): a log and its rotations stay within cap x (keep + 1) plus a
+# check interval's worth of output; a flood adds at most its own size before the next check.
+LOG_CAP_MIB, LOG_KEEP, LOG_SLACK_MIB = 10, 3, 4
+FLOOD_MIB = 24
+# Retention the soak manifest sets; the controller trims on start and every minute.
+JOURNAL_ROWS, ADOPT_LOG_BYTES, TRIM_PERIOD = 1000, 65536, 60.0
+LEFTOVER_TAG = "hermes-fleet-soak-leftover"
+LEFTOVER_GRACE = 0.5  # a leftover seen alive this long after its gateway's successor was born is a violation
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc start times are in these ticks since boot
@@ -140,6 +166,10 @@ class Soak:
     symlink_targets: dict = field(default_factory=dict)  # path -> bytes
     t0: float = field(default_factory=time.time)
     stopped: tuple | None = None  # (profile, pid, start ticks) of the gateway we SIGSTOPped
+    faulty: dict | None = None  # the body of the profile "faulty", whose spawn fails, while it is in the manifest
+    faulty_kind: str = ""
+    on_tmpfs: bool = False
+    others: list = field(default_factory=list)  # state directories of second fleets, swept at the end
 
     # -- manifest ----------------------------------------------------------------------------
     def manifest_doc(self) -> dict:
@@ -154,6 +184,8 @@ class Soak:
                 body["command"] = [sys.executable, str(DEMO_HERMES), "gateway", "run"]
                 env["HOME"] = str(self.tmp / "phome" / name)
             profiles[name] = body
+        if self.faulty is not None:
+            profiles["faulty"] = self.faulty
         return {
             "version": 1, "name": "chaos",
             "hermes": {"home": str(self.home), "command": [sys.executable, str(DEMO_HERMES)]},
@@ -162,6 +194,7 @@ class Soak:
             "drain": {"timeout": DRAIN_TIMEOUTS[0]},
             "health": {"heartbeat_stale": f"{HEARTBEAT_STALE}s", "startup_grace": f"{STARTUP_GRACE}s"},
             "maintenance": {"idle": f"{MAINTENANCE_IDLE}s"},
+            "retention": {"journal_rows": JOURNAL_ROWS, "adopt_log_bytes": ADOPT_LOG_BYTES},
             "profiles": profiles,
         }
 
@@ -184,6 +217,13 @@ class Soak:
         t = created_at(self.state, "generations", "generation", int(match.group(1)))
         for name, kind in touched:
             self.cause(name, kind, t=t)
+
+    def remove_faulty(self) -> None:
+        self.faulty = None
+        marker = self.state / "faulty.stop"
+        if marker.is_dir() and not marker.is_symlink():
+            marker.rmdir()
+        self.apply_manifest([], f"faulty ({self.faulty_kind}) removed")
 
     def desired(self) -> list[str]:
         return [n for n in NAMES if n not in self.removed]
@@ -318,6 +358,8 @@ class Sampler(threading.Thread):
         self.controllers: dict[int, int] = {}
         self.born: dict[tuple[int, int], float] = {}
         self.changes: list[Change] = []
+        self.leftover_seen: set[tuple[int, int]] = set()
+        self.leftovers_total: set[tuple[int, int]] = set()
         self.samples = 0
         self.max_gap = 0.0
         self.sample_seconds = 0.0
@@ -337,7 +379,9 @@ class Sampler(threading.Thread):
             kind = ("other",)
         elif env.get("HERMES_FLEET_PROFILE"):
             argv = read_cmdline(pid)
-            if UPDATE_ENV_BUG and argv[-1:] == ["update"]:
+            if LEFTOVER_TAG in argv:
+                kind = ("leftover", env["HERMES_FLEET_PROFILE"])
+            elif UPDATE_ENV_BUG and argv[-1:] == ["update"]:
                 kind = ("updater",) if argv else ("gateway", env["HERMES_FLEET_PROFILE"])
             else:
                 kind = ("gateway", env["HERMES_FLEET_PROFILE"])
@@ -346,7 +390,7 @@ class Sampler(threading.Thread):
         # Between fork and exec a child still carries its parent's environment: only a gateway
         # verdict (which needs the exec'd environment) is final at once.
         age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / CLOCK_TICKS
-        if kind[0] == "gateway" or age > 1.0:
+        if kind[0] in ("gateway", "leftover") or age > 1.0:
             self.kinds[key] = kind
         return kind
 
@@ -356,6 +400,7 @@ class Sampler(threading.Thread):
         entries = []
         gateway_pids = set()
         controllers = []
+        leftovers = []
         for name in os.listdir("/proc"):
             if not name.isdigit() or int(name) == me:
                 continue
@@ -369,6 +414,8 @@ class Sampler(threading.Thread):
                 gateway_pids.add(pid)
             elif kind[0] == "controller":
                 controllers.append((pid, stat[2], stat[1]))
+            elif kind[0] == "leftover":
+                leftovers.append((kind[1], pid, stat[2]))
         groups: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
         for profile, pid, ticks, state, ppid in entries:
             if ppid in gateway_pids:
@@ -381,6 +428,7 @@ class Sampler(threading.Thread):
             for pid, ticks, ppid in controllers:
                 if ppid not in parents:
                     self.controllers.setdefault(pid, ticks)
+            self.leftovers_total.update((pid, ticks) for _, pid, ticks in leftovers)
             self.view = dict(groups)
             for profile, procs in groups.items():
                 for pid, ticks, _ in procs:
@@ -394,6 +442,14 @@ class Sampler(threading.Thread):
                     continue
                 pid, ticks, _ = procs[0]
                 born = self.born.setdefault((pid, ticks), self.boot_offset + ticks / CLOCK_TICKS)
+                for owner, lpid, lticks in leftovers:
+                    # What a gateway left behind must be gone before its successor starts (KillMode=control-group)
+                    left_born = self.boot_offset + lticks / CLOCK_TICKS
+                    if owner == profile and born > left_born and now - born > LEFTOVER_GRACE \
+                            and (lpid, lticks) not in self.leftover_seen:
+                        self.leftover_seen.add((lpid, lticks))
+                        self.soak.violation("leftover", f"{profile}: pid {lpid}, left behind by an earlier gateway, "
+                                                        f"still runs {now - born:.2f}s after pid {pid} started")
                 last = self.current.get(profile)
                 if last != (pid, ticks):
                     if last is not None:
@@ -432,13 +488,14 @@ class Chaos:
         self.soak, self.sampler, self.decoys, self.rng = soak, sampler, decoys, rng
         self.counts: Counter = Counter()
         self.no_controller_since: float | None = None
+        self.weights = {k: (0 if k in MOUNT_EVENTS and not soak.on_tmpfs else w) for k, w in WEIGHTS.items()}
 
     def pick_live(self) -> tuple[str, int, int] | None:
         candidates = [(n, *self.sampler.live_of(n)) for n in self.soak.desired() if self.sampler.live_of(n)]
         return self.rng.choice(candidates) if candidates else None
 
     def run_one(self) -> None:
-        kind = self.rng.choices(list(WEIGHTS), weights=list(WEIGHTS.values()))[0]
+        kind = self.rng.choices(list(self.weights), weights=list(self.weights.values()))[0]
         getattr(self, kind)()
         self.counts[kind] += 1
 
@@ -649,6 +706,199 @@ class Chaos:
         soak.log("hermes_pidfile", f"{name}/gateway.pid -> decoy pid {decoy.pid}")
 
 
+    # faults beyond the soak's first set ---------------------------------------------------------------
+    def plan_only_forgery(self) -> None:
+        """Records naming processes no signal may ever reach (pid 1, kthreadd, this test runner, the
+        controller), with their true start times, in a state directory no controller serves: `diff`
+        must plan no drain, kill or replace for them. Plan-only, because a real signal would be unsafe."""
+        soak = self.soak
+        state = soak.tmp / "planonly"
+        state.mkdir(mode=0o700, exist_ok=True)
+        targets = {"pid 1": 1, "kthreadd": 2, "the test runner": os.getpid()}
+        holder = soak.live_holder()
+        if holder is not None:
+            targets["the controller"] = holder[0]
+        names = list(NAMES)
+        self.rng.shuffle(names)
+        planted = {}
+        for (what, pid), name in zip(targets.items(), names):
+            stat = read_stat(str(pid))
+            if stat is None:
+                continue
+            record = fake_record(name, pid, start_ticks=stat[2], create_time_=create_time(pid) or 0.0,
+                                 spec_hash="v1:stale")
+            record["adopted"] = self.rng.random() < 0.5
+            write_json(state / f"{name}.pid", record)
+            planted[name] = (what, pid)
+        try:
+            result = run_cli(state, "diff", "-o", "json", "-f", str(soak.manifest), cwd=soak.tmp)
+        except subprocess.TimeoutExpired:
+            return soak.violation("cli_hang", "diff in the plan-only state directory did not finish")
+        if result.returncode not in (0, 1):
+            soak.log("plan_only_forgery", ", ".join(planted), f"exit {result.returncode}")
+            return soak.violation("plan_only_forgery", explain(result))
+        plan = json.loads(result.stdout)
+        touching = [a for a in plan.get("actions", []) if a.get("profile") in planted
+                    and a.get("action", a.get("kind")) in ("drain", "kill", "replace")]
+        soak.log("plan_only_forgery", ", ".join(f"{n}->{w}" for n, (w, _) in planted.items()),
+                 f"{len(touching)} signalling action(s)")
+        for action in touching:
+            what, pid = planted[action["profile"]]
+            soak.violation("foreign_signal_planned", f"diff plans {action} for a record naming {what} (pid {pid})")
+
+    SPAWN_ERRORS = ("missing_command", "not_executable", "cwd_is_a_file", "home_uncreatable", "stop_marker_dir")
+
+    def spawn_error(self) -> None:
+        """A profile whose spawn fails, each time with another kind of error, comes and goes: it must back
+        off on its own (Failed or Backoff, with the error, in status) and never hold back a sibling."""
+        soak = self.soak
+        if soak.faulty is not None:
+            return soak.remove_faulty()
+        kind = self.rng.choice(self.SPAWN_ERRORS)
+        plain = soak.tmp / "plain-file"
+        plain.write_text("not a directory, not a program\n")
+        plain.chmod(0o644)
+        process = {"driver": "process", "env": {"FAKE_HERMES_POLL_S": "0.05"}}
+        if kind == "missing_command":
+            body = {**process, "command": [str(soak.tmp / "no-such-program")]}
+        elif kind == "not_executable":
+            body = {**process, "command": [str(plain)]}
+        elif kind == "cwd_is_a_file":
+            body = {**process, "command": [sys.executable, str(DEMO_HERMES), "gateway", "run"], "cwd": str(plain)}
+        elif kind == "home_uncreatable":
+            body = {"hermes": {"home": str(plain / "hermes")}, "env": {"FAKE_HERMES_POLL_S": "0.05"}}
+        else:
+            (soak.state / "faulty.stop").mkdir(exist_ok=True)
+            body = {"env": {"FAKE_HERMES_POLL_S": "0.05"}}
+        soak.faulty, soak.faulty_kind = body, kind
+        soak.apply_manifest([], f"faulty added ({kind})")
+        row: dict = {}
+
+        def shown() -> bool:
+            nonlocal row
+            result = soak.cli("status", "faulty", "-o", "json")
+            try:
+                row = next((p for p in json.loads(result.stdout)["profiles"] if p["name"] == "faulty"), {})
+            except (ValueError, KeyError):
+                return False
+            return row.get("phase") in ("Failed", "Backoff") and bool(row.get("note"))
+
+        if not poll_until(shown, 8, interval=0.25):
+            soak.violation("spawn_error_hidden", f"faulty ({kind}): status shows {row}")
+
+    def leftover(self) -> None:
+        """The next gateway of a profile leaves a SIGTERM-ignoring child behind (in its group, its own
+        session or as a double-forked daemon); this one is killed so that the next one starts soon."""
+        target = self.pick_live()
+        if target is None or target[0] not in HERMES_PROFILES:
+            return self.soak.log("leftover", "no live hermes gateway")
+        name, pid, ticks = target
+        how = self.rng.choice(["group", "session", "daemon"])
+        path = self.soak.home / "profiles" / name / "fake-gateway.json"
+        write_atomic(path, json.dumps({"leave_child": how, "leave_child_argv0": LEFTOVER_TAG}).encode())
+        t = time.time()
+        if kill_by_ticks(pid, ticks, signal.SIGKILL):
+            self.soak.cause(name, "sigkill", pid, t)
+        self.soak.log("leftover", f"{name}: next gateways leave a child ({how}); killed pid {pid}")
+
+    def state_dir_moved(self) -> None:
+        """The state directory renamed under a running controller, then put back: the controller must
+        notice, touch no gateway and exit; the next one adopts everything."""
+        soak = self.soak
+        holder = soak.live_holder()
+        if holder is None:
+            return soak.log("state_dir_moved", "no controller")
+        aside = soak.state.with_name("state.moved")
+        os.rename(soak.state, aside)
+        try:
+            gone = poll_until(lambda: not alive(*holder), 15, interval=0.05)
+        finally:
+            put_back(aside, soak.state)
+        soak.log("state_dir_moved", f"controller pid {holder[0]}", "exited" if gone else "STILL RUNNING")
+        if not gone:
+            soak.violation("fence", f"controller pid {holder[0]} still runs 15 s after its state directory moved")
+        popen = soak.start_controller()
+        if not soak.wait_holder([popen]):
+            soak.violation("controller_start", f"controller pid {popen.pid} never held the lock after the move")
+
+    def second_fleet(self) -> None:
+        """A second fleet over the same Hermes home wants one of our profiles and one of its own: it must
+        report a conflict, never touch our gateway, stay quiet (bounded journal) and run its own."""
+        soak = self.soak
+        other = soak.tmp / f"fleet-b{len(soak.others)}"
+        soak.others.append(other)
+        shared = self.rng.choice(HERMES_PROFILES)
+        doc = soak.manifest_doc()
+        doc["name"] = "other"
+        doc["profiles"] = {shared: doc["profiles"].get(shared, {}), "bystander": {"env": {"FAKE_HERMES_POLL_S": "0.05"}}}
+        doc.pop("retention", None)
+        manifest = soak.tmp / f"{other.name}.yaml"
+        write_atomic(manifest, yaml.safe_dump(doc, sort_keys=False).encode())
+        try:
+            result = run_cli(other, "apply", "-f", str(manifest), "--timeout", "15s", cwd=soak.tmp, timeout=60)
+            rows = {}
+            status = run_cli(other, "status", "-o", "json", cwd=soak.tmp)
+            if status.returncode in (0, 1):
+                rows = {p["name"]: p for p in json.loads(status.stdout)["profiles"]}
+            journal = count_rows(other, "journal")
+        except subprocess.TimeoutExpired:
+            return soak.violation("cli_hang", "the second fleet's apply or status did not finish")
+        finally:
+            try:
+                run_cli(other, "down", "-f", str(manifest), cwd=soak.tmp, timeout=60)
+            except subprocess.TimeoutExpired:
+                soak.violation("cli_hang", "the second fleet's down did not finish")
+            sweep(other)
+        shared_row = rows.get(shared, {})
+        soak.log("second_fleet", f"{other.name} wants {shared} and bystander",
+                 f"apply exit {result.returncode}, {shared}: {shared_row.get('phase')}, journal {journal}")
+        if shared_row.get("pid") is not None:
+            soak.violation("second_fleet", f"fleet {other.name} shows a process for {shared}: {shared_row}")
+        if rows.get("bystander", {}).get("phase") != "Running":
+            soak.violation("second_fleet", f"fleet {other.name} did not run its own profile: {rows.get('bystander')}")
+        if journal is None or journal > 200:
+            soak.violation("bounded_store", f"fleet {other.name} wrote {journal} journal rows in one short apply")
+
+    def disk_full(self) -> None:
+        """The state directory's file system full for under a second while a gateway dies: the controller
+        keeps supervising from memory and catches up once space returns."""
+        soak = self.soak
+        filler = soak.state / ".soak-filler"
+        target = self.pick_live()
+        written = fill(filler)
+        try:
+            t = time.time()
+            if target is not None and kill_by_ticks(target[1], target[2], signal.SIGKILL):
+                soak.cause(target[0], "sigkill", target[1], t)
+            time.sleep(self.rng.uniform(0.3, 0.8))
+        finally:
+            filler.unlink(missing_ok=True)
+        soak.log("disk_full", f"{written >> 20} MiB filler; killed {target[0] if target else 'nothing'}")
+
+    def read_only_store(self) -> None:
+        soak = self.soak
+        target = self.pick_live()
+        if not remount_read_only(soak.state):
+            return soak.log("read_only_store", "remount refused")
+        try:
+            t = time.time()
+            if target is not None and kill_by_ticks(target[1], target[2], signal.SIGKILL):
+                soak.cause(target[0], "sigkill", target[1], t)
+            time.sleep(self.rng.uniform(0.3, 0.8))
+        finally:
+            unmount(soak.state)
+        soak.log("read_only_store", f"killed {target[0] if target else 'nothing'}")
+
+    def log_flood(self) -> None:
+        target = self.pick_live()
+        if target is None or target[0] not in HERMES_PROFILES:
+            return self.soak.log("log_flood", "no live hermes gateway")
+        name = target[0]
+        path = self.soak.home / "profiles" / name / "fake-gateway.json"
+        write_atomic(path, json.dumps({"flood": {"id": len(self.soak.events), "mib": FLOOD_MIB}}).encode())
+        self.soak.log("log_flood", f"{name}: {FLOOD_MIB} MiB at once")
+
+
 # -- verdicts --------------------------------------------------------------------------------------
 TIE = 0.05  # a cause this close to a birth may have come just before or just after the spawn
 
@@ -711,21 +961,108 @@ def journal_tail(state: Path, n: int = 80) -> str:
                      in reversed(rows))
 
 
+
+
+def put_back(aside: Path, state: Path) -> None:
+    """Rename `aside` to `state`; the gateways' heartbeat writers may have made `state` anew meanwhile
+    (and go on writing into it), so their files are moved over until the rename wins."""
+    for _ in range(200):
+        try:
+            os.rename(aside, state)  # replaces an empty directory
+            return
+        except OSError:
+            for stray in list(state.iterdir()) if state.is_dir() else []:
+                try:
+                    os.replace(stray, aside / stray.name)
+                except OSError:
+                    pass
+    raise AssertionError(f"could not put {aside} back as {state}")
+
+def count_rows(state: Path, table: str, since: float | None = None) -> int | None:
+    try:
+        conn = sqlite3.connect(f"file:{state / 'fleet.db'}?mode=ro", uri=True, timeout=30)
+        try:
+            if since is None:
+                return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            return conn.execute(f"SELECT count(*) FROM {table} WHERE at >= ?", (since,)).fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+
+
+def fill(path: Path) -> int:
+    """Write `path` until the file system is full; the bytes written."""
+    written = 0
+    chunk = b"\0" * (1 << 20)
+    try:
+        with open(path, "wb", buffering=0) as fh:
+            while True:
+                written += fh.write(chunk)
+    except OSError:
+        pass
+    return written
+
+
+def mount_tmpfs(where: Path, mib: int) -> bool:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=0700", "tmpfs", str(where)],
+                          capture_output=True)
+    return done.returncode == 0
+
+
+def remount_read_only(where: Path) -> bool:
+    """A read-only bind mount of `where` over itself: new opens fail, descriptors already open keep writing."""
+    if subprocess.run(["mount", "--bind", str(where), str(where)], capture_output=True).returncode != 0:
+        return False
+    if subprocess.run(["mount", "-o", "remount,bind,ro", str(where)], capture_output=True).returncode != 0:
+        unmount(where)
+        return False
+    return True
+
+
+def unmount(where: Path) -> None:
+    for _ in range(50):
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.1)
+
+
+def log_sizes(state: Path) -> dict[str, int]:
+    """Bytes of each profile's log and its rotations together."""
+    sizes: dict[str, int] = defaultdict(int)
+    for path in (state / "logs").glob("*.log*"):
+        name = path.name.split(".log")[0]
+        if name != "controller":
+            try:
+                sizes[name] += path.stat().st_size
+            except FileNotFoundError:
+                pass
+    return dict(sizes)
+
 # -- the soak --------------------------------------------------------------------------------------
 @pytest.mark.soak
 def test_chaos_soak(tmp_path, soak_seconds, soak_seed):
     seed = soak_seed
-    soak = Soak(seed=seed, tmp=tmp_path, state=tmp_path / "state", home=tmp_path / "hermes",
-                manifest=tmp_path / "fleet.yaml")
+    # The state directory sits on a tmpfs of its own where root can mount one, so that the disk can
+    # be filled and the store made read-only; one level down, so that it can be renamed.
+    statefs = tmp_path / "statefs"
+    on_tmpfs = mount_tmpfs(statefs, STATE_TMPFS_MIB)
+    soak = Soak(seed=seed, tmp=tmp_path, state=(statefs if on_tmpfs else tmp_path) / "state",
+                home=tmp_path / "hermes", manifest=tmp_path / "fleet.yaml", on_tmpfs=on_tmpfs)
     for folder in ("controllers", "outside", "phome"):
         (tmp_path / folder).mkdir()
     rng = random.Random(seed)
     decoys = Decoys(tmp_path / "decoys")
     sampler = Sampler(soak)
-    summary: dict = {"seed": seed}
+    summary: dict = {"seed": seed, "state_on_tmpfs": soak.on_tmpfs}
     report = ""
     try:
         decoys.start(3)
+        decoys.start(1, "envless")
+        decoys.start(1, "nondumpable")
         sampler.start()
         soak.write_manifest()
         first = soak.cli("apply", "-f", str(soak.manifest), "--timeout", "60s", timeout=90)
@@ -742,6 +1079,8 @@ def test_chaos_soak(tmp_path, soak_seconds, soak_seed):
         soak.log("chaos_end")
 
         # -- convergence -------------------------------------------------------------------------
+        if soak.faulty is not None:
+            soak.remove_faulty()
         if soak.removed:  # the final manifest holds every profile
             readded = sorted(soak.removed)
             soak.removed.clear()
@@ -755,7 +1094,7 @@ def test_chaos_soak(tmp_path, soak_seconds, soak_seed):
         stopped_left = bool(soak.stopped and stopped_alive(soak.stopped))
         max_drain = max(float(d.rstrip("s")) for d in DRAIN_TIMEOUTS)
         bound = (max(BACKOFF) + max(HEARTBEAT_STALE + STARTUP_GRACE, max_drain) + STAGGER * len(NAMES)
-                 + SPAWN_ALLOWANCE + MARGIN
+                 + SPAWN_ALLOWANCE + MARGIN + START_LIMIT_INTERVAL
                  + open_maint * (IDLE_POLL_SECONDS + MAINTENANCE_IDLE + max_drain + max(BACKOFF) + SPAWN_ALLOWANCE)
                  + (RESYNC_ALLOWANCE if HANG_DEADLINE_BUG and stopped_left else 0.0))
         converge_start = time.monotonic()
@@ -837,6 +1176,19 @@ def test_chaos_soak(tmp_path, soak_seconds, soak_seed):
             if log.exists() and not no_traceback(log.read_text(errors="replace")):
                 soak.violation("controller_traceback", f"{log.name}:\n{log.read_text(errors='replace')[-3000:]}")
 
+        # -- bounded store and bounded logs ---------------------------------------------------------------
+        journal_rows = count_rows(soak.state, "journal")
+        recent_rows = count_rows(soak.state, "journal", since=time.time() - TRIM_PERIOD - 10)
+        if journal_rows is None or recent_rows is None or journal_rows > JOURNAL_ROWS + recent_rows:
+            soak.violation("bounded_store", f"{journal_rows} journal rows, {recent_rows} of them in the last "
+                                            f"trim period; retention keeps {JOURNAL_ROWS}")
+        for adopt_log in soak.state.glob("*.adopt.log"):
+            if adopt_log.stat().st_size > ADOPT_LOG_BYTES + 4096:
+                soak.violation("bounded_store", f"{adopt_log.name}: {adopt_log.stat().st_size} bytes")
+        log_bound = (LOG_CAP_MIB * (LOG_KEEP + 1) + LOG_SLACK_MIB) << 20
+        if not poll_until(lambda: max(log_sizes(soak.state).values(), default=0) <= log_bound, 10):
+            soak.violation("bounded_logs", f"logs over {log_bound >> 20} MiB: {log_sizes(soak.state)}")
+
         # -- attribution of every process change ----------------------------------------------------------
         sampler.halt.set()
         sampler.join(10)
@@ -867,6 +1219,8 @@ def test_chaos_soak(tmp_path, soak_seconds, soak_seed):
             "causes": len(soak.causes), "gateways_seen": len(sampler.gateways), "controllers_seen": len(ctl_seen),
             "maintenance_acknowledged": len(soak.maintenance_ids), "restarts_acknowledged": len(soak.restart_ids),
             "converge_s": round(converge_seconds, 1), "converge_bound_s": round(bound, 1),
+            "leftovers_seen": len(sampler.leftovers_total), "journal_rows": journal_rows,
+            "log_mib": {k: round(v / (1 << 20), 1) for k, v in sorted(log_sizes(soak.state).items())},
             "violations": len(soak.violations),
         })
         print("\nchaos soak summary: " + json.dumps(summary, sort_keys=True))
@@ -902,8 +1256,12 @@ def test_chaos_soak(tmp_path, soak_seconds, soak_seed):
             poll_until(lambda: not ticks_alive(pid, ticks), 5)
         for pid, ticks in gw_seen.items():
             kill_by_ticks(pid, ticks, signal.SIGKILL)
+        for other in soak.others:
+            sweep(other)
         sweep(soak.state)
         decoys.cleanup()
+        if soak.on_tmpfs:
+            unmount(statefs)
 
 
 # -- the known bug the convergence bound allows for ---------------------------------------------------------
