@@ -20,7 +20,7 @@ from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservatio
 from fleet.plan.model import Desired, Plan
 from fleet.plan.planner import plan
 from fleet.spec.model import (
-    DRIVER_HERMES, DRIVER_PROCESS, DrainPolicy, FleetSpec, HealthPolicy, MaintenancePolicy, MaintenanceWindow,
+    DRIVER_HERMES, DrainPolicy, FleetSpec, HealthPolicy, MaintenancePolicy, MaintenanceWindow,
     ProfileSpec, RestartPolicy,
 )
 from fleet.store.db import InventoryEntry, OperatorRequest, ProfileHistory

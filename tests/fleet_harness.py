@@ -63,6 +63,21 @@ def environ_of(pid: int) -> dict[str, str]:
         return {}
 
 
+def pids_with_env(wanted: dict[str, str]) -> list[int]:
+    """Live (non-zombie) processes whose environment holds every `wanted` item."""
+    out = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            env = proc.environ()
+        except psutil.Error:
+            continue
+        if all(env.get(k) == v for k, v in wanted.items()):
+            out.append(proc.pid)
+    return out
+
+
 class FleetHarness:
     def __init__(self, tmp_path: Path):
         self.tmp = tmp_path
@@ -98,6 +113,10 @@ class FleetHarness:
             doc.update(extra)
         self.manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
         return self.manifest
+
+    def marked_pids(self, name: str) -> list[int]:
+        """Live processes carrying this fleet's marker for `name` (duplicates would show here)."""
+        return pids_with_env({"HERMES_FLEET_STATE_DIR": str(self.state), "HERMES_FLEET_PROFILE": name})
 
     def profile_home(self, name: str) -> Path:
         return self.home / "profiles" / name

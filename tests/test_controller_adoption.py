@@ -5,8 +5,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,20 +22,6 @@ pytestmark = [
 
 THREE = {"alpha": None, "beta": None, "gamma": None}
 
-
-def fleet_processes(fleet, name: str) -> list[int]:
-    """Live processes that carry this fleet's marker for `name` (duplicates would show here)."""
-    out = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            env = proc.environ()
-        except psutil.Error:
-            continue
-        if env.get("HERMES_FLEET_STATE_DIR") == str(fleet.state) and env.get("HERMES_FLEET_PROFILE") == name:
-            out.append(proc.pid)
-    return out
 
 
 def lock_free_now(path: Path) -> bool:
@@ -69,7 +53,7 @@ def test_kill9_controller_then_new_controller_adopts_without_restarts(fleet):
     for name, pid in pids.items():
         assert fleet.pid(name) == pid and alive(pid), name
         assert profiles[name]["pid"] == pid and profiles[name]["restarts"] == 0, profiles[name]
-        assert fleet_processes(fleet, name) == [pid], f"duplicate gateways for {name}"
+        assert fleet.marked_pids(name) == [pid], f"duplicate gateways for {name}"
         lines = fleet.adopt_lines(name)
         assert len(lines) == 1 and lines[0]["event"] == "adopt" and lines[0]["pid"] == pid, lines
         assert lines[0]["epoch"] == fleet.holder()["epoch"]
@@ -129,7 +113,7 @@ def test_two_controllers_started_at_once_exactly_one_runs(fleet):
         wait_until(lambda: (fleet.record(name) or {}).get("controller_pid") == winner.pid, 10,
                    what=f"{name} adopted by the winner")
         assert fleet.pid(name) == pid and alive(pid)
-        assert fleet_processes(fleet, name) == [pid]
+        assert fleet.marked_pids(name) == [pid]
         assert all(line["pid"] == pid for line in fleet.adopt_lines(name))
         assert records_before[name]["controller_pid"] != loser.pid
     loser_mentions = [e for e in fleet.journal() if str(loser.pid) in e.message]

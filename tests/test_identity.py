@@ -273,19 +273,6 @@ def test_a_gateway_look_alike_with_an_empty_environment_is_never_adopted(fleet, 
     assert "0 to adopt" in result.stdout and "alpha will be adopted" not in result.stdout, fleet.explain(result)
 
 
-def fleet_processes(fleet, name: str) -> list[int]:
-    out = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            env = proc.environ()
-        except psutil.Error:
-            continue
-        if env.get("HERMES_FLEET_STATE_DIR") == str(fleet.state) and env.get("HERMES_FLEET_PROFILE") == name:
-            out.append(proc.pid)
-    return out
-
 
 def test_restart_with_a_record_naming_an_empty_environment_decoy_never_signals_it(fleet, reaper, tmp_path):
     fleet.write_manifest({"alpha": None}, drain_timeout="5s")
@@ -302,7 +289,7 @@ def test_restart_with_a_record_naming_an_empty_environment_decoy_never_signals_i
     assert not log.exists(), f"the decoy was signalled: {log.read_text()}\n{journal}"
     reclaimed = [e for e in fleet.journal_kinds("alpha", "reclaimed") if str(decoy.pid) in e.message]
     assert [e.data["reason"] for e in reclaimed] == ["pid_unrelated"], journal
-    wait_until(lambda: fleet_processes(fleet, "alpha") == [new], 15, what="exactly one gateway for alpha")
+    wait_until(lambda: fleet.marked_pids("alpha") == [new], 15, what="exactly one gateway for alpha")
     assert not alive(gateway), "the old gateway runs on beside the respawn"
 
 
@@ -346,7 +333,7 @@ def test_a_record_naming_the_controller_or_its_parent_is_reclaimed_never_signall
     reclaimed = [e for e in fleet.journal_kinds("alpha", "reclaimed") if str(victim) in e.message]
     assert [e.data["reason"] for e in reclaimed] == ["pid_foreign"], journal
     new = fleet.wait_running("alpha", other_than=gateway)
-    wait_until(lambda: set(fleet_processes(fleet, "alpha")) - {wrapper.pid, controller} == {new}, 15,
+    wait_until(lambda: set(fleet.marked_pids("alpha")) - {wrapper.pid, controller} == {new}, 15,
                what="exactly one gateway for alpha")
     result = fleet.cli("controller", "stop")
     assert result.returncode == 0, fleet.explain(result)

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
+import json
 import subprocess
 import sys
 import textwrap
@@ -21,9 +21,11 @@ from factories import NOW, crashed, fleet_spec, history, make_plan, observation,
 from fleet_harness import REPO, alive, create_time, environ_of, fleet  # noqa: F401
 from helpers import reaper, wait_until  # noqa: F401
 
+from fleet.controller.wake import wake
 from fleet.plan.model import Action
 from fleet.spec.model import RestartPolicy
 from fleet.store.db import OperatorRequest
+from fleet.store.layout import StateDir
 
 pytestmark = pytest.mark.timeout(180) if hasattr(pytest.mark, "timeout") else []
 
@@ -332,3 +334,25 @@ def test_down_names_what_of_the_fleet_still_runs(fleet, reaper):
     assert f"pid {stray.pid} (ghost)" in result.stderr and "still run" in result.stderr, fleet.explain(result)
     assert "nothing of the fleet runs" not in result.stdout
     assert stray.poll() is None  # reported, never signalled: no record makes it the controller's
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process model")
+def test_a_forged_record_never_makes_a_live_process_gateway_a_leftover(fleet, reaper):
+    """A record replaced by one naming a reused pid: the live process-driver gateway (adopted, so no child of
+    this controller; no lock, no pid file) carries the profile's markers and runs its very command, so it is
+    adopted again, never ended as the forged record's leftover."""
+    fleet.write_manifest({"worker": {"driver": "process", "env": {"HOME": str(fleet.tmp / "phome")},
+                                     "command": [sys.executable, str(REPO / "examples/demo/hermes"), "gateway", "run"]}})
+    fleet.apply()
+    pid = fleet.wait_pid("worker")
+    fleet.kill9(fleet.controller_pid())  # the next controller adopts the gateway: it is nobody's child of ours
+    fleet.apply()
+    wait_until(lambda: fleet.journal_kinds("worker", "adopted"), 20, what="the gateway to be adopted")
+    decoy = reaper.spawn([sys.executable, "-c", "import time; time.sleep(60)"])
+    record = dict(fleet.record("worker"), pid=decoy.pid, start_ticks=1, create_time=1.0)
+    (fleet.state / "worker.pid").write_text(json.dumps(record))  # under the running controller
+    wake(StateDir(fleet.state))
+    wait_until(lambda: fleet.journal_kinds("worker", "reclaimed"), 20, what="the forged record to be reclaimed")
+    wait_until(lambda: fleet.pid("worker") == pid, 20, what="the live gateway to be adopted again")
+    assert alive(pid) and decoy.poll() is None
+    assert not fleet.journal_kinds("worker", "leftovers_ended"), fleet.journal("worker")

@@ -14,11 +14,10 @@ import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 
 from factories import fleet_spec, live, observation, observed, plan_text, profile_spec
-from fleet_harness import FleetHarness, alive, fleet  # noqa: F401
+from fleet_harness import FleetHarness, alive, fleet, pids_with_env  # noqa: F401
 from helpers import wait_until
 
 LINUX = pytest.mark.skipif(os.name != "posix" or not sys.platform.startswith("linux"), reason="Linux process model")
@@ -53,17 +52,7 @@ def test_our_record_naming_another_fleets_gateway_is_only_reclaimed():
 
 def gateways_of(home, name: str) -> list[int]:
     """Live processes serving profile `name` of the Hermes root `home`, from any fleet."""
-    out = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            env = proc.environ()
-        except psutil.Error:
-            continue
-        if env.get("HERMES_FLEET_PROFILE") == name and env.get("HERMES_HOME") == str(home):
-            out.append(proc.pid)
-    return out
+    return pids_with_env({"HERMES_FLEET_PROFILE": name, "HERMES_HOME": str(home)})
 
 
 def never_two(fleet, names, seconds: float, *, until=None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -10,7 +9,7 @@ from typing import Optional
 import typer
 
 from fleet.cli.common import (
-    EXIT_ERROR, EXIT_FAILED, EXIT_OK, EXIT_QUEUED, EXIT_REFUSED, FileOption, OutputOption, StateDirOption,
+    EXIT_FAILED, EXIT_OK, EXIT_QUEUED, EXIT_REFUSED, FileOption, OutputOption, StateDirOption,
     check_output, emit_json, fail, load_or_exit, open_store, state_for,
 )
 from fleet.cli.controller_client import ensure_controller
@@ -18,7 +17,6 @@ from fleet.cli.gitinfo import revision_of
 from fleet.controller.preview import preview
 from fleet.controller.record import record_manifest
 from fleet.controller.status import SETTLED_WAITS, fleet_status
-from fleet.controller.wake import wake
 from fleet.platform import current_platform
 from fleet.spec.durations import parse_duration
 from fleet.store.db import Store

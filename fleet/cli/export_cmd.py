@@ -5,7 +5,6 @@ writes the files (atomically) or the stream, and prints the notes on stderr. Reg
 with `app.command("export")(export_command)`.
 """
 
-import os
 from pathlib import Path
 from typing import Optional
 

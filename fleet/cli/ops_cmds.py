@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from fleet.cli.common import (
-    EXIT_ERROR, EXIT_FAILED, EXIT_OK, FileOption, OutputOption, StateDirOption, check_output, emit_json, fail,
+    EXIT_FAILED, EXIT_OK, FileOption, OutputOption, StateDirOption, check_output, emit_json, fail,
     open_store, state_for,
 )
 from fleet.cli.common import FileLongOption

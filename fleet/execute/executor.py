@@ -50,6 +50,7 @@ class Executor:
         self.clock = clock
         self.scope_command = scope_command  # (unit, argv) -> argv | None: a transient systemd scope
         self._ended: set[str] = set()  # profiles whose dead gateway's leftovers were ended since their last spawn
+        self._known: dict[str, int] = {}  # the pid this controller spawned or adopted per profile
         self._sweep: tuple[float, list] | None = None  # (monotonic, the fleet's marked processes), shared by a pass
 
     def execute(self, action: Action, obs: ProfileObservation) -> None:
@@ -58,7 +59,8 @@ class Executor:
             # Like KillMode=control-group: what the gateway left is ended before a successor can start
             # (outside the transaction: this may wait for processes).
             self._end_leftovers(action.profile, obs)
-            self._ended.add(action.profile)
+            if self._known.get(action.profile) == obs.record.pid:  # a record we wrote: its leftovers are done
+                self._ended.add(action.profile)
         elif action.kind == "spawn" and action.profile not in self._ended:
             # The dead gateway may be unknown to us (its record lost or forged, a previous controller's
             # child): whatever still carries this profile's markers is ended before the new one starts.
@@ -105,6 +107,7 @@ class Executor:
                            create_time=proc.create_time, spec_hash=proc.spec_hash, started_at=proc.started_at,
                            controller_pid=os.getpid(), epoch=self.epoch, adopted=True)
         write_record(self.state.record(action.profile), record)
+        self._known[action.profile] = proc.pid
         if obs.history.last_start is None:
             self.store.update_history(action.profile, last_start=proc.started_at)
         line = json.dumps({"at": iso(self.clock()), "event": "adopt", "pid": proc.pid, "reason": action.reason,
@@ -165,6 +168,7 @@ class Executor:
         record = PidRecord(profile=name, pid=pid, start_ticks=info.start_ticks if info else None,
                            create_time=info.create_time if info else now, spec_hash=spec.spec_hash,
                            started_at=now, controller_pid=os.getpid(), epoch=self.epoch)
+        self._known[name] = pid
         write_record(self.state.record(name), record)
         counts_as_restart = action.reason in ("crashed", "replacement", "restart_requested", "not_running")
         fields = dict(last_start=now, restarts=h.restarts + (1 if counts_as_restart and h.last_start else 0),
@@ -271,8 +275,10 @@ class Executor:
         found = find_leftovers(self.platform, str(self.state.root), name,
                                group_of=gateway_pid if gateway_pid > 1 else None,
                                exclude=self._live_gateways(name, obs))
+        spec = self.spec_of(name)
         marked = [f.info for f in found if f.profile == name and _started_after(f.info, obs.record)
-                  and self.platform.child_environ(f.info.pid) is None]  # a gateway we spawned is no leftover
+                  and self.platform.child_environ(f.info.pid) is None  # a gateway we spawned is no leftover
+                  and not identity.may_be_the_gateway(spec, f.info)]
         unmarked = [f.info for f in found if f.profile != name]
         if unmarked:
             self.journal("warning", f"pid(s) {', '.join(str(i.pid) for i in unmarked[:20])} in the session of exited pid "
@@ -285,8 +291,9 @@ class Executor:
         if self._sweep is None or now - self._sweep[0] > 1.0:  # one scan serves a pass's many spawns
             self._sweep = (now, find_leftovers(self.platform, str(self.state.root)))
         exclude = self._live_gateways(name, obs)
+        spec = self.spec_of(name)
         strays = [f.info for f in self._sweep[1] if f.profile == name and f.info.pid not in exclude
-                  and self.platform.child_environ(f.info.pid) is None]
+                  and self.platform.child_environ(f.info.pid) is None and not identity.may_be_the_gateway(spec, f.info)]
         self._end(name, strays, "left by an earlier gateway")
 
     def _end(self, name: str, marked: list, origin: str) -> None:

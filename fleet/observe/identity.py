@@ -97,6 +97,14 @@ def is_gateway_subprocess(spec: ProfileSpec | None, info: ProcessInfo) -> bool:
             and not (hf.looks_like_gateway(info.cmdline) and hf.cmdline_profile(info.cmdline) == spec.name))
 
 
+def may_be_the_gateway(spec: ProfileSpec | None, info: ProcessInfo) -> bool:
+    """A process-driver gateway holds no lock or pid file of its own: a marked process running the profile's
+    very command may be its gateway (for the scan to adopt, or to report as a duplicate), never a leftover to
+    end on the word of a record that may be forged. (A hermes gateway is told by its held lock instead.)"""
+    return (spec is not None and spec.driver != DRIVER_HERMES and bool(info.cmdline)
+            and tuple(info.cmdline) == tuple(spec.command))
+
+
 def _hermes_proof(platform, info: ProcessInfo, name: str, spec: ProfileSpec | None, env: dict[str, str]) -> bool:
     if spec is None or spec.driver != DRIVER_HERMES:
         return False

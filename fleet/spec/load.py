@@ -15,7 +15,7 @@ from fleet.spec.cron import parse_cron
 from fleet.spec.durations import parse_duration
 from fleet.spec.errors import ManifestError, Problem
 from fleet.spec.model import (
-    DRIVER_HERMES, DRIVER_PROCESS, DrainPolicy, FleetSpec, HealthPolicy, MaintenancePolicy,
+    DRIVER_HERMES, DrainPolicy, FleetSpec, HealthPolicy, MaintenancePolicy,
     MaintenanceWindow, ProfileSpec, RestartPolicy, RetentionPolicy,
 )
 from fleet.spec.yamlsource import Located, dotted, load_located

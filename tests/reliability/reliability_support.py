@@ -8,8 +8,10 @@ an environment that names the test's own state directory.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -228,3 +230,37 @@ def _is_controller(proc: psutil.Process) -> bool:
 
 def no_traceback(text: str) -> bool:
     return "Traceback (most recent call last)" not in text
+
+
+def read_only_bind(where: Path) -> bool:
+    """`where` remounted read-only through a bind mount of itself (root needed); the processes that already
+    write there through the original mount keep doing so."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    if subprocess.run(["mount", "--bind", str(where), str(where)], capture_output=True).returncode != 0:
+        return False
+    if subprocess.run(["mount", "-o", "remount,bind,ro", str(where)], capture_output=True).returncode != 0:
+        unmount(where)
+        return False
+    return True
+
+
+def unmount(where: Path) -> None:
+    for _ in range(50):
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.1)
+
+
+def fill(path: Path) -> None:
+    """Write zeros until the file system is full (down to the last byte)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for size in (65536, 4096, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(fd)

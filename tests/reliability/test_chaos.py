@@ -49,7 +49,7 @@ import yaml
 from helpers import poll_until
 from reliability_support import (
     DEMO_HERMES, Decoys, alive, create_time, explain, fake_record, fleet_env, kill_verified, no_traceback,
-    run_cli, sweep, symlink_atomic, write_atomic, write_json,
+    fill, read_only_bind, run_cli, sweep, symlink_atomic, unmount, write_atomic, write_json,
 )
 
 pytestmark = [
@@ -864,30 +864,31 @@ class Chaos:
         keeps supervising from memory and catches up once space returns."""
         soak = self.soak
         filler = soak.state / ".soak-filler"
-        target = self.pick_live()
-        written = fill(filler)
+        fill(filler)
         try:
-            t = time.time()
-            if target is not None and kill_by_ticks(target[1], target[2], signal.SIGKILL):
-                soak.cause(target[0], "sigkill", target[1], t)
-            time.sleep(self.rng.uniform(0.3, 0.8))
+            target = self.kill_meanwhile()
         finally:
             filler.unlink(missing_ok=True)
-        soak.log("disk_full", f"{written >> 20} MiB filler; killed {target[0] if target else 'nothing'}")
+        soak.log("disk_full", f"killed {target[0] if target else 'nothing'}")
 
     def read_only_store(self) -> None:
         soak = self.soak
-        target = self.pick_live()
-        if not remount_read_only(soak.state):
+        if not read_only_bind(soak.state):
             return soak.log("read_only_store", "remount refused")
         try:
-            t = time.time()
-            if target is not None and kill_by_ticks(target[1], target[2], signal.SIGKILL):
-                soak.cause(target[0], "sigkill", target[1], t)
-            time.sleep(self.rng.uniform(0.3, 0.8))
+            target = self.kill_meanwhile()
         finally:
             unmount(soak.state)
         soak.log("read_only_store", f"killed {target[0] if target else 'nothing'}")
+
+    def kill_meanwhile(self) -> tuple[str, int, int] | None:
+        """SIGKILL a live gateway while the store is in trouble, and keep the trouble a little longer."""
+        target = self.pick_live()
+        t = time.time()
+        if target is not None and kill_by_ticks(target[1], target[2], signal.SIGKILL):
+            self.soak.cause(target[0], "sigkill", target[1], t)
+        time.sleep(self.rng.uniform(0.3, 0.8))
+        return target
 
     def log_flood(self) -> None:
         target = self.pick_live()
@@ -991,19 +992,6 @@ def count_rows(state: Path, table: str, since: float | None = None) -> int | Non
         return None
 
 
-def fill(path: Path) -> int:
-    """Write `path` until the file system is full; the bytes written."""
-    written = 0
-    chunk = b"\0" * (1 << 20)
-    try:
-        with open(path, "wb", buffering=0) as fh:
-            while True:
-                written += fh.write(chunk)
-    except OSError:
-        pass
-    return written
-
-
 def mount_tmpfs(where: Path, mib: int) -> bool:
     if os.geteuid() != 0 or shutil.which("mount") is None:
         return False
@@ -1011,23 +999,6 @@ def mount_tmpfs(where: Path, mib: int) -> bool:
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=0700", "tmpfs", str(where)],
                           capture_output=True)
     return done.returncode == 0
-
-
-def remount_read_only(where: Path) -> bool:
-    """A read-only bind mount of `where` over itself: new opens fail, descriptors already open keep writing."""
-    if subprocess.run(["mount", "--bind", str(where), str(where)], capture_output=True).returncode != 0:
-        return False
-    if subprocess.run(["mount", "-o", "remount,bind,ro", str(where)], capture_output=True).returncode != 0:
-        unmount(where)
-        return False
-    return True
-
-
-def unmount(where: Path) -> None:
-    for _ in range(50):
-        if subprocess.run(["umount", str(where)], capture_output=True).returncode == 0:
-            return
-        time.sleep(0.1)
 
 
 def log_sizes(state: Path) -> dict[str, int]:

@@ -10,24 +10,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from fleet_harness import alive, environ_of, fleet  # noqa: F401
 from helpers import wait_until
-from reliability_support import explain
+from reliability_support import explain, read_only_bind, unmount
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process model (/proc)"),
     pytest.mark.timeout(240),
 ]
 
-IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 # -- the environment of a gateway ---------------------------------------------------------------------------------
@@ -105,26 +102,6 @@ def test_a_locked_store_names_the_holder_and_is_not_called_unusable(fleet):
         holder.stdin.close()
         holder.wait(timeout=10)
     fleet.apply()  # the lock released, the same store serves again
-
-
-def read_only_bind(where: Path) -> bool:
-    """`where` remounted read-only through a bind mount of itself (root needed); the processes that already
-    write there through the original mount keep doing so."""
-    if not IS_ROOT or shutil.which("mount") is None:
-        return False
-    if subprocess.run(["mount", "--bind", str(where), str(where)], capture_output=True).returncode != 0:
-        return False
-    if subprocess.run(["mount", "-o", "remount,bind,ro", str(where)], capture_output=True).returncode != 0:
-        unmount(where)
-        return False
-    return True
-
-
-def unmount(where: Path) -> None:
-    for _ in range(50):
-        if subprocess.run(["umount", str(where)], capture_output=True).returncode == 0:
-            return
-        time.sleep(0.1)
 
 
 def test_a_read_only_store_says_read_only(fleet):

@@ -33,7 +33,7 @@ from fleet.spec.codec import fleet_from_dict, fleet_to_dict
 from fleet.spec.errors import ManifestError
 from fleet.spec.hashing import canonical_json
 from fleet.spec.load import parse_manifest
-from reliability_support import REPO, no_traceback
+from reliability_support import no_traceback
 
 FILENAME = "hostile/fleet.yaml"
 BASE_DIR = "/nonexistent/hostile"

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from fleet_harness import FleetHarness, alive, fleet  # noqa: F401
-from helpers import poll_until, wait_until
+from helpers import wait_until
 from reliability_support import (
-    Decoys, explain, fake_record, fleet_env, no_traceback, run_cli, sweep, symlink_atomic, write_atomic, write_json,
+    Decoys, explain, fake_record, fill, fleet_env, no_traceback, run_cli, sweep, symlink_atomic, write_atomic, write_json,
 )
 
 pytestmark = [
@@ -615,20 +615,6 @@ def checkpoint(db: Path) -> None:
     finally:
         conn.close()
     assert not (db.parent / "fleet.db-wal").exists() or (db.parent / "fleet.db-wal").stat().st_size == 0
-
-
-def fill(path: Path) -> None:
-    """Write zeros until the file system is full (down to the last byte)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for size in (65536, 4096, 1):
-            try:
-                while True:
-                    os.write(fd, b"\0" * size)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC, exc
-    finally:
-        os.close(fd)
 
 
 def test_full_disk_loses_nothing_acknowledged_and_recovers(full_disk_fleet):
