@@ -825,9 +825,13 @@ class Chaos:
         """A second fleet over the same Hermes home wants one of our profiles and one of its own: it must
         report a conflict, never touch our gateway, stay quiet (bounded journal) and run its own."""
         soak = self.soak
+        # A profile our manifest has just pruned is free for another fleet to take: only ours count.
+        ours = [name for name in HERMES_PROFILES if name not in soak.removed]
+        if not ours:
+            return soak.log("second_fleet", "no Hermes profile in our manifest")
         other = soak.tmp / f"fleet-b{len(soak.others)}"
         soak.others.append(other)
-        shared = self.rng.choice(HERMES_PROFILES)
+        shared = self.rng.choice(ours)
         doc = soak.manifest_doc()
         doc["name"] = "other"
         doc["profiles"] = {shared: doc["profiles"].get(shared, {}), "bystander": {"env": {"FAKE_HERMES_POLL_S": "0.05"}}}
