@@ -5,6 +5,7 @@
   teardown, SIGKILLs those still alive together with their process group. Use it through
   the `reaper` fixture: `from helpers import reaper  # noqa: F401` in the test module.
 - `read_json(path)`: a JSON file's content, or None while it is missing or half-written.
+- `SIGNAL_LOGGER`: a program (for `python -c`) that logs the signals it is sent.
 """
 
 from __future__ import annotations
@@ -23,6 +24,21 @@ import psutil
 import pytest
 
 T = TypeVar("T")
+
+# A program that writes the name of every catchable signal it gets to argv[1], one per line, and
+# creates argv[1] + ".ready" once its handlers are in place.
+SIGNAL_LOGGER = r"""
+import os, signal, sys, time
+log = sys.argv[1]
+def note(signum, frame):
+    with open(log, "a") as fh:
+        fh.write(signal.Signals(signum).name + "\n")
+for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGQUIT"):
+    signal.signal(getattr(signal, name), note)
+open(log + ".ready", "w").close()
+while True:
+    time.sleep(3600)
+"""
 
 
 def read_json(path: str | os.PathLike) -> object | None:

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from fleet_harness import alive, environ_of, fleet, proc_start_ticks  # noqa: F401
-from helpers import ProcessReaper, reaper, wait_until  # noqa: F401
+from helpers import SIGNAL_LOGGER, ProcessReaper, reaper, wait_until  # noqa: F401
 
 pytestmark = [
     pytest.mark.skipif(os.name != "posix" or not sys.platform.startswith("linux"), reason="Linux process model"),
@@ -119,20 +119,6 @@ def test_two_controllers_started_at_once_exactly_one_runs(fleet):
     loser_mentions = [e for e in fleet.journal() if str(loser.pid) in e.message]
     assert not loser_mentions, loser_mentions
     assert {e.epoch for e in fleet.journal() if e.kind == "adopted"} == {fleet.holder()["epoch"]}
-
-
-SIGNAL_LOGGER = r"""
-import os, signal, sys, time
-log = sys.argv[1]
-def note(signum, frame):
-    with open(log, "a") as fh:
-        fh.write(signal.Signals(signum).name + "\n")
-for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGQUIT"):
-    signal.signal(getattr(signal, name), note)
-open(log + ".ready", "w").close()
-while True:
-    time.sleep(3600)
-"""
 
 
 @pytest.mark.parametrize("forgery", ["wrong_start", "no_marker"])

@@ -20,7 +20,7 @@ from fleet.observe import identity
 from fleet.platform.base import SignalRefused
 from fleet.platform.posix import PosixPlatform
 from fleet_harness import alive, environ_of, fleet, proc_start_ticks  # noqa: F401
-from helpers import ProcessReaper, reaper, wait_until  # noqa: F401
+from helpers import SIGNAL_LOGGER, ProcessReaper, reaper, wait_until  # noqa: F401
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process model"),
@@ -28,19 +28,6 @@ pytestmark = [
 ]
 
 STATE = "/nonexistent/fleet-state"  # identity compares the marker to this string only
-
-SIGNAL_LOGGER = r"""
-import os, signal, sys, time
-log = sys.argv[1]
-def note(signum, frame):
-    with open(log, "a") as fh:
-        fh.write(signal.Signals(signum).name + "\n")
-for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGQUIT"):
-    signal.signal(getattr(signal, name), note)
-open(log + ".ready", "w").close()
-while True:
-    time.sleep(3600)
-"""
 
 
 def logger(reaper, tmp_path: Path, *, env: dict[str, str] | None, extra: tuple[str, ...] = (), name="decoy",

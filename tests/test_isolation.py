@@ -18,7 +18,7 @@ import time
 import pytest
 
 from factories import NOW, crashed, fleet_spec, history, make_plan, observation, observed, plan_text, profile_spec
-from fleet_harness import REPO, alive, create_time, environ_of, fleet  # noqa: F401
+from fleet_harness import REPO, alive, create_time, environ_of, fleet, proc_start_ticks  # noqa: F401
 from helpers import reaper, wait_until  # noqa: F401
 
 from fleet.controller.wake import wake
@@ -337,22 +337,41 @@ def test_down_names_what_of_the_fleet_still_runs(fleet, reaper):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process model")
-def test_a_forged_record_never_makes_a_live_process_gateway_a_leftover(fleet, reaper):
-    """A record replaced by one naming a reused pid: the live process-driver gateway (adopted, so no child of
-    this controller; no lock, no pid file) carries the profile's markers and runs its very command, so it is
-    adopted again, never ended as the forged record's leftover."""
-    fleet.write_manifest({"worker": {"driver": "process", "env": {"HOME": str(fleet.tmp / "phome")},
-                                     "command": [sys.executable, str(REPO / "examples/demo/hermes"), "gateway", "run"]}})
+@pytest.mark.parametrize("driver", ["process", "hermes"])
+@pytest.mark.parametrize("forged", ["reused", "dead"])
+def test_a_forged_record_never_makes_a_live_gateway_a_leftover(fleet, reaper, driver, forged):
+    """A record replaced by one naming a reused pid (with an older start) or a dead pid, under a live gateway
+    adopted by this controller (so no child of it) and, for Hermes, with Hermes' own gateway.pid forged too
+    (the lock then names nobody): the record says nothing true about what came after the gateway, so the
+    gateway, which carries the profile's markers, is adopted again, never ended as the record's leftover,
+    and no second gateway starts."""
+    name = "worker" if driver == "process" else "alpha"
+    body = {"driver": "process", "env": {"HOME": str(fleet.tmp / "phome")},
+            "command": [sys.executable, str(REPO / "examples/demo/hermes"), "gateway", "run"]} if driver == "process" \
+        else None
+    fleet.write_manifest({name: body})
     fleet.apply()
-    pid = fleet.wait_pid("worker")
+    pid = fleet.wait_pid(name)
     fleet.kill9(fleet.controller_pid())  # the next controller adopts the gateway: it is nobody's child of ours
     fleet.apply()
-    wait_until(lambda: fleet.journal_kinds("worker", "adopted"), 20, what="the gateway to be adopted")
+    wait_until(lambda: fleet.journal_kinds(name, "adopted"), 20, what="the gateway to be adopted")
     decoy = reaper.spawn([sys.executable, "-c", "import time; time.sleep(60)"])
-    record = dict(fleet.record("worker"), pid=decoy.pid, start_ticks=1, create_time=1.0)
-    (fleet.state / "worker.pid").write_text(json.dumps(record))  # under the running controller
+    if forged == "reused":
+        record = dict(fleet.record(name), pid=decoy.pid, start_ticks=1, create_time=1.0)
+    else:
+        gone = reaper.spawn([sys.executable, "-c", "pass"])
+        gone.wait(10)
+        record = dict(fleet.record(name), pid=gone.pid, start_ticks=1, create_time=1.0)
+    if driver == "hermes":
+        (fleet.profile_home(name) / "gateway.pid").write_text(json.dumps({
+            "pid": decoy.pid, "kind": "hermes-gateway", "start_time": proc_start_ticks(decoy.pid),
+            "argv": ["hermes", "-p", name, "gateway", "run", "--external-supervisor"]}))
+    (fleet.state / f"{name}.pid").write_text(json.dumps(record))  # under the running controller
     wake(StateDir(fleet.state))
-    wait_until(lambda: fleet.journal_kinds("worker", "reclaimed"), 20, what="the forged record to be reclaimed")
-    wait_until(lambda: fleet.pid("worker") == pid, 20, what="the live gateway to be adopted again")
+    wait_until(lambda: fleet.journal_kinds(name, "reclaimed") or fleet.journal_kinds(name, "exited"), 20,
+               what="the forged record to be reclaimed")
+    wait_until(lambda: fleet.pid(name) == pid, 20, what="the live gateway to be adopted again")
     assert alive(pid) and decoy.poll() is None
-    assert not fleet.journal_kinds("worker", "leftovers_ended"), fleet.journal("worker")
+    assert not fleet.journal_kinds(name, "leftovers_ended"), fleet.journal(name)
+    assert not fleet.journal_kinds(name, "spawned")[1:], fleet.journal(name)  # only the first apply's
+    assert fleet.marked_pids(name) == [pid]

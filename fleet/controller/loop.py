@@ -146,7 +146,6 @@ class Controller:
         maintenance = MaintenanceTick(str(self.state.db), store, epoch)
         waiters: dict[int, int] = {}
         specs: dict = {}
-        watched_exits: set[str] = set()  # profiles whose last process this controller saw die
         failing: dict[tuple[str, str], tuple[int, float]] = {}  # (profile, action) -> (failures, retry at)
         scan = True
         ready_sent = False
@@ -166,7 +165,7 @@ class Controller:
                 if desired is not None:
                     observed = observer.observe(specs, now=now, scan=scan)
                     current = plan(desired, observed, now)
-                    if not observed.scanned and any(a.kind == "spawn" and a.profile not in watched_exits
+                    if not observed.scanned and any(a.kind == "spawn" and not executor.saw_its_gateway_end(a.profile)
                                                     for a in current.executable(now, held_now(failing, now))):
                         # Never spawn blind beside a live process we have not seen: look for one first. A
                         # respawn after an exit this controller watched needs no scan: it saw the predecessor die.
@@ -196,13 +195,8 @@ class Controller:
                                 log(f"{action.profile}: {action.kind} failed: {type(exc).__name__}: {exc}")
                             # What the failed action left behind is unknown (a process may have started):
                             # look at the host before the next spawn.
-                            watched_exits.discard(action.profile)
                             scan = True
                             continue
-                        if action.kind == "reclaim" and action.reason == "pid_dead":
-                            watched_exits.add(action.profile)
-                        elif action.kind == "spawn":
-                            watched_exits.discard(action.profile)
                     if retained_at is None or not 0 <= now - retained_at < RETENTION_EVERY:
                         retained_at = now
                         self._retain(store, desired.spec.retention, now)

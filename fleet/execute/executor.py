@@ -50,25 +50,37 @@ class Executor:
         self.clock = clock
         self.scope_command = scope_command  # (unit, argv) -> argv | None: a transient systemd scope
         self._ended: set[str] = set()  # profiles whose dead gateway's leftovers were ended since their last spawn
-        self._known: dict[str, int] = {}  # the pid this controller spawned or adopted per profile
+        # (pid, start ticks) of the process this controller spawned or adopted, per profile
+        self._known: dict[str, tuple[int, int | None]] = {}
         self._sweep: tuple[float, list] | None = None  # (monotonic, the fleet's marked processes), shared by a pass
 
     def execute(self, action: Action, obs: ProfileObservation) -> None:
         handler = getattr(self, f"_{action.kind}")
-        if action.kind == "reclaim" and action.reason in ("pid_dead", "pid_reused") and obs.record is not None:
+        if action.kind == "reclaim" and action.reason in ("pid_dead", "pid_reused") and obs.record is not None \
+                and self._known.get(action.profile) == (obs.record.pid, obs.record.start_ticks):
             # Like KillMode=control-group: what the gateway left is ended before a successor can start
-            # (outside the transaction: this may wait for processes).
+            # (outside the transaction: this may wait for processes). Only for a record this controller wrote:
+            # a forged or lost one says nothing true about which processes came after the gateway, so the
+            # spawn's sweep (after a scan that has found any live gateway) deals with them instead.
             self._end_leftovers(action.profile, obs)
-            if self._known.get(action.profile) == obs.record.pid:  # a record we wrote: its leftovers are done
-                self._ended.add(action.profile)
+            self._ended.add(action.profile)
         elif action.kind == "spawn" and action.profile not in self._ended:
             # The dead gateway may be unknown to us (its record lost or forged, a previous controller's
             # child): whatever still carries this profile's markers is ended before the new one starts.
             self._end_strays(action.profile, obs)
-        with self.store.tx():  # one commit per action: its history, journal and request updates together
-            handler(action, obs)
+        try:
+            with self.store.tx():  # one commit per action: its history, journal and request updates together
+                handler(action, obs)
+        except BaseException:
+            self._ended.discard(action.profile)  # what a failed action left behind is unknown
+            raise
         if action.kind == "spawn":
             self._ended.discard(action.profile)
+
+    def saw_its_gateway_end(self, name: str) -> bool:
+        """True once a reclaim removed a record this controller wrote (its own child or adoptee ended, and
+        what it left was ended too), until the next spawn: a respawn then needs no look at the host first."""
+        return name in self._ended
 
     def journal(self, kind: str, message: str, profile: str | None = None, **data) -> None:
         self.store.journal(kind, message, profile=profile, epoch=self.epoch, data=data or None)
@@ -107,7 +119,7 @@ class Executor:
                            create_time=proc.create_time, spec_hash=proc.spec_hash, started_at=proc.started_at,
                            controller_pid=os.getpid(), epoch=self.epoch, adopted=True)
         write_record(self.state.record(action.profile), record)
-        self._known[action.profile] = proc.pid
+        self._known[action.profile] = (proc.pid, proc.start_ticks)
         if obs.history.last_start is None:
             self.store.update_history(action.profile, last_start=proc.started_at)
         line = json.dumps({"at": iso(self.clock()), "event": "adopt", "pid": proc.pid, "reason": action.reason,
@@ -168,7 +180,7 @@ class Executor:
         record = PidRecord(profile=name, pid=pid, start_ticks=info.start_ticks if info else None,
                            create_time=info.create_time if info else now, spec_hash=spec.spec_hash,
                            started_at=now, controller_pid=os.getpid(), epoch=self.epoch)
-        self._known[name] = pid
+        self._known[name] = (pid, record.start_ticks)
         write_record(self.state.record(name), record)
         counts_as_restart = action.reason in ("crashed", "replacement", "restart_requested", "not_running")
         fields = dict(last_start=now, restarts=h.restarts + (1 if counts_as_restart and h.last_start else 0),

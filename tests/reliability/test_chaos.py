@@ -222,6 +222,8 @@ class Soak:
         self.faulty = None
         marker = self.state / "faulty.stop"
         if marker.is_dir() and not marker.is_symlink():
+            # The spawn it blocked may now succeed before the apply below removes the profile.
+            self.cause("faulty", "unblocked")
             marker.rmdir()
         self.apply_manifest([], f"faulty ({self.faulty_kind}) removed")
 
@@ -1205,8 +1207,11 @@ def test_chaos_soak(tmp_path, soak_seconds, soak_seed):
                 fh.write(json.dumps(summary, sort_keys=True) + "\n")
         if soak.violations:
             lines = [f"[{v.kind}] t+{v.t - soak.t0:.2f}s {v.detail}" for v in soak.violations]
+            # The whole journal, kept beside the test: the state directory's tmpfs goes with the test.
+            (tmp_path / "journal.txt").write_text(journal_tail(soak.state, 10**7))
             raise AssertionError(
-                f"chaos soak seed {seed}: {len(soak.violations)} violation(s) (replay with --soak-seed {seed}):\n"
+                f"chaos soak seed {seed}: {len(soak.violations)} violation(s) (replay with --soak-seed {seed}; "
+                f"whole journal in {tmp_path / 'journal.txt'}):\n"
                 + "\n".join(lines[:40])
                 + "\n--- event log\n" + "\n".join(json.dumps(e) for e in soak.events)
                 + "\n--- journal tail\n" + journal_tail(soak.state))

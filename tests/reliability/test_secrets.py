@@ -50,19 +50,25 @@ def leaks(text: str) -> list[str]:
     return [v for v in all_values() if v in text]
 
 
+def run_recorded(fleet, outputs: dict[str, str], label: str, *args: str, ok=(0, 1), manifest_only: bool) -> str:
+    """Runs one CLI command and keeps what it printed under `label`; manifest-only commands (validate,
+    config) take no state directory."""
+    if manifest_only:
+        result = subprocess.run([sys.executable, "-m", "fleet.cli.main", *args, "-f", str(fleet.manifest)],
+                                cwd=str(fleet.tmp), env=fleet.env(), capture_output=True, text=True, timeout=60,
+                                stdin=subprocess.DEVNULL)
+    else:
+        result = fleet.cli(*args)
+    assert result.returncode in ok and no_traceback(result.stderr), f"{label}: {explain(result)}"
+    outputs[label] = result.stdout + result.stderr
+    return result.stdout
+
+
 def test_secret_values_never_leave_the_spec(fleet):
     outputs: dict[str, str] = {}
 
     def run(label: str, *args: str, ok=(0, 1)) -> str:
-        if args[0] in ("validate", "config"):  # manifest-only commands: no --state-dir
-            result = subprocess.run([sys.executable, "-m", "fleet.cli.main", *args, "-f", str(fleet.manifest)],
-                                    cwd=str(fleet.tmp), env=fleet.env(), capture_output=True, text=True, timeout=60,
-                                    stdin=subprocess.DEVNULL)
-        else:
-            result = fleet.cli(*args)
-        assert result.returncode in ok and no_traceback(result.stderr), f"{label}: {explain(result)}"
-        outputs[label] = result.stdout + result.stderr
-        return result.stdout
+        return run_recorded(fleet, outputs, label, *args, ok=ok, manifest_only=args[0] in ("validate", "config"))
 
     manifest(fleet, SECRETS)
     run("validate -o json", "validate", "-o", "json", ok=(0,))
@@ -194,15 +200,7 @@ def test_one_rule_hides_every_secret_form_in_every_output(fleet, tmp_path):
     outputs: dict[str, str] = {}
 
     def run(label: str, *args: str, ok=(0, 1), manifest_only: bool = False) -> str:
-        if manifest_only:
-            result = subprocess.run([sys.executable, "-m", "fleet.cli.main", *args, "-f", str(fleet.manifest)],
-                                    cwd=str(fleet.tmp), env=fleet.env(), capture_output=True, text=True, timeout=60,
-                                    stdin=subprocess.DEVNULL)
-        else:
-            result = fleet.cli(*args)
-        assert result.returncode in ok and no_traceback(result.stderr), f"{label}: {explain(result)}"
-        outputs[label] = result.stdout + result.stderr
-        return result.stdout
+        return run_recorded(fleet, outputs, label, *args, ok=ok, manifest_only=manifest_only)
 
     write(FORMS)
     run("config", "config", ok=(0,), manifest_only=True)
