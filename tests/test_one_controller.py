@@ -5,6 +5,7 @@ newer generation says so."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import socket
@@ -19,6 +20,9 @@ import pytest
 from factories import fleet_spec, live, observation, observed, plan_text, profile_spec
 from fleet_harness import FleetHarness, alive, fleet, pids_with_env  # noqa: F401
 from helpers import wait_until
+
+from fleet.store.claims import CLAIM_LEASE_SECONDS, HELD, LEASED, STALE, claim_liveness, own_claim
+from fleet.store.layout import StateDir
 
 LINUX = pytest.mark.skipif(os.name != "posix" or not sys.platform.startswith("linux"), reason="Linux process model")
 FENCED_EXIT = 4
@@ -194,9 +198,32 @@ def test_two_state_dirs_over_one_hermes_home(fleet, tmp_path, how):
     assert alive(a_pid, a_created)
 
 
+def test_claim_is_held_while_locked_leased_after_its_controller_died_and_stale_once_the_lease_lapsed(tmp_path):
+    state = StateDir(tmp_path / "state")
+    state.root.mkdir()
+    claim = own_claim(state, "store-1", 4242)
+    locked = {"yes": True}
+
+    def lock_is_held(path: str) -> bool:
+        assert path == str(state.lock)
+        return locked["yes"]
+
+    now = claim.renewed_at
+    assert claim_liveness(claim, lock_is_held, now + 10 * CLAIM_LEASE_SECONDS) == HELD
+    locked["yes"] = False
+    assert claim_liveness(claim, lock_is_held, now + 1) == LEASED
+    assert claim_liveness(claim, lock_is_held, now + CLAIM_LEASE_SECONDS - 0.1) == LEASED
+    assert claim_liveness(claim, lock_is_held, now + CLAIM_LEASE_SECONDS) == STALE
+    assert claim_liveness(claim, lock_is_held, now - 5) == STALE  # renewed "in the future": a clock went back
+    state.root.rename(tmp_path / "moved")  # kept, so that the new directory cannot reuse its inode
+    state.root.mkdir()  # the same path, another directory: not the fleet that claimed
+    locked["yes"] = True
+    assert claim_liveness(claim, lock_is_held, now + 1) == STALE
+
+
 @LINUX
 @pytest.mark.timeout(150)
-def test_stale_claim_of_a_stopped_fleet_is_taken_over_with_a_journal_entry(fleet, tmp_path):
+def test_down_gives_the_hermes_homes_back_at_once(fleet, tmp_path):
     fleet.write_manifest({"alpha": None})
     fleet.apply()
     a_pid = fleet.wait_running("alpha")
@@ -206,12 +233,45 @@ def test_stale_claim_of_a_stopped_fleet_is_taken_over_with_a_journal_entry(fleet
     assert down.returncode == 0, fleet.explain(down)
     fleet.wait_gone(a_pid)
     wait_until(lambda: fleet.controller_pid() is None, 15, what="the first fleet's controller to stop")
+    assert not claim.exists()
     (tmp_path / "b").mkdir()
     other = FleetHarness(tmp_path / "b")
     other._popens = []
     other.home = fleet.home
     try:
         other.write_manifest({"alpha": None})
+        other.apply()
+        other.wait_running("alpha")
+        assert not [e for e in other.journal("alpha") if e.kind == "claim_taken_over"]
+    finally:
+        other.cleanup()
+
+
+@LINUX
+@pytest.mark.timeout(150)
+def test_a_dead_controllers_claim_holds_for_its_lease_then_is_taken_over_with_a_journal_entry(fleet, tmp_path):
+    """A controller killed (or being restarted by its service manager) keeps its Hermes homes for the lease:
+    another fleet over the same home reports a conflict meanwhile, and takes the home over once it lapsed."""
+    fleet.write_manifest({"alpha": None})
+    fleet.apply()
+    a_pid = fleet.wait_running("alpha")
+    claim = fleet.profile_home("alpha") / ".hermes-fleet-claim.json"
+    wait_until(claim.exists, 10, what="the first fleet's claim")
+    fleet.kill9(fleet.controller_pid())
+    fleet.kill9(a_pid)  # nothing runs in the home: only the claim speaks for the first fleet
+    (tmp_path / "b").mkdir()
+    other = FleetHarness(tmp_path / "b")
+    other._popens = []
+    other.home = fleet.home
+    try:
+        other.write_manifest({"alpha": None})
+        result = other.apply(expect=None)
+        assert result.returncode == 1, other.explain(result)
+        note = other.profiles()["alpha"]["note"]
+        assert "owned_by_other_fleet" in note and str(fleet.state) in note and "lapses at" in note, note
+        assert other.pid("alpha") is None and other.marked_pids("alpha") == []
+        data = json.loads(claim.read_text())
+        claim.write_text(json.dumps({**data, "renewed_at": time.time() - CLAIM_LEASE_SECONDS - 1}))
         other.apply()
         other.wait_running("alpha")
         taken = [e for e in other.journal("alpha") if e.kind == "claim_taken_over"]

@@ -5,6 +5,7 @@ forever { wait for (child exit | wake-up | earliest not_before | resync); observ
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import selectors
@@ -15,6 +16,7 @@ import time
 from fleet import __version__
 from fleet.controller.desired import DesiredSource
 from fleet.controller.maintenance_tick import IDLE_POLL_SECONDS, MaintenanceTick, track_idle
+from fleet.controller.record import DOWN
 from fleet.controller.wake import WakeSocket
 from fleet.execute.executor import Executor
 from fleet.execute.logs import LogGuard
@@ -22,7 +24,7 @@ from fleet.observe.observer import Observer
 from fleet.plan.planner import plan
 from fleet.spec.model import DRIVER_HERMES
 from fleet.spec.secrets import mask_text
-from fleet.store.claims import own_claim, release_claim, write_claim
+from fleet.store.claims import CLAIM_RENEW_SECONDS, own_claim, release_claim, write_claim
 from fleet.store.db import Store
 from fleet.store.fence import Fence
 from fleet.store.health import HealthFile
@@ -312,25 +314,28 @@ class Controller:
 
 
 class _Claims:
-    """This fleet's claims on the Hermes homes it manages: written when missing, taken over when stale
-    (with a journal entry), released when a profile leaves the fleet. Another fleet's live claim is
-    left alone: the planner reports that profile as a conflict."""
+    """This fleet's claims on the Hermes homes it manages: written when missing, renewed within the lease,
+    taken over when stale (with a journal entry), released when a profile leaves the fleet or `down` holds
+    it. Another fleet's live claim is left alone: the planner reports that profile as a conflict."""
 
     def __init__(self, state: StateDir, store: Store, epoch: int):
         self.state = state
         self.store = store
         self.epoch = epoch
         self.mine = own_claim(state, store.meta("store_id") or "", os.getpid())
-        self.homes: dict[str, str] = {}  # Hermes home -> profile, claimed by this process
+        self.homes: dict[str, float] = {}  # Hermes home -> when this process last wrote its claim there
         self.unwritable: set[str] = set()  # homes whose claim could not be written (logged once)
 
     def update(self, desired, specs: dict, observed) -> None:
         if self.mine is None:
             return
+        now = time.time()
         wanted = {}
         for name in desired.spec.names:
             spec = specs.get(name)
-            if spec is not None and spec.driver == DRIVER_HERMES:
+            # A fleet brought `down` gives its homes back: another fleet may take them at once.
+            held_down = observed.get(name).history.override_verb == DOWN
+            if spec is not None and spec.driver == DRIVER_HERMES and not held_down:
                 wanted[spec.hermes_home] = name
         for home in [h for h in self.homes if h not in wanted]:
             release_claim(home, self.mine)
@@ -339,20 +344,21 @@ class _Claims:
             obs = observed.get(name)
             if obs.other_fleet or obs.claim == "other":
                 continue
-            if obs.claim == "ours" and home in self.homes:
+            written = self.homes.get(home)
+            if obs.claim == "ours" and written is not None and 0.0 <= now - written < CLAIM_RENEW_SECONDS:
                 continue
             try:
-                write_claim(home, self.mine)
+                write_claim(home, dataclasses.replace(self.mine, renewed_at=now))
             except OSError as exc:
                 if home not in self.unwritable:
                     self.unwritable.add(home)
                     log(f"{name}: cannot write the claim in {home}: {exc}")
                 continue
             self.unwritable.discard(home)
-            self.homes[home] = name
+            self.homes[home] = now
             if obs.claim == "stale":
                 self.store.journal("claim_taken_over", f"{home}: stale claim of {obs.claim_note} taken over "
-                                   f"(its controller is gone)", profile=name, epoch=self.epoch,
+                                   f"(its controller is gone and its lease lapsed)", profile=name, epoch=self.epoch,
                                    data={"home": home, "previous": obs.claim_note})
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 
 from fleet.maintenance import queue
 from fleet.observe import hermes_files as hf
@@ -13,7 +14,7 @@ from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservatio
 from fleet.observe.native import find_native_service
 from fleet.platform.base import ProcessInfo
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
-from fleet.store.claims import claim_is_live, read_claim
+from fleet.store.claims import LEASED, STALE, claim_liveness, read_claim
 from fleet.store.db import ProfileHistory, Store
 from fleet.store.fence import file_id
 from fleet.store.layout import StateDir
@@ -183,9 +184,14 @@ class Observer:
         if claim.state_dir == str(self.state.root) and here is not None and (here.dev, here.ino) == (claim.dev, claim.ino):
             mine = claim.store_id == self.store.meta("store_id")
             return other, "ours" if mine else "stale", "" if mine else f"an earlier store of {claim.state_dir}"
-        if claim_is_live(claim, self.platform.lock_is_held):
-            return other or f"{spec.hermes_home} is claimed by {claim.describe()}", "other", claim.describe()
-        return other, "stale", claim.describe()
+        liveness = claim_liveness(claim, self.platform.lock_is_held, time.time())
+        if liveness == STALE:
+            return other, "stale", claim.describe()
+        whose = claim.describe()
+        if liveness == LEASED:
+            whose += (f" (its controller is not running; the claim lapses at "
+                      f"{time.strftime('%H:%M:%S', time.localtime(claim.lapses_at()))} unless it comes back)")
+        return other or f"{spec.hermes_home} is claimed by {whose}", "other", whose
 
     # -- unrecorded processes -------------------------------------------------------------------
     def _scan(self, specs, profiles, claimed, inventory_names):
