@@ -115,6 +115,7 @@ FLOOD_MIB = 24
 JOURNAL_ROWS, ADOPT_LOG_BYTES, TRIM_PERIOD = 1000, 65536, 60.0
 LEFTOVER_TAG = "hermes-fleet-soak-leftover"
 LEFTOVER_GRACE = 0.5  # a leftover seen alive this long after its gateway's successor was born is a violation
+FORK_EXEC_GRACE = 1.0  # a process younger than this may be a child between fork and exec
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc start times are in these ticks since boot
@@ -389,12 +390,16 @@ class Sampler(threading.Thread):
                 kind = ("gateway", env["HERMES_FLEET_PROFILE"])
         else:
             kind = ("controller",) if "fleet.controller" in read_cmdline(pid) else ("cli",)
-        # Between fork and exec a child still carries its parent's environment: only a gateway
-        # verdict (which needs the exec'd environment) is final at once.
-        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / CLOCK_TICKS
-        if kind[0] in ("gateway", "leftover") or age > 1.0:
+        # Between fork and exec a child still carries its parent's environment and command line (a
+        # gateway's too, as a leftover daemon shows before it execs): only a leftover verdict (which
+        # needs the exec'd command line) is final at once.
+        if kind[0] == "leftover" or self.age(ticks) > FORK_EXEC_GRACE:
             self.kinds[key] = kind
         return kind
+
+    @staticmethod
+    def age(ticks: int) -> float:
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / CLOCK_TICKS
 
     def sample(self) -> None:
         now = time.time()
@@ -435,12 +440,14 @@ class Sampler(threading.Thread):
             for profile, procs in groups.items():
                 for pid, ticks, _ in procs:
                     self.gateways.setdefault(pid, ticks)
-                if len(procs) > 1:
+                if len(procs) > 1 and all(self.age(t) > FORK_EXEC_GRACE for _, t, _ in procs):
                     key = tuple(sorted((p, t) for p, t, _ in procs))
                     if key not in self.duplicate_seen:
                         self.duplicate_seen.add(key)
                         self.soak.violation("duplicate", f"{profile}: {len(procs)} live processes at once: "
                                             + ", ".join(f"pid {p} (state {s})" for p, _, s in procs))
+                    continue
+                if len(procs) > 1:  # a young one may still be a gateway's child before its exec
                     continue
                 pid, ticks, _ = procs[0]
                 born = self.born.setdefault((pid, ticks), self.boot_offset + ticks / CLOCK_TICKS)
