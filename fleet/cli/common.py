@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import typer
@@ -84,6 +83,3 @@ def open_store(state: StateDir, *, write: bool) -> Store:
         fail(f"cannot open {state.db}: {exc.strerror}")
     raise AssertionError("unreachable")
 
-
-def is_tty() -> bool:
-    return sys.stdout.isatty()

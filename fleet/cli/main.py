@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from fleet import __version__
-from fleet.cli import apply_cmd, maintenance_cmd, ops_cmds, plan_cmds, schema_cmd
+from fleet.cli import apply_cmd, export_cmd, maintenance_cmd, ops_cmds, plan_cmds, schema_cmd, service_cmd
 
 app = typer.Typer(
     name="hermes-fleet",
@@ -45,16 +45,8 @@ app.command("schema")(schema_cmd.schema)
 app.add_typer(ops_cmds.controller_app, name="controller")
 app.add_typer(maintenance_cmd.maintenance_app, name="maintenance")
 
-try:  # optional command groups, each in its own module
-    from fleet.cli.export_cmd import export_command
-    app.command("export")(export_command)
-except ImportError:
-    pass
-try:
-    from fleet.cli.service_cmd import service_app
-    app.add_typer(service_app, name="service")
-except ImportError:
-    pass
+app.command("export")(export_cmd.export_command)
+app.add_typer(service_cmd.service_app, name="service")
 
 def command():
     """The click command tree of `app`, with plain help and profile-name completion."""

@@ -22,6 +22,8 @@ from fleet.execute.executor import Executor
 from fleet.execute.logs import LogGuard
 from fleet.observe.observer import Observer
 from fleet.plan.planner import plan
+from fleet.platform.systemd_scope import scope_command
+from fleet.service.notify import SdNotify
 from fleet.spec.model import DRIVER_HERMES
 from fleet.spec.secrets import mask_text
 from fleet.store.claims import CLAIM_RENEW_SECONDS, own_claim, release_claim, write_claim
@@ -55,29 +57,12 @@ def log(message: str) -> None:
         pass  # a full disk under the log must not stop the supervision
 
 
-def _notifier():
-    try:
-        from fleet.service.notify import SdNotify
-    except ImportError:
-        return None
-    return SdNotify.from_env() if hasattr(SdNotify, "from_env") else SdNotify()
-
-
-def _scope_command():
-    try:
-        from fleet.platform.systemd_scope import scope_command
-    except ImportError:
-        return None
-    return scope_command
-
-
 class Controller:
     def __init__(self, state: StateDir, platform, *, clock=time.time):
         self.state = state
         self.platform = platform
         self.clock = clock
         self.stopping = False
-        self.passes = 0
 
     def run(self) -> int:
         ensure_state_dir(self.state)
@@ -140,11 +125,11 @@ class Controller:
 
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, on_signal)
-        notifier = _notifier()
+        notifier = SdNotify.from_env()
         source = DesiredSource(store)
         observer = Observer(self.state, store, self.platform)
         executor = Executor(self.state, store, self.platform, epoch=epoch, spec_of=lambda n: specs.get(n),
-                            clock=self.clock, scope_command=_scope_command())
+                            clock=self.clock, scope_command=scope_command)
         maintenance = MaintenanceTick(str(self.state.db), store, epoch)
         waiters: dict[int, int] = {}
         specs: dict = {}
@@ -214,14 +199,12 @@ class Controller:
                     timeout = min(resync, (deadline - now) if deadline else resync)
                     if observed.maintenance or maintenance.busy():
                         timeout = min(timeout, IDLE_POLL_SECONDS)
-                self.passes += 1
-                if notifier is not None:
-                    if not ready_sent:
-                        notifier.ready(f"{len(specs)} profiles")
-                        ready_sent = True
-                    notifier.watchdog()
-                    if notifier.watchdog_interval:
-                        timeout = min(timeout, notifier.watchdog_interval)
+                if not ready_sent:
+                    notifier.ready(f"{len(specs)} profiles")
+                    ready_sent = True
+                notifier.watchdog()
+                if notifier.watchdog_interval:
+                    timeout = min(timeout, notifier.watchdog_interval)
                 if acted:
                     continue
                 timeout = max(0.0, bookkeeping.bound(timeout, self.clock()))
@@ -248,8 +231,7 @@ class Controller:
             wake.close()
             os.close(rfd)
             os.close(wfd)
-            if notifier is not None:
-                notifier.stopping()
+            notifier.stopping()
             if fenced:
                 # Nothing goes into a store that may be another controller's, or no one's.
                 log(f"{fenced[0]}; another controller may own this state directory now; exiting without "

@@ -84,9 +84,3 @@ CLEAR_THEN_EXEC_SCRIPT = 'rm -f -- "$1"; shift; exec "$@"'
 
 def script_multiline(lines: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
-
-
-def script_one_line(lines: Sequence[str]) -> str:
-    return " ".join(line.strip() for line in lines)
-
-

@@ -14,8 +14,6 @@ SYMBOLS = {
 RECORD_KINDS = ("reclaim", "adopt", "update")
 KIND_ORDER = {"reclaim": 0, "adopt": 1, "update": 2, "kill": 3, "spawn": 4, "replace": 5, "drain": 6,
               "wait": 7, "conflict": 8, "keep": 9}
-TOUCHES_PROCESS = ("spawn", "replace", "drain", "kill")
-
 
 def format_instant(ts: float) -> str:
     """Epoch seconds, exact to the millisecond and without float noise: 1700000001, 1700000085.05."""

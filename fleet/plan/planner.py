@@ -101,9 +101,9 @@ def _record_actions(obs: ProfileObservation, epoch: int) -> list[Action]:
     out = []
     verdict = obs.record_verdict
     if verdict in ("dead", "reused", "foreign", "unrelated", "corrupt"):
-        reason = {"dead": "pid_dead", "reused": "pid_reused", "foreign": "pid_foreign", "unrelated": "pid_unrelated",
-                  "corrupt": "record_corrupt"}[verdict]
-        out.append(Action("reclaim", obs.name, reason, obs.record_problem or f"pid {obs.record.pid} has exited",
+        why = {"dead": "pid_dead", "reused": "pid_reused", "foreign": "pid_foreign", "unrelated": "pid_unrelated",
+               "corrupt": "record_corrupt"}[verdict]
+        out.append(Action("reclaim", obs.name, why, obs.record_problem or f"pid {obs.record.pid} has exited",
                           pid=obs.record.pid if obs.record else None))
     proc = obs.process
     if proc is not None:

@@ -34,7 +34,6 @@ HERMES_MARKER_ENV = (
     ("HERMES_S6_SUPERVISED_CHILD", "1"),
     ("HERMES_GATEWAY_MAX_STARTS", "0"),
 )
-POLICY_BLOCKS = ("hermes", "proxy", "restart", "drain", "health", "maintenance")
 
 
 @dataclass(frozen=True)
