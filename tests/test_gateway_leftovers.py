@@ -102,3 +102,35 @@ def test_a_marked_process_is_a_gateway_only_on_a_gateway_command_line(reaper, tm
     assert identity.is_gateway_subprocess(profile_spec("beta"), info(gateway.pid))  # alpha's gateway, not beta's
     assert not identity.is_gateway_subprocess(profile_spec("alpha", driver="process", command=(sys.executable,)),
                                               info(diag.pid))
+
+
+def test_a_generation_recorded_while_leftovers_are_ended_is_the_one_the_respawn_starts(fleet, tmp_path):
+    """A gateway died while no controller ran and left a child that takes SIGKILL to end: the next
+    controller's spawn holds its pass for a second or more while it ends that child. A manifest recorded
+    meanwhile is the one the new gateway starts from (never an older spec, replaced at once)."""
+    from fleet.controller.record import record_manifest
+    from fleet.spec.load import load_manifest
+    from fleet.store.db import Store
+    from fleet.store.layout import StateDir
+
+    noted = tmp_path / "leftover-got-sigterm"
+    fleet.write_manifest({"alpha": {"env": {"REV": "1"}}}, backoff=["0s"])
+    fleet.control("alpha", leave_child="session", leave_child_argv0="test-leftover", leave_child_notes=str(noted))
+    fleet.apply()
+    first = fleet.wait_running("alpha")
+    wait_until(lambda: len(fleet.marked_pids("alpha")) == 2, 10, what="the gateway's child")
+    fleet.clear_control("alpha")
+    fleet.kill9(fleet.controller_pid())
+    fleet.kill9(first)
+    fleet.start_controller()
+    wait_until(noted.exists, 20, what="the leftover to be sent SIGTERM")
+    manifest = fleet.write_manifest({"alpha": {"env": {"REV": "2"}}}, backoff=["0s"])
+    store = Store(str(StateDir(fleet.state).db))
+    try:
+        record_manifest(store, load_manifest(str(manifest)), {"revision": "test"}, prune=True, source="test",
+                        lift_down=False)
+    finally:
+        store.close()
+    second = fleet.wait_running("alpha", other_than=first)
+    assert environ_of(second).get("REV") == "2", fleet.journal("alpha")
+    assert not fleet.journal_kinds("alpha", "drain_started"), fleet.journal("alpha")

@@ -156,6 +156,15 @@ def test_controller_exits_when_its_state_files_are_replaced(fleet, tmp_path, wha
 
 # -- live: two state directories over one Hermes home ---------------------------------------------
 
+def second_fleet(tmp_path, home):
+    """Another fleet (its own state directory under tmp_path/b) over the Hermes root `home`."""
+    (tmp_path / "b").mkdir()
+    other = FleetHarness(tmp_path / "b")
+    other._popens = []
+    other.home = home
+    return other
+
+
 @LINUX
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("how", ["same_root", "profile_home_override"])
@@ -164,12 +173,9 @@ def test_two_state_dirs_over_one_hermes_home(fleet, tmp_path, how):
     fleet.apply()
     a_pid = fleet.wait_running("alpha")
     a_created = fleet.seen[a_pid]
-    (tmp_path / "b").mkdir()
-    other = FleetHarness(tmp_path / "b")
-    other._popens = []
+    other = second_fleet(tmp_path, fleet.home)
     if how == "same_root":
-        other.home = fleet.home  # the same Hermes root, another state directory
-        alpha = None
+        alpha = None  # the same Hermes root, another state directory
     else:  # another root, but alpha's home is overridden into the first fleet's root
         other.home = tmp_path / "b" / "hermes"
         alpha = {"hermes": {"home": str(fleet.home)}}
@@ -234,10 +240,7 @@ def test_down_gives_the_hermes_homes_back_at_once(fleet, tmp_path):
     fleet.wait_gone(a_pid)
     wait_until(lambda: fleet.controller_pid() is None, 15, what="the first fleet's controller to stop")
     assert not claim.exists()
-    (tmp_path / "b").mkdir()
-    other = FleetHarness(tmp_path / "b")
-    other._popens = []
-    other.home = fleet.home
+    other = second_fleet(tmp_path, fleet.home)
     try:
         other.write_manifest({"alpha": None})
         other.apply()
@@ -259,10 +262,7 @@ def test_a_dead_controllers_claim_holds_for_its_lease_then_is_taken_over_with_a_
     wait_until(claim.exists, 10, what="the first fleet's claim")
     fleet.kill9(fleet.controller_pid())
     fleet.kill9(a_pid)  # nothing runs in the home: only the claim speaks for the first fleet
-    (tmp_path / "b").mkdir()
-    other = FleetHarness(tmp_path / "b")
-    other._popens = []
-    other.home = fleet.home
+    other = second_fleet(tmp_path, fleet.home)
     try:
         other.write_manifest({"alpha": None})
         result = other.apply(expect=None)

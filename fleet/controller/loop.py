@@ -57,6 +57,15 @@ def log(message: str) -> None:
         pass  # a full disk under the log must not stop the supervision
 
 
+def _superseded(store: Store, generation: int) -> bool:
+    """A newer generation was recorded while this pass ran."""
+    try:
+        current = store.current_generation()
+    except Exception:  # noqa: BLE001 - a store that cannot be read now: go on with what was read
+        return False
+    return current is not None and current.generation != generation
+
+
 class Controller:
     def __init__(self, state: StateDir, platform, *, clock=time.time):
         self.state = state
@@ -171,7 +180,9 @@ class Controller:
                         acted = True
                         history = observed.get(action.profile).history
                         try:
-                            executor.execute(action, observed.get(action.profile))
+                            if not executor.execute(action, observed.get(action.profile),
+                                                    lambda: _superseded(store, desired.generation)):
+                                break  # a newer generation came in meanwhile: plan again at once, from it
                             failing.pop(key, None)
                             if history.action_error_kind == action.kind and action.kind != "spawn":
                                 store.update_history(action.profile, action_error=None, action_error_kind=None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from fleet.execute.environment import child_environment
@@ -54,7 +55,10 @@ class Executor:
         self._known: dict[str, tuple[int, int | None]] = {}
         self._sweep: tuple[float, list] | None = None  # (monotonic, the fleet's marked processes), shared by a pass
 
-    def execute(self, action: Action, obs: ProfileObservation) -> None:
+    def execute(self, action: Action, obs: ProfileObservation,
+                superseded: Callable[[], bool] = lambda: False) -> bool:
+        """Perform one action; False when it started nothing because `superseded()` says the desired state
+        it was planned from is no longer the newest (the pass then plans again)."""
         handler = getattr(self, f"_{action.kind}")
         if action.kind == "reclaim" and action.reason in ("pid_dead", "pid_reused") and obs.record is not None \
                 and self._known.get(action.profile) == (obs.record.pid, obs.record.start_ticks):
@@ -68,6 +72,10 @@ class Executor:
             # The dead gateway may be unknown to us (its record lost or forged, a previous controller's
             # child): whatever still carries this profile's markers is ended before the new one starts.
             self._end_strays(action.profile, obs)
+        if action.kind == "spawn" and superseded():
+            # Ending leftovers can hold a pass for seconds: a gateway started now from an older spec would
+            # only be replaced on the next pass.
+            return False
         try:
             with self.store.tx():  # one commit per action: its history, journal and request updates together
                 handler(action, obs)
@@ -76,6 +84,7 @@ class Executor:
             raise
         if action.kind == "spawn":
             self._ended.discard(action.profile)
+        return True
 
     def saw_its_gateway_end(self, name: str) -> bool:
         """True once a reclaim removed a record this controller wrote (its own child or adoptee ended, and

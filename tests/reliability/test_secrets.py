@@ -34,6 +34,9 @@ ROTATED = {"OPENAI_API_KEY": "sk-proj-rotatedsecretH8", "DB_PASSWORD": "pg-pw-ro
 WORKER_SECRETS = {"GITHUB_TOKEN": "ghp_workerSecretJ10"}
 
 
+STATUS_VIEWS = (("status",), ("status", "-o", "json"), ("status", "--deep"), ("status", "--deep", "-o", "json"))
+
+
 def all_values() -> list[str]:
     return list(SECRETS.values()) + list(ROTATED.values()) + list(WORKER_SECRETS.values())
 
@@ -77,10 +80,8 @@ def test_secret_values_never_leave_the_spec(fleet):
     outputs["apply"] = fleet.apply().stdout
     fleet.wait_running("alpha")
     fleet.wait_pid("worker")
-    run("status", "status")
-    run("status -o json", "status", "-o", "json")
-    run("status --deep", "status", "--deep")
-    run("status --deep -o json", "status", "--deep", "-o", "json")
+    for view in STATUS_VIEWS:
+        run(" ".join(view), *view)
     run("config", "config", ok=(0,))
     run("config -o json", "config", "-o", "json", ok=(0,))
     run("maintenance restart", "maintenance", "restart", "alpha", "--reason", "rotate", "--idle-seconds", "3600",
@@ -216,10 +217,8 @@ def test_one_rule_hides_every_secret_form_in_every_output(fleet, tmp_path):
     outputs["apply"] = fleet.apply().stdout
     fleet.wait_running("alpha")
     fleet.wait_pid("worker")
-    run("status", "status")
-    run("status -o json", "status", "-o", "json")
-    run("status --deep", "status", "--deep")
-    run("status --deep -o json", "status", "--deep", "-o", "json")
+    for view in STATUS_VIEWS:
+        run(" ".join(view), *view)
 
     write({**FORMS, **ROTATED_FORMS})
     text = run("diff (rotated)", "diff")
