@@ -48,6 +48,7 @@ app.add_typer(maintenance_cmd.maintenance_app, name="maintenance")
 app.command("export")(export_cmd.export_command)
 app.add_typer(service_cmd.service_app, name="service")
 
+
 def command():
     """The click command tree of `app`, with plain help and profile-name completion."""
     from typer.main import get_command
