@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import sys
 import time
@@ -14,6 +13,8 @@ import pytest
 
 from fleet_harness import alive, environ_of, fleet, proc_start_ticks  # noqa: F401
 from helpers import SIGNAL_LOGGER, ProcessReaper, reaper, wait_until  # noqa: F401
+
+from fleet.store.files import write_json_atomic
 
 pytestmark = [
     pytest.mark.skipif(os.name != "posix" or not sys.platform.startswith("linux"), reason="Linux process model"),
@@ -143,7 +144,7 @@ def test_record_naming_an_unrelated_process_never_signals_it(fleet, reaper, tmp_
         forged.update(start_ticks=ticks - 1000, create_time=created - 10.0)
     else:  # the right start, but nothing says it is a gateway of this fleet
         forged.update(start_ticks=ticks, create_time=created)
-    (fleet.state / "alpha.pid").write_text(json.dumps(forged))
+    write_json_atomic(fleet.state / "alpha.pid", forged)
     assert "HERMES_FLEET_PROFILE" not in environ_of(bystander.pid)
 
     fleet.apply(expect=None)  # a new controller reads the forged record

@@ -19,6 +19,7 @@ from factories import profile_spec
 from fleet.observe import identity
 from fleet.platform.base import SignalRefused
 from fleet.platform.posix import PosixPlatform
+from fleet.store.files import write_json_atomic
 from fleet_harness import alive, environ_of, fleet, proc_start_ticks  # noqa: F401
 from helpers import SIGNAL_LOGGER, ProcessReaper, reaper, wait_until  # noqa: F401
 
@@ -224,7 +225,7 @@ def forge(fleet, name: str, pid: int, **extra) -> dict:
     original = fleet.record(name)
     forged = dict(original, pid=pid, start_ticks=proc_start_ticks(pid),
                   create_time=psutil.Process(pid).create_time(), **extra)
-    (fleet.state / f"{name}.pid").write_text(json.dumps(forged))
+    write_json_atomic(fleet.state / f"{name}.pid", forged)
     return original
 
 
@@ -241,7 +242,7 @@ def test_diff_reclaims_a_record_naming_pid_1_or_the_runner_and_plans_no_signal(f
         result = fleet.cli("diff")  # plan only: nothing is executed
     finally:
         # Whatever diff said, no controller may ever read the forged record.
-        (fleet.state / "alpha.pid").write_text(json.dumps(original))
+        write_json_atomic(fleet.state / "alpha.pid", original)
     assert "alpha will have its record reclaimed (pid foreign)" in result.stdout, fleet.explain(result)
     assert "0 to replace, 0 to drain, 0 to kill" in result.stdout, fleet.explain(result)
     assert "Draining" not in result.stdout and "will be drained" not in result.stdout, fleet.explain(result)
