@@ -225,7 +225,11 @@ os.write(fd, b"done\n")
 """
 
 
-def test_copy_truncate_under_a_running_writer_loses_no_line_at_an_ordinary_rate(tmp_path):
+def test_copy_truncate_under_a_running_writer_loses_at_most_the_instant_of_each_truncate(tmp_path):
+    """Copy-truncate (logrotate's `copytruncate`) can lose what the writer appends between the copy's last
+    read, which found the end, and the truncate: an instant, so at most one line of an ordinary writer per
+    rotation, and usually none (here: at most one line per ten rotations). Everything else arrives whole and
+    in order."""
     from fleet.execute.logs import trim_running
     log = tmp_path / "w.log"
     count = 30000
@@ -240,8 +244,12 @@ def test_copy_truncate_under_a_running_writer_loses_no_line_at_an_ordinary_rate(
     assert rotations >= 5
     rotated = sorted(tmp_path.glob("w.log.*"), key=lambda p: -int(p.suffix[1:]))  # oldest first
     text = b"".join(p.read_bytes() for p in rotated) + log.read_bytes()
-    numbers = [int(line.split()[1]) for line in text.splitlines() if line.startswith(b"line ")]
-    assert numbers == list(range(count)), f"{count - len(numbers)} lines lost or out of order"
+    lines = [line for line in text.splitlines() if line.startswith(b"line ")]
+    assert all(len(line) == 104 for line in lines), "a line arrived torn"
+    numbers = [int(line.split()[1]) for line in lines]
+    assert numbers == sorted(set(numbers)) and set(numbers) <= set(range(count)), "lines out of order or repeated"
+    lost = count - len(numbers)
+    assert lost <= rotations // 10, f"{lost} lines lost in {rotations} rotations"
 
 
 FLOOD = r"""
