@@ -104,10 +104,12 @@ def test_a_marked_process_is_a_gateway_only_on_a_gateway_command_line(reaper, tm
                                               info(diag.pid))
 
 
-def test_a_generation_recorded_while_leftovers_are_ended_is_the_one_the_respawn_starts(fleet, tmp_path):
+@pytest.mark.parametrize("change", ["manifest", "stop"])
+def test_a_desired_state_changed_while_leftovers_are_ended_is_the_one_the_spawn_follows(fleet, tmp_path, change):
     """A gateway died while no controller ran and left a child that takes SIGKILL to end: the next
-    controller's spawn holds its pass for a second or more while it ends that child. A manifest recorded
-    meanwhile is the one the new gateway starts from (never an older spec, replaced at once)."""
+    controller's spawn holds its pass for a second or more while it ends that child. A manifest recorded, or
+    a `stop` given, meanwhile is what the spawn follows: never a gateway from an older spec replaced at
+    once, never one started against the stop and then drained."""
     from fleet.controller.record import record_manifest
     from fleet.spec.load import load_manifest
     from fleet.store.db import Store
@@ -124,13 +126,24 @@ def test_a_generation_recorded_while_leftovers_are_ended_is_the_one_the_respawn_
     fleet.kill9(first)
     fleet.start_controller()
     wait_until(noted.exists, 20, what="the leftover to be sent SIGTERM")
-    manifest = fleet.write_manifest({"alpha": {"env": {"REV": "2"}}}, backoff=["0s"])
     store = Store(str(StateDir(fleet.state).db))
     try:
-        record_manifest(store, load_manifest(str(manifest)), {"revision": "test"}, prune=True, source="test",
-                        lift_down=False)
+        if change == "manifest":
+            manifest = fleet.write_manifest({"alpha": {"env": {"REV": "2"}}}, backoff=["0s"])
+            record_manifest(store, load_manifest(str(manifest)), {"revision": "test"}, prune=True, source="test",
+                            lift_down=False)
+        else:  # what `hermes-fleet stop alpha` records
+            with store.tx():
+                store.update_history("alpha", override_desired="stopped", override_by="stop:test",
+                                     override_at=time.time())
     finally:
         store.close()
-    second = fleet.wait_running("alpha", other_than=first)
-    assert environ_of(second).get("REV") == "2", fleet.journal("alpha")
+    if change == "manifest":
+        second = fleet.wait_running("alpha", other_than=first)
+        assert environ_of(second).get("REV") == "2", fleet.journal("alpha")
+    else:
+        wait_until(lambda: fleet.journal_kinds("alpha", "leftovers_ended"), 20, what="the leftover to be ended")
+        wait_until(lambda: fleet.profiles()["alpha"]["phase"] == "Stopped", 20, what="alpha shown stopped")
+        assert len(fleet.journal_kinds("alpha", "spawned")) == 1, fleet.journal("alpha")  # the first apply's
+        assert fleet.marked_pids("alpha") == []
     assert not fleet.journal_kinds("alpha", "drain_started"), fleet.journal("alpha")

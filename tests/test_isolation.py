@@ -25,7 +25,7 @@ from fleet.plan.model import Action
 from fleet.spec.model import RestartPolicy
 from fleet.store.db import OperatorRequest
 from fleet.store.layout import StateDir
-from fleet.store.files import write_json_atomic
+from fleet.store.files import write_atomic, write_json_atomic
 
 pytestmark = pytest.mark.timeout(180) if hasattr(pytest.mark, "timeout") else []
 
@@ -339,9 +339,10 @@ def test_down_names_what_of_the_fleet_still_runs(fleet, reaper):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process model")
 @pytest.mark.parametrize("driver", ["process", "hermes"])
-@pytest.mark.parametrize("forged", ["reused", "dead"])
+@pytest.mark.parametrize("forged", ["reused", "dead", "unrelated", "corrupt"])
 def test_a_forged_record_never_makes_a_live_gateway_a_leftover(fleet, reaper, driver, forged):
-    """A record replaced by one naming a reused pid (with an older start) or a dead pid, under a live gateway
+    """A record replaced by one naming a reused pid (with an older start), a dead pid, another live process
+    of ours with its true start, or by garbage, under a live gateway
     adopted by this controller (so no child of it) and, for Hermes, with Hermes' own gateway.pid forged too
     (the lock then names nobody): the record says nothing true about what came after the gateway, so the
     gateway, which carries the profile's markers, is adopted again, never ended as the record's leftover,
@@ -357,17 +358,26 @@ def test_a_forged_record_never_makes_a_live_gateway_a_leftover(fleet, reaper, dr
     fleet.apply()
     wait_until(lambda: fleet.journal_kinds(name, "adopted"), 20, what="the gateway to be adopted")
     decoy = reaper.spawn([sys.executable, "-c", "import time; time.sleep(60)"])
+    record: dict | str
     if forged == "reused":
         record = dict(fleet.record(name), pid=decoy.pid, start_ticks=1, create_time=1.0)
-    else:
+    elif forged == "dead":
         gone = reaper.spawn([sys.executable, "-c", "pass"])
         gone.wait(10)
         record = dict(fleet.record(name), pid=gone.pid, start_ticks=1, create_time=1.0)
+    elif forged == "unrelated":
+        record = dict(fleet.record(name), pid=decoy.pid, start_ticks=proc_start_ticks(decoy.pid),
+                      create_time=create_time(decoy.pid))
+    else:
+        record = "{not a record"
     if driver == "hermes":
         write_json_atomic(fleet.profile_home(name) / "gateway.pid", {
             "pid": decoy.pid, "kind": "hermes-gateway", "start_time": proc_start_ticks(decoy.pid),
             "argv": ["hermes", "-p", name, "gateway", "run", "--external-supervisor"]})
-    write_json_atomic(fleet.state / f"{name}.pid", record)  # under the running controller
+    if isinstance(record, dict):
+        write_json_atomic(fleet.state / f"{name}.pid", record)  # under the running controller
+    else:
+        write_atomic(fleet.state / f"{name}.pid", record.encode())
     wake(StateDir(fleet.state))
     wait_until(lambda: fleet.journal_kinds(name, "reclaimed") or fleet.journal_kinds(name, "exited"), 20,
                what="the forged record to be reclaimed")

@@ -27,7 +27,7 @@ from fleet.service.notify import SdNotify
 from fleet.spec.model import DRIVER_HERMES
 from fleet.spec.secrets import mask_text
 from fleet.store.claims import CLAIM_RENEW_SECONDS, own_claim, release_claim, write_claim
-from fleet.store.db import Store
+from fleet.store.db import ProfileHistory, Store
 from fleet.store.fence import Fence
 from fleet.store.health import HealthFile
 from fleet.store.layout import StateDir, ensure_state_dir
@@ -57,13 +57,16 @@ def log(message: str) -> None:
         pass  # a full disk under the log must not stop the supervision
 
 
-def _superseded(store: Store, generation: int) -> bool:
-    """A newer generation was recorded while this pass ran."""
+def _superseded(store: Store, generation: int, planned_from: ProfileHistory) -> bool:
+    """The desired state of this profile changed while this pass ran: a newer generation, or an operator's
+    `stop`, `start` or `down` of it."""
     try:
         current = store.current_generation()
+        now = store.history(planned_from.name)
     except Exception:  # noqa: BLE001 - a store that cannot be read now: go on with what was read
         return False
-    return current is not None and current.generation != generation
+    return (current is not None and current.generation != generation) or \
+        (now.override_desired, now.override_by) != (planned_from.override_desired, planned_from.override_by)
 
 
 class Controller:
@@ -181,8 +184,8 @@ class Controller:
                         history = observed.get(action.profile).history
                         try:
                             if not executor.execute(action, observed.get(action.profile),
-                                                    lambda: _superseded(store, desired.generation)):
-                                break  # a newer generation came in meanwhile: plan again at once, from it
+                                                    lambda: _superseded(store, desired.generation, history)):
+                                break  # the desired state changed meanwhile: plan again at once, from it
                             failing.pop(key, None)
                             if history.action_error_kind == action.kind and action.kind != "spawn":
                                 store.update_history(action.profile, action_error=None, action_error_kind=None,

@@ -58,7 +58,7 @@ class Executor:
     def execute(self, action: Action, obs: ProfileObservation,
                 superseded: Callable[[], bool] = lambda: False) -> bool:
         """Perform one action; False when it started nothing because `superseded()` says the desired state
-        it was planned from is no longer the newest (the pass then plans again)."""
+        it was planned from changed meanwhile (the pass then plans again)."""
         handler = getattr(self, f"_{action.kind}")
         if action.kind == "reclaim" and action.reason in ("pid_dead", "pid_reused") and obs.record is not None \
                 and self._known.get(action.profile) == (obs.record.pid, obs.record.start_ticks):
@@ -73,8 +73,8 @@ class Executor:
             # child): whatever still carries this profile's markers is ended before the new one starts.
             self._end_strays(action.profile, obs)
         if action.kind == "spawn" and superseded():
-            # Ending leftovers can hold a pass for seconds: a gateway started now from an older spec would
-            # only be replaced on the next pass.
+            # Ending leftovers can hold a pass for seconds: a gateway started now from an older spec, or
+            # against a `stop` given meanwhile, would only be replaced or stopped on the next pass.
             return False
         try:
             with self.store.tx():  # one commit per action: its history, journal and request updates together
