@@ -176,6 +176,10 @@ def test_a_profile_that_cannot_spawn_never_blocks_its_siblings(fleet, how):
     fleet.profile_home("good").mkdir(parents=True)
     fleet.apply("--no-wait")
     _healthy_siblings_survive(fleet)
+    # A profile that never ran can be removed: cleaning up files it could never have written succeeds.
+    fleet.write_manifest({"crashy": None, "good": None}, stagger="0.5s")
+    fleet.apply()
+    assert "bad" not in fleet.profiles()
 
 
 WRAPPER = textwrap.dedent("""\

@@ -19,7 +19,7 @@ from fleet.plan.exits import CRASH_CLASSES, TERMINAL_CLASSES, classify_exit, des
 from fleet.plan.model import Action
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 from fleet.store.db import Store
-from fleet.store.files import append_line, remove, write_json_atomic
+from fleet.store.files import UnsafeFile, append_line, remove, write_json_atomic
 from fleet.store.layout import StateDir
 from fleet.store.records import PidRecord, remove_record, write_record
 
@@ -147,19 +147,27 @@ class Executor:
             self._clear_drain(name)
             self.journal("drained", "previous process gone; drain finished", name)
         elif action.reason in ("removed_from_manifest", "prune_disabled"):
-            self._clear_drain(name)
-            remove_record(self.state.record(name))
+            for path in (*self._drain_files(name), self.state.record(name)):
+                try:
+                    remove(path)
+                except UnsafeFile as exc:
+                    # Not a file this fleet wrote (a directory in its place): left alone, and it must not
+                    # keep a profile the manifest dropped from being forgotten.
+                    self.journal("warning", f"{exc}; {name} is forgotten all the same", name)
             self.store.forget(name)
             what = "removed" if action.reason == "removed_from_manifest" else "left running unmanaged (prune: false)"
             self.journal("pruned", f"{name} {what}", name)
         else:
             self.journal("updated", action.message, name, reason=action.reason)
 
-    def _clear_drain(self, name: str) -> None:
+    def _drain_files(self, name: str) -> list[str]:
         spec = self.spec_of(name)
-        if spec is not None and spec.driver == DRIVER_HERMES:
-            remove(os.path.join(spec.hermes_home, hf.DRAIN_REQUEST))
-        remove(self.state.stop_marker(name))
+        hermes = [os.path.join(spec.hermes_home, hf.DRAIN_REQUEST)] if spec and spec.driver == DRIVER_HERMES else []
+        return [*hermes, str(self.state.stop_marker(name))]
+
+    def _clear_drain(self, name: str) -> None:
+        for path in self._drain_files(name):
+            remove(path)
         self.store.update_history(name, drain_intent=None, drain_reason=None, drain_started=None,
                                   drain_deadline=None, drain_signalled=None, drain_pid=None)
 

@@ -90,10 +90,12 @@ def append_line(path: str | os.PathLike, line: str) -> None:
 
 
 def remove(path: str | os.PathLike) -> bool:
+    """True when a file was removed; False when there was none, including where none can be (a path
+    through a regular file), so cleaning up after a profile whose home could never exist succeeds."""
     try:
         os.unlink(path)
         return True
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
     except IsADirectoryError:
         raise UnsafeFile(f"{path} is a directory where a file belongs; remove it by hand") from None

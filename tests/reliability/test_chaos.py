@@ -1221,7 +1221,9 @@ def test_chaos_soak(tmp_path, soak_seconds, soak_seed):
                 f"whole journal in {tmp_path / 'journal.txt'}):\n"
                 + "\n".join(lines[:40])
                 + "\n--- event log\n" + "\n".join(json.dumps(e) for e in soak.events)
-                + "\n--- journal tail\n" + journal_tail(soak.state))
+                + "\n--- journal tail\n" + journal_tail(soak.state)
+                # Again last: a report clipped to its head and tail still names what broke.
+                + "\n--- violations\n" + "\n".join(line[:300] for line in lines[:10]))
     except BaseException:
         print(f"\nchaos soak seed {seed} (replay with --soak-seed {seed})")
         raise
