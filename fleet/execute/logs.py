@@ -10,7 +10,8 @@ truncate (a window of microseconds); under a flood (over FLOOD_SLACK per check i
 the oldest bytes beyond MAX_LOG_BYTES + FLOOD_SLACK and the newest written while those are
 copied. On disk at any time: KEEP_ROTATED rotated files of at most MAX_LOG_BYTES + FLOOD_SLACK,
 plus the live log (the cap plus what a flood writes in one check interval). At a spawn, with no
-writer left, a log over the cap is simply renamed."""
+writer left, a log over the cap is renamed, and cut to the same bound if a flood outran a dead
+controller."""
 
 from __future__ import annotations
 
@@ -35,11 +36,17 @@ def _shift(path: str, keep: int) -> None:
 
 
 def rotate_if_large(path: str, max_bytes: int = MAX_LOG_BYTES, keep: int = KEEP_ROTATED) -> bool:
+    """At a spawn, with no writer left: a log over the cap becomes `<log>.1`. One a flood left while no
+    controller watched it is cut like a copy-truncate under a flood (its newest max_bytes + FLOOD_SLACK
+    kept), so a rotated file is bounded whichever way it was rotated."""
     try:
-        if os.path.getsize(path) < max_bytes:
-            return False
+        size = os.path.getsize(path)
     except OSError:
         return False
+    if size < max_bytes:
+        return False
+    if size > max_bytes + FLOOD_SLACK:
+        return trim_running(path, max_bytes, keep)
     _shift(path, keep)
     os.replace(path, f"{path}.1")
     return True
