@@ -182,16 +182,7 @@ class Executor:
             pid = self.platform.spawn_detached(argv, child_environment(spec, self.state), spec.cwd,
                                                str(self.state.log(name)))
         except Exception as exc:  # noqa: BLE001 - whatever stops a start is this profile's failure, never the loop's
-            # Counted as an attempt (start limit) and a failure (backoff), but not as a start: a sibling's
-            # stagger slot is only taken by a process that runs.
-            error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else (
-                f"{type(exc).__name__}: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
-            self.store.update_history(name, last_exit_code=None, last_exit_at=now, last_exit_class="crash",
-                                      failures=h.failures + 1, recent_starts=starts, action_error=error[:500],
-                                      action_error_kind="spawn", action_error_at=now,
-                                      action_errors=(h.action_errors if h.action_error_kind == "spawn" else 0) + 1)
-            self.journal("spawn_failed", f"could not start {spec.command[0] if spec.command else name}: {error}",
-                         name, error=error[:500])
+            self._spawn_failed(name, spec, obs, now, starts, _spawn_error(exc))
             return
         info = self.platform.process_info(pid)
         record = PidRecord(profile=name, pid=pid, start_ticks=info.start_ticks if info else None,
@@ -199,6 +190,23 @@ class Executor:
                            started_at=now, controller_pid=os.getpid(), epoch=self.epoch)
         self._known[name] = (pid, record.start_ticks)
         write_record(self.state.record(name), record)
+        self._spawned(action, spec, obs, now, starts, pid)
+
+    def _spawn_failed(self, name: str, spec: ProfileSpec, obs: ProfileObservation, now: float,
+                      starts: tuple[float, ...], error: str) -> None:
+        # Counted as an attempt (start limit) and a failure (backoff), but not as a start: a sibling's
+        # stagger slot is only taken by a process that runs.
+        h = obs.history
+        self.store.update_history(name, last_exit_code=None, last_exit_at=now, last_exit_class="crash",
+                                  failures=h.failures + 1, recent_starts=starts, action_error=error[:500],
+                                  action_error_kind="spawn", action_error_at=now,
+                                  action_errors=(h.action_errors if h.action_error_kind == "spawn" else 0) + 1)
+        self.journal("spawn_failed", f"could not start {spec.command[0] if spec.command else name}: {error}",
+                     name, error=error[:500])
+
+    def _spawned(self, action: Action, spec: ProfileSpec, obs: ProfileObservation, now: float,
+                 starts: tuple[float, ...], pid: int) -> None:
+        name, h = action.profile, obs.history
         counts_as_restart = action.reason in ("crashed", "replacement", "restart_requested", "not_running")
         fields = dict(last_start=now, restarts=h.restarts + (1 if counts_as_restart and h.last_start else 0),
                       idle_since=None, drain_intent=None, drain_reason=None, drain_started=None,
@@ -378,3 +386,10 @@ class Executor:
     def _still_same(self, info) -> bool:
         now = self.platform.process_info(info.pid)
         return now is not None and now.alive and identity.same_start(info.start_ticks, info.create_time, now)
+
+
+def _spawn_error(exc: Exception) -> str:
+    """One line for what stopped a start; an OSError's file names the path that failed."""
+    if not isinstance(exc, OSError):
+        return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
