@@ -10,9 +10,9 @@ from fleet.controller.desired import DesiredSource
 from fleet.observe.model import Observed, ProfileObservation
 from fleet.observe.observer import Observer
 from fleet.plan.exits import describe_exit
-from fleet.plan.model import Action, Plan
+from fleet.plan.model import Action, Desired, Plan
 from fleet.plan.planner import plan
-from fleet.spec.model import DRIVER_HERMES
+from fleet.spec.model import DRIVER_HERMES, FleetSpec, ProfileSpec
 from fleet.spec.secrets import mask_text
 from fleet.store.db import ProfileHistory, Store
 from fleet.store.health import read_degraded
@@ -141,7 +141,6 @@ def controller_status(state: StateDir, store: Store, platform) -> ControllerStat
 
 
 def _store_degraded(state: StateDir) -> str | None:
-    import time
     problem = read_degraded(state)
     if problem is None:
         return None
@@ -151,7 +150,22 @@ def _store_degraded(state: StateDir) -> str | None:
             f"{problem.get('pending', 0)} bookkeeping write(s) kept in memory")
 
 
-def _phase(action: Action, obs: ProfileObservation, desired: str, hermes: bool) -> tuple[str, str]:
+def _phase(action: Action, obs: ProfileObservation, hermes: bool) -> tuple[str, str]:
+    """(phase, health): what the chosen action says first, then whether and how the gateway runs."""
+    by_action = _phase_of_action(action)
+    if by_action is not None:
+        return by_action
+    if obs.process is None:
+        return _phase_without_process(action, obs.history)
+    if action.kind == "wait" and action.reason in GATED_REASONS:
+        return "Waiting", "Healthy"
+    if _still_starting(obs, hermes):
+        return "Starting", "Progressing"
+    return "Running", "Healthy"
+
+
+def _phase_of_action(action: Action) -> tuple[str, str] | None:
+    """The phases an action decides whether or not a gateway runs; None for the others."""
     kind, reason = action.kind, action.reason
     if kind == "conflict":
         return "Failed", "Degraded"
@@ -165,22 +179,25 @@ def _phase(action: Action, obs: ProfileObservation, desired: str, hermes: bool) 
         return ("Removing" if reason == "removed_from_manifest" else "Draining"), "Progressing"
     if kind == "kill":
         return "Failed" if reason == "wedged" else "Draining", "Degraded"
-    if obs.process is None:
-        if kind == "spawn" and action.not_before is not None and obs.history.failures:
-            return "Backoff", "Degraded"
-        if kind == "spawn":
-            return "Starting", "Progressing"
-        if reason in ("exited_cleanly", "restart_policy_never"):
-            return "Stopped", "Missing"
-        return "Missing", "Missing"
-    if kind == "wait" and reason in GATED_REASONS:
-        return "Waiting", "Healthy"
-    st = obs.status
-    if hermes and (st is None or st.pid != obs.process.pid or st.state in ("starting", "startup_failed")):
-        return "Starting", "Progressing"  # Hermes writes `running` once its adapters are up; until then it is not
-    if st is not None and st.state == "starting":
+    return None
+
+
+def _phase_without_process(action: Action, history: ProfileHistory) -> tuple[str, str]:
+    if action.kind == "spawn" and action.not_before is not None and history.failures:
+        return "Backoff", "Degraded"
+    if action.kind == "spawn":
         return "Starting", "Progressing"
-    return "Running", "Healthy"
+    if action.reason in ("exited_cleanly", "restart_policy_never"):
+        return "Stopped", "Missing"
+    return "Missing", "Missing"
+
+
+def _still_starting(obs: ProfileObservation, hermes: bool) -> bool:
+    st = obs.status
+    if hermes:
+        # Hermes writes `running` once its adapters are up; until then it is not
+        return st is None or st.pid != obs.process.pid or st.state in ("starting", "startup_failed")
+    return st is not None and st.state == "starting"
 
 
 def fleet_status(state: StateDir, platform, now: float, *, scan: bool = False) -> FleetStatus:
@@ -188,42 +205,68 @@ def fleet_status(state: StateDir, platform, now: float, *, scan: bool = False) -
     try:
         ctl = controller_status(state, store, platform)
         desired, specs = DesiredSource(store).current()
-        if desired is None:
-            from fleet.spec.model import FleetSpec
-            from fleet.plan.model import Desired
-            desired = Desired(FleetSpec("default", 0, 1, (), "", ""), 0, allow_empty=True)
+        desired = desired if desired is not None else _nothing_applied()
         observed = Observer(state, store, platform).observe(specs, now=now, scan=scan)
         current = plan(desired, observed, now)
     finally:
         store.close()
-    by_profile: dict[str, Action] = {}
+    actions = _action_per_profile(current)
+    rows = tuple(_profile_status(name, actions[name], observed.get(name), desired.spec.profile(name), now)
+                 for name in sorted(actions))
+    return FleetStatus(controller=ctl, profiles=rows, plan=current, observed=observed)
+
+
+def _nothing_applied() -> Desired:
+    """Before the first `apply`: an empty fleet the planner may plan for (it only fixes records)."""
+    return Desired(FleetSpec("default", 0, 1, (), "", ""), 0, allow_empty=True)
+
+
+def _action_per_profile(current: Plan) -> dict[str, Action]:
+    """The action a profile's row shows: its first one, unless a record fix (reclaim, adopt, update) comes
+    before what it does next."""
+    shown: dict[str, Action] = {}
     for action in current.actions:
-        prev = by_profile.get(action.profile)
+        prev = shown.get(action.profile)
         if prev is None or prev.kind in ("reclaim", "adopt", "update"):
-            by_profile[action.profile] = action
-    rows = []
-    for name in sorted(by_profile):
-        action = by_profile[name]
-        obs = observed.get(name)
-        spec = desired.spec.profile(name)
-        proc = obs.process
-        wanted = (obs.history.override_desired or spec.desired) if spec else "removed"
-        phase, health = _phase(action, obs, wanted, spec is not None and spec.driver == DRIVER_HERMES)
-        running_hash = proc.spec_hash if proc else None
-        hold = hold_of(obs.history) if spec is not None and spec.desired == "running" else None
-        sync = _sync(spec, proc, running_hash, hold)
-        hb_age = (now - obs.heartbeat_at) if obs.heartbeat_at and proc and obs.heartbeat_at >= proc.started_at - 1 else None
-        rows.append(ProfileStatus(
-            name=name, phase=phase, sync=sync, health=health, pid=proc.pid if proc else None,
-            started_at=proc.started_at if proc else None, restarts=obs.history.restarts,
-            last_exit=None if obs.history.last_exit_class is None else
-            describe_exit(obs.history.last_exit_code, obs.history.last_exit_class),
-            heartbeat_age=hb_age, active_agents=obs.status.active if obs.status else None,
-            gateway_state=obs.status.state if obs.status else None, spec_hash=running_hash,
-            desired_spec_hash=spec.spec_hash if spec else None, desired=wanted,
-            note=hold_note(hold, now, name) if hold and action.kind == "keep" else _note(action),
-            action=action, hold=hold))
-    return FleetStatus(controller=ctl, profiles=tuple(rows), plan=current, observed=observed)
+            shown[action.profile] = action
+    return shown
+
+
+def _profile_status(name: str, action: Action, obs: ProfileObservation, spec: ProfileSpec | None,
+                    now: float) -> ProfileStatus:
+    proc = obs.process
+    running_hash = proc.spec_hash if proc else None
+    hold = hold_of(obs.history) if spec is not None and spec.desired == "running" else None
+    phase, health = _phase(action, obs, spec is not None and spec.driver == DRIVER_HERMES)
+    return ProfileStatus(
+        name=name, phase=phase, sync=_sync(spec, proc, running_hash, hold), health=health,
+        pid=proc.pid if proc else None, started_at=proc.started_at if proc else None,
+        restarts=obs.history.restarts, last_exit=_last_exit(obs.history), heartbeat_age=_heartbeat_age(obs, now),
+        active_agents=obs.status.active if obs.status else None,
+        gateway_state=obs.status.state if obs.status else None, spec_hash=running_hash,
+        desired_spec_hash=spec.spec_hash if spec else None, desired=_wanted(spec, obs.history),
+        note=hold_note(hold, now, name) if hold and action.kind == "keep" else _note(action),
+        action=action, hold=hold)
+
+
+def _wanted(spec: ProfileSpec | None, history: ProfileHistory) -> str:
+    """What the profile should be: an operator's `stop`/`start`/`down` over the manifest's word."""
+    return (history.override_desired or spec.desired) if spec else "removed"
+
+
+def _last_exit(history: ProfileHistory) -> str | None:
+    if history.last_exit_class is None:
+        return None
+    return describe_exit(history.last_exit_code, history.last_exit_class)
+
+
+def _heartbeat_age(obs: ProfileObservation, now: float) -> float | None:
+    """Seconds since the gateway's last heartbeat; None without one from this very process (a heartbeat
+    older than its start was written by a predecessor)."""
+    proc = obs.process
+    if obs.heartbeat_at and proc and obs.heartbeat_at >= proc.started_at - 1:
+        return now - obs.heartbeat_at
+    return None
 
 
 def _sync(spec, proc, running_hash: str | None, hold: Hold | None) -> str:
