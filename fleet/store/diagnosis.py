@@ -73,48 +73,64 @@ def lock_holders(path: str) -> list[int]:
     that have it open (a scan of /proc/*/fd). Empty where neither is available."""
     ids = _file_ids(path)
     me = os.getpid()
+    return _write_lock_holders(ids, me) or _openers(set(ids.values()), me)
+
+
+def _write_lock_holders(ids: dict[tuple[int, int, int], str], me: int) -> list[int]:
     writers: list[int] = []
+    for line in _proc_locks():
+        lock = _write_lock(line)
+        if lock is None:
+            continue
+        pid, key = lock
+        if key in ids and pid not in (me, -1) and pid not in writers:
+            writers.append(pid)
+    return writers
+
+
+def _proc_locks() -> list[str]:
     try:
         with open("/proc/locks") as fh:
-            lines = fh.read().splitlines()
+            return fh.read().splitlines()
     except OSError:
-        lines = []
-    for line in lines:
-        parts = line.split()
-        if "->" in parts or len(parts) < 6:
-            continue  # a waiter, not a holder
-        try:
-            kind_at = next(i for i, p in enumerate(parts) if p in ("POSIX", "FLOCK", "OFDLCK"))
-            mode, pid, dev_ino = parts[kind_at + 2], int(parts[kind_at + 3]), parts[kind_at + 4]
-            major, minor, ino = dev_ino.split(":")
-            key = (int(major, 16), int(minor, 16), int(ino))
-        except (StopIteration, IndexError, ValueError):
-            continue
-        if mode == "WRITE" and key in ids and pid not in (me, -1) and pid not in writers:
-            writers.append(pid)
-    if writers:
-        return writers
-    names = set(ids.values())
-    openers: list[int] = []
+        return []
+
+
+def _write_lock(line: str) -> tuple[int, tuple[int, int, int]] | None:
+    """(pid, (major, minor, inode)) of a write lock held in a /proc/locks line; None for anything else."""
+    parts = line.split()
+    if "->" in parts or len(parts) < 6:
+        return None  # a waiter, not a holder
+    try:
+        kind_at = next(i for i, p in enumerate(parts) if p in ("POSIX", "FLOCK", "OFDLCK"))
+        mode, pid, dev_ino = parts[kind_at + 2], int(parts[kind_at + 3]), parts[kind_at + 4]
+        major, minor, ino = dev_ino.split(":")
+        key = (int(major, 16), int(minor, 16), int(ino))
+    except (StopIteration, IndexError, ValueError):
+        return None
+    return (pid, key) if mode == "WRITE" else None
+
+
+def _openers(names: set[str], me: int) -> list[int]:
     try:
         pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
     except OSError:
         return []
-    for pid in pids:
-        if pid == me:
-            continue
+    return [pid for pid in pids if pid != me and _has_open(pid, names)]
+
+
+def _has_open(pid: int, names: set[str]) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
         try:
-            fds = os.listdir(f"/proc/{pid}/fd")
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in names:
+                return True
         except OSError:
             continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") in names:
-                    openers.append(pid)
-                    break
-            except OSError:
-                continue
-    return openers
+    return False
 
 
 def integrity_problem(path: str) -> str | None:
