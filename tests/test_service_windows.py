@@ -88,7 +88,7 @@ def test_task_action_runs_pythonw_directly_with_the_hidden_launcher():
     assert exe.find(q("Command")).text == WIN_HOST.pythonw
     assert exe.find(q("WorkingDirectory")).text == WIN_TARGET.state_dir
     assert exe.find(q("Arguments")).text == subprocess.list2cmdline([
-        "-m", "fleet.service.logged_main", "--log-file", r"C:\Users\Zoë & Co\.hermes\gateway\logs\controller.log",
+        "-m", "fleet.cli.logged_main", "--log-file", r"C:\Users\Zoë & Co\.hermes\gateway\logs\controller.log",
         "--service", "task", "--", "controller", "run", "-f", WIN_TARGET.fleet_file, "--state-dir", WIN_TARGET.state_dir,
     ])
 
@@ -447,14 +447,14 @@ def test_service_host_stop_ends_only_the_controller(tmp_path):
 
 def test_logged_main_sends_the_cli_output_to_the_log(tmp_path):
     log = tmp_path / "logs" / "controller.log"
-    result = subprocess.run([sys.executable, "-m", "fleet.service.logged_main", "--log-file", str(log),
+    result = subprocess.run([sys.executable, "-m", "fleet.cli.logged_main", "--log-file", str(log),
                              "--service", "task", "--", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     assert result.stdout == "" and "Usage" in log.read_text()
 
 
 def test_logged_main_rejects_a_malformed_line():
-    from fleet.service.logged_main import split_args
+    from fleet.cli.logged_main import split_args
 
     assert split_args(["--log-file", "x.log", "--service", "task", "--", "controller", "run"]) == \
         ("x.log", "task", ["controller", "run"])
@@ -465,7 +465,7 @@ def test_logged_main_rejects_a_malformed_line():
 
 
 def test_logged_main_rotates_a_big_log(tmp_path):
-    from fleet.service.logged_main import rotate
+    from fleet.cli.logged_main import rotate
 
     log = tmp_path / "c.log"
     log.write_bytes(b"x" * 100)

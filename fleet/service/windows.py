@@ -61,7 +61,7 @@ def pythonw_for(python: str) -> str:
 def hidden_launch_args(target: ServiceTarget, service: str) -> tuple[str, ...]:
     """Arguments after pythonw: run the CLI in-process with stdout/stderr in the log file
     (pythonw has no console streams to write to)."""
-    return ("-m", "fleet.service.logged_main", "--log-file", target.controller_log, "--service", service,
+    return ("-m", "fleet.cli.logged_main", "--log-file", target.controller_log, "--service", service,
             "--", *target.controller_args()[2:])
 
 

@@ -5,7 +5,7 @@ streams at all (sys.stdout is None), so the controller's output would vanish. Th
 point redirects both streams into the controller log, in the same process (Task Scheduler
 then tracks the controller itself, not a wrapper), and calls the CLI:
 
-    pythonw -m fleet.service.logged_main --log-file LOG --service task -- controller run ...
+    pythonw -m fleet.cli.logged_main --log-file LOG --service task -- controller run ...
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         log_file, service, cli_args = split_args(sys.argv[1:] if argv is None else argv)
     except ValueError as exc:
-        print(f"fleet.service.logged_main: {exc}", file=sys.stderr or sys.__stderr__)
+        print(f"fleet.cli.logged_main: {exc}", file=sys.stderr or sys.__stderr__)
         raise SystemExit(2) from None
     os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
     rotate(log_file)
