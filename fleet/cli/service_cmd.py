@@ -66,6 +66,7 @@ PlatformOpt = Annotated[PlatformName | None, typer.Option(
     "--platform", help="Render for another platform (with --dry-run) (default: this host).")]
 SystemOpt = Annotated[bool, typer.Option(
     "--system", help="Linux: a system unit run as --run-as (needs root). Windows: a Windows service (admin).")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to wait for the controller to come up.")]
 
 
 def _say(line: str) -> None:
@@ -184,7 +185,7 @@ def install(
         "--linger", help="Linux user units: what to do when linger is off (default: ask on a terminal, else report).")] = None,
     password_stdin: Annotated[bool, typer.Option(
         "--password-stdin", help="Windows service: read the account's password from stdin.")] = False,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the controller to come up.")] = 60.0,
+    timeout: TimeoutOpt = 60.0,
 ) -> None:
     """Register the controller and start it; idempotent. Succeeds only once the controller is seen running."""
     lifecycle, _ = _lifecycle(file, state_dir, name, dry_run=dry_run, platform=platform, system=system, run_as=run_as,
@@ -209,13 +210,11 @@ def uninstall(
 @service_app.command()
 def start(
     file: FileOpt = Path("fleet.yaml"), state_dir: StateDirOpt = None, name: NameOpt = None,
-    dry_run: DryRunOpt = False, platform: PlatformOpt = None, system: SystemOpt = False,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the controller to come up.")] = 60.0,
+    dry_run: DryRunOpt = False, platform: PlatformOpt = None, system: SystemOpt = False, timeout: TimeoutOpt = 60.0,
 ) -> None:
     """Start the registered controller and wait until it is up."""
-    lifecycle, managers = _lifecycle(file, state_dir, name, dry_run=dry_run, platform=platform, system=system,
-                                     timeout=timeout)
-    _run(lambda: _installed(lifecycle, managers).start())
+    _control_installed(Lifecycle.start, file, state_dir, name, dry_run=dry_run, platform=platform, system=system,
+                       timeout=timeout)
 
 
 @service_app.command()
@@ -224,20 +223,25 @@ def stop(
     dry_run: DryRunOpt = False, platform: PlatformOpt = None, system: SystemOpt = False,
 ) -> None:
     """Stop the controller (gateways keep running; `hermes-fleet down` stops those)."""
-    lifecycle, managers = _lifecycle(file, state_dir, name, dry_run=dry_run, platform=platform, system=system)
-    _run(lambda: _installed(lifecycle, managers).stop())
+    _control_installed(Lifecycle.stop, file, state_dir, name, dry_run=dry_run, platform=platform, system=system)
 
 
 @service_app.command()
 def restart(
     file: FileOpt = Path("fleet.yaml"), state_dir: StateDirOpt = None, name: NameOpt = None,
-    dry_run: DryRunOpt = False, platform: PlatformOpt = None, system: SystemOpt = False,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the controller to come up.")] = 60.0,
+    dry_run: DryRunOpt = False, platform: PlatformOpt = None, system: SystemOpt = False, timeout: TimeoutOpt = 60.0,
 ) -> None:
     """Restart the controller (gateways keep running and are adopted by the new one)."""
+    _control_installed(Lifecycle.restart, file, state_dir, name, dry_run=dry_run, platform=platform, system=system,
+                       timeout=timeout)
+
+
+def _control_installed(verb: Callable[[Lifecycle], bool], file: Path, state_dir: Path | None, name: str | None, *,
+                       dry_run: bool, platform: PlatformName | None, system: bool, timeout: float = 60.0) -> None:
+    """start, stop and restart act on the registration install made, whichever mechanism it used."""
     lifecycle, managers = _lifecycle(file, state_dir, name, dry_run=dry_run, platform=platform, system=system,
                                      timeout=timeout)
-    _run(lambda: _installed(lifecycle, managers).restart())
+    _run(lambda: verb(_installed(lifecycle, managers)))
 
 
 @service_app.command()
