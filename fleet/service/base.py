@@ -169,6 +169,9 @@ class ServiceTarget:
 # ---------------------------------------------------------------- what is registered
 
 
+NOT_INSTALLED = "not installed: run `hermes-fleet service install`"
+
+
 @dataclass(frozen=True)
 class RegistrationStatus:
     mechanism: str  # systemd-user | systemd-system | launchd | windows-service | scheduled-task | startup-folder
@@ -279,6 +282,17 @@ class ServiceManager(ABC):
 
 
 # ---------------------------------------------------------------- small helpers
+
+
+def tail_lines(path: str, count: int = 30) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 16384))
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError as exc:
+        return [f"controller log {path}: not readable ({exc.strerror})"]
+    return [f"last controller log lines ({path}):"] + ["  " + line for line in text.splitlines()[-count:]]
 
 
 def file_matches(artifact: Artifact) -> bool:

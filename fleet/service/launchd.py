@@ -16,8 +16,8 @@ import plistlib
 import re
 
 from fleet.service.base import (
-    Artifact, Command, CommandRunner, RegistrationStatus, ServiceManager, ServiceTarget, Step,
-    validate_path_text,
+    NOT_INSTALLED, Artifact, Command, CommandRunner, RegistrationStatus, ServiceManager, ServiceTarget, Step,
+    tail_lines, validate_path_text,
 )
 
 LABEL = "ai.hermes.fleet"
@@ -162,7 +162,7 @@ class LaunchdManager(ServiceManager):
         advice: list[str] = []
         notes: list[str] = []
         if not file_present:
-            advice.append("not installed: run `hermes-fleet service install`")
+            advice.append(NOT_INSTALLED)
         elif domain is None:
             advice.append("the agent is not loaded: run `hermes-fleet service start` (it loads at your next login too)")
         else:
@@ -195,17 +195,6 @@ class LaunchdManager(ServiceManager):
 
     def diagnosis(self) -> list[str]:
         return tail_lines(self.target.controller_log)
-
-
-def tail_lines(path: str, count: int = 30) -> list[str]:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 16384))
-            text = fh.read().decode("utf-8", errors="replace")
-    except OSError as exc:
-        return [f"controller log {path}: not readable ({exc.strerror})"]
-    return [f"last controller log lines ({path}):"] + ["  " + line for line in text.splitlines()[-count:]]
 
 
 def _int(value: str | None) -> int | None:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 
 from fleet.service.base import (
-    Artifact, Command, RegistrationStatus, ServiceManager, ServiceTarget, Step, CommandRunner,
+    NOT_INSTALLED, Artifact, Command, RegistrationStatus, ServiceManager, ServiceTarget, Step, CommandRunner,
     validate_path_text,
 )
 
@@ -249,7 +249,7 @@ class SystemdManager(ServiceManager):
         if props.get("StatusText"):
             notes.append(f"controller says: {props['StatusText']}")
         if not installed:
-            advice.append("not installed: run `hermes-fleet service install`")
+            advice.append(NOT_INSTALLED)
         else:
             if current is False:
                 advice.append("the unit on disk differs from what install would write now: re-run `hermes-fleet service install`")

@@ -29,8 +29,8 @@ from typing import Protocol
 from xml.sax.saxutils import escape as xml_escape
 
 from fleet.service.base import (
-    ApiCall, Artifact, Command, CommandRunner, RegistrationStatus, ServiceError, ServiceManager,
-    ServiceTarget, Step, is_windows_path, validate_path_text,
+    NOT_INSTALLED, ApiCall, Artifact, Command, CommandRunner, RegistrationStatus, ServiceError, ServiceManager,
+    ServiceTarget, Step, is_windows_path, tail_lines, validate_path_text,
 )
 from fleet.service.holder import read_holder, stop_controller
 
@@ -179,13 +179,27 @@ def _task_identity(root: ET.Element) -> tuple:
     ))
 
 
-class ScheduledTaskManager(ServiceManager):
-    mechanism = "scheduled-task"
-    restart_on_crash = True
+class WindowsManager(ServiceManager):
+    """What the three Windows mechanisms share: the user session they register for, and a controller that
+    has no console (pythonw, or the SCM), so its log is the only place its output goes."""
 
     def __init__(self, target: ServiceTarget, runner: CommandRunner, *, host: WindowsHost):
         super().__init__(target, runner)
         self.host = host
+
+    def _not_installed(self) -> RegistrationStatus:
+        return RegistrationStatus(self.mechanism, self.name, self.location, installed=False, advice=(NOT_INSTALLED,))
+
+    def diagnosis(self) -> list[str]:
+        return tail_lines(self.target.controller_log)
+
+
+class ScheduledTaskManager(WindowsManager):
+    mechanism = "scheduled-task"
+    restart_on_crash = True
+
+    def __init__(self, target: ServiceTarget, runner: CommandRunner, *, host: WindowsHost):
+        super().__init__(target, runner, host=host)
         self.fallback_manager: ServiceManager | None = StartupFolderManager(target, runner, host=host)
 
     @property
@@ -254,8 +268,7 @@ class ScheduledTaskManager(ServiceManager):
     def status(self) -> RegistrationStatus:
         root = self.registered_definition()
         if root is None:
-            return RegistrationStatus(self.mechanism, self.name, self.location, installed=False,
-                                      advice=("not installed: run `hermes-fleet service install`",))
+            return self._not_installed()
         ours = parse_task_xml(render_task_xml(self.target, self.host))
         current = ours is not None and _task_identity(root) == _task_identity(ours)
         enabled = task_field(root, "Settings/Enabled") != "false" and task_field(root, "Triggers/LogonTrigger/Enabled") != "false"
@@ -270,10 +283,6 @@ class ScheduledTaskManager(ServiceManager):
             self.mechanism, self.name, self.location, installed=True, enabled=enabled, running=None,
             state="registered" + ("" if enabled else ", disabled"), current=current, notes=notes, advice=tuple(advice),
         )
-
-    def diagnosis(self) -> list[str]:
-        from fleet.service.launchd import tail_lines
-        return tail_lines(self.target.controller_log)
 
 
 # ================================================================ Startup folder
@@ -306,13 +315,9 @@ def render_startup_vbs(target: ServiceTarget, host: WindowsHost) -> str:
     ])
 
 
-class StartupFolderManager(ServiceManager):
+class StartupFolderManager(WindowsManager):
     mechanism = "startup-folder"
     restart_on_crash = False
-
-    def __init__(self, target: ServiceTarget, runner: CommandRunner, *, host: WindowsHost):
-        super().__init__(target, runner)
-        self.host = host
 
     @property
     def name(self) -> str:
@@ -363,8 +368,7 @@ class StartupFolderManager(ServiceManager):
     def status(self) -> RegistrationStatus:
         installed = os.path.exists(self.location)
         if not installed:
-            return RegistrationStatus(self.mechanism, self.name, self.location, installed=False,
-                                      advice=("not installed: run `hermes-fleet service install`",))
+            return self._not_installed()
         current = self.registration_current()
         advice = ["startup-folder mode: nothing restarts the controller if it crashes before the next logon; "
                   "`hermes-fleet service start` starts it by hand"]
@@ -375,10 +379,6 @@ class StartupFolderManager(ServiceManager):
             state="launcher present", current=current,
             notes=("startup-folder mode: no OS restart-on-crash; starts at logon only",), advice=tuple(advice),
         )
-
-    def diagnosis(self) -> list[str]:
-        from fleet.service.launchd import tail_lines
-        return tail_lines(self.target.controller_log)
 
 
 # ================================================================ Windows service (SCM)
@@ -443,7 +443,7 @@ def sc_failure_commands(name: str) -> list[str]:
             f"sc.exe failureflag {name} 1"]
 
 
-class WindowsServiceManager(ServiceManager):
+class WindowsServiceManager(WindowsManager):
     mechanism = "windows-service"
     restart_on_crash = True
 
@@ -451,8 +451,7 @@ class WindowsServiceManager(ServiceManager):
         self, target: ServiceTarget, runner: CommandRunner, *, host: WindowsHost, scm: ScmApi,
         password: Callable[[str], str | None],
     ):
-        super().__init__(target, runner)
-        self.host = host
+        super().__init__(target, runner, host=host)
         self.scm = scm
         self.password = password  # asked only when a step that needs it runs
 
@@ -539,8 +538,7 @@ class WindowsServiceManager(ServiceManager):
     def status(self) -> RegistrationStatus:
         info = self.scm.query(self.name)
         if info is None:
-            return RegistrationStatus(self.mechanism, self.name, self.location, installed=False,
-                                      advice=("not installed: run `hermes-fleet service install`",))
+            return self._not_installed()
         current = self.registration_current()
         advice: list[str] = []
         if info.state != "running":
@@ -564,10 +562,6 @@ class WindowsServiceManager(ServiceManager):
 
     def after_install_preview(self) -> list[str]:
         return ["equivalent failure settings with sc.exe:", *("  " + line for line in sc_failure_commands(self.name))]
-
-    def diagnosis(self) -> list[str]:
-        from fleet.service.launchd import tail_lines
-        return tail_lines(self.target.controller_log)
 
 
 def _stop_if_running(scm: ScmApi, name: str) -> None:
