@@ -100,8 +100,7 @@ class Lifecycle:
         if failure is not None:
             if m.fallback_manager is not None:
                 return self._fall_back(failure, m.fallback_manager)
-            self.say(f"install FAILED at `{failure.step.display()}`: {failure.detail}")
-            self._diagnose()
+            self._say_failed("install", failure, diagnose=True)
             return False
         return self._verify_up(previous=holder if alive else None, verb="installed") and self._after_install()
 
@@ -193,14 +192,11 @@ class Lifecycle:
             steps += mgr.after_uninstall_steps()
         if self.dry_run:
             self.say("dry run: nothing is changed")
-            for step in steps:
-                self.say(f"would {'run' if isinstance(step, Command) else 'do'}: {step.display()}")
+            self._say_would(steps)
             if not stop_fleet:
                 self.say("gateways would keep running (--stop-fleet drains them first)")
             return True
-        failure = self.run_steps(steps)
-        if failure is not None:
-            self.say(f"uninstall FAILED at `{failure.step.display()}`: {failure.detail}")
+        if not self._steps_ran("uninstall", steps, diagnose=False):
             return False
         if owned_holder is not None and not self._wait_gone(owned_holder, 60):
             self.say(f"warning: the controller PID {owned_holder.pid} is still running after the registration was removed")
@@ -227,8 +223,7 @@ class Lifecycle:
     def start(self) -> bool:
         m = self.manager
         before = m.status()
-        if not before.installed:
-            raise ServiceError(f"not installed ({m.mechanism} {m.location}): run `hermes-fleet service install` first")
+        self._require_installed(before)
         holder = read_holder(self.target.state_dir, self._user)
         alive = holder is not None and holder.alive
         if alive and before.running is not False and m.owns_process(holder.pid) is not False and before.enabled is not False:
@@ -239,10 +234,7 @@ class Lifecycle:
             for step in steps:
                 self.say(f"would run: {step.display()}")
             return True
-        failure = self.run_steps(steps)
-        if failure is not None:
-            self.say(f"start FAILED at `{failure.step.display()}`: {failure.detail}")
-            self._diagnose()
+        if not self._steps_ran("start", steps, diagnose=True):
             return False
         return self._verify_up(previous=holder if alive else None, verb="started")
 
@@ -251,14 +243,11 @@ class Lifecycle:
         holder = read_holder(self.target.state_dir, self._user)
         steps = m.stop_steps()
         if self.dry_run:
-            for step in steps:
-                self.say(f"would {'run' if isinstance(step, Command) else 'do'}: {step.display()}")
+            self._say_would(steps)
             self.say("gateways would keep running")
             return True
         owned = holder is not None and holder.alive and m.owns_process(holder.pid) is not False
-        failure = self.run_steps(steps)
-        if failure is not None:
-            self.say(f"stop FAILED at `{failure.step.display()}`: {failure.detail}")
+        if not self._steps_ran("stop", steps, diagnose=False):
             return False
         if owned and not self._wait_gone(holder, 60):
             self.say(f"stop FAILED: the controller PID {holder.pid} is still running")
@@ -271,21 +260,37 @@ class Lifecycle:
 
     def restart(self) -> bool:
         m = self.manager
-        if not m.status().installed:
-            raise ServiceError(f"not installed ({m.mechanism} {m.location}): run `hermes-fleet service install` first")
+        self._require_installed(m.status())
         holder = read_holder(self.target.state_dir, self._user)
         steps = m.restart_steps()
         if self.dry_run:
-            for step in steps:
-                self.say(f"would {'run' if isinstance(step, Command) else 'do'}: {step.display()}")
+            self._say_would(steps)
             return True
-        failure = self.run_steps(steps)
-        if failure is not None:
-            self.say(f"restart FAILED at `{failure.step.display()}`: {failure.detail}")
-            self._diagnose()
+        if not self._steps_ran("restart", steps, diagnose=True):
             return False
         alive = holder is not None and holder.alive
         return self._verify_up(previous=holder if alive else None, verb="restarted")
+
+    def _require_installed(self, registration: RegistrationStatus) -> None:
+        if not registration.installed:
+            m = self.manager
+            raise ServiceError(f"not installed ({m.mechanism} {m.location}): run `hermes-fleet service install` first")
+
+    def _say_would(self, steps: list[Step]) -> None:
+        for step in steps:
+            self.say(f"would {'run' if isinstance(step, Command) else 'do'}: {step.display()}")
+
+    def _steps_ran(self, verb: str, steps: list[Step], *, diagnose: bool) -> bool:
+        """True when every step ran; otherwise says which one failed and why."""
+        failure = self.run_steps(steps)
+        if failure is not None:
+            self._say_failed(verb, failure, diagnose=diagnose)
+        return failure is None
+
+    def _say_failed(self, verb: str, failure: StepFailure, *, diagnose: bool) -> None:
+        self.say(f"{verb} FAILED at `{failure.step.display()}`: {failure.detail}")
+        if diagnose:
+            self._diagnose()
 
     # ================================================================ status
 
