@@ -219,11 +219,7 @@ class PosixPlatform:
             raise SignalRefused(f"refused to signal pid {pid}: {refusal}")
 
     def request_stop(self, pid: int) -> None:
-        self._guard(pid)
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        self._signal_one(pid, signal.SIGTERM)
 
     def kill_tree(self, pid: int, markers: Mapping[str, str]) -> None:
         self._guard(pid)
@@ -249,9 +245,13 @@ class PosixPlatform:
 
     def kill_process(self, pid: int) -> None:
         """SIGKILL one process, nothing else (its group may hold processes that are not ours)."""
+        self._signal_one(pid, signal.SIGKILL)
+
+    def _signal_one(self, pid: int, signum: int) -> None:
+        """`signum` to `pid` once `never_signal` allows it; a process already gone needs no signal."""
         self._guard(pid)
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signum)
         except ProcessLookupError:
             pass
 
