@@ -34,8 +34,11 @@ class FakePlatform:
         self.strangers: dict[int, tuple[ProcessInfo, dict[str, str]]] = {}  # live, not started by us
         self.scans = 0
         self.on_scan = lambda: None  # runs whenever the process table is read
+        self.spawn_error: OSError | None = None
 
     def spawn_detached(self, argv, env, cwd, log_path) -> int:
+        if self.spawn_error is not None:
+            raise self.spawn_error
         pid = FIRST_PID + len(self.children)
         self.children[pid] = (_info(pid, argv, os.getpid()), dict(env))
         return pid
@@ -214,3 +217,24 @@ def test_a_pass_that_finds_its_state_directory_gone_touches_nothing(state, store
     assert result.fenced and result.attempted == ()
     assert platform.children == {}
     assert store.meta("observed_generation") == "0"
+
+
+def test_an_action_that_fails_while_the_store_refuses_its_failure_is_held_in_memory(state, store, tmp_path):
+    record(store, tmp_path)
+    platform = FakePlatform()
+    platform.spawn_error = OSError("exec format error")
+    passes = reconciler(state, store, platform)
+
+    def refuse(*_args, **_fields):
+        raise OSError("disk full")
+    store.update_history = refuse
+    now = time.time()
+    first = passes.reconcile_once(now)
+    assert kinds(first) == [("alpha", "spawn", "first_apply")]
+    assert passes.holds.failures("alpha", "spawn") == 1
+    assert first.next_run == now + 1.0  # the first step of the in-memory backoff
+    held = passes.reconcile_once(now + 0.5)
+    assert held.attempted == () and held.next_run == now + 1.0
+    again = passes.reconcile_once(now + 1.0)
+    assert kinds(again) == [("alpha", "spawn", "first_apply")]
+    assert passes.holds.failures("alpha", "spawn") == 2 and again.next_run == now + 1.0 + 2.0
