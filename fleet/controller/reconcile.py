@@ -1,0 +1,193 @@
+"""One pass (controller-runtime's `Reconcile`): read the desired state, observe, plan, execute.
+
+The pass keeps the loop's rules: record fixes first (`Plan.executable`), a process scan before a blind spawn,
+no spawn from a desired state that changed meanwhile. It never waits; the loop around it does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fleet.controller.bookkeeping import StoreBookkeeping
+from fleet.controller.claims import HomeClaims
+from fleet.controller.desired import DesiredSource
+from fleet.controller.fence_watch import FenceWatch
+from fleet.controller.holds import Holds
+from fleet.controller.log import log
+from fleet.controller.maintenance_tick import MaintenanceTick, track_idle
+from fleet.execute.executor import Executor
+from fleet.observe.model import Observed, ProfileObservation
+from fleet.observe.observer import Observer
+from fleet.plan.model import Action, Desired, Plan
+from fleet.plan.planner import plan
+from fleet.platform.systemd_scope import scope_command
+from fleet.store.db import ProfileHistory, Store
+from fleet.store.layout import StateDir
+from fleet.store.retention import apply_retention
+
+RETENTION_EVERY = 60.0  # how often the journal, requests and adoption logs are trimmed
+
+
+@dataclass(frozen=True)
+class PassResult:
+    profiles: int = 0  # the profiles it planned for (removed ones still in the inventory included)
+    planned: bool = False  # there was a desired state to plan from
+    attempted: tuple[Action, ...] = ()  # done, failed or superseded, in order
+    superseded: bool = False  # a spawn found the desired state changed since it was read
+    converged: bool = False  # the plan had nothing left to change
+    next_run: float | None = None  # the earliest not_before or in-memory retry after the pass
+    poll: bool = False  # a maintenance is in progress: look again within IDLE_POLL_SECONDS
+    gateways: frozenset[int] = frozenset()  # pids of the live gateways, whose exits should wake the loop
+    fenced: bool = False  # this process no longer owns the state directory: stop
+
+    @property
+    def replan_now(self) -> bool:
+        """An action changed the world (or was cut short): plan again at once instead of waiting."""
+        return bool(self.attempted)
+
+
+FENCED = PassResult(fenced=True)
+
+
+def superseded(store: Store, generation: int, planned_from: ProfileHistory) -> bool:
+    """The desired state of this profile changed while this pass ran: a newer generation, or an operator's
+    `stop`, `start` or `down` of it."""
+    try:
+        current = store.current_generation()
+        now = store.history(planned_from.name)
+    except Exception:  # noqa: BLE001 - a store that cannot be read now: go on with what was read
+        return False
+    return (current is not None and current.generation != generation) or \
+        (now.override_desired, now.override_by) != (planned_from.override_desired, planned_from.override_by)
+
+
+def _earliest(*times: float | None) -> float | None:
+    return min((t for t in times if t), default=None)
+
+
+def _worth_reporting(failures: int) -> bool:
+    # A profile failing for hours says so at first and then now and then, not on every pass.
+    return failures <= 3 or failures % 20 == 0
+
+
+class Reconciler:
+    def __init__(self, state: StateDir, store: Store, platform, *, epoch: int, fence: FenceWatch,
+                 bookkeeping: StoreBookkeeping, clock, scope=scope_command):
+        self.state = state
+        self.store = store
+        self.epoch = epoch
+        self.fence = fence
+        self.bookkeeping = bookkeeping
+        self.specs: dict = {}  # the current pass's specs, the executor's too
+        self.source = DesiredSource(store)
+        self.observer = Observer(state, store, platform)
+        self.executor = Executor(state, store, platform, epoch=epoch, spec_of=lambda n: self.specs.get(n),
+                                 clock=clock, scope_command=scope)
+        self.maintenance = MaintenanceTick(str(state.db), store, epoch)
+        self.claims = HomeClaims(state, store, epoch)
+        self.holds = Holds()
+        self.scan = True  # look at the process table in the next pass
+        self.retained_at: float | None = None
+
+    def request_scan(self) -> None:
+        self.scan = True
+
+    def reconcile_once(self, now: float) -> PassResult:
+        desired, self.specs = self.source.current()
+        self.bookkeeping.tick(now)
+        if desired is None:
+            return PassResult()
+        observed, current = self._observe_and_plan(desired, now)
+        if self.fence.breached():
+            return FENCED
+        self.claims.update(desired, self.specs, observed)
+        attempted, cut_short = self._execute(desired, observed, current, now)
+        self._retain_when_due(desired, now)
+        if self.fence.breached():
+            return FENCED
+        track_idle(self.store, observed, now)
+        self.maintenance.advance(desired, observed, current, now)
+        self.store.set_observed_generation(desired.generation)
+        return PassResult(
+            profiles=len(self.specs), planned=True, attempted=attempted, superseded=cut_short,
+            converged=current.in_sync, next_run=_earliest(current.next_deadline(now), self.holds.next_retry(now)),
+            poll=bool(observed.maintenance) or self.maintenance.busy(),
+            gateways=frozenset(o.process.pid for o in observed.profiles.values() if o.process is not None))
+
+    def _observe_and_plan(self, desired: Desired, now: float) -> tuple[Observed, Plan]:
+        observed = self.observer.observe(self.specs, now=now, scan=self.scan)
+        current = plan(desired, observed, now)
+        if not observed.scanned and self._would_spawn_blind(current, now):
+            # Never spawn blind beside a live process we have not seen: look for one first. A
+            # respawn after an exit this controller watched needs no scan: it saw the predecessor die.
+            observed = self.observer.observe(self.specs, now=now, scan=True)
+            current = plan(desired, observed, now)
+        self.scan = False
+        return observed, current
+
+    def _would_spawn_blind(self, current: Plan, now: float) -> bool:
+        return any(a.kind == "spawn" and not self.executor.saw_its_gateway_end(a.profile)
+                   for a in current.executable(now, self.holds.held(now)))
+
+    def _execute(self, desired: Desired, observed: Observed, current: Plan,
+                 now: float) -> tuple[tuple[Action, ...], bool]:
+        """Performs what is due; returns the actions attempted and whether a spawn was superseded."""
+        attempted: list[Action] = []
+        # Actions that failed recently wait out their backoff instead of spinning the loop.
+        for action in current.executable(now, self.holds.held(now)):
+            if self.fence.breached():
+                break
+            attempted.append(action)
+            if not self._perform(action, observed.get(action.profile), desired.generation, now):
+                return tuple(attempted), True  # the desired state changed meanwhile: plan again at once, from it
+        return tuple(attempted), False
+
+    def _perform(self, action: Action, obs: ProfileObservation, generation: int, now: float) -> bool:
+        """False when the action started nothing because the desired state changed since it was read."""
+        history = obs.history
+        try:
+            if not self.executor.execute(action, obs, lambda: superseded(self.store, generation, history)):
+                return False
+            self._succeeded(action, history)
+        except Exception as exc:  # noqa: BLE001 - one profile's failure must not stop the loop
+            count = self._record_failure(action, history, exc, now)
+            if _worth_reporting(count):
+                log(f"{action.profile}: {action.kind} failed: {type(exc).__name__}: {exc}")
+            # What the failed action left behind is unknown (a process may have started):
+            # look at the host before the next spawn.
+            self.scan = True
+        return True
+
+    def _succeeded(self, action: Action, history: ProfileHistory) -> None:
+        self.holds = self.holds.cleared(action.profile, action.kind)
+        if history.action_error_kind == action.kind and action.kind != "spawn":
+            self.store.update_history(action.profile, action_error=None, action_error_kind=None,
+                                      action_error_at=None, action_errors=0)
+
+    def _record_failure(self, action: Action, history: ProfileHistory, exc: Exception, now: float) -> int:
+        """Any exception of an action is that profile's failure, kept in the store: the planner backs
+        it off (and `status` shows it) while every other profile goes on. Returns how many in a row."""
+        in_store = history.action_errors if history.action_error_kind == action.kind else 0
+        count = max(in_store + 1, self.holds.failures(action.profile, action.kind) + 1)
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        try:
+            self.store.update_history(action.profile, action_error=error, action_error_kind=action.kind,
+                                      action_error_at=now, action_errors=count)
+            if _worth_reporting(count):
+                self.store.journal("error", f"{action.kind} failed: {error}", profile=action.profile,
+                                   epoch=self.epoch)
+            self.holds = self.holds.cleared(action.profile, action.kind)
+        except Exception:  # noqa: BLE001 - the store itself is in trouble: hold the action in memory instead
+            self.holds = self.holds.after_failure(action.profile, action.kind, count, now)
+        return count
+
+    def _retain_when_due(self, desired: Desired, now: float) -> None:
+        if self.retained_at is not None and 0 <= now - self.retained_at < RETENTION_EVERY:
+            return
+        self.retained_at = now
+        try:
+            gone = apply_retention(self.store, self.state, desired.spec.retention, now)
+        except Exception as exc:  # noqa: BLE001 - trimming history never stops the fleet
+            log(f"retention failed: {type(exc).__name__}: {exc}")
+            return
+        if gone:
+            log(f"retention: {gone} old journal rows, requests or adoption-log lines dropped")

@@ -1,0 +1,240 @@
+"""One pass of the controller, `Reconciler.reconcile_once(now)`, against a temporary state directory and a
+fake platform: no real gateway process is started and nothing on the host is signalled."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+
+from fleet.controller.bookkeeping import StoreBookkeeping
+from fleet.controller.fence_watch import FenceWatch
+from fleet.controller.reconcile import Reconciler
+from fleet.controller.record import record_manifest
+from fleet.observe import identity
+from fleet.platform.base import ProcessInfo
+from fleet.spec.load import load_manifest
+from fleet.store.db import Store
+from fleet.store.fence import Fence
+from fleet.store.health import HealthFile
+from fleet.store.layout import StateDir, ensure_state_dir
+from fleet.store.records import PidRecord, write_record
+
+FIRST_PID = 40_000
+
+
+class FakePlatform:
+    """A host with no processes but the ones the controller starts through it (held as its children)."""
+    name = "posix"
+
+    def __init__(self):
+        self.children: dict[int, tuple[ProcessInfo, dict[str, str]]] = {}
+        self.strangers: dict[int, tuple[ProcessInfo, dict[str, str]]] = {}  # live, not started by us
+        self.scans = 0
+        self.on_scan = lambda: None  # runs whenever the process table is read
+        self.spawn_error: OSError | None = None
+
+    def spawn_detached(self, argv, env, cwd, log_path) -> int:
+        if self.spawn_error is not None:
+            raise self.spawn_error
+        pid = FIRST_PID + len(self.children)
+        self.children[pid] = (_info(pid, argv, os.getpid()), dict(env))
+        return pid
+
+    def run_stranger(self, pid: int, argv, env: dict[str, str]) -> None:
+        self.strangers[pid] = (_info(pid, argv, 1), dict(env))
+
+    def process_info(self, pid):
+        known = self.children.get(pid) or self.strangers.get(pid)
+        return known[0] if known else None
+
+    def child_environ(self, pid):
+        child = self.children.get(pid)
+        return child[1] if child else None
+
+    def process_environ(self, pid):
+        known = self.children.get(pid) or self.strangers.get(pid)
+        return known[1] if known else None
+
+    def iter_processes(self):
+        self.scans += 1
+        self.on_scan()
+        return iter([info for info, _ in [*self.children.values(), *self.strangers.values()]])
+
+    def current_uid(self):
+        return os.getuid()
+
+    def never_signal(self, pid):
+        return None
+
+    def lock_is_held(self, path):
+        return False
+
+    def process_group(self, pid):
+        return (None, None)
+
+    def reap(self, pid):
+        return (False, None)
+
+    def exit_waiter(self, pid):
+        return None
+
+    def drain_epoch(self):
+        return ""
+
+
+def _info(pid: int, argv, ppid: int) -> ProcessInfo:
+    return ProcessInfo(pid=pid, start_ticks=pid * 10, create_time=time.time(), uid=os.getuid(), username="me",
+                       cmdline=tuple(argv), status="sleeping", ppid=ppid)
+
+
+class NoBreach(Fence):
+    def breach(self):
+        return None
+
+
+class Moved(Fence):
+    def breach(self):
+        return "state directory moved"
+
+
+@pytest.fixture
+def state(tmp_path):
+    state = StateDir(tmp_path / "state")
+    ensure_state_dir(state)
+    return state
+
+
+@pytest.fixture
+def store(state):
+    store = Store(state.db, durable=False, degradable=True)
+    yield store
+    store.close()
+
+
+def record(store: Store, tmp_path, revision: str = "1", names: tuple[str, ...] = ("alpha",)) -> None:
+    path = tmp_path / "fleet.yaml"
+    profiles = "".join(f"""
+  {name}:
+    driver: process
+    command: ["{sys.executable}", "-c", "pass"]
+    env: {{REV: "{revision}"}}""" for name in names)
+    path.write_text(f"""version: 1
+name: test
+hermes: {{home: {tmp_path / 'home'}}}
+stagger: 0s
+restart: {{policy: always, backoff: [0s]}}
+profiles:{profiles}
+""")
+    record_manifest(store, load_manifest(str(path)), {"revision": revision}, prune=True, source="test",
+                    lift_down=False)
+
+
+def reconciler(state, store, platform, fence=NoBreach()) -> Reconciler:
+    bookkeeping = StoreBookkeeping(store, HealthFile(state), time.time)
+    return Reconciler(state, store, platform, epoch=store.bump_epoch(), fence=FenceWatch(fence),
+                      bookkeeping=bookkeeping, clock=time.time, scope=None)
+
+
+def kinds(result) -> list[tuple[str, str, str]]:
+    return [(a.profile, a.kind, a.reason) for a in result.attempted]
+
+
+def test_without_a_desired_state_a_pass_plans_nothing(state, store):
+    result = reconciler(state, store, FakePlatform()).reconcile_once(time.time())
+    assert not result.planned and not result.replan_now and result.profiles == 0
+
+
+def test_a_pass_spawns_then_the_next_one_sees_the_fleet_converged(state, store, tmp_path):
+    record(store, tmp_path)
+    platform = FakePlatform()
+    passes = reconciler(state, store, platform)
+    first = passes.reconcile_once(time.time())
+    assert kinds(first) == [("alpha", "spawn", "first_apply")]
+    assert first.replan_now and not first.converged and not first.superseded
+    [pid] = platform.children
+    scans = platform.scans
+    second = passes.reconcile_once(time.time())
+    assert second.attempted == () and not second.replan_now
+    assert second.converged and second.profiles == 1
+    assert second.gateways == {pid}
+    assert platform.scans == scans  # a converged fleet is observed from its records alone
+    assert store.meta("observed_generation") == str(store.current_generation().generation)
+
+
+def test_a_records_fix_runs_alone_before_any_other_action(state, store, tmp_path):
+    """A record left by another controller names a dead pid: the pass only reclaims it, though beta's spawn
+    is due too, and asks to plan again; the next pass starts both."""
+    record(store, tmp_path, names=("alpha", "beta"))
+    write_record(state.record("alpha"), PidRecord(profile="alpha", pid=FIRST_PID - 1, start_ticks=1,
+                                                  create_time=1.0, spec_hash="x", started_at=1.0,
+                                                  controller_pid=1, epoch=0))
+    platform = FakePlatform()
+    passes = reconciler(state, store, platform)
+    first = passes.reconcile_once(time.time())
+    assert kinds(first) == [("alpha", "reclaim", "pid_dead")]
+    assert first.replan_now and platform.children == {}
+    second = passes.reconcile_once(time.time())
+    assert sorted(a.profile for a in second.attempted if a.kind == "spawn") == ["alpha", "beta"]
+    assert len(platform.children) == 2
+
+
+def test_a_pass_that_would_spawn_scans_the_host_first_and_adopts_what_it_finds(state, store, tmp_path):
+    """The record of a running gateway was lost: the cheap pass (records only) would spawn a second one, so
+    the pass scans the process table first, finds the gateway by its markers and adopts it instead."""
+    record(store, tmp_path)
+    platform = FakePlatform()
+    platform.run_stranger(FIRST_PID - 7, [sys.executable, "-c", "pass"],
+                          {identity.PROFILE_ENV: "alpha", identity.STATE_DIR_ENV: str(state.root)})
+    passes = reconciler(state, store, platform)
+    passes.scan = False  # as in any pass after a controller's first, with nothing asking for a scan
+    result = passes.reconcile_once(time.time())
+    assert [(a.profile, a.kind) for a in result.attempted] == [("alpha", "adopt")]
+    assert platform.scans == 1 and platform.children == {}
+
+
+def test_a_spawn_from_a_desired_state_changed_during_the_pass_is_superseded(state, store, tmp_path):
+    record(store, tmp_path, "1")
+    platform = FakePlatform()
+    platform.on_scan = lambda: record(store, tmp_path, "2") if platform.scans == 1 else None
+    passes = reconciler(state, store, platform)
+    first = passes.reconcile_once(time.time())
+    assert kinds(first) == [("alpha", "spawn", "first_apply")]
+    assert first.superseded and first.replan_now
+    assert platform.children == {}  # nothing started from generation 1
+    second = passes.reconcile_once(time.time())
+    assert not second.superseded
+    [(_, env)] = platform.children.values()
+    assert env["REV"] == "2" and env[identity.PROFILE_ENV] == "alpha"
+
+
+def test_a_pass_that_finds_its_state_directory_gone_touches_nothing(state, store, tmp_path):
+    record(store, tmp_path)
+    platform = FakePlatform()
+    result = reconciler(state, store, platform, fence=Moved()).reconcile_once(time.time())
+    assert result.fenced and result.attempted == ()
+    assert platform.children == {}
+    assert store.meta("observed_generation") == "0"
+
+
+def test_an_action_that_fails_while_the_store_refuses_its_failure_is_held_in_memory(state, store, tmp_path):
+    record(store, tmp_path)
+    platform = FakePlatform()
+    platform.spawn_error = OSError("exec format error")
+    passes = reconciler(state, store, platform)
+
+    def refuse(*_args, **_fields):
+        raise OSError("disk full")
+    store.update_history = refuse
+    now = time.time()
+    first = passes.reconcile_once(now)
+    assert kinds(first) == [("alpha", "spawn", "first_apply")]
+    assert passes.holds.failures("alpha", "spawn") == 1
+    assert first.next_run == now + 1.0  # the first step of the in-memory backoff
+    held = passes.reconcile_once(now + 0.5)
+    assert held.attempted == () and held.next_run == now + 1.0
+    again = passes.reconcile_once(now + 1.0)
+    assert kinds(again) == [("alpha", "spawn", "first_apply")]
+    assert passes.holds.failures("alpha", "spawn") == 2 and again.next_run == now + 1.0 + 2.0
