@@ -101,9 +101,9 @@ class Reconciler:
             return FENCED
         self.claims.update(desired, self.specs, observed)
         attempted, cut_short = self._execute(desired, observed, current, now)
-        self._retain_when_due(desired, now)
-        if self.fence.breached():
+        if self.fence.breached():  # nothing more goes into a store that may be another controller's now
             return FENCED
+        self._retain_when_due(desired, now)
         track_idle(self.store, observed, now)
         self.maintenance.advance(desired, observed, current, now)
         self.store.set_observed_generation(desired.generation)
