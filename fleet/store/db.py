@@ -398,6 +398,13 @@ class Store:
             self.conn.execute("UPDATE requests SET state=?, done_at=?, message=? WHERE id=? AND state='pending'",
                               (state, time.time(), message, request_id))
 
+    # -- maintenance requests -----------------------------------------------------------------
+    def maintenance_request_profile(self, request_id: int) -> str:
+        row = self.conn.execute("SELECT profile FROM maintenance_requests WHERE id=?", (request_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no maintenance request #{request_id}")
+        return row[0]
+
     # -- journal ----------------------------------------------------------------------------
     def journal(self, kind: str, message: str, *, profile: str | None = None, epoch: int | None = None,
                 data: dict | None = None) -> None:
