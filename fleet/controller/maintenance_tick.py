@@ -89,7 +89,7 @@ class MaintenanceTick:
     def _begin_update(self, req: MaintenanceRequest, step: lifecycle.Transition, desired: Desired, now: float) -> None:
         if queue.transition(self.store, req.id, "draining", expect=lifecycle.BEFORE_DRAINING, update_started=now):
             self._start_update(req, desired, step.targets)
-        else:
+        else:  # a cancel moved it first; the text is stored only while it still waits
             queue.set_waiting_on(self.store, req.id, step.waiting_on)
 
     def _begin_drain(self, req: MaintenanceRequest) -> None:
