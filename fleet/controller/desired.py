@@ -41,10 +41,8 @@ class DesiredSource:
         return desired, specs
 
     def last_spec_of(self, name: str, before: int) -> ProfileSpec | None:
-        rows = self.store.conn.execute("SELECT generation, spec_json FROM generations WHERE generation<? "
-                                       "ORDER BY generation DESC", (before,)).fetchall()
-        for row in rows:
-            for p in json.loads(row[1])["profiles"]:
+        for spec_json in self.store.specs_before(before):
+            for p in json.loads(spec_json)["profiles"]:
                 if p["name"] == name:
                     return profile_from_dict(p)
         return None

@@ -3,7 +3,6 @@ Every change is one SQLite transaction, so a kill -9 of anyone loses nothing ack
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 
@@ -24,19 +23,16 @@ class Submitted:
 
 
 def get(store: Store, request_id: int) -> MaintenanceRequest | None:
-    row = store.conn.execute("SELECT * FROM maintenance_requests WHERE id=?", (request_id,)).fetchone()
+    row = store.maintenance_request(request_id)
     return MaintenanceRequest.from_row(row) if row else None
 
 
 def open_requests(store: Store) -> list[MaintenanceRequest]:
-    rows = store.conn.execute("SELECT * FROM maintenance_requests WHERE state IN ('pending','waiting','draining') "
-                              "ORDER BY id").fetchall()
-    return [MaintenanceRequest.from_row(r) for r in rows]
+    return [MaintenanceRequest.from_row(r) for r in store.open_maintenance_requests()]
 
 
 def recent(store: Store, limit: int = 50) -> list[MaintenanceRequest]:
-    rows = store.conn.execute("SELECT * FROM maintenance_requests ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-    return [MaintenanceRequest.from_row(r) for r in reversed(rows)]
+    return [MaintenanceRequest.from_row(r) for r in reversed(store.newest_maintenance_requests(limit))]
 
 
 def submit(store: Store, *, profile: str, action: str, reason: str, requested_by: str | None = None,
@@ -49,9 +45,7 @@ def submit(store: Store, *, profile: str, action: str, reason: str, requested_by
     now = time.time()
     by = requested_by or who()
     with store.tx():
-        candidates = [MaintenanceRequest.from_row(r) for r in store.conn.execute(
-            "SELECT * FROM maintenance_requests WHERE state IN ('pending','waiting') "
-            "OR (state='draining' AND action='update' AND update_finished IS NULL) ORDER BY id")]
+        candidates = [MaintenanceRequest.from_row(r) for r in store.mergeable_maintenance_requests()]
         # An update for everyone already queued (or whose command has not finished) covers any single-profile
         # request; a person's --now never widens to profiles it did not name.
         covering = next((r for r in candidates if r.profile == ALL and r.action == "update" and not now_flag), None) or \
@@ -65,16 +59,12 @@ def submit(store: Store, *, profile: str, action: str, reason: str, requested_by
         reasons = [reason]
         for r in subsumed:
             reasons.extend(r.reasons)
-            store.conn.execute("UPDATE maintenance_requests SET state='cancelled', outcome=?, updated_at=?, finished_at=? "
-                               "WHERE id=?", (f"subsumed by an update request", now, now, r.id))
-        cur = store.conn.execute(
-            "INSERT INTO maintenance_requests(profile, action, reasons, requested_by, idle_seconds, now, not_before, "
-            "deadline, state, created_at, updated_at, epoch) VALUES(?,?,?,?,?,?,?,?, 'pending', ?, ?, ?)",
-            (profile, action, json.dumps(_unique(reasons)), by, idle_seconds, int(now_flag), not_before, deadline,
-             now, now, store.epoch))
-        rid = int(cur.lastrowid)
+            store.cancel_maintenance_request(r.id, "subsumed by an update request", now)
+        rid = store.add_maintenance_request(profile=profile, action=action, reasons=_unique(reasons), requested_by=by,
+                                            idle_seconds=idle_seconds, now_flag=now_flag, not_before=not_before,
+                                            deadline=deadline, at=now)
         for r in subsumed:
-            store.conn.execute("UPDATE maintenance_requests SET outcome=? WHERE id=?", (f"subsumed by #{rid}", r.id))
+            store.set_maintenance_outcome(r.id, f"subsumed by #{rid}")
         store.journal("maintenance_queued", f"#{rid} {action} {profile}: {reason}",
                       profile=None if profile == ALL else profile, data={"id": rid, "by": by})
     return Submitted(get(store, rid), False)
@@ -93,8 +83,8 @@ def _merge(store: Store, req: MaintenanceRequest, reason: str, now_flag: bool, i
     idle = req.idle_seconds
     if idle_seconds is not None:
         idle = idle_seconds if idle is None else min(idle, idle_seconds)
-    store.conn.execute("UPDATE maintenance_requests SET reasons=?, now=?, idle_seconds=?, updated_at=? WHERE id=?",
-                       (json.dumps(reasons), int(req.now or now_flag), idle, now, req.id))
+    store.merge_into_maintenance_request(req.id, reasons=reasons, now_flag=req.now or now_flag, idle_seconds=idle,
+                                         at=now)
     store.journal("maintenance_merged", f"#{req.id} also: {reason}", profile=None if req.profile == ALL else req.profile)
 
 
@@ -107,8 +97,7 @@ def cancel(store: Store, request_id: int, *, by: str | None = None) -> Maintenan
         if req.state not in CANCELLABLE:
             raise QueueError("not_cancellable", f"#{request_id} is {req.state}; only pending or waiting requests "
                                                 f"can be cancelled (draining is the point of no return)")
-        store.conn.execute("UPDATE maintenance_requests SET state='cancelled', outcome=?, updated_at=?, finished_at=? "
-                           "WHERE id=?", (f"cancelled by {by or who()}", now, now, request_id))
+        store.cancel_maintenance_request(request_id, f"cancelled by {by or who()}", now)
         store.journal("maintenance_cancelled", f"#{request_id} cancelled", profile=None if req.profile == ALL else req.profile)
     return get(store, request_id)
 
@@ -117,18 +106,15 @@ def absorb_open_duplicates(store: Store, request_id: int, profile: str) -> None:
     """Before a request re-enters `waiting`, fold newer open requests for the same profile into it
     (the queue holds at most one open request per profile)."""
     with store.tx():
-        rows = store.conn.execute("SELECT id, reasons FROM maintenance_requests WHERE profile=? AND id!=? AND "
-                                  "state IN ('pending','waiting')", (profile, request_id)).fetchall()
-        if not rows:
+        others = [MaintenanceRequest.from_row(r) for r in store.other_waiting_maintenance_requests(profile, request_id)]
+        if not others:
             return
-        mine = json.loads(store.conn.execute("SELECT reasons FROM maintenance_requests WHERE id=?",
-                                             (request_id,)).fetchone()[0])
+        mine = list(get(store, request_id).reasons)
         now = time.time()
-        for row in rows:
-            mine = _unique(mine + json.loads(row[1]))
-            store.conn.execute("UPDATE maintenance_requests SET state='cancelled', outcome=?, updated_at=?, "
-                               "finished_at=? WHERE id=?", (f"merged into #{request_id}", now, now, row[0]))
-        store.conn.execute("UPDATE maintenance_requests SET reasons=? WHERE id=?", (json.dumps(mine), request_id))
+        for other in others:
+            mine = _unique(mine + list(other.reasons))
+            store.cancel_maintenance_request(other.id, f"merged into #{request_id}", now)
+        store.set_maintenance_reasons(request_id, mine)
 
 
 def transition(store: Store, request_id: int, state: str, *, expect: tuple[str, ...], waiting_on: str | None = None,
@@ -142,15 +128,8 @@ def transition(store: Store, request_id: int, state: str, *, expect: tuple[str, 
         sets["finished_at"] = now
     if state == "draining":
         sets.setdefault("started_at", now)
-    cols = ", ".join(f"{k}=?" for k in sets)
-    with store.tx():
-        cur = store.conn.execute(f"UPDATE maintenance_requests SET {cols} WHERE id=? AND state IN "
-                                 f"({','.join('?' * len(expect))})", (*sets.values(), request_id, *expect))
-        return cur.rowcount == 1
+    return store.update_maintenance_request_in(request_id, expect, sets)
 
 
 def set_waiting_on(store: Store, request_id: int, waiting_on: str) -> None:
-    with store.tx():
-        store.conn.execute("UPDATE maintenance_requests SET waiting_on=?, state=CASE WHEN state='pending' THEN 'waiting' "
-                           "ELSE state END, updated_at=? WHERE id=? AND state IN ('pending','waiting') AND "
-                           "(waiting_on IS NOT ? OR state='pending')", (waiting_on, time.time(), request_id, waiting_on))
+    store.set_maintenance_waiting_on(request_id, waiting_on, time.time())

@@ -327,6 +327,12 @@ class Store:
         row = self.conn.execute("SELECT spec_json FROM generations WHERE generation=?", (generation,)).fetchone()
         return row[0] if row else None
 
+    def specs_before(self, generation: int) -> list[str]:
+        """The spec JSON of every generation older than `generation`, newest first."""
+        rows = self.conn.execute("SELECT spec_json FROM generations WHERE generation<? ORDER BY generation DESC",
+                                 (generation,)).fetchall()
+        return [row[0] for row in rows]
+
     def set_observed_generation(self, generation: int) -> None:
         with self.tx():
             if self.observed_generation != generation:
@@ -397,6 +403,83 @@ class Store:
         with self.tx():
             self.conn.execute("UPDATE requests SET state=?, done_at=?, message=? WHERE id=? AND state='pending'",
                               (state, time.time(), message, request_id))
+
+    # -- maintenance requests (fleet.maintenance.queue gives them their meaning) -----------------
+    def maintenance_request(self, request_id: int) -> sqlite3.Row | None:
+        return self.conn.execute("SELECT * FROM maintenance_requests WHERE id=?", (request_id,)).fetchone()
+
+    def maintenance_request_profile(self, request_id: int) -> str:
+        row = self.conn.execute("SELECT profile FROM maintenance_requests WHERE id=?", (request_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no maintenance request #{request_id}")
+        return row[0]
+
+    def open_maintenance_requests(self) -> list[sqlite3.Row]:
+        return self.conn.execute("SELECT * FROM maintenance_requests WHERE state IN ('pending','waiting','draining') "
+                                 "ORDER BY id").fetchall()
+
+    def newest_maintenance_requests(self, limit: int) -> list[sqlite3.Row]:
+        return self.conn.execute("SELECT * FROM maintenance_requests ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+
+    def mergeable_maintenance_requests(self) -> list[sqlite3.Row]:
+        """The requests a new one may join or subsume: those not draining yet, and updates whose command
+        has not finished."""
+        return self.conn.execute("SELECT * FROM maintenance_requests WHERE state IN ('pending','waiting') "
+                                 "OR (state='draining' AND action='update' AND update_finished IS NULL) "
+                                 "ORDER BY id").fetchall()
+
+    def other_waiting_maintenance_requests(self, profile: str, request_id: int) -> list[sqlite3.Row]:
+        return self.conn.execute("SELECT * FROM maintenance_requests WHERE profile=? AND id!=? AND "
+                                 "state IN ('pending','waiting')", (profile, request_id)).fetchall()
+
+    def add_maintenance_request(self, *, profile: str, action: str, reasons: list[str], requested_by: str,
+                                idle_seconds: float | None, now_flag: bool, not_before: float | None,
+                                deadline: float | None, at: float) -> int:
+        with self.tx():
+            cur = self.conn.execute(
+                "INSERT INTO maintenance_requests(profile, action, reasons, requested_by, idle_seconds, now, "
+                "not_before, deadline, state, created_at, updated_at, epoch) "
+                "VALUES(?,?,?,?,?,?,?,?, 'pending', ?, ?, ?)",
+                (profile, action, json.dumps(reasons), requested_by, idle_seconds, int(now_flag), not_before, deadline,
+                 at, at, self.epoch))
+            return int(cur.lastrowid)
+
+    def merge_into_maintenance_request(self, request_id: int, *, reasons: list[str], now_flag: bool,
+                                       idle_seconds: float | None, at: float) -> None:
+        with self.tx():
+            self.conn.execute("UPDATE maintenance_requests SET reasons=?, now=?, idle_seconds=?, updated_at=? "
+                              "WHERE id=?", (json.dumps(reasons), int(now_flag), idle_seconds, at, request_id))
+
+    def set_maintenance_reasons(self, request_id: int, reasons: list[str]) -> None:
+        with self.tx():
+            self.conn.execute("UPDATE maintenance_requests SET reasons=? WHERE id=?",
+                              (json.dumps(reasons), request_id))
+
+    def set_maintenance_outcome(self, request_id: int, outcome: str) -> None:
+        with self.tx():
+            self.conn.execute("UPDATE maintenance_requests SET outcome=? WHERE id=?", (outcome, request_id))
+
+    def cancel_maintenance_request(self, request_id: int, outcome: str, at: float) -> None:
+        with self.tx():
+            self.conn.execute("UPDATE maintenance_requests SET state='cancelled', outcome=?, updated_at=?, "
+                              "finished_at=? WHERE id=?", (outcome, at, at, request_id))
+
+    def update_maintenance_request_in(self, request_id: int, states: tuple[str, ...], fields: dict) -> bool:
+        """Set `fields` only while the request is in one of `states` (a compare-and-set); whether it was."""
+        cols = ", ".join(f"{k}=?" for k in fields)
+        with self.tx():
+            cur = self.conn.execute(f"UPDATE maintenance_requests SET {cols} WHERE id=? AND state IN "
+                                    f"({','.join('?' * len(states))})", (*fields.values(), request_id, *states))
+            return cur.rowcount == 1
+
+    def set_maintenance_waiting_on(self, request_id: int, waiting_on: str, at: float) -> None:
+        """Only before draining; a pending request becomes waiting, an unchanged text is not rewritten."""
+        with self.tx():
+            self.conn.execute("UPDATE maintenance_requests SET waiting_on=?, "
+                              "state=CASE WHEN state='pending' THEN 'waiting' ELSE state END, updated_at=? "
+                              "WHERE id=? AND state IN ('pending','waiting') "
+                              "AND (waiting_on IS NOT ? OR state='pending')",
+                              (waiting_on, at, request_id, waiting_on))
 
     # -- journal ----------------------------------------------------------------------------
     def journal(self, kind: str, message: str, *, profile: str | None = None, epoch: int | None = None,
