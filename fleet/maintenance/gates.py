@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from fleet.plan.model import Gate
+from fleet.maintenance.model import Gate
 from fleet.spec.cron import last_fire_at, next_fire_at, parse_cron
 from fleet.spec.durations import format_duration
 from fleet.spec.model import MaintenanceWindow

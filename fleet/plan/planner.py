@@ -7,10 +7,10 @@ budget couple them, so a sibling's failure never changes another profile's actio
 from __future__ import annotations
 
 from fleet.maintenance.gates import idle_gate, window_gate
-from fleet.maintenance.model import MaintenanceRequest
+from fleet.maintenance.model import Gate, MaintenanceRequest
 from fleet.observe.model import Observed, ProfileObservation
 from fleet.plan.exits import CRASH_CLASSES, TERMINAL_CLASSES
-from fleet.plan.model import KIND_ORDER, Action, Check, Desired, Gate, Plan, format_instant
+from fleet.plan.model import KIND_ORDER, Action, Check, Desired, Plan, format_instant
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 
 # A drain request not acknowledged by the gateway within this long (an older Hermes without
