@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fleet.maintenance.gates import idle_gate, window_gate
 from fleet.maintenance.model import Gate, MaintenanceRequest
-from fleet.observe.model import Observed, ProfileObservation
+from fleet.observe.model import Observed, Orphan, ProfileObservation
 from fleet.plan.exits import CRASH_CLASSES, TERMINAL_CLASSES
 from fleet.plan.model import KIND_ORDER, Action, Check, Desired, Plan, format_instant
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
@@ -23,50 +23,66 @@ ACTION_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
 def plan(desired: Desired, observed: Observed, now: float) -> Plan:
-    spec = desired.spec
     inventory = {e.name: e for e in observed.inventory}
-    names = sorted(set(spec.names) | set(inventory) | set(observed.profiles))
+    names = sorted(set(desired.spec.names) | set(inventory) | set(observed.profiles))
+    refusal = _refusal(desired, observed)
+    actions: list[Action] = []
     checks: list[Check] = []
-    refusal = None
-    if not spec.profiles and any(e.state == "active" for e in observed.inventory) and desired.prune \
-            and not desired.allow_empty:
-        refusal = ("the manifest has no profiles but the fleet runs "
-                   f"{len(observed.inventory)}; refusing to drain everything (pass --allow-empty if you mean it)")
-
-    per_profile: dict[str, list[Action]] = {}
     for name in names:
         obs = observed.get(name)
-        pspec = spec.profile(name)
+        pspec = desired.spec.profile(name)
         if refusal and pspec is None:
-            per_profile[name] = _records_only(obs, observed.epoch)
+            actions += _records_only(obs, observed.epoch)
             continue
         request = next((r for r in observed.maintenance if r.covers(name)), None)
-        per_profile[name] = _hold_failed(_plan_profile(name, pspec, inventory.get(name), obs, desired, observed.epoch,
-                                                       now, request), obs.history, now)
-        if obs.record_problem:
-            checks.append(Check("warning", "record_untrusted", obs.record_problem, name))
-        if obs.other_fleet and pspec is not None:
-            checks.append(Check("error", "owned_by_other_fleet", obs.other_fleet, name,
-                                "one Hermes home is managed by one fleet: stop it there, or drop the profile "
-                                "from this fleet.yaml"))
-        if obs.native_service and pspec is not None:
-            checks.append(Check("error", "owned_by_native_service",
-                                f"a native service supervises this profile: {obs.native_service}", name,
-                                "remove it (hermes gateway uninstall) or drop the profile from fleet.yaml"))
-    for orphan in observed.orphans:
-        code = "duplicate_process" if orphan.reason == "duplicate" else \
-            "unproven_process" if orphan.reason.startswith("unproven") else "unmanaged_orphan"
-        checks.append(Check("warning", code, f"pid {orphan.pid} looks like {orphan.profile}'s gateway ({orphan.reason})",
-                            orphan.profile, {"unmanaged_orphan": "add it to fleet.yaml to adopt it",
-                                             "unproven_process": "no marker or Hermes lock proves it this fleet's; "
-                                                                 "never adopted nor signalled: stop it by hand"}.get(
-                                code, "a second process for one profile; stop it by hand after checking it")))
+        actions += _hold_failed(_plan_profile(name, pspec, inventory.get(name), obs, desired, observed.epoch,
+                                              now, request), obs.history, now)
+        checks += _profile_checks(name, pspec, obs)
+    checks += [_orphan_check(orphan) for orphan in observed.orphans]
 
-    actions = [a for acts in per_profile.values() for a in acts]
     actions = _apply_budget(actions, desired, observed, now)
     actions = _apply_stagger(actions, desired, observed, now)
     actions.sort(key=lambda a: (KIND_ORDER[a.kind], a.profile))
     return Plan(actions=tuple(actions), checks=tuple(checks), refusal=refusal)
+
+
+def _refusal(desired: Desired, observed: Observed) -> str | None:
+    """The empty-fleet guard: a manifest without profiles does not drain a running fleet unless told to."""
+    if desired.spec.profiles or not desired.prune or desired.allow_empty:
+        return None
+    if not any(e.state == "active" for e in observed.inventory):
+        return None
+    return ("the manifest has no profiles but the fleet runs "
+            f"{len(observed.inventory)}; refusing to drain everything (pass --allow-empty if you mean it)")
+
+
+def _profile_checks(name: str, spec: ProfileSpec | None, obs: ProfileObservation) -> list[Check]:
+    """What a profile's observation warns of beside its actions: an untrusted record, an owner other than us."""
+    checks = []
+    if obs.record_problem:
+        checks.append(Check("warning", "record_untrusted", obs.record_problem, name))
+    if obs.other_fleet and spec is not None:
+        checks.append(Check("error", "owned_by_other_fleet", obs.other_fleet, name,
+                            "one Hermes home is managed by one fleet: stop it there, or drop the profile "
+                            "from this fleet.yaml"))
+    if obs.native_service and spec is not None:
+        checks.append(Check("error", "owned_by_native_service",
+                            f"a native service supervises this profile: {obs.native_service}", name,
+                            "remove it (hermes gateway uninstall) or drop the profile from fleet.yaml"))
+    return checks
+
+
+def _orphan_check(orphan: Orphan) -> Check:
+    """A process that looks like a gateway but is no profile's: reported with what to do, never touched."""
+    if orphan.reason == "duplicate":
+        code, hint = "duplicate_process", "a second process for one profile; stop it by hand after checking it"
+    elif orphan.reason.startswith("unproven"):
+        code, hint = "unproven_process", ("no marker or Hermes lock proves it this fleet's; "
+                                          "never adopted nor signalled: stop it by hand")
+    else:
+        code, hint = "unmanaged_orphan", "add it to fleet.yaml to adopt it"
+    return Check("warning", code, f"pid {orphan.pid} looks like {orphan.profile}'s gateway ({orphan.reason})",
+                 orphan.profile, hint)
 
 
 def action_retry_at(history) -> float | None:
