@@ -308,27 +308,46 @@ def _absent_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float) -
         out.append(Action("update", name, "drain_complete", "previous process has exited"))
         if h.drain_intent == "replace":
             return out + [Action("spawn", name, "replacement", "drained; starting the new spec")]
-    req = obs.restart_request
-    fresh_request = req is not None and (h.last_exit_at is None or req.created_at > h.last_exit_at)
-    if h.last_exit_class in TERMINAL_CLASSES and h.failed_spec_hash == spec.spec_hash and not fresh_request:
-        why = "exit 78: configuration conflict" if h.last_exit_class == "fatal_config" else "startup failed"
-        return out + [Action("conflict", name, "config_conflict" if h.last_exit_class == "fatal_config" else "startup_failed",
-                             f"{why} ({h.failed_reason or 'see the log'}); not retried until the spec changes or "
-                             f"`hermes-fleet start {name}`")]
-    policy = spec.restart.policy
-    if h.last_exit_class is not None and not fresh_request and h.last_exit_class not in ("planned", "restart_now"):
-        if policy == "never":
-            return out + [Action("wait", name, "restart_policy_never", "exited; restart policy is never")]
-        if policy == "on-failure" and h.last_exit_class == "clean":
-            return out + [Action("wait", name, "exited_cleanly", "exited 0; restart policy is on-failure")]
-    not_before = None
-    if h.last_exit_class in CRASH_CLASSES + ("clean",) and h.last_exit_at is not None and not fresh_request:
-        not_before = h.last_exit_at + spec.restart.delay(max(h.failures, 1))
-    limited = None
-    if not fresh_request:
-        earliest, limited = _start_limit(spec, h.recent_starts)
-        if earliest is not None and (not_before is None or earliest > not_before):
-            not_before = earliest
+    fresh_request = _fresh_restart_request(obs)
+    held = None if fresh_request else _held_down(name, spec, h)
+    if held is not None:
+        return out + [held]
+    return out + [_spawn(name, spec, h, fresh_request, now)]
+
+
+def _fresh_restart_request(obs: ProfileObservation) -> bool:
+    """An operator's start or restart given after the last exit: it skips the backoff, the start limit, the
+    restart policy and a failure that would otherwise stop the retries."""
+    req, h = obs.restart_request, obs.history
+    return req is not None and (h.last_exit_at is None or req.created_at > h.last_exit_at)
+
+
+def _held_down(name, spec: ProfileSpec, h) -> Action | None:
+    """Why a gateway that exited is not started again: a failure of this very spec that retrying cannot fix,
+    or the restart policy. None: it is started again."""
+    if h.last_exit_class in TERMINAL_CLASSES and h.failed_spec_hash == spec.spec_hash:
+        return _terminal_failure(name, h)
+    if h.last_exit_class is None or h.last_exit_class in ("planned", "restart_now"):
+        return None
+    if spec.restart.policy == "never":
+        return Action("wait", name, "restart_policy_never", "exited; restart policy is never")
+    if spec.restart.policy == "on-failure" and h.last_exit_class == "clean":
+        return Action("wait", name, "exited_cleanly", "exited 0; restart policy is on-failure")
+    return None
+
+
+def _terminal_failure(name, h) -> Action:
+    """Exit 78 or a failed startup of this spec: a conflict until the spec changes or an operator starts it."""
+    fatal = h.last_exit_class == "fatal_config"
+    why = "exit 78: configuration conflict" if fatal else "startup failed"
+    return Action("conflict", name, "config_conflict" if fatal else "startup_failed",
+                  f"{why} ({h.failed_reason or 'see the log'}); not retried until the spec changes or "
+                  f"`hermes-fleet start {name}`")
+
+
+def _spawn(name, spec: ProfileSpec, h, fresh_request: bool, now: float) -> Action:
+    """The spawn of a gateway that is not running, named for what ended the last one (or that none ran yet),
+    held back by its backoff and start limit if any."""
     if h.action_error_kind == "spawn":
         reason = "spawn_failed"
     elif h.last_start is None:
@@ -341,17 +360,45 @@ def _absent_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float) -
         reason = "replacement"
     else:
         reason = "not_running"
-    message = {"crashed": f"exited {h.last_exit_code if h.last_exit_code is not None else '(code unknown)'}; "
-                          f"restart {h.failures}",
-               "first_apply": "new profile",
-               "spawn_failed": f"could not start ({h.action_errors or h.failures} time(s)): {h.action_error}"
-               }.get(reason, "not running")
-    if not_before is not None and not_before <= now:
-        not_before = None
+    not_before, limited = _spawn_not_before(spec, h, fresh_request, now)
+    message = _spawn_message(reason, h)
     if limited and not_before is not None:
         message += f"; {limited}"
-    return out + [Action("spawn", name, reason, message, not_before=not_before,
-                         gates=(Gate("backoff", not_before is None, f"until {format_instant(not_before)}" if not_before else ""),))]
+    return Action("spawn", name, reason, message, not_before=not_before,
+                  gates=(Gate("backoff", not_before is None, f"until {format_instant(not_before)}" if not_before else ""),))
+
+
+def _spawn_not_before(spec: ProfileSpec, h, fresh_request: bool, now: float) -> tuple[float | None, str | None]:
+    """When the spawn may run (None: now): the later of the restart backoff and the start limit, both skipped
+    for an operator's fresh request; and why, when the start limit holds it (crash-looping)."""
+    if fresh_request:
+        return None, None
+    not_before = _backoff_until(spec, h)
+    earliest, limited = _start_limit(spec, h.recent_starts)
+    if earliest is not None and (not_before is None or earliest > not_before):
+        not_before = earliest
+    if not_before is not None and not_before <= now:
+        return None, limited
+    return not_before, limited
+
+
+def _backoff_until(spec: ProfileSpec, h) -> float | None:
+    """When the restart backoff lets a gateway that ended by itself start again (None: no backoff)."""
+    if h.last_exit_class in CRASH_CLASSES + ("clean",) and h.last_exit_at is not None:
+        return h.last_exit_at + spec.restart.delay(max(h.failures, 1))
+    return None
+
+
+def _spawn_message(reason: str, h) -> str:
+    """What `diff` and `status` say about the spawn: the exit code and restart count after a crash."""
+    if reason == "crashed":
+        code = h.last_exit_code if h.last_exit_code is not None else "(code unknown)"
+        return f"exited {code}; restart {h.failures}"
+    if reason == "first_apply":
+        return "new profile"
+    if reason == "spawn_failed":
+        return f"could not start ({h.action_errors or h.failures} time(s)): {h.action_error}"
+    return "not running"
 
 
 def _start_limit(spec: ProfileSpec, starts: tuple[float, ...]) -> tuple[float | None, str | None]:
