@@ -136,24 +136,42 @@ def _record_actions(obs: ProfileObservation, epoch: int) -> list[Action]:
 def _plan_profile(name: str, spec: ProfileSpec | None, inv, obs: ProfileObservation, desired: Desired,
                   epoch: int, now: float, request: MaintenanceRequest | None = None) -> list[Action]:
     actions = _record_actions(obs, epoch)
-    proc = obs.process
-    h = obs.history
-
     if spec is None:
-        if inv is None:
-            if proc is not None:  # ours once (a record) but in no inventory: report, never touch
-                return [Action("wait", name, "not_managed", f"pid {proc.pid} is not in fleet.yaml nor in the inventory")]
-            return actions
-        if not desired.prune and inv.state == "active":
-            return actions + [Action("wait", name, "prune_deferred", "not in fleet.yaml; pruning deferred (--no-prune)")]
-        if not inv.prune:
-            return actions + [Action("update", name, "prune_disabled",
-                                     "not in fleet.yaml and prune: false; left running, unmanaged")]
-        if proc is None:
-            return actions + [Action("update", name, "removed_from_manifest",
-                                     f"not in fleet.yaml; last applied in generation {inv.last_generation}")]
-        return actions + _stop_flow(name, None, obs, "prune", "removed_from_manifest", now)
+        return _unmanaged_flow(name, inv, obs, desired, actions, now)
+    hands_off = _hands_off(name, spec, obs, actions)
+    if hands_off is not None:
+        return hands_off
+    if (obs.history.override_desired or spec.desired) == "stopped":
+        return actions + _stopped_flow(name, spec, obs, now)
+    if obs.process is not None:
+        return actions + _running_or_policy_update(name, spec, obs, desired.previous.get(name), now, request)
+    return actions + _absent_flow(name, spec, obs, now)
 
+
+def _unmanaged_flow(name: str, inv, obs: ProfileObservation, desired: Desired, actions: list[Action],
+                    now: float) -> list[Action]:
+    """A profile not in fleet.yaml: pruned, unless this apply defers pruning or its inventory entry says
+    prune: false; a process in no inventory either is only reported."""
+    proc = obs.process
+    if inv is None:
+        if proc is not None:  # ours once (a record) but in no inventory: report, never touch
+            return [Action("wait", name, "not_managed", f"pid {proc.pid} is not in fleet.yaml nor in the inventory")]
+        return actions
+    if not desired.prune and inv.state == "active":
+        return actions + [Action("wait", name, "prune_deferred", "not in fleet.yaml; pruning deferred (--no-prune)")]
+    if not inv.prune:
+        return actions + [Action("update", name, "prune_disabled",
+                                 "not in fleet.yaml and prune: false; left running, unmanaged")]
+    if proc is None:
+        return actions + [Action("update", name, "removed_from_manifest",
+                                 f"not in fleet.yaml; last applied in generation {inv.last_generation}")]
+    return actions + _stop_flow(name, None, obs, "prune", "removed_from_manifest", now)
+
+
+def _hands_off(name: str, spec: ProfileSpec, obs: ProfileObservation, actions: list[Action]) -> list[Action] | None:
+    """What is left to do for a profile that is not ours to act on: another fleet's, suspended, or a native
+    service's. None: it is ours."""
+    proc = obs.process
     if obs.other_fleet:
         # Another fleet's gateway or claim: adopting, signalling or spawning beside it would start a tug of war.
         return [a for a in actions if a.kind == "reclaim"] + [
@@ -163,25 +181,28 @@ def _plan_profile(name: str, spec: ProfileSpec | None, inv, obs: ProfileObservat
                                  gates=(Gate("suspended", False),))]
     if obs.native_service and (proc is None or proc.source != "record"):
         # Never adopt what another supervisor owns: our record would hide the conflict from then on.
-        actions = [a for a in actions if a.kind != "adopt"]
-        return actions + [Action("conflict", name, "owned_by_native_service",
-                                 f"a native service supervises this profile: {obs.native_service}")]
+        return [a for a in actions if a.kind != "adopt"] + [
+            Action("conflict", name, "owned_by_native_service",
+                   f"a native service supervises this profile: {obs.native_service}")]
+    return None
 
-    wanted = h.override_desired or spec.desired
-    if wanted == "stopped":
-        if proc is None:
-            if h.drain_intent:
-                return actions + [Action("update", name, "drain_complete", "stopped")]
-            return actions + [Action("keep", name, "stopped")]
-        return actions + _stop_flow(name, spec, obs, "stop", "desired_stopped", now)
 
-    if proc is not None:
-        running = _running_flow(name, spec, obs, now, request)
-        previous = desired.previous.get(name)
-        if running[0].kind == "keep" and previous is not None and previous != spec:
-            running = [Action("update", name, "policy_changed", "policy changed; applied in place", pid=proc.pid)]
-        return actions + running
-    return actions + _absent_flow(name, spec, obs, now)
+def _stopped_flow(name: str, spec: ProfileSpec, obs: ProfileObservation, now: float) -> list[Action]:
+    """A profile desired stopped: its gateway drained and stopped, the drain closed once it is gone."""
+    if obs.process is not None:
+        return _stop_flow(name, spec, obs, "stop", "desired_stopped", now)
+    if obs.history.drain_intent:
+        return [Action("update", name, "drain_complete", "stopped")]
+    return [Action("keep", name, "stopped")]
+
+
+def _running_or_policy_update(name: str, spec: ProfileSpec, obs: ProfileObservation, previous: ProfileSpec | None,
+                              now: float, request: MaintenanceRequest | None) -> list[Action]:
+    """A running gateway's flow; one that is kept while only its policy changed records the new policy."""
+    running = _running_flow(name, spec, obs, now, request)
+    if running[0].kind == "keep" and previous is not None and previous != spec:
+        return [Action("update", name, "policy_changed", "policy changed; applied in place", pid=obs.process.pid)]
+    return running
 
 
 def _stop_flow(name, spec, obs: ProfileObservation, intent: str, reason: str, now: float) -> list[Action]:
@@ -194,22 +215,30 @@ def _stop_flow(name, spec, obs: ProfileObservation, intent: str, reason: str, no
 def _continue_drain(name, spec, obs: ProfileObservation, now: float) -> list[Action]:
     """A drain under way: wait for idle, then the planned stop, and kill when the deadline passes."""
     h, proc = obs.history, obs.process
-    kind = "replace" if h.drain_intent == "replace" else "drain"
     if h.drain_deadline is not None and now >= h.drain_deadline:
         return [Action("kill", name, "drain_timeout", "drain deadline passed", pid=proc.pid)]
     if h.drain_signalled is not None:
         return [Action("wait", name, "stopping", "planned stop sent; waiting for exit", not_before=h.drain_deadline,
                        pid=proc.pid)]
-    st = obs.status
-    active = st.active if st else None
-    hermes = spec is None or spec.driver == DRIVER_HERMES
-    acknowledged = st is not None and st.state in ("draining", "stopped") and (active or 0) == 0
-    unacknowledged_idle = (now - (h.drain_started or now)) >= DRAIN_ACK_GRACE and (active or 0) == 0
-    if not hermes or acknowledged or unacknowledged_idle:
+    if _drained(spec, obs, now):
+        kind = "replace" if h.drain_intent == "replace" else "drain"
         return [Action(kind, name, h.drain_reason or "draining", "drained; planned stop", pid=proc.pid, phase="stop")]
+    active = obs.status.active if obs.status else None
     waiting = f"{active} active agent(s)" if active else "waiting for the gateway to acknowledge the drain"
     return [Action("wait", name, "draining", waiting,
                    not_before=min(h.drain_deadline or now + 1.0, now + 1.0), pid=proc.pid)]
+
+
+def _drained(spec, obs: ProfileObservation, now: float) -> bool:
+    """Whether the planned stop may follow the drain request: at once for a gateway that is not Hermes';
+    for Hermes once no agent is active and the gateway acknowledged the drain, or did not within the grace."""
+    if spec is not None and spec.driver != DRIVER_HERMES:
+        return True
+    st = obs.status
+    idle = ((st.active if st else None) or 0) == 0
+    acknowledged = st is not None and st.state in ("draining", "stopped") and idle
+    unacknowledged_idle = (now - (obs.history.drain_started or now)) >= DRAIN_ACK_GRACE and idle
+    return acknowledged or unacknowledged_idle
 
 
 def _heartbeat_stale(spec: ProfileSpec, obs: ProfileObservation, now: float) -> str | None:
@@ -249,11 +278,8 @@ def _running_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float,
         return [Action("kill", name, "wedged", stale, pid=proc.pid)]
     req = obs.restart_request
     if req is not None and req.created_at > proc.started_at:
-        if req.kind == "force_restart":
-            return [Action("kill", name, "forced", "restart --force", pid=proc.pid)]
-        return [Action("replace", name, "restart_requested", f"requested by {req.requested_by or 'an operator'}",
-                       pid=proc.pid, phase="begin")]
-    if request is not None and request.is_open and proc.started_at <= request.since:
+        return [_operator_restart(name, req, proc.pid)]
+    if _maintenance_due(request, proc):
         return [_maintenance(name, spec, obs, request, now)]
     if proc.spec_hash is not None and proc.spec_hash != spec.spec_hash:
         return [_voluntary_replace(name, spec, obs, "spec_changed", "spec changed")]
@@ -261,6 +287,19 @@ def _running_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float,
         return [_voluntary_replace(name, spec, obs, "adopted_argv_mismatch",
                                    "runs without --external-supervisor; `hermes update` would fight the fleet")]
     return [Action("keep", name, "running", pid=proc.pid, not_before=_heartbeat_deadline(spec, obs, now))]
+
+
+def _operator_restart(name: str, req, pid: int) -> Action:
+    """An operator's restart of a gateway started before it: --force kills it, a plain one drains it first."""
+    if req.kind == "force_restart":
+        return Action("kill", name, "forced", "restart --force", pid=pid)
+    return Action("replace", name, "restart_requested", f"requested by {req.requested_by or 'an operator'}",
+                  pid=pid, phase="begin")
+
+
+def _maintenance_due(request: MaintenanceRequest | None, proc) -> bool:
+    """An open maintenance request this gateway has not been restarted for yet."""
+    return request is not None and request.is_open and proc.started_at <= request.since
 
 
 def _maintenance(name, spec: ProfileSpec, obs: ProfileObservation, req: MaintenanceRequest, now: float) -> Action:
