@@ -304,31 +304,54 @@ def _maintenance_due(request: MaintenanceRequest | None, proc) -> bool:
 
 def _maintenance(name, spec: ProfileSpec, obs: ProfileObservation, req: MaintenanceRequest, now: float) -> Action:
     """A queued restart/update: only through the idle and window gates (unless a person said --now)."""
-    label = f"maintenance #{req.id} ({req.action})"
+    label = _maintenance_label(req)
     pid = obs.process.pid
     if req.not_before is not None and now < req.not_before:
         return Action("wait", name, "maintenance", f"{label}: not before {format_instant(req.not_before)}",
                       not_before=req.not_before,
                       pid=pid, voluntary=True)
-    gates: tuple[Gate, ...] = ()
-    if not req.now:
-        st = obs.status
-        idle_seconds = spec.maintenance.idle if req.idle_seconds is None else req.idle_seconds
-        gates = (idle_gate(st.active if st else None, st.state if st else None, obs.history.idle_since,
-                           idle_seconds, now), window_gate(spec.maintenance.windows, now))
-    closed = [g for g in gates if not g.open]
-    if closed:
-        reason = "window_closed" if closed[0].gate == "window" else "idle_gate"
-        wake_at = None
-        if closed[0].gate == "idle" and obs.history.idle_since is not None and not (obs.status and obs.status.active):
-            idle_seconds = spec.maintenance.idle if req.idle_seconds is None else req.idle_seconds
-            wake_at = obs.history.idle_since + idle_seconds
-        return Action("wait", name, reason, f"{label}: " + "; ".join(g.detail for g in closed), pid=pid,
-                      voluntary=True, gates=gates, not_before=wake_at if wake_at and wake_at > now else None)
+    gates = () if req.now else _maintenance_gates(spec, obs, req, now)
+    if not all(g.open for g in gates):
+        return _gates_closed(name, spec, obs, req, gates, now)
     if req.update_pending:
         return Action("wait", name, "update_command", f"{label}: gates open; the update command runs first",
                       pid=pid, voluntary=True, gates=gates)
     return Action("replace", name, "maintenance", label, pid=pid, phase="begin", voluntary=True, gates=gates)
+
+
+def _maintenance_gates(spec: ProfileSpec, obs: ProfileObservation, req: MaintenanceRequest,
+                       now: float) -> tuple[Gate, ...]:
+    """The gates a maintenance restart passes unless a person said --now: idle long enough, inside a window."""
+    st = obs.status
+    return (idle_gate(st.active if st else None, st.state if st else None, obs.history.idle_since,
+                      _idle_seconds(spec, req), now), window_gate(spec.maintenance.windows, now))
+
+
+def _idle_seconds(spec: ProfileSpec, req: MaintenanceRequest) -> float:
+    """How long the gateway must be idle: the request's own idle time, else the profile's maintenance.idle."""
+    return spec.maintenance.idle if req.idle_seconds is None else req.idle_seconds
+
+
+def _maintenance_label(req: MaintenanceRequest) -> str:
+    return f"maintenance #{req.id} ({req.action})"
+
+
+def _gates_closed(name, spec: ProfileSpec, obs: ProfileObservation, req: MaintenanceRequest,
+                  gates: tuple[Gate, ...], now: float) -> Action:
+    """The wait on closed gates, named for the first; an idle gate wakes the controller when it opens."""
+    closed = [g for g in gates if not g.open]
+    reason = "window_closed" if closed[0].gate == "window" else "idle_gate"
+    wake_at = _idle_reached_at(spec, obs, req) if closed[0].gate == "idle" else None
+    message = f"{_maintenance_label(req)}: " + "; ".join(g.detail for g in closed)
+    return Action("wait", name, reason, message, pid=obs.process.pid, voluntary=True, gates=gates,
+                  not_before=wake_at if wake_at and wake_at > now else None)
+
+
+def _idle_reached_at(spec: ProfileSpec, obs: ProfileObservation, req: MaintenanceRequest) -> float | None:
+    """When an idle gateway will have been idle long enough (None: it is not idle now)."""
+    if obs.history.idle_since is None or (obs.status and obs.status.active):
+        return None
+    return obs.history.idle_since + _idle_seconds(spec, req)
 
 
 def _voluntary_replace(name, spec: ProfileSpec, obs: ProfileObservation, reason: str, message: str) -> Action:
@@ -465,28 +488,40 @@ def _wants_running(spec: ProfileSpec | None, history) -> bool:
 def _apply_budget(actions: list[Action], desired: Desired, observed: Observed, now: float) -> list[Action]:
     """At most max_concurrent profiles disrupted voluntarily at once; one down involuntarily counts too."""
     limit = desired.spec.max_concurrent_maintenance
-    in_use = set()
-    for name, obs in observed.profiles.items():
-        h = obs.history
-        if h.drain_intent == "replace" and obs.process is not None:
-            in_use.add(name)
-        elif obs.process is None and h.last_exit_class == "planned" and _wants_running(desired.spec.profile(name), h):
-            in_use.add(name)  # drained on purpose and not yet respawned: still in maintenance
-        elif obs.process is None and h.failures > 0 and h.last_exit_class in CRASH_CLASSES \
-                and h.action_error_kind != "spawn" and _wants_running(desired.spec.profile(name), h):
-            in_use.add(name)  # a profile that could not even be spawned was never capacity: it holds no budget
+    in_use = {name for name, obs in observed.profiles.items() if _holds_budget(obs, desired.spec.profile(name))}
     out = []
     for a in sorted(actions, key=lambda a: a.profile):
-        if a.kind == "replace" and a.voluntary and a.phase == "begin":
+        if _begins_voluntary_replace(a):
             if len(in_use) >= limit and a.profile not in in_use:
-                busy = ", ".join(sorted(in_use))
-                out.append(Action("wait", a.profile, "budget_exhausted", f"{a.message}: budget: {busy} in maintenance",
-                                  pid=a.pid, voluntary=True,
-                                  gates=a.gates + (Gate("budget", False, f"{len(in_use)} of {limit} in use"),)))
+                out.append(_budget_wait(a, in_use, limit))
                 continue
             in_use.add(a.profile)
         out.append(a)
     return out
+
+
+def _holds_budget(obs: ProfileObservation, spec: ProfileSpec | None) -> bool:
+    """Whether a profile is in maintenance already: being replaced, or down and meant to run again."""
+    h = obs.history
+    if obs.process is not None:
+        return h.drain_intent == "replace"
+    if not _wants_running(spec, h):
+        return False
+    if h.last_exit_class == "planned":
+        return True  # drained on purpose and not yet respawned: still in maintenance
+    # A profile that could not even be spawned was never capacity: it holds no budget.
+    return h.failures > 0 and h.last_exit_class in CRASH_CLASSES and h.action_error_kind != "spawn"
+
+
+def _begins_voluntary_replace(a: Action) -> bool:
+    return a.kind == "replace" and a.voluntary and a.phase == "begin"
+
+
+def _budget_wait(a: Action, in_use: set[str], limit: int) -> Action:
+    """A voluntary replace held back while the budget is spent, naming who spends it."""
+    busy = ", ".join(sorted(in_use))
+    return Action("wait", a.profile, "budget_exhausted", f"{a.message}: budget: {busy} in maintenance",
+                  pid=a.pid, voluntary=True, gates=a.gates + (Gate("budget", False, f"{len(in_use)} of {limit} in use"),))
 
 
 def _apply_stagger(actions: list[Action], desired: Desired, observed: Observed, now: float) -> list[Action]:
