@@ -40,7 +40,7 @@ def plan(desired: Desired, observed: Observed, now: float) -> Plan:
         checks += _profile_checks(name, pspec, obs)
     checks += [_orphan_check(orphan) for orphan in observed.orphans]
 
-    actions = _apply_budget(actions, desired, observed, now)
+    actions = _apply_budget(actions, desired, observed)
     actions = _apply_stagger(actions, desired, observed, now)
     actions.sort(key=lambda a: (KIND_ORDER[a.kind], a.profile))
     return Plan(actions=tuple(actions), checks=tuple(checks), refusal=refusal)
@@ -165,7 +165,7 @@ def _unmanaged_flow(name: str, inv, obs: ProfileObservation, desired: Desired, a
     if proc is None:
         return actions + [Action("update", name, "removed_from_manifest",
                                  f"not in fleet.yaml; last applied in generation {inv.last_generation}")]
-    return actions + _stop_flow(name, None, obs, "prune", "removed_from_manifest", now)
+    return actions + _stop_flow(name, None, obs, "removed_from_manifest", now)
 
 
 def _hands_off(name: str, spec: ProfileSpec, obs: ProfileObservation, actions: list[Action]) -> list[Action] | None:
@@ -190,7 +190,7 @@ def _hands_off(name: str, spec: ProfileSpec, obs: ProfileObservation, actions: l
 def _stopped_flow(name: str, spec: ProfileSpec, obs: ProfileObservation, now: float) -> list[Action]:
     """A profile desired stopped: its gateway drained and stopped, the drain closed once it is gone."""
     if obs.process is not None:
-        return _stop_flow(name, spec, obs, "stop", "desired_stopped", now)
+        return _stop_flow(name, spec, obs, "desired_stopped", now)
     if obs.history.drain_intent:
         return [Action("update", name, "drain_complete", "stopped")]
     return [Action("keep", name, "stopped")]
@@ -205,7 +205,7 @@ def _running_or_policy_update(name: str, spec: ProfileSpec, obs: ProfileObservat
     return running
 
 
-def _stop_flow(name, spec, obs: ProfileObservation, intent: str, reason: str, now: float) -> list[Action]:
+def _stop_flow(name, spec, obs: ProfileObservation, reason: str, now: float) -> list[Action]:
     h, proc = obs.history, obs.process
     if h.drain_intent and h.drain_pid == proc.pid:
         return _continue_drain(name, spec, obs, now)
@@ -485,7 +485,7 @@ def _wants_running(spec: ProfileSpec | None, history) -> bool:
     return spec is not None and not spec.suspend and (history.override_desired or spec.desired) == "running"
 
 
-def _apply_budget(actions: list[Action], desired: Desired, observed: Observed, now: float) -> list[Action]:
+def _apply_budget(actions: list[Action], desired: Desired, observed: Observed) -> list[Action]:
     """At most max_concurrent profiles disrupted voluntarily at once; one down involuntarily counts too."""
     limit = desired.spec.max_concurrent_maintenance
     in_use = {name for name, obs in observed.profiles.items() if _holds_budget(obs, desired.spec.profile(name))}
