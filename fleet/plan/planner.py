@@ -410,6 +410,8 @@ def _terminal_failure(name, h) -> Action:
 def _spawn(name, spec: ProfileSpec, h, fresh_request: bool, now: float) -> Action:
     """The spawn of a gateway that is not running, named for what ended the last one (or that none ran yet),
     held back by its backoff and start limit if any."""
+    # The reason stays a local assigned in these branches: tests/test_architecture_doc.py reads every reason
+    # the planner can give from its source, and follows locals and parameters, not return values.
     if h.action_error_kind == "spawn":
         reason = "spawn_failed"
     elif h.last_start is None:
