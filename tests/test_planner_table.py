@@ -15,9 +15,10 @@ from factories import (
     maintenance_request, make_plan, observation, observed, plan_text, profile_spec, restart_request, running,
     status, with_changes,
 )
+from fleet.maintenance.model import Gate
 from fleet.observe.model import Orphan
 from fleet.plan.exits import classify_exit, describe_exit
-from fleet.plan.model import KIND_ORDER, SYMBOLS, Action, Gate, Plan
+from fleet.plan.model import KIND_ORDER, SYMBOLS, Action, Plan
 from fleet.spec.model import DrainPolicy, MaintenancePolicy, MaintenanceWindow, RestartPolicy
 
 A = profile_spec("alpha")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from fleet.plan.model import Gate
+from fleet.maintenance.model import Gate
 from fleet.spec.cron import last_fire_at, next_fire_at, parse_cron
 from fleet.spec.durations import format_duration
 from fleet.spec.model import MaintenanceWindow
@@ -28,15 +28,19 @@ def window_gate(windows: tuple[MaintenanceWindow, ...], now: float) -> Gate:
     """No windows: always open. Any allow window: only inside one. A deny window always wins."""
     if not windows:
         return Gate("window", True, "no windows")
-    for w in windows:
-        if w.kind == "deny" and _inside(w, now):
-            return Gate("window", False, f"deny window ({w.schedule}, {format_duration(w.duration)}) is open")
+    deny = next((w for w in windows if w.kind == "deny" and _inside(w, now)), None)
+    if deny is not None:
+        return Gate("window", False, f"deny window ({deny.schedule}, {format_duration(deny.duration)}) is open")
     allows = [w for w in windows if w.kind == "allow"]
     if not allows or any(_inside(w, now) for w in allows):
         return Gate("window", True, "inside an allowed window" if allows else "no deny window open")
+    return Gate("window", False, f"window opens {_next_opening(allows, now)}")
+
+
+def _next_opening(allows: list[MaintenanceWindow], now: float) -> str:
+    """When the first of the allow windows opens next, as a person reads it."""
     upcoming = [t for t in (_next_open(w, now) for w in allows) if t is not None]
-    when = min(upcoming).strftime("%a %H:%M %Z") if upcoming else "not within a month"
-    return Gate("window", False, f"window opens {when}")
+    return min(upcoming).strftime("%a %H:%M %Z") if upcoming else "not within a month"
 
 
 def idle_gate(active: int | None, state: str | None, idle_since: float | None, idle_seconds: float, now: float) -> Gate:

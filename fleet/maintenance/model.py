@@ -1,4 +1,4 @@
-"""A maintenance request as the store holds it."""
+"""A maintenance request as the store holds it, and the gates an action waits on."""
 
 from __future__ import annotations
 
@@ -8,6 +8,15 @@ from dataclasses import dataclass
 ALL = "*"
 OPEN_STATES = ("pending", "waiting", "draining")
 CANCELLABLE = ("pending", "waiting")
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One condition an action passed or waits on; it lives here, below the planner, because the
+    maintenance gates build it too."""
+    gate: str  # idle | budget | window | suspended | backoff | stagger
+    open: bool
+    detail: str = ""
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fleet.maintenance.model import Gate
 from fleet.spec.model import FleetSpec, ProfileSpec
 
 # One symbol per class, so a reader sees at a glance whether a line touches a process.
@@ -18,13 +19,6 @@ KIND_ORDER = {"reclaim": 0, "adopt": 1, "update": 2, "kill": 3, "spawn": 4, "rep
 def format_instant(ts: float) -> str:
     """Epoch seconds, exact to the millisecond and without float noise: 1700000001, 1700000085.05."""
     return f"{ts:.3f}".rstrip("0").rstrip(".")
-
-
-@dataclass(frozen=True)
-class Gate:
-    gate: str  # idle | budget | window | suspended | backoff | stagger
-    open: bool
-    detail: str = ""
 
 
 @dataclass(frozen=True)

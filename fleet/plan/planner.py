@@ -7,10 +7,10 @@ budget couple them, so a sibling's failure never changes another profile's actio
 from __future__ import annotations
 
 from fleet.maintenance.gates import idle_gate, window_gate
-from fleet.maintenance.model import MaintenanceRequest
-from fleet.observe.model import Observed, ProfileObservation
+from fleet.maintenance.model import Gate, MaintenanceRequest
+from fleet.observe.model import Observed, Orphan, ProfileObservation
 from fleet.plan.exits import CRASH_CLASSES, TERMINAL_CLASSES
-from fleet.plan.model import KIND_ORDER, Action, Check, Desired, Gate, Plan, format_instant
+from fleet.plan.model import KIND_ORDER, Action, Check, Desired, Plan, format_instant
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 
 # A drain request not acknowledged by the gateway within this long (an older Hermes without
@@ -23,50 +23,66 @@ ACTION_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
 def plan(desired: Desired, observed: Observed, now: float) -> Plan:
-    spec = desired.spec
     inventory = {e.name: e for e in observed.inventory}
-    names = sorted(set(spec.names) | set(inventory) | set(observed.profiles))
+    names = sorted(set(desired.spec.names) | set(inventory) | set(observed.profiles))
+    refusal = _refusal(desired, observed)
+    actions: list[Action] = []
     checks: list[Check] = []
-    refusal = None
-    if not spec.profiles and any(e.state == "active" for e in observed.inventory) and desired.prune \
-            and not desired.allow_empty:
-        refusal = ("the manifest has no profiles but the fleet runs "
-                   f"{len(observed.inventory)}; refusing to drain everything (pass --allow-empty if you mean it)")
-
-    per_profile: dict[str, list[Action]] = {}
     for name in names:
         obs = observed.get(name)
-        pspec = spec.profile(name)
+        pspec = desired.spec.profile(name)
         if refusal and pspec is None:
-            per_profile[name] = _records_only(obs, observed.epoch)
+            actions += _records_only(obs, observed.epoch)
             continue
         request = next((r for r in observed.maintenance if r.covers(name)), None)
-        per_profile[name] = _hold_failed(_plan_profile(name, pspec, inventory.get(name), obs, desired, observed.epoch,
-                                                       now, request), obs.history, now)
-        if obs.record_problem:
-            checks.append(Check("warning", "record_untrusted", obs.record_problem, name))
-        if obs.other_fleet and pspec is not None:
-            checks.append(Check("error", "owned_by_other_fleet", obs.other_fleet, name,
-                                "one Hermes home is managed by one fleet: stop it there, or drop the profile "
-                                "from this fleet.yaml"))
-        if obs.native_service and pspec is not None:
-            checks.append(Check("error", "owned_by_native_service",
-                                f"a native service supervises this profile: {obs.native_service}", name,
-                                "remove it (hermes gateway uninstall) or drop the profile from fleet.yaml"))
-    for orphan in observed.orphans:
-        code = "duplicate_process" if orphan.reason == "duplicate" else \
-            "unproven_process" if orphan.reason.startswith("unproven") else "unmanaged_orphan"
-        checks.append(Check("warning", code, f"pid {orphan.pid} looks like {orphan.profile}'s gateway ({orphan.reason})",
-                            orphan.profile, {"unmanaged_orphan": "add it to fleet.yaml to adopt it",
-                                             "unproven_process": "no marker or Hermes lock proves it this fleet's; "
-                                                                 "never adopted nor signalled: stop it by hand"}.get(
-                                code, "a second process for one profile; stop it by hand after checking it")))
+        actions += _hold_failed(_plan_profile(name, pspec, inventory.get(name), obs, desired, observed.epoch,
+                                              now, request), obs.history, now)
+        checks += _profile_checks(name, pspec, obs)
+    checks += [_orphan_check(orphan) for orphan in observed.orphans]
 
-    actions = [a for acts in per_profile.values() for a in acts]
-    actions = _apply_budget(actions, desired, observed, now)
+    actions = _apply_budget(actions, desired, observed)
     actions = _apply_stagger(actions, desired, observed, now)
     actions.sort(key=lambda a: (KIND_ORDER[a.kind], a.profile))
     return Plan(actions=tuple(actions), checks=tuple(checks), refusal=refusal)
+
+
+def _refusal(desired: Desired, observed: Observed) -> str | None:
+    """The empty-fleet guard: a manifest without profiles does not drain a running fleet unless told to."""
+    if desired.spec.profiles or not desired.prune or desired.allow_empty:
+        return None
+    if not any(e.state == "active" for e in observed.inventory):
+        return None
+    return ("the manifest has no profiles but the fleet runs "
+            f"{len(observed.inventory)}; refusing to drain everything (pass --allow-empty if you mean it)")
+
+
+def _profile_checks(name: str, spec: ProfileSpec | None, obs: ProfileObservation) -> list[Check]:
+    """What a profile's observation warns of beside its actions: an untrusted record, an owner other than us."""
+    checks = []
+    if obs.record_problem:
+        checks.append(Check("warning", "record_untrusted", obs.record_problem, name))
+    if obs.other_fleet and spec is not None:
+        checks.append(Check("error", "owned_by_other_fleet", obs.other_fleet, name,
+                            "one Hermes home is managed by one fleet: stop it there, or drop the profile "
+                            "from this fleet.yaml"))
+    if obs.native_service and spec is not None:
+        checks.append(Check("error", "owned_by_native_service",
+                            f"a native service supervises this profile: {obs.native_service}", name,
+                            "remove it (hermes gateway uninstall) or drop the profile from fleet.yaml"))
+    return checks
+
+
+def _orphan_check(orphan: Orphan) -> Check:
+    """A process that looks like a gateway but is no profile's: reported with what to do, never touched."""
+    if orphan.reason == "duplicate":
+        code, hint = "duplicate_process", "a second process for one profile; stop it by hand after checking it"
+    elif orphan.reason.startswith("unproven"):
+        code, hint = "unproven_process", ("no marker or Hermes lock proves it this fleet's; "
+                                          "never adopted nor signalled: stop it by hand")
+    else:
+        code, hint = "unmanaged_orphan", "add it to fleet.yaml to adopt it"
+    return Check("warning", code, f"pid {orphan.pid} looks like {orphan.profile}'s gateway ({orphan.reason})",
+                 orphan.profile, hint)
 
 
 def action_retry_at(history) -> float | None:
@@ -120,24 +136,42 @@ def _record_actions(obs: ProfileObservation, epoch: int) -> list[Action]:
 def _plan_profile(name: str, spec: ProfileSpec | None, inv, obs: ProfileObservation, desired: Desired,
                   epoch: int, now: float, request: MaintenanceRequest | None = None) -> list[Action]:
     actions = _record_actions(obs, epoch)
-    proc = obs.process
-    h = obs.history
-
     if spec is None:
-        if inv is None:
-            if proc is not None:  # ours once (a record) but in no inventory: report, never touch
-                return [Action("wait", name, "not_managed", f"pid {proc.pid} is not in fleet.yaml nor in the inventory")]
-            return actions
-        if not desired.prune and inv.state == "active":
-            return actions + [Action("wait", name, "prune_deferred", "not in fleet.yaml; pruning deferred (--no-prune)")]
-        if not inv.prune:
-            return actions + [Action("update", name, "prune_disabled",
-                                     "not in fleet.yaml and prune: false; left running, unmanaged")]
-        if proc is None:
-            return actions + [Action("update", name, "removed_from_manifest",
-                                     f"not in fleet.yaml; last applied in generation {inv.last_generation}")]
-        return actions + _stop_flow(name, None, obs, "prune", "removed_from_manifest", now)
+        return _unmanaged_flow(name, inv, obs, desired, actions, now)
+    hands_off = _hands_off(name, spec, obs, actions)
+    if hands_off is not None:
+        return hands_off
+    if (obs.history.override_desired or spec.desired) == "stopped":
+        return actions + _stopped_flow(name, spec, obs, now)
+    if obs.process is not None:
+        return actions + _running_or_policy_update(name, spec, obs, desired.previous.get(name), now, request)
+    return actions + _absent_flow(name, spec, obs, now)
 
+
+def _unmanaged_flow(name: str, inv, obs: ProfileObservation, desired: Desired, actions: list[Action],
+                    now: float) -> list[Action]:
+    """A profile not in fleet.yaml: pruned, unless this apply defers pruning or its inventory entry says
+    prune: false; a process in no inventory either is only reported."""
+    proc = obs.process
+    if inv is None:
+        if proc is not None:  # ours once (a record) but in no inventory: report, never touch
+            return [Action("wait", name, "not_managed", f"pid {proc.pid} is not in fleet.yaml nor in the inventory")]
+        return actions
+    if not desired.prune and inv.state == "active":
+        return actions + [Action("wait", name, "prune_deferred", "not in fleet.yaml; pruning deferred (--no-prune)")]
+    if not inv.prune:
+        return actions + [Action("update", name, "prune_disabled",
+                                 "not in fleet.yaml and prune: false; left running, unmanaged")]
+    if proc is None:
+        return actions + [Action("update", name, "removed_from_manifest",
+                                 f"not in fleet.yaml; last applied in generation {inv.last_generation}")]
+    return actions + _stop_flow(name, None, obs, "removed_from_manifest", now)
+
+
+def _hands_off(name: str, spec: ProfileSpec, obs: ProfileObservation, actions: list[Action]) -> list[Action] | None:
+    """What is left to do for a profile that is not ours to act on: another fleet's, suspended, or a native
+    service's. None: it is ours."""
+    proc = obs.process
     if obs.other_fleet:
         # Another fleet's gateway or claim: adopting, signalling or spawning beside it would start a tug of war.
         return [a for a in actions if a.kind == "reclaim"] + [
@@ -147,28 +181,31 @@ def _plan_profile(name: str, spec: ProfileSpec | None, inv, obs: ProfileObservat
                                  gates=(Gate("suspended", False),))]
     if obs.native_service and (proc is None or proc.source != "record"):
         # Never adopt what another supervisor owns: our record would hide the conflict from then on.
-        actions = [a for a in actions if a.kind != "adopt"]
-        return actions + [Action("conflict", name, "owned_by_native_service",
-                                 f"a native service supervises this profile: {obs.native_service}")]
-
-    wanted = h.override_desired or spec.desired
-    if wanted == "stopped":
-        if proc is None:
-            if h.drain_intent:
-                return actions + [Action("update", name, "drain_complete", "stopped")]
-            return actions + [Action("keep", name, "stopped")]
-        return actions + _stop_flow(name, spec, obs, "stop", "desired_stopped", now)
-
-    if proc is not None:
-        running = _running_flow(name, spec, obs, now, request)
-        previous = desired.previous.get(name)
-        if running[0].kind == "keep" and previous is not None and previous != spec:
-            running = [Action("update", name, "policy_changed", "policy changed; applied in place", pid=proc.pid)]
-        return actions + running
-    return actions + _absent_flow(name, spec, obs, now)
+        return [a for a in actions if a.kind != "adopt"] + [
+            Action("conflict", name, "owned_by_native_service",
+                   f"a native service supervises this profile: {obs.native_service}")]
+    return None
 
 
-def _stop_flow(name, spec, obs: ProfileObservation, intent: str, reason: str, now: float) -> list[Action]:
+def _stopped_flow(name: str, spec: ProfileSpec, obs: ProfileObservation, now: float) -> list[Action]:
+    """A profile desired stopped: its gateway drained and stopped, the drain closed once it is gone."""
+    if obs.process is not None:
+        return _stop_flow(name, spec, obs, "desired_stopped", now)
+    if obs.history.drain_intent:
+        return [Action("update", name, "drain_complete", "stopped")]
+    return [Action("keep", name, "stopped")]
+
+
+def _running_or_policy_update(name: str, spec: ProfileSpec, obs: ProfileObservation, previous: ProfileSpec | None,
+                              now: float, request: MaintenanceRequest | None) -> list[Action]:
+    """A running gateway's flow; one that is kept while only its policy changed records the new policy."""
+    running = _running_flow(name, spec, obs, now, request)
+    if running[0].kind == "keep" and previous is not None and previous != spec:
+        return [Action("update", name, "policy_changed", "policy changed; applied in place", pid=obs.process.pid)]
+    return running
+
+
+def _stop_flow(name, spec, obs: ProfileObservation, reason: str, now: float) -> list[Action]:
     h, proc = obs.history, obs.process
     if h.drain_intent and h.drain_pid == proc.pid:
         return _continue_drain(name, spec, obs, now)
@@ -178,22 +215,30 @@ def _stop_flow(name, spec, obs: ProfileObservation, intent: str, reason: str, no
 def _continue_drain(name, spec, obs: ProfileObservation, now: float) -> list[Action]:
     """A drain under way: wait for idle, then the planned stop, and kill when the deadline passes."""
     h, proc = obs.history, obs.process
-    kind = "replace" if h.drain_intent == "replace" else "drain"
     if h.drain_deadline is not None and now >= h.drain_deadline:
         return [Action("kill", name, "drain_timeout", "drain deadline passed", pid=proc.pid)]
     if h.drain_signalled is not None:
         return [Action("wait", name, "stopping", "planned stop sent; waiting for exit", not_before=h.drain_deadline,
                        pid=proc.pid)]
-    st = obs.status
-    active = st.active if st else None
-    hermes = spec is None or spec.driver == DRIVER_HERMES
-    acknowledged = st is not None and st.state in ("draining", "stopped") and (active or 0) == 0
-    unacknowledged_idle = (now - (h.drain_started or now)) >= DRAIN_ACK_GRACE and (active or 0) == 0
-    if not hermes or acknowledged or unacknowledged_idle:
+    if _drained(spec, obs, now):
+        kind = "replace" if h.drain_intent == "replace" else "drain"
         return [Action(kind, name, h.drain_reason or "draining", "drained; planned stop", pid=proc.pid, phase="stop")]
+    active = obs.status.active if obs.status else None
     waiting = f"{active} active agent(s)" if active else "waiting for the gateway to acknowledge the drain"
     return [Action("wait", name, "draining", waiting,
                    not_before=min(h.drain_deadline or now + 1.0, now + 1.0), pid=proc.pid)]
+
+
+def _drained(spec, obs: ProfileObservation, now: float) -> bool:
+    """Whether the planned stop may follow the drain request: at once for a gateway that is not Hermes';
+    for Hermes once no agent is active and the gateway acknowledged the drain, or did not within the grace."""
+    if spec is not None and spec.driver != DRIVER_HERMES:
+        return True
+    st = obs.status
+    idle = ((st.active if st else None) or 0) == 0
+    acknowledged = st is not None and st.state in ("draining", "stopped") and idle
+    unacknowledged_idle = (now - (obs.history.drain_started or now)) >= DRAIN_ACK_GRACE and idle
+    return acknowledged or unacknowledged_idle
 
 
 def _heartbeat_stale(spec: ProfileSpec, obs: ProfileObservation, now: float) -> str | None:
@@ -233,11 +278,8 @@ def _running_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float,
         return [Action("kill", name, "wedged", stale, pid=proc.pid)]
     req = obs.restart_request
     if req is not None and req.created_at > proc.started_at:
-        if req.kind == "force_restart":
-            return [Action("kill", name, "forced", "restart --force", pid=proc.pid)]
-        return [Action("replace", name, "restart_requested", f"requested by {req.requested_by or 'an operator'}",
-                       pid=proc.pid, phase="begin")]
-    if request is not None and request.is_open and proc.started_at <= request.since:
+        return [_operator_restart(name, req, proc.pid)]
+    if _maintenance_due(request, proc):
         return [_maintenance(name, spec, obs, request, now)]
     if proc.spec_hash is not None and proc.spec_hash != spec.spec_hash:
         return [_voluntary_replace(name, spec, obs, "spec_changed", "spec changed")]
@@ -247,33 +289,69 @@ def _running_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float,
     return [Action("keep", name, "running", pid=proc.pid, not_before=_heartbeat_deadline(spec, obs, now))]
 
 
+def _operator_restart(name: str, req, pid: int) -> Action:
+    """An operator's restart of a gateway started before it: --force kills it, a plain one drains it first."""
+    if req.kind == "force_restart":
+        return Action("kill", name, "forced", "restart --force", pid=pid)
+    return Action("replace", name, "restart_requested", f"requested by {req.requested_by or 'an operator'}",
+                  pid=pid, phase="begin")
+
+
+def _maintenance_due(request: MaintenanceRequest | None, proc) -> bool:
+    """An open maintenance request this gateway has not been restarted for yet."""
+    return request is not None and request.is_open and proc.started_at <= request.since
+
+
 def _maintenance(name, spec: ProfileSpec, obs: ProfileObservation, req: MaintenanceRequest, now: float) -> Action:
     """A queued restart/update: only through the idle and window gates (unless a person said --now)."""
-    label = f"maintenance #{req.id} ({req.action})"
+    label = _maintenance_label(req)
     pid = obs.process.pid
     if req.not_before is not None and now < req.not_before:
         return Action("wait", name, "maintenance", f"{label}: not before {format_instant(req.not_before)}",
                       not_before=req.not_before,
                       pid=pid, voluntary=True)
-    gates: tuple[Gate, ...] = ()
-    if not req.now:
-        st = obs.status
-        idle_seconds = spec.maintenance.idle if req.idle_seconds is None else req.idle_seconds
-        gates = (idle_gate(st.active if st else None, st.state if st else None, obs.history.idle_since,
-                           idle_seconds, now), window_gate(spec.maintenance.windows, now))
-    closed = [g for g in gates if not g.open]
-    if closed:
-        reason = "window_closed" if closed[0].gate == "window" else "idle_gate"
-        wake_at = None
-        if closed[0].gate == "idle" and obs.history.idle_since is not None and not (obs.status and obs.status.active):
-            idle_seconds = spec.maintenance.idle if req.idle_seconds is None else req.idle_seconds
-            wake_at = obs.history.idle_since + idle_seconds
-        return Action("wait", name, reason, f"{label}: " + "; ".join(g.detail for g in closed), pid=pid,
-                      voluntary=True, gates=gates, not_before=wake_at if wake_at and wake_at > now else None)
+    gates = () if req.now else _maintenance_gates(spec, obs, req, now)
+    if not all(g.open for g in gates):
+        return _gates_closed(name, spec, obs, req, gates, now)
     if req.update_pending:
         return Action("wait", name, "update_command", f"{label}: gates open; the update command runs first",
                       pid=pid, voluntary=True, gates=gates)
     return Action("replace", name, "maintenance", label, pid=pid, phase="begin", voluntary=True, gates=gates)
+
+
+def _maintenance_gates(spec: ProfileSpec, obs: ProfileObservation, req: MaintenanceRequest,
+                       now: float) -> tuple[Gate, ...]:
+    """The gates a maintenance restart passes unless a person said --now: idle long enough, inside a window."""
+    st = obs.status
+    return (idle_gate(st.active if st else None, st.state if st else None, obs.history.idle_since,
+                      _idle_seconds(spec, req), now), window_gate(spec.maintenance.windows, now))
+
+
+def _idle_seconds(spec: ProfileSpec, req: MaintenanceRequest) -> float:
+    """How long the gateway must be idle: the request's own idle time, else the profile's maintenance.idle."""
+    return spec.maintenance.idle if req.idle_seconds is None else req.idle_seconds
+
+
+def _maintenance_label(req: MaintenanceRequest) -> str:
+    return f"maintenance #{req.id} ({req.action})"
+
+
+def _gates_closed(name, spec: ProfileSpec, obs: ProfileObservation, req: MaintenanceRequest,
+                  gates: tuple[Gate, ...], now: float) -> Action:
+    """The wait on closed gates, named for the first; an idle gate wakes the controller when it opens."""
+    closed = [g for g in gates if not g.open]
+    reason = "window_closed" if closed[0].gate == "window" else "idle_gate"
+    wake_at = _idle_reached_at(spec, obs, req) if closed[0].gate == "idle" else None
+    message = f"{_maintenance_label(req)}: " + "; ".join(g.detail for g in closed)
+    return Action("wait", name, reason, message, pid=obs.process.pid, voluntary=True, gates=gates,
+                  not_before=wake_at if wake_at and wake_at > now else None)
+
+
+def _idle_reached_at(spec: ProfileSpec, obs: ProfileObservation, req: MaintenanceRequest) -> float | None:
+    """When an idle gateway will have been idle long enough (None: it is not idle now)."""
+    if obs.history.idle_since is None or (obs.status and obs.status.active):
+        return None
+    return obs.history.idle_since + _idle_seconds(spec, req)
 
 
 def _voluntary_replace(name, spec: ProfileSpec, obs: ProfileObservation, reason: str, message: str) -> Action:
@@ -292,27 +370,48 @@ def _absent_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float) -
         out.append(Action("update", name, "drain_complete", "previous process has exited"))
         if h.drain_intent == "replace":
             return out + [Action("spawn", name, "replacement", "drained; starting the new spec")]
-    req = obs.restart_request
-    fresh_request = req is not None and (h.last_exit_at is None or req.created_at > h.last_exit_at)
-    if h.last_exit_class in TERMINAL_CLASSES and h.failed_spec_hash == spec.spec_hash and not fresh_request:
-        why = "exit 78: configuration conflict" if h.last_exit_class == "fatal_config" else "startup failed"
-        return out + [Action("conflict", name, "config_conflict" if h.last_exit_class == "fatal_config" else "startup_failed",
-                             f"{why} ({h.failed_reason or 'see the log'}); not retried until the spec changes or "
-                             f"`hermes-fleet start {name}`")]
-    policy = spec.restart.policy
-    if h.last_exit_class is not None and not fresh_request and h.last_exit_class not in ("planned", "restart_now"):
-        if policy == "never":
-            return out + [Action("wait", name, "restart_policy_never", "exited; restart policy is never")]
-        if policy == "on-failure" and h.last_exit_class == "clean":
-            return out + [Action("wait", name, "exited_cleanly", "exited 0; restart policy is on-failure")]
-    not_before = None
-    if h.last_exit_class in CRASH_CLASSES + ("clean",) and h.last_exit_at is not None and not fresh_request:
-        not_before = h.last_exit_at + spec.restart.delay(max(h.failures, 1))
-    limited = None
-    if not fresh_request:
-        earliest, limited = _start_limit(spec, h.recent_starts)
-        if earliest is not None and (not_before is None or earliest > not_before):
-            not_before = earliest
+    fresh_request = _fresh_restart_request(obs)
+    held = None if fresh_request else _held_down(name, spec, h)
+    if held is not None:
+        return out + [held]
+    return out + [_spawn(name, spec, h, fresh_request, now)]
+
+
+def _fresh_restart_request(obs: ProfileObservation) -> bool:
+    """An operator's start or restart given after the last exit: it skips the backoff, the start limit, the
+    restart policy and a failure that would otherwise stop the retries."""
+    req, h = obs.restart_request, obs.history
+    return req is not None and (h.last_exit_at is None or req.created_at > h.last_exit_at)
+
+
+def _held_down(name, spec: ProfileSpec, h) -> Action | None:
+    """Why a gateway that exited is not started again: a failure of this very spec that retrying cannot fix,
+    or the restart policy. None: it is started again."""
+    if h.last_exit_class in TERMINAL_CLASSES and h.failed_spec_hash == spec.spec_hash:
+        return _terminal_failure(name, h)
+    if h.last_exit_class is None or h.last_exit_class in ("planned", "restart_now"):
+        return None
+    if spec.restart.policy == "never":
+        return Action("wait", name, "restart_policy_never", "exited; restart policy is never")
+    if spec.restart.policy == "on-failure" and h.last_exit_class == "clean":
+        return Action("wait", name, "exited_cleanly", "exited 0; restart policy is on-failure")
+    return None
+
+
+def _terminal_failure(name, h) -> Action:
+    """Exit 78 or a failed startup of this spec: a conflict until the spec changes or an operator starts it."""
+    fatal = h.last_exit_class == "fatal_config"
+    why = "exit 78: configuration conflict" if fatal else "startup failed"
+    return Action("conflict", name, "config_conflict" if fatal else "startup_failed",
+                  f"{why} ({h.failed_reason or 'see the log'}); not retried until the spec changes or "
+                  f"`hermes-fleet start {name}`")
+
+
+def _spawn(name, spec: ProfileSpec, h, fresh_request: bool, now: float) -> Action:
+    """The spawn of a gateway that is not running, named for what ended the last one (or that none ran yet),
+    held back by its backoff and start limit if any."""
+    # The reason stays a local assigned in these branches: tests/test_architecture_doc.py reads every reason
+    # the planner can give from its source, and follows locals and parameters, not return values.
     if h.action_error_kind == "spawn":
         reason = "spawn_failed"
     elif h.last_start is None:
@@ -325,17 +424,45 @@ def _absent_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float) -
         reason = "replacement"
     else:
         reason = "not_running"
-    message = {"crashed": f"exited {h.last_exit_code if h.last_exit_code is not None else '(code unknown)'}; "
-                          f"restart {h.failures}",
-               "first_apply": "new profile",
-               "spawn_failed": f"could not start ({h.action_errors or h.failures} time(s)): {h.action_error}"
-               }.get(reason, "not running")
-    if not_before is not None and not_before <= now:
-        not_before = None
+    not_before, limited = _spawn_not_before(spec, h, fresh_request, now)
+    message = _spawn_message(reason, h)
     if limited and not_before is not None:
         message += f"; {limited}"
-    return out + [Action("spawn", name, reason, message, not_before=not_before,
-                         gates=(Gate("backoff", not_before is None, f"until {format_instant(not_before)}" if not_before else ""),))]
+    return Action("spawn", name, reason, message, not_before=not_before,
+                  gates=(Gate("backoff", not_before is None, f"until {format_instant(not_before)}" if not_before else ""),))
+
+
+def _spawn_not_before(spec: ProfileSpec, h, fresh_request: bool, now: float) -> tuple[float | None, str | None]:
+    """When the spawn may run (None: now): the later of the restart backoff and the start limit, both skipped
+    for an operator's fresh request; and why, when the start limit holds it (crash-looping)."""
+    if fresh_request:
+        return None, None
+    not_before = _backoff_until(spec, h)
+    earliest, limited = _start_limit(spec, h.recent_starts)
+    if earliest is not None and (not_before is None or earliest > not_before):
+        not_before = earliest
+    if not_before is not None and not_before <= now:
+        return None, limited
+    return not_before, limited
+
+
+def _backoff_until(spec: ProfileSpec, h) -> float | None:
+    """When the restart backoff lets a gateway that ended by itself start again (None: no backoff)."""
+    if h.last_exit_class in CRASH_CLASSES + ("clean",) and h.last_exit_at is not None:
+        return h.last_exit_at + spec.restart.delay(max(h.failures, 1))
+    return None
+
+
+def _spawn_message(reason: str, h) -> str:
+    """What `diff` and `status` say about the spawn: the exit code and restart count after a crash."""
+    if reason == "crashed":
+        code = h.last_exit_code if h.last_exit_code is not None else "(code unknown)"
+        return f"exited {code}; restart {h.failures}"
+    if reason == "first_apply":
+        return "new profile"
+    if reason == "spawn_failed":
+        return f"could not start ({h.action_errors or h.failures} time(s)): {h.action_error}"
+    return "not running"
 
 
 def _start_limit(spec: ProfileSpec, starts: tuple[float, ...]) -> tuple[float | None, str | None]:
@@ -360,31 +487,43 @@ def _wants_running(spec: ProfileSpec | None, history) -> bool:
     return spec is not None and not spec.suspend and (history.override_desired or spec.desired) == "running"
 
 
-def _apply_budget(actions: list[Action], desired: Desired, observed: Observed, now: float) -> list[Action]:
+def _apply_budget(actions: list[Action], desired: Desired, observed: Observed) -> list[Action]:
     """At most max_concurrent profiles disrupted voluntarily at once; one down involuntarily counts too."""
     limit = desired.spec.max_concurrent_maintenance
-    in_use = set()
-    for name, obs in observed.profiles.items():
-        h = obs.history
-        if h.drain_intent == "replace" and obs.process is not None:
-            in_use.add(name)
-        elif obs.process is None and h.last_exit_class == "planned" and _wants_running(desired.spec.profile(name), h):
-            in_use.add(name)  # drained on purpose and not yet respawned: still in maintenance
-        elif obs.process is None and h.failures > 0 and h.last_exit_class in CRASH_CLASSES \
-                and h.action_error_kind != "spawn" and _wants_running(desired.spec.profile(name), h):
-            in_use.add(name)  # a profile that could not even be spawned was never capacity: it holds no budget
+    in_use = {name for name, obs in observed.profiles.items() if _holds_budget(obs, desired.spec.profile(name))}
     out = []
     for a in sorted(actions, key=lambda a: a.profile):
-        if a.kind == "replace" and a.voluntary and a.phase == "begin":
+        if _begins_voluntary_replace(a):
             if len(in_use) >= limit and a.profile not in in_use:
-                busy = ", ".join(sorted(in_use))
-                out.append(Action("wait", a.profile, "budget_exhausted", f"{a.message}: budget: {busy} in maintenance",
-                                  pid=a.pid, voluntary=True,
-                                  gates=a.gates + (Gate("budget", False, f"{len(in_use)} of {limit} in use"),)))
+                out.append(_budget_wait(a, in_use, limit))
                 continue
             in_use.add(a.profile)
         out.append(a)
     return out
+
+
+def _holds_budget(obs: ProfileObservation, spec: ProfileSpec | None) -> bool:
+    """Whether a profile is in maintenance already: being replaced, or down and meant to run again."""
+    h = obs.history
+    if obs.process is not None:
+        return h.drain_intent == "replace"
+    if not _wants_running(spec, h):
+        return False
+    if h.last_exit_class == "planned":
+        return True  # drained on purpose and not yet respawned: still in maintenance
+    # A profile that could not even be spawned was never capacity: it holds no budget.
+    return h.failures > 0 and h.last_exit_class in CRASH_CLASSES and h.action_error_kind != "spawn"
+
+
+def _begins_voluntary_replace(a: Action) -> bool:
+    return a.kind == "replace" and a.voluntary and a.phase == "begin"
+
+
+def _budget_wait(a: Action, in_use: set[str], limit: int) -> Action:
+    """A voluntary replace held back while the budget is spent, naming who spends it."""
+    busy = ", ".join(sorted(in_use))
+    return Action("wait", a.profile, "budget_exhausted", f"{a.message}: budget: {busy} in maintenance",
+                  pid=a.pid, voluntary=True, gates=a.gates + (Gate("budget", False, f"{len(in_use)} of {limit} in use"),))
 
 
 def _apply_stagger(actions: list[Action], desired: Desired, observed: Observed, now: float) -> list[Action]:
