@@ -36,8 +36,7 @@ class DesiredSource:
                 if removed is not None:
                     specs[entry.name] = removed
         prune = self.store.meta("prune", "1") == "1"
-        desired = Desired(spec=spec, generation=gen.generation, prune=prune, allow_empty=True,
-                          previous={p.name: p for p in spec.profiles})
+        desired = Desired(spec=spec, generation=gen.generation, prune=prune, allow_empty=True, previous=dict(specs))
         return desired, specs
 
     def last_spec_of(self, name: str, before: int) -> ProfileSpec | None:

@@ -13,9 +13,9 @@ from fleet.execute.logs import rotate_if_large
 from fleet.observe import hermes_files as hf
 from fleet.observe import identity
 from fleet.observe.leftovers import find_leftovers
-from fleet.observe.model import ProfileObservation
+from fleet.observe.model import LiveProcess, ProfileObservation
 from fleet.platform.base import SignalRefused
-from fleet.plan.exits import CRASH_CLASSES, TERMINAL_CLASSES, classify_exit, describe_exit
+from fleet.plan.exits import TERMINAL_CLASSES, count_exit, describe_exit
 from fleet.plan.model import Action
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 from fleet.store.db import Store
@@ -24,7 +24,6 @@ from fleet.store.layout import StateDir
 from fleet.store.records import PidRecord, remove_record, write_record
 
 
-KILL_GRACE = 5.0  # after SIGKILL, how long before the kill is tried again
 LEFTOVER_GRACE = 1.0  # a dead gateway's leftovers get this long after SIGTERM, then SIGKILL
 LEFTOVER_KILL_WAIT = 2.0
 
@@ -60,13 +59,14 @@ class Executor:
         """Perform one action; False when it started nothing because `superseded()` says the desired state
         it was planned from changed meanwhile (the pass then plans again)."""
         handler = getattr(self, f"_{action.kind}")
-        if action.kind == "reclaim" and action.reason in ("pid_dead", "pid_reused") and obs.record is not None \
-                and self._known.get(action.profile) == (obs.record.pid, obs.record.start_ticks):
+        record = action.record
+        if action.kind == "reclaim" and action.reason in ("pid_dead", "pid_reused") and record is not None \
+                and self._known.get(action.profile) == (record.pid, record.start_ticks):
             # Like KillMode=control-group: what the gateway left is ended before a successor can start
             # (outside the transaction: this may wait for processes). Only for a record this controller wrote:
             # a forged or lost one says nothing true about which processes came after the gateway, so the
             # spawn's sweep (after a scan that has found any live gateway) deals with them instead.
-            self._end_leftovers(action.profile, obs)
+            self._end_leftovers(action.profile, record, obs)
             self._ended.add(action.profile)
         elif action.kind == "spawn" and action.profile not in self._ended:
             # The dead gateway may be unknown to us (its record lost or forged, a previous controller's
@@ -96,34 +96,27 @@ class Executor:
 
     # -- records only ---------------------------------------------------------------------------
     def _reclaim(self, action: Action, obs: ProfileObservation) -> None:
-        name, now, h = action.profile, self.clock(), obs.history
-        if action.reason == "pid_dead" and obs.record is not None:
-            _, code = self.platform.reap(obs.record.pid)
-            gateway_state = obs.status.state if obs.status else None
-            klass = classify_exit(code, gateway_state, planned=bool(h.drain_intent))
-            ran = now - obs.record.started_at
-            spec = self.spec_of(name)
-            reset_after = spec.restart.reset_after if spec else 60.0
-            failures = h.failures
-            if klass in CRASH_CLASSES or klass == "clean":
-                failures = 1 if ran >= reset_after else failures + 1
-            elif klass == "planned":
-                failures = 0 if ran >= reset_after else failures
-            fields = dict(last_exit_code=code, last_exit_at=now, last_exit_class=klass, failures=failures,
-                          idle_since=None)
-            if klass in TERMINAL_CLASSES:
+        name, now, record, count = action.profile, self.clock(), action.record, action.exit_count
+        if record is not None and count is not None:
+            _, code = self.platform.reap(record.pid)
+            ran = now - record.started_at
+            outcome = count_exit(code, obs.status.state if obs.status else None, planned=count.planned,
+                                 failures=count.failures, ran=ran, reset_after=count.reset_after)
+            fields = dict(last_exit_code=code, last_exit_at=now, last_exit_class=outcome.exit_class,
+                          failures=outcome.failures, idle_since=None)
+            if outcome.exit_class in TERMINAL_CLASSES:
                 reason = (obs.status.exit_reason if obs.status and obs.status.exit_reason else
-                          "exit 78 (fatal configuration)" if klass == "fatal_config" else "startup_failed")
-                fields.update(failed_reason=reason, failed_spec_hash=obs.record.spec_hash)
+                          "exit 78 (fatal configuration)" if outcome.exit_class == "fatal_config" else "startup_failed")
+                fields.update(failed_reason=reason, failed_spec_hash=record.spec_hash)
             self.store.update_history(name, **fields)
-            self.journal("exited", f"pid {obs.record.pid} exited {describe_exit(code, klass)} after {ran:.1f}s",
-                         name, pid=obs.record.pid, code=code, exit_class=klass)
+            self.journal("exited", f"pid {record.pid} exited {describe_exit(code, outcome.exit_class)} after "
+                         f"{ran:.1f}s", name, pid=record.pid, code=code, exit_class=outcome.exit_class)
         else:
             self.journal("reclaimed", f"record removed: {action.message}", name, reason=action.reason)
         remove_record(self.state.record(name))
 
     def _adopt(self, action: Action, obs: ProfileObservation) -> None:
-        proc = obs.process
+        proc = action.process()
         record = PidRecord(profile=action.profile, pid=proc.pid, start_ticks=proc.start_ticks,
                            create_time=proc.create_time, spec_hash=proc.spec_hash, started_at=proc.started_at,
                            controller_pid=os.getpid(), epoch=self.epoch, adopted=True)
@@ -147,7 +140,7 @@ class Executor:
             self._clear_drain(name)
             self.journal("drained", "previous process gone; drain finished", name)
         elif action.reason in ("removed_from_manifest", "prune_disabled"):
-            for path in (*self._drain_files(name), self.state.record(name)):
+            for path in [*self._drain_files(name), str(self.state.record(name))]:
                 try:
                     remove(path)
                 except UnsafeFile as exc:
@@ -207,12 +200,11 @@ class Executor:
     def _spawned(self, action: Action, spec: ProfileSpec, obs: ProfileObservation, now: float,
                  starts: tuple[float, ...], pid: int) -> None:
         name, h = action.profile, obs.history
-        counts_as_restart = action.reason in ("crashed", "replacement", "restart_requested", "not_running")
-        fields = dict(last_start=now, restarts=h.restarts + (1 if counts_as_restart and h.last_start else 0),
+        fields = dict(last_start=now, restarts=h.restarts + (1 if action.restart else 0),
                       idle_since=None, drain_intent=None, drain_reason=None, drain_started=None,
                       drain_deadline=None, drain_signalled=None, drain_pid=None, recent_starts=starts,
                       action_error=None, action_error_kind=None, action_error_at=None, action_errors=0)
-        if h.failed_spec_hash and (h.failed_spec_hash != spec.spec_hash or obs.restart_request):
+        if action.clears_failure:
             fields.update(failed_reason=None, failed_spec_hash=None)
         self.store.update_history(name, **fields)
         for req in self.store.pending_requests():
@@ -236,32 +228,31 @@ class Executor:
         return argv
 
     def _replace(self, action: Action, obs: ProfileObservation) -> None:
-        self._drain(action, obs, intent="replace")
+        self._drain(action, obs)
 
-    def _drain(self, action: Action, obs: ProfileObservation, intent: str | None = None) -> None:
-        name, now = action.profile, self.clock()
+    def _drain(self, action: Action, obs: ProfileObservation) -> None:
+        name, now, proc = action.profile, self.clock(), action.process()
         spec = self.spec_of(name)
         hermes = spec is not None and spec.driver == DRIVER_HERMES
-        if action.phase == "begin":
-            intent = intent or ("prune" if action.reason == "removed_from_manifest" else "stop")
-            timeout = spec.drain.timeout if spec else 60.0
-            self.store.update_history(name, drain_intent=intent, drain_reason=action.reason, drain_started=now,
-                                      drain_deadline=now + timeout, drain_signalled=None, drain_pid=action.pid)
+        if action.drain is not None:
+            drain = action.drain
+            self.store.update_history(name, drain_intent=drain.intent, drain_reason=drain.reason, drain_started=now,
+                                      drain_deadline=now + drain.timeout, drain_signalled=None, drain_pid=proc.pid)
             if hermes:
                 write_json_atomic(os.path.join(spec.hermes_home, hf.DRAIN_REQUEST), {
                     "action": "drain", "requested_at": iso(now), "principal": "hermes-fleet",
                     "epoch": self.platform.drain_epoch(), "suppress_notification": False}, durable=False)
-                self.journal("drain_started", f"drain requested ({action.reason}); up to {timeout:g}s", name,
-                             pid=action.pid, intent=intent)
+                self.journal("drain_started", f"drain requested ({action.reason}); up to {drain.timeout:g}s", name,
+                             pid=proc.pid, intent=drain.intent)
             else:
-                self.journal("drain_started", f"stopping ({action.reason}); up to {timeout:g}s", name,
-                             pid=action.pid, intent=intent)
-                self._planned_stop(name, spec, obs)
+                self.journal("drain_started", f"stopping ({action.reason}); up to {drain.timeout:g}s", name,
+                             pid=proc.pid, intent=drain.intent)
+                self._planned_stop(name, spec, proc, drain.reason, now + drain.timeout)
         elif action.phase == "stop":
-            self._planned_stop(name, spec, obs)
+            self._planned_stop(name, spec, proc, obs.history.drain_reason, obs.history.drain_deadline)
 
-    def _planned_stop(self, name: str, spec: ProfileSpec | None, obs: ProfileObservation) -> None:
-        proc = obs.process
+    def _planned_stop(self, name: str, spec: ProfileSpec | None, proc: LiveProcess, reason: str | None,
+                      deadline: float | None) -> None:
         why = self._not_ours(name, proc)
         if why:
             self.journal("refused", f"pid {proc.pid} no longer passes identity ({why}); not signalled", name)
@@ -271,27 +262,26 @@ class Executor:
             write_json_atomic(os.path.join(spec.hermes_home, hf.PLANNED_STOP), {
                 "target_pid": proc.pid, "target_start_time": proc.start_ticks, "stopper_pid": os.getpid(),
                 "written_at": iso(now)}, durable=False)
-        deadline = obs.history.drain_deadline or now
-        write_json_atomic(self.state.stop_marker(name), {"requested_at": iso(now), "reason": obs.history.drain_reason
-                                                          or "stop", "deadline": iso(deadline), "pid": proc.pid},
+        write_json_atomic(self.state.stop_marker(name), {"requested_at": iso(now), "reason": reason or "stop",
+                                                          "deadline": iso(deadline or now), "pid": proc.pid},
                           durable=False)
         self.platform.request_stop(proc.pid)
         self.store.update_history(name, drain_signalled=now)
         self.journal("stop_sent", f"planned stop sent to pid {proc.pid}", name, pid=proc.pid)
 
     def _kill(self, action: Action, obs: ProfileObservation) -> None:
-        name, proc = action.profile, obs.process
+        name, proc = action.profile, action.process()
         why = self._not_ours(name, proc)
         if why:
             self.journal("refused", f"pid {proc.pid} no longer passes identity ({why}); not killed", name)
             return
-        if action.reason == "forced" and not obs.history.drain_intent:
-            now = self.clock()
-            # The kill is the stop; the deadline only covers the kernel tearing the tree down.
-            self.store.update_history(name, drain_intent="replace", drain_reason="forced", drain_started=now,
-                                      drain_deadline=now + KILL_GRACE, drain_signalled=now, drain_pid=proc.pid)
-        elif action.reason == "drain_timeout":
-            self.store.update_history(name, drain_deadline=self.clock() + KILL_GRACE)
+        now = self.clock()
+        if action.drain is not None:  # the kill is the stop
+            drain = action.drain
+            self.store.update_history(name, drain_intent=drain.intent, drain_reason=drain.reason, drain_started=now,
+                                      drain_deadline=now + drain.timeout, drain_signalled=now, drain_pid=proc.pid)
+        elif action.kill_grace is not None:
+            self.store.update_history(name, drain_deadline=now + action.kill_grace)
         self.platform.kill_tree(proc.pid, identity.markers(name, str(self.state.root)))
         self.journal("killed", f"pid {proc.pid} and its tree killed ({action.reason}: {action.message})", name,
                      pid=proc.pid, reason=action.reason)
@@ -304,16 +294,16 @@ class Executor:
             return None
         return (check.proof.why_not if check.proof is not None else "") or check.verdict
 
-    def _end_leftovers(self, name: str, obs: ProfileObservation) -> None:
+    def _end_leftovers(self, name: str, record: PidRecord, obs: ProfileObservation) -> None:
         """End the processes that positively carry this fleet's and this profile's markers (children,
         setsid children, double-forked daemons); report, never signal, unmarked members of the dead
         gateway's session or process group."""
-        gateway_pid = obs.record.pid
+        gateway_pid = record.pid
         found = find_leftovers(self.platform, str(self.state.root), name,
                                group_of=gateway_pid if gateway_pid > 1 else None,
                                exclude=self._live_gateways(name, obs))
         spec = self.spec_of(name)
-        marked = [f.info for f in found if f.profile == name and _started_after(f.info, obs.record)
+        marked = [f.info for f in found if f.profile == name and _started_after(f.info, record)
                   and self.platform.child_environ(f.info.pid) is None  # a gateway we spawned is no leftover
                   and not identity.may_be_the_gateway(spec, f.info)]
         unmarked = [f.info for f in found if f.profile != name]

@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 RESTART_NOW = 75  # EX_TEMPFAIL: a restart was requested
 FATAL_CONFIG = 78  # EX_CONFIG: do not retry
 
 CRASH_CLASSES = ("crash", "killed", "unknown")
 TERMINAL_CLASSES = ("fatal_config", "startup_failed")
+
+
+@dataclass(frozen=True)
+class ExitOutcome:
+    exit_class: str
+    failures: int  # the profile's consecutive failures after this exit
+
+
+def count_exit(code: int | None, gateway_state: str | None, *, planned: bool, failures: int, ran: float,
+               reset_after: float) -> ExitOutcome:
+    """What an exit does to the failure count: a crash or a clean exit adds one (or starts afresh after a
+    run of `reset_after`), a planned stop after such a run clears it, anything else leaves it."""
+    klass = classify_exit(code, gateway_state, planned=planned)
+    if klass in CRASH_CLASSES or klass == "clean":
+        failures = 1 if ran >= reset_after else failures + 1
+    elif klass == "planned":
+        failures = 0 if ran >= reset_after else failures
+    return ExitOutcome(klass, failures)
 
 
 def classify_exit(code: int | None, gateway_state: str | None, *, planned: bool) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fleet.maintenance.model import Gate
+from fleet.observe.model import LiveProcess
 from fleet.spec.model import FleetSpec, ProfileSpec
+from fleet.store.records import PidRecord
 
 # One symbol per class, so a reader sees at a glance whether a line touches a process.
 SYMBOLS = {
@@ -22,7 +24,26 @@ def format_instant(ts: float) -> str:
 
 
 @dataclass(frozen=True)
+class DrainStart:
+    """What the first step of a drain records: why the gateway stops (stop | prune | replace), the reason
+    it shows, and how long the drain may take before the kill."""
+    intent: str
+    reason: str
+    timeout: float
+
+
+@dataclass(frozen=True)
+class ExitCount:
+    """How a reclaim counts the exit it finds (`fleet/plan/exits.py:count_exit`)."""
+    failures: int  # before this exit
+    reset_after: float  # a run at least this long starts the count afresh
+    planned: bool  # a drain or a forced restart asked for this exit
+
+
+@dataclass(frozen=True)
 class Action:
+    """One step of the plan, carrying as data everything the executor needs to perform it: the executor
+    only performs and records."""
     kind: str
     profile: str
     reason: str
@@ -32,6 +53,19 @@ class Action:
     phase: str = ""  # drain/replace: begin | stop ; kill: the drain it ends
     voluntary: bool = False
     gates: tuple[Gate, ...] = ()
+    target: LiveProcess | None = None  # adopt, drain, replace, kill: the process acted on
+    record: PidRecord | None = None  # reclaim: the record it removes
+    drain: DrainStart | None = None  # drain/replace begin, a forced kill outside a drain: the drain it records
+    kill_grace: float | None = None  # kill past a drain's deadline: the deadline moves this far past the kill
+    exit_count: ExitCount | None = None  # reclaim pid_dead: how the exit is counted
+    restart: bool = False  # spawn: counts as a restart of the profile
+    clears_failure: bool = False  # spawn: ends a failure that stopped retries (new spec, or an operator's start)
+
+    def process(self) -> LiveProcess:
+        """The process this action acts on; every action that touches one carries it."""
+        if self.target is None:
+            raise ValueError(f"{self.kind} {self.reason} of {self.profile} names no process")
+        return self.target
 
     @property
     def steps(self) -> tuple[str, ...]:
@@ -69,7 +103,7 @@ class Desired:
     generation: int = 0
     prune: bool = True
     allow_empty: bool = False
-    previous: dict[str, ProfileSpec] = field(default_factory=dict)  # last-applied specs, for in-place updates
+    previous: dict[str, ProfileSpec] = field(default_factory=dict)  # last-applied specs (a removed profile's too)
 
 
 @dataclass(frozen=True)

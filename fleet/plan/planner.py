@@ -6,11 +6,13 @@ budget couple them, so a sibling's failure never changes another profile's actio
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from fleet.maintenance.gates import idle_gate, window_gate
 from fleet.maintenance.model import Gate, MaintenanceRequest
 from fleet.observe.model import Observed, Orphan, ProfileObservation
 from fleet.plan.exits import CRASH_CLASSES, TERMINAL_CLASSES
-from fleet.plan.model import KIND_ORDER, Action, Check, Desired, Plan, format_instant
+from fleet.plan.model import KIND_ORDER, Action, Check, Desired, DrainStart, ExitCount, Plan, format_instant
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 
 # A drain request not acknowledged by the gateway within this long (an older Hermes without
@@ -31,12 +33,13 @@ def plan(desired: Desired, observed: Observed, now: float) -> Plan:
     for name in names:
         obs = observed.get(name)
         pspec = desired.spec.profile(name)
+        last_applied = pspec or desired.previous.get(name)
         if refusal and pspec is None:
-            actions += _records_only(obs, observed.epoch)
+            actions += [_with_effects(a, last_applied, obs) for a in _records_only(obs, observed.epoch)]
             continue
         request = next((r for r in observed.maintenance if r.covers(name)), None)
-        actions += _hold_failed(_plan_profile(name, pspec, inventory.get(name), obs, desired, observed.epoch,
-                                              now, request), obs.history, now)
+        planned = _plan_profile(name, pspec, inventory.get(name), obs, desired, observed.epoch, now, request)
+        actions += [_with_effects(a, last_applied, obs) for a in _hold_failed(planned, obs.history, now)]
         checks += _profile_checks(name, pspec, obs)
     checks += [_orphan_check(orphan) for orphan in observed.orphans]
 
@@ -548,8 +551,44 @@ def _apply_stagger(actions: list[Action], desired: Desired, observed: Observed, 
             slot = ready
         nb = ready if ready > now else None
         if nb != a.not_before:
-            gates = a.gates + (Gate("stagger", nb is None, f"{gap:g}s between spawns"),)
-            a = Action(a.kind, a.profile, a.reason, a.message, not_before=nb, pid=a.pid, phase=a.phase,
-                       voluntary=a.voluntary, gates=gates)
+            a = replace(a, not_before=nb, gates=a.gates + (Gate("stagger", nb is None, f"{gap:g}s between spawns"),))
         out.append(a)
     return out
+
+
+# -- what the executor needs, as data ---------------------------------------------------------------------
+KILL_GRACE = 5.0  # after SIGKILL, how long before the kill is tried again
+SECONDS_WITHOUT_SPEC = 60.0  # the schema's drain.timeout and restart.reset_after, for a profile with no spec left
+RESTARTING_SPAWNS = ("crashed", "replacement", "restart_requested", "not_running")
+
+
+def _with_effects(action: Action, spec: ProfileSpec | None, obs: ProfileObservation) -> Action:
+    """The action with everything its execution needs: the process or record it acts on, the drain it
+    records, how the exit it finds counts, what a spawn ends. `spec` is the profile's last-applied spec
+    (a removed profile's too)."""
+    h = obs.history
+    if action.kind == "reclaim":
+        count = ExitCount(h.failures, spec.restart.reset_after if spec else SECONDS_WITHOUT_SPEC,
+                          planned=bool(h.drain_intent)) if action.reason == "pid_dead" else None
+        return replace(action, record=obs.record, exit_count=count)
+    if action.kind == "spawn" and spec is not None:
+        clears = bool(h.failed_spec_hash) and (h.failed_spec_hash != spec.spec_hash or obs.restart_request is not None)
+        return replace(action, restart=action.reason in RESTARTING_SPAWNS and bool(h.last_start),
+                       clears_failure=clears)
+    if action.kind in ("adopt", "drain", "replace", "kill"):
+        return replace(action, target=obs.process, drain=_drain_start(action, spec, h),
+                       kill_grace=KILL_GRACE if action.kind == "kill" and action.reason == "drain_timeout" else None)
+    return action
+
+
+def _drain_start(action: Action, spec: ProfileSpec | None, h) -> DrainStart | None:
+    """The drain an action begins: a drain or replace's first step; a forced restart outside any drain,
+    whose kill is the stop (its deadline covers only the kernel tearing the tree down)."""
+    timeout = spec.drain.timeout if spec else SECONDS_WITHOUT_SPEC
+    if action.phase == "begin" and action.kind == "replace":
+        return DrainStart("replace", action.reason, timeout)
+    if action.phase == "begin" and action.kind == "drain":
+        return DrainStart("prune" if action.reason == "removed_from_manifest" else "stop", action.reason, timeout)
+    if action.kind == "kill" and action.reason == "forced" and not h.drain_intent:
+        return DrainStart("replace", "forced", KILL_GRACE)
+    return None
