@@ -20,6 +20,7 @@ from factories import (
     observation, observed, profile_spec, restart_request, running, status, with_changes,
 )
 from fleet.cli.render_plan import render_json, render_text
+from fleet.controller.plan_report import PlanReport, plan_report
 from fleet.controller.preview import Preview
 from fleet.controller.status import ControllerStatus
 from fleet.plan.model import Check
@@ -73,6 +74,9 @@ class Scenario:
     extra_checks: tuple[Check, ...] = ()
     profile: str | None = None
     verbose: bool = False
+
+    def report(self) -> PlanReport:
+        return plan_report(self.preview(), self.profile)
 
     def preview(self) -> Preview:
         previous = {p.name: p for p in self.previous}
@@ -183,22 +187,22 @@ def _check_golden(name: str, text: str) -> None:
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_text_golden(name):
     case = SCENARIOS[name]
-    _check_golden(f"{name}.txt", render_text(case.preview(), profile=case.profile, verbose=case.verbose) + "\n")
+    _check_golden(f"{name}.txt", render_text(case.report(), verbose=case.verbose) + "\n")
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_json_golden(name):
     case = SCENARIOS[name]
-    doc = render_json(case.preview(), profile=case.profile)
+    doc = render_json(case.report())
     jsonschema.validate(doc, json.loads((ROOT / "schemas/plan.schema.json").read_text()))
     _check_golden(f"{name}.json", _json_text(doc))
 
 
 def test_no_secret_value_is_printed():
     case = SCENARIOS["replace_sensitive"]
-    outputs = render_text(case.preview()) + _json_text(render_json(case.preview()))
+    outputs = render_text(case.report()) + _json_text(render_json(case.report()))
     assert "new-secret" not in outputs and "old-secret" not in outputs
     assert "(sensitive value changed)" in outputs
     case = SCENARIOS["replace_sensitive_command"]
-    outputs = render_text(case.preview()) + _json_text(render_json(case.preview()))
+    outputs = render_text(case.report()) + _json_text(render_json(case.report()))
     assert "new-token-1" not in outputs and "old-token-1" not in outputs

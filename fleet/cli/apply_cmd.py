@@ -14,6 +14,7 @@ from fleet.cli.common import (
 )
 from fleet.cli.controller_client import ensure_controller
 from fleet.cli.gitinfo import revision_of
+from fleet.controller.plan_report import plan_report
 from fleet.controller.preview import preview
 from fleet.controller.record import record_manifest
 from fleet.controller.status import SETTLED_WAITS, fleet_status
@@ -66,7 +67,7 @@ def apply(
             raise typer.Exit(EXIT_REFUSED)
         if output == "text":
             from fleet.cli.render_plan import render_text
-            typer.echo(render_text(pv))
+            typer.echo(render_text(plan_report(pv)))
             typer.echo("")
         revision = revision_of(str(file), manifest.digest)
         revision["summary"] = pv.plan.counts()
