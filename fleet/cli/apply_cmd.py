@@ -14,7 +14,7 @@ from fleet.cli.common import (
 )
 from fleet.cli.controller_client import ensure_controller
 from fleet.cli.gitinfo import revision_of
-from fleet.controller.plan_report import plan_report
+from fleet.controller.plan_report import PlanReport, plan_report
 from fleet.controller.preview import preview
 from fleet.controller.record import record_manifest
 from fleet.controller.status import SETTLED_WAITS, fleet_status
@@ -56,21 +56,16 @@ def apply(
     platform = current_platform()
     store = open_store(state, write=True)
     try:
-        pv = preview(manifest, state, store, platform, time.time(), prune=prune, allow_empty=allow_empty)
-        native = [c for c in pv.checks if c.code == "owned_by_native_service"]
-        if pv.plan.refusal or native:
-            reason = pv.plan.refusal or "; ".join(f"{c.profile}: {c.message}" for c in native)
-            if output == "json":
-                emit_json({"format_version": "1.0", "kind": "apply", "result": "refused", "message": reason})
-            else:
-                typer.echo(f"Refused: {reason}", err=True)
-            raise typer.Exit(EXIT_REFUSED)
+        report = plan_report(preview(manifest, state, store, platform, time.time(), prune=prune,
+                                     allow_empty=allow_empty))
+        if not report.applyable:
+            _refuse(report, output)
         if output == "text":
             from fleet.cli.render_plan import render_text
-            typer.echo(render_text(plan_report(pv)))
+            typer.echo(render_text(report))
             typer.echo("")
         revision = revision_of(str(file), manifest.digest)
-        revision["summary"] = pv.plan.counts()
+        revision["summary"] = report.counts
         recorded = record_manifest(store, manifest, revision, prune=prune, source="apply", lift_down=True)
         generation, created = recorded.generation, recorded.created
     finally:
@@ -96,6 +91,15 @@ def apply(
                    "profiles": [{"name": p.name, "phase": p.phase, "pid": p.pid, "note": p.note}
                                 for p in status.profiles]})
     raise typer.Exit(code)
+
+
+def _refuse(report: PlanReport, output: str) -> None:
+    reason = report.refusal or "; ".join(f"{c.profile}: {c.message}" for c in report.blocked_by)
+    if output == "json":
+        emit_json({"format_version": "1.0", "kind": "apply", "result": "refused", "message": reason})
+    else:
+        typer.echo(f"Refused: {reason}", err=True)
+    raise typer.Exit(EXIT_REFUSED)
 
 
 # Gates that do not open by themselves soon: a person's agents going idle, a maintenance window,

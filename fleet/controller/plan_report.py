@@ -63,6 +63,7 @@ class PlanReport:
     basis: tuple[Basis, ...]  # every observed profile, whichever are shown
     applyable: bool
     refusal: str | None
+    blocked_by: tuple[Check, ...]  # native services that supervise a profile: apply refuses while any does
     counts: dict[str, int]  # the whole plan's, whichever profiles are shown
     changes: tuple[ActionReport, ...]
     unchanged: tuple[Action, ...]
@@ -88,11 +89,13 @@ def plan_report(pv: Preview, profile: str | None = None) -> PlanReport:
     shown = [a for a in pv.plan.actions if profile is None or a.profile == profile]
     changes = tuple(_action_report(pv, a) for a in shown if a.kind != "keep")
     unchanged = tuple(a for a in shown if a.kind == "keep")
+    blocked_by = _native_services(pv)
     return PlanReport(
         manifest_path=pv.manifest.path, manifest_digest=pv.manifest.digest, generated_at=pv.observed.observed_at,
         desired_generation=pv.desired.generation, last_generation=pv.last_generation,
         new_generation=pv.new_generation, controller_running=pv.controller.running,
-        controller_pid=pv.controller.pid, basis=_basis(pv), applyable=_applyable(pv), refusal=pv.plan.refusal,
+        controller_pid=pv.controller.pid, basis=_basis(pv), applyable=pv.plan.refusal is None and not blocked_by,
+        refusal=pv.plan.refusal, blocked_by=blocked_by,
         counts=pv.plan.counts(), changes=changes, unchanged=unchanged,
         running=sum(1 for a in unchanged if a.reason == "running"), waiting=_waiting(changes),
         drift=_drift(pv, profile), checks=_checks(pv, profile),
@@ -109,10 +112,8 @@ def _checks(pv: Preview, profile: str | None) -> tuple[Check, ...]:
     return tuple(c for c in pv.checks if profile is None or c.profile in (None, profile))
 
 
-def _applyable(pv: Preview) -> bool:
-    """A refused plan, or a profile a native service supervises, cannot be applied."""
-    native = any(c.severity == "error" for c in pv.checks if c.code == "owned_by_native_service")
-    return pv.plan.refusal is None and not native
+def _native_services(pv: Preview) -> tuple[Check, ...]:
+    return tuple(c for c in pv.checks if c.code == "owned_by_native_service" and c.severity == "error")
 
 
 def _action_report(pv: Preview, a: Action) -> ActionReport:
