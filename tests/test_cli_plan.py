@@ -125,3 +125,36 @@ def test_apply_rejects_bad_output_before_touching_anything(tmp_path, value):
     result = run("apply", "-f", str(path), "--state-dir", str(tmp_path / "s"), "-o", "xml", "--timeout", value)
     assert result.exit_code == 2
     assert not (tmp_path / "s").exists()
+
+
+def _record_without_a_controller(path: Path, state_dir: Path) -> None:
+    """What `apply` records, with no controller started: the inventory the empty-fleet guard reads."""
+    from fleet.cli.common import open_store, state_for
+    from fleet.cli.gitinfo import revision_of
+    from fleet.controller.record import record_manifest
+    from fleet.spec.load import load_manifest
+
+    manifest = load_manifest(path)
+    store = open_store(state_for(str(state_dir), path, manifest), write=True)
+    try:
+        record_manifest(store, manifest, revision_of(str(path), manifest.digest), prune=True, source="apply",
+                        lift_down=True)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_apply_of_an_empty_manifest_over_a_recorded_fleet_is_refused(tmp_path, output):
+    state_dir = tmp_path / "state"
+    _record_without_a_controller(_manifest(tmp_path, GOLDEN_MANIFEST), state_dir)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("version: 1\nprofiles: {}\n")
+    result = run("apply", "-f", str(empty), "--state-dir", str(state_dir), "-o", output)
+    assert result.exit_code == 3, result.output
+    reason = "the manifest has no profiles but the fleet runs 3; refusing to drain everything"
+    if output == "json":
+        doc = json.loads(result.stdout)
+        assert doc["result"] == "refused" and doc["message"].startswith(reason)
+    else:
+        assert f"Refused: {reason}" in result.output
+    assert not (state_dir / ".supervisor.json").exists(), "a refused apply starts no controller"

@@ -14,6 +14,7 @@ from fleet.cli.common import (
 )
 from fleet.cli.controller_client import ensure_controller
 from fleet.cli.gitinfo import revision_of
+from fleet.controller.plan_report import PlanReport, plan_report
 from fleet.controller.preview import preview
 from fleet.controller.record import record_manifest
 from fleet.controller.status import SETTLED_WAITS, fleet_status
@@ -55,21 +56,16 @@ def apply(
     platform = current_platform()
     store = open_store(state, write=True)
     try:
-        pv = preview(manifest, state, store, platform, time.time(), prune=prune, allow_empty=allow_empty)
-        native = [c for c in pv.checks if c.code == "owned_by_native_service"]
-        if pv.plan.refusal or native:
-            reason = pv.plan.refusal or "; ".join(f"{c.profile}: {c.message}" for c in native)
-            if output == "json":
-                emit_json({"format_version": "1.0", "kind": "apply", "result": "refused", "message": reason})
-            else:
-                typer.echo(f"Refused: {reason}", err=True)
-            raise typer.Exit(EXIT_REFUSED)
+        report = plan_report(preview(manifest, state, store, platform, time.time(), prune=prune,
+                                     allow_empty=allow_empty))
+        if not report.applyable:
+            _refuse(report, output)
         if output == "text":
             from fleet.cli.render_plan import render_text
-            typer.echo(render_text(pv))
+            typer.echo(render_text(report))
             typer.echo("")
         revision = revision_of(str(file), manifest.digest)
-        revision["summary"] = pv.plan.counts()
+        revision["summary"] = report.counts
         recorded = record_manifest(store, manifest, revision, prune=prune, source="apply", lift_down=True)
         generation, created = recorded.generation, recorded.created
     finally:
@@ -97,6 +93,15 @@ def apply(
     raise typer.Exit(code)
 
 
+def _refuse(report: PlanReport, output: str) -> None:
+    reason = report.refusal or "; ".join(f"{c.profile}: {c.message}" for c in report.blocked_by)
+    if output == "json":
+        emit_json({"format_version": "1.0", "kind": "apply", "result": "refused", "message": reason})
+    else:
+        typer.echo(f"Refused: {reason}", err=True)
+    raise typer.Exit(EXIT_REFUSED)
+
+
 # Gates that do not open by themselves soon: a person's agents going idle, a maintenance window,
 # a request's not-before. A budget that is merely exhausted frees up as the rolling change drains.
 LASTING_GATES = ("idle_gate", "window_closed", "maintenance")
@@ -111,44 +116,64 @@ def _held_by_lasting_gates(status) -> bool:
 def _wait(state, generation: int, timeout: float, output: str):
     platform = current_platform()
     deadline = time.monotonic() + timeout
+    text = output == "text"
     seen: dict[str, str] = {}
-    status = None
     while True:
         status = fleet_status(state, platform, time.time())
         if status.controller.generation != generation:
             typer.echo(f"generation {generation} superseded by "
                        f"{_describe_generation(state, status.controller.generation)}; not waiting for it", err=True)
             return EXIT_SUPERSEDED, status
-        if output == "text":
-            for p in status.profiles:
-                line = f"{p.phase}" + (f" (pid {p.pid})" if p.pid else "") + (f" {p.note}" if p.note and p.phase != "Running" else "")
-                if seen.get(p.name) != line:
-                    seen[p.name] = line
-                    typer.echo(f"  {p.name}: {line}")
-        ready_gen = status.controller.observed_generation >= generation
-        if ready_gen and status.converged:
-            if output == "text":
-                typer.echo(f"Converged: {sum(1 for p in status.profiles if p.phase == 'Running')} running.")
-            return EXIT_OK, status
-        if ready_gen and status.failed:
-            if output == "text":
-                for p in status.failed:
-                    typer.echo(f"Failed: {p.name}: {p.note}", err=True)
-            return EXIT_FAILED, status
-        if ready_gen and _held_by_lasting_gates(status):
-            if output == "text":
-                typer.echo("Accepted; waiting on gates: " + ", ".join(f"{p.name} ({p.note})" for p in status.gated))
-            return EXIT_QUEUED, status
-        if not status.controller.running:
-            if output == "text":
-                typer.echo("The controller is not running; see its log: " + str(state.controller_log), err=True)
-            return EXIT_FAILED, status
-        if time.monotonic() >= deadline:
-            if output == "text":
-                pending = [p for p in status.profiles if p.action.kind != "keep"]
-                typer.echo("Timed out waiting for: " + ", ".join(f"{p.name} ({p.note})" for p in pending), err=True)
-            return EXIT_FAILED, status
+        if text:
+            _echo_phase_changes(status, seen)
+        code = _outcome(status, text) if status.controller.observed_generation >= generation else None
+        if code is None:
+            code = _stalled(state, status, deadline, text)
+        if code is not None:
+            return code, status
         time.sleep(0.1)
+
+
+def _echo_phase_changes(status, seen: dict[str, str]) -> None:
+    """Each profile's phase, whenever it differs from what was last printed for it."""
+    for p in status.profiles:
+        line = f"{p.phase}" + (f" (pid {p.pid})" if p.pid else "") + (f" {p.note}" if p.note and p.phase != "Running" else "")
+        if seen.get(p.name) != line:
+            seen[p.name] = line
+            typer.echo(f"  {p.name}: {line}")
+
+
+def _outcome(status, text: bool) -> int | None:
+    """Where the controller's pass over this generation left the fleet: converged, failed, or held by a
+    lasting gate; None while it is still on its way."""
+    if status.converged:
+        if text:
+            typer.echo(f"Converged: {sum(1 for p in status.profiles if p.phase == 'Running')} running.")
+        return EXIT_OK
+    if status.failed:
+        if text:
+            for p in status.failed:
+                typer.echo(f"Failed: {p.name}: {p.note}", err=True)
+        return EXIT_FAILED
+    if _held_by_lasting_gates(status):
+        if text:
+            typer.echo("Accepted; waiting on gates: " + ", ".join(f"{p.name} ({p.note})" for p in status.gated))
+        return EXIT_QUEUED
+    return None
+
+
+def _stalled(state, status, deadline: float, text: bool) -> int | None:
+    """The wait cannot end well: the controller is gone, or the time is up."""
+    if not status.controller.running:
+        if text:
+            typer.echo("The controller is not running; see its log: " + str(state.controller_log), err=True)
+        return EXIT_FAILED
+    if time.monotonic() >= deadline:
+        if text:
+            pending = [p for p in status.profiles if p.action.kind != "keep"]
+            typer.echo("Timed out waiting for: " + ", ".join(f"{p.name} ({p.note})" for p in pending), err=True)
+        return EXIT_FAILED
+    return None
 
 
 def _describe_generation(state, generation: int) -> str:

@@ -13,6 +13,7 @@ from fleet.cli.common import (
     EXIT_ERROR, EXIT_FAILED, EXIT_OK, FileOption, OutputOption, StateDirOption, check_output, emit_json, fail,
     load_or_exit, open_store, state_for,
 )
+from fleet.controller.plan_report import plan_report
 from fleet.controller.preview import preview
 from fleet.execute.environment import CONTRACT_ENV, PASSTHROUGH_ENV, PASSTHROUGH_PREFIXES
 from fleet.platform import current_platform
@@ -63,14 +64,14 @@ def diff(
         store.close()
     if profile and profile not in pv.observed.profiles and manifest.spec.profile(profile) is None:
         fail(f"no profile named {profile!r} in {file} or the state directory")
+    report = plan_report(pv, profile)
     if output == "json":
-        emit_json(render_json(pv, profile=profile))
+        emit_json(render_json(report))
     else:
-        typer.echo(render_text(pv, profile=profile, verbose=verbose))
-    changed = any(a.kind != "keep" and (profile is None or a.profile == profile) for a in pv.plan.actions)
-    if pv.plan.refusal:
+        typer.echo(render_text(report, verbose=verbose))
+    if report.refusal:
         raise typer.Exit(EXIT_ERROR if exit_code else EXIT_OK)
-    raise typer.Exit(EXIT_FAILED if changed and exit_code else EXIT_OK)
+    raise typer.Exit(EXIT_FAILED if report.changes and exit_code else EXIT_OK)
 
 
 def _masked(d: dict, show_secrets: bool) -> dict:

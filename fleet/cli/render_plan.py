@@ -1,4 +1,4 @@
-"""Human and JSON forms of a plan. Renderers read the plan value; they decide nothing."""
+"""Human and JSON forms of a plan report. Renderers format the report value; they decide nothing."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import time
 from datetime import datetime, timezone
 
 from fleet import __version__
-from fleet.controller.preview import Preview
-from fleet.plan.fielddiff import FieldChange, diff_specs
-from fleet.plan.model import SYMBOLS, Action
+from fleet.controller.plan_report import ActionReport, PlanReport, ShownChange
+from fleet.plan.model import SYMBOLS
 from fleet.spec.durations import format_duration
 
 FORMAT_VERSION = "1.0"
@@ -17,6 +16,7 @@ HEADLINE = {
     "reclaim": "will have its record reclaimed", "replace": "will be replaced", "drain": "will be drained",
     "kill": "will be killed", "wait": "waits", "conflict": "is blocked", "keep": "is unchanged",
 }
+LEGEND = "  + spawn   ~ adopt/update/reclaim (records only)   -/+ replace   - drain   ! kill   > wait   ? conflict"
 
 
 def utc(ts: float | None) -> str | None:
@@ -37,162 +37,137 @@ def _value(value: object) -> str:
     return str(value)
 
 
-def field_changes(pv: Preview, name: str) -> list[FieldChange]:
-    return diff_specs(pv.previous.get(name), pv.desired.spec.profile(name)) if pv.previous.get(name) else []
-
-
-def _change_lines(changes: list[FieldChange]) -> list[str]:
+def _change_lines(changes: tuple[ShownChange, ...]) -> list[str]:
     lines = []
     for c in changes:
         note = "# forces replace" if c.forces_replace else "# in place"
-        shown = c.shown()
-        if shown is None:
+        if c.shown is None:
             lines.append(f"      ~ {c.path} = (sensitive value {c.change})   {note}")
         else:
-            lines.append(f"      ~ {c.path} = {_value(shown[0])} -> {_value(shown[1])}   {note}")
+            lines.append(f"      ~ {c.path} = {_value(c.shown[0])} -> {_value(c.shown[1])}   {note}")
     return lines
 
 
-def render_text(pv: Preview, *, profile: str | None = None, verbose: bool = False) -> str:
-    now = pv.observed.observed_at
-    rev = pv.manifest.path
-    ctl = pv.controller
-    gen = (f"generation {pv.last_generation} -> {pv.desired.generation}" if pv.new_generation
-           else f"generation {pv.last_generation}")
-    ctl_text = f"controller: running (pid {ctl.pid})" if ctl.running else "controller: not running"
-    out = [f"{rev}   {gen}   {ctl_text}", ""]
-    actions = [a for a in pv.plan.actions if profile is None or a.profile == profile]
-    drift = _drift(pv, profile)
-    if drift:
+def render_text(report: PlanReport, *, verbose: bool = False) -> str:
+    out = [_headline(report), ""]
+    if report.drift:
         out.append("Note: changes made outside hermes-fleet since the last apply:")
-        out.extend(f"  {line}" for line in drift)
+        out.extend(f"  {note.profile:<10} {note.message}" for note in report.drift)
         out.append("")
-    if pv.plan.refusal:
-        out.append(f"Refused: {pv.plan.refusal}")
+    if report.refusal:
+        out.append(f"Refused: {report.refusal}")
         out.append("")
-    changes = [a for a in actions if a.kind != "keep"]
-    if not changes and not pv.plan.refusal:
-        running = sum(1 for a in actions if a.kind == "keep" and a.reason == "running")
-        out.append(f"No changes. The fleet matches {pv.manifest.path} (generation {pv.desired.generation}): "
-                   f"{running} profile(s) running.")
-    else:
-        out.append("hermes-fleet will perform the following actions:")
-        out.append("  + spawn   ~ adopt/update/reclaim (records only)   -/+ replace   - drain   ! kill   > wait   ? conflict")
-        out.append("")
-        for a in changes:
-            out.extend(_block(pv, a, now))
-            out.append("")
+    out.extend(_actions_text(report))
     if verbose:
-        for a in actions:
-            if a.kind == "keep":
-                out.append(f"    {a.profile:<12} unchanged ({a.reason})")
-    counts = pv.plan.counts()
-    out.append(f"Plan: {counts['spawn']} to spawn, {counts['replace']} to replace, {counts['drain']} to drain, "
-               f"{counts['kill']} to kill; {counts['adopt']} to adopt, {counts['update']} to update, "
-               f"{counts['reclaim']} to reclaim; {counts['keep']} unchanged.")
-    waiting = [a for a in changes if a.kind == "wait" or (a.not_before and a.not_before > now)]
-    if waiting:
-        out.append("Waiting: " + ", ".join(f"{a.profile} ({_wait_text(a, now)})" for a in waiting) + ".")
-    checks = [c for c in pv.checks if profile is None or c.profile in (None, profile)]
-    if checks:
-        out.append("")
-        out.append("Checks:")
-        for c in checks:
-            who = f"{c.profile}: " if c.profile else ""
-            out.append(f"  {c.severity}: {who}{c.message}" + (f" ({c.hint})" if c.hint else ""))
+        out.extend(f"    {a.profile:<12} unchanged ({a.reason})" for a in report.unchanged)
+    out.append(_counts_line(report.counts))
+    if report.waiting:
+        out.append("Waiting: " + ", ".join(f"{r.action.profile} ({_wait_text(r)})" for r in report.waiting) + ".")
+    out.extend(_checks_text(report))
     return "\n".join(out)
 
 
-def _wait_text(a: Action, now: float) -> str:
-    if a.not_before and a.not_before > now:
-        return f"{a.reason} until {local_clock(a.not_before)}"
-    return a.message or a.reason
+def _headline(report: PlanReport) -> str:
+    gen = (f"generation {report.last_generation} -> {report.desired_generation}" if report.new_generation
+           else f"generation {report.last_generation}")
+    ctl = (f"controller: running (pid {report.controller_pid})" if report.controller_running
+           else "controller: not running")
+    return f"{report.manifest_path}   {gen}   {ctl}"
 
 
-def _block(pv: Preview, a: Action, now: float) -> list[str]:
-    sym = SYMBOLS[a.kind]
-    lines = [f"  # {a.profile} {HEADLINE[a.kind]} ({a.reason.replace('_', ' ')})"]
-    detail = f"pid {a.pid}" if a.pid else ""
-    if a.not_before and a.not_before > now:
-        detail += (", " if detail else "") + f"not before {local_clock(a.not_before)} (in {format_duration(a.not_before - now)})"
-    if a.kind in ("drain", "replace") and a.phase == "begin":
-        spec = pv.desired.spec.profile(a.profile) or pv.previous.get(a.profile)
-        if spec:
-            detail += (", " if detail else "") + f"drain up to {format_duration(spec.drain.timeout)}, then kill"
-    lines.append(f"  {sym:<3} {a.profile:<12} {detail}".rstrip())
-    if a.message:
-        lines.append(f"      note: {a.message}")
-    lines.extend(_change_lines(field_changes(pv, a.profile)))
-    closed = [g for g in a.gates if not g.open]
-    if closed:
-        lines.append("      waits for: " + " · ".join(f"{g.gate} ({g.detail})" if g.detail else g.gate for g in closed))
-    return lines
-
-
-def _drift(pv: Preview, profile: str | None) -> list[str]:
-    lines = []
-    for name, obs in sorted(pv.observed.profiles.items()):
-        if profile and name != profile:
-            continue
-        proc = obs.process
-        if proc is not None and proc.source in ("cmdline", "match"):
-            lines.append(f"{name:<10} gateway started by hand (pid {proc.pid}), no record")
-        elif proc is not None and proc.source in ("env_marker", "hermes_pidfile"):
-            lines.append(f"{name:<10} running (pid {proc.pid}) without a record")
-        if obs.record_verdict == "dead":
-            lines.append(f"{name:<10} pid {obs.record.pid} has exited since it was recorded")
-        elif obs.record_problem:
-            lines.append(f"{name:<10} {obs.record_problem}")
-    return lines
-
-
-def _change_json(c: FieldChange) -> dict:
-    out = {"path": c.path, "forces_replace": c.forces_replace, "sensitive": c.sensitive, "change": c.change}
-    shown = c.shown()
-    if shown is not None:
-        out.update(before=shown[0], after=shown[1])
+def _actions_text(report: PlanReport) -> list[str]:
+    if report.in_sync:
+        return [f"No changes. The fleet matches {report.manifest_path} (generation {report.desired_generation}): "
+                f"{report.running} profile(s) running."]
+    out = ["hermes-fleet will perform the following actions:", LEGEND, ""]
+    for r in report.changes:
+        out.extend(_block(r, report.generated_at))
+        out.append("")
     return out
 
 
-def render_json(pv: Preview, *, profile: str | None = None) -> dict:
-    now = pv.observed.observed_at
-    actions = [a for a in pv.plan.actions if profile is None or a.profile == profile]
-    basis = {}
-    for name, obs in sorted(pv.observed.profiles.items()):
-        proc = obs.process
-        basis[name] = {"pid": proc.pid if proc else None, "create_time": proc.create_time if proc else None,
-                       "spec_hash": proc.spec_hash if proc else None, "record": obs.record is not None}
+def _counts_line(counts: dict[str, int]) -> str:
+    return (f"Plan: {counts['spawn']} to spawn, {counts['replace']} to replace, {counts['drain']} to drain, "
+            f"{counts['kill']} to kill; {counts['adopt']} to adopt, {counts['update']} to update, "
+            f"{counts['reclaim']} to reclaim; {counts['keep']} unchanged.")
+
+
+def _checks_text(report: PlanReport) -> list[str]:
+    if not report.checks:
+        return []
+    out = ["", "Checks:"]
+    for c in report.checks:
+        who = f"{c.profile}: " if c.profile else ""
+        out.append(f"  {c.severity}: {who}{c.message}" + (f" ({c.hint})" if c.hint else ""))
+    return out
+
+
+def _wait_text(r: ActionReport) -> str:
+    if r.pending_until is not None:
+        return f"{r.action.reason} until {local_clock(r.pending_until)}"
+    return r.action.message or r.action.reason
+
+
+def _block(r: ActionReport, now: float) -> list[str]:
+    a = r.action
+    lines = [f"  # {a.profile} {HEADLINE[a.kind]} ({a.reason.replace('_', ' ')})",
+             f"  {SYMBOLS[a.kind]:<3} {a.profile:<12} {_detail(r, now)}".rstrip()]
+    if a.message:
+        lines.append(f"      note: {a.message}")
+    lines.extend(_change_lines(r.changes))
+    if r.waits_for:
+        lines.append("      waits for: " + " · ".join(f"{g.gate} ({g.detail})" if g.detail else g.gate
+                                                      for g in r.waits_for))
+    return lines
+
+
+def _detail(r: ActionReport, now: float) -> str:
+    parts = [f"pid {r.action.pid}"] if r.action.pid else []
+    if r.pending_until is not None:
+        parts.append(f"not before {local_clock(r.pending_until)} (in {format_duration(r.pending_until - now)})")
+    if r.drain_timeout is not None:
+        parts.append(f"drain up to {format_duration(r.drain_timeout)}, then kill")
+    return ", ".join(parts)
+
+
+def _change_json(c: ShownChange) -> dict:
+    out = {"path": c.path, "forces_replace": c.forces_replace, "sensitive": c.sensitive, "change": c.change}
+    if c.shown is not None:
+        out.update(before=c.shown[0], after=c.shown[1])
+    return out
+
+
+def _action_json(r: ActionReport) -> dict:
+    a = r.action
+    return {
+        "profile": a.profile, "action": a.kind, "steps": list(a.steps), "reason": a.reason,
+        "message": a.message, "pid": a.pid, "phase": a.phase or None, "voluntary": a.voluntary,
+        "not_before": utc(a.not_before),
+        "spec_hash": {"running": r.running_hash, "desired": r.desired_hash},
+        "diff": [_change_json(c) for c in r.changes],
+        "gates": [{"gate": g.gate, "open": g.open, "detail": g.detail} for g in a.gates],
+    }
+
+
+def render_json(report: PlanReport) -> dict:
     return {
         "format_version": FORMAT_VERSION,
         "kind": "plan",
         "tool_version": __version__,
-        "generated_at": utc(now),
-        "manifest": {"path": pv.manifest.path, "digest": pv.manifest.digest},
-        "generation": {"desired": pv.desired.generation, "last_applied": pv.last_generation,
-                       "new": pv.new_generation},
-        "controller": {"running": pv.controller.running, "pid": pv.controller.pid},
-        "basis": {"profiles": basis},
-        "applyable": pv.plan.refusal is None and not any(c.severity == "error" for c in pv.checks
-                                                         if c.code == "owned_by_native_service"),
-        "refusal": pv.plan.refusal,
-        "summary": pv.plan.counts(),
-        "changes": [{
-            "profile": a.profile, "action": a.kind, "steps": list(a.steps), "reason": a.reason,
-            "message": a.message, "pid": a.pid, "phase": a.phase or None, "voluntary": a.voluntary,
-            "not_before": utc(a.not_before),
-            "spec_hash": {"running": _running_hash(pv, a.profile),
-                          "desired": (pv.desired.spec.profile(a.profile).spec_hash
-                                      if pv.desired.spec.profile(a.profile) else None)},
-            "diff": [_change_json(c) for c in field_changes(pv, a.profile)],
-            "gates": [{"gate": g.gate, "open": g.open, "detail": g.detail} for g in a.gates],
-        } for a in actions if a.kind != "keep"],
-        "drift": [{"profile": line.split()[0], "message": " ".join(line.split()[1:])} for line in _drift(pv, profile)],
+        "generated_at": utc(report.generated_at),
+        "manifest": {"path": report.manifest_path, "digest": report.manifest_digest},
+        "generation": {"desired": report.desired_generation, "last_applied": report.last_generation,
+                       "new": report.new_generation},
+        "controller": {"running": report.controller_running, "pid": report.controller_pid},
+        "basis": {"profiles": {b.profile: {"pid": b.pid, "create_time": b.create_time, "spec_hash": b.spec_hash,
+                                           "record": b.record} for b in report.basis}},
+        "applyable": report.applyable,
+        "refusal": report.refusal,
+        "summary": report.counts,
+        "changes": [_action_json(r) for r in report.changes],
+        # A drift message in JSON is its words on one line, as the text note has always been read back.
+        "drift": [{"profile": n.profile, "message": " ".join(n.message.split())} for n in report.drift],
         "checks": [{"severity": c.severity, "code": c.code, "profile": c.profile, "message": c.message, "hint": c.hint}
-                   for c in pv.checks if profile is None or c.profile in (None, profile)],
+                   for c in report.checks],
         "errors": [],
     }
-
-
-def _running_hash(pv: Preview, name: str) -> str | None:
-    obs = pv.observed.profiles.get(name)
-    return obs.process.spec_hash if obs and obs.process else None

@@ -94,6 +94,7 @@ def exercise_plan(manifest) -> None:
     """What diff and apply do with an accepted manifest, without a host: plan it on a fresh host,
     after every profile crashed (backoff), and while every profile drains; render text and JSON."""
     from fleet.cli.render_plan import render_json, render_text
+    from fleet.controller.plan_report import plan_report
     from fleet.controller.preview import Preview, preflight
     from fleet.controller.status import ControllerStatus
     from fleet.observe.model import LiveProcess, Observed, ProfileObservation
@@ -125,8 +126,9 @@ def exercise_plan(manifest) -> None:
         pv = Preview(manifest=manifest, desired=desired, observed=observed, plan=result, previous={},
                      last_generation=0, new_generation=True, controller=controller,
                      checks=result.checks + preflight(spec.profiles))
-        assert render_text(pv)
-        json.dumps(render_json(pv), default=str)
+        report = plan_report(pv)
+        assert render_text(report)
+        json.dumps(render_json(report), default=str)
 
 
 # -- strategies -------------------------------------------------------------------------------------------
