@@ -12,14 +12,21 @@ import json
 import re
 from pathlib import Path
 
+from fleet.plan.model import Kind, Reason
+
 REPO = Path(__file__).resolve().parents[1]
 PLANNER = REPO / "fleet" / "plan" / "planner.py"
+VOCABULARY = {"Kind": Kind, "Reason": Reason}
 
 
 def _constants(node: ast.AST) -> set[str]:
     """The strings an expression may evaluate to, as far as constants tell (names are resolved apart)."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return {node.value}
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in VOCABULARY:
+        return {VOCABULARY[node.value.id][node.attr].value}  # Kind.SPAWN, Reason.CRASHED
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "carried":
+        return {Reason.carried(None).value}  # a drain's later steps keep its reason: only the fallback is new
     if isinstance(node, ast.IfExp):
         return _constants(node.body) | _constants(node.orelse)
     if isinstance(node, ast.BoolOp):
@@ -129,3 +136,9 @@ def test_plan_schema_enumerates_the_actions_and_reasons():
     listed = {kind: reasons for kind, reasons in planner_actions().items() if kind != "keep"}  # diff omits keep
     assert found.get("action") == set(listed)
     assert found.get("reason") == set().union(*listed.values())
+
+
+def test_the_vocabulary_is_exactly_what_the_planner_gives():
+    code = planner_actions()
+    assert set(code) == {k.value for k in Kind}
+    assert set().union(*code.values()) == {r.value for r in Reason}, "a reason the planner never gives, or one not in Reason"

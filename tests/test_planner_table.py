@@ -7,6 +7,7 @@ Each row states one situation and the exact plan, in the compact form
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -18,7 +19,7 @@ from factories import (
 from fleet.maintenance.model import Gate
 from fleet.observe.model import Orphan
 from fleet.plan.exits import classify_exit, describe_exit
-from fleet.plan.model import KIND_ORDER, SYMBOLS, Action, Plan
+from fleet.plan.model import KIND_ORDER, SYMBOLS, Action, Kind, Plan, Reason
 from fleet.spec.model import DrainPolicy, MaintenancePolicy, MaintenanceWindow, RestartPolicy
 
 A = profile_spec("alpha")
@@ -565,9 +566,21 @@ def test_in_sync():
 
 
 def test_action_steps_and_symbols():
-    assert Action("replace", "a", "x").steps == ("drain", "spawn")
-    assert Action("kill", "a", "x").steps == ("kill",)
-    assert Action("adopt", "a", "x").steps == ()
+    assert Action("replace", "a", "spec_changed").steps == ("drain", "spawn")
+    assert Action("kill", "a", "wedged").steps == ("kill",)
+    assert Action("adopt", "a", "record_missing").steps == ()
+
+
+def test_the_vocabulary_is_closed_and_keeps_its_text():
+    action = Action("spawn", "a", "crashed")
+    assert action.kind is Kind.SPAWN and action.reason is Reason.CRASHED
+    assert json.dumps({"kind": action.kind, "reason": action.reason}) == '{"kind": "spawn", "reason": "crashed"}'
+    with pytest.raises(ValueError):
+        Action("spwan", "a", "crashed")
+    with pytest.raises(ValueError):
+        Action("spawn", "a", "crashd")
+    assert Reason.carried("forced") is Reason.FORCED
+    assert Reason.carried(None) is Reason.DRAINING and Reason.carried("from a newer version") is Reason.DRAINING
     assert {k: v for k, v in SYMBOLS.items() if v == "~"} == {"adopt": "~", "update": "~", "reclaim": "~"}
 
 

@@ -3,11 +3,86 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from fleet.maintenance.model import Gate
 from fleet.observe.model import LiveProcess
 from fleet.spec.model import FleetSpec, ProfileSpec
 from fleet.store.records import PidRecord
+
+class Kind(StrEnum):
+    """What an action does; the text is what the store, the journal and `--output json` say."""
+    SPAWN = "spawn"
+    ADOPT = "adopt"
+    UPDATE = "update"
+    RECLAIM = "reclaim"
+    KEEP = "keep"
+    REPLACE = "replace"
+    DRAIN = "drain"
+    KILL = "kill"
+    WAIT = "wait"
+    CONFLICT = "conflict"
+
+
+class Reason(StrEnum):
+    """Why: docs/architecture.md lists which kind gives which (a test holds the table to the planner)."""
+    ACTION_FAILED = "action_failed"
+    ADOPTED_ARGV_MISMATCH = "adopted_argv_mismatch"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    CONFIG_CONFLICT = "config_conflict"
+    CRASHED = "crashed"
+    DESIRED_STOPPED = "desired_stopped"
+    DRAIN_COMPLETE = "drain_complete"
+    DRAIN_TIMEOUT = "drain_timeout"
+    DRAINING = "draining"
+    EXITED_CLEANLY = "exited_cleanly"
+    FIRST_APPLY = "first_apply"
+    FORCED = "forced"
+    IDLE_GATE = "idle_gate"
+    MAINTENANCE = "maintenance"
+    NOT_MANAGED = "not_managed"
+    NOT_RUNNING = "not_running"
+    OWNED_BY_NATIVE_SERVICE = "owned_by_native_service"
+    OWNED_BY_OTHER_FLEET = "owned_by_other_fleet"
+    PID_DEAD = "pid_dead"
+    PID_FOREIGN = "pid_foreign"
+    PID_REUSED = "pid_reused"
+    PID_UNRELATED = "pid_unrelated"
+    POLICY_CHANGED = "policy_changed"
+    PREVIOUS_CONTROLLER = "previous_controller"
+    PRUNE_DEFERRED = "prune_deferred"
+    PRUNE_DISABLED = "prune_disabled"
+    RECORD_CORRUPT = "record_corrupt"
+    RECORD_MISSING = "record_missing"
+    REFUSED = "refused"
+    REMOVED_FROM_MANIFEST = "removed_from_manifest"
+    REPLACEMENT = "replacement"
+    RESTART_POLICY_NEVER = "restart_policy_never"
+    RESTART_REQUESTED = "restart_requested"
+    RUNNING = "running"
+    SPAWN_FAILED = "spawn_failed"
+    SPEC_CHANGED = "spec_changed"
+    STARTED_BY_HAND = "started_by_hand"
+    STARTUP_FAILED = "startup_failed"
+    STOPPED = "stopped"
+    STOPPING = "stopping"
+    SUSPENDED = "suspended"
+    UPDATE_COMMAND = "update_command"
+    WEDGED = "wedged"
+    WINDOW_CLOSED = "window_closed"
+
+    @classmethod
+    def carried(cls, stored: str | None) -> Reason:
+        """A drain's reason as the store kept it, for the later steps of that drain (`draining` when
+        none was kept, or one this version does not know)."""
+        return cls(stored) if stored in cls._value2member_map_ else cls.DRAINING
+
+
+class DrainIntent(StrEnum):
+    STOP = "stop"  # desired stopped
+    PRUNE = "prune"  # removed from the manifest
+    REPLACE = "replace"  # a new process follows
+
 
 # One symbol per class, so a reader sees at a glance whether a line touches a process.
 SYMBOLS = {
@@ -25,10 +100,10 @@ def format_instant(ts: float) -> str:
 
 @dataclass(frozen=True)
 class DrainStart:
-    """What the first step of a drain records: why the gateway stops (stop | prune | replace), the reason
-    it shows, and how long the drain may take before the kill."""
-    intent: str
-    reason: str
+    """What the first step of a drain records: why the gateway stops, the reason it shows, and how long the
+    drain may take before the kill."""
+    intent: DrainIntent
+    reason: Reason
     timeout: float
 
 
@@ -44,9 +119,9 @@ class ExitCount:
 class Action:
     """One step of the plan, carrying as data everything the executor needs to perform it: the executor
     only performs and records."""
-    kind: str
+    kind: Kind
     profile: str
-    reason: str
+    reason: Reason
     message: str = ""
     not_before: float | None = None
     pid: int | None = None
@@ -60,6 +135,11 @@ class Action:
     exit_count: ExitCount | None = None  # reclaim pid_dead: how the exit is counted
     restart: bool = False  # spawn: counts as a restart of the profile
     clears_failure: bool = False  # spawn: ends a failure that stopped retries (new spec, or an operator's start)
+
+    def __post_init__(self) -> None:
+        # The vocabulary is closed: a kind or reason the code does not know fails where it is made.
+        object.__setattr__(self, "kind", Kind(self.kind))
+        object.__setattr__(self, "reason", Reason(self.reason))
 
     def process(self) -> LiveProcess:
         """The process this action acts on; every action that touches one carries it."""

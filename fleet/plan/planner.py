@@ -12,7 +12,19 @@ from fleet.maintenance.gates import idle_gate, window_gate
 from fleet.maintenance.model import Gate, MaintenanceRequest
 from fleet.observe.model import Observed, Orphan, ProfileObservation
 from fleet.plan.exits import CRASH_CLASSES, TERMINAL_CLASSES
-from fleet.plan.model import KIND_ORDER, Action, Check, Desired, DrainStart, ExitCount, Plan, format_instant
+from fleet.plan.model import (
+    KIND_ORDER,
+    Action,
+    Check,
+    Desired,
+    DrainIntent,
+    DrainStart,
+    ExitCount,
+    Kind,
+    Plan,
+    Reason,
+    format_instant,
+)
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 
 # A drain request not acknowledged by the gateway within this long (an older Hermes without
@@ -90,7 +102,7 @@ def _orphan_check(orphan: Orphan) -> Check:
 
 def action_retry_at(history) -> float | None:
     """When an action that failed on this profile may run again (None: nothing failed)."""
-    if not history.action_error_kind or history.action_error_at is None or history.action_error_kind == "spawn":
+    if not history.action_error_kind or history.action_error_at is None or history.action_error_kind == Kind.SPAWN:
         return None
     n = max(history.action_errors, 1)
     return history.action_error_at + ACTION_BACKOFF[min(n, len(ACTION_BACKOFF)) - 1]
@@ -106,32 +118,32 @@ def _hold_failed(actions: list[Action], history, now: float) -> list[Action]:
     if failed is None:
         return actions
     # The profile's other actions (a spawn after a failed reclaim, say) wait with it: it is in trouble.
-    return [Action("wait", failed.profile, "action_failed",
+    return [Action(Kind.WAIT, failed.profile, Reason.ACTION_FAILED,
                    f"{failed.kind} failed {history.action_errors} time(s): {history.action_error}; "
                    f"next try at {format_instant(retry)}", not_before=retry, pid=failed.pid,
                    gates=(Gate("backoff", False, f"until {format_instant(retry)}"),))]
 
 
 def _records_only(obs: ProfileObservation, epoch: int) -> list[Action]:
-    return [a for a in _record_actions(obs, epoch)] or [Action("keep", obs.name, "refused")]
+    return [a for a in _record_actions(obs, epoch)] or [Action(Kind.KEEP, obs.name, Reason.REFUSED)]
 
 
 def _record_actions(obs: ProfileObservation, epoch: int) -> list[Action]:
     out = []
     verdict = obs.record_verdict
     if verdict in ("dead", "reused", "foreign", "unrelated", "corrupt"):
-        why = {"dead": "pid_dead", "reused": "pid_reused", "foreign": "pid_foreign", "unrelated": "pid_unrelated",
-               "corrupt": "record_corrupt"}[verdict]
-        out.append(Action("reclaim", obs.name, why, obs.record_problem or f"pid {obs.record.pid} has exited",
+        why = {"dead": Reason.PID_DEAD, "reused": Reason.PID_REUSED, "foreign": Reason.PID_FOREIGN, "unrelated": Reason.PID_UNRELATED,
+               "corrupt": Reason.RECORD_CORRUPT}[verdict]
+        out.append(Action(Kind.RECLAIM, obs.name, why, obs.record_problem or f"pid {obs.record.pid} has exited",
                           pid=obs.record.pid if obs.record else None))
     proc = obs.process
     if proc is not None:
         if proc.source != "record":
-            reason = "started_by_hand" if proc.source in ("cmdline", "match") else "record_missing"
-            out.append(Action("adopt", obs.name, reason, f"pid {proc.pid} found by {proc.source.replace('_', ' ')}",
+            reason = Reason.STARTED_BY_HAND if proc.source in ("cmdline", "match") else Reason.RECORD_MISSING
+            out.append(Action(Kind.ADOPT, obs.name, reason, f"pid {proc.pid} found by {proc.source.replace('_', ' ')}",
                               pid=proc.pid))
         elif proc.record_epoch is not None and proc.record_epoch < epoch:
-            out.append(Action("adopt", obs.name, "previous_controller",
+            out.append(Action(Kind.ADOPT, obs.name, Reason.PREVIOUS_CONTROLLER,
                               f"pid {proc.pid} recorded by controller epoch {proc.record_epoch}", pid=proc.pid))
     return out
 
@@ -158,17 +170,17 @@ def _unmanaged_flow(name: str, inv, obs: ProfileObservation, desired: Desired, a
     proc = obs.process
     if inv is None:
         if proc is not None:  # ours once (a record) but in no inventory: report, never touch
-            return [Action("wait", name, "not_managed", f"pid {proc.pid} is not in fleet.yaml nor in the inventory")]
+            return [Action(Kind.WAIT, name, Reason.NOT_MANAGED, f"pid {proc.pid} is not in fleet.yaml nor in the inventory")]
         return actions
     if not desired.prune and inv.state == "active":
-        return actions + [Action("wait", name, "prune_deferred", "not in fleet.yaml; pruning deferred (--no-prune)")]
+        return actions + [Action(Kind.WAIT, name, Reason.PRUNE_DEFERRED, "not in fleet.yaml; pruning deferred (--no-prune)")]
     if not inv.prune:
-        return actions + [Action("update", name, "prune_disabled",
+        return actions + [Action(Kind.UPDATE, name, Reason.PRUNE_DISABLED,
                                  "not in fleet.yaml and prune: false; left running, unmanaged")]
     if proc is None:
-        return actions + [Action("update", name, "removed_from_manifest",
+        return actions + [Action(Kind.UPDATE, name, Reason.REMOVED_FROM_MANIFEST,
                                  f"not in fleet.yaml; last applied in generation {inv.last_generation}")]
-    return actions + _stop_flow(name, None, obs, "removed_from_manifest", now)
+    return actions + _stop_flow(name, None, obs, Reason.REMOVED_FROM_MANIFEST, now)
 
 
 def _hands_off(name: str, spec: ProfileSpec, obs: ProfileObservation, actions: list[Action]) -> list[Action] | None:
@@ -177,15 +189,15 @@ def _hands_off(name: str, spec: ProfileSpec, obs: ProfileObservation, actions: l
     proc = obs.process
     if obs.other_fleet:
         # Another fleet's gateway or claim: adopting, signalling or spawning beside it would start a tug of war.
-        return [a for a in actions if a.kind == "reclaim"] + [
-            Action("conflict", name, "owned_by_other_fleet", obs.other_fleet)]
+        return [a for a in actions if a.kind == Kind.RECLAIM] + [
+            Action(Kind.CONFLICT, name, Reason.OWNED_BY_OTHER_FLEET, obs.other_fleet)]
     if spec.suspend:
-        return actions + [Action("wait", name, "suspended", "suspend: true; observed only",
+        return actions + [Action(Kind.WAIT, name, Reason.SUSPENDED, "suspend: true; observed only",
                                  gates=(Gate("suspended", False),))]
     if obs.native_service and (proc is None or proc.source != "record"):
         # Never adopt what another supervisor owns: our record would hide the conflict from then on.
         return [a for a in actions if a.kind != "adopt"] + [
-            Action("conflict", name, "owned_by_native_service",
+            Action(Kind.CONFLICT, name, Reason.OWNED_BY_NATIVE_SERVICE,
                    f"a native service supervises this profile: {obs.native_service}")]
     return None
 
@@ -193,42 +205,42 @@ def _hands_off(name: str, spec: ProfileSpec, obs: ProfileObservation, actions: l
 def _stopped_flow(name: str, spec: ProfileSpec, obs: ProfileObservation, now: float) -> list[Action]:
     """A profile desired stopped: its gateway drained and stopped, the drain closed once it is gone."""
     if obs.process is not None:
-        return _stop_flow(name, spec, obs, "desired_stopped", now)
+        return _stop_flow(name, spec, obs, Reason.DESIRED_STOPPED, now)
     if obs.history.drain_intent:
-        return [Action("update", name, "drain_complete", "stopped")]
-    return [Action("keep", name, "stopped")]
+        return [Action(Kind.UPDATE, name, Reason.DRAIN_COMPLETE, "stopped")]
+    return [Action(Kind.KEEP, name, Reason.STOPPED)]
 
 
 def _running_or_policy_update(name: str, spec: ProfileSpec, obs: ProfileObservation, previous: ProfileSpec | None,
                               now: float, request: MaintenanceRequest | None) -> list[Action]:
     """A running gateway's flow; one that is kept while only its policy changed records the new policy."""
     running = _running_flow(name, spec, obs, now, request)
-    if running[0].kind == "keep" and previous is not None and previous != spec:
-        return [Action("update", name, "policy_changed", "policy changed; applied in place", pid=obs.process.pid)]
+    if running[0].kind == Kind.KEEP and previous is not None and previous != spec:
+        return [Action(Kind.UPDATE, name, Reason.POLICY_CHANGED, "policy changed; applied in place", pid=obs.process.pid)]
     return running
 
 
-def _stop_flow(name, spec, obs: ProfileObservation, reason: str, now: float) -> list[Action]:
+def _stop_flow(name, spec, obs: ProfileObservation, reason: Reason, now: float) -> list[Action]:
     h, proc = obs.history, obs.process
     if h.drain_intent and h.drain_pid == proc.pid:
         return _continue_drain(name, spec, obs, now)
-    return [Action("drain", name, reason, "drain, then stop", pid=proc.pid, phase="begin")]
+    return [Action(Kind.DRAIN, name, reason, "drain, then stop", pid=proc.pid, phase="begin")]
 
 
 def _continue_drain(name, spec, obs: ProfileObservation, now: float) -> list[Action]:
     """A drain under way: wait for idle, then the planned stop, and kill when the deadline passes."""
     h, proc = obs.history, obs.process
     if h.drain_deadline is not None and now >= h.drain_deadline:
-        return [Action("kill", name, "drain_timeout", "drain deadline passed", pid=proc.pid)]
+        return [Action(Kind.KILL, name, Reason.DRAIN_TIMEOUT, "drain deadline passed", pid=proc.pid)]
     if h.drain_signalled is not None:
-        return [Action("wait", name, "stopping", "planned stop sent; waiting for exit", not_before=h.drain_deadline,
+        return [Action(Kind.WAIT, name, Reason.STOPPING, "planned stop sent; waiting for exit", not_before=h.drain_deadline,
                        pid=proc.pid)]
     if _drained(spec, obs, now):
-        kind = "replace" if h.drain_intent == "replace" else "drain"
-        return [Action(kind, name, h.drain_reason or "draining", "drained; planned stop", pid=proc.pid, phase="stop")]
+        kind = Kind.REPLACE if h.drain_intent == DrainIntent.REPLACE else Kind.DRAIN
+        return [Action(kind, name, Reason.carried(h.drain_reason), "drained; planned stop", pid=proc.pid, phase="stop")]
     active = obs.status.active if obs.status else None
     waiting = f"{active} active agent(s)" if active else "waiting for the gateway to acknowledge the drain"
-    return [Action("wait", name, "draining", waiting,
+    return [Action(Kind.WAIT, name, Reason.DRAINING, waiting,
                    not_before=min(h.drain_deadline or now + 1.0, now + 1.0), pid=proc.pid)]
 
 
@@ -278,25 +290,25 @@ def _running_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float,
         return _continue_drain(name, spec, obs, now)
     stale = _heartbeat_stale(spec, obs, now)
     if stale:
-        return [Action("kill", name, "wedged", stale, pid=proc.pid)]
+        return [Action(Kind.KILL, name, Reason.WEDGED, stale, pid=proc.pid)]
     req = obs.restart_request
     if req is not None and req.created_at > proc.started_at:
         return [_operator_restart(name, req, proc.pid)]
     if _maintenance_due(request, proc):
         return [_maintenance(name, spec, obs, request, now)]
     if proc.spec_hash is not None and proc.spec_hash != spec.spec_hash:
-        return [_voluntary_replace(name, spec, obs, "spec_changed", "spec changed")]
+        return [_voluntary_replace(name, spec, obs, Reason.SPEC_CHANGED, "spec changed")]
     if not proc.external_supervisor_flag:
-        return [_voluntary_replace(name, spec, obs, "adopted_argv_mismatch",
+        return [_voluntary_replace(name, spec, obs, Reason.ADOPTED_ARGV_MISMATCH,
                                    "runs without --external-supervisor; `hermes update` would fight the fleet")]
-    return [Action("keep", name, "running", pid=proc.pid, not_before=_heartbeat_deadline(spec, obs, now))]
+    return [Action(Kind.KEEP, name, Reason.RUNNING, pid=proc.pid, not_before=_heartbeat_deadline(spec, obs, now))]
 
 
 def _operator_restart(name: str, req, pid: int) -> Action:
     """An operator's restart of a gateway started before it: --force kills it, a plain one drains it first."""
     if req.kind == "force_restart":
-        return Action("kill", name, "forced", "restart --force", pid=pid)
-    return Action("replace", name, "restart_requested", f"requested by {req.requested_by or 'an operator'}",
+        return Action(Kind.KILL, name, Reason.FORCED, "restart --force", pid=pid)
+    return Action(Kind.REPLACE, name, Reason.RESTART_REQUESTED, f"requested by {req.requested_by or 'an operator'}",
                   pid=pid, phase="begin")
 
 
@@ -310,16 +322,16 @@ def _maintenance(name, spec: ProfileSpec, obs: ProfileObservation, req: Maintena
     label = _maintenance_label(req)
     pid = obs.process.pid
     if req.not_before is not None and now < req.not_before:
-        return Action("wait", name, "maintenance", f"{label}: not before {format_instant(req.not_before)}",
+        return Action(Kind.WAIT, name, Reason.MAINTENANCE, f"{label}: not before {format_instant(req.not_before)}",
                       not_before=req.not_before,
                       pid=pid, voluntary=True)
     gates = () if req.now else _maintenance_gates(spec, obs, req, now)
     if not all(g.open for g in gates):
         return _gates_closed(name, spec, obs, req, gates, now)
     if req.update_pending:
-        return Action("wait", name, "update_command", f"{label}: gates open; the update command runs first",
+        return Action(Kind.WAIT, name, Reason.UPDATE_COMMAND, f"{label}: gates open; the update command runs first",
                       pid=pid, voluntary=True, gates=gates)
-    return Action("replace", name, "maintenance", label, pid=pid, phase="begin", voluntary=True, gates=gates)
+    return Action(Kind.REPLACE, name, Reason.MAINTENANCE, label, pid=pid, phase="begin", voluntary=True, gates=gates)
 
 
 def _maintenance_gates(spec: ProfileSpec, obs: ProfileObservation, req: MaintenanceRequest,
@@ -343,10 +355,10 @@ def _gates_closed(name, spec: ProfileSpec, obs: ProfileObservation, req: Mainten
                   gates: tuple[Gate, ...], now: float) -> Action:
     """The wait on closed gates, named for the first; an idle gate wakes the controller when it opens."""
     closed = [g for g in gates if not g.open]
-    reason = "window_closed" if closed[0].gate == "window" else "idle_gate"
+    reason = Reason.WINDOW_CLOSED if closed[0].gate == "window" else Reason.IDLE_GATE
     wake_at = _idle_reached_at(spec, obs, req) if closed[0].gate == "idle" else None
     message = f"{_maintenance_label(req)}: " + "; ".join(g.detail for g in closed)
-    return Action("wait", name, reason, message, pid=obs.process.pid, voluntary=True, gates=gates,
+    return Action(Kind.WAIT, name, reason, message, pid=obs.process.pid, voluntary=True, gates=gates,
                   not_before=wake_at if wake_at and wake_at > now else None)
 
 
@@ -357,22 +369,22 @@ def _idle_reached_at(spec: ProfileSpec, obs: ProfileObservation, req: Maintenanc
     return obs.history.idle_since + _idle_seconds(spec, req)
 
 
-def _voluntary_replace(name, spec: ProfileSpec, obs: ProfileObservation, reason: str, message: str) -> Action:
+def _voluntary_replace(name, spec: ProfileSpec, obs: ProfileObservation, reason: Reason, message: str) -> Action:
     active = obs.status.active if obs.status else None
     idle = Gate("idle", not active, f"{active} active agent(s)" if active else "no active agents")
     if not idle.open:
-        return Action("wait", name, "idle_gate", f"{message}; waits until no agent is active ({active} now)",
+        return Action(Kind.WAIT, name, Reason.IDLE_GATE, f"{message}; waits until no agent is active ({active} now)",
                       pid=obs.process.pid, voluntary=True, gates=(idle,))
-    return Action("replace", name, reason, message, pid=obs.process.pid, phase="begin", voluntary=True, gates=(idle,))
+    return Action(Kind.REPLACE, name, reason, message, pid=obs.process.pid, phase="begin", voluntary=True, gates=(idle,))
 
 
 def _absent_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float) -> list[Action]:
     h = obs.history
     out: list[Action] = []
     if h.drain_intent:
-        out.append(Action("update", name, "drain_complete", "previous process has exited"))
-        if h.drain_intent == "replace":
-            return out + [Action("spawn", name, "replacement", "drained; starting the new spec")]
+        out.append(Action(Kind.UPDATE, name, Reason.DRAIN_COMPLETE, "previous process has exited"))
+        if h.drain_intent == DrainIntent.REPLACE:
+            return out + [Action(Kind.SPAWN, name, Reason.REPLACEMENT, "drained; starting the new spec")]
     fresh_request = _fresh_restart_request(obs)
     held = None if fresh_request else _held_down(name, spec, h)
     if held is not None:
@@ -395,9 +407,9 @@ def _held_down(name, spec: ProfileSpec, h) -> Action | None:
     if h.last_exit_class is None or h.last_exit_class in ("planned", "restart_now"):
         return None
     if spec.restart.policy == "never":
-        return Action("wait", name, "restart_policy_never", "exited; restart policy is never")
+        return Action(Kind.WAIT, name, Reason.RESTART_POLICY_NEVER, "exited; restart policy is never")
     if spec.restart.policy == "on-failure" and h.last_exit_class == "clean":
-        return Action("wait", name, "exited_cleanly", "exited 0; restart policy is on-failure")
+        return Action(Kind.WAIT, name, Reason.EXITED_CLEANLY, "exited 0; restart policy is on-failure")
     return None
 
 
@@ -405,7 +417,7 @@ def _terminal_failure(name, h) -> Action:
     """Exit 78 or a failed startup of this spec: a conflict until the spec changes or an operator starts it."""
     fatal = h.last_exit_class == "fatal_config"
     why = "exit 78: configuration conflict" if fatal else "startup failed"
-    return Action("conflict", name, "config_conflict" if fatal else "startup_failed",
+    return Action(Kind.CONFLICT, name, Reason.CONFIG_CONFLICT if fatal else Reason.STARTUP_FAILED,
                   f"{why} ({h.failed_reason or 'see the log'}); not retried until the spec changes or "
                   f"`hermes-fleet start {name}`")
 
@@ -415,23 +427,23 @@ def _spawn(name, spec: ProfileSpec, h, fresh_request: bool, now: float) -> Actio
     held back by its backoff and start limit if any."""
     # The reason stays a local assigned in these branches: tests/test_architecture_doc.py reads every reason
     # the planner can give from its source, and follows locals and parameters, not return values.
-    if h.action_error_kind == "spawn":
-        reason = "spawn_failed"
+    if h.action_error_kind == Kind.SPAWN:
+        reason = Reason.SPAWN_FAILED
     elif h.last_start is None:
-        reason = "first_apply"
+        reason = Reason.FIRST_APPLY
     elif h.last_exit_class in CRASH_CLASSES:
-        reason = "crashed"
+        reason = Reason.CRASHED
     elif h.last_exit_class == "restart_now":
-        reason = "restart_requested"
+        reason = Reason.RESTART_REQUESTED
     elif h.last_exit_class == "planned":
-        reason = "replacement"
+        reason = Reason.REPLACEMENT
     else:
-        reason = "not_running"
+        reason = Reason.NOT_RUNNING
     not_before, limited = _spawn_not_before(spec, h, fresh_request, now)
     message = _spawn_message(reason, h)
     if limited and not_before is not None:
         message += f"; {limited}"
-    return Action("spawn", name, reason, message, not_before=not_before,
+    return Action(Kind.SPAWN, name, reason, message, not_before=not_before,
                   gates=(Gate("backoff", not_before is None, f"until {format_instant(not_before)}" if not_before else ""),))
 
 
@@ -458,12 +470,12 @@ def _backoff_until(spec: ProfileSpec, h) -> float | None:
 
 def _spawn_message(reason: str, h) -> str:
     """What `diff` and `status` say about the spawn: the exit code and restart count after a crash."""
-    if reason == "crashed":
+    if reason == Reason.CRASHED:
         code = h.last_exit_code if h.last_exit_code is not None else "(code unknown)"
         return f"exited {code}; restart {h.failures}"
-    if reason == "first_apply":
+    if reason == Reason.FIRST_APPLY:
         return "new profile"
-    if reason == "spawn_failed":
+    if reason == Reason.SPAWN_FAILED:
         return f"could not start ({h.action_errors or h.failures} time(s)): {h.action_error}"
     return "not running"
 
@@ -509,7 +521,7 @@ def _holds_budget(obs: ProfileObservation, spec: ProfileSpec | None) -> bool:
     """Whether a profile is in maintenance already: being replaced, or down and meant to run again."""
     h = obs.history
     if obs.process is not None:
-        return h.drain_intent == "replace"
+        return h.drain_intent == DrainIntent.REPLACE
     if not _wants_running(spec, h):
         return False
     if h.last_exit_class == "planned":
@@ -519,13 +531,13 @@ def _holds_budget(obs: ProfileObservation, spec: ProfileSpec | None) -> bool:
 
 
 def _begins_voluntary_replace(a: Action) -> bool:
-    return a.kind == "replace" and a.voluntary and a.phase == "begin"
+    return a.kind == Kind.REPLACE and a.voluntary and a.phase == "begin"
 
 
 def _budget_wait(a: Action, in_use: set[str], limit: int) -> Action:
     """A voluntary replace held back while the budget is spent, naming who spends it."""
     busy = ", ".join(sorted(in_use))
-    return Action("wait", a.profile, "budget_exhausted", f"{a.message}: budget: {busy} in maintenance",
+    return Action(Kind.WAIT, a.profile, Reason.BUDGET_EXHAUSTED, f"{a.message}: budget: {busy} in maintenance",
                   pid=a.pid, voluntary=True, gates=a.gates + (Gate("budget", False, f"{len(in_use)} of {limit} in use"),))
 
 
@@ -534,12 +546,12 @@ def _apply_stagger(actions: list[Action], desired: Desired, observed: Observed, 
     slot = observed.last_spawn_at
 
     def failing(a: Action) -> bool:
-        return a.kind == "spawn" and observed.get(a.profile).history.action_error_kind == "spawn"
+        return a.kind == Kind.SPAWN and observed.get(a.profile).history.action_error_kind == Kind.SPAWN
 
     out = []
     # Ready-now spawns take the early slots; one in crash backoff never holds a sibling's first start back,
     # and one whose last attempt failed comes after every other ready spawn.
-    for a in sorted(actions, key=lambda a: (a.kind == "spawn" and a.not_before or 0.0, failing(a), a.profile)):
+    for a in sorted(actions, key=lambda a: (a.kind == Kind.SPAWN and a.not_before or 0.0, failing(a), a.profile)):
         if a.kind != "spawn":
             out.append(a)
             continue
@@ -559,7 +571,7 @@ def _apply_stagger(actions: list[Action], desired: Desired, observed: Observed, 
 # -- what the executor needs, as data ---------------------------------------------------------------------
 KILL_GRACE = 5.0  # after SIGKILL, how long before the kill is tried again
 SECONDS_WITHOUT_SPEC = 60.0  # the schema's drain.timeout and restart.reset_after, for a profile with no spec left
-RESTARTING_SPAWNS = ("crashed", "replacement", "restart_requested", "not_running")
+RESTARTING_SPAWNS = (Reason.CRASHED, Reason.REPLACEMENT, Reason.RESTART_REQUESTED, Reason.NOT_RUNNING)
 
 
 def _with_effects(action: Action, spec: ProfileSpec | None, obs: ProfileObservation) -> Action:
@@ -567,17 +579,17 @@ def _with_effects(action: Action, spec: ProfileSpec | None, obs: ProfileObservat
     records, how the exit it finds counts, what a spawn ends. `spec` is the profile's last-applied spec
     (a removed profile's too)."""
     h = obs.history
-    if action.kind == "reclaim":
+    if action.kind == Kind.RECLAIM:
         count = ExitCount(h.failures, spec.restart.reset_after if spec else SECONDS_WITHOUT_SPEC,
-                          planned=bool(h.drain_intent)) if action.reason == "pid_dead" else None
+                          planned=bool(h.drain_intent)) if action.reason == Reason.PID_DEAD else None
         return replace(action, record=obs.record, exit_count=count)
-    if action.kind == "spawn" and spec is not None:
+    if action.kind == Kind.SPAWN and spec is not None:
         clears = bool(h.failed_spec_hash) and (h.failed_spec_hash != spec.spec_hash or obs.restart_request is not None)
         return replace(action, restart=action.reason in RESTARTING_SPAWNS and bool(h.last_start),
                        clears_failure=clears)
-    if action.kind in ("adopt", "drain", "replace", "kill"):
+    if action.kind in (Kind.ADOPT, Kind.DRAIN, Kind.REPLACE, Kind.KILL):
         return replace(action, target=obs.process, drain=_drain_start(action, spec, h),
-                       kill_grace=KILL_GRACE if action.kind == "kill" and action.reason == "drain_timeout" else None)
+                       kill_grace=KILL_GRACE if action.kind == Kind.KILL and action.reason == Reason.DRAIN_TIMEOUT else None)
     return action
 
 
@@ -585,10 +597,11 @@ def _drain_start(action: Action, spec: ProfileSpec | None, h) -> DrainStart | No
     """The drain an action begins: a drain or replace's first step; a forced restart outside any drain,
     whose kill is the stop (its deadline covers only the kernel tearing the tree down)."""
     timeout = spec.drain.timeout if spec else SECONDS_WITHOUT_SPEC
-    if action.phase == "begin" and action.kind == "replace":
-        return DrainStart("replace", action.reason, timeout)
-    if action.phase == "begin" and action.kind == "drain":
-        return DrainStart("prune" if action.reason == "removed_from_manifest" else "stop", action.reason, timeout)
-    if action.kind == "kill" and action.reason == "forced" and not h.drain_intent:
-        return DrainStart("replace", "forced", KILL_GRACE)
+    if action.phase == "begin" and action.kind == Kind.REPLACE:
+        return DrainStart(DrainIntent.REPLACE, action.reason, timeout)
+    if action.phase == "begin" and action.kind == Kind.DRAIN:
+        intent = DrainIntent.PRUNE if action.reason == Reason.REMOVED_FROM_MANIFEST else DrainIntent.STOP
+        return DrainStart(intent, action.reason, timeout)
+    if action.kind == Kind.KILL and action.reason == Reason.FORCED and not h.drain_intent:
+        return DrainStart(DrainIntent.REPLACE, Reason.FORCED, KILL_GRACE)
     return None
