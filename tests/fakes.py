@@ -50,9 +50,9 @@ class FakePlatform:
 
     # -- what a test sets up ---------------------------------------------------------------------
     def run_stranger(self, pid: int, argv, env: dict[str, str] | None, *, uid: int | None = None,
-                     ppid: int = 1, start_ticks: int | None = None) -> ProcessInfo:
+                     ppid: int = 1, start_ticks: int | None = None, create_time: float | None = None) -> ProcessInfo:
         """A live process this platform did not start (another controller's child, a hand-started gateway)."""
-        info = process_info(pid, argv, ppid, uid=os.getuid() if uid is None else uid, start_ticks=start_ticks)
+        info = process_info(pid, argv, ppid, uid=uid, start_ticks=start_ticks, create_time=create_time)
         self.processes[pid] = FakeProcess(info, None if env is None else dict(env), child=False)
         return info
 
@@ -152,9 +152,10 @@ class FakePlatform:
             raise SignalRefused(why)
 
 
-def process_info(pid: int, argv, ppid: int | None, *, uid: int | None = None,
-                 start_ticks: int | None = None) -> ProcessInfo:
+def process_info(pid: int, argv, ppid: int | None, *, uid: int | None = None, start_ticks: int | None = None,
+                 create_time: float | None = None) -> ProcessInfo:
     """A live process's facts; its start ticks follow from its pid unless given (another start: a reused pid)."""
     return ProcessInfo(pid=pid, start_ticks=pid * 10 if start_ticks is None else start_ticks,
-                       create_time=time.time(), uid=os.getuid() if uid is None else uid, username="me",
+                       create_time=time.time() if create_time is None else create_time,
+                       uid=os.getuid() if uid is None else uid, username="me",
                        cmdline=tuple(argv), status="sleeping", ppid=ppid)
