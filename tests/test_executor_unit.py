@@ -26,7 +26,7 @@ from factories import (
     status,
     with_changes,
 )
-from fakes import FakePlatform
+from fakes import FIRST_PID, Call, FakePlatform
 
 from fleet.execute.executor import Executor, iso
 from fleet.observe import hermes_files as hf
@@ -366,3 +366,85 @@ def test_removing_a_profile_whose_files_are_missing_or_cannot_exist_completes(st
     assert store.history("alpha") == ProfileHistory("alpha")
     assert [e.kind for e in store.events(profile="alpha")] == ["pruned"]
     assert platform.calls == []
+
+
+# -- adopt -----------------------------------------------------------------------------------------
+
+def test_an_adoption_writes_an_adopted_record_and_an_adopt_log_line_and_signals_nothing(state, store, platform):
+    spec = process_spec()
+    proc = live(spec, source="env_marker", started_at=NOW - 50.0)
+    obs = observation("alpha", process=proc)
+    action = only(make_plan(fleet_spec(spec), observed(obs)), "adopt")
+    assert action.target == proc
+
+    executor(state, store, platform, spec).execute(action, obs)
+
+    record = read_record(state.record("alpha")).record
+    assert (record.pid, record.start_ticks, record.adopted, record.epoch) == (proc.pid, proc.start_ticks, True, EPOCH)
+    [line] = state.adopt_log("alpha").read_text().splitlines()
+    assert json.loads(line)["source"] == "env_marker"
+    assert store.history("alpha").last_start == NOW - 50.0
+    assert platform.calls == []
+
+
+# -- what a dead gateway leaves behind ---------------------------------------------------------------
+
+LEFTOVER, NEIGHBOUR = FIRST_PID + 100, FIRST_PID + 101
+
+
+def spawned_then_ended(state, store, platform, spec) -> tuple[Executor, Action, object]:
+    """A gateway this executor started exits with 1, leaving a marked child and an unmarked member of its
+    group; the returned reclaim is the planner's for it."""
+    run = executor(state, store, platform, spec)
+    start, obs = spawn_of(spec, remember(store, history("alpha")))
+    run.execute(start, obs)
+    [gateway] = platform.children
+    platform.run_stranger(LEFTOVER, ("sleep", "60"), identity.markers("alpha", str(state.root)), ppid=gateway)
+    platform.run_stranger(NEIGHBOUR, ("sleep", "60"), {"PATH": "/bin"}, ppid=gateway)
+    platform.groups[NEIGHBOUR] = (gateway, gateway)
+    platform.end(gateway, 1)
+    dead = observation("alpha", verdict="dead", record=read_record(state.record("alpha")).record,
+                       history=store.history("alpha"))
+    return run, only(make_plan(fleet_spec(spec), observed(dead)), "reclaim"), dead
+
+
+def test_reclaiming_its_own_gateway_ends_the_marked_leftovers_and_only_reports_the_unmarked(state, store,
+                                                                                          platform):
+    spec = process_spec()
+    run, reclaim, dead = spawned_then_ended(state, store, platform, spec)
+
+    run.execute(reclaim, dead)
+
+    assert platform.signalled() == [Call("request_stop", (LEFTOVER,))]
+    assert NEIGHBOUR in platform.processes
+    assert run.saw_its_gateway_end("alpha")
+    assert [e.kind for e in store.events(profile="alpha")][-3:] == ["warning", "leftovers_ended", "exited"]
+
+
+def test_a_leftover_that_ignores_the_stop_is_killed_after_the_grace(state, store, platform, monkeypatch):
+    monkeypatch.setattr("fleet.execute.executor.LEFTOVER_GRACE", 0.0)  # the grace's length is not under test
+    spec = process_spec()
+    run, reclaim, dead = spawned_then_ended(state, store, platform, spec)
+    platform.stubborn.add(LEFTOVER)
+
+    run.execute(reclaim, dead)
+
+    assert platform.signalled() == [Call("request_stop", (LEFTOVER,)), Call("kill_process", (LEFTOVER,))]
+    assert LEFTOVER not in platform.processes
+
+
+def test_a_record_it_did_not_write_ends_no_leftovers_but_the_next_spawn_sweeps_them_first(state, store, platform):
+    spec = process_spec()
+    record = pid_record("alpha", pid=3131, started_at=NOW - 10.0)
+    write_record(state.record("alpha"), record)
+    platform.run_stranger(LEFTOVER, ("sleep", "60"), identity.markers("alpha", str(state.root)))
+    run = executor(state, store, platform, spec)
+    dead = observation("alpha", verdict="dead", record=record)
+    run.execute(only(make_plan(fleet_spec(spec), observed(dead)), "reclaim"), dead)
+    assert platform.signalled() == [] and not run.saw_its_gateway_end("alpha")
+
+    start, obs = spawn_of(spec, store.history("alpha"))
+    run.execute(start, obs)
+
+    assert [c.name for c in platform.calls if c.name != "reap"] == ["request_stop", "spawn_detached"]
+    assert platform.called("request_stop") == [(LEFTOVER,)]
