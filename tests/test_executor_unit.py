@@ -184,6 +184,22 @@ def test_a_process_driver_drain_begins_with_a_stop_marker_and_one_planned_stop(s
     assert (h.drain_intent, h.drain_deadline, h.drain_signalled) == ("stop", NOW + 45.0, NOW)
 
 
+def test_a_replace_begins_a_drain_whose_intent_is_replace(state, store, platform):
+    spec = process_spec(drain_timeout=20.0)
+    proc = live(spec, spec_hash=OLD_HASH)
+    host_runs(platform, state, proc)
+    obs = observation("alpha", process=proc)
+    action = only(make_plan(fleet_spec(spec), observed(obs)), "replace")
+    assert action.drain == DrainStart("replace", "spec_changed", 20.0)
+
+    executor(state, store, platform, spec).execute(action, obs)
+
+    h = store.history("alpha")
+    assert (h.drain_intent, h.drain_reason, h.drain_deadline) == ("replace", "spec_changed", NOW + 20.0)
+    assert platform.called("request_stop") == [(proc.pid,)]
+    assert platform.called("spawn_detached") == []  # the successor waits for the old gateway's exit
+
+
 def test_the_stop_phase_of_a_hermes_drain_sends_one_planned_stop(state, store, platform, tmp_path):
     spec = hermes_spec(tmp_path, desired="stopped")
     proc = live(spec)
