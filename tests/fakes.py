@@ -1,7 +1,10 @@
-"""A fake `Platform` (fleet/platform/base.py) for unit tests of the executor, the observer and a pass: a
-process table held in memory, with the children the code under test starts through it and strangers a test
-puts there. Every call that starts, signals, reaps or reads a process is recorded, so a test asserts what
-was spawned and signalled instead of looking at the host; nothing on the host is ever touched."""
+"""The injected environment of unit tests of the executor, the observer and a pass: a fake `Platform`
+(fleet/platform/base.py) holding a process table in memory, with the children the code under test starts
+through it and strangers a test puts there, and fixtures for a temporary state directory and its Store.
+Every call that starts, signals or reaps a process is recorded, so a test asserts what was spawned and
+signalled instead of looking at the host; nothing on the host is ever touched.
+
+Use the fixtures by importing them: `from fakes import platform, state, store  # noqa: F401`."""
 
 from __future__ import annotations
 
@@ -11,7 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pytest
+
 from fleet.platform.base import ProcessInfo, SignalRefused
+from fleet.store.db import Store
+from fleet.store.layout import StateDir, ensure_state_dir
 
 FIRST_PID = 40_000
 OTHER_UID = os.getuid() + 1  # a user that is not us
@@ -159,3 +166,22 @@ def process_info(pid: int, argv, ppid: int | None, *, uid: int | None = None, st
                        create_time=time.time() if create_time is None else create_time,
                        uid=os.getuid() if uid is None else uid, username="me",
                        cmdline=tuple(argv), status="sleeping", ppid=ppid)
+
+
+@pytest.fixture
+def state(tmp_path) -> StateDir:
+    state = StateDir(tmp_path / "state")
+    ensure_state_dir(state)
+    return state
+
+
+@pytest.fixture
+def store(state: StateDir):
+    store = Store(state.db, durable=False, degradable=True)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def platform() -> FakePlatform:
+    return FakePlatform()

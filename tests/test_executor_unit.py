@@ -26,7 +26,7 @@ from factories import (
     status,
     with_changes,
 )
-from fakes import FIRST_PID, Call, FakePlatform
+from fakes import FIRST_PID, Call, FakePlatform, platform, state, store  # noqa: F401
 
 from fleet.execute.executor import Executor, iso
 from fleet.observe import hermes_files as hf
@@ -34,29 +34,10 @@ from fleet.observe import identity
 from fleet.plan.model import Action, DrainStart
 from fleet.spec.model import DRIVER_PROCESS
 from fleet.store.db import ProfileHistory, Store
-from fleet.store.layout import StateDir, ensure_state_dir
+from fleet.store.layout import StateDir
 from fleet.store.records import read_record, write_record
 
 EPOCH = 7
-
-
-@pytest.fixture
-def state(tmp_path):
-    state = StateDir(tmp_path / "state")
-    ensure_state_dir(state)
-    return state
-
-
-@pytest.fixture
-def store(state):
-    store = Store(state.db, durable=False)
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def platform():
-    return FakePlatform()
 
 
 def process_spec(name: str = "alpha", **kw):

@@ -9,7 +9,7 @@ import os
 
 import pytest
 from factories import NOW, ROOT, profile_spec, with_changes
-from fakes import OTHER_UID, FakePlatform
+from fakes import OTHER_UID, platform, state, store  # noqa: F401
 
 from fleet.observe import hermes_files as hf
 from fleet.observe import identity
@@ -17,31 +17,11 @@ from fleet.observe.model import Orphan
 from fleet.observe.observer import Observer
 from fleet.platform.base import ProcessInfo
 from fleet.spec.model import DRIVER_PROCESS
-from fleet.store.db import Store
-from fleet.store.layout import StateDir, ensure_state_dir
+from fleet.store.layout import StateDir
 from fleet.store.records import PidRecord, write_record
 
 GATEWAY = 5000
 SPEC = profile_spec("alpha", driver=DRIVER_PROCESS)
-
-
-@pytest.fixture
-def state(tmp_path):
-    state = StateDir(tmp_path / "state")
-    ensure_state_dir(state)
-    return state
-
-
-@pytest.fixture
-def store(state):
-    store = Store(state.db, durable=False)
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def platform():
-    return FakePlatform()
 
 
 def observe(state, store, platform, *specs, scan: bool = False):

@@ -6,8 +6,7 @@ from __future__ import annotations
 import sys
 import time
 
-import pytest
-from fakes import FIRST_PID, FakePlatform
+from fakes import FIRST_PID, FakePlatform, state, store  # noqa: F401
 
 from fleet.controller.bookkeeping import StoreBookkeeping
 from fleet.controller.fence_watch import FenceWatch
@@ -18,7 +17,6 @@ from fleet.spec.load import load_manifest
 from fleet.store.db import Store
 from fleet.store.fence import Fence
 from fleet.store.health import HealthFile
-from fleet.store.layout import StateDir, ensure_state_dir
 from fleet.store.records import PidRecord, write_record
 
 
@@ -30,20 +28,6 @@ class NoBreach(Fence):
 class Moved(Fence):
     def breach(self):
         return "state directory moved"
-
-
-@pytest.fixture
-def state(tmp_path):
-    state = StateDir(tmp_path / "state")
-    ensure_state_dir(state)
-    return state
-
-
-@pytest.fixture
-def store(state):
-    store = Store(state.db, durable=False, degradable=True)
-    yield store
-    store.close()
 
 
 def record(store: Store, tmp_path, revision: str = "1", names: tuple[str, ...] = ("alpha",)) -> None:
