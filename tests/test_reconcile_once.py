@@ -3,91 +3,21 @@ fake platform: no real gateway process is started and nothing on the host is sig
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
-import pytest
+from fakes import FIRST_PID, FakePlatform, state, store  # noqa: F401
 
 from fleet.controller.bookkeeping import StoreBookkeeping
 from fleet.controller.fence_watch import FenceWatch
 from fleet.controller.reconcile import Reconciler
 from fleet.controller.record import record_manifest
 from fleet.observe import identity
-from fleet.platform.base import ProcessInfo
 from fleet.spec.load import load_manifest
 from fleet.store.db import Store
 from fleet.store.fence import Fence
 from fleet.store.health import HealthFile
-from fleet.store.layout import StateDir, ensure_state_dir
 from fleet.store.records import PidRecord, write_record
-
-FIRST_PID = 40_000
-
-
-class FakePlatform:
-    """A host with no processes but the ones the controller starts through it (held as its children)."""
-    name = "posix"
-
-    def __init__(self):
-        self.children: dict[int, tuple[ProcessInfo, dict[str, str]]] = {}
-        self.strangers: dict[int, tuple[ProcessInfo, dict[str, str]]] = {}  # live, not started by us
-        self.scans = 0
-        self.on_scan = lambda: None  # runs whenever the process table is read
-        self.spawn_error: OSError | None = None
-
-    def spawn_detached(self, argv, env, cwd, log_path) -> int:
-        if self.spawn_error is not None:
-            raise self.spawn_error
-        pid = FIRST_PID + len(self.children)
-        self.children[pid] = (_info(pid, argv, os.getpid()), dict(env))
-        return pid
-
-    def run_stranger(self, pid: int, argv, env: dict[str, str]) -> None:
-        self.strangers[pid] = (_info(pid, argv, 1), dict(env))
-
-    def process_info(self, pid):
-        known = self.children.get(pid) or self.strangers.get(pid)
-        return known[0] if known else None
-
-    def child_environ(self, pid):
-        child = self.children.get(pid)
-        return child[1] if child else None
-
-    def process_environ(self, pid):
-        known = self.children.get(pid) or self.strangers.get(pid)
-        return known[1] if known else None
-
-    def iter_processes(self):
-        self.scans += 1
-        self.on_scan()
-        return iter([info for info, _ in [*self.children.values(), *self.strangers.values()]])
-
-    def current_uid(self):
-        return os.getuid()
-
-    def never_signal(self, pid):
-        return None
-
-    def lock_is_held(self, path):
-        return False
-
-    def process_group(self, pid):
-        return (None, None)
-
-    def reap(self, pid):
-        return (False, None)
-
-    def exit_waiter(self, pid):
-        return None
-
-    def drain_epoch(self):
-        return ""
-
-
-def _info(pid: int, argv, ppid: int) -> ProcessInfo:
-    return ProcessInfo(pid=pid, start_ticks=pid * 10, create_time=time.time(), uid=os.getuid(), username="me",
-                       cmdline=tuple(argv), status="sleeping", ppid=ppid)
 
 
 class NoBreach(Fence):
@@ -98,20 +28,6 @@ class NoBreach(Fence):
 class Moved(Fence):
     def breach(self):
         return "state directory moved"
-
-
-@pytest.fixture
-def state(tmp_path):
-    state = StateDir(tmp_path / "state")
-    ensure_state_dir(state)
-    return state
-
-
-@pytest.fixture
-def store(state):
-    store = Store(state.db, durable=False, degradable=True)
-    yield store
-    store.close()
 
 
 def record(store: Store, tmp_path, revision: str = "1", names: tuple[str, ...] = ("alpha",)) -> None:
@@ -206,7 +122,8 @@ def test_a_spawn_from_a_desired_state_changed_during_the_pass_is_superseded(stat
     assert platform.children == {}  # nothing started from generation 1
     second = passes.reconcile_once(time.time())
     assert not second.superseded
-    [(_, env)] = platform.children.values()
+    [child] = platform.children.values()
+    env = child.env
     assert env["REV"] == "2" and env[identity.PROFILE_ENV] == "alpha"
 
 
