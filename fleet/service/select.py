@@ -13,9 +13,10 @@ from collections.abc import Callable, Mapping
 from fleet.service.base import CommandRunner, ServiceError, ServiceManager, ServiceTarget, SubprocessRunner
 from fleet.service.launchd import LaunchdManager
 from fleet.service.systemd import DEFAULT_SYSTEM_UNIT_DIR, SystemdManager, systemd_version
-from fleet.service.windows import (
-    ScheduledTaskManager, ScmApi, StartupFolderManager, WindowsHost, WindowsServiceManager, pythonw_for,
-)
+from fleet.service.windows_common import WindowsHost, pythonw_for
+from fleet.service.windows_service import ScmApi, WindowsServiceManager
+from fleet.service.windows_startup import StartupFolderManager
+from fleet.service.windows_task import ScheduledTaskManager
 
 PLATFORMS = ("linux", "macos", "windows")
 WINDOWS_MECHANISMS = ("windows-service", "scheduled-task", "startup-folder")
@@ -70,7 +71,7 @@ def windows_host_from(environ: Mapping[str, str], target: ServiceTarget, *, on_w
         home = home_dir(environ)
         return WindowsHost(account=account, appdata=os.path.join(home, "AppData", "Roaming"), is_admin=False,
                            pythonw=pythonw_for(target.python), service_python=target.python)
-    from fleet.service.windows import windows_is_admin
+    from fleet.service.windows_common import windows_is_admin
 
     in_venv = sys.prefix != sys.base_prefix
     site_dirs: tuple[str, ...] = ()
