@@ -463,38 +463,45 @@ class StatusReport:
         }
 
     def render_text(self) -> str:
-        r = self.registration
-        yn = {True: "yes", False: "no", None: "unknown"}
-        lines = [
-            f"registration: {r.mechanism} {r.name}",
-            f"  location:   {r.location}",
-            f"  installed:  {yn[r.installed]}    enabled: {yn[r.enabled]}    up to date: {yn[r.current]}",
-        ]
-        if r.installed:
-            lines.append(f"  state:      {r.state or 'unknown'}")
-            lines.append(f"  running:    {yn[r.running]}    PID: {r.pid or '-'}    restarts by the service manager: "
-                         f"{'-' if r.restarts is None else r.restarts}")
-        for note in r.notes:
-            lines.append(f"  note: {note}")
-        h = self.holder
-        if h is None:
-            lines.append("controller: none recorded")
-        else:
-            started = f", started {h.started_at}" if h.started_at else ""
-            origin = {True: f", started by {r.mechanism}", False: ", NOT started by the service manager", None: ""}
-            lines.append(f"controller: PID {h.pid} {'alive' if h.alive else 'not running (stale record)'}"
-                         f"{', version ' + h.version if h.version else ''}{started}"
-                         f"{origin[self.holder_owned] if h.alive else ''}")
-        if self.fleet is not None:
-            if self.fleet.available:
-                lines.append("fleet:")
-                lines += ["  " + line for line in self.fleet.text.splitlines()]
-            else:
-                lines.append(f"fleet: status unavailable ({self.fleet.error})")
+        lines = self._registration_lines() + [self._controller_line()] + self._fleet_lines()
         if self.advice:
             lines.append("what to do:")
             lines += [f"  - {a}" for a in self.advice]
         return "\n".join(lines)
+
+    def _registration_lines(self) -> list[str]:
+        r = self.registration
+        lines = [
+            f"registration: {r.mechanism} {r.name}",
+            f"  location:   {r.location}",
+            f"  installed:  {_YES_NO[r.installed]}    enabled: {_YES_NO[r.enabled]}    up to date: {_YES_NO[r.current]}",
+        ]
+        if r.installed:
+            lines.append(f"  state:      {r.state or 'unknown'}")
+            lines.append(f"  running:    {_YES_NO[r.running]}    PID: {r.pid or '-'}    restarts by the service manager: "
+                         f"{'-' if r.restarts is None else r.restarts}")
+        return lines + [f"  note: {note}" for note in r.notes]
+
+    def _controller_line(self) -> str:
+        h = self.holder
+        if h is None:
+            return "controller: none recorded"
+        started = f", started {h.started_at}" if h.started_at else ""
+        origin = {True: f", started by {self.registration.mechanism}", False: ", NOT started by the service manager",
+                  None: ""}
+        return (f"controller: PID {h.pid} {'alive' if h.alive else 'not running (stale record)'}"
+                f"{', version ' + h.version if h.version else ''}{started}"
+                f"{origin[self.holder_owned] if h.alive else ''}")
+
+    def _fleet_lines(self) -> list[str]:
+        if self.fleet is None:
+            return []
+        if not self.fleet.available:
+            return [f"fleet: status unavailable ({self.fleet.error})"]
+        return ["fleet:"] + ["  " + line for line in self.fleet.text.splitlines()]
+
+
+_YES_NO = {True: "yes", False: "no", None: "unknown"}
 
 
 def write_artifact(artifact: Artifact) -> None:
