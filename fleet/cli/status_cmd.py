@@ -16,11 +16,14 @@ from fleet.cli.common import (
 )
 from fleet.cli.controller_client import NO_CONTROLLER_HINT
 from fleet.cli.render_plan import utc
-from fleet.controller.status import fleet_status, hold_note
+from fleet.controller.status import FleetStatus, ProfileStatus, fleet_status, hold_note
+from fleet.observe.model import ProfileObservation
 from fleet.platform import current_platform
 from fleet.spec.durations import format_duration
+from fleet.spec.model import ProfileSpec
 from fleet.spec.secrets import mask_argv
 from fleet.store.db import Store
+from fleet.store.layout import StateDir
 
 
 def _fmt_age(seconds: float | None) -> str:
@@ -47,57 +50,80 @@ def status(
     unknown = set(profiles or []) - {p.name for p in st.profiles}
     if unknown:
         fail(f"unknown profile(s): {', '.join(sorted(unknown))}")
-    ctl = st.controller
     if output == "json":
-        emit_json({
-            "format_version": "1.0", "kind": "status", "generated_at": utc(now),
-            "controller": {"pid": ctl.pid, "running": ctl.running, "epoch": ctl.epoch, "version": ctl.version,
-                           "since": utc(ctl.since), "generation": ctl.generation,
-                           "observed_generation": ctl.observed_generation, "converged": st.converged,
-                           "store_degraded": ctl.store_degraded},
-            "profiles": [{
-                "name": p.name, "phase": p.phase, "sync": p.sync, "health": p.health, "pid": p.pid,
-                "uptime_s": int(now - p.started_at) if p.started_at else None, "restarts": p.restarts,
-                "last_exit": p.last_exit, "heartbeat_age_s": int(p.heartbeat_age) if p.heartbeat_age is not None else None,
-                "active_agents": p.active_agents, "gateway_state": p.gateway_state, "spec_hash": p.spec_hash,
-                "desired_spec_hash": p.desired_spec_hash, "desired": p.desired, "note": p.note,
-                "hold": None if p.hold is None else {"by": p.hold.by, "user": p.hold.user, "since": utc(p.hold.since)},
-                "action": {"kind": p.action.kind, "reason": p.action.reason, "not_before": utc(p.action.not_before)},
-                **({"checks": _deep_checks(state, st, p.name)} if deep else {}),
-            } for p in rows],
-        })
+        emit_json(_status_json(state, st, rows, now, deep))
     else:
-        if ctl.running:
-            typer.echo(f"controller: running (pid {ctl.pid}, epoch {ctl.epoch}) generation {ctl.generation}, "
-                       f"observed {ctl.observed_generation}" + ("" if st.converged else " — converging"))
-        else:
-            typer.echo(f"controller: NOT RUNNING — {NO_CONTROLLER_HINT}")
-        if ctl.store_degraded:
-            typer.echo(f"store degraded: {ctl.store_degraded}")
-        downs = [p.hold for p in st.held if p.hold.by == "down"]
-        if downs:
-            first = min(downs, key=lambda h: h.since or now)
-            typer.echo(f"fleet: {hold_note(first, now, 'PROFILE...')} ({len(downs)} profile(s))")
-        table = [("PROFILE", "PHASE", "SYNC", "PID", "UP", "RESTARTS", "LAST EXIT", "BEAT", "ACTIVE", "NOTE")]
-        for p in rows:
-            table.append((p.name, p.phase, p.sync, str(p.pid or "-"),
-                          _fmt_age(now - p.started_at) if p.started_at else "-", str(p.restarts), p.last_exit or "-",
-                          _fmt_age(p.heartbeat_age), "-" if p.active_agents is None else str(p.active_agents), p.note))
-        for line in columns(table, right={3, 5, 8}):
-            typer.echo(line)
-        if deep:
-            for p in rows:
-                typer.echo(f"\n{p.name}:")
-                for check in _deep_checks(state, st, p.name):
-                    typer.echo(f"  [{check['result']}] {check['probe']}: {check['detail']}")
-    ok = ctl.running and st.converged and not st.held
+        _print_status(state, st, rows, now, deep)
+    ok = st.controller.running and st.converged and not st.held
     raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
 
 
-def _deep_checks(state, st, name: str) -> list[dict]:
+def _status_json(state: StateDir, st: FleetStatus, rows: list[ProfileStatus], now: float, deep: bool) -> dict:
+    ctl = st.controller
+    return {
+        "format_version": "1.0", "kind": "status", "generated_at": utc(now),
+        "controller": {"pid": ctl.pid, "running": ctl.running, "epoch": ctl.epoch, "version": ctl.version,
+                       "since": utc(ctl.since), "generation": ctl.generation,
+                       "observed_generation": ctl.observed_generation, "converged": st.converged,
+                       "store_degraded": ctl.store_degraded},
+        "profiles": [{
+            **_profile_json(p, now),
+            **({"checks": _deep_checks(state, st, p.name)} if deep else {}),
+        } for p in rows],
+    }
+
+
+def _profile_json(p: ProfileStatus, now: float) -> dict:
+    return {
+        "name": p.name, "phase": p.phase, "sync": p.sync, "health": p.health, "pid": p.pid,
+        "uptime_s": int(now - p.started_at) if p.started_at else None, "restarts": p.restarts,
+        "last_exit": p.last_exit, "heartbeat_age_s": int(p.heartbeat_age) if p.heartbeat_age is not None else None,
+        "active_agents": p.active_agents, "gateway_state": p.gateway_state, "spec_hash": p.spec_hash,
+        "desired_spec_hash": p.desired_spec_hash, "desired": p.desired, "note": p.note,
+        "hold": None if p.hold is None else {"by": p.hold.by, "user": p.hold.user, "since": utc(p.hold.since)},
+        "action": {"kind": p.action.kind, "reason": p.action.reason, "not_before": utc(p.action.not_before)},
+    }
+
+
+def _print_status(state: StateDir, st: FleetStatus, rows: list[ProfileStatus], now: float, deep: bool) -> None:
+    _print_fleet_lines(st, now)
+    for line in columns(_profile_table(rows, now), right={3, 5, 8}):
+        typer.echo(line)
+    if deep:
+        for p in rows:
+            typer.echo(f"\n{p.name}:")
+            for check in _deep_checks(state, st, p.name):
+                typer.echo(f"  [{check['result']}] {check['probe']}: {check['detail']}")
+
+
+def _print_fleet_lines(st: FleetStatus, now: float) -> None:
+    """The controller, the store's health and a fleet-wide `down`, above the table."""
+    ctl = st.controller
+    if ctl.running:
+        typer.echo(f"controller: running (pid {ctl.pid}, epoch {ctl.epoch}) generation {ctl.generation}, "
+                   f"observed {ctl.observed_generation}" + ("" if st.converged else " — converging"))
+    else:
+        typer.echo(f"controller: NOT RUNNING — {NO_CONTROLLER_HINT}")
+    if ctl.store_degraded:
+        typer.echo(f"store degraded: {ctl.store_degraded}")
+    downs = [p.hold for p in st.held if p.hold.by == "down"]
+    if downs:
+        first = min(downs, key=lambda h: h.since or now)
+        typer.echo(f"fleet: {hold_note(first, now, 'PROFILE...')} ({len(downs)} profile(s))")
+
+
+def _profile_table(rows: list[ProfileStatus], now: float) -> list[tuple[str, ...]]:
+    table = [("PROFILE", "PHASE", "SYNC", "PID", "UP", "RESTARTS", "LAST EXIT", "BEAT", "ACTIVE", "NOTE")]
+    for p in rows:
+        table.append((p.name, p.phase, p.sync, str(p.pid or "-"),
+                      _fmt_age(now - p.started_at) if p.started_at else "-", str(p.restarts), p.last_exit or "-",
+                      _fmt_age(p.heartbeat_age), "-" if p.active_agents is None else str(p.active_agents), p.note))
+    return table
+
+
+def _deep_checks(state: StateDir, st: FleetStatus, name: str) -> list[dict]:
     """Each probe behind a profile's state, so an operator can see why without reading code."""
     from fleet.controller.desired import DesiredSource
-    from fleet.observe import hermes_files as hf
     from fleet.observe.native import find_native_service
 
     obs = st.observed.get(name)
@@ -109,45 +135,64 @@ def _deep_checks(state, st, name: str) -> list[dict]:
         store.close()
     pspec = specs.get(name)
     row = next((p for p in st.profiles if p.name == name), None)
-    checks: list[dict] = []
-
-    def add(probe: str, ok: bool | None, detail: str) -> None:
-        checks.append({"probe": probe, "result": {True: "PASS", False: "FAIL", None: "SKIP"}[ok], "detail": detail})
-
-    rec, proc = obs.record, obs.process
-    add("record present", rec is not None,
-        f"{state.record(name)}" + (f" pid {rec.pid}" if rec else f" ({obs.record_problem or 'missing'})"))
-    add("identity (pid + start time + user)", proc is not None,
-        f"pid {proc.pid}, start {proc.start_ticks}, found via {proc.source}" if proc else f"verdict: {obs.record_verdict}")
-    if proc:
-        add("command line", True, " ".join(mask_argv(proc.cmdline))[:200])
-    desired_hash = row.desired_spec_hash if row else None
-    add("spec current", None if proc is None or proc.spec_hash is None else proc.spec_hash == desired_hash,
-        f"running {proc.spec_hash if proc else '-'}, desired {desired_hash or '-'}")
+    checks = _process_checks(state, name, obs, row.desired_spec_hash if row else None)
     if pspec is not None and pspec.driver == "hermes":
-        lock = os.path.join(pspec.hermes_home, hf.GATEWAY_LOCK)
-        held = current_platform().lock_is_held(lock) if os.path.exists(lock) else False
-        add("gateway.lock held by a live process", held, lock)
-        if obs.status:
-            age = time.time() - obs.status.updated_at if obs.status.updated_at else None
-            add("gateway_state.json", obs.status.state in ("running", "draining", "starting"),
-                f"state {obs.status.state}, active_agents {obs.status.active}, updated {_fmt_age(age)} ago")
-        else:
-            add("gateway_state.json", False, "missing or unreadable")
-        overridden = _proxy_keys_in_dotenv(os.path.join(pspec.hermes_home, ".env"))
-        add("proxy not overridden by the profile's .env", not overridden,
-            "overridden there: " + ", ".join(overridden) if overridden else "no proxy keys in .env")
-    if obs.heartbeat_at and proc:
-        age = time.time() - obs.heartbeat_at
-        limit = pspec.health.heartbeat_stale if pspec else 90.0
-        add("heartbeat fresh", age <= limit, f"{_fmt_age(age)} old (limit {format_duration(limit)})")
-    else:
-        add("heartbeat fresh", None, "no heartbeat from this process")
-    add("last lifecycle event", True if last_events else None,
-        f"{utc(last_events[-1].at)} {last_events[-1].kind}: {last_events[-1].message}" if last_events else "none")
+        checks += _hermes_checks(pspec, obs)
+    checks.append(_heartbeat_check(obs, pspec))
+    checks.append(_check("last lifecycle event", True if last_events else None,
+                         f"{utc(last_events[-1].at)} {last_events[-1].kind}: {last_events[-1].message}"
+                         if last_events else "none"))
     native = find_native_service(name)
-    add("no native service conflict", native is None, native or "none found")
+    checks.append(_check("no native service conflict", native is None, native or "none found"))
     return checks
+
+
+def _check(probe: str, ok: bool | None, detail: str) -> dict:
+    return {"probe": probe, "result": {True: "PASS", False: "FAIL", None: "SKIP"}[ok], "detail": detail}
+
+
+def _process_checks(state: StateDir, name: str, obs: ProfileObservation, desired_hash: str | None) -> list[dict]:
+    """The record, the process it names, and whether that process runs the desired spec."""
+    rec, proc = obs.record, obs.process
+    checks = [
+        _check("record present", rec is not None,
+               f"{state.record(name)}" + (f" pid {rec.pid}" if rec else f" ({obs.record_problem or 'missing'})")),
+        _check("identity (pid + start time + user)", proc is not None,
+               f"pid {proc.pid}, start {proc.start_ticks}, found via {proc.source}" if proc
+               else f"verdict: {obs.record_verdict}"),
+    ]
+    if proc:
+        checks.append(_check("command line", True, " ".join(mask_argv(proc.cmdline))[:200]))
+    checks.append(_check("spec current", None if proc is None or proc.spec_hash is None else proc.spec_hash == desired_hash,
+                         f"running {proc.spec_hash if proc else '-'}, desired {desired_hash or '-'}"))
+    return checks
+
+
+def _hermes_checks(pspec: ProfileSpec, obs: ProfileObservation) -> list[dict]:
+    """Hermes' own files in the profile's home: its gateway lock, its state file, its .env."""
+    from fleet.observe import hermes_files as hf
+
+    lock = os.path.join(pspec.hermes_home, hf.GATEWAY_LOCK)
+    held = current_platform().lock_is_held(lock) if os.path.exists(lock) else False
+    checks = [_check("gateway.lock held by a live process", held, lock)]
+    if obs.status:
+        age = time.time() - obs.status.updated_at if obs.status.updated_at else None
+        checks.append(_check("gateway_state.json", obs.status.state in ("running", "draining", "starting"),
+                             f"state {obs.status.state}, active_agents {obs.status.active}, updated {_fmt_age(age)} ago"))
+    else:
+        checks.append(_check("gateway_state.json", False, "missing or unreadable"))
+    overridden = _proxy_keys_in_dotenv(os.path.join(pspec.hermes_home, ".env"))
+    checks.append(_check("proxy not overridden by the profile's .env", not overridden,
+                         "overridden there: " + ", ".join(overridden) if overridden else "no proxy keys in .env"))
+    return checks
+
+
+def _heartbeat_check(obs: ProfileObservation, pspec: ProfileSpec | None) -> dict:
+    if not (obs.heartbeat_at and obs.process):
+        return _check("heartbeat fresh", None, "no heartbeat from this process")
+    age = time.time() - obs.heartbeat_at
+    limit = pspec.health.heartbeat_stale if pspec else 90.0
+    return _check("heartbeat fresh", age <= limit, f"{_fmt_age(age)} old (limit {format_duration(limit)})")
 
 
 def _proxy_keys_in_dotenv(path: str) -> list[str]:
