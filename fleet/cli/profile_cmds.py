@@ -10,12 +10,13 @@ import typer
 
 from fleet.cli.common import EXIT_FAILED, FileOption, StateDirOption, fail, fleet_state, open_store, state_for
 from fleet.cli.controller_client import NO_CONTROLLER_HINT, running_controller_pid, stop_controller
-from fleet.controller.status import fleet_status
+from fleet.controller.status import ProfileStatus, fleet_status
 from fleet.controller.wake import wake
 from fleet.platform import current_platform
 from fleet.spec.durations import parse_duration
 from fleet.spec.secrets import mask_argv
 from fleet.store.db import Store, user_name
+from fleet.store.layout import StateDir
 
 
 def _need_profiles(state, names: list[str]) -> Store:
@@ -128,11 +129,38 @@ def down(
     state = fleet_state(state_dir, file)
     running = running_controller_pid(state) is not None
     if not running:
-        st = fleet_status(state, current_platform(), time.time())
-        alive = [p for p in st.profiles if p.pid]
-        if alive:
-            fail("no controller is running to drain: " + ", ".join(f"{p.name} (pid {p.pid})" for p in alive),
-                 EXIT_FAILED, hint="start one with `hermes-fleet controller run` and run `down` again")
+        _refuse_live_gateways_without_controller(state)
+    _hold_every_profile_down(state)
+    if not running:
+        typer.echo("nothing runs; the fleet stays down until `apply` or `start`")
+        return
+    wake(state)
+    deadline = time.monotonic() + parse_duration(timeout)
+    _wait_drained(state, deadline)
+    left = _fleet_leftovers(state, deadline)
+    pid = stop_controller(state)
+    if left:
+        fail(f"all gateways stopped, but {len(left)} process(es) of the fleet still run: "
+             + ", ".join(f"pid {i.pid} ({name}) `{' '.join(mask_argv(i.cmdline))[:60]}`" for i, name in left)
+             + f"; controller {f'pid {pid} ' if pid else ''}stopped",
+             EXIT_FAILED, hint="they carry the fleet's markers (HERMES_FLEET_PROFILE); check them and end them by hand")
+    typer.echo(f"all profiles stopped; nothing of the fleet runs; controller {f'pid {pid} ' if pid else ''}stopped; "
+               "the fleet stays down until `apply` or `start`")
+
+
+def _live_gateways(state: StateDir) -> list[ProfileStatus]:
+    st = fleet_status(state, current_platform(), time.time())
+    return [p for p in st.profiles if p.pid]
+
+
+def _refuse_live_gateways_without_controller(state: StateDir) -> None:
+    alive = _live_gateways(state)
+    if alive:
+        fail("no controller is running to drain: " + ", ".join(f"{p.name} (pid {p.pid})" for p in alive),
+             EXIT_FAILED, hint="start one with `hermes-fleet controller run` and run `down` again")
+
+
+def _hold_every_profile_down(state: StateDir) -> None:
     store = open_store(state, write=True)
     from fleet.controller.desired import DesiredSource
     from fleet.controller.record import DOWN
@@ -149,28 +177,16 @@ def down(
                                   "the fleet stays down until `apply` or `start`", data={"by": user_name()})
     finally:
         store.close()
-    if not running:
-        typer.echo("nothing runs; the fleet stays down until `apply` or `start`")
-        return
-    wake(state)
-    deadline = time.monotonic() + parse_duration(timeout)
+
+
+def _wait_drained(state: StateDir, deadline: float) -> None:
     while True:
-        st = fleet_status(state, current_platform(), time.time())
-        alive = [p for p in st.profiles if p.pid]
+        alive = _live_gateways(state)
         if not alive:
-            break
+            return
         if time.monotonic() > deadline:
             fail("timed out draining: " + ", ".join(f"{p.name} (pid {p.pid})" for p in alive), EXIT_FAILED)
         time.sleep(0.05)
-    left = _fleet_leftovers(state, deadline)
-    pid = stop_controller(state)
-    if left:
-        fail(f"all gateways stopped, but {len(left)} process(es) of the fleet still run: "
-             + ", ".join(f"pid {i.pid} ({name}) `{' '.join(mask_argv(i.cmdline))[:60]}`" for i, name in left)
-             + f"; controller {f'pid {pid} ' if pid else ''}stopped",
-             EXIT_FAILED, hint="they carry the fleet's markers (HERMES_FLEET_PROFILE); check them and end them by hand")
-    typer.echo(f"all profiles stopped; nothing of the fleet runs; controller {f'pid {pid} ' if pid else ''}stopped; "
-               "the fleet stays down until `apply` or `start`")
 
 
 def _fleet_leftovers(state, deadline: float) -> list:
