@@ -113,7 +113,8 @@ def _print_fleet_lines(st: FleetStatus, now: float) -> None:
 
 
 def _profile_table(rows: list[ProfileStatus], now: float) -> list[tuple[str, ...]]:
-    table = [("PROFILE", "PHASE", "SYNC", "PID", "UP", "RESTARTS", "LAST EXIT", "BEAT", "ACTIVE", "NOTE")]
+    table: list[tuple[str, ...]] = [("PROFILE", "PHASE", "SYNC", "PID", "UP", "RESTARTS", "LAST EXIT", "BEAT", "ACTIVE",
+                                     "NOTE")]
     for p in rows:
         table.append((p.name, p.phase, p.sync, str(p.pid or "-"),
                       _fmt_age(now - p.started_at) if p.started_at else "-", str(p.restarts), p.last_exit or "-",
@@ -163,7 +164,8 @@ def _process_checks(state: StateDir, name: str, obs: ProfileObservation, desired
     ]
     if proc:
         checks.append(_check("command line", True, " ".join(mask_argv(proc.cmdline))[:200]))
-    checks.append(_check("spec current", None if proc is None or proc.spec_hash is None else proc.spec_hash == desired_hash,
+    spec_current = None if proc is None or proc.spec_hash is None else proc.spec_hash == desired_hash
+    checks.append(_check("spec current", spec_current,
                          f"running {proc.spec_hash if proc else '-'}, desired {desired_hash or '-'}"))
     return checks
 
@@ -177,8 +179,9 @@ def _hermes_checks(pspec: ProfileSpec, obs: ProfileObservation) -> list[dict]:
     checks = [_check("gateway.lock held by a live process", held, lock)]
     if obs.status:
         age = time.time() - obs.status.updated_at if obs.status.updated_at else None
-        checks.append(_check("gateway_state.json", obs.status.state in ("running", "draining", "starting"),
-                             f"state {obs.status.state}, active_agents {obs.status.active}, updated {_fmt_age(age)} ago"))
+        checks.append(_check(
+            "gateway_state.json", obs.status.state in ("running", "draining", "starting"),
+            f"state {obs.status.state}, active_agents {obs.status.active}, updated {_fmt_age(age)} ago"))
     else:
         checks.append(_check("gateway_state.json", False, "missing or unreadable"))
     overridden = _proxy_keys_in_dotenv(os.path.join(pspec.hermes_home, ".env"))

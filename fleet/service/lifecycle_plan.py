@@ -48,9 +48,8 @@ def plan_install(situation: InstallSituation) -> InstallPlan:
     previous = situation.live_holder
     if _install_is_current(situation):
         return InstallPlan(up_to_date=True, previous=previous)
-    handover = (handover_step(previous, situation.mechanism),) if _needs_handover(situation) else ()
-    return InstallPlan(up_to_date=False, writes=situation.changed, steps=handover + situation.register_steps,
-                       previous=previous)
+    return InstallPlan(up_to_date=False, writes=situation.changed,
+                       steps=_handover_steps(situation) + situation.register_steps, previous=previous)
 
 
 def _registration_is_current(situation: InstallSituation) -> bool:
@@ -63,11 +62,16 @@ def _install_is_current(situation: InstallSituation) -> bool:
             and situation.owned is not False and situation.before.running is not False)
 
 
+def _handover_steps(situation: InstallSituation) -> tuple[Step, ...]:
+    holder = situation.live_holder
+    if holder is None or not _needs_handover(situation):
+        return ()
+    return (handover_step(holder, situation.mechanism),)
+
+
 def _needs_handover(situation: InstallSituation) -> bool:
     """A live controller the service manager did not start would fight the service's one for the lock.
     When the manager cannot tell who started it, a registration that changes hands it over too."""
-    if situation.live_holder is None:
-        return False
     if situation.owned is None:
         return bool(situation.changed) or not situation.before.installed or situation.current is False
     return situation.owned is False

@@ -147,7 +147,7 @@ def _windows_managers(
 def _wanted_first(wanted: str, service: WindowsServiceManager, task: ScheduledTaskManager,
                   startup: StartupFolderManager) -> list[ServiceManager]:
     """The mechanism asked for first; the others follow, for `status` and `uninstall` to look at."""
-    chosen = {"windows-service": service, "scheduled-task": task, "startup-folder": startup}[wanted]
+    chosen: ServiceManager = {"windows-service": service, "scheduled-task": task, "startup-folder": startup}[wanted]
     if wanted != "scheduled-task":
         task.fallback_manager = None
     return [chosen] + [m for m in (service, task, startup) if m is not chosen]
