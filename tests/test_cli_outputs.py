@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from fleet.cli.main import app
-from fleet.cli.ops_cmds import _proxy_keys_in_dotenv
+from fleet.cli.status_cmd import _proxy_keys_in_dotenv
 from fleet.spec.codec import fleet_to_dict
 from fleet.spec.hashing import canonical_json
 from fleet.spec.load import load_manifest

@@ -15,11 +15,13 @@ import pytest
 
 from fleet.service.base import CommandResult, ServiceError, ServiceTarget, decode_output
 from fleet.service.lifecycle import Lifecycle
-from fleet.service.windows import (
-    FAILURE_RESET_PERIOD_S, FAILURE_RESTART_DELAYS_MS, TASK_NS, ScheduledTaskManager, ScmServiceInfo,
-    StartupFolderManager, WindowsHost, WindowsServiceManager, parse_task_xml, pythonw_for, render_startup_vbs,
-    render_task_xml, sc_failure_commands, service_host_argv, task_field,
+from fleet.service.windows_common import WindowsHost, pythonw_for
+from fleet.service.windows_service import (
+    FAILURE_RESET_PERIOD_S, FAILURE_RESTART_DELAYS_MS, ScmServiceInfo, WindowsServiceManager, sc_failure_commands,
+    service_host_argv,
 )
+from fleet.service.windows_startup import StartupFolderManager, render_startup_vbs
+from fleet.service.windows_task import TASK_NS, ScheduledTaskManager, parse_task_xml, render_task_xml, task_field
 from fleet.service.winservice_main import ControllerHost, HostArgs, controller_failure, parse_args
 
 try:

@@ -83,3 +83,20 @@ def open_store(state: StateDir, *, write: bool) -> Store:
         fail(f"cannot open {state.db}: {exc.strerror}")
     raise AssertionError("unreachable")
 
+
+def fleet_state(state_dir: str | None, file: Path) -> StateDir:
+    """The state directory, refusing one where no fleet was ever applied."""
+    state = state_for(state_dir, file)
+    if not state.db.exists():
+        fail(f"no fleet state in {state.root}", hint="run `hermes-fleet apply -f fleet.yaml` first, or pass --state-dir")
+    return state
+
+
+def columns(table: list[tuple[str, ...]], right: set[int] = frozenset()) -> list[str]:
+    """Rows of a table, each column as wide as its widest cell, two spaces apart; the last one unpadded."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    out = []
+    for row in table:
+        cells = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        out.append("  ".join(cells + [row[-1]]).rstrip())
+    return out

@@ -5,7 +5,10 @@ from __future__ import annotations
 import typer
 
 from fleet import __version__
-from fleet.cli import apply_cmd, export_cmd, maintenance_cmd, ops_cmds, plan_cmds, schema_cmd, service_cmd
+from fleet.cli import (
+    apply_cmd, controller_cmds, export_cmd, maintenance_cmd, plan_cmds, profile_cmds, read_cmds, schema_cmd,
+    service_cmd, status_cmd,
+)
 
 app = typer.Typer(
     name="hermes-fleet",
@@ -33,16 +36,16 @@ app.command("validate")(plan_cmds.validate)
 app.command("diff")(plan_cmds.diff)
 app.command("config")(plan_cmds.config)
 app.command("apply")(apply_cmd.apply)
-app.command("status")(ops_cmds.status)
-app.command("restart")(ops_cmds.restart)
-app.command("stop")(ops_cmds.stop)
-app.command("start")(ops_cmds.start)
-app.command("down")(ops_cmds.down)
-app.command("logs")(ops_cmds.logs)
-app.command("events")(ops_cmds.events)
-app.command("history")(ops_cmds.history)
+app.command("status")(status_cmd.status)
+app.command("restart")(profile_cmds.restart)
+app.command("stop")(profile_cmds.stop)
+app.command("start")(profile_cmds.start)
+app.command("down")(profile_cmds.down)
+app.command("logs")(read_cmds.logs)
+app.command("events")(read_cmds.events)
+app.command("history")(read_cmds.history)
 app.command("schema")(schema_cmd.schema)
-app.add_typer(ops_cmds.controller_app, name="controller")
+app.add_typer(controller_cmds.controller_app, name="controller")
 app.add_typer(maintenance_cmd.maintenance_app, name="maintenance")
 
 app.command("export")(export_cmd.export_command)

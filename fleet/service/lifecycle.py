@@ -4,6 +4,8 @@ The rules that hold on every OS live here: install is idempotent and only report
 it observed (a live controller, with its PID, that the service manager started); a
 controller running outside the service manager is handed over, never left to fight the
 new one for the lock; --dry-run shows every file and every command and changes nothing.
+This module observes and acts; what install and uninstall decide from what it observed is
+in fleet.service.lifecycle_plan.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from fleet.service.base import (
     ApiCall, Artifact, Command, CommandResult, CommandRunner, RegistrationStatus, ServiceError, ServiceManager,
     Step, file_matches,
 )
-from fleet.service.holder import ControllerHolder, read_holder, stop_controller, wait_for_new_holder
+from fleet.service.holder import ControllerHolder, read_holder, wait_for_new_holder
+from fleet.service.lifecycle_plan import (
+    FoundRegistration, InstallPlan, InstallSituation, UninstallPlan, UninstallSituation, plan_install, plan_uninstall,
+    remover,
+)
 
 Say = Callable[[str], None]
 
@@ -56,66 +62,62 @@ class Lifecycle:
     # ================================================================ install
 
     def install(self) -> bool:
+        artifacts = self.manager.render()
+        situation = self._observe_install(artifacts)
+        plan = plan_install(situation)
+        if plan.up_to_date:
+            m = self.manager
+            self.say(f"nothing changed: {m.mechanism} registration {m.location} is installed and current, "
+                     f"and the controller runs (PID {plan.previous.pid})")
+            return True
+        if self.dry_run:
+            self._preview_install(artifacts, plan, situation.before)
+            return True
+        return self._perform_install(plan)
+
+    def _observe_install(self, artifacts: list[Artifact]) -> InstallSituation:
         m = self.manager
-        artifacts = m.render()
         if self.preview_only:
             before = RegistrationStatus(m.mechanism, m.name, m.location, installed=False)
-            holder, changed, current = None, artifacts, None
-        else:
-            problem = m.preflight()
-            if problem is not None:
-                if not self.dry_run:
-                    raise ServiceError(problem)
-                self.say(f"warning: {problem}")
-            for conflict in m.conflicts():
-                self.say(f"warning: {conflict}")
-            before = m.status()
-            holder = read_holder(self.target.state_dir, self._user)
-            changed = [a for a in artifacts if not file_matches(a)]
-            current = m.registration_current()
-        alive = holder is not None and holder.alive
-        owned = m.owns_process(holder.pid) if alive else None
-        up_to_date = not changed and current is not False and before.installed and before.enabled is not False
-        if up_to_date and alive and owned is not False and before.running is not False:
-            self.say(f"nothing changed: {m.mechanism} registration {m.location} is installed and current, "
-                     f"and the controller runs (PID {holder.pid})")
-            return True
+            return self._install_situation(before, None, tuple(artifacts), None)
+        self._check_before_install()
+        before = m.status()
+        holder = read_holder(self.target.state_dir, self._user)
+        changed = tuple(a for a in artifacts if not file_matches(a))
+        return self._install_situation(before, holder, changed, m.registration_current())
 
-        handover = alive and (owned is False or (owned is None and (bool(changed) or not before.installed
-                                                                    or current is False)))
-        steps: list[Step] = []
-        if handover:
-            steps.append(self._handover_step(holder))
-        steps += m.install_steps(before, files_changed=bool(changed))
-
-        if self.dry_run:
-            self._preview_install(artifacts, changed, steps, before)
-            return True
-
-        self._prepare_dirs()
-        for artifact in changed:
-            write_artifact(artifact)
-            self.say(f"wrote {artifact.path}")
-        failure = self.run_steps(steps)
-        if failure is not None:
-            if m.fallback_manager is not None:
-                return self._fall_back(failure, m.fallback_manager)
-            self._say_failed("install", failure, diagnose=True)
-            return False
-        return self._verify_up(previous=holder if alive else None, verb="installed") and self._after_install()
-
-    def _handover_step(self, holder: ControllerHolder) -> ApiCall:
-        def hand_over() -> None:
-            if not stop_controller(holder, timeout=45):
-                raise ServiceError(f"the controller PID {holder.pid} did not exit within 45 s")
-
-        return ApiCall(
-            f"stop the controller PID {holder.pid} that runs outside {self.manager.mechanism}, so the service's "
-            "controller can take the fleet over (gateways keep running and are adopted)", hand_over,
+    def _install_situation(self, before: RegistrationStatus, holder: ControllerHolder | None,
+                           changed: tuple[Artifact, ...], current: bool | None) -> InstallSituation:
+        m = self.manager
+        owned = m.owns_process(holder.pid) if holder is not None and holder.alive else None
+        return InstallSituation(
+            mechanism=m.mechanism, before=before, holder=holder, owned=owned, changed=changed, current=current,
+            register_steps=tuple(m.install_steps(before, files_changed=bool(changed))),
         )
 
-    def _preview_install(self, artifacts: list[Artifact], changed: list[Artifact], steps: list[Step],
-                         before: RegistrationStatus) -> None:
+    def _check_before_install(self) -> None:
+        problem = self.manager.preflight()
+        if problem is not None:
+            if not self.dry_run:
+                raise ServiceError(problem)
+            self.say(f"warning: {problem}")
+        for conflict in self.manager.conflicts():
+            self.say(f"warning: {conflict}")
+
+    def _perform_install(self, plan: InstallPlan) -> bool:
+        self._prepare_dirs()
+        for artifact in plan.writes:
+            write_artifact(artifact)
+            self.say(f"wrote {artifact.path}")
+        failure = self.run_steps(plan.steps)
+        if failure is not None:
+            if self.manager.fallback_manager is not None:
+                return self._fall_back(failure, self.manager.fallback_manager)
+            self._say_failed("install", failure, diagnose=True)
+            return False
+        return self._verify_up(previous=plan.previous, verb="installed") and self._after_install()
+
+    def _preview_install(self, artifacts: list[Artifact], plan: InstallPlan, before: RegistrationStatus) -> None:
         m = self.manager
         self.say(f"dry run: {m.mechanism} registration {m.name} (nothing is changed)")
         if self.preview_only:
@@ -123,31 +125,41 @@ class Lifecycle:
         for d in self._dirs():
             self.say(f"would create directory {d} (mode 0700) if missing")
         for artifact in artifacts:
-            verb = "would write" if artifact in changed else "unchanged"
-            mode = f"mode {artifact.mode:04o}, " if artifact.mode is not None else ""
-            self.say(f"{verb} {artifact.path} ({mode}{artifact.encoding}):")
-            for line in artifact.content.lstrip("\ufeff").splitlines():
-                self.say(f"    {line}")
-        for step in steps:
-            self.say(f"would {'run' if isinstance(step, Command) else 'do'}: {step.display()}"
-                     + (" (a failure here is expected and ignored)" if isinstance(step, Command) and step.may_fail else ""))
-            if isinstance(step, Command) and step.fallback is not None:
-                codes = ", ".join(str(c) for c in step.fallback_on)
-                self.say(f"  if that exits with {codes}: {step.fallback.display()}")
-        fallback = m.fallback_manager
-        if fallback is not None:
-            self.say(f"if that fails (e.g. access denied), would fall back to {fallback.mechanism}:")
-            for artifact in fallback.render():
-                self.say(f"  would write {artifact.path}:")
-                for line in artifact.content.lstrip("\ufeff").splitlines():
-                    self.say(f"      {line}")
-            for step in fallback.install_steps(before, True):
-                self.say(f"  would run: {step.display()}")
+            self._preview_artifact(artifact, plan.writes)
+        for step in plan.steps:
+            self._preview_step(step)
+        if m.fallback_manager is not None:
+            self._preview_fallback(m.fallback_manager, before)
         self.say(f"would wait up to {self.verify_timeout:g} s for the controller to come up "
                  f"({os.path.join(self.target.state_dir, '.supervisor.json')} names a live PID that "
                  f"{m.mechanism} started)")
         for line in m.after_install_preview():
             self.say(line)
+
+    def _preview_artifact(self, artifact: Artifact, writes: tuple[Artifact, ...]) -> None:
+        verb = "would write" if artifact in writes else "unchanged"
+        mode = f"mode {artifact.mode:04o}, " if artifact.mode is not None else ""
+        self.say(f"{verb} {artifact.path} ({mode}{artifact.encoding}):")
+        for line in artifact.content.lstrip("\ufeff").splitlines():
+            self.say(f"    {line}")
+
+    def _preview_step(self, step: Step) -> None:
+        if not isinstance(step, Command):
+            self.say(f"would do: {step.display()}")
+            return
+        self.say(f"would run: {step.display()}" + (" (a failure here is expected and ignored)" if step.may_fail else ""))
+        if step.fallback is not None:
+            codes = ", ".join(str(c) for c in step.fallback_on)
+            self.say(f"  if that exits with {codes}: {step.fallback.display()}")
+
+    def _preview_fallback(self, fallback: ServiceManager, before: RegistrationStatus) -> None:
+        self.say(f"if that fails (e.g. access denied), would fall back to {fallback.mechanism}:")
+        for artifact in fallback.render():
+            self.say(f"  would write {artifact.path}:")
+            for line in artifact.content.lstrip("\ufeff").splitlines():
+                self.say(f"      {line}")
+        for step in fallback.install_steps(before, True):
+            self.say(f"  would run: {step.display()}")
 
     def _fall_back(self, failure: StepFailure, fallback: ServiceManager) -> bool:
         m = self.manager
@@ -175,37 +187,40 @@ class Lifecycle:
             self.say("nothing to remove: no registration found "
                      f"({', '.join(f'{mgr.mechanism} {mgr.location}' for mgr in managers)})")
             return True
-        steps: list[Step] = []
-        if stop_fleet:
-            # `down` drains every profile through the running controller and keeps them stopped,
-            # so a controller the service manager restarts meanwhile does not bring them back.
-            steps.append(Command((self.target.python, "-m", "fleet.cli.main", "down", "--state-dir",
-                                  self.target.state_dir), timeout=900))
-        holder = None if self.preview_only else read_holder(self.target.state_dir, self._user)
-        owned_holder = None
-        for mgr in found:
-            if holder is not None and holder.alive and mgr.owns_process(holder.pid) is not False:
-                owned_holder = holder
-            steps += mgr.uninstall_steps()
-            steps += [ApiCall(f"remove {a.path}", _remover(a.path)) for a in mgr.render()
-                      if self.preview_only or self._file_exists(a.path)]
-            steps += mgr.after_uninstall_steps()
+        plan = plan_uninstall(self._observe_uninstall(found, stop_fleet))
         if self.dry_run:
             self.say("dry run: nothing is changed")
-            self._say_would(steps)
+            self._say_would(plan.steps)
             if not stop_fleet:
                 self.say("gateways would keep running (--stop-fleet drains them first)")
             return True
-        if not self._steps_ran("uninstall", steps, diagnose=False):
+        if not self._steps_ran("uninstall", plan.steps, diagnose=False):
             return False
-        if owned_holder is not None and not self._wait_gone(owned_holder, 60):
-            self.say(f"warning: the controller PID {owned_holder.pid} is still running after the registration was removed")
+        self._report_uninstalled(plan, found, stop_fleet)
+        return True
+
+    def _observe_uninstall(self, found: list[ServiceManager], stop_fleet: bool) -> UninstallSituation:
+        holder = None if self.preview_only else read_holder(self.target.state_dir, self._user)
+        registrations = tuple(self._found_registration(mgr, holder) for mgr in found)
+        return UninstallSituation(python=self.target.python, state_dir=self.target.state_dir, holder=holder,
+                                  found=registrations, stop_fleet=stop_fleet)
+
+    def _found_registration(self, mgr: ServiceManager, holder: ControllerHolder | None) -> FoundRegistration:
+        owns = mgr.owns_process(holder.pid) if holder is not None and holder.alive else None
+        uninstall_steps = tuple(mgr.uninstall_steps())
+        files = tuple(a.path for a in mgr.render() if self.preview_only or self._file_exists(a.path))
+        return FoundRegistration(mechanism=mgr.mechanism, location=mgr.location, owns_controller=owns,
+                                 uninstall_steps=uninstall_steps, files=files,
+                                 after_steps=tuple(mgr.after_uninstall_steps()))
+
+    def _report_uninstalled(self, plan: UninstallPlan, found: list[ServiceManager], stop_fleet: bool) -> None:
+        if plan.wait_gone is not None and not self._wait_gone(plan.wait_gone, 60):
+            self.say(f"warning: the controller PID {plan.wait_gone.pid} is still running after the registration was removed")
         for mgr in found:
             self.say(f"removed {mgr.mechanism} registration {mgr.location}")
         self.say("the fleet's gateways were drained and stopped" if stop_fleet else
                  "gateways keep running, unsupervised (`hermes-fleet apply` starts an on-demand controller; "
                  "`--stop-fleet` would have drained them)")
-        return True
 
     def _present(self, mgr: ServiceManager) -> bool:
         if self.preview_only:
@@ -276,11 +291,11 @@ class Lifecycle:
             m = self.manager
             raise ServiceError(f"not installed ({m.mechanism} {m.location}): run `hermes-fleet service install` first")
 
-    def _say_would(self, steps: list[Step]) -> None:
+    def _say_would(self, steps: Sequence[Step]) -> None:
         for step in steps:
             self.say(f"would {'run' if isinstance(step, Command) else 'do'}: {step.display()}")
 
-    def _steps_ran(self, verb: str, steps: list[Step], *, diagnose: bool) -> bool:
+    def _steps_ran(self, verb: str, steps: Sequence[Step], *, diagnose: bool) -> bool:
         """True when every step ran; otherwise says which one failed and why."""
         failure = self.run_steps(steps)
         if failure is not None:
@@ -448,38 +463,45 @@ class StatusReport:
         }
 
     def render_text(self) -> str:
-        r = self.registration
-        yn = {True: "yes", False: "no", None: "unknown"}
-        lines = [
-            f"registration: {r.mechanism} {r.name}",
-            f"  location:   {r.location}",
-            f"  installed:  {yn[r.installed]}    enabled: {yn[r.enabled]}    up to date: {yn[r.current]}",
-        ]
-        if r.installed:
-            lines.append(f"  state:      {r.state or 'unknown'}")
-            lines.append(f"  running:    {yn[r.running]}    PID: {r.pid or '-'}    restarts by the service manager: "
-                         f"{'-' if r.restarts is None else r.restarts}")
-        for note in r.notes:
-            lines.append(f"  note: {note}")
-        h = self.holder
-        if h is None:
-            lines.append("controller: none recorded")
-        else:
-            started = f", started {h.started_at}" if h.started_at else ""
-            origin = {True: f", started by {r.mechanism}", False: ", NOT started by the service manager", None: ""}
-            lines.append(f"controller: PID {h.pid} {'alive' if h.alive else 'not running (stale record)'}"
-                         f"{', version ' + h.version if h.version else ''}{started}"
-                         f"{origin[self.holder_owned] if h.alive else ''}")
-        if self.fleet is not None:
-            if self.fleet.available:
-                lines.append("fleet:")
-                lines += ["  " + line for line in self.fleet.text.splitlines()]
-            else:
-                lines.append(f"fleet: status unavailable ({self.fleet.error})")
+        lines = self._registration_lines() + [self._controller_line()] + self._fleet_lines()
         if self.advice:
             lines.append("what to do:")
             lines += [f"  - {a}" for a in self.advice]
         return "\n".join(lines)
+
+    def _registration_lines(self) -> list[str]:
+        r = self.registration
+        lines = [
+            f"registration: {r.mechanism} {r.name}",
+            f"  location:   {r.location}",
+            f"  installed:  {_YES_NO[r.installed]}    enabled: {_YES_NO[r.enabled]}    up to date: {_YES_NO[r.current]}",
+        ]
+        if r.installed:
+            lines.append(f"  state:      {r.state or 'unknown'}")
+            lines.append(f"  running:    {_YES_NO[r.running]}    PID: {r.pid or '-'}    restarts by the service manager: "
+                         f"{'-' if r.restarts is None else r.restarts}")
+        return lines + [f"  note: {note}" for note in r.notes]
+
+    def _controller_line(self) -> str:
+        h = self.holder
+        if h is None:
+            return "controller: none recorded"
+        started = f", started {h.started_at}" if h.started_at else ""
+        origin = {True: f", started by {self.registration.mechanism}", False: ", NOT started by the service manager",
+                  None: ""}
+        return (f"controller: PID {h.pid} {'alive' if h.alive else 'not running (stale record)'}"
+                f"{', version ' + h.version if h.version else ''}{started}"
+                f"{origin[self.holder_owned] if h.alive else ''}")
+
+    def _fleet_lines(self) -> list[str]:
+        if self.fleet is None:
+            return []
+        if not self.fleet.available:
+            return [f"fleet: status unavailable ({self.fleet.error})"]
+        return ["fleet:"] + ["  " + line for line in self.fleet.text.splitlines()]
+
+
+_YES_NO = {True: "yes", False: "no", None: "unknown"}
 
 
 def write_artifact(artifact: Artifact) -> None:
@@ -490,17 +512,7 @@ def write_artifact(artifact: Artifact) -> None:
 
 def remove_artifacts(artifacts: Sequence[Artifact]) -> None:
     for artifact in artifacts:
-        _remover(artifact.path)()
-
-
-def _remover(path: str) -> Callable[[], None]:
-    def remove() -> None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-    return remove
+        remover(artifact.path)()
 
 
 def _describe(result: CommandResult) -> str:

@@ -13,9 +13,10 @@ from collections.abc import Callable, Mapping
 from fleet.service.base import CommandRunner, ServiceError, ServiceManager, ServiceTarget, SubprocessRunner
 from fleet.service.launchd import LaunchdManager
 from fleet.service.systemd import DEFAULT_SYSTEM_UNIT_DIR, SystemdManager, systemd_version
-from fleet.service.windows import (
-    ScheduledTaskManager, ScmApi, StartupFolderManager, WindowsHost, WindowsServiceManager, pythonw_for,
-)
+from fleet.service.windows_common import WindowsHost, pythonw_for
+from fleet.service.windows_service import ScmApi, WindowsServiceManager
+from fleet.service.windows_startup import StartupFolderManager
+from fleet.service.windows_task import ScheduledTaskManager
 
 PLATFORMS = ("linux", "macos", "windows")
 WINDOWS_MECHANISMS = ("windows-service", "scheduled-task", "startup-folder")
@@ -70,7 +71,7 @@ def windows_host_from(environ: Mapping[str, str], target: ServiceTarget, *, on_w
         home = home_dir(environ)
         return WindowsHost(account=account, appdata=os.path.join(home, "AppData", "Roaming"), is_admin=False,
                            pythonw=pythonw_for(target.python), service_python=target.python)
-    from fleet.service.windows import windows_is_admin
+    from fleet.service.windows_common import windows_is_admin
 
     in_venv = sys.prefix != sys.base_prefix
     site_dirs: tuple[str, ...] = ()
@@ -112,50 +113,81 @@ def managers_for(
         raise ServiceError(f"unknown platform {platform!r}: choose one of {', '.join(PLATFORMS)}")
     if mechanism and platform != "windows":
         raise ServiceError("--mechanism chooses among the Windows mechanisms; Linux uses systemd, macOS launchd")
-    home = home_dir(env)
-
     if platform == "linux":
-        if target.system:
-            unit_dir = systemd_unit_dir or DEFAULT_SYSTEM_UNIT_DIR
-        else:
-            config_home = env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
-            unit_dir = systemd_unit_dir or os.path.join(config_home, "systemd", "user")
-        version = systemd_version(runner) if on_host else None
-        return [SystemdManager(target, runner, unit_dir=unit_dir, home=home, user=current_user(env), version=version,
-                               system=target.system, linger_mode=linger_mode)]
-
+        return [_systemd_manager(target, runner, env, on_host=on_host, linger_mode=linger_mode,
+                                 unit_dir=systemd_unit_dir)]
     if platform == "macos":
-        if target.system:
-            raise ServiceError("--system is not supported on macOS: the controller runs as a LaunchAgent of your user")
-        uid = os.getuid() if hasattr(os, "getuid") else 501
-        return [LaunchdManager(target, runner, agents_dir=os.path.join(home, "Library", "LaunchAgents"), home=home,
-                               uid=uid)]
+        return [_launchd_manager(target, runner, env)]
+    return _windows_managers(target, runner, env, on_host=on_host, mechanism=mechanism, password=password, scm=scm,
+                             windows_host=windows_host, interactive=interactive)
 
+
+def _windows_managers(
+    target: ServiceTarget, runner: CommandRunner, env: Mapping[str, str], *, on_host: bool, mechanism: str | None,
+    password: Callable[[str], str | None] | None, scm: ScmApi | None, windows_host: WindowsHost | None,
+    interactive: bool,
+) -> list[ServiceManager]:
     host = windows_host or windows_host_from(env, target, on_windows=on_host)
     scm_api = scm if scm is not None else default_scm(on_host)
-    ask_password = password or (lambda account: None)
-    service = WindowsServiceManager(
-        target, runner, host=host, scm=scm_api or UnavailableScm(
-            "pywin32 is not installed (pip install 'hermes-fleet[windows]')" if on_host else "rendering for review only"),
-        password=ask_password,
-    )
+    service = WindowsServiceManager(target, runner, host=host, scm=scm_api or _unavailable_scm(on_host),
+                                    password=password or (lambda account: None))
     task = ScheduledTaskManager(target, runner, host=host)
     startup = StartupFolderManager(target, runner, host=host)
     wanted = mechanism or ("windows-service" if target.system else None)
     if wanted:
-        if wanted not in WINDOWS_MECHANISMS:
-            raise ServiceError(f"unknown mechanism {wanted!r}: choose one of {', '.join(WINDOWS_MECHANISMS)}")
-        if wanted == "windows-service" and on_host and not host.is_admin:
-            raise ServiceError("a Windows service needs administrator rights: run from an elevated prompt, "
-                               "or leave out --mechanism/--system for a per-user Scheduled Task")
-        if wanted == "windows-service" and on_host and scm_api is None:
-            raise ServiceError("a Windows service needs pywin32: pip install 'hermes-fleet[windows]'")
-        chosen = {"windows-service": service, "scheduled-task": task, "startup-folder": startup}[wanted]
-        if wanted != "scheduled-task":
-            task.fallback_manager = None
-        return [chosen] + [m for m in (service, task, startup) if m is not chosen]
+        _check_windows_mechanism(wanted, host, on_host=on_host, scm_available=scm_api is not None)
+        return _wanted_first(wanted, service, task, startup)
     # Auto: a real service when elevated, pywin32 is there and a password can be asked for;
     # otherwise the per-user task (which falls back to the Startup folder by itself).
     if on_host and host.is_admin and scm_api is not None and (interactive or password is not None):
         return [service, task, startup]
     return [task, service, startup]
+
+
+def _wanted_first(wanted: str, service: WindowsServiceManager, task: ScheduledTaskManager,
+                  startup: StartupFolderManager) -> list[ServiceManager]:
+    """The mechanism asked for first; the others follow, for `status` and `uninstall` to look at."""
+    chosen: ServiceManager = {"windows-service": service, "scheduled-task": task, "startup-folder": startup}[wanted]
+    if wanted != "scheduled-task":
+        task.fallback_manager = None
+    return [chosen] + [m for m in (service, task, startup) if m is not chosen]
+
+
+def _unavailable_scm(on_host: bool) -> UnavailableScm:
+    if on_host:
+        return UnavailableScm("pywin32 is not installed (pip install 'hermes-fleet[windows]')")
+    return UnavailableScm("rendering for review only")
+
+
+def _systemd_manager(target: ServiceTarget, runner: CommandRunner, env: Mapping[str, str], *, on_host: bool,
+                     linger_mode: str, unit_dir: str | None) -> SystemdManager:
+    home = home_dir(env)
+    if target.system:
+        unit_dir = unit_dir or DEFAULT_SYSTEM_UNIT_DIR
+    else:
+        config_home = env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+        unit_dir = unit_dir or os.path.join(config_home, "systemd", "user")
+    version = systemd_version(runner) if on_host else None
+    return SystemdManager(target, runner, unit_dir=unit_dir, home=home, user=current_user(env), version=version,
+                          system=target.system, linger_mode=linger_mode)
+
+
+def _launchd_manager(target: ServiceTarget, runner: CommandRunner, env: Mapping[str, str]) -> LaunchdManager:
+    if target.system:
+        raise ServiceError("--system is not supported on macOS: the controller runs as a LaunchAgent of your user")
+    home = home_dir(env)
+    uid = os.getuid() if hasattr(os, "getuid") else 501
+    return LaunchdManager(target, runner, agents_dir=os.path.join(home, "Library", "LaunchAgents"), home=home, uid=uid)
+
+
+def _check_windows_mechanism(wanted: str, host: WindowsHost, *, on_host: bool, scm_available: bool) -> None:
+    """Refuses a mechanism that is unknown, or a Windows service this host cannot register."""
+    if wanted not in WINDOWS_MECHANISMS:
+        raise ServiceError(f"unknown mechanism {wanted!r}: choose one of {', '.join(WINDOWS_MECHANISMS)}")
+    if wanted != "windows-service" or not on_host:
+        return
+    if not host.is_admin:
+        raise ServiceError("a Windows service needs administrator rights: run from an elevated prompt, "
+                           "or leave out --mechanism/--system for a per-user Scheduled Task")
+    if not scm_available:
+        raise ServiceError("a Windows service needs pywin32: pip install 'hermes-fleet[windows]'")

@@ -222,56 +222,56 @@ class SystemdManager(ServiceManager):
         file_present = os.path.exists(self.location)
         current = self.registration_current() if file_present else None
         props = self.show()
-        notes: list[str] = []
-        advice: list[str] = []
-        scope = "" if self.system else " --user"
         if isinstance(props, str):
-            notes.append(f"cannot ask the systemd{' user' if not self.system else ''} manager: {props}")
-            if not self.system:
-                advice.append("run this in a login session of the user (or enable linger), where `systemctl --user` works")
-            return RegistrationStatus(
-                self.mechanism, self.name, self.location, installed=file_present, current=current,
-                notes=tuple(notes), advice=tuple(advice),
-            )
-        load = props.get("LoadState", "")
+            return self._unreachable_status(props, file_present, current)
         active = props.get("ActiveState", "")
-        sub = props.get("SubState", "")
-        installed = file_present and load not in ("not-found", "")
+        installed = file_present and props.get("LoadState", "") not in ("not-found", "")
         unit_file_state = props.get("UnitFileState", "")
         enabled = unit_file_state.startswith("enabled") or unit_file_state in ("linked", "alias") if installed else False
-        running = active in ("active", "reloading")
-        pid = _int(props.get("MainPID")) or None
-        restarts = _int(props.get("NRestarts"))
-        state = f"{active}/{sub}" if active else ""
-        result = props.get("Result", "")
-        if result and result != "success":
-            state += f" (last result: {result}, exit status {props.get('ExecMainStatus', '?')})"
-        if props.get("StatusText"):
-            notes.append(f"controller says: {props['StatusText']}")
-        if not installed:
-            advice.append(NOT_INSTALLED)
-        else:
-            if current is False:
-                advice.append("the unit on disk differs from what install would write now: re-run `hermes-fleet service install`")
-            if not enabled:
-                advice.append(f"not enabled at boot/login: run `systemctl{scope} enable {self.name}` or re-run install")
-            if active == "failed" or (active != "active" and result not in ("", "success")):
-                advice.append(f"the controller failed: see `journalctl{scope} -u {self.name} -n 50`, fix the cause, then `hermes-fleet service start`")
-            elif active in ("inactive", "deactivating"):
-                advice.append("the controller is stopped: run `hermes-fleet service start`")
-            elif active == "activating" and sub == "auto-restart":
-                advice.append(f"systemd is waiting to restart the controller; see `journalctl{scope} -u {self.name} -n 50` for why it exited")
+        notes = [f"controller says: {props['StatusText']}"] if props.get("StatusText") else []
+        advice = self._unit_advice(props, current, enabled) if installed else [NOT_INSTALLED]
         if not self.system and installed and self.linger_mode != "skip":
-            linger = self.linger()
-            if linger == "no":
-                notes.append("linger is off: the user manager, and with it the controller, stops at your last logout")
-                advice.append(f"to keep the fleet supervised after logout: loginctl enable-linger {self.user}")
-            elif linger == "yes":
-                notes.append("linger is on: the controller keeps running after logout and starts at boot")
+            self._add_linger_notes(notes, advice)
         return RegistrationStatus(
-            self.mechanism, self.name, self.location, installed=installed, enabled=enabled, running=running,
-            pid=pid, restarts=restarts, state=state, current=current, notes=tuple(notes), advice=tuple(advice),
+            self.mechanism, self.name, self.location, installed=installed, enabled=enabled,
+            running=active in ("active", "reloading"), pid=_int(props.get("MainPID")) or None,
+            restarts=_int(props.get("NRestarts")), state=_state_text(props), current=current, notes=tuple(notes),
+            advice=tuple(advice),
         )
+
+    def _unreachable_status(self, error: str, file_present: bool, current: bool | None) -> RegistrationStatus:
+        notes = (f"cannot ask the systemd{' user' if not self.system else ''} manager: {error}",)
+        advice = () if self.system else (
+            "run this in a login session of the user (or enable linger), where `systemctl --user` works",)
+        return RegistrationStatus(
+            self.mechanism, self.name, self.location, installed=file_present, current=current,
+            notes=notes, advice=advice,
+        )
+
+    def _unit_advice(self, props: dict[str, str], current: bool | None, enabled: bool) -> list[str]:
+        """What to do about an installed unit: its file, its enablement, and why its controller is not up."""
+        scope = "" if self.system else " --user"
+        active, sub, result = props.get("ActiveState", ""), props.get("SubState", ""), props.get("Result", "")
+        advice: list[str] = []
+        if current is False:
+            advice.append("the unit on disk differs from what install would write now: re-run `hermes-fleet service install`")
+        if not enabled:
+            advice.append(f"not enabled at boot/login: run `systemctl{scope} enable {self.name}` or re-run install")
+        if active == "failed" or (active != "active" and result not in ("", "success")):
+            advice.append(f"the controller failed: see `journalctl{scope} -u {self.name} -n 50`, fix the cause, then `hermes-fleet service start`")
+        elif active in ("inactive", "deactivating"):
+            advice.append("the controller is stopped: run `hermes-fleet service start`")
+        elif active == "activating" and sub == "auto-restart":
+            advice.append(f"systemd is waiting to restart the controller; see `journalctl{scope} -u {self.name} -n 50` for why it exited")
+        return advice
+
+    def _add_linger_notes(self, notes: list[str], advice: list[str]) -> None:
+        linger = self.linger()
+        if linger == "no":
+            notes.append("linger is off: the user manager, and with it the controller, stops at your last logout")
+            advice.append(f"to keep the fleet supervised after logout: loginctl enable-linger {self.user}")
+        elif linger == "yes":
+            notes.append("linger is on: the controller keeps running after logout and starts at boot")
 
     # ------------------------------------------------------------ linger
 
@@ -323,6 +323,16 @@ class SystemdManager(ServiceManager):
         else:
             lines.append(f"  (not available: {result.first_error_line()})")
         return lines
+
+
+def _state_text(props: dict[str, str]) -> str:
+    """ActiveState/SubState, with the last result when it was not a success."""
+    active = props.get("ActiveState", "")
+    state = f"{active}/{props.get('SubState', '')}" if active else ""
+    result = props.get("Result", "")
+    if result and result != "success":
+        state += f" (last result: {result}, exit status {props.get('ExecMainStatus', '?')})"
+    return state
 
 
 def _int(value: str | None) -> int | None:

@@ -1,14 +1,14 @@
 """`ScmApi` over pywin32 (Windows only; needs the `windows` extra).
 
 Imported only on Windows, by fleet.service.select. Everything that can be tested without
-Windows lives in fleet.service.windows; this module is the thin layer of pywin32 calls.
+Windows lives in fleet.service.windows_service; this module is the thin layer of pywin32 calls.
 """
 
 from __future__ import annotations
 
 import time
 
-from fleet.service.windows import ScmServiceInfo, ScmServiceSpec
+from fleet.service.windows_service import ScmServiceInfo, ScmServiceSpec
 
 try:
     import pywintypes  # noqa: F401  (pywin32's error type lives here)

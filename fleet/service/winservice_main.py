@@ -1,7 +1,7 @@
 """The Windows service host: what the Service Control Manager runs for `HermesFleet[-<name>]`.
 
 The SCM starts the base interpreter with a tiny bootstrap that calls `main()` here (see
-`fleet.service.windows.service_host_argv`). The service starts the controller
+`fleet.service.windows_service.service_host_argv`). The service starts the controller
 (`python -m fleet.cli.main controller run ...`) as its child and:
 
 - on a stop or shutdown request, ends the controller process only (never its tree: the

@@ -1,0 +1,61 @@
+"""`controller run` and `controller stop`: the controller itself."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fleet.cli.common import EXIT_FAILED, FileOption, StateDirOption, fail, open_store, state_for
+from fleet.cli.controller_client import stop_controller
+from fleet.controller.status import held_down_message
+
+
+controller_app = typer.Typer(help="Run or stop the controller itself.", no_args_is_help=True)
+
+
+@controller_app.command("run")
+def controller_run(
+    file: Optional[Path] = typer.Option(None, "-f", "--file", help="Apply this manifest before starting."),
+    state_dir: Optional[str] = StateDirOption,
+) -> None:
+    """Run the controller in the foreground (what a service manager runs).
+
+    Exit 0 on SIGTERM (gateways keep running), 2 on a bad manifest or state directory,
+    3 when another controller holds the lock."""
+    from fleet.cli.common import load_or_exit
+
+    manifest = load_or_exit(file) if file is not None else None
+    state = state_for(state_dir, file, manifest)
+    if manifest is not None:
+        from fleet.cli.gitinfo import revision_of
+        from fleet.controller.record import record_manifest
+        store = open_store(state, write=True)
+        try:
+            recorded = record_manifest(store, manifest, revision_of(str(file), manifest.digest), prune=True,
+                                       source="controller run", lift_down=False)
+        finally:
+            store.close()
+        if recorded.held_down:
+            # The service log is where an operator looks when a rebooted host runs no gateway.
+            typer.echo(f"hermes-fleet: {held_down_message(recorded.held_down, time.time())}", err=True)
+    import sys
+    # exec keeps the PID (systemd's MainPID) and sheds the CLI's imports from the resident process.
+    os.execv(sys.executable, [sys.executable, "-m", "fleet.controller", "--state-dir", str(state.root)])
+
+
+@controller_app.command("stop")
+def controller_stop(state_dir: Optional[str] = StateDirOption, file: Path = FileOption) -> None:
+    """Stop the controller. Gateways keep running; the next controller adopts them."""
+    state = state_for(state_dir, file)
+    try:
+        pid = stop_controller(state)
+    except RuntimeError as exc:
+        fail(str(exc), EXIT_FAILED)
+    if pid is None:
+        typer.echo(f"no controller is running for {state.root}")
+        raise typer.Exit(EXIT_FAILED)
+    typer.echo(f"controller pid {pid} stopped; gateways left running")

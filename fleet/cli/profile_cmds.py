@@ -1,0 +1,201 @@
+"""Commands that change what runs: restart, stop and start of profiles, and `down` of the whole fleet."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from fleet.cli.common import EXIT_FAILED, FileOption, StateDirOption, fail, fleet_state, open_store, state_for
+from fleet.cli.controller_client import NO_CONTROLLER_HINT, running_controller_pid, stop_controller
+from fleet.controller.status import ProfileStatus, fleet_status
+from fleet.controller.wake import wake
+from fleet.platform import current_platform
+from fleet.spec.durations import parse_duration
+from fleet.spec.secrets import mask_argv
+from fleet.store.db import Store, user_name
+from fleet.store.layout import StateDir
+
+
+def _need_profiles(state, names: list[str]) -> Store:
+    store = open_store(state, write=True)
+    from fleet.controller.desired import DesiredSource
+    desired, specs = DesiredSource(store).current()
+    known = set(specs)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        store.close()
+        fail(f"unknown profile(s): {', '.join(unknown)}", hint="profiles: " + ", ".join(sorted(known)) if known
+             else "apply a manifest first")
+    return store
+
+
+def _after_request(state, message: str) -> None:
+    typer.echo(message)
+    if running_controller_pid(state) is None:
+        typer.echo(f"warning: no controller is running; the request waits durably. {NO_CONTROLLER_HINT}", err=True)
+        raise typer.Exit(EXIT_FAILED)
+    wake(state)
+
+
+def restart(
+    profiles: List[str] = typer.Argument(..., help="Profiles to restart."),
+    force: bool = typer.Option(False, "--force", help="Kill at once instead of draining first."),
+    state_dir: Optional[str] = StateDirOption,
+    file: Path = FileOption,
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the new process runs."),
+    timeout: str = typer.Option("3m", "--timeout", help="How long --wait waits, e.g. 90s, 3m."),
+) -> None:
+    """Restart profiles: drain (wait for active agents to finish), planned stop, respawn.
+    A drain that outlasts the profile's drain timeout ends in a kill. `--force` kills at once.
+    Only the named profiles are touched."""
+    state = state_for(state_dir, file)
+    store = _need_profiles(state, profiles)
+    try:
+        ids = {p: store.add_request(p, "force_restart" if force else "restart") for p in profiles}
+    finally:
+        store.close()
+    _after_request(state, "restart requested: " + ", ".join(f"{p} (#{i})" for p, i in ids.items()))
+    if wait:
+        _wait_requests(state, ids, parse_duration(timeout))
+
+
+def _wait_requests(state, ids: dict[str, int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = dict(ids)
+    while pending and time.monotonic() < deadline:
+        store = Store(state.db, readonly=True)
+        try:
+            for name, rid in list(pending.items()):
+                req = store.request(rid)
+                if req is None or req.state != "pending":
+                    typer.echo(f"  {name}: restarted")
+                    del pending[name]
+        finally:
+            store.close()
+        time.sleep(0.1)
+    if pending:
+        typer.echo("still waiting for: " + ", ".join(pending) + " (see `hermes-fleet status`)", err=True)
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _set_override(state, names: list[str], desired: str | None, by: str) -> None:
+    store = _need_profiles(state, names)
+    try:
+        for name in names:
+            fields = dict(override_desired=desired, override_by=f"{by}:{user_name()}" if desired else None,
+                          override_at=time.time() if desired else None)
+            if desired is None:
+                fields.update(failed_reason=None, failed_spec_hash=None, failures=0, last_exit_class=None)
+            store.update_history(name, **fields)
+            store.journal("override", f"{name}: {desired or 'as in the manifest'} ({by})", profile=name)
+    finally:
+        store.close()
+
+
+def stop(
+    profiles: List[str] = typer.Argument(..., help="Profiles to stop."),
+    state_dir: Optional[str] = StateDirOption,
+    file: Path = FileOption,
+) -> None:
+    """Drain and stop profiles, and keep them stopped (across applies) until `start`."""
+    state = state_for(state_dir, file)
+    _set_override(state, profiles, "stopped", "stop")
+    _after_request(state, "stopping: " + ", ".join(profiles))
+
+
+def start(
+    profiles: List[str] = typer.Argument(..., help="Profiles to start."),
+    state_dir: Optional[str] = StateDirOption,
+    file: Path = FileOption,
+) -> None:
+    """Undo `stop`, and retry a profile that failed for good (exit 78, startup failure)."""
+    state = state_for(state_dir, file)
+    _set_override(state, profiles, None, "start")
+    _after_request(state, "starting: " + ", ".join(profiles))
+
+
+def down(
+    state_dir: Optional[str] = StateDirOption,
+    file: Path = FileOption,
+    timeout: str = typer.Option("5m", "--timeout", help="How long to wait for the drains."),
+) -> None:
+    """Drain every profile, then stop the controller. Nothing of the fleet keeps running.
+
+    The fleet stays down, across controller restarts and reboots (a service's controller
+    included), until `apply` brings it back, or `start P` brings back one profile."""
+    state = fleet_state(state_dir, file)
+    running = running_controller_pid(state) is not None
+    if not running:
+        _refuse_live_gateways_without_controller(state)
+    _hold_every_profile_down(state)
+    if not running:
+        typer.echo("nothing runs; the fleet stays down until `apply` or `start`")
+        return
+    wake(state)
+    deadline = time.monotonic() + parse_duration(timeout)
+    _wait_drained(state, deadline)
+    left = _fleet_leftovers(state, deadline)
+    pid = stop_controller(state)
+    if left:
+        fail(f"all gateways stopped, but {len(left)} process(es) of the fleet still run: "
+             + ", ".join(f"pid {i.pid} ({name}) `{' '.join(mask_argv(i.cmdline))[:60]}`" for i, name in left)
+             + f"; controller {f'pid {pid} ' if pid else ''}stopped",
+             EXIT_FAILED, hint="they carry the fleet's markers (HERMES_FLEET_PROFILE); check them and end them by hand")
+    typer.echo(f"all profiles stopped; nothing of the fleet runs; controller {f'pid {pid} ' if pid else ''}stopped; "
+               "the fleet stays down until `apply` or `start`")
+
+
+def _live_gateways(state: StateDir) -> list[ProfileStatus]:
+    st = fleet_status(state, current_platform(), time.time())
+    return [p for p in st.profiles if p.pid]
+
+
+def _refuse_live_gateways_without_controller(state: StateDir) -> None:
+    alive = _live_gateways(state)
+    if alive:
+        fail("no controller is running to drain: " + ", ".join(f"{p.name} (pid {p.pid})" for p in alive),
+             EXIT_FAILED, hint="start one with `hermes-fleet controller run` and run `down` again")
+
+
+def _hold_every_profile_down(state: StateDir) -> None:
+    store = open_store(state, write=True)
+    from fleet.controller.desired import DesiredSource
+    from fleet.controller.record import DOWN
+    try:
+        _, specs = DesiredSource(store).current()
+        now = time.time()
+        with store.tx():
+            for name in specs:
+                if store.history(name).override_desired == "stopped":
+                    continue  # already held by `stop` (which outlives `apply`) or by an earlier `down`
+                store.update_history(name, override_desired="stopped", override_by=f"{DOWN}:{user_name()}",
+                                     override_at=now)
+            store.journal("down", f"{user_name()}: draining {len(specs)} profile(s), then stopping the controller; "
+                                  "the fleet stays down until `apply` or `start`", data={"by": user_name()})
+    finally:
+        store.close()
+
+
+def _wait_drained(state: StateDir, deadline: float) -> None:
+    while True:
+        alive = _live_gateways(state)
+        if not alive:
+            return
+        if time.monotonic() > deadline:
+            fail("timed out draining: " + ", ".join(f"{p.name} (pid {p.pid})" for p in alive), EXIT_FAILED)
+        time.sleep(0.05)
+
+
+def _fleet_leftovers(state, deadline: float) -> list:
+    """Processes that carry this fleet's markers once every gateway is gone; the controller ends a
+    dead gateway's leftovers when it reclaims it, so give it until the deadline."""
+    from fleet.observe.leftovers import find_leftovers
+    platform = current_platform()
+    while True:
+        left = [(f.info, f.profile) for f in find_leftovers(platform, str(state.root))]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
