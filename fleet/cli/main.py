@@ -32,19 +32,12 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     pass
 
 
-app.command("validate")(plan_cmds.validate)
-app.command("diff")(plan_cmds.diff)
-app.command("config")(plan_cmds.config)
-app.command("apply")(apply_cmd.apply)
-app.command("status")(status_cmd.status)
-app.command("restart")(profile_cmds.restart)
-app.command("stop")(profile_cmds.stop)
-app.command("start")(profile_cmds.start)
-app.command("down")(profile_cmds.down)
-app.command("logs")(read_cmds.logs)
-app.command("events")(read_cmds.events)
-app.command("history")(read_cmds.history)
-app.command("schema")(schema_cmd.schema)
+# In the order `--help` lists them.
+COMMANDS = (plan_cmds.validate, plan_cmds.diff, plan_cmds.config, apply_cmd.apply, status_cmd.status,
+            profile_cmds.restart, profile_cmds.stop, profile_cmds.start, profile_cmds.down, read_cmds.logs,
+            read_cmds.events, read_cmds.history, schema_cmd.schema)
+for command in COMMANDS:
+    app.command(command.__name__)(command)
 app.add_typer(controller_cmds.controller_app, name="controller")
 app.add_typer(maintenance_cmd.maintenance_app, name="maintenance")
 

@@ -95,26 +95,25 @@ def _set_override(state, names: list[str], desired: str | None, by: str) -> None
         store.close()
 
 
-def stop(
-    profiles: List[str] = typer.Argument(..., help="Profiles to stop."),
-    state_dir: Optional[str] = StateDirOption,
-    file: Path = FileOption,
-) -> None:
-    """Drain and stop profiles, and keep them stopped (across applies) until `start`."""
-    state = state_for(state_dir, file)
-    _set_override(state, profiles, "stopped", "stop")
-    _after_request(state, "stopping: " + ", ".join(profiles))
+def _override_command(verb: str, desired: str | None, doing: str, doc: str):
+    """`stop` and `start`: the operator's override of a profile's desired state, kept across applies."""
+    def command(
+        profiles: List[str] = typer.Argument(..., help=f"Profiles to {verb}."),
+        state_dir: Optional[str] = StateDirOption,
+        file: Path = FileOption,
+    ) -> None:
+        state = state_for(state_dir, file)
+        _set_override(state, profiles, desired, verb)
+        _after_request(state, f"{doing}: " + ", ".join(profiles))
+
+    command.__name__, command.__doc__ = verb, doc
+    return command
 
 
-def start(
-    profiles: List[str] = typer.Argument(..., help="Profiles to start."),
-    state_dir: Optional[str] = StateDirOption,
-    file: Path = FileOption,
-) -> None:
-    """Undo `stop`, and retry a profile that failed for good (exit 78, startup failure)."""
-    state = state_for(state_dir, file)
-    _set_override(state, profiles, None, "start")
-    _after_request(state, "starting: " + ", ".join(profiles))
+stop = _override_command("stop", "stopped", "stopping",
+                         "Drain and stop profiles, and keep them stopped (across applies) until `start`.")
+start = _override_command("start", None, "starting",
+                          "Undo `stop`, and retry a profile that failed for good (exit 78, startup failure).")
 
 
 def down(

@@ -207,14 +207,21 @@ def uninstall(
     _run(lambda: lifecycle.uninstall(others=managers[1:], stop_fleet=stop_fleet))
 
 
-@service_app.command()
-def start(
-    file: FileOpt = Path("fleet.yaml"), state_dir: StateDirOpt = None, name: NameOpt = None,
-    dry_run: DryRunOpt = False, platform: PlatformOpt = None, system: SystemOpt = False, timeout: TimeoutOpt = 60.0,
-) -> None:
-    """Start the registered controller and wait until it is up."""
-    _control_installed(Lifecycle.start, file, state_dir, name, dry_run=dry_run, platform=platform, system=system,
-                       timeout=timeout)
+def _waiting_command(verb: Callable[[Lifecycle], bool], doc: str):
+    """`start` and `restart`: act on the installed registration, then wait until the controller is up."""
+    def command(
+        file: FileOpt = Path("fleet.yaml"), state_dir: StateDirOpt = None, name: NameOpt = None,
+        dry_run: DryRunOpt = False, platform: PlatformOpt = None, system: SystemOpt = False,
+        timeout: TimeoutOpt = 60.0,
+    ) -> None:
+        _control_installed(verb, file, state_dir, name, dry_run=dry_run, platform=platform, system=system,
+                           timeout=timeout)
+
+    command.__doc__ = doc
+    return command
+
+
+service_app.command("start")(_waiting_command(Lifecycle.start, "Start the registered controller and wait until it is up."))
 
 
 @service_app.command()
@@ -226,14 +233,8 @@ def stop(
     _control_installed(Lifecycle.stop, file, state_dir, name, dry_run=dry_run, platform=platform, system=system)
 
 
-@service_app.command()
-def restart(
-    file: FileOpt = Path("fleet.yaml"), state_dir: StateDirOpt = None, name: NameOpt = None,
-    dry_run: DryRunOpt = False, platform: PlatformOpt = None, system: SystemOpt = False, timeout: TimeoutOpt = 60.0,
-) -> None:
-    """Restart the controller (gateways keep running and are adopted by the new one)."""
-    _control_installed(Lifecycle.restart, file, state_dir, name, dry_run=dry_run, platform=platform, system=system,
-                       timeout=timeout)
+service_app.command("restart")(_waiting_command(
+    Lifecycle.restart, "Restart the controller (gateways keep running and are adopted by the new one)."))
 
 
 def _control_installed(verb: Callable[[Lifecycle], bool], file: Path, state_dir: Path | None, name: str | None, *,

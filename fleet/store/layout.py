@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,48 +15,34 @@ class StateDirError(Exception):
     """The state directory is unsafe or unusable; the message says what to do."""
 
 
+def _named(*parts: str) -> property:
+    """A file or folder of the state directory."""
+    return property(lambda self: self.root.joinpath(*parts))
+
+
+def _per_profile(suffix: str, folder: str = "") -> Callable[[StateDir, str], Path]:
+    """A profile's own file: `<profile><suffix>`, in the root or one of its folders."""
+    def path(self: StateDir, profile: str) -> Path:
+        return self.root / folder / f"{profile}{suffix}"
+    return path
+
+
 @dataclass(frozen=True)
 class StateDir:
+    """Where each file lives (docs/architecture.md, "State directory")."""
     root: Path
 
-    @property
-    def lock(self) -> Path:
-        return self.root / ".supervisor.lock"
-
-    @property
-    def holder(self) -> Path:
-        return self.root / ".supervisor.json"
-
-    @property
-    def wake_socket(self) -> Path:
-        return self.root / ".controller.sock"
-
-    @property
-    def db(self) -> Path:
-        return self.root / "fleet.db"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def controller_log(self) -> Path:
-        return self.logs / "controller.log"
-
-    def record(self, profile: str) -> Path:
-        return self.root / f"{profile}.pid"
-
-    def stop_marker(self, profile: str) -> Path:
-        return self.root / f"{profile}.stop"
-
-    def state_file(self, profile: str) -> Path:
-        return self.root / f"{profile}.state.json"
-
-    def adopt_log(self, profile: str) -> Path:
-        return self.root / f"{profile}.adopt.log"
-
-    def log(self, profile: str) -> Path:
-        return self.logs / f"{profile}.log"
+    lock = _named(".supervisor.lock")
+    holder = _named(".supervisor.json")
+    wake_socket = _named(".controller.sock")
+    db = _named("fleet.db")
+    logs = _named("logs")
+    controller_log = _named("logs", "controller.log")
+    record = _per_profile(".pid")
+    stop_marker = _per_profile(".stop")
+    state_file = _per_profile(".state.json")
+    adopt_log = _per_profile(".adopt.log")
+    log = _per_profile(".log", "logs")
 
 
 def resolve_state_dir(explicit: str | None, manifest_default: str | None) -> StateDir:
