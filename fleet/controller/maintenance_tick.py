@@ -181,7 +181,7 @@ def _planned_actions(current: Plan) -> dict[str, Action]:
 
 def _facts(spec: ProfileSpec, obs: ProfileObservation, action: Action | None) -> lifecycle.ProfileFacts:
     return lifecycle.ProfileFacts(
-        name=spec.name, suspended=spec.suspend, wanted=obs.history.override_desired or spec.desired,
+        name=spec.name, suspended=spec.suspend, wanted=obs.history.desired_state(spec),
         process_started_at=obs.process.started_at if obs.process is not None else None,
         drain_reason=obs.history.drain_reason, planned_reason=action.reason if action is not None else None,
         wait_note=action.message.split(": ", 1)[-1] if action is not None and action.kind == "wait" else None)

@@ -244,14 +244,9 @@ def _profile_status(name: str, action: Action, obs: ProfileObservation, spec: Pr
         restarts=obs.history.restarts, last_exit=_last_exit(obs.history), heartbeat_age=_heartbeat_age(obs, now),
         active_agents=obs.status.active if obs.status else None,
         gateway_state=obs.status.state if obs.status else None, spec_hash=running_hash,
-        desired_spec_hash=spec.spec_hash if spec else None, desired=_wanted(spec, obs.history),
+        desired_spec_hash=spec.spec_hash if spec else None, desired=obs.history.desired_state(spec),
         note=hold_note(hold, now, name) if hold and action.kind == "keep" else _note(action),
         action=action, hold=hold)
-
-
-def _wanted(spec: ProfileSpec | None, history: ProfileHistory) -> str:
-    """What the profile should be: an operator's `stop`/`start`/`down` over the manifest's word."""
-    return (history.override_desired or spec.desired) if spec else "removed"
 
 
 def _last_exit(history: ProfileHistory) -> str | None:

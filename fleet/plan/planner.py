@@ -151,7 +151,7 @@ def _plan_profile(name: str, spec: ProfileSpec | None, inv, obs: ProfileObservat
         return actions + [Action("conflict", name, "owned_by_native_service",
                                  f"a native service supervises this profile: {obs.native_service}")]
 
-    wanted = h.override_desired or spec.desired
+    wanted = h.desired_state(spec)
     if wanted == "stopped":
         if proc is None:
             if h.drain_intent:
@@ -357,7 +357,7 @@ def _start_limit(spec: ProfileSpec, starts: tuple[float, ...]) -> tuple[float | 
 
 
 def _wants_running(spec: ProfileSpec | None, history) -> bool:
-    return spec is not None and not spec.suspend and (history.override_desired or spec.desired) == "running"
+    return spec is not None and not spec.suspend and history.desired_state(spec) == "running"
 
 
 def _apply_budget(actions: list[Action], desired: Desired, observed: Observed, now: float) -> list[Action]:
