@@ -26,11 +26,9 @@ from dataclasses import dataclass
 
 from fleet.observe import hermes_files as hf
 from fleet.platform.base import ProcessInfo
+from fleet.spec.markers import PROFILE_ENV, STATE_DIR_ENV
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 
-PROFILE_ENV = "HERMES_FLEET_PROFILE"
-STATE_DIR_ENV = "HERMES_FLEET_STATE_DIR"
-SPEC_HASH_ENV = "HERMES_FLEET_SPEC_HASH"
 CREATE_TIME_TOLERANCE = 0.05
 
 PROOF_CHILD, PROOF_MARKER, PROOF_HERMES, PROOF_MATCH = "child", "marker", "hermes_lock", "match"

@@ -7,7 +7,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-STATE_DIR_ENV = "HERMES_FLEET_STATE_DIR"
+from fleet.spec.markers import STATE_DIR_ENV
 
 
 class StateDirError(Exception):
