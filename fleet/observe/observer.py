@@ -46,7 +46,7 @@ class Observer:
         cached = self._proven.get(key)
         if cached is not None:
             info = self.platform.process_info(pid)
-            if info is not None and info.alive and identity.same_start(start_ticks, create_time, info):
+            if info is not None and info.alive and info.started_as(start_ticks, create_time):
                 return identity.Check("alive", info, cached)
         result = identity.check(self.platform, pid, start_ticks, create_time, name, str(self.state.root), spec)
         if result.proof is not None and result.proof.how == identity.PROOF_MARKER:
