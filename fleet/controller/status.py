@@ -12,6 +12,7 @@ from fleet.observe.observer import Observer
 from fleet.plan.exits import describe_exit
 from fleet.plan.model import Action, Desired, Plan
 from fleet.plan.planner import plan
+from fleet.platform.controller_process import holder_process
 from fleet.spec.model import DRIVER_HERMES, FleetSpec, ProfileSpec
 from fleet.spec.secrets import mask_text
 from fleet.store.db import ProfileHistory, Store
@@ -127,11 +128,7 @@ class FleetStatus:
 
 def controller_status(state: StateDir, store: Store, platform) -> ControllerStatus:
     holder: Holder | None = read_holder(state)
-    running = False
-    if holder is not None:
-        info = platform.process_info(holder.pid)
-        running = info is not None and info.alive and abs(info.create_time - holder.create_time) < 1.0 \
-            and not lock_is_free(state)
+    running = holder is not None and holder_process(platform, holder) is not None and not lock_is_free(state)
     gen = store.current_generation()
     return ControllerStatus(running=running, pid=holder.pid if holder and running else None,
                             epoch=holder.epoch if holder else None, version=holder.version if holder else None,

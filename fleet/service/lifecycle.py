@@ -19,7 +19,8 @@ from fleet.service.base import (
     ApiCall, Artifact, Command, CommandResult, CommandRunner, RegistrationStatus, ServiceError, ServiceManager,
     Step, file_matches,
 )
-from fleet.service.holder import ControllerHolder, read_holder, stop_controller, wait_for_new_holder
+from fleet.platform.controller_process import stop_controller
+from fleet.service.holder import ControllerHolder, read_holder, wait_for_new_holder
 
 Say = Callable[[str], None]
 

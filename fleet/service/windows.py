@@ -32,7 +32,8 @@ from fleet.service.base import (
     NOT_INSTALLED, ApiCall, Artifact, Command, CommandRunner, RegistrationStatus, ServiceError, ServiceManager,
     ServiceTarget, Step, is_windows_path, tail_lines, validate_path_text,
 )
-from fleet.service.holder import read_holder, stop_controller
+from fleet.platform.controller_process import stop_controller
+from fleet.service.holder import read_holder
 
 TASK_NS = "http://schemas.microsoft.com/windows/2004/02/mit/task"
 TASK_FOLDER = "hermes-fleet"

@@ -23,7 +23,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fleet.service.holder import ControllerHolder, read_holder, stop_controller
+from fleet.platform.controller_process import stop_controller
+from fleet.service.holder import ControllerHolder, read_holder
 from fleet.spec.markers import SERVICE_ENV
 
 CREATE_NEW_PROCESS_GROUP = 0x00000200
