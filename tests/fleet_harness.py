@@ -22,6 +22,7 @@ import psutil
 import pytest
 import yaml
 
+from fleet.platform.systemd_scope import strip_service_env
 from helpers import poll_until, read_json, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -127,9 +128,7 @@ class FleetHarness:
         for key in [k for k in env if k.startswith("HERMES_FLEET_") or k.startswith("FAKE_HERMES_")]:
             del env[key]
         env["HERMES_FLEET_STATE_DIR"] = str(self.state)  # every process of this fleet carries it
-        env.pop("INVOCATION_ID", None)
-        env.pop("NOTIFY_SOCKET", None)
-        return env
+        return strip_service_env(env)
 
     def cli(self, *args: str, timeout: float = CLI_TIMEOUT, with_file: bool = True) -> subprocess.CompletedProcess:
         argv = [sys.executable, "-m", "fleet.cli.main", *args, "--state-dir", str(self.state)]

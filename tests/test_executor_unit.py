@@ -32,6 +32,7 @@ from fleet.execute.executor import Executor, iso
 from fleet.observe import hermes_files as hf
 from fleet.observe import identity
 from fleet.plan.model import Action, DrainStart
+from fleet.spec.markers import PROFILE_ENV, STATE_DIR_ENV
 from fleet.spec.model import DRIVER_PROCESS
 from fleet.store.db import ProfileHistory, Store
 from fleet.store.layout import StateDir
@@ -273,7 +274,7 @@ def test_a_first_spawn_writes_the_record_and_history_and_counts_no_restart(state
     assert executor(state, store, platform, spec).execute(action, obs)
 
     [(pid, child)] = platform.children.items()
-    assert child.env[identity.PROFILE_ENV] == "alpha" and child.env[identity.STATE_DIR_ENV] == str(state.root)
+    assert child.env[PROFILE_ENV] == "alpha" and child.env[STATE_DIR_ENV] == str(state.root)
     record = read_record(state.record("alpha")).record
     assert (record.pid, record.spec_hash, record.epoch, record.started_at) == (pid, spec.spec_hash, EPOCH, NOW)
     assert record.start_ticks == child.info.start_ticks

@@ -16,6 +16,7 @@ from fleet.observe import identity
 from fleet.observe.model import Orphan
 from fleet.observe.observer import Observer
 from fleet.platform.base import ProcessInfo
+from fleet.spec.markers import SPEC_HASH_ENV
 from fleet.spec.model import DRIVER_PROCESS
 from fleet.store.layout import StateDir
 from fleet.store.records import PidRecord, write_record
@@ -29,7 +30,7 @@ def observe(state, store, platform, *specs, scan: bool = False):
 
 
 def ours(state: StateDir, name: str = "alpha") -> dict[str, str]:
-    return {**identity.markers(name, str(state.root)), identity.SPEC_HASH_ENV: "v1:running"}
+    return {**identity.markers(name, str(state.root)), SPEC_HASH_ENV: "v1:running"}
 
 
 def record_naming(state: StateDir, info: ProcessInfo, *, start_ticks: int | None = None) -> None:

@@ -12,8 +12,8 @@ from fleet.controller.bookkeeping import StoreBookkeeping
 from fleet.controller.fence_watch import FenceWatch
 from fleet.controller.reconcile import Reconciler
 from fleet.controller.record import record_manifest
-from fleet.observe import identity
 from fleet.spec.load import load_manifest
+from fleet.spec.markers import PROFILE_ENV, STATE_DIR_ENV
 from fleet.store.db import Store
 from fleet.store.fence import Fence
 from fleet.store.health import HealthFile
@@ -103,7 +103,7 @@ def test_a_pass_that_would_spawn_scans_the_host_first_and_adopts_what_it_finds(s
     record(store, tmp_path)
     platform = FakePlatform()
     platform.run_stranger(FIRST_PID - 7, [sys.executable, "-c", "pass"],
-                          {identity.PROFILE_ENV: "alpha", identity.STATE_DIR_ENV: str(state.root)})
+                          {PROFILE_ENV: "alpha", STATE_DIR_ENV: str(state.root)})
     passes = reconciler(state, store, platform)
     passes.scan = False  # as in any pass after a controller's first, with nothing asking for a scan
     result = passes.reconcile_once(time.time())
@@ -123,8 +123,7 @@ def test_a_spawn_from_a_desired_state_changed_during_the_pass_is_superseded(stat
     second = passes.reconcile_once(time.time())
     assert not second.superseded
     [child] = platform.children.values()
-    env = child.env
-    assert env["REV"] == "2" and env[identity.PROFILE_ENV] == "alpha"
+    assert child.env["REV"] == "2" and child.env[PROFILE_ENV] == "alpha"
 
 
 def test_a_pass_that_finds_its_state_directory_gone_touches_nothing(state, store, tmp_path):

@@ -10,6 +10,7 @@ import typer
 
 from fleet.spec.errors import ManifestError
 from fleet.spec.load import Manifest, load_manifest
+from fleet.spec.markers import STATE_DIR_ENV
 from fleet.store.db import Store, StoreError
 from fleet.store.layout import StateDir, StateDirError, check_state_dir, ensure_state_dir, resolve_state_dir
 
@@ -19,7 +20,7 @@ FileOption = typer.Option(Path("fleet.yaml"), "-f", "--file", help="The manifest
 # logs and events spell follow -f, as tail, kubectl logs and pm2 logs do; the manifest is --file there.
 FileLongOption = typer.Option(Path("fleet.yaml"), "--file",
                               help="The manifest (default: ./fleet.yaml); -f is --follow here.")
-StateDirOption = typer.Option(None, "--state-dir", envvar="HERMES_FLEET_STATE_DIR",
+StateDirOption = typer.Option(None, "--state-dir", envvar=STATE_DIR_ENV,
                               help="State directory (default: <hermes home>/gateway of the manifest, else ~/.hermes/gateway).")
 OutputOption = typer.Option("text", "-o", "--output", help="text or json.")
 
@@ -59,7 +60,7 @@ def state_for(state_dir: str | None, file: Path | None, manifest: Manifest | Non
     default = None
     if manifest is not None:
         default = manifest.spec.default_state_dir
-    elif not state_dir and not os.environ.get("HERMES_FLEET_STATE_DIR") and file is not None and file.is_file():
+    elif not state_dir and not os.environ.get(STATE_DIR_ENV) and file is not None and file.is_file():
         try:
             default = load_manifest(file).spec.default_state_dir
         except ManifestError:

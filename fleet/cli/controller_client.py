@@ -8,7 +8,7 @@ import time
 
 from fleet.controller.status import controller_status
 from fleet.controller.wake import wake
-from fleet.platform import current_platform
+from fleet.platform import controller_process, current_platform
 from fleet.store.db import Store
 from fleet.store.files import open_append
 from fleet.store.layout import StateDir, ensure_state_dir
@@ -71,27 +71,24 @@ def ensure_controller(state: StateDir) -> tuple[int, bool]:
 
 
 def stop_controller(state: StateDir, timeout: float = 15.0) -> int | None:
-    """SIGTERM the lock holder (after checking it is the holder); the gateways keep running."""
-    import signal
-
+    """Stop the lock holder (after checking it is the holder) and return its PID; the gateways keep running.
+    None when no controller runs."""
     holder = read_holder(state)
-    pid = running_controller_pid(state)
-    if pid is None or holder is None:
+    if holder is None or running_controller_pid(state) != holder.pid:
         return None
-    platform = current_platform()
-    info = platform.process_info(pid)
-    if info is None or abs(info.create_time - holder.create_time) >= 1.0:
+    if current_platform().never_signal(holder.pid):  # a forged holder file naming pid 1, our shell, another user's
         return None
-    if platform.never_signal(pid):  # a forged holder file naming pid 1, our own shell, another user's process
-        return None
-    os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    platform = current_platform()
-    while time.monotonic() < deadline:
-        # The lock is released before the process has exited: stopped means the process is gone too.
-        now = platform.process_info(pid)
-        gone = now is None or not now.alive or now.start_ticks != info.start_ticks
-        if gone and running_controller_pid(state) is None:
-            return pid
+    if not controller_process.stop_controller(holder, timeout) or not _no_controller_by(state, deadline):
+        raise RuntimeError(f"controller pid {holder.pid} did not stop within {timeout:g}s")
+    return holder.pid
+
+
+def _no_controller_by(state: StateDir, deadline: float) -> bool:
+    """Stopped means no controller holds the fleet, not only that this one exited: a service manager may
+    already have started the next one."""
+    while running_controller_pid(state) is not None:
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.02)
-    raise RuntimeError(f"controller pid {pid} did not stop within {timeout:g}s")
+    return True

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import sys
 
+from fleet.spec.markers import SERVICE_ENV
+
 ROTATE_BYTES = 10 * 1024 * 1024
 
 
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     stream = open(log_file, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115 - lives as long as the process
     sys.stdout = sys.stderr = stream
     if service:
-        os.environ["HERMES_FLEET_SERVICE"] = service
+        os.environ[SERVICE_ENV] = service
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     from fleet.cli.main import app
 

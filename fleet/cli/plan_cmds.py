@@ -15,9 +15,10 @@ from fleet.cli.common import (
 )
 from fleet.controller.plan_report import plan_report
 from fleet.controller.preview import preview
-from fleet.execute.environment import CONTRACT_ENV, PASSTHROUGH_ENV, PASSTHROUGH_PREFIXES
+from fleet.execute.environment import PASSTHROUGH_ENV, PASSTHROUGH_PREFIXES
 from fleet.platform import current_platform
 from fleet.spec.codec import profile_to_dict
+from fleet.spec.markers import CONTRACT_ENV
 from fleet.spec.secrets import mask_argv, mask_env
 
 

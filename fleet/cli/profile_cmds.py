@@ -14,6 +14,7 @@ from fleet.controller.status import ProfileStatus, fleet_status
 from fleet.controller.wake import wake
 from fleet.platform import current_platform
 from fleet.spec.durations import parse_duration
+from fleet.spec.markers import PROFILE_ENV
 from fleet.spec.secrets import mask_argv
 from fleet.store.db import Store, user_name
 from fleet.store.layout import StateDir
@@ -142,7 +143,7 @@ def down(
         fail(f"all gateways stopped, but {len(left)} process(es) of the fleet still run: "
              + ", ".join(f"pid {i.pid} ({name}) `{' '.join(mask_argv(i.cmdline))[:60]}`" for i, name in left)
              + f"; controller {f'pid {pid} ' if pid else ''}stopped",
-             EXIT_FAILED, hint="they carry the fleet's markers (HERMES_FLEET_PROFILE); check them and end them by hand")
+             EXIT_FAILED, hint=f"they carry the fleet's markers ({PROFILE_ENV}); check them and end them by hand")
     typer.echo(f"all profiles stopped; nothing of the fleet runs; controller {f'pid {pid} ' if pid else ''}stopped; "
                "the fleet stays down until `apply` or `start`")
 

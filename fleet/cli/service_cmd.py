@@ -20,6 +20,7 @@ from fleet.service.base import CommandRunner, ServiceError, ServiceTarget, curre
 from fleet.service.lifecycle import Lifecycle
 from fleet.service.select import PLATFORMS, default_runner, host_platform, managers_for
 from fleet.service.systemd import DEFAULT_SYSTEM_UNIT_DIR, unit_user
+from fleet.spec.markers import STATE_DIR_ENV
 
 service_app = typer.Typer(
     help="Register the controller with the OS service manager (systemd, launchd, Windows) so the fleet "
@@ -58,7 +59,7 @@ class WindowsMechanism(str, Enum):
 
 FileOpt = Annotated[Path, typer.Option("-f", "--file", help="The fleet file (stored as an absolute path).")]
 StateDirOpt = Annotated[Path | None, typer.Option(
-    "--state-dir", help="State directory (default: $HERMES_FLEET_STATE_DIR, else the manifest's default).")]
+    "--state-dir", help=f"State directory (default: ${STATE_DIR_ENV}, else the manifest's default).")]
 NameOpt = Annotated[str | None, typer.Option(
     "--name", help="Fleet name, used in the service name (default: the manifest's `name`).")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print every file and command; change nothing.")]
@@ -102,7 +103,7 @@ def _resolve_target(
             for problem in exc.problems:
                 typer.echo(problem.render(), err=True)
             raise _fail(f"{fleet_file} is not a valid fleet file; the service would only crash-loop on it") from None
-    chosen_state = (str(state_dir) if state_dir is not None else None) or os.environ.get("HERMES_FLEET_STATE_DIR") \
+    chosen_state = (str(state_dir) if state_dir is not None else None) or os.environ.get(STATE_DIR_ENV) \
         or (spec.default_state_dir if spec is not None else None)
     if not chosen_state:
         raise _fail(f"cannot read {fleet_file}, so the state directory is unknown: pass --state-dir")

@@ -10,12 +10,13 @@ import sys
 from fleet.controller.loop import EXIT_CONFIG, EXIT_FATAL, Controller
 from fleet.platform import current_platform
 from fleet.store.db import StoreError
+from fleet.spec.markers import STATE_DIR_ENV
 from fleet.store.layout import StateDirError, resolve_state_dir
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hermes-fleet-controller", description=__doc__)
-    parser.add_argument("--state-dir", help="state directory (default: $HERMES_FLEET_STATE_DIR or ~/.hermes/gateway)")
+    parser.add_argument("--state-dir", help=f"state directory (default: ${STATE_DIR_ENV} or ~/.hermes/gateway)")
     args = parser.parse_args(argv)
     state = resolve_state_dir(args.state_dir, None)
     try:

@@ -87,7 +87,7 @@ class Controller:
     def _announce(self, store: Store, lock: SupervisorLock) -> int:
         epoch = store.bump_epoch()
         me = self.platform.process_info(os.getpid())
-        lock.publish(epoch, me.create_time if me else self.clock())
+        lock.publish(epoch, me.create_time if me else self.clock(), me.start_ticks if me else None)
         store.journal("controller_started", f"controller pid {os.getpid()} (hermes-fleet {__version__}) epoch {epoch}",
                       epoch=epoch)
         log(f"controller started, epoch {epoch}, state {self.state.root}")

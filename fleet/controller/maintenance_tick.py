@@ -15,6 +15,7 @@ from fleet.maintenance import lifecycle, queue
 from fleet.maintenance.model import ALL, OPEN_STATES, MaintenanceRequest
 from fleet.observe.model import Observed, ProfileObservation
 from fleet.plan.model import Action, Desired, Plan
+from fleet.spec.markers import FLEET_ENV_PREFIX
 from fleet.spec.model import ProfileSpec
 from fleet.spec.secrets import mask_argv, mask_text, secret_values, secret_words
 from fleet.store.db import Store
@@ -181,7 +182,7 @@ def _planned_actions(current: Plan) -> dict[str, Action]:
 
 def _facts(spec: ProfileSpec, obs: ProfileObservation, action: Action | None) -> lifecycle.ProfileFacts:
     return lifecycle.ProfileFacts(
-        name=spec.name, suspended=spec.suspend, wanted=obs.history.override_desired or spec.desired,
+        name=spec.name, suspended=spec.suspend, wanted=obs.history.desired_state(spec),
         process_started_at=obs.process.started_at if obs.process is not None else None,
         drain_reason=obs.history.drain_reason, planned_reason=action.reason if action is not None else None,
         wait_note=action.message.split(": ", 1)[-1] if action is not None and action.kind == "wait" else None)
@@ -195,7 +196,7 @@ def _update_commands(desired: Desired, targets: tuple[str, ...], state: StateDir
         spec = desired.spec.profile(name)
         argv = spec.maintenance.update_command
         if argv and all(argv != c.argv for c in commands):
-            env = {k: v for k, v in child_environment(spec, state).items() if not k.startswith("HERMES_FLEET_")}
+            env = {k: v for k, v in child_environment(spec, state).items() if not k.startswith(FLEET_ENV_PREFIX)}
             commands.append(UpdateCommand(argv, env, spec.cwd if os.path.isdir(spec.cwd) else None))
     return commands
 

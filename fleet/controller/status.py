@@ -12,6 +12,7 @@ from fleet.observe.observer import Observer
 from fleet.plan.exits import describe_exit
 from fleet.plan.model import Action, Desired, Plan
 from fleet.plan.planner import plan
+from fleet.platform.controller_process import holder_process
 from fleet.spec.model import DRIVER_HERMES, FleetSpec, ProfileSpec
 from fleet.spec.secrets import mask_text
 from fleet.store.db import ProfileHistory, Store
@@ -127,11 +128,7 @@ class FleetStatus:
 
 def controller_status(state: StateDir, store: Store, platform) -> ControllerStatus:
     holder: Holder | None = read_holder(state)
-    running = False
-    if holder is not None:
-        info = platform.process_info(holder.pid)
-        running = info is not None and info.alive and abs(info.create_time - holder.create_time) < 1.0 \
-            and not lock_is_free(state)
+    running = holder is not None and holder_process(platform, holder) is not None and not lock_is_free(state)
     gen = store.current_generation()
     return ControllerStatus(running=running, pid=holder.pid if holder and running else None,
                             epoch=holder.epoch if holder else None, version=holder.version if holder else None,
@@ -244,14 +241,9 @@ def _profile_status(name: str, action: Action, obs: ProfileObservation, spec: Pr
         restarts=obs.history.restarts, last_exit=_last_exit(obs.history), heartbeat_age=_heartbeat_age(obs, now),
         active_agents=obs.status.active if obs.status else None,
         gateway_state=obs.status.state if obs.status else None, spec_hash=running_hash,
-        desired_spec_hash=spec.spec_hash if spec else None, desired=_wanted(spec, obs.history),
+        desired_spec_hash=spec.spec_hash if spec else None, desired=obs.history.desired_state(spec),
         note=hold_note(hold, now, name) if hold and action.kind == "keep" else _note(action),
         action=action, hold=hold)
-
-
-def _wanted(spec: ProfileSpec | None, history: ProfileHistory) -> str:
-    """What the profile should be: an operator's `stop`/`start`/`down` over the manifest's word."""
-    return (history.override_desired or spec.desired) if spec else "removed"
 
 
 def _last_exit(history: ProfileHistory) -> str | None:

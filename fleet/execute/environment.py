@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from fleet.spec.markers import PROFILE_ENV, SPEC_HASH_ENV, STATE_DIR_ENV, STATE_FILE_ENV, STOP_FILE_ENV
 from fleet.spec.model import ProfileSpec
 from fleet.store.layout import StateDir
 
@@ -20,11 +21,6 @@ PASSTHROUGH_ENV = (
     "LOCALAPPDATA", "PROGRAMDATA", "TEMP", "TMP",
 )
 PASSTHROUGH_PREFIXES = ("LC_",)
-
-# Set by hermes-fleet for every gateway (see docs/architecture.md, the fleet contract).
-CONTRACT_ENV = ("HERMES_FLEET_PROFILE", "HERMES_FLEET_STATE_DIR", "HERMES_FLEET_STATE_FILE",
-                "HERMES_FLEET_STOP_FILE", "HERMES_FLEET_SPEC_HASH")
-
 
 def passes_through(key: str) -> bool:
     upper = key.upper()  # Windows names are case-insensitive
@@ -41,10 +37,10 @@ def child_environment(spec: ProfileSpec, state: StateDir, base: dict[str, str] |
     env = passed_through(base)
     env.update(spec.env_map)
     env.update({
-        "HERMES_FLEET_PROFILE": spec.name,
-        "HERMES_FLEET_STATE_DIR": str(state.root),
-        "HERMES_FLEET_STATE_FILE": str(state.state_file(spec.name)),
-        "HERMES_FLEET_STOP_FILE": str(state.stop_marker(spec.name)),
-        "HERMES_FLEET_SPEC_HASH": spec.spec_hash,
+        PROFILE_ENV: spec.name,
+        STATE_DIR_ENV: str(state.root),
+        STATE_FILE_ENV: str(state.state_file(spec.name)),
+        STOP_FILE_ENV: str(state.stop_marker(spec.name)),
+        SPEC_HASH_ENV: spec.spec_hash,
     })
     return env

@@ -375,7 +375,7 @@ class Executor:
 
     def _still_same(self, info) -> bool:
         now = self.platform.process_info(info.pid)
-        return now is not None and now.alive and identity.same_start(info.start_ticks, info.create_time, now)
+        return now is not None and now.alive and now.started_as(info.start_ticks, info.create_time)
 
 
 def _spawn_error(exc: Exception) -> str:

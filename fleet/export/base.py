@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterable, Sequence
 
 from fleet.spec.durations import format_duration
+from fleet.spec.markers import SECRET_ARG_PREFIX
 from fleet.spec.model import FleetSpec, ProfileSpec
 from fleet.spec.secrets import MASK, is_secret, mask_argv
 
@@ -27,8 +28,6 @@ GENERATED_MARKER = "# " + GENERATED_LINE
 # Seconds a gateway gets, after the drain and the planned-stop marker, to tear down once
 # signalled. Hermes sizes its own units the same way (TimeoutStopSec = drain + 30 s).
 TEARDOWN_MARGIN_S = 30
-# Env keys that carry a secret word of the command (`--token X`): the command refers to them.
-SECRET_ARG_PREFIX = "HERMES_FLEET_SECRET_ARG_"
 
 
 class ExportError(Exception):

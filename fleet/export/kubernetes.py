@@ -38,6 +38,7 @@ from fleet.export.scripts import (
     script_multiline,
 )
 from fleet.spec.hashing import canonical_json, sha256_hex
+from fleet.spec.markers import PROFILE_ENV, STATE_FILE_ENV, STOP_FILE_ENV
 from fleet.spec.model import DRIVER_HERMES, FleetSpec, ProfileSpec
 
 DEFAULT_IMAGE = "hermes-agent:latest"
@@ -195,15 +196,15 @@ class KubernetesTarget(Target):
 
     def split_env(self, spec: FleetSpec, profile: ProfileSpec) -> SecretSplit:
         env = dict(profile.env)
-        env["HERMES_FLEET_PROFILE"] = profile.name
+        env[PROFILE_ENV] = profile.name
         if profile.driver == DRIVER_HERMES:
             env["HERMES_HOME"] = CONTAINER_ROOT
             # The Hermes image redirects `gateway run` to its s6 supervisor unless told not
             # to; here the kubelet is the supervisor and the gateway is the main process.
             env["HERMES_GATEWAY_NO_SUPERVISE"] = "1"
         else:
-            env["HERMES_FLEET_STATE_FILE"] = posixpath.join(CONTAINER_RUN_DIR, "state.json")
-            env["HERMES_FLEET_STOP_FILE"] = posixpath.join(CONTAINER_RUN_DIR, "stop")
+            env[STATE_FILE_ENV] = posixpath.join(CONTAINER_RUN_DIR, "state.json")
+            env[STOP_FILE_ENV] = posixpath.join(CONTAINER_RUN_DIR, "stop")
         # The image's `hermes` replaces hermes.command, so only a process command can carry a secret word.
         command = ("hermes", *hermes_suffix(profile)) if profile.driver == DRIVER_HERMES else profile.command
         # $$( is the kubelet's escape for a literal $( in the rest of the word.

@@ -35,6 +35,7 @@ from fleet.export.emit import (
     systemd_escape_specifiers, systemd_path, systemd_script_word, systemd_timespan, systemd_word,
 )
 from fleet.export.scripts import HERMES_STOP_SCRIPT_LINES, PROCESS_STOP_SCRIPT_LINES
+from fleet.spec.markers import PROFILE_ENV, STATE_FILE_ENV, STOP_FILE_ENV
 from fleet.spec.model import DRIVER_HERMES, FleetSpec, ProfileSpec, RestartPolicy
 
 SCOPES = ("user", "system")
@@ -223,12 +224,12 @@ class SystemdTarget(Target):
 
     def split_env(self, spec: FleetSpec, profile: ProfileSpec) -> SecretSplit:
         env = dict(profile.env)
-        env["HERMES_FLEET_PROFILE"] = profile.name
+        env[PROFILE_ENV] = profile.name
         if profile.driver != DRIVER_HERMES:
             run_dir = self.runtime_dir(spec, profile)
             # Written as specifiers on purpose: %t is the manager's runtime directory.
-            env["HERMES_FLEET_STATE_FILE"] = Verbatim(f"%t/{run_dir}/state.json")
-            env["HERMES_FLEET_STOP_FILE"] = Verbatim(f"%t/{run_dir}/stop")
+            env[STATE_FILE_ENV] = Verbatim(f"%t/{run_dir}/state.json")
+            env[STOP_FILE_ENV] = Verbatim(f"%t/{run_dir}/stop")
         elif growth_lost(profile.restart, self.systemd_version):
             # Without a growing backoff systemd would respawn a crashing gateway at the first
             # step forever; Hermes' own respawn-storm breaker then slows it down instead.

@@ -26,12 +26,9 @@ from dataclasses import dataclass
 
 from fleet.observe import hermes_files as hf
 from fleet.platform.base import ProcessInfo
+from fleet.spec.markers import PROFILE_ENV, STATE_DIR_ENV
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 
-PROFILE_ENV = "HERMES_FLEET_PROFILE"
-STATE_DIR_ENV = "HERMES_FLEET_STATE_DIR"
-SPEC_HASH_ENV = "HERMES_FLEET_SPEC_HASH"
-CREATE_TIME_TOLERANCE = 0.05
 
 PROOF_CHILD, PROOF_MARKER, PROOF_HERMES, PROOF_MATCH = "child", "marker", "hermes_lock", "match"
 
@@ -51,13 +48,6 @@ def markers(name: str, state_root: str) -> dict[str, str]:
     """What every process of `name`'s gateway tree carries; a tree kill reaches only those (or the
     gateway's own session, group or scope)."""
     return {PROFILE_ENV: name, STATE_DIR_ENV: state_root}
-
-
-def same_start(start_ticks: int | None, create_time: float, info: ProcessInfo) -> bool:
-    """Same process, not a reused PID: start ticks on Linux (immune to clock steps), else create time."""
-    if start_ticks is not None and info.start_ticks is not None:
-        return start_ticks == info.start_ticks
-    return abs(create_time - info.create_time) < CREATE_TIME_TOLERANCE
 
 
 def prove(platform, info: ProcessInfo, name: str, state_root: str, spec: ProfileSpec | None) -> Proof:
@@ -134,7 +124,7 @@ def check(platform, pid: int, start_ticks: int | None, create_time: float, name:
     info = platform.process_info(pid)
     if info is None or not info.alive:
         return Check("dead", None)
-    if not same_start(start_ticks, create_time, info):
+    if not info.started_as(start_ticks, create_time):
         return Check("reused", info)
     me = platform.current_uid()
     if info.uid is not None and me is not None and info.uid != me:

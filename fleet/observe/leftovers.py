@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from fleet.observe.identity import PROFILE_ENV, STATE_DIR_ENV
 from fleet.platform.base import ProcessInfo
+from fleet.spec.markers import PROFILE_ENV, STATE_DIR_ENV
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,10 @@ import time
 from fleet.maintenance import queue
 from fleet.observe import hermes_files as hf
 from fleet.observe import identity
-from fleet.observe.identity import PROFILE_ENV, SPEC_HASH_ENV, STATE_DIR_ENV
 from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservation
 from fleet.observe.native import find_native_service
 from fleet.platform.base import ProcessInfo
+from fleet.spec.markers import PROFILE_ENV, SPEC_HASH_ENV, STATE_DIR_ENV
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 from fleet.store.claims import LEASED, STALE, claim_liveness, read_claim
 from fleet.store.db import ProfileHistory, Store
@@ -46,7 +46,7 @@ class Observer:
         cached = self._proven.get(key)
         if cached is not None:
             info = self.platform.process_info(pid)
-            if info is not None and info.alive and identity.same_start(start_ticks, create_time, info):
+            if info is not None and info.alive and info.started_as(start_ticks, create_time):
                 return identity.Check("alive", info, cached)
         result = identity.check(self.platform, pid, start_ticks, create_time, name, str(self.state.root), spec)
         if result.proof is not None and result.proof.how == identity.PROOF_MARKER:

@@ -156,7 +156,7 @@ def _plan_profile(name: str, spec: ProfileSpec | None, inv, obs: ProfileObservat
     hands_off = _hands_off(name, spec, obs, actions)
     if hands_off is not None:
         return hands_off
-    if (obs.history.override_desired or spec.desired) == "stopped":
+    if obs.history.desired_state(spec) == "stopped":
         return actions + _stopped_flow(name, spec, obs, now)
     if obs.process is not None:
         return actions + _running_or_policy_update(name, spec, obs, desired.previous.get(name), now, request)
@@ -499,7 +499,7 @@ def _start_limit(spec: ProfileSpec, starts: tuple[float, ...]) -> tuple[float | 
 
 
 def _wants_running(spec: ProfileSpec | None, history) -> bool:
-    return spec is not None and not spec.suspend and (history.override_desired or spec.desired) == "running"
+    return spec is not None and not spec.suspend and history.desired_state(spec) == "running"
 
 
 def _apply_budget(actions: list[Action], desired: Desired, observed: Observed) -> list[Action]:

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Protocol
 
+# psutil's create time is derived from the boot time and only good to ~10 ms; start ticks, where the platform
+# has them, need no tolerance.
+CREATE_TIME_TOLERANCE = 0.05
+
 
 @dataclass(frozen=True)
 class ProcessInfo:
@@ -20,6 +24,13 @@ class ProcessInfo:
     @property
     def alive(self) -> bool:
         return self.status not in ("zombie", "dead")
+
+    def started_as(self, start_ticks: int | None, create_time: float) -> bool:
+        """Whether this is the process written down as started then, not a reused PID: start ticks where both
+        have them (Linux: immune to clock steps), else the create time."""
+        if start_ticks is not None and self.start_ticks is not None:
+            return start_ticks == self.start_ticks
+        return abs(create_time - self.create_time) < CREATE_TIME_TOLERANCE
 
 
 class SignalRefused(PermissionError):

@@ -1,32 +1,31 @@
-"""Which controller holds the fleet: `<state dir>/.supervisor.json`, checked against the OS.
+"""Which controller holds the fleet, as the service managers see it: the holder file
+(`fleet.store.lock`) checked against the OS, and run by the account the service runs it as.
 
-The controller writes {"pid", "create_time", "version", "started_at", "epoch"} while it
-runs and may leave the file behind when it dies, so a record only counts when its PID is
-alive *and* has the recorded create time (PID reuse guard) *and* runs as our user.
+The controller may leave the file behind when it dies, so a record only counts when its PID is
+alive *and* is the process that started when the record says (PID reuse guard) *and* runs as
+that user.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
-HOLDER_FILE = ".supervisor.json"
-CREATE_TIME_TOLERANCE = 1.0  # seconds: a persisted create_time moves with wall-clock steps
+from fleet.platform import current_platform
+from fleet.platform.controller_process import holder_process
+from fleet.store import lock
+from fleet.store.layout import StateDir
 
 
 @dataclass(frozen=True)
-class ControllerHolder:
-    pid: int
-    create_time: float
-    version: str
-    started_at: float | str | None
-    epoch: int | None
-    alive: bool  # the PID runs and is this very process (create time and user match)
+class ControllerHolder(lock.Holder):
+    """The holder file's record plus what the OS says about it now, which the store cannot ask."""
+    alive: bool = False  # the PID runs and is this very process (start time and user match)
 
     def as_json(self) -> dict:
         return {
@@ -35,38 +34,21 @@ class ControllerHolder:
         }
 
 
-
 def read_holder(state_dir: str, user: str | None = None) -> ControllerHolder | None:
     """The recorded controller, or None when there is no readable record.
 
     `user` is the account the controller must run as (default: ours)."""
-    path = os.path.join(state_dir, HOLDER_FILE)
-    try:
-        with open(path, "rb") as fh:
-            raw = json.loads(fh.read(64 * 1024).decode("utf-8"))
-        pid = int(raw["pid"])
-        create_time = float(raw.get("create_time") or 0.0)
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+    holder = lock.read_holder(StateDir(Path(state_dir)))
+    if holder is None:
         return None
-    epoch = raw.get("epoch")
-    return ControllerHolder(
-        pid=pid, create_time=create_time, version=str(raw.get("version", "")),
-        started_at=raw.get("started_at"), epoch=epoch if isinstance(epoch, int) else None,
-        alive=process_matches(pid, create_time, user),
-    )
+    return ControllerHolder(**dataclasses.asdict(holder), alive=_runs_as(holder, user))
 
 
-def process_matches(pid: int, create_time: float, user: str | None = None) -> bool:
-    if pid <= 0:
+def _runs_as(holder: lock.Holder, user: str | None) -> bool:
+    if holder_process(current_platform(), holder) is None:
         return False
     try:
-        proc = psutil.Process(pid)
-        with proc.oneshot():
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return False
-            if create_time and abs(proc.create_time() - create_time) > CREATE_TIME_TOLERANCE:
-                return False
-            return _same_user(proc.username(), user or psutil.Process().username())
+        return _same_user(psutil.Process(holder.pid).username(), user or psutil.Process().username())
     except (psutil.Error, OSError):
         return False
 
@@ -94,24 +76,5 @@ def wait_for_new_holder(
 
 
 def holder_is(a: ControllerHolder | None, b: ControllerHolder) -> bool:
-    return a is not None and a.pid == b.pid and abs(a.create_time - b.create_time) <= CREATE_TIME_TOLERANCE
-
-
-def stop_controller(holder: ControllerHolder, timeout: float = 30.0) -> bool:
-    """Ask one verified controller process to exit (it leaves every gateway running).
-
-    SIGTERM on POSIX, which the controller handles by releasing the fleet and exiting 0;
-    on Windows psutil's terminate() is TerminateProcess, which is safe for the same reason
-    a crash is: gateways run detached and the next controller adopts them.
-    """
-    try:
-        proc = psutil.Process(holder.pid)
-        if abs(proc.create_time() - holder.create_time) > CREATE_TIME_TOLERANCE:
-            return True  # that controller is already gone; the PID belongs to someone else
-        proc.terminate()
-        proc.wait(timeout)
-        return True
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.TimeoutExpired:
-        return False
+    """Both records name the same controller: it writes its record once, so they are equal."""
+    return a is not None and (a.pid, a.create_time, a.start_ticks) == (b.pid, b.create_time, b.start_ticks)

@@ -19,6 +19,7 @@ from fleet.service.base import (
     NOT_INSTALLED, Artifact, Command, CommandRunner, RegistrationStatus, ServiceManager, ServiceTarget, Step,
     tail_lines, validate_path_text,
 )
+from fleet.spec.markers import SERVICE_ENV
 
 LABEL = "ai.hermes.fleet"
 RC_DOMAIN_UNSUPPORTED = 125  # "Domain does not support specified action" (no GUI session)
@@ -56,7 +57,7 @@ def agent_job(target: ServiceTarget, home: str) -> dict:
         "EnvironmentVariables": {
             "PATH": ":".join(path_dirs),
             "PYTHONUNBUFFERED": "1",
-            "HERMES_FLEET_SERVICE": "launchd",
+            SERVICE_ENV: "launchd",
         },
         "StandardOutPath": target.controller_log,
         "StandardErrorPath": target.controller_log,

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fleet.service.base import ApiCall, Artifact, Command, RegistrationStatus, ServiceError, Step
-from fleet.service.holder import ControllerHolder, stop_controller
+from fleet.platform.controller_process import stop_controller
+from fleet.service.holder import ControllerHolder
 
 # `down` drains every gateway through the running controller; a large fleet takes its time.
 DOWN_TIMEOUT_S = 900

@@ -17,6 +17,7 @@ from fleet.service.base import (
     NOT_INSTALLED, Artifact, Command, RegistrationStatus, ServiceManager, ServiceTarget, Step, CommandRunner,
     validate_path_text,
 )
+from fleet.spec.markers import SERVICE_ENV
 
 # RestartSteps/RestartMaxDelaySec (the growing delay) exist since systemd 254.
 GROWING_DELAY_MIN_VERSION = 254
@@ -92,7 +93,7 @@ def render_unit(target: ServiceTarget, *, home: str, version: int | None, system
         f"WorkingDirectory={quote_setting_value(target.state_dir)}",
         f"Environment={quote_environment('PATH', controller_path_env(target.python, home))}",
         "Environment=PYTHONUNBUFFERED=1",
-        "Environment=HERMES_FLEET_SERVICE=systemd",
+        f"Environment={SERVICE_ENV}=systemd",
     ]
     if system and run_as:
         lines.append(f"User={run_as}")

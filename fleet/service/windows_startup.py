@@ -12,7 +12,8 @@ import subprocess
 from fleet.service.base import (
     ApiCall, Artifact, Command, RegistrationStatus, ServiceError, ServiceTarget, Step, validate_path_text,
 )
-from fleet.service.holder import read_holder, stop_controller
+from fleet.platform.controller_process import stop_controller
+from fleet.service.holder import read_holder
 from fleet.service.windows_common import UTF16_BOM, WindowsHost, WindowsManager, hidden_launch_args, path_module
 
 

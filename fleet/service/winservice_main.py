@@ -23,7 +23,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fleet.service.holder import ControllerHolder, read_holder, stop_controller
+from fleet.platform.controller_process import stop_controller
+from fleet.service.holder import ControllerHolder, read_holder
+from fleet.spec.markers import SERVICE_ENV
 
 CREATE_NEW_PROCESS_GROUP = 0x00000200
 CREATE_NO_WINDOW = 0x08000000
@@ -69,7 +71,7 @@ class ControllerHost:
     def start(self) -> None:
         logs = os.path.join(self.args.state_dir, "logs")
         os.makedirs(logs, exist_ok=True)
-        env = dict(os.environ, HERMES_FLEET_SERVICE="winsvc", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1") | {SERVICE_ENV: "winsvc"}
         with open(os.path.join(logs, "controller.log"), "ab") as log:
             self.process = self._popen(
                 self.args.controller_argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

@@ -14,6 +14,7 @@ from fleet.spec.codec import fleet_digest
 from fleet.spec.cron import parse_cron
 from fleet.spec.durations import parse_duration
 from fleet.spec.errors import ManifestError, Problem
+from fleet.spec.markers import FLEET_ENV_PREFIX
 from fleet.spec.model import (
     DRIVER_HERMES, DrainPolicy, FleetSpec, HealthPolicy, MaintenancePolicy,
     MaintenanceWindow, ProfileSpec, RestartPolicy, RetentionPolicy,
@@ -23,7 +24,7 @@ from fleet.spec.yamlsource import Located, dotted, load_located
 LOOPBACK_NO_PROXY = ("127.0.0.1", "localhost", "::1")
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # ~20,000 profiles; bounds the YAML node graph's memory
 # Keys the fleet sets itself; a profile's env may not override them.
-RESERVED_ENV_PREFIXES = ("HERMES_FLEET_",)
+RESERVED_ENV_PREFIXES = (FLEET_ENV_PREFIX,)
 RESERVED_ENV_KEYS = frozenset({
     "HERMES_HOME", "HERMES_GATEWAY_EXTERNAL_SUPERVISOR", "HERMES_SUPERVISED_CHILD",
     "HERMES_S6_SUPERVISED_CHILD", "HERMES_GATEWAY_MAX_STARTS",

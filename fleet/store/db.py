@@ -11,6 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from fleet.spec.model import ProfileSpec
 from fleet.spec.secrets import mask_data, mask_text
 from fleet.store.diagnosis import FULL, IO, LOCKED, READONLY, classify, read_only_reason
 from fleet.store.diagnosis import diagnose as _diagnose
@@ -119,6 +120,14 @@ class ProfileHistory:
     @property
     def override_user(self) -> str | None:
         return (self.override_by or "").partition(":")[2] or None
+
+    def desired_state(self, spec: ProfileSpec | None) -> str:
+        """What the profile should be: an operator's `stop`/`start`/`down` over the manifest's word, and
+        "removed" once no manifest names it. (`suspend` is not part of it: a suspended profile keeps its
+        desired state and is only observed.)"""
+        if spec is None:
+            return "removed"
+        return self.override_desired or spec.desired
 
 
 def _history(row) -> ProfileHistory:

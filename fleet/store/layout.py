@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-STATE_DIR_ENV = "HERMES_FLEET_STATE_DIR"
+from fleet.spec.markers import STATE_DIR_ENV
 
 
 class StateDirError(Exception):

@@ -24,6 +24,7 @@ class Holder:
     version: str
     started_at: float
     epoch: int
+    start_ticks: int | None = None  # as ProcessInfo has them; absent in files written before they were kept
 
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started_at))
@@ -43,9 +44,13 @@ def read_holder(state: StateDir) -> Holder | None:
         return None
     try:
         return Holder(int(data["pid"]), float(data["create_time"]), str(data["version"]),
-                      float(data["started_at"]), int(data["epoch"]))
+                      float(data["started_at"]), int(data["epoch"]), _optional_int(data.get("start_ticks")))
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def _optional_int(value: object) -> int | None:
+    return None if value is None else int(value)
 
 
 class SupervisorLock:
@@ -67,8 +72,8 @@ class SupervisorLock:
         # The descriptor is what the flock is on; the name may already lead elsewhere.
         self.identity = fd_id(fd) if isinstance(fd, int) else file_id(self.state.lock)
 
-    def publish(self, epoch: int, create_time: float) -> Holder:
-        holder = Holder(os.getpid(), create_time, __version__, time.time(), epoch)
+    def publish(self, epoch: int, create_time: float, start_ticks: int | None) -> Holder:
+        holder = Holder(os.getpid(), create_time, __version__, time.time(), epoch, start_ticks)
         write_json_atomic(self.state.holder, holder.__dict__)
         self._holder_id = file_id(self.state.holder)
         return holder

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 
+from fleet.platform.systemd_scope import SERVICE_ENV_TO_STRIP
 from fleet_harness import alive, create_time, environ_of, proc_start_ticks  # noqa: F401 - re-exported
 
 from helpers import poll_until
@@ -53,8 +54,7 @@ def fleet_env(state: Path, extra: dict[str, str] | None = None) -> dict[str, str
     env = dict(os.environ)
     for key in [k for k in env if k.startswith(("HERMES_FLEET_", "FAKE_HERMES_"))]:
         del env[key]
-    for key in ("HERMES_HOME", "INVOCATION_ID", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
-                "LISTEN_PID", "JOURNAL_STREAM"):
+    for key in ("HERMES_HOME", "LISTEN_FDS", "LISTEN_PID", *SERVICE_ENV_TO_STRIP):
         env.pop(key, None)
     env["HERMES_FLEET_STATE_DIR"] = str(state)
     env["PYTHONDONTWRITEBYTECODE"] = "1"

@@ -1,0 +1,43 @@
+"""The controller a state directory's holder file names, checked against the OS: whether that PID still is
+it, and stopping it. One rule for `status`, `hermes-fleet controller stop` and every service manager."""
+
+from __future__ import annotations
+
+import psutil
+
+from fleet.platform import current_platform
+from fleet.platform.base import ProcessInfo
+from fleet.store.lock import Holder
+
+
+def holder_process(platform, holder: Holder) -> ProcessInfo | None:
+    """The live process the holder file names, or None when that PID no longer is that controller (gone, a
+    zombie, or reused by a process that started at another time)."""
+    if holder.pid <= 0:
+        return None
+    info = platform.process_info(holder.pid)
+    if info is None or not info.alive or not info.started_as(holder.start_ticks, holder.create_time):
+        return None
+    return info
+
+
+def stop_controller(holder: Holder, timeout: float = 30.0) -> bool:
+    """Ask the controller `holder` names to exit (it leaves every gateway running) and wait up to `timeout`
+    seconds for it to go. True once it is gone (or its PID belongs to another process), False if it still runs.
+
+    SIGTERM on POSIX, which the controller handles by releasing the fleet and exiting 0; on Windows psutil's
+    terminate() is TerminateProcess, which is safe for the same reason a crash is: gateways run detached and
+    the next controller adopts them.
+    """
+    try:
+        proc = psutil.Process(holder.pid)  # from here on psutil refuses to signal the PID once it is reused
+        info = current_platform().process_info(holder.pid)
+        if info is None or not info.started_as(holder.start_ticks, holder.create_time):
+            return True  # that controller is already gone; the PID belongs to someone else
+        proc.terminate()
+        proc.wait(timeout)
+        return True
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.TimeoutExpired:
+        return False
