@@ -39,6 +39,8 @@ def _constants(node: ast.AST) -> set[str]:
 class _Planner:
     def __init__(self, tree: ast.Module):
         self.functions = {f.name: f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)}
+        self.tables = {t.id: a.value for a in tree.body if isinstance(a, ast.Assign)
+                       for t in a.targets if isinstance(t, ast.Name)}
         self.calls = [c for c in ast.walk(tree) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)]
         self.parent_function: dict[ast.AST, ast.FunctionDef] = {}
         for function in self.functions.values():
@@ -47,6 +49,9 @@ class _Planner:
 
     def values(self, node: ast.AST, depth: int = 0) -> set[str]:
         out = _constants(node)
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) \
+                and isinstance(self.tables.get(node.value.id), ast.Dict):  # a module-level table: TABLE[key]
+            out |= set().union(*(_constants(v) for v in self.tables[node.value.id].values))
         names = [node] if isinstance(node, ast.Name) else \
             [n for n in ast.walk(node) if isinstance(n, ast.Name)] if isinstance(node, (ast.IfExp, ast.BoolOp)) else []
         function = self.parent_function.get(node)

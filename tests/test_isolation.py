@@ -88,7 +88,9 @@ def test_any_failed_action_waits_its_backoff_and_never_blocks_a_sibling(kind):
     failed = history("alpha", action_error=f"RuntimeError: {kind} exploded", action_error_kind=kind,
                      action_error_at=NOW - 0.5, action_errors=2)
     from fleet.plan import planner
-    actions = [Action(kind, "alpha", "whatever", pid=7), Action("keep", "alpha", "running")]
+    reason = {"reclaim": "pid_dead", "adopt": "record_missing", "update": "policy_changed", "drain": "desired_stopped",
+              "kill": "wedged"}[kind]
+    actions = [Action(kind, "alpha", reason, pid=7), Action("keep", "alpha", "running")]
     held = planner._hold_failed(actions, failed, NOW)
     assert held[0].kind == "wait" and held[0].reason == "action_failed"
     assert held[0].not_before == NOW - 0.5 + planner.ACTION_BACKOFF[1]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fleet.controller.preview import Preview
-from fleet.observe.model import ProfileObservation
+from fleet.observe.model import ProfileObservation, Verdict
 from fleet.plan.fielddiff import FieldChange, diff_specs
 from fleet.plan.model import Action, Check, Gate
 
@@ -175,7 +175,7 @@ def _drift_of(obs: ProfileObservation) -> list[str]:
         messages.append(f"gateway started by hand (pid {proc.pid}), no record")
     elif proc is not None and proc.source in UNRECORDED:
         messages.append(f"running (pid {proc.pid}) without a record")
-    if obs.record_verdict == "dead":
+    if obs.record_verdict == Verdict.DEAD:
         messages.append(f"pid {obs.record.pid} has exited since it was recorded")
     elif obs.record_problem:
         messages.append(obs.record_problem)

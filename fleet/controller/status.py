@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 
 from fleet.controller.desired import DesiredSource
 from fleet.observe.model import Observed, ProfileObservation
@@ -22,6 +23,35 @@ from fleet.store.lock import Holder, lock_is_free, read_holder
 
 GATED_REASONS = ("idle_gate", "budget_exhausted", "window_closed", "maintenance")
 SETTLED_WAITS = ("suspended", "exited_cleanly", "restart_policy_never", "not_managed", "prune_deferred")
+
+
+class Phase(StrEnum):
+    """Where a profile is, as `status` says it (Argo CD's words where they fit)."""
+    RUNNING = "Running"
+    STARTING = "Starting"
+    BACKOFF = "Backoff"
+    DRAINING = "Draining"
+    STOPPED = "Stopped"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+    WAITING = "Waiting"
+    MISSING = "Missing"
+    REMOVING = "Removing"
+
+
+class Health(StrEnum):
+    HEALTHY = "Healthy"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+    SUSPENDED = "Suspended"
+    MISSING = "Missing"
+
+
+class Sync(StrEnum):
+    """Whether what runs is what the manifest says."""
+    SYNCED = "Synced"
+    OUT_OF_SYNC = "OutOfSync"
+    UNKNOWN = "Unknown"
 
 
 @dataclass(frozen=True)
@@ -80,9 +110,9 @@ def held_down_message(held: tuple[ProfileHistory, ...], now: float) -> str:
 @dataclass(frozen=True)
 class ProfileStatus:
     name: str
-    phase: str  # Running | Starting | Backoff | Draining | Stopped | Failed | Suspended | Waiting | Missing | Removing
-    sync: str  # Synced | OutOfSync | Unknown
-    health: str  # Healthy | Progressing | Degraded | Suspended | Missing
+    phase: Phase
+    sync: Sync
+    health: Health
     pid: int | None
     started_at: float | None
     restarts: int
@@ -110,12 +140,12 @@ class FleetStatus:
         # A record fix still to be done (reclaim, adopt) hides behind the profile's `keep` row: not yet.
         return self.controller.converged_generation and all(
             (p.action.kind == "keep" or (p.action.kind == "wait" and p.action.reason in SETTLED_WAITS))
-            and p.phase != "Starting" for p in self.profiles) \
+            and p.phase != Phase.STARTING for p in self.profiles) \
             and not any(a.kind in ("reclaim", "adopt") for a in self.plan.actions)
 
     @property
     def failed(self) -> tuple[ProfileStatus, ...]:
-        return tuple(p for p in self.profiles if p.phase == "Failed")
+        return tuple(p for p in self.profiles if p.phase == Phase.FAILED)
 
     @property
     def held(self) -> tuple[ProfileStatus, ...]:
@@ -147,7 +177,7 @@ def _store_degraded(state: StateDir) -> str | None:
             f"{problem.get('pending', 0)} bookkeeping write(s) kept in memory")
 
 
-def _phase(action: Action, obs: ProfileObservation, hermes: bool) -> tuple[str, str]:
+def _phase(action: Action, obs: ProfileObservation, hermes: bool) -> tuple[Phase, Health]:
     """(phase, health): what the chosen action says first, then whether and how the gateway runs."""
     by_action = _phase_of_action(action)
     if by_action is not None:
@@ -155,38 +185,38 @@ def _phase(action: Action, obs: ProfileObservation, hermes: bool) -> tuple[str, 
     if obs.process is None:
         return _phase_without_process(action, obs.history)
     if action.kind == "wait" and action.reason in GATED_REASONS:
-        return "Waiting", "Healthy"
+        return Phase.WAITING, Health.HEALTHY
     if _still_starting(obs, hermes):
-        return "Starting", "Progressing"
-    return "Running", "Healthy"
+        return Phase.STARTING, Health.PROGRESSING
+    return Phase.RUNNING, Health.HEALTHY
 
 
-def _phase_of_action(action: Action) -> tuple[str, str] | None:
+def _phase_of_action(action: Action) -> tuple[Phase, Health] | None:
     """The phases an action decides whether or not a gateway runs; None for the others."""
     kind, reason = action.kind, action.reason
     if kind == "conflict":
-        return "Failed", "Degraded"
+        return Phase.FAILED, Health.DEGRADED
     if reason == "suspended":
-        return "Suspended", "Suspended"
+        return Phase.SUSPENDED, Health.SUSPENDED
     if kind == "wait" and reason == "action_failed":
-        return "Backoff", "Degraded"
+        return Phase.BACKOFF, Health.DEGRADED
     if kind == "keep" and reason == "stopped":
-        return "Stopped", "Healthy"
+        return Phase.STOPPED, Health.HEALTHY
     if kind in ("drain", "replace") or reason in ("draining", "stopping"):
-        return ("Removing" if reason == "removed_from_manifest" else "Draining"), "Progressing"
+        return (Phase.REMOVING if reason == "removed_from_manifest" else Phase.DRAINING), Health.PROGRESSING
     if kind == "kill":
-        return "Failed" if reason == "wedged" else "Draining", "Degraded"
+        return Phase.FAILED if reason == "wedged" else Phase.DRAINING, Health.DEGRADED
     return None
 
 
-def _phase_without_process(action: Action, history: ProfileHistory) -> tuple[str, str]:
+def _phase_without_process(action: Action, history: ProfileHistory) -> tuple[Phase, Health]:
     if action.kind == "spawn" and action.not_before is not None and history.failures:
-        return "Backoff", "Degraded"
+        return Phase.BACKOFF, Health.DEGRADED
     if action.kind == "spawn":
-        return "Starting", "Progressing"
+        return Phase.STARTING, Health.PROGRESSING
     if action.reason in ("exited_cleanly", "restart_policy_never"):
-        return "Stopped", "Missing"
-    return "Missing", "Missing"
+        return Phase.STOPPED, Health.MISSING
+    return Phase.MISSING, Health.MISSING
 
 
 def _still_starting(obs: ProfileObservation, hermes: bool) -> bool:
@@ -261,16 +291,16 @@ def _heartbeat_age(obs: ProfileObservation, now: float) -> float | None:
     return None
 
 
-def _sync(spec, proc, running_hash: str | None, hold: Hold | None) -> str:
+def _sync(spec, proc, running_hash: str | None, hold: Hold | None) -> Sync:
     """Synced only when what runs is what the manifest says: a profile that a `stop` or `down` keeps
     stopped, or that runs while the manifest wants it stopped, is OutOfSync."""
     if spec is None or (proc is not None and running_hash is None):
-        return "Unknown"
+        return Sync.UNKNOWN
     if hold is not None:
-        return "OutOfSync"
+        return Sync.OUT_OF_SYNC
     if spec.desired == "stopped":
-        return "Synced" if proc is None else "OutOfSync"
-    return "Synced" if running_hash == spec.spec_hash else "OutOfSync"
+        return Sync.SYNCED if proc is None else Sync.OUT_OF_SYNC
+    return Sync.SYNCED if running_hash == spec.spec_hash else Sync.OUT_OF_SYNC
 
 
 def _note(action: Action) -> str:

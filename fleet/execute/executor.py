@@ -13,7 +13,7 @@ from fleet.execute.logs import rotate_if_large
 from fleet.observe import hermes_files as hf
 from fleet.observe import identity
 from fleet.observe.leftovers import find_leftovers
-from fleet.observe.model import LiveProcess, ProfileObservation
+from fleet.observe.model import LiveProcess, ProfileObservation, Verdict
 from fleet.platform.base import SignalRefused
 from fleet.plan.exits import TERMINAL_CLASSES, count_exit, describe_exit
 from fleet.plan.model import Action
@@ -290,7 +290,7 @@ class Executor:
         """The identity rule again right before a signal: the PID may have been reused since we looked."""
         check = identity.check(self.platform, proc.pid, proc.start_ticks, proc.create_time, name,
                                str(self.state.root), self.spec_of(name))
-        if check.verdict == "alive":
+        if check.verdict == Verdict.ALIVE:
             return None
         return (check.proof.why_not if check.proof is not None else "") or check.verdict
 
@@ -366,7 +366,7 @@ class Executor:
         protected) is signalled; the markers were read moments ago, the PID may have been reused since."""
         check = identity.check(self.platform, info.pid, info.start_ticks, info.create_time, name,
                                str(self.state.root), self.spec_of(name))
-        if check.verdict != "alive" or check.proof is None or check.proof.how != identity.PROOF_MARKER:
+        if check.verdict != Verdict.ALIVE or check.proof is None or check.proof.how != identity.PROOF_MARKER:
             return
         try:
             send(info.pid)

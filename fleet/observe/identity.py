@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass
 
 from fleet.observe import hermes_files as hf
+from fleet.observe.model import Verdict
 from fleet.platform.base import ProcessInfo
 from fleet.spec.markers import PROFILE_ENV, STATE_DIR_ENV
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
@@ -113,7 +114,7 @@ def _hermes_proof(platform, info: ProcessInfo, name: str, spec: ProfileSpec | No
 
 @dataclass(frozen=True)
 class Check:
-    verdict: str  # alive | dead | reused | foreign | unrelated
+    verdict: Verdict
     info: ProcessInfo | None
     proof: Proof | None = None
 
@@ -123,16 +124,16 @@ def check(platform, pid: int, start_ticks: int | None, create_time: float, name:
     """The full rule for a PID someone wrote down (our record, or the executor's last observation)."""
     info = platform.process_info(pid)
     if info is None or not info.alive:
-        return Check("dead", None)
+        return Check(Verdict.DEAD, None)
     if not info.started_as(start_ticks, create_time):
-        return Check("reused", info)
+        return Check(Verdict.REUSED, info)
     me = platform.current_uid()
     if info.uid is not None and me is not None and info.uid != me:
-        return Check("foreign", info)
+        return Check(Verdict.FOREIGN, info)
     proof = prove(platform, info, name, state_root, spec)
     if proof:
-        return Check("alive", info, proof)
+        return Check(Verdict.ALIVE, info, proof)
     again = platform.process_info(pid)  # a process mid-exit reads as empty: dead, not unrelated
     if again is None or not again.alive:
-        return Check("dead", None)
-    return Check("foreign" if proof.protected else "unrelated", info, proof)
+        return Check(Verdict.DEAD, None)
+    return Check(Verdict.FOREIGN if proof.protected else "unrelated", info, proof)

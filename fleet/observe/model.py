@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from fleet.maintenance.model import MaintenanceRequest
 from fleet.observe.hermes_files import GatewayStatus
 from fleet.store.db import InventoryEntry, OperatorRequest, ProfileHistory
 from fleet.store.records import PidRecord
+
+
+class Verdict(StrEnum):
+    """What a PID record says of its process, after the identity rule (fleet/observe/identity.py)."""
+    NONE = "none"  # no record
+    ALIVE = "alive"  # this profile's gateway
+    DEAD = "dead"
+    REUSED = "reused"  # the PID now names another program
+    FOREIGN = "foreign"  # not ours to signal: another user's, or a protected process
+    UNRELATED = "unrelated"  # ours to signal, but nothing proves it this profile's gateway
+    CORRUPT = "corrupt"  # the record itself could not be read
 
 
 @dataclass(frozen=True)
@@ -29,7 +41,7 @@ class ProfileObservation:
     name: str
     record: PidRecord | None = None
     record_problem: str | None = None  # a present record that was not trusted, and why
-    record_verdict: str = "none"  # none | alive | dead | reused | foreign | unrelated | corrupt
+    record_verdict: Verdict = Verdict.NONE
     process: LiveProcess | None = None
     status: GatewayStatus | None = None
     heartbeat_at: float | None = None

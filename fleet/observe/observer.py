@@ -9,7 +9,7 @@ import time
 from fleet.maintenance import queue
 from fleet.observe import hermes_files as hf
 from fleet.observe import identity
-from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservation
+from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservation, Verdict
 from fleet.observe.native import find_native_service
 from fleet.platform.base import ProcessInfo
 from fleet.spec.markers import PROFILE_ENV, SPEC_HASH_ENV, STATE_DIR_ENV
@@ -47,7 +47,7 @@ class Observer:
         if cached is not None:
             info = self.platform.process_info(pid)
             if info is not None and info.alive and info.started_as(start_ticks, create_time):
-                return identity.Check("alive", info, cached)
+                return identity.Check(Verdict.ALIVE, info, cached)
         result = identity.check(self.platform, pid, start_ticks, create_time, name, str(self.state.root), spec)
         if result.proof is not None and result.proof.how == identity.PROOF_MARKER:
             if len(self._proven) > 4096:
@@ -81,23 +81,23 @@ class Observer:
     # -- one profile -------------------------------------------------------------------------
     def _observe_profile(self, name, spec: ProfileSpec | None, history, request) -> ProfileObservation:
         read = read_record(self.state.record(name))
-        record, problem, verdict, process = read.record, read.problem, "none", None
+        record, problem, verdict, process = read.record, read.problem, Verdict.NONE, None
         if problem:
-            verdict = "corrupt"
+            verdict = Verdict.CORRUPT
         elif record is not None:
             v = self._check(name, spec, record.pid, record.start_ticks, record.create_time)
             verdict = v.verdict
-            if verdict == "alive":
+            if verdict == Verdict.ALIVE:
                 process = LiveProcess(pid=record.pid, start_ticks=v.info.start_ticks, create_time=v.info.create_time,
                                       cmdline=v.info.cmdline, started_at=record.started_at, spec_hash=record.spec_hash,
                                       source="record", record_epoch=record.epoch,
                                       external_supervisor_flag=not record.adopted or self._flag_ok(spec, v.info.cmdline))
-            elif verdict in ("reused", "foreign", "unrelated"):
+            elif verdict in (Verdict.REUSED, Verdict.FOREIGN, Verdict.UNRELATED):
                 why = v.proof.why_not if v.proof is not None else ""
-                problem = {"reused": f"record names pid {record.pid}, which is now another program",
-                           "foreign": f"record names pid {record.pid}, which is not ours to signal ("
+                problem = {Verdict.REUSED: f"record names pid {record.pid}, which is now another program",
+                           Verdict.FOREIGN: f"record names pid {record.pid}, which is not ours to signal ("
                                       f"{why or 'another user'})",
-                           "unrelated": f"record names pid {record.pid}, which is not this profile's gateway"
+                           Verdict.UNRELATED: f"record names pid {record.pid}, which is not this profile's gateway"
                                         + (f" ({why})" if why else "")}[verdict]
         status = heartbeat = None
         drain_file = False
@@ -137,7 +137,7 @@ class Observer:
         if rec.start_time is not None and info.start_ticks is not None and rec.start_time != info.start_ticks:
             return None
         v = self._check(name, spec, info.pid, info.start_ticks, info.create_time)
-        if v.verdict != "alive":
+        if v.verdict != Verdict.ALIVE:
             return None
         return self._live(v.info, name, "hermes_pidfile", spec, v.proof)
 
@@ -250,7 +250,7 @@ class Observer:
             if managed and (obs is None or obs.process is None):
                 for info, source in roots:  # the oldest that passes the identity rule is adopted
                     v = self._check(name, spec, info.pid, info.start_ticks, info.create_time)
-                    if v.verdict == "alive":
+                    if v.verdict == Verdict.ALIVE:
                         adopted = info.pid
                         base = obs or ProfileObservation(name=name, history=ProfileHistory(name))
                         out[name] = ProfileObservation(**{**base.__dict__,

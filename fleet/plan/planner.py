@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from fleet.maintenance.gates import idle_gate, window_gate
 from fleet.maintenance.model import Gate, MaintenanceRequest
-from fleet.observe.model import Observed, Orphan, ProfileObservation
+from fleet.observe.model import Observed, Orphan, ProfileObservation, Verdict
 from fleet.plan.exits import CRASH_CLASSES, TERMINAL_CLASSES
 from fleet.plan.model import (
     KIND_ORDER,
@@ -124,6 +124,11 @@ def _hold_failed(actions: list[Action], history, now: float) -> list[Action]:
                    gates=(Gate("backoff", False, f"until {format_instant(retry)}"),))]
 
 
+# A record the identity rule did not prove this profile's gateway is removed, for this reason.
+RECLAIMED = {Verdict.DEAD: Reason.PID_DEAD, Verdict.REUSED: Reason.PID_REUSED, Verdict.FOREIGN: Reason.PID_FOREIGN,
+             Verdict.UNRELATED: Reason.PID_UNRELATED, Verdict.CORRUPT: Reason.RECORD_CORRUPT}
+
+
 def _records_only(obs: ProfileObservation, epoch: int) -> list[Action]:
     return [a for a in _record_actions(obs, epoch)] or [Action(Kind.KEEP, obs.name, Reason.REFUSED)]
 
@@ -131,9 +136,8 @@ def _records_only(obs: ProfileObservation, epoch: int) -> list[Action]:
 def _record_actions(obs: ProfileObservation, epoch: int) -> list[Action]:
     out = []
     verdict = obs.record_verdict
-    if verdict in ("dead", "reused", "foreign", "unrelated", "corrupt"):
-        why = {"dead": Reason.PID_DEAD, "reused": Reason.PID_REUSED, "foreign": Reason.PID_FOREIGN, "unrelated": Reason.PID_UNRELATED,
-               "corrupt": Reason.RECORD_CORRUPT}[verdict]
+    if verdict in RECLAIMED:
+        why = RECLAIMED[verdict]
         out.append(Action(Kind.RECLAIM, obs.name, why, obs.record_problem or f"pid {obs.record.pid} has exited",
                           pid=obs.record.pid if obs.record else None))
     proc = obs.process

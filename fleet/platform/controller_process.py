@@ -3,6 +3,8 @@ it, and stopping it. One rule for `status`, `hermes-fleet controller stop` and e
 
 from __future__ import annotations
 
+import time
+
 import psutil
 
 from fleet.platform import current_platform
@@ -29,15 +31,22 @@ def stop_controller(holder: Holder, timeout: float = 30.0) -> bool:
     terminate() is TerminateProcess, which is safe for the same reason a crash is: gateways run detached and
     the next controller adopts them.
     """
+    platform = current_platform()
     try:
         proc = psutil.Process(holder.pid)  # from here on psutil refuses to signal the PID once it is reused
-        info = current_platform().process_info(holder.pid)
-        if info is None or not info.started_as(holder.start_ticks, holder.create_time):
-            return True  # that controller is already gone; the PID belongs to someone else
-        proc.terminate()
-        proc.wait(timeout)
-        return True
     except psutil.NoSuchProcess:
         return True
-    except psutil.TimeoutExpired:
-        return False
+    if holder_process(platform, holder) is None:
+        return True  # that controller is already gone; the PID belongs to someone else
+    try:
+        proc.terminate()
+    except psutil.NoSuchProcess:
+        return True
+    # Polled rather than psutil's wait(): that waits for a zombie to be reaped by a parent that is not us,
+    # while a zombie has already released everything.
+    deadline = time.monotonic() + timeout
+    while holder_process(platform, holder) is not None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
