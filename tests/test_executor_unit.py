@@ -190,7 +190,7 @@ def test_the_stop_phase_of_a_hermes_drain_sends_one_planned_stop(state, store, p
                                    drain_started=NOW - 5.0, drain_deadline=NOW + 30.0, drain_pid=proc.pid))
     obs = observation("alpha", process=proc, history=past, status=status("draining", active=0))
     action = only(make_plan(fleet_spec(spec), observed(obs)), "drain")
-    assert (action.phase, action.drain) == ("stop", None)
+    assert (action.stage, action.drain) == ("stop", None)
 
     executor(state, store, platform, spec).execute(action, obs)
 

@@ -360,7 +360,7 @@ def test_the_executor_rechecks_identity_and_never_signals_what_is_not_ours(tmp_p
                            started_at=time.time(), spec_hash=spec.spec_hash, source="record", record_epoch=1)
         obs = ProfileObservation(name="alpha", process=proc, history=ProfileHistory("alpha"))
         action = Action("kill", "alpha", "forced", "forced", pid=pid, target=proc) if kind == "kill" else \
-            Action("drain", "alpha", "desired_stopped", "drain", pid=pid, phase="stop", target=proc)
+            Action("drain", "alpha", "desired_stopped", "drain", pid=pid, stage="stop", target=proc)
         executor.execute(action, obs)
         journal = store.events(profile="alpha", limit=1000)
     finally:

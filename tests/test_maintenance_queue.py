@@ -799,7 +799,7 @@ def test_plan_idle_long_enough_replaces_through_the_graceful_path(tmp_path):
     d = _desired(tmp_path)
     acts = _plan(d, [_running(d, "alpha", pid=100), _running(d, "beta", pid=200)], [_request(1, "alpha")])
     a = acts["alpha"]
-    assert (a.kind, a.reason, a.phase, a.voluntary) == ("replace", "maintenance", "begin", True)
+    assert (a.kind, a.reason, a.stage, a.voluntary) == ("replace", "maintenance", "begin", True)
     assert {g.gate: g.open for g in a.gates} == {"idle": True, "window": True}
 
 

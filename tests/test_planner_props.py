@@ -322,7 +322,7 @@ class Sim:
 
 
 def key(a) -> tuple:
-    return (a.kind, a.profile, a.reason, a.phase)
+    return (a.kind, a.profile, a.reason, a.stage)
 
 
 # ============================================================================================
@@ -522,10 +522,10 @@ def _decisions(p: Plan, name: str, budget_limited: bool) -> list[tuple]:
         if a.profile != name:
             continue
         if budget_limited and ((a.kind == "wait" and a.reason == "budget_exhausted")
-                               or (a.kind == "replace" and a.voluntary and a.phase == "begin")):
+                               or (a.kind == "replace" and a.voluntary and a.stage == "begin")):
             out.append(("voluntary-replace-or-budget-wait", a.pid))  # the budget may couple these
             continue
-        out.append((a.kind, a.reason, a.phase, a.pid))  # not_before left out: stagger may move it
+        out.append((a.kind, a.reason, a.stage, a.pid))  # not_before left out: stagger may move it
     return out
 
 

@@ -586,7 +586,7 @@ def test_the_vocabulary_is_closed_and_keeps_its_text():
 
 def test_render_format():
     assert Action("spawn", "alpha", "crashed", not_before=1234.5).render() == "alpha spawn crashed @1234.5"
-    assert Action("drain", "alpha", "desired_stopped", phase="begin").render() == "alpha drain desired_stopped (begin)"
+    assert Action("drain", "alpha", "desired_stopped", stage="begin").render() == "alpha drain desired_stopped (begin)"
     assert Plan(actions=(Action("keep", "a", "running"), Action("keep", "b", "running"))).render() == (
         "a keep running\nb keep running")
 

@@ -141,7 +141,7 @@ def _action_json(r: ActionReport) -> dict:
     a = r.action
     return {
         "profile": a.profile, "action": a.kind, "steps": list(a.steps), "reason": a.reason,
-        "message": a.message, "pid": a.pid, "phase": a.phase or None, "voluntary": a.voluntary,
+        "message": a.message, "pid": a.pid, "phase": a.stage or None, "voluntary": a.voluntary,
         "not_before": utc(a.not_before),
         "spec_hash": {"running": r.running_hash, "desired": r.desired_hash},
         "diff": [_change_json(c) for c in r.changes],

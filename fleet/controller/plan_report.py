@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from fleet.controller.preview import Preview
 from fleet.observe.model import ProfileObservation, Verdict
 from fleet.plan.fielddiff import FieldChange, diff_specs
-from fleet.plan.model import Action, Check, Gate
+from fleet.maintenance.model import Gate
+from fleet.plan.model import Action, Check, Stage
 
 # Sources of a live process found without a record: by its command line (started by hand), or by the
 # markers a gateway of ours carries (its record was lost).
@@ -139,7 +140,7 @@ def _shown(c: FieldChange) -> ShownChange:
 
 
 def _drain_timeout(pv: Preview, a: Action) -> float | None:
-    if a.kind not in ("drain", "replace") or a.phase != "begin":
+    if a.kind not in ("drain", "replace") or a.stage != Stage.BEGIN:
         return None
     spec = pv.desired.spec.profile(a.profile) or pv.previous.get(a.profile)
     return spec.drain.timeout if spec else None

@@ -16,7 +16,7 @@ from fleet.observe.leftovers import find_leftovers
 from fleet.observe.model import LiveProcess, ProfileObservation, Verdict
 from fleet.platform.base import SignalRefused
 from fleet.plan.exits import TERMINAL_CLASSES, count_exit, describe_exit
-from fleet.plan.model import Action
+from fleet.plan.model import Action, Stage
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 from fleet.store.db import Store
 from fleet.store.files import UnsafeFile, append_line, remove, write_json_atomic
@@ -248,7 +248,7 @@ class Executor:
                 self.journal("drain_started", f"stopping ({action.reason}); up to {drain.timeout:g}s", name,
                              pid=proc.pid, intent=drain.intent)
                 self._planned_stop(name, spec, proc, drain.reason, now + drain.timeout)
-        elif action.phase == "stop":
+        elif action.stage == Stage.STOP:
             self._planned_stop(name, spec, proc, obs.history.drain_reason, obs.history.drain_deadline)
 
     def _planned_stop(self, name: str, spec: ProfileSpec | None, proc: LiveProcess, reason: str | None,

@@ -78,6 +78,12 @@ class Reason(StrEnum):
         return cls(stored) if stored in cls._value2member_map_ else cls.DRAINING
 
 
+class Stage(StrEnum):
+    """Which step of a drain or replace an action is (a status row's phase is another thing)."""
+    BEGIN = "begin"  # ask the gateway to drain
+    STOP = "stop"  # drained: the planned stop
+
+
 class DrainIntent(StrEnum):
     STOP = "stop"  # desired stopped
     PRUNE = "prune"  # removed from the manifest
@@ -125,7 +131,7 @@ class Action:
     message: str = ""
     not_before: float | None = None
     pid: int | None = None
-    phase: str = ""  # drain/replace: begin | stop ; kill: the drain it ends
+    stage: Stage | None = None  # drain/replace: which step of the drain
     voluntary: bool = False
     gates: tuple[Gate, ...] = ()
     target: LiveProcess | None = None  # adopt, drain, replace, kill: the process acted on
@@ -140,6 +146,8 @@ class Action:
         # The vocabulary is closed: a kind or reason the code does not know fails where it is made.
         object.__setattr__(self, "kind", Kind(self.kind))
         object.__setattr__(self, "reason", Reason(self.reason))
+        if self.stage is not None:
+            object.__setattr__(self, "stage", Stage(self.stage))
 
     def process(self) -> LiveProcess:
         """The process this action acts on; every action that touches one carries it."""
@@ -161,8 +169,8 @@ class Action:
     def render(self) -> str:
         """Compact deterministic form for tests: `profile kind reason [@not_before]`."""
         text = f"{self.profile} {self.kind} {self.reason}"
-        if self.phase:
-            text += f" ({self.phase})"
+        if self.stage:
+            text += f" ({self.stage})"
         if self.not_before is not None:
             text += f" @{format_instant(self.not_before)}"
         return text

@@ -23,6 +23,7 @@ from fleet.plan.model import (
     Kind,
     Plan,
     Reason,
+    Stage,
     format_instant,
 )
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
@@ -228,7 +229,7 @@ def _stop_flow(name, spec, obs: ProfileObservation, reason: Reason, now: float) 
     h, proc = obs.history, obs.process
     if h.drain_intent and h.drain_pid == proc.pid:
         return _continue_drain(name, spec, obs, now)
-    return [Action(Kind.DRAIN, name, reason, "drain, then stop", pid=proc.pid, phase="begin")]
+    return [Action(Kind.DRAIN, name, reason, "drain, then stop", pid=proc.pid, stage=Stage.BEGIN)]
 
 
 def _continue_drain(name, spec, obs: ProfileObservation, now: float) -> list[Action]:
@@ -241,7 +242,7 @@ def _continue_drain(name, spec, obs: ProfileObservation, now: float) -> list[Act
                        pid=proc.pid)]
     if _drained(spec, obs, now):
         kind = Kind.REPLACE if h.drain_intent == DrainIntent.REPLACE else Kind.DRAIN
-        return [Action(kind, name, Reason.carried(h.drain_reason), "drained; planned stop", pid=proc.pid, phase="stop")]
+        return [Action(kind, name, Reason.carried(h.drain_reason), "drained; planned stop", pid=proc.pid, stage=Stage.STOP)]
     active = obs.status.active if obs.status else None
     waiting = f"{active} active agent(s)" if active else "waiting for the gateway to acknowledge the drain"
     return [Action(Kind.WAIT, name, Reason.DRAINING, waiting,
@@ -313,7 +314,7 @@ def _operator_restart(name: str, req, pid: int) -> Action:
     if req.kind == "force_restart":
         return Action(Kind.KILL, name, Reason.FORCED, "restart --force", pid=pid)
     return Action(Kind.REPLACE, name, Reason.RESTART_REQUESTED, f"requested by {req.requested_by or 'an operator'}",
-                  pid=pid, phase="begin")
+                  pid=pid, stage=Stage.BEGIN)
 
 
 def _maintenance_due(request: MaintenanceRequest | None, proc) -> bool:
@@ -335,7 +336,7 @@ def _maintenance(name, spec: ProfileSpec, obs: ProfileObservation, req: Maintena
     if req.update_pending:
         return Action(Kind.WAIT, name, Reason.UPDATE_COMMAND, f"{label}: gates open; the update command runs first",
                       pid=pid, voluntary=True, gates=gates)
-    return Action(Kind.REPLACE, name, Reason.MAINTENANCE, label, pid=pid, phase="begin", voluntary=True, gates=gates)
+    return Action(Kind.REPLACE, name, Reason.MAINTENANCE, label, pid=pid, stage=Stage.BEGIN, voluntary=True, gates=gates)
 
 
 def _maintenance_gates(spec: ProfileSpec, obs: ProfileObservation, req: MaintenanceRequest,
@@ -379,7 +380,7 @@ def _voluntary_replace(name, spec: ProfileSpec, obs: ProfileObservation, reason:
     if not idle.open:
         return Action(Kind.WAIT, name, Reason.IDLE_GATE, f"{message}; waits until no agent is active ({active} now)",
                       pid=obs.process.pid, voluntary=True, gates=(idle,))
-    return Action(Kind.REPLACE, name, reason, message, pid=obs.process.pid, phase="begin", voluntary=True, gates=(idle,))
+    return Action(Kind.REPLACE, name, reason, message, pid=obs.process.pid, stage=Stage.BEGIN, voluntary=True, gates=(idle,))
 
 
 def _absent_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float) -> list[Action]:
@@ -535,7 +536,7 @@ def _holds_budget(obs: ProfileObservation, spec: ProfileSpec | None) -> bool:
 
 
 def _begins_voluntary_replace(a: Action) -> bool:
-    return a.kind == Kind.REPLACE and a.voluntary and a.phase == "begin"
+    return a.kind == Kind.REPLACE and a.voluntary and a.stage == Stage.BEGIN
 
 
 def _budget_wait(a: Action, in_use: set[str], limit: int) -> Action:
@@ -601,9 +602,9 @@ def _drain_start(action: Action, spec: ProfileSpec | None, h) -> DrainStart | No
     """The drain an action begins: a drain or replace's first step; a forced restart outside any drain,
     whose kill is the stop (its deadline covers only the kernel tearing the tree down)."""
     timeout = spec.drain.timeout if spec else SECONDS_WITHOUT_SPEC
-    if action.phase == "begin" and action.kind == Kind.REPLACE:
+    if action.stage == Stage.BEGIN and action.kind == Kind.REPLACE:
         return DrainStart(DrainIntent.REPLACE, action.reason, timeout)
-    if action.phase == "begin" and action.kind == Kind.DRAIN:
+    if action.stage == Stage.BEGIN and action.kind == Kind.DRAIN:
         intent = DrainIntent.PRUNE if action.reason == Reason.REMOVED_FROM_MANIFEST else DrainIntent.STOP
         return DrainStart(intent, action.reason, timeout)
     if action.kind == Kind.KILL and action.reason == Reason.FORCED and not h.drain_intent:
