@@ -6,7 +6,8 @@ Bounded while the gateway runs: the controller's LogGuard checks the logs' sizes
 over the cap: its bytes are copied to `<log>.1` (the older rotated files shift up, the oldest
 goes first), then the log is truncated; the gateway writes with O_APPEND, so its next write
 lands at the new end. What is lost: the bytes written between the copy reaching the end and the
-truncate (a window of microseconds); under a flood (over FLOOD_SLACK per check interval) also
+truncate (a window of microseconds), and a line still being written then (the copy ends at a line's
+end: no line is torn); under a flood (over FLOOD_SLACK per check interval) also
 the oldest bytes beyond MAX_LOG_BYTES + FLOOD_SLACK and the newest written while those are
 copied. On disk at any time: KEEP_ROTATED rotated files of at most MAX_LOG_BYTES + FLOOD_SLACK,
 plus the live log (the cap plus what a flood writes in one check interval). At a spawn, with no
@@ -72,15 +73,22 @@ def trim_running(path: str, max_bytes: int = MAX_LOG_BYTES, keep: int = KEEP_ROT
         try:
             budget = max_bytes + FLOOD_SLACK
             offset = max(0, size - budget)  # only under a flood: the oldest bytes beyond the budget go
+            copied, line_end = 0, -1
             while budget > 0:
                 chunk = os.pread(src, min(_CHUNK, budget), offset)
                 if not chunk:
                     break
                 os.write(dst, chunk)
+                if b"\n" in chunk:
+                    line_end = copied + chunk.rindex(b"\n") + 1
                 offset += len(chunk)
                 budget -= len(chunk)
+                copied += len(chunk)
             # Right after the last read found the end: only what lands in between is lost.
             os.ftruncate(src, 0)
+            if 0 < line_end < copied:
+                # A read can see a write half done: the line being written at the truncate is lost, not torn.
+                os.ftruncate(dst, line_end)
         finally:
             os.close(dst)
         if keep > 0:
