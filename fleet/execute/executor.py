@@ -216,9 +216,8 @@ class Executor:
     def _prepare_spawn(self, name: str, spec: ProfileSpec, now: float) -> list[str]:
         if spec.driver == DRIVER_HERMES:
             os.makedirs(spec.hermes_home, mode=0o700, exist_ok=True)
-            # A leftover drain request would boot the new gateway straight into a drain (same boot epoch).
-            remove(os.path.join(spec.hermes_home, hf.DRAIN_REQUEST))
-        remove(self.state.stop_marker(name))
+        # A leftover drain request would boot the new gateway straight into a drain (same boot epoch).
+        self._clear_drain(name)
         remove(self.state.state_file(name))
         rotate_if_large(str(self.state.log(name)))
         argv = list(spec.command)
