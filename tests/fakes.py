@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from fleet.platform.base import ProcessInfo, SignalRefused
+from fleet.platform.exits import PollingExitWatch
 from fleet.store.db import Store
 from fleet.store.layout import StateDir, ensure_state_dir
 
@@ -147,8 +148,8 @@ class FakePlatform:
             return (False, None)
         return (True, self.exits.pop(pid))
 
-    def exit_waiter(self, pid: int) -> int | None:
-        return None
+    def exit_watch(self) -> PollingExitWatch:
+        return PollingExitWatch()
 
     def drain_epoch(self) -> str:
         return self.epoch

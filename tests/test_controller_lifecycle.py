@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 import fleet_harness
-from fleet.controller.wake import wake
+from fleet.platform.wake import send_wake
 from fleet.store.layout import StateDir
 from fleet_harness import alive, fleet  # noqa: F401
 from helpers import read_json, wait_until
@@ -177,7 +177,7 @@ def test_an_exiting_gateway_is_not_mistaken_for_a_gateway_without_the_supervisor
 
     def hammer():  # wake the controller again and again, as CLI commands do
         while not stop.is_set():
-            wake(StateDir(fleet.state))
+            send_wake(StateDir(fleet.state))
             time.sleep(0.002)
     thread = threading.Thread(target=hammer, daemon=True)
     thread.start()

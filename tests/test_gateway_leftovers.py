@@ -84,7 +84,7 @@ def test_a_marked_process_is_a_gateway_only_on_a_gateway_command_line(reaper, tm
     command line (Hermes' rules); a process driver's command is its own, so its markers still do."""
     from factories import profile_spec
     from fleet.observe import identity
-    from fleet.platform.posix import PosixPlatform
+    from fleet.platform.linux import LinuxPlatform
 
     env = {**os.environ, **identity.markers("alpha", "/nonexistent/fleet-state")}
     diag = reaper.spawn([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
@@ -92,7 +92,7 @@ def test_a_marked_process_is_a_gateway_only_on_a_gateway_command_line(reaper, tm
     hermes.write_text("import time\ntime.sleep(60)\n")
     gateway = reaper.spawn([sys.executable, str(hermes), "-p", "alpha", "gateway", "run", "--external-supervisor"],
                            env=env)
-    platform = PosixPlatform()
+    platform = LinuxPlatform()
 
     def info(pid):
         return wait_until(lambda: (lambda i: i if i and i.cmdline else None)(platform.process_info(pid)), 10)

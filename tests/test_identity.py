@@ -18,7 +18,7 @@ import pytest
 from factories import profile_spec
 from fleet.observe import identity
 from fleet.platform.base import SignalRefused
-from fleet.platform.posix import PosixPlatform
+from fleet.platform.linux import LinuxPlatform
 from fleet.store.files import write_json_atomic
 from fleet_harness import alive, environ_of, fleet, proc_start_ticks  # noqa: F401
 from helpers import SIGNAL_LOGGER, ProcessReaper, reaper, wait_until  # noqa: F401
@@ -90,11 +90,11 @@ def test_never_signal_refuses_init_itself_ancestors_and_kernel_threads(what):
         pid = threads[-1]
     if what == "grandparent" and pid <= 1:
         pytest.skip("the runner's parent is init")
-    assert PosixPlatform().never_signal(pid)
+    assert LinuxPlatform().never_signal(pid)
 
 
 def test_never_signal_refuses_another_users_process(reaper):
-    platform = PosixPlatform()
+    platform = LinuxPlatform()
     if os.getuid() == 0:
         proc = reaper.spawn(["sleep", "60"], user=65534, group=65534)
         wait_until(lambda: platform.process_info(proc.pid) and platform.process_info(proc.pid).uid == 65534, 10,
@@ -105,11 +105,11 @@ def test_never_signal_refuses_another_users_process(reaper):
                     p.info["uids"].real != os.getuid() and p.pid > 2), None)
         if pid is None:
             pytest.skip("no process of another user visible")
-    assert "another user" in PosixPlatform().never_signal(pid)
+    assert "another user" in LinuxPlatform().never_signal(pid)
 
 
 def test_never_signal_refuses_a_zombie_and_allows_an_ordinary_process_of_ours(reaper):
-    platform = PosixPlatform()
+    platform = LinuxPlatform()
     sleeper = reaper.spawn(["sleep", "60"])
     assert platform.never_signal(sleeper.pid) is None
     done = reaper.spawn(["true"])
@@ -120,7 +120,7 @@ def test_never_signal_refuses_a_zombie_and_allows_an_ordinary_process_of_ours(re
 @pytest.mark.parametrize("what", ["init", "itself", "parent", "kthreadd"])
 def test_protected_pids_are_refused_before_any_signal(what, no_signals):
     pid = {"init": 1, "itself": os.getpid(), "parent": os.getppid(), "kthreadd": 2}[what]
-    platform = PosixPlatform()
+    platform = LinuxPlatform()
     with pytest.raises(SignalRefused):
         platform.request_stop(pid)
     with pytest.raises(SignalRefused):
@@ -130,7 +130,7 @@ def test_protected_pids_are_refused_before_any_signal(what, no_signals):
 
 # -- the identity rule ---------------------------------------------------------------------------------------
 def test_an_empty_environment_proves_nothing_even_when_the_command_line_matches(reaper, tmp_path):
-    platform = PosixPlatform()
+    platform = LinuxPlatform()
     decoy, _ = logger(reaper, tmp_path, env=None, empty_env=True, extra=("hermes", "-p", "alpha", "gateway", "run"))
     assert platform.process_environ(decoy.pid) == {}
     spec = profile_spec("alpha", match="gateway")
@@ -138,7 +138,7 @@ def test_an_empty_environment_proves_nothing_even_when_the_command_line_matches(
 
 
 def test_an_unreadable_environment_proves_nothing(reaper, tmp_path, monkeypatch):
-    platform = PosixPlatform()
+    platform = LinuxPlatform()
     proc, _ = logger(reaper, tmp_path, env=marked())
     assert check(platform, proc.pid).verdict == "alive"
     monkeypatch.setattr(platform, "process_environ", lambda pid: None)  # as for a non-dumpable process
@@ -147,7 +147,7 @@ def test_an_unreadable_environment_proves_nothing(reaper, tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("markers", ["other_state_dir", "other_profile"])
 def test_markers_naming_another_fleet_rule_out_a_matching_command_line(reaper, tmp_path, markers):
-    platform = PosixPlatform()
+    platform = LinuxPlatform()
     env = marked(state="/elsewhere") if markers == "other_state_dir" else marked(name="beta")
     proc, _ = logger(reaper, tmp_path, env=env, extra=("hermes", "-p", "alpha", "gateway", "run"))
     c = check(platform, proc.pid, spec=profile_spec("alpha", match="gateway"))
@@ -156,16 +156,16 @@ def test_markers_naming_another_fleet_rule_out_a_matching_command_line(reaper, t
 
 def test_this_profiles_markers_prove_it(reaper, tmp_path):
     proc, _ = logger(reaper, tmp_path, env=marked())
-    c = check(PosixPlatform(), proc.pid)
+    c = check(LinuxPlatform(), proc.pid)
     assert c.verdict == "alive" and c.proof.how == identity.PROOF_MARKER
 
 
 def test_a_child_we_hold_is_ours_only_for_the_profile_we_started_it_for(reaper, tmp_path):
-    platform = PosixPlatform()
+    platform = LinuxPlatform()
     log = tmp_path / "child.log"
     pid = platform.spawn_detached([sys.executable, "-c", SIGNAL_LOGGER, str(log)], marked(), str(tmp_path),
                                   str(tmp_path / "out.log"))
-    reaper.track(platform.children[pid])
+    reaper.track(platform.children.popen(pid))
     c = check(platform, pid)
     assert c.verdict == "alive" and c.proof.how == identity.PROOF_CHILD
     assert check(platform, pid, name="beta").verdict == "unrelated"
@@ -174,7 +174,7 @@ def test_a_child_we_hold_is_ours_only_for_the_profile_we_started_it_for(reaper, 
 @pytest.mark.parametrize("who", ["runner", "runner_parent"])
 def test_the_controller_and_its_ancestors_are_never_ours(who):
     pid = os.getpid() if who == "runner" else os.getppid()
-    c = check(PosixPlatform(), pid, spec=profile_spec("alpha", match="."))
+    c = check(LinuxPlatform(), pid, spec=profile_spec("alpha", match="."))
     assert c.verdict == "foreign" and c.proof.protected
 
 
@@ -212,7 +212,7 @@ def test_a_tree_kill_reaches_only_marked_descendants_and_the_gateways_own_sessio
     created = {k: psutil.Process(p).create_time() for k, p in tree.items()}
     for key in ("e", "g"):  # the survivors are this test's to end
         reaper.track(tree[key])
-    PosixPlatform().kill_tree(root.pid, identity.markers("alpha", STATE))
+    LinuxPlatform().kill_tree(root.pid, identity.markers("alpha", STATE))
     root.wait(timeout=10)
     wait_until(lambda: not alive(tree["c"], created["c"]) and not alive(tree["d"], created["d"]), 10,
                what="the marked child and the same-session child to die")
@@ -349,7 +349,7 @@ def test_the_executor_rechecks_identity_and_never_signals_what_is_not_ours(tmp_p
         pid = logger(reaper, tmp_path, env=None, empty_env=True)[0].pid
     else:
         pid = logger(reaper, tmp_path, env=marked(name="beta", state=str(state.root)))[0].pid
-    platform = PosixPlatform()
+    platform = LinuxPlatform()
     info = platform.process_info(pid)
     spec = profile_spec("alpha", driver="process", command=(sys.executable, "-c", "pass"), cwd=str(tmp_path),
                         match=".")
@@ -391,7 +391,7 @@ def test_a_tree_kill_never_reaches_another_users_process_in_the_gateways_group(r
     created = {k: psutil.Process(p).create_time() for k, p in tree.items()}
     reaper.track(tree["other"])
     assert os.getpgid(tree["other"]) == root.pid
-    PosixPlatform().kill_tree(root.pid, identity.markers("alpha", STATE))
+    LinuxPlatform().kill_tree(root.pid, identity.markers("alpha", STATE))
     root.wait(timeout=10)
     wait_until(lambda: not alive(tree["mine"], created["mine"]), 10, what="our own group member to die")
     assert alive(tree["other"], created["other"]), "another user's process in the group was killed"

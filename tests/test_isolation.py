@@ -20,7 +20,7 @@ from factories import NOW, crashed, fleet_spec, history, make_plan, observation,
 from fleet_harness import REPO, alive, create_time, environ_of, fleet, proc_start_ticks  # noqa: F401
 from helpers import reaper, wait_until  # noqa: F401
 
-from fleet.controller.wake import wake
+from fleet.platform.wake import send_wake
 from fleet.plan.model import Action
 from fleet.spec.model import RestartPolicy
 from fleet.store.db import OperatorRequest
@@ -188,11 +188,11 @@ WRAPPER = textwrap.dedent("""\
     import os, sys
     sys.path.insert(0, {repo!r})
     from fleet.controller import __main__ as entry
-    from fleet.platform.posix import PosixPlatform
+    from fleet.platform.linux import LinuxPlatform
     import builtins
     EXC = getattr(builtins, os.environ["ISOLATION_SPAWN_RAISES"])
 
-    class Raising(PosixPlatform):
+    class Raising(LinuxPlatform):
         def spawn_detached(self, argv, env, cwd, log_path):
             if env.get("HERMES_FLEET_PROFILE") == "bad":
                 raise EXC("injected by the test")
@@ -384,7 +384,7 @@ def test_a_forged_record_never_makes_a_live_gateway_a_leftover(fleet, reaper, dr
         write_json_atomic(fleet.state / f"{name}.pid", record)  # under the running controller
     else:
         write_atomic(fleet.state / f"{name}.pid", record.encode())
-    wake(StateDir(fleet.state))
+    send_wake(StateDir(fleet.state))
     wait_until(lambda: fleet.journal_kinds(name, "reclaimed") or fleet.journal_kinds(name, "exited"), 20,
                what="the forged record to be reclaimed")
     wait_until(lambda: fleet.pid(name) == pid, 20, what="the live gateway to be adopted again")

@@ -7,7 +7,7 @@ import sys
 import time
 
 from fleet.controller.status import controller_status
-from fleet.controller.wake import wake
+from fleet.platform.wake import send_wake
 from fleet.platform import controller_process, current_platform
 from fleet.store.db import Store
 from fleet.store.files import open_append
@@ -65,7 +65,7 @@ def ensure_controller(state: StateDir) -> tuple[int, bool]:
     """(pid, started_now)."""
     pid = running_controller_pid(state)
     if pid is not None:
-        wake(state)
+        send_wake(state)
         return pid, False
     return start_detached(state), True
 
@@ -79,7 +79,7 @@ def stop_controller(state: StateDir, timeout: float = 15.0) -> int | None:
     if current_platform().never_signal(holder.pid):  # a forged holder file naming pid 1, our shell, another user's
         return None
     deadline = time.monotonic() + timeout
-    if not controller_process.stop_controller(holder, timeout) or not _no_controller_by(state, deadline):
+    if not controller_process.stop_controller(state, holder, timeout) or not _no_controller_by(state, deadline):
         raise RuntimeError(f"controller pid {holder.pid} did not stop within {timeout:g}s")
     return holder.pid
 

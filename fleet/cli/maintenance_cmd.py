@@ -19,7 +19,7 @@ from fleet.cli.common import (
 from fleet.cli.controller_client import NO_CONTROLLER_HINT, running_controller_pid
 from fleet.cli.render_plan import utc
 from fleet.controller.desired import DesiredSource
-from fleet.controller.wake import wake
+from fleet.platform.wake import send_wake
 from fleet.maintenance import queue
 from fleet.maintenance.model import ALL, MaintenanceRequest
 from fleet.spec.durations import parse_duration
@@ -129,7 +129,7 @@ def _handle(state, payload: object, person_now: bool) -> dict:
         positions = _positions(store)
     finally:
         store.close()
-    wake(state)
+    send_wake(state)
     return {"format_version": API_VERSION, "ok": True, "controller_running": controller, "merged": sub.merged,
             "request": _describe(sub.request, positions.get(sub.request.id), controller)}
 

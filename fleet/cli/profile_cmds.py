@@ -11,7 +11,7 @@ import typer
 from fleet.cli.common import EXIT_FAILED, FileOption, StateDirOption, fail, fleet_state, open_store, state_for
 from fleet.cli.controller_client import NO_CONTROLLER_HINT, running_controller_pid, stop_controller
 from fleet.controller.status import ProfileStatus, fleet_status
-from fleet.controller.wake import wake
+from fleet.platform.wake import send_wake
 from fleet.platform import current_platform
 from fleet.spec.durations import parse_duration
 from fleet.spec.markers import PROFILE_ENV
@@ -38,7 +38,7 @@ def _after_request(state, message: str) -> None:
     if running_controller_pid(state) is None:
         typer.echo(f"warning: no controller is running; the request waits durably. {NO_CONTROLLER_HINT}", err=True)
         raise typer.Exit(EXIT_FAILED)
-    wake(state)
+    send_wake(state)
 
 
 def restart(
@@ -134,7 +134,7 @@ def down(
     if not running:
         typer.echo("nothing runs; the fleet stays down until `apply` or `start`")
         return
-    wake(state)
+    send_wake(state)
     deadline = time.monotonic() + parse_duration(timeout)
     _wait_drained(state, deadline)
     left = _fleet_leftovers(state, deadline)

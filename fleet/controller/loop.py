@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import time
+from collections.abc import Callable
 
 from fleet import __version__
 from fleet.controller.bookkeeping import StoreBookkeeping
@@ -18,6 +18,7 @@ from fleet.controller.maintenance_tick import IDLE_POLL_SECONDS
 from fleet.controller.reconcile import PassResult, Reconciler
 from fleet.controller.wakeups import Wakeups
 from fleet.execute.logs import LogGuard
+from fleet.platform.base import Platform
 from fleet.service.notify import SdNotify
 from fleet.store.db import Store
 from fleet.store.fence import Fence
@@ -32,7 +33,7 @@ EXIT_OK, EXIT_FATAL, EXIT_CONFIG, EXIT_LOCKED, EXIT_FENCED = 0, 1, 2, 3, 4
 
 
 class Controller:
-    def __init__(self, state: StateDir, platform, *, clock=time.time):
+    def __init__(self, state: StateDir, platform: Platform, *, clock: Callable[[], float] = time.time):
         self.state = state
         self.platform = platform
         self.clock = clock
@@ -67,7 +68,7 @@ class Controller:
         epoch = self._announce(store, lock)
         wakeups = Wakeups(self.state, self.platform)
         if wakeups.wake.identity is not None:
-            fence.hold("wake socket", wakeups.wake.path, wakeups.wake.identity)
+            fence.hold("wake channel", wakeups.wake.path, wakeups.wake.identity)
         fenced = FenceWatch(fence)
         self._stop_on_signals(wakeups)
         notifier = SdNotify.from_env()
@@ -94,12 +95,11 @@ class Controller:
         return epoch
 
     def _stop_on_signals(self, wakeups: Wakeups) -> None:
-        def on_signal(signum, _frame):
+        def on_stop_request() -> None:
             self.stopping = True
             wakeups.interrupt()
 
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, on_signal)
+        self.platform.on_stop_request(on_stop_request)
 
     def _loop(self, reconciler: Reconciler, wakeups: Wakeups, notifier: SdNotify, log_guard: LogGuard) -> None:
         """Only waits and calls the pass: at once after a pass that acted, else until something wakes it."""
@@ -122,12 +122,13 @@ class Controller:
             if result.replan_now:
                 continue
             timeout = max(0.0, bookkeeping.bound(timeout, self.clock()))
-            if not wakeups.wake.sock:
-                timeout = min(timeout, 1.0)  # no wake socket: poll the store instead
             events = wakeups.wait(timeout, fenced.breached, log_guard)
             if fenced.why:
                 return
             woken = wakeups.take(events)
+            if woken.stop:
+                self.stopping = True
+                return
             if woken.by_cli:
                 bookkeeping.retry_soon()  # a CLI command wrote: the store may take writes again
             if woken.scan:

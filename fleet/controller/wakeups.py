@@ -1,64 +1,71 @@
-"""What the controller waits on between passes: a signal (through a self-pipe), a CLI's wake-up datagram,
-a gateway's exit (one pidfd per live gateway), and the time its pass asked for."""
+"""What the controller waits on between passes: a stop request (a signal handler or a `stop` message), a
+CLI's wake-up message, a gateway's exit (the platform's exit watch), and the time its pass asked for. All of
+them are sockets or descriptors the platform makes selectable, so the wait is one select() on every OS."""
 
 from __future__ import annotations
 
-import os
 import selectors
+import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from fleet.controller.wake import WakeSocket
 from fleet.execute.logs import LogGuard
+from fleet.platform.base import Platform
 from fleet.store.layout import StateDir
 
 # Between passes the fence is re-checked at least this often, so a controller whose state directory
 # was removed or replaced exits promptly even while nothing wakes it.
 FENCE_POLL_SECONDS = 2.0
+# How often a gateway no exit watch covers (or a store without a wake channel) is looked at.
+POLL_SECONDS = 1.0
+STOP = "stop"
+SCAN = "scan"
 
 
 @dataclass(frozen=True)
 class Woken:
     by_cli: bool = False  # a CLI command wrote to the store and said so
     scan: bool = False  # ... and asked for a look at the process table
+    stop: bool = False  # asked to leave (a stop request: the service host or `hermes-fleet controller stop`)
 
 
 class Wakeups:
-    def __init__(self, state: StateDir, platform):
-        self.platform = platform
-        self.wake = WakeSocket(state)
+    def __init__(self, state: StateDir, platform: Platform):
+        self.wake = platform.open_wake_channel(state)
+        self.exits = platform.exit_watch()
+        self.unwatched: frozenset[int] = frozenset()  # gateways no exit watch covers: polled
         self.selector = selectors.DefaultSelector()
-        self.signal_r, self.signal_w = os.pipe()
-        os.set_blocking(self.signal_w, False)
-        os.set_blocking(self.signal_r, False)
-        self.selector.register(self.signal_r, selectors.EVENT_READ, "signal")
-        if self.wake.sock:
-            self.selector.register(self.wake.sock, selectors.EVENT_READ, "wake")
-        self.waiters: dict[int, int] = {}  # gateway pid -> its exit waiter (pidfd)
+        # A socket pair, not a pipe: on Windows select() takes sockets only.
+        self._interrupt_r, self._interrupt_w = socket.socketpair()
+        self._interrupt_r.setblocking(False)
+        self._interrupt_w.setblocking(False)
+        self.selector.register(self._interrupt_r, selectors.EVENT_READ, "interrupt")
+        for channel, key in ((self.wake, "wake"), (self.exits, "exit")):
+            if channel.fileno() >= 0:
+                self.selector.register(channel.fileno(), selectors.EVENT_READ, key)
+
+    @property
+    def polls(self) -> bool:
+        """Whether something must be looked at on a timer: the store (no wake channel) or a gateway."""
+        return self.wake.fileno() < 0 or bool(self.unwatched)
 
     def interrupt(self) -> None:
         """From a signal handler: end the current wait at once."""
         try:
-            os.write(self.signal_w, b"x")
+            self._interrupt_w.send(b"x")
         except OSError:
             pass
 
     def watch(self, live: frozenset[int]) -> None:
-        """Keep one exit waiter (pidfd) per live gateway, so a death wakes us at once."""
-        for pid in list(self.waiters):
-            if pid not in live:
-                fd = self.waiters.pop(pid)
-                self.selector.unregister(fd)
-                os.close(fd)
-        for pid in live - set(self.waiters):
-            fd = self.platform.exit_waiter(pid)
-            if fd is not None:
-                self.waiters[pid] = fd
-                self.selector.register(fd, selectors.EVENT_READ, ("exit", pid))
+        """Watch exactly the live gateways, so a death wakes us at once."""
+        self.unwatched = self.exits.watch(live)
 
-    def wait(self, timeout: float, breached, log_guard: LogGuard) -> list:
+    def wait(self, timeout: float, breached: Callable[[], bool], log_guard: LogGuard) -> list:
         """select() in slices, checking the fence between them (and the logs' sizes, see LogGuard);
         returns early once it is breached."""
+        if self.polls:
+            timeout = min(timeout, POLL_SECONDS)
         deadline = time.monotonic() + timeout
         while True:
             events = log_guard.select(self.selector, min(max(0.0, deadline - time.monotonic()), FENCE_POLL_SECONDS))
@@ -66,22 +73,24 @@ class Wakeups:
                 return events
 
     def take(self, events: list) -> Woken:
-        """What the events of a wait say; empties the signal pipe and the wake socket."""
-        woken = Woken()
+        """What the events of a wait say; empties the interrupt pair, the wake channel and the exit watch."""
+        by_cli = scan = stop = False
         for key, _ in events:
             if key.data == "wake":
-                woken = Woken(by_cli=True, scan=woken.scan or "scan" in self.wake.drain())
-            elif key.data == "signal":
+                messages = self.wake.drain()
+                by_cli, scan, stop = True, scan or SCAN in messages, stop or STOP in messages
+            elif key.data == "exit":
+                self.exits.exited()
+            elif key.data == "interrupt":
                 try:
-                    os.read(self.signal_r, 64)
+                    self._interrupt_r.recv(64)
                 except OSError:
                     pass
-        return woken
+        return Woken(by_cli=by_cli, scan=scan, stop=stop)
 
     def close(self) -> None:
-        for fd in self.waiters.values():
-            os.close(fd)
         self.selector.close()
+        self.exits.close()
         self.wake.close()
-        os.close(self.signal_r)
-        os.close(self.signal_w)
+        self._interrupt_r.close()
+        self._interrupt_w.close()

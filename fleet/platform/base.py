@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import psutil
+
+    from fleet.store.fence import FileId
+    from fleet.store.layout import StateDir
 
 # psutil's create time is derived from the boot time and only good to ~10 ms; start ticks, where the platform
 # has them, need no tolerance.
@@ -37,24 +44,65 @@ class SignalRefused(PermissionError):
     """The last line of defence: a signal this controller must never send, whatever a record says."""
 
 
+class ExitWatch(Protocol):
+    """Wakes the controller's wait the moment a watched gateway exits: one selectable descriptor for all of
+    them (an epoll of pidfds, a kqueue, a socket fed by handle waiters), so the wait stays one select()."""
+
+    def fileno(self) -> int: ...  # readable once a watched process exited; -1 when nothing can be watched
+    # Watch exactly `pids` from now on; returns those no waiter covers (already gone, not openable): the
+    # controller polls for them instead.
+    def watch(self, pids: frozenset[int]) -> frozenset[int]: ...
+    def exited(self) -> frozenset[int]: ...  # the watched PIDs seen exiting since the last call; clears fileno()
+    def close(self) -> None: ...
+
+
+class WakeChannel(Protocol):
+    """The controller's end of the CLI-to-controller channel: hints that the store changed (and "stop"),
+    usable only by the controller's own user. The CLI's end is fleet.platform.wake.send_wake."""
+
+    path: str  # the file in the state directory that names the channel
+    identity: FileId | None  # that file as this controller made it (the fence holds it), None without one
+
+    def fileno(self) -> int: ...  # readable when a message arrived; -1 without a channel (then poll the store)
+    def drain(self) -> set[str]: ...  # the messages received since the last call
+    def close(self) -> None: ...
+
+
 class Platform(Protocol):
+    """Every OS difference the controller, the executor and the observer meet. An implementation per OS
+    (linux, macos, windows, and plain posix), all checked by tests/test_platform_contract.py."""
+
     name: str  # linux | macos | windows | posix
 
+    # identity
     def process_info(self, pid: int) -> ProcessInfo | None: ...
     def process_environ(self, pid: int) -> dict[str, str] | None: ...
-    def iter_processes(self) -> Iterator[ProcessInfo]: ...
+    def iter_processes(self) -> Iterator[ProcessInfo]: ...  # this user's processes
     def current_uid(self) -> int | None: ...
+    def child_environ(self, pid: int) -> dict[str, str] | None: ...  # env of a child we spawned and still hold
+    def process_group(self, pid: int) -> tuple[int | None, int | None]: ...  # (pgid, sid) or (None, None)
+    def lock_is_held(self, path: str) -> bool: ...  # a Hermes gateway.lock held by a live process
+    def drain_epoch(self) -> str: ...  # Hermes' drain-request epoch; "" turns its check off
+
+    # spawn and exits
     def spawn_detached(self, argv: list[str], env: dict[str, str], cwd: str, log_path: str) -> int: ...
     def spawn_daemon(self, argv: list[str], log_fd: int) -> int: ...  # a process that is nobody's child
+    def reap(self, pid: int) -> tuple[bool, int | None]: ...  # (exited, code) for our own children
+    def exit_watch(self) -> ExitWatch: ...
+
+    # stopping gateways: never_signal is the last line of defence, whatever a record or an observer said
     def never_signal(self, pid: int) -> str | None: ...  # why `pid` must never be signalled, or None
-    def child_environ(self, pid: int) -> dict[str, str] | None: ...  # env of a child we spawned and still hold
-    def request_stop(self, pid: int) -> None: ...  # raises SignalRefused when never_signal(pid) says so
+    # The graceful stop after the planned-stop marker is written (SIGTERM on POSIX; nothing more on Windows,
+    # where the marker is the only stop a detached gateway can see); raises SignalRefused per never_signal.
+    def request_stop(self, pid: int) -> None: ...
     # Kills `pid` and those descendants that carry every `markers` entry in their environment or share the
     # root's own session, process group or service scope; raises SignalRefused for a protected root.
     def kill_tree(self, pid: int, markers: Mapping[str, str]) -> None: ...
     def kill_process(self, pid: int) -> None: ...  # that process only
-    def process_group(self, pid: int) -> tuple[int | None, int | None]: ...  # (pgid, sid) or (None, None)
-    def lock_is_held(self, path: str) -> bool: ...
-    def reap(self, pid: int) -> tuple[bool, int | None]: ...  # (exited, code) for our own children
-    def exit_waiter(self, pid: int) -> int | None: ...  # fd readable at exit, or None (then poll)
-    def drain_epoch(self) -> str: ...  # Hermes' drain-request epoch; "" turns its check off
+
+    # the controller itself
+    def open_wake_channel(self, state: StateDir) -> WakeChannel: ...
+    def on_stop_request(self, handler: Callable[[], None]) -> None: ...  # the OS's ways to ask a process to stop
+    # Ask the controller `proc` to leave (it keeps every gateway running); where the OS has no stop request the
+    # controller can catch, end it after half of `timeout` (as safe as a crash: the next controller adopts).
+    def stop_controller_process(self, state: StateDir, proc: psutil.Process, timeout: float) -> None: ...

@@ -8,11 +8,12 @@ import time
 import psutil
 
 from fleet.platform import current_platform
-from fleet.platform.base import ProcessInfo
+from fleet.platform.base import Platform, ProcessInfo
+from fleet.store.layout import StateDir
 from fleet.store.lock import Holder
 
 
-def holder_process(platform, holder: Holder) -> ProcessInfo | None:
+def holder_process(platform: Platform, holder: Holder) -> ProcessInfo | None:
     """The live process the holder file names, or None when that PID no longer is that controller (gone, a
     zombie, or reused by a process that started at another time)."""
     if holder.pid <= 0:
@@ -23,15 +24,11 @@ def holder_process(platform, holder: Holder) -> ProcessInfo | None:
     return info
 
 
-def stop_controller(holder: Holder, timeout: float = 30.0) -> bool:
+def stop_controller(state: StateDir, holder: Holder, timeout: float = 30.0, platform: Platform | None = None) -> bool:
     """Ask the controller `holder` names to exit (it leaves every gateway running) and wait up to `timeout`
     seconds for it to go. True once it is gone (or its PID belongs to another process), False if it still runs.
-
-    SIGTERM on POSIX, which the controller handles by releasing the fleet and exiting 0; on Windows psutil's
-    terminate() is TerminateProcess, which is safe for the same reason a crash is: gateways run detached and
-    the next controller adopts them.
-    """
-    platform = current_platform()
+    How it is asked is the platform's (Platform.stop_controller_process)."""
+    platform = platform or current_platform()
     try:
         proc = psutil.Process(holder.pid)  # from here on psutil refuses to signal the PID once it is reused
     except psutil.NoSuchProcess:
@@ -39,7 +36,7 @@ def stop_controller(holder: Holder, timeout: float = 30.0) -> bool:
     if holder_process(platform, holder) is None:
         return True  # that controller is already gone; the PID belongs to someone else
     try:
-        proc.terminate()
+        platform.stop_controller_process(state, proc, timeout)
     except psutil.NoSuchProcess:
         return True
     # Polled rather than psutil's wait(): that waits for a zombie to be reaped by a parent that is not us,

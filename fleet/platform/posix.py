@@ -1,4 +1,6 @@
-"""Linux and macOS: processes, detached spawns, signals, flock probes."""
+"""POSIX: processes through psutil, detached spawns in their own session, signals, flock probes. Linux
+(fleet.platform.linux) and macOS (fleet.platform.macos) refine it; on any other POSIX it runs as is, with
+exits polled."""
 
 from __future__ import annotations
 
@@ -6,111 +8,52 @@ import errno
 import os
 import signal
 import subprocess
-import sys
-from typing import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import psutil
 
-from fleet.platform.base import ProcessInfo, SignalRefused
+from fleet.platform.base import ExitWatch, ProcessInfo, SignalRefused, WakeChannel
+from fleet.platform.children import SpawnedChildren
+from fleet.platform.exits import PollingExitWatch
+from fleet.platform.wake import open_wake_channel
 from fleet.store.files import open_append
+from fleet.store.layout import StateDir
 
 _ATTRS = ["pid", "create_time", "uids", "username", "cmdline", "status", "ppid"]
-PF_KTHREAD = 0x00200000  # include/linux/sched.h: the task is a kernel thread
-KTHREADD = 2  # Linux: parent of every kernel thread
 EXITED = "has already exited (zombie)"
-_PROC_STATES = {"R": "running", "S": "sleeping", "D": "disk-sleep", "Z": "zombie", "T": "stopped",
-                "t": "tracing-stop", "X": "dead", "x": "dead", "I": "idle", "W": "waking", "P": "parked"}
-
-
-def proc_start_ticks(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat: the start time in clock ticks since boot, as Hermes records it."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return None
-    try:
-        return int(data[data.rindex(b")") + 2:].split()[19])
-    except (ValueError, IndexError):
-        return None
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class PosixPlatform:
+    name = "posix"
+
     def __init__(self) -> None:
-        self.name = "linux" if sys.platform.startswith("linux") else ("macos" if sys.platform == "darwin" else "posix")
-        self._has_proc = os.path.isdir("/proc/self") and self.name == "linux"
-        self.children: dict[int, subprocess.Popen] = {}
-        self._child_env: dict[int, dict[str, str]] = {}
-        if self._has_proc:
-            self._boot_time = psutil.boot_time()
-            self._clock_ticks = os.sysconf("SC_CLK_TCK")
+        self.children = SpawnedChildren()
 
-    def _ticks(self, pid: int, create_time: float) -> int | None:
-        if self._has_proc:
-            return proc_start_ticks(pid)
-        return int(round(create_time * 100))
+    # ------------------------------------------------------------ identity
 
-    def _info(self, d: dict) -> ProcessInfo:
+    def _info(self, d: dict[str, Any]) -> ProcessInfo:
         uids = d.get("uids")
+        create_time = d.get("create_time") or 0.0
         return ProcessInfo(
-            pid=d["pid"], start_ticks=self._ticks(d["pid"], d.get("create_time") or 0.0),
-            create_time=d.get("create_time") or 0.0, uid=uids.real if uids else None,
-            username=d.get("username"), cmdline=tuple(d.get("cmdline") or ()),
+            pid=d["pid"], start_ticks=int(round(create_time * 100)), create_time=create_time,
+            uid=uids.real if uids else None, username=d.get("username"), cmdline=tuple(d.get("cmdline") or ()),
             status=d.get("status") or "unknown", ppid=d.get("ppid"),
         )
 
     def process_info(self, pid: int) -> ProcessInfo | None:
         if pid <= 0:
             return None
-        if self._has_proc:
-            return self._proc_info(pid)
         try:
-            proc = psutil.Process(pid)
-            d = proc.as_dict(attrs=_ATTRS, ad_value=None)
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            return None
+            d = psutil.Process(pid).as_dict(attrs=_ATTRS, ad_value=None)
         except psutil.Error:
             return None
         if d.get("create_time") is None:
             return None
         return self._info(d)
 
-    def _proc_info(self, pid: int) -> ProcessInfo | None:
-        """Linux fast path: three reads of /proc instead of psutil's dozen (the controller does this
-        for every profile on every pass)."""
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as fh:
-                stat = fh.read()
-            uid = os.stat(f"/proc/{pid}").st_uid
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                raw = fh.read()
-        except (FileNotFoundError, ProcessLookupError):
-            return None
-        except OSError:
-            return None
-        try:
-            fields = stat[stat.rindex(b")") + 2:].split()
-            state, ppid, ticks = fields[0].decode(), int(fields[1]), int(fields[19])
-        except (ValueError, IndexError):
-            return None
-        cmdline = tuple(a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0")[:-1]) if raw else ()
-        return ProcessInfo(pid=pid, start_ticks=ticks, create_time=self._boot_time + ticks / self._clock_ticks,
-                           uid=uid, username=None, cmdline=cmdline, status=_PROC_STATES.get(state, "unknown"),
-                           ppid=ppid)
-
     def process_environ(self, pid: int) -> dict[str, str] | None:
-        if self._has_proc:
-            try:
-                with open(f"/proc/{pid}/environ", "rb") as fh:
-                    raw = fh.read()
-            except OSError:
-                return None
-            env = {}
-            for item in raw.split(b"\0"):
-                key, sep, value = item.partition(b"=")
-                if sep:
-                    env[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
-            return env
         try:
             return psutil.Process(pid).environ()
         except psutil.Error:
@@ -118,18 +61,6 @@ class PosixPlatform:
 
     def iter_processes(self) -> Iterator[ProcessInfo]:
         uid = self.current_uid()
-        if self._has_proc:
-            for entry in os.scandir("/proc"):
-                if entry.name.isdigit():
-                    try:
-                        if entry.stat().st_uid != uid:
-                            continue
-                    except OSError:
-                        continue
-                    info = self._proc_info(int(entry.name))
-                    if info is not None:
-                        yield info
-            return
         for proc in psutil.process_iter(_ATTRS, ad_value=None):
             d = proc.info
             uids = d.get("uids")
@@ -140,6 +71,37 @@ class PosixPlatform:
     def current_uid(self) -> int | None:
         return os.getuid()
 
+    def child_environ(self, pid: int) -> dict[str, str] | None:
+        return self.children.environ(pid)
+
+    def process_group(self, pid: int) -> tuple[int | None, int | None]:
+        """(process group id, session id) of a live process; (None, None) when gone."""
+        try:
+            return os.getpgid(pid), os.getsid(pid)
+        except OSError:
+            return None, None
+
+    def lock_is_held(self, path: str) -> bool:
+        import fcntl
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return False
+        try:
+            # A shared probe: it can only collide with an exclusive holder, which is what we look for.
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        except OSError as exc:
+            return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+        finally:
+            os.close(fd)
+
+    def drain_epoch(self) -> str:
+        return ""  # Hermes derives its epoch from Linux's boot id; elsewhere it has none and checks none
+
+    # ------------------------------------------------------------ spawn and exits
+
     def spawn_detached(self, argv: list[str], env: dict[str, str], cwd: str, log_path: str) -> int:
         log_fd = open_append(log_path)
         try:
@@ -148,9 +110,7 @@ class PosixPlatform:
                                     start_new_session=True, close_fds=True)
         finally:
             os.close(log_fd)
-        self.children[proc.pid] = proc
-        self._child_env[proc.pid] = dict(env)
-        return proc.pid
+        return self.children.add(proc, env)
 
     def spawn_daemon(self, argv: list[str], log_fd: int) -> int:
         """Start `argv` through an intermediate that exits at once, so the new process is re-parented
@@ -179,28 +139,14 @@ class PosixPlatform:
             raise OSError(f"could not start {argv[0]!r}")
         return int(written)
 
-    def child_environ(self, pid: int) -> dict[str, str] | None:
-        """The environment we gave a child we still hold unreaped: its PID cannot have been reused, and
-        it holds before the child's exec too, when /proc still shows our own environment."""
-        proc = self.children.get(pid)
-        if proc is None or proc.returncode is not None:
-            return None
-        return self._child_env.get(pid)
-
     def reap(self, pid: int) -> tuple[bool, int | None]:
-        """(exited, exit code) for a child we spawned; (False, None) for others or still running.
-        Exit codes follow the shell: a death by signal N is -N."""
-        proc = self.children.get(pid)
-        if proc is None:
-            return (False, None)
-        code = proc.poll()
-        if code is None:
-            return (False, None)
-        del self.children[pid]
-        self._child_env.pop(pid, None)
-        return (True, code)
+        return self.children.reap(pid)
 
-    # -- signals: never_signal is the last line of defence, whatever a record or an observer said -----------
+    def exit_watch(self) -> ExitWatch:
+        return PollingExitWatch()
+
+    # ------------------------------------------------------------ signals
+
     def never_signal(self, pid: int) -> str | None:
         if pid <= 1:
             return f"pid {pid} is the init process" if pid == 1 else f"pid {pid} names no single process"
@@ -209,8 +155,9 @@ class PosixPlatform:
             return f"pid {pid} is this controller itself"
         if pid in _ancestors(me):
             return f"pid {pid} is an ancestor of this controller"
-        if self._has_proc:
-            return _proc_refusal(pid)
+        return self._refusal(pid)
+
+    def _refusal(self, pid: int) -> str | None:
         return _psutil_refusal(pid)
 
     def _guard(self, pid: int) -> None:
@@ -255,13 +202,6 @@ class PosixPlatform:
         except ProcessLookupError:
             pass
 
-    def process_group(self, pid: int) -> tuple[int | None, int | None]:
-        """(process group id, session id) of a live process; (None, None) when gone."""
-        try:
-            return os.getpgid(pid), os.getsid(pid)
-        except OSError:
-            return None, None
-
     def _protected_in_group(self, pgid: int) -> bool:
         """Whether killing process group `pgid` would reach a process never_signal refuses (this controller,
         an ancestor, another user's setuid program the gateway ran): then its members die one by one."""
@@ -286,39 +226,28 @@ class PosixPlatform:
                 return True
         except OSError:
             return False
-        scope = _own_scope(root)
-        if scope is not None and _cgroup(pid) == scope:
+        scope = self._own_scope(root)
+        if scope is not None and self._own_scope(pid) == scope:
             return True
         env = self.process_environ(pid)
         return bool(markers) and env is not None and all(env.get(k) == v for k, v in markers.items())
 
-    def lock_is_held(self, path: str) -> bool:
-        import fcntl
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except OSError:
-            return False
-        try:
-            # A shared probe: it can only collide with an exclusive holder, which is what we look for.
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return False
-        except OSError as exc:
-            return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
-        finally:
-            os.close(fd)
+    def _own_scope(self, pid: int) -> str | None:
+        """The service scope the controller started `pid` in, where the OS has them."""
+        return None
 
-    def drain_epoch(self) -> str:
-        return boot_epoch()
+    # ------------------------------------------------------------ the controller itself
 
-    def exit_waiter(self, pid: int) -> int | None:
-        """A file descriptor that becomes readable when `pid` exits (Linux pidfd), works for non-children too."""
-        if not hasattr(os, "pidfd_open"):
-            return None
-        try:
-            return os.pidfd_open(pid)
-        except OSError:
-            return None
+    def open_wake_channel(self, state: StateDir) -> WakeChannel:
+        return open_wake_channel(state, unix=True)
+
+    def on_stop_request(self, handler: Callable[[], None]) -> None:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, lambda _signum, _frame: handler())
+
+    def stop_controller_process(self, state: StateDir, proc: psutil.Process, timeout: float) -> None:
+        """SIGTERM, which the controller handles by releasing the fleet and exiting 0."""
+        proc.terminate()
 
 
 def _ancestors(pid: int) -> set[int]:
@@ -328,43 +257,6 @@ def _ancestors(pid: int) -> set[int]:
     except psutil.Error:
         return out
     return {p.pid for p in parents}
-
-
-def _proc_refusal(pid: int) -> str | None:
-    """Linux: another user (any of real, effective, saved uid), a kernel thread, or unreadable."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-        with open(f"/proc/{pid}/status", "rb") as fh:
-            status = fh.read().decode("ascii", "replace")
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            cmdline = fh.read()
-    except FileNotFoundError:
-        return None  # gone: a signal reaches nobody
-    except OSError as exc:
-        return f"pid {pid} cannot be inspected ({exc.strerror or exc})"
-    try:
-        fields = stat[stat.rindex(b")") + 2:].split()
-        state, ppid, flags = fields[0], int(fields[1]), int(fields[6])
-    except (ValueError, IndexError):
-        return f"pid {pid} cannot be inspected"
-    if state in (b"Z", b"X", b"x"):
-        return f"pid {pid} {EXITED}"
-    if flags & PF_KTHREAD or ppid == KTHREADD or pid == KTHREADD:
-        return f"pid {pid} is a kernel thread"
-    uids = next((line.split()[1:4] for line in status.splitlines() if line.startswith("Uid:")), None)
-    if not uids or any(int(u) != os.getuid() for u in uids):
-        return f"pid {pid} runs as another user (uid {'/'.join(uids or ['?'])})"
-    if not cmdline and not _has_exe(pid):
-        return f"pid {pid} is a kernel thread (no command line, no executable)"
-    return None
-
-
-def _has_exe(pid: int) -> bool:
-    try:
-        return bool(os.readlink(f"/proc/{pid}/exe"))
-    except OSError:
-        return False
 
 
 def _psutil_refusal(pid: int) -> str | None:
@@ -391,37 +283,3 @@ def _leads_group(pid: int) -> bool:
         return os.getpgid(pid) == pid
     except OSError:
         return False
-
-
-def _cgroup(pid: int) -> str | None:
-    """The unified (v2) cgroup path of `pid`, or None."""
-    try:
-        with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("0::"):
-                    return line[3:].strip()
-    except OSError:
-        pass
-    return None
-
-
-def _own_scope(pid: int) -> str | None:
-    """The transient scope the controller started `pid` in (hermes-fleet-<profile>-<ms>.scope), or None:
-    any other cgroup (a login session, a terminal) holds processes that are not the gateway's."""
-    path = _cgroup(pid)
-    if path:
-        leaf = path.rsplit("/", 1)[-1]
-        if leaf.startswith("hermes-fleet-") and leaf.endswith(".scope"):
-            return path
-    return None
-
-
-def boot_epoch() -> str:
-    """Hermes' drain-request epoch: `<boot_id>:<start ticks of pid 1>`; empty without /proc (check off)."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
-            boot_id = fh.read().strip()
-    except OSError:
-        return ""
-    ticks = proc_start_ticks(1)
-    return f"{boot_id}:{ticks}" if ticks is not None else ""

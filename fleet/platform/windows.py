@@ -5,12 +5,19 @@
   runner) so closing that job does not take the gateway with it. When the parent's job
   forbids breakaway, CreateProcess fails with ERROR_ACCESS_DENIED; the spawn is then
   retried once without it, with a visible warning.
-- Graceful stop: Windows has no SIGTERM handlers for a detached child, so the only
-  graceful stop is the stop marker file the controller writes before it calls
-  `request_stop`. `request_stop` therefore sends nothing; `kill_tree` is the hard stop
-  after the drain deadline: the root by `taskkill /F` (no `/T`), then only those
-  descendants that carry the profile's markers (Windows has no session or group that
-  a gateway leads).
+- Graceful stop: Windows has no SIGTERM handlers for a detached child, so the graceful
+  stop is Hermes' drain request and planned-stop marker, which the executor writes before
+  it calls `request_stop`; `request_stop` therefore sends nothing. `kill_tree` is the hard
+  stop after the drain deadline, with the root's identity checked first: the root by
+  `taskkill /F`, then only those descendants that carry the profile's markers. Not
+  `taskkill /T`: it walks parent PIDs, and a PID that a dead parent left behind can be
+  reused by a process that is not the gateway's (Windows has no session or group that a
+  gateway leads).
+- Exits: process handles waited on by threads (fleet.platform.windows_exits).
+- The controller: its wake channel is a loopback socket with a token (fleet.platform.wake);
+  it stops on Ctrl+C/Ctrl+Break in a console and on a `stop` message on that channel, which
+  is how `hermes-fleet controller stop` and the service host ask it; TerminateProcess after
+  half the timeout is as safe as a crash (the next controller adopts).
 - Identity: psutil; `start_ticks` is create_time in 1/100 s (Windows has no clock-step
   immune start counter exposed the way Linux's /proc/<pid>/stat is).
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 import errno
 import locale
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,7 +35,11 @@ from typing import Any, Protocol
 
 import psutil
 
-from fleet.platform.base import ProcessInfo, SignalRefused
+from fleet.platform.base import ExitWatch, ProcessInfo, SignalRefused, WakeChannel
+from fleet.platform.children import SpawnedChildren
+from fleet.platform.wake import open_wake_channel, send_wake
+from fleet.platform.windows_exits import HandleExitWatch, Kernel32
+from fleet.store.layout import StateDir
 
 DETACHED_PROCESS = 0x00000008
 CREATE_NEW_PROCESS_GROUP = 0x00000200
@@ -72,12 +84,16 @@ class WindowsPlatform:
     def __init__(
         self, *, runner: _Runner | None = None, popen: Callable[..., subprocess.Popen] = subprocess.Popen,
         warn: Callable[[str], None] = _warn, locking: Callable[[int, int, int], None] | None = None,
+        kernel32: Kernel32 | None = None, signals: Any = signal,
     ):
         self._runner = runner or _TaskkillRunner()
         self._popen = popen
         self._warn = warn
         self._locking = locking
-        self._children: dict[int, tuple[subprocess.Popen, dict[str, str]]] = {}
+        self._kernel32 = kernel32  # None: the real one, made when first needed
+        self._signals = signals
+        self.children = SpawnedChildren()
+        self.breakaway_refused = False  # the controller's job forbids breakaway (status --deep says so)
 
     # ------------------------------------------------------------ identity
 
@@ -126,14 +142,14 @@ class WindowsPlatform:
                     raise
                 # The parent's job forbids breakaway. Retry once, only around the
                 # constructor: no process exists yet, so nothing can be started twice.
+                self.breakaway_refused = True
                 self._warn(
                     "the job object this controller runs in does not allow breakaway; the gateway "
                     f"{argv[0]!r} is started inside it and may be ended when that job closes "
                     "(install the controller as a service to avoid this)"
                 )
                 proc = self._popen(argv, creationflags=SPAWN_FLAGS & ~CREATE_BREAKAWAY_FROM_JOB, **kwargs)
-        self._children[proc.pid] = (proc, dict(env))
-        return proc.pid
+        return self.children.add(proc, env)
 
     def spawn_daemon(self, argv: list[str], log_fd: int) -> int:
         """A detached process with no console; Windows keeps no parent chain that could protect a gateway."""
@@ -143,14 +159,16 @@ class WindowsPlatform:
 
     def child_environ(self, pid: int) -> dict[str, str] | None:
         """The environment we gave a child whose handle we still hold (its PID cannot be reused meanwhile)."""
-        held = self._children.get(pid)
-        if held is None:
-            return None
-        poll = getattr(held[0], "poll", None)
-        if poll is not None and poll() is not None:
-            del self._children[pid]  # exited: the handle no longer pins the PID
-            return None
-        return held[1]
+        return self.children.environ(pid)
+
+    def reap(self, pid: int) -> tuple[bool, int | None]:
+        return self.children.reap(pid)
+
+    def exit_watch(self) -> ExitWatch:
+        return HandleExitWatch(self._kernel32)
+
+    def drain_epoch(self) -> str:
+        return ""  # Hermes derives its epoch from Linux's boot id; on Windows it has none and checks none
 
     def never_signal(self, pid: int) -> str | None:
         if pid in SYSTEM_PIDS or pid < 0:
@@ -212,6 +230,33 @@ class WindowsPlatform:
 
     def process_group(self, pid: int) -> tuple[int | None, int | None]:
         return None, None  # no sessions or process groups to speak of: the markers decide alone
+
+    # ------------------------------------------------------------ the controller itself
+
+    def open_wake_channel(self, state: StateDir) -> WakeChannel:
+        return open_wake_channel(state, unix=False)
+
+    def on_stop_request(self, handler: Callable[[], None]) -> None:
+        """Ctrl+C and Ctrl+Break of a console; a service host or the CLI sends `stop` on the wake channel."""
+        for name in ("SIGINT", "SIGBREAK"):
+            signum = getattr(self._signals, name, None)
+            if signum is not None:
+                self._signals.signal(signum, lambda _signum, _frame: handler())
+
+    def stop_controller_process(self, state: StateDir, proc: psutil.Process, timeout: float) -> None:
+        """A `stop` message on the wake channel; TerminateProcess if it is still there after half the timeout."""
+        if send_wake(state, "stop"):
+            try:
+                proc.wait(timeout / 2)
+                return
+            except psutil.TimeoutExpired:
+                pass
+            except psutil.NoSuchProcess:
+                return
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
 
     # ------------------------------------------------------------ lock
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 
 from fleet.platform import current_platform
-from fleet.platform.controller_process import holder_process
+from fleet.platform.controller_process import holder_process, stop_controller
 from fleet.store import lock
 from fleet.store.layout import StateDir
 
@@ -26,6 +26,7 @@ from fleet.store.layout import StateDir
 class ControllerHolder(lock.Holder):
     """The holder file's record plus what the OS says about it now, which the store cannot ask."""
     alive: bool = False  # the PID runs and is this very process (start time and user match)
+    state_dir: str = ""  # the state directory whose holder file this is
 
     def as_json(self) -> dict:
         return {
@@ -41,7 +42,12 @@ def read_holder(state_dir: str, user: str | None = None) -> ControllerHolder | N
     holder = lock.read_holder(StateDir(Path(state_dir)))
     if holder is None:
         return None
-    return ControllerHolder(**dataclasses.asdict(holder), alive=_runs_as(holder, user))
+    return ControllerHolder(**dataclasses.asdict(holder), alive=_runs_as(holder, user), state_dir=state_dir)
+
+
+def stop_holder(holder: ControllerHolder, timeout: float = 30.0) -> bool:
+    """Stop the controller `holder` names (gateways keep running); True once it is gone."""
+    return stop_controller(StateDir(Path(holder.state_dir)), holder, timeout)
 
 
 def _runs_as(holder: lock.Holder, user: str | None) -> bool:

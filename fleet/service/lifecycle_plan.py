@@ -12,8 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fleet.service.base import ApiCall, Artifact, Command, RegistrationStatus, ServiceError, Step
-from fleet.platform.controller_process import stop_controller
-from fleet.service.holder import ControllerHolder
+from fleet.service.holder import ControllerHolder, stop_holder
 
 # `down` drains every gateway through the running controller; a large fleet takes its time.
 DOWN_TIMEOUT_S = 900
@@ -80,7 +79,7 @@ def _needs_handover(situation: InstallSituation) -> bool:
 
 def handover_step(holder: ControllerHolder, mechanism: str) -> ApiCall:
     def hand_over() -> None:
-        if not stop_controller(holder, timeout=HANDOVER_TIMEOUT_S):
+        if not stop_holder(holder, timeout=HANDOVER_TIMEOUT_S):
             raise ServiceError(f"the controller PID {holder.pid} did not exit within {HANDOVER_TIMEOUT_S} s")
 
     return ApiCall(

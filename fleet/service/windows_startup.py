@@ -12,8 +12,7 @@ import subprocess
 from fleet.service.base import (
     ApiCall, Artifact, Command, RegistrationStatus, ServiceError, ServiceTarget, Step, validate_path_text,
 )
-from fleet.platform.controller_process import stop_controller
-from fleet.service.holder import read_holder
+from fleet.service.holder import read_holder, stop_holder
 from fleet.service.windows_common import UTF16_BOM, WindowsHost, WindowsManager, hidden_launch_args, path_module
 
 
@@ -74,7 +73,7 @@ class StartupFolderManager(WindowsManager):
 
         def stop() -> None:
             holder = read_holder(state_dir)
-            if holder is not None and holder.alive and not stop_controller(holder):
+            if holder is not None and holder.alive and not stop_holder(holder):
                 raise ServiceError(f"the controller (PID {holder.pid}) did not exit")
 
         return ApiCall("stop the running controller (PID from .supervisor.json, verified; gateways keep running)", stop)

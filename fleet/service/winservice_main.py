@@ -23,8 +23,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fleet.platform.controller_process import stop_controller
-from fleet.service.holder import ControllerHolder, read_holder
+from fleet.service.holder import ControllerHolder, read_holder, stop_holder
 from fleet.spec.markers import SERVICE_ENV
 
 CREATE_NEW_PROCESS_GROUP = 0x00000200
@@ -60,7 +59,7 @@ class ControllerHost:
     def __init__(
         self, args: HostArgs, *, popen: Callable[..., subprocess.Popen] = subprocess.Popen,
         holder: Callable[[str], ControllerHolder | None] = read_holder,
-        stop_holder: Callable[[ControllerHolder], bool] = stop_controller,
+        stop_holder: Callable[[ControllerHolder], bool] = stop_holder,
     ):
         self.args = args
         self._popen = popen

@@ -35,6 +35,7 @@ class StateDir:
     lock = _named(".supervisor.lock")
     holder = _named(".supervisor.json")
     wake_socket = _named(".controller.sock")
+    wake_port = _named(".controller.wake")  # where no Unix socket can be: a loopback port and its token
     db = _named("fleet.db")
     logs = _named("logs")
     controller_log = _named("logs", "controller.log")

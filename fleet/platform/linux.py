@@ -1,0 +1,170 @@
+"""Linux: the POSIX platform with /proc fast paths (the controller reads every profile's process on every
+pass), start ticks that survive clock steps, pidfd exit watches, Hermes' boot epoch, and the transient
+service scopes gateways run in under a systemd user manager."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import psutil
+
+from fleet.platform.base import ExitWatch, ProcessInfo
+from fleet.platform.exits import PidfdExitWatch, PollingExitWatch
+from fleet.platform.posix import EXITED, PosixPlatform
+
+PF_KTHREAD = 0x00200000  # include/linux/sched.h: the task is a kernel thread
+KTHREADD = 2  # Linux: parent of every kernel thread
+_PROC_STATES = {"R": "running", "S": "sleeping", "D": "disk-sleep", "Z": "zombie", "T": "stopped",
+                "t": "tracing-stop", "X": "dead", "x": "dead", "I": "idle", "W": "waking", "P": "parked"}
+
+
+def proc_start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat: the start time in clock ticks since boot, as Hermes records it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    try:
+        return int(data[data.rindex(b")") + 2:].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+class LinuxPlatform(PosixPlatform):
+    name = "linux"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._boot_time = psutil.boot_time()
+        self._clock_ticks = os.sysconf("SC_CLK_TCK")
+
+    def process_info(self, pid: int) -> ProcessInfo | None:
+        """Three reads of /proc instead of psutil's dozen."""
+        if pid <= 0:
+            return None
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                stat = fh.read()
+            uid = os.stat(f"/proc/{pid}").st_uid
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                raw = fh.read()
+        except OSError:
+            return None
+        try:
+            fields = stat[stat.rindex(b")") + 2:].split()
+            state, ppid, ticks = fields[0].decode(), int(fields[1]), int(fields[19])
+        except (ValueError, IndexError):
+            return None
+        cmdline = tuple(a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0")[:-1]) if raw else ()
+        return ProcessInfo(pid=pid, start_ticks=ticks, create_time=self._boot_time + ticks / self._clock_ticks,
+                           uid=uid, username=None, cmdline=cmdline, status=_PROC_STATES.get(state, "unknown"),
+                           ppid=ppid)
+
+    def process_environ(self, pid: int) -> dict[str, str] | None:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                raw = fh.read()
+        except OSError:
+            return None
+        env = {}
+        for item in raw.split(b"\0"):
+            key, sep, value = item.partition(b"=")
+            if sep:
+                env[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        return env
+
+    def iter_processes(self) -> Iterator[ProcessInfo]:
+        uid = self.current_uid()
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    if entry.stat().st_uid != uid:
+                        continue
+                except OSError:
+                    continue
+                info = self.process_info(int(entry.name))
+                if info is not None:
+                    yield info
+
+    def drain_epoch(self) -> str:
+        return boot_epoch()
+
+    def exit_watch(self) -> ExitWatch:
+        if not hasattr(os, "pidfd_open"):
+            return PollingExitWatch()
+        return PidfdExitWatch()
+
+    def _refusal(self, pid: int) -> str | None:
+        return _proc_refusal(pid)
+
+    def _own_scope(self, pid: int) -> str | None:
+        """The transient scope the controller started `pid` in (hermes-fleet-<profile>-<ms>.scope), or None:
+        any other cgroup (a login session, a terminal) holds processes that are not the gateway's."""
+        path = _cgroup(pid)
+        if path:
+            leaf = path.rsplit("/", 1)[-1]
+            if leaf.startswith("hermes-fleet-") and leaf.endswith(".scope"):
+                return path
+        return None
+
+
+def _proc_refusal(pid: int) -> str | None:
+    """Linux: another user (any of real, effective, saved uid), a kernel thread, or unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            status = fh.read().decode("ascii", "replace")
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmdline = fh.read()
+    except FileNotFoundError:
+        return None  # gone: a signal reaches nobody
+    except OSError as exc:
+        return f"pid {pid} cannot be inspected ({exc.strerror or exc})"
+    try:
+        fields = stat[stat.rindex(b")") + 2:].split()
+        state, ppid, flags = fields[0], int(fields[1]), int(fields[6])
+    except (ValueError, IndexError):
+        return f"pid {pid} cannot be inspected"
+    if state in (b"Z", b"X", b"x"):
+        return f"pid {pid} {EXITED}"
+    if flags & PF_KTHREAD or ppid == KTHREADD or pid == KTHREADD:
+        return f"pid {pid} is a kernel thread"
+    uids = next((line.split()[1:4] for line in status.splitlines() if line.startswith("Uid:")), None)
+    if not uids or any(int(u) != os.getuid() for u in uids):
+        return f"pid {pid} runs as another user (uid {'/'.join(uids or ['?'])})"
+    if not cmdline and not _has_exe(pid):
+        return f"pid {pid} is a kernel thread (no command line, no executable)"
+    return None
+
+
+def _has_exe(pid: int) -> bool:
+    try:
+        return bool(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        return False
+
+
+def _cgroup(pid: int) -> str | None:
+    """The unified (v2) cgroup path of `pid`, or None."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("0::"):
+                    return line[3:].strip()
+    except OSError:
+        pass
+    return None
+
+
+def boot_epoch() -> str:
+    """Hermes' drain-request epoch: `<boot_id>:<start ticks of pid 1>`; empty without /proc (check off)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            boot_id = fh.read().strip()
+    except OSError:
+        return ""
+    ticks = proc_start_ticks(1)
+    return f"{boot_id}:{ticks}" if ticks is not None else ""
