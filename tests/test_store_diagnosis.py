@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from fleet.store.diagnosis import _write_lock, lock_holders
+from fleet.platform.lock_holders import _write_lock, lock_holders
 
 LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 

@@ -24,8 +24,8 @@ def controller_run(
 ) -> None:
     """Run the controller in the foreground (what a service manager runs).
 
-    Exit 0 on SIGTERM (gateways keep running), 2 on a bad manifest or state directory,
-    3 when another controller holds the lock."""
+    Exit 0 when asked to stop (by its service manager or `controller stop`; gateways keep running),
+    2 on a bad manifest or state directory, 3 when another controller holds the lock."""
     from fleet.cli.common import load_or_exit
 
     manifest = load_or_exit(file) if file is not None else None

@@ -13,6 +13,7 @@ import typer
 from fleet.export.base import GENERATED_MARKER, Export, ExportError, Target
 from fleet.export.kubernetes import DEFAULT_IMAGE, DEFAULT_STORAGE_SIZE, KubernetesTarget
 from fleet.export.systemd import DEFAULT_SYSTEMD_VERSION, SystemdTarget
+from fleet.platform.linux_text import SYSTEMCTL
 from fleet.spec.errors import ManifestError
 from fleet.store.files import write_atomic
 from fleet.spec.load import load_manifest
@@ -51,7 +52,7 @@ def export_command(
                                                   show_default=False,
                                                   help=f"Oldest systemd the units must run on (default: "
                                                   f"{DEFAULT_SYSTEMD_VERSION}, the first with a growing restart "
-                                                  "delay); `systemctl --version` shows it."),
+                                                  f"delay); `{SYSTEMCTL} --version` shows it."),
 ) -> None:
     """Render fleet.yaml for the engine a fleet moves to: Kubernetes or systemd.
 

@@ -125,7 +125,7 @@ def _profile_table(rows: list[ProfileStatus], now: float) -> list[tuple[str, ...
 def _deep_checks(state: StateDir, st: FleetStatus, name: str) -> list[dict]:
     """Each probe behind a profile's state, so an operator can see why without reading code."""
     from fleet.controller.desired import DesiredSource
-    from fleet.observe.native import find_native_service
+    from fleet.service.native import find_native_service
 
     obs = st.observed.get(name)
     store = Store(state.db, readonly=True)

@@ -4,7 +4,7 @@ revision row and journal entry behind.
 
 They differ in one deliberate way, `lift_down`: `apply` is a person asking for the manifest, so it
 lifts a `down` (as `docker compose up` brings back what `docker compose down` removed). A controller
-start is a restart (a reboot, `systemctl restart`, a crash), so it leaves a `down` in force: the
+start is a restart (a reboot, a service manager's restart, a crash), so it leaves a `down` in force: the
 fleet stays down until `apply` or `start` brings it back."""
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from fleet.store.layout import StateDir
 from fleet.store.records import PidRecord, remove_record, write_record
 
 
-LEFTOVER_GRACE = 1.0  # a dead gateway's leftovers get this long after SIGTERM, then SIGKILL
+LEFTOVER_GRACE = 1.0  # a dead gateway's leftovers get this long after the stop request, then the kill
 LEFTOVER_KILL_WAIT = 2.0
 
 
@@ -333,11 +333,11 @@ class Executor:
         remaining = self._wait_gone(survivors, LEFTOVER_KILL_WAIT)
         pids = [i.pid for i in marked]
         self.journal("leftovers_ended", f"{len(marked) - len(remaining)} process(es) {origin} ended "
-                     f"({len(survivors)} needed SIGKILL): {', '.join(map(str, pids))}", name, pids=pids,
+                     f"({len(survivors)} had to be killed): {', '.join(map(str, pids))}", name, pids=pids,
                      killed=[i.pid for i in survivors])
         if remaining:
             self.journal("warning", f"pid(s) {', '.join(str(i.pid) for i in remaining)} {origin} "
-                         f"survived SIGKILL", name, pids=[i.pid for i in remaining])
+                         f"survived being killed", name, pids=[i.pid for i in remaining])
 
     def _wait_gone(self, infos: list, timeout: float) -> list:
         deadline = time.monotonic() + timeout

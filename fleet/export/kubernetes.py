@@ -5,7 +5,7 @@ Mapping (docs/scaling-out.md has the long form):
 - one gateway per profile at a time: replicas 1 (0 when desired: stopped), strategy
   Recreate, and the profile's Hermes home on its own ReadWriteOnce volume;
 - graceful drain before kill: a preStop hook runs the Hermes drain (drain request, wait
-  for idle up to drain.timeout, planned-stop marker), then the kubelet sends SIGTERM;
+  for idle up to drain.timeout, planned-stop marker), then the kubelet sends its stop signal;
   terminationGracePeriodSeconds = drain.timeout + TEARDOWN_MARGIN_S;
 - liveness by heartbeat: an exec probe fails when state/gateway.heartbeat is older than
   health.heartbeat_stale; initialDelaySeconds = health.startup_grace;

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from fleet.platform.linux_text import SH_BOOT_EPOCH_ASSIGNMENT, SH_START_TICKS_FUNCTION
+
 # $1 HERMES_HOME of the profile, $2 seconds to wait for idle, $3 principal, $4 the gateway's
 # PID: `auto` reads gateway.pid (else 1, a container's main process); empty or missing (a
 # unit whose main process is already gone) means there is nothing to stop. The recommended
@@ -28,8 +30,8 @@ HERMES_STOP_SCRIPT_LINES: tuple[str, ...] = (
     'fi;',
     '[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || exit 0;',
     'now() { date -u +%Y-%m-%dT%H:%M:%S+00:00; };',
-    'ticks() { sed \'s/.*) //\' "/proc/$1/stat" 2>/dev/null | cut -d \' \' -f 20; };',
-    'epoch="$(cat /proc/sys/kernel/random/boot_id 2>/dev/null):$(ticks 1)";',
+    SH_START_TICKS_FUNCTION,
+    SH_BOOT_EPOCH_ASSIGNMENT,
     '[ "$epoch" = ":" ] && epoch="";',
     'printf \'{"action": "drain", "requested_at": "%s", "principal": "%s", "epoch": "%s", '
     '"suppress_notification": false}\\n\' "$(now)" "$principal" "$epoch" > "$home/.drain_request.json.tmp$$"'

@@ -35,6 +35,7 @@ from fleet.export.emit import (
     systemd_escape_specifiers, systemd_path, systemd_script_word, systemd_timespan, systemd_word,
 )
 from fleet.export.scripts import HERMES_STOP_SCRIPT_LINES, PROCESS_STOP_SCRIPT_LINES
+from fleet.platform.linux_text import SYSTEMCTL, UNIT_STOP_SIGNAL, systemctl_command
 from fleet.spec.markers import PROFILE_ENV, STATE_FILE_ENV, STOP_FILE_ENV
 from fleet.spec.model import DRIVER_HERMES, FleetSpec, ProfileSpec, RestartPolicy
 
@@ -54,7 +55,7 @@ ADVICE = Advice(
     engine="systemd",
     stagger="order the units with After= in drop-ins, or have configuration management start them one by one.",
     maintenance="run updates from configuration management at a quiet time: the update command, then "
-    "`systemctl restart` of the unit; its stop drains in-flight turns first (up to drain.timeout).",
+    f"`{SYSTEMCTL} restart` of the unit; its stop drains in-flight turns first (up to drain.timeout).",
     windows="schedule those configuration-management runs (or a systemd timer) inside the window.",
     adoption="stop hermes-fleet's gateways (it drains them) before enabling the units; two gateways on one "
     "home fight over its lock and bot tokens.",
@@ -114,8 +115,9 @@ class SystemdTarget(Target):
     # ------------------------------------------------------------ paths
 
     @property
-    def systemctl(self) -> str:
-        return "systemctl --user" if self.scope == "user" else "systemctl"
+    def manager_command(self) -> str:
+        """The service manager's command, as a person types it for this scope."""
+        return systemctl_command(self.scope)
 
     @property
     def install_dir(self) -> str:
@@ -154,13 +156,13 @@ class SystemdTarget(Target):
             "",
             f"Install as {self.install_dir}{name}, not in "
             f"{'~/.config/systemd/user/' if self.scope == 'user' else '/etc/systemd/system/'}: Hermes rewrites "
-            f"a unit of this name there whenever the gateway starts. Then `{self.systemctl} daemon-reload`.",
+            f"a unit of this name there whenever the gateway starts. Then `{self.manager_command} daemon-reload`.",
         ]
         if profile.desired == "stopped":
             paragraphs.append("desired: stopped in fleet.yaml: install this unit but do not enable or start it "
-                              f"(`{self.systemctl} disable --now {name}`).")
+                              f"(`{self.manager_command} disable --now {name}`).")
         else:
-            paragraphs.append(f"Start it with `{self.systemctl} enable --now {name}`"
+            paragraphs.append(f"Start it with `{self.manager_command} enable --now {name}`"
                               + (" and keep it running without a login session with `loginctl enable-linger`."
                                  if self.scope == "user" else "."))
         if backoff_settings(profile.restart, self.systemd_version).steps:
@@ -203,7 +205,7 @@ class SystemdTarget(Target):
                         + systemd_command_line(["hermes-fleet-stop", *stop_args, Verbatim("$MAINPID")])))
         service += [
             ("KillMode", "mixed"),
-            ("KillSignal", "SIGTERM"),
+            ("KillSignal", UNIT_STOP_SIGNAL),
             ("TimeoutStopSec", systemd_timespan(whole_seconds(profile.drain.timeout) + TEARDOWN_MARGIN_S)),
             ("Restart", _RESTART[profile.restart.policy]),
         ]
@@ -254,7 +256,7 @@ class SystemdTarget(Target):
             notes.append(Note("restart.reset_after",
                               f"hermes-fleet forgets the backoff after {human(p.restart.reset_after)} of healthy "
                               "running; systemd keeps counting restarts until the unit is started by hand.",
-                              f"`{self.systemctl} restart` (or reset-failed) the unit to start the curve again.",
+                              f"`{self.manager_command} restart` (or reset-failed) the unit to start the curve again.",
                               (p.name,)))
             if growth_lost(p.restart, self.systemd_version):
                 first = human(backoff_settings(p.restart, self.systemd_version).restart_sec)
@@ -274,7 +276,7 @@ class SystemdTarget(Target):
                                   "profile's config.", (p.name,)))
             if p.desired == "stopped":
                 notes.append(Note("desired: stopped", "a unit file cannot say 'installed but stopped'.",
-                                  f"install the unit but do not enable it (`{self.systemctl} disable --now "
+                                  f"install the unit but do not enable it (`{self.manager_command} disable --now "
                                   f"{unit_name(p)}`).", (p.name,)))
             if not p.command[0].startswith("/"):
                 notes.append(Note("command", f"'{p.command[0]}' is not an absolute path; hermes-fleet finds it on "

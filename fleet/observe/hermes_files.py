@@ -30,7 +30,7 @@ class GatewayStatus:
 @dataclass(frozen=True)
 class HermesPidRecord:
     pid: int
-    start_time: int | None  # /proc ticks on Linux, create_time*100 elsewhere
+    start_time: int | None  # start ticks where the platform has them (Linux), else create_time*100
     argv: tuple[str, ...]
 
 

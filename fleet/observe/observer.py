@@ -10,8 +10,8 @@ from fleet.maintenance import queue
 from fleet.observe import hermes_files as hf
 from fleet.observe import identity
 from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservation, Verdict
-from fleet.observe.native import find_native_service
 from fleet.platform.base import ProcessInfo
+from fleet.service.native import find_native_service
 from fleet.spec.markers import PROFILE_ENV, SPEC_HASH_ENV, STATE_DIR_ENV
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 from fleet.store.claims import LEASED, STALE, claim_liveness, read_claim

@@ -574,7 +574,7 @@ def _apply_stagger(actions: list[Action], desired: Desired, observed: Observed, 
 
 
 # -- what the executor needs, as data ---------------------------------------------------------------------
-KILL_GRACE = 5.0  # after SIGKILL, how long before the kill is tried again
+KILL_GRACE = 5.0  # after a kill, how long before the kill is tried again
 SECONDS_WITHOUT_SPEC = 60.0  # the schema's drain.timeout and restart.reset_after, for a profile with no spec left
 RESTARTING_SPAWNS = (Reason.CRASHED, Reason.REPLACEMENT, Reason.RESTART_REQUESTED, Reason.NOT_RUNNING)
 

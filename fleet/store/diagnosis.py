@@ -8,6 +8,8 @@ import errno
 import os
 import sqlite3
 
+from fleet.platform.lock_holders import describe_pid, lock_holders
+
 FULL, LOCKED, READONLY, IO, CORRUPT, OTHER = "full", "locked", "read-only", "io", "corrupt", "other"
 
 # SQLite primary result codes (sqlite3.h)
@@ -48,91 +50,6 @@ def read_only_reason(path: str) -> str | None:
     return None
 
 
-def _file_ids(path: str) -> dict[tuple[int, int, int], str]:
-    ids = {}
-    for name in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
-        try:
-            st = os.stat(name)
-        except OSError:
-            continue
-        ids[(os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)] = name
-    return ids
-
-
-def _describe_pid(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            argv = [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
-    except OSError:
-        argv = []
-    return f"pid {pid}" + (f" ({' '.join(argv)[:80]})" if argv else "")
-
-
-def lock_holders(path: str) -> list[int]:
-    """Best effort: the processes holding a write lock on the store (from /proc/locks), else those
-    that have it open (a scan of /proc/*/fd). Empty where neither is available."""
-    ids = _file_ids(path)
-    me = os.getpid()
-    return _write_lock_holders(ids, me) or _openers(set(ids.values()), me)
-
-
-def _write_lock_holders(ids: dict[tuple[int, int, int], str], me: int) -> list[int]:
-    writers: list[int] = []
-    for line in _proc_locks():
-        lock = _write_lock(line)
-        if lock is None:
-            continue
-        pid, key = lock
-        if key in ids and pid not in (me, -1) and pid not in writers:
-            writers.append(pid)
-    return writers
-
-
-def _proc_locks() -> list[str]:
-    try:
-        with open("/proc/locks") as fh:
-            return fh.read().splitlines()
-    except OSError:
-        return []
-
-
-def _write_lock(line: str) -> tuple[int, tuple[int, int, int]] | None:
-    """(pid, (major, minor, inode)) of a write lock held in a /proc/locks line; None for anything else."""
-    parts = line.split()
-    if "->" in parts or len(parts) < 6:
-        return None  # a waiter, not a holder
-    try:
-        kind_at = next(i for i, p in enumerate(parts) if p in ("POSIX", "FLOCK", "OFDLCK"))
-        mode, pid, dev_ino = parts[kind_at + 2], int(parts[kind_at + 3]), parts[kind_at + 4]
-        major, minor, ino = dev_ino.split(":")
-        key = (int(major, 16), int(minor, 16), int(ino))
-    except (StopIteration, IndexError, ValueError):
-        return None
-    return (pid, key) if mode == "WRITE" else None
-
-
-def _openers(names: set[str], me: int) -> list[int]:
-    try:
-        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
-    except OSError:
-        return []
-    return [pid for pid in pids if pid != me and _has_open(pid, names)]
-
-
-def _has_open(pid: int, names: set[str]) -> bool:
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") in names:
-                return True
-        except OSError:
-            continue
-    return False
-
-
 def integrity_problem(path: str) -> str | None:
     """The integrity check's complaint, or None when it passes or cannot run (then nothing is proven)."""
     if not os.path.exists(path):
@@ -160,7 +77,7 @@ def diagnose(path: str, exc: BaseException) -> tuple[str, str]:
         return kind, f"cannot write {path}: the disk is full ({exc}); free some disk space (nothing was changed)"
     if kind == LOCKED:
         holders = lock_holders(path)
-        who = ", ".join(_describe_pid(p) for p in holders[:3]) if holders else "another process (not found)"
+        who = ", ".join(describe_pid(p) for p in holders[:3]) if holders else "another process (not found)"
         return kind, (f"{path} is locked by {who} ({exc}); finish or end that session and retry "
                       f"(the store is intact; nothing was changed)")
     if kind == READONLY:
