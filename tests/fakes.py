@@ -101,6 +101,9 @@ class FakePlatform:
     def current_uid(self) -> int | None:
         return os.getuid()
 
+    def scoped_command(self, unit_name: str, argv: list[str], *, stop_timeout: float) -> list[str]:
+        return argv
+
     def spawn_detached(self, argv: list[str], env: dict[str, str], cwd: str, log_path: str) -> int:
         self.calls.append(Call("spawn_detached", (tuple(argv), cwd, log_path)))
         if self.spawn_error is not None:

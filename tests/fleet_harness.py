@@ -88,6 +88,8 @@ class FleetHarness:
         self.seen: dict[int, float] = {}  # gateway pid -> create time, every one this fleet ever ran
         self.controllers: dict[int, float] = {}
         self.command = [sys.executable, str(DEMO_HERMES)]
+        self.cli_entry = [sys.executable, "-m", "fleet.cli.main"]  # how this fleet's CLI and controller start
+        self.controller_entry = [sys.executable, "-m", "fleet.controller"]
         self.base_env = dict(BASE_PROFILE_ENV)  # added to every profile's env in the manifest
 
     # -- manifest ---------------------------------------------------------------------------
@@ -131,7 +133,7 @@ class FleetHarness:
         return strip_service_env(env)
 
     def cli(self, *args: str, timeout: float = CLI_TIMEOUT, with_file: bool = True) -> subprocess.CompletedProcess:
-        argv = [sys.executable, "-m", "fleet.cli.main", *args, "--state-dir", str(self.state)]
+        argv = [*self.cli_entry, *args, "--state-dir", str(self.state)]
         if with_file:
             argv += ["--file", str(self.manifest)]
         try:
@@ -276,7 +278,7 @@ class FleetHarness:
         """A controller in the foreground of a subprocess (the lean entry point)."""
         log = open(self.tmp / f"controller-{time.monotonic_ns()}.log", "wb")
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "fleet.controller", "--state-dir", str(self.state)],
+            proc = subprocess.Popen([*self.controller_entry, "--state-dir", str(self.state)],
                                     cwd=str(self.tmp), env=self.env(), stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         finally:
@@ -292,7 +294,7 @@ class FleetHarness:
         self.note_pids()
         if (self.state / "fleet.db").exists():
             try:
-                subprocess.run([sys.executable, "-m", "fleet.cli.main", "down", "--timeout", "15s",
+                subprocess.run([*self.cli_entry, "down", "--timeout", "15s",
                                 "--state-dir", str(self.state), "-f", str(self.manifest)],
                                cwd=str(self.tmp), env=self.env(), stdin=subprocess.DEVNULL,
                                capture_output=True, timeout=25)

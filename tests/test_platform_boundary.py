@@ -52,12 +52,6 @@ WHERE_IT_BELONGS = (
 # Files another change is moving behind the platform right now; each entry names exactly the tokens it may
 # still mention, so nothing new slips in meanwhile. Delete an entry (and then the constant) once that file
 # is clean: the test says when.
-BEING_MOVED_BEHIND_PLATFORM: dict[str, frozenset[str]] = {  # being moved behind the platform (issue 13)
-    "fleet/controller/loop.py": frozenset({"import signal", "signal.SIG*", "signal.signal", "SIG<name>"}),
-    "fleet/controller/wake.py": frozenset({"AF_UNIX"}),
-}
-
-
 def offences(text: str) -> list[tuple[int, str, str]]:
     """(line, token, the line) of every mention in `text`."""
     found = []
@@ -76,21 +70,9 @@ def test_no_module_outside_the_platform_mentions_an_os_specific():
     wrong = []
     for path in checked_files():
         relative = path.relative_to(REPO).as_posix()
-        allowed = BEING_MOVED_BEHIND_PLATFORM.get(relative, frozenset())
         for line, token, text in offences(path.read_text(encoding="utf-8")):
-            if token not in allowed:
-                wrong.append(f"{relative}:{line}: {token}: {text}")
+            wrong.append(f"{relative}:{line}: {token}: {text}")
     assert not wrong, "\n".join(wrong) + "\n\n" + WHERE_IT_BELONGS
-
-
-def test_the_temporary_allow_list_holds_only_what_is_still_there():
-    stale = []
-    for relative, allowed in BEING_MOVED_BEHIND_PLATFORM.items():
-        path = REPO / relative
-        present = {token for _, token, _ in offences(path.read_text(encoding="utf-8"))} if path.exists() else set()
-        stale += [f"{relative}: {token}" for token in sorted(allowed - present)]
-    assert not stale, ("no longer mentioned, so delete it from BEING_MOVED_BEHIND_PLATFORM (and the constant "
-                       "once it is empty):\n" + "\n".join(stale))
 
 
 def test_the_patterns_catch_mentions_and_only_mentions():

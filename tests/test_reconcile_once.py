@@ -51,7 +51,7 @@ profiles:{profiles}
 def reconciler(state, store, platform, fence=NoBreach()) -> Reconciler:
     bookkeeping = StoreBookkeeping(store, HealthFile(state), time.time)
     return Reconciler(state, store, platform, epoch=store.bump_epoch(), fence=FenceWatch(fence),
-                      bookkeeping=bookkeeping, clock=time.time, scope=None)
+                      bookkeeping=bookkeeping, clock=time.time)
 
 
 def kinds(result) -> list[tuple[str, str, str]]:

@@ -19,7 +19,6 @@ from fleet.observe.model import Observed, ProfileObservation
 from fleet.observe.observer import Observer
 from fleet.plan.model import Action, Desired, Plan
 from fleet.plan.planner import plan
-from fleet.platform.systemd_scope import scope_command
 from fleet.store.db import ProfileHistory, Store
 from fleet.store.layout import StateDir
 from fleet.store.retention import apply_retention
@@ -71,7 +70,7 @@ def _worth_reporting(failures: int) -> bool:
 
 class Reconciler:
     def __init__(self, state: StateDir, store: Store, platform, *, epoch: int, fence: FenceWatch,
-                 bookkeeping: StoreBookkeeping, clock, scope=scope_command):
+                 bookkeeping: StoreBookkeeping, clock):
         self.state = state
         self.store = store
         self.epoch = epoch
@@ -81,7 +80,7 @@ class Reconciler:
         self.source = DesiredSource(store)
         self.observer = Observer(state, store, platform)
         self.executor = Executor(state, store, platform, epoch=epoch, spec_of=lambda n: self.specs.get(n),
-                                 clock=clock, scope_command=scope)
+                                 clock=clock)
         self.maintenance = MaintenanceTick(str(state.db), store, epoch)
         self.claims = HomeClaims(state, store, epoch)
         self.holds = Holds()

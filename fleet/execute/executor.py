@@ -40,15 +40,13 @@ def iso(ts: float) -> str:
 
 
 class Executor:
-    def __init__(self, state: StateDir, store: Store, platform, *, epoch: int, spec_of, clock=time.time,
-                 scope_command=None):
+    def __init__(self, state: StateDir, store: Store, platform, *, epoch: int, spec_of, clock=time.time):
         self.state = state
         self.store = store
         self.platform = platform
         self.epoch = epoch
         self.spec_of = spec_of  # name -> ProfileSpec | None (desired, or last applied for removed profiles)
         self.clock = clock
-        self.scope_command = scope_command  # (unit, argv) -> argv | None: a transient systemd scope
         self._ended: set[str] = set()  # profiles whose dead gateway's leftovers were ended since their last spawn
         # (pid, start ticks) of the process this controller spawned or adopted, per profile
         self._known: dict[str, tuple[int, int | None]] = {}
@@ -221,10 +219,8 @@ class Executor:
         remove(self.state.state_file(name))
         rotate_if_large(str(self.state.log(name)))
         argv = list(spec.command)
-        if self.scope_command is not None:
-            argv = self.scope_command(f"hermes-fleet-{name}-{int(now * 1000)}", argv,
-                                      stop_timeout=spec.drain.timeout + 30) or argv
-        return argv
+        return self.platform.scoped_command(f"hermes-fleet-{name}-{int(now * 1000)}", argv,
+                                            stop_timeout=spec.drain.timeout + 30)
 
     def _replace(self, action: Action, obs: ProfileObservation) -> None:
         self._drain(action, obs)

@@ -87,6 +87,9 @@ class Platform(Protocol):
     # spawn and exits
     def spawn_detached(self, argv: list[str], env: dict[str, str], cwd: str, log_path: str) -> int: ...
     def spawn_daemon(self, argv: list[str], log_fd: int) -> int: ...  # a process that is nobody's child
+    # `argv` as spawn_detached should run it for a gateway: in its own service scope where the OS has them
+    # (`unit_name` unique per spawn; the scope's stop waits `stop_timeout` before it kills), else unchanged.
+    def scoped_command(self, unit_name: str, argv: list[str], *, stop_timeout: float) -> list[str]: ...
     def reap(self, pid: int) -> tuple[bool, int | None]: ...  # (exited, code) for our own children
     def exit_watch(self) -> ExitWatch: ...
 

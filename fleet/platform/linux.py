@@ -12,6 +12,7 @@ import psutil
 from fleet.platform.base import ExitWatch, ProcessInfo
 from fleet.platform.exits import PidfdExitWatch, PollingExitWatch
 from fleet.platform.posix import EXITED, PosixPlatform
+from fleet.platform.systemd_scope import scope_command
 
 PF_KTHREAD = 0x00200000  # include/linux/sched.h: the task is a kernel thread
 KTHREADD = 2  # Linux: parent of every kernel thread
@@ -90,6 +91,10 @@ class LinuxPlatform(PosixPlatform):
 
     def drain_epoch(self) -> str:
         return boot_epoch()
+
+    def scoped_command(self, unit_name: str, argv: list[str], *, stop_timeout: float) -> list[str]:
+        """In a transient systemd scope when a user manager answers (fleet.platform.systemd_scope)."""
+        return scope_command(unit_name, argv, stop_timeout=stop_timeout) or argv
 
     def exit_watch(self) -> ExitWatch:
         if not hasattr(os, "pidfd_open"):

@@ -2,7 +2,7 @@
 scripts `hermes-fleet export` renders and the advice it prints. They name OS specifics (the service
 manager's command, a signal, /proc), so they live here and the exports import them.
 
-The shell lines are the twins of `proc_start_ticks` and `boot_epoch` (fleet/platform/posix.py): the same
+The shell lines are the twins of `proc_start_ticks` and `boot_epoch` (fleet/platform/linux.py): the same
 reads, for a script on a host or in a container where no Python of ours runs. Each ends with `;`, so a
 script can be joined onto one line (see fleet/export/scripts.py)."""
 

@@ -139,6 +139,9 @@ class PosixPlatform:
             raise OSError(f"could not start {argv[0]!r}")
         return int(written)
 
+    def scoped_command(self, unit_name: str, argv: list[str], *, stop_timeout: float) -> list[str]:
+        return argv
+
     def reap(self, pid: int) -> tuple[bool, int | None]:
         return self.children.reap(pid)
 

@@ -30,6 +30,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -161,6 +162,9 @@ class WindowsPlatform:
         """The environment we gave a child whose handle we still hold (its PID cannot be reused meanwhile)."""
         return self.children.environ(pid)
 
+    def scoped_command(self, unit_name: str, argv: list[str], *, stop_timeout: float) -> list[str]:
+        return argv  # no service scopes: a gateway is detached from every job and console instead
+
     def reap(self, pid: int) -> tuple[bool, int | None]:
         return self.children.reap(pid)
 
@@ -198,7 +202,9 @@ class WindowsPlatform:
         written `<profile>.stop`; a gateway that honours it drains and exits 0, and after the
         drain deadline the controller calls `kill_tree`.
         """
-        return None
+        refusal = self.never_signal(pid)
+        if refusal:
+            raise SignalRefused(f"refused to signal pid {pid}: {refusal}")
 
     def kill_tree(self, pid: int, markers: Mapping[str, str]) -> None:
         refusal = self.never_signal(pid)
@@ -245,14 +251,8 @@ class WindowsPlatform:
 
     def stop_controller_process(self, state: StateDir, proc: psutil.Process, timeout: float) -> None:
         """A `stop` message on the wake channel; TerminateProcess if it is still there after half the timeout."""
-        if send_wake(state, "stop"):
-            try:
-                proc.wait(timeout / 2)
-                return
-            except psutil.TimeoutExpired:
-                pass
-            except psutil.NoSuchProcess:
-                return
+        if send_wake(state, "stop") and _exits_within(proc, timeout / 2):
+            return
         try:
             proc.terminate()
         except psutil.NoSuchProcess:
@@ -289,6 +289,20 @@ class WindowsPlatform:
 LK_UNLCK = 0
 LK_NBLCK = 2
 _LOCK_CONFLICT_ERRNOS = {errno.EACCES, 36}  # 36 is EDEADLOCK in the Windows CRT
+
+
+def _exits_within(proc: psutil.Process, timeout: float) -> bool:
+    """Polled: psutil's wait() would wait for the reaping of a process that is not our child."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 def _msvcrt_locking() -> Callable[[int, int, int], None]:
