@@ -145,6 +145,9 @@ class FakePlatform:
     def lock_is_held(self, path: str) -> bool:
         return str(path) in self.held_locks
 
+    def spawn_caveat(self, pid: int) -> str | None:
+        return None
+
     def reap(self, pid: int) -> tuple[bool, int | None]:
         self.calls.append(Call("reap", (pid,)))
         if pid not in self.exits:

@@ -137,6 +137,7 @@ def test_a_spawned_child_is_seen_as_what_it_is(subject):
     assert platform.child_environ(pid) == env
     assert wait_until(lambda: (platform.process_environ(pid) or {}).get("HERMES_FLEET_PROFILE") == "alpha", 10)
     assert pid in {p.pid for p in platform.iter_processes()}
+    assert platform.spawn_caveat(pid) is None
     if subject.posix:
         assert platform.current_uid() == os.getuid()
         assert platform.process_group(pid) == (pid, pid)  # its own session: no terminal hangup reaches it
@@ -331,19 +332,20 @@ def test_spawn_daemon_starts_a_process_that_is_nobodys_child(subject):
     assert scoped == argv or (subject.name == "linux" and scoped[0] == "systemd-run" and scoped[-2:] == argv)
 
 
+@checks("spawn_caveat")
 def test_windows_children_are_detached_and_broken_away_or_say_why_not(tmp_path, reaper):
     platform, fakes = windows_platform()
     pid = platform.spawn_detached([sys.executable, "-c", SLEEPER], dict(os.environ), str(tmp_path),
                                   str(tmp_path / "a.log"))
     reaper.track(platform.children.popen(pid))
-    assert fakes.popen.flags == [SPAWN_FLAGS] and not platform.breakaway_refused
+    assert fakes.popen.flags == [SPAWN_FLAGS] and platform.spawn_caveat(pid) is None
     platform, fakes = windows_platform(WindowsFakes())
     fakes.popen.refuse_breakaway = True
     pid = platform.spawn_detached([sys.executable, "-c", SLEEPER], dict(os.environ), str(tmp_path),
                                   str(tmp_path / "b.log"))
     reaper.track(platform.children.popen(pid))
     assert fakes.popen.flags == [SPAWN_FLAGS, SPAWN_FLAGS & ~CREATE_BREAKAWAY_FROM_JOB]
-    assert platform.breakaway_refused and "does not allow breakaway" in fakes.warnings[0]
+    assert "does not allow breakaway" in platform.spawn_caveat(pid) and "does not allow breakaway" in fakes.warnings[0]
 
 
 # ---------------------------------------------------------------------------------------------- the controller

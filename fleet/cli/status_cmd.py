@@ -164,6 +164,8 @@ def _process_checks(state: StateDir, name: str, obs: ProfileObservation, desired
     ]
     if proc:
         checks.append(_check("command line", True, " ".join(mask_argv(proc.cmdline))[:200]))
+    if rec is not None and not rec.adopted:
+        checks.append(_check("started with every protection the OS offers", rec.caveat is None, rec.caveat or "yes"))
     spec_current = None if proc is None or proc.spec_hash is None else proc.spec_hash == desired_hash
     checks.append(_check("spec current", spec_current,
                          f"running {proc.spec_hash if proc else '-'}, desired {desired_hash or '-'}"))

@@ -178,7 +178,8 @@ class Executor:
         info = self.platform.process_info(pid)
         record = PidRecord(profile=name, pid=pid, start_ticks=info.start_ticks if info else None,
                            create_time=info.create_time if info else now, spec_hash=spec.spec_hash,
-                           started_at=now, controller_pid=os.getpid(), epoch=self.epoch)
+                           started_at=now, controller_pid=os.getpid(), epoch=self.epoch,
+                           caveat=self.platform.spawn_caveat(pid))
         self._known[name] = (pid, record.start_ticks)
         write_record(self.state.record(name), record)
         self._spawned(action, spec, obs, now, starts, pid)

@@ -91,6 +91,9 @@ class Platform(Protocol):
     # (`unit_name` unique per spawn; the scope's stop waits `stop_timeout` before it kills), else unchanged.
     def scoped_command(self, unit_name: str, argv: list[str], *, stop_timeout: float) -> list[str]: ...
     def reap(self, pid: int) -> tuple[bool, int | None]: ...  # (exited, code) for our own children
+    # What the spawn of `pid` had to settle for, in words (Windows: started inside the controller's job object,
+    # which forbids breakaway), or None when it got every protection the OS offers.
+    def spawn_caveat(self, pid: int) -> str | None: ...
     def exit_watch(self) -> ExitWatch: ...
 
     # stopping gateways: never_signal is the last line of defence, whatever a record or an observer said

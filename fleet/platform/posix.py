@@ -145,6 +145,9 @@ class PosixPlatform:
     def reap(self, pid: int) -> tuple[bool, int | None]:
         return self.children.reap(pid)
 
+    def spawn_caveat(self, pid: int) -> str | None:
+        return None  # its own session is all a detached gateway needs here
+
     def exit_watch(self) -> ExitWatch:
         return PollingExitWatch()
 

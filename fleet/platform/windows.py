@@ -48,6 +48,8 @@ CREATE_NO_WINDOW = 0x08000000
 CREATE_BREAKAWAY_FROM_JOB = 0x01000000
 SPAWN_FLAGS = DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW | CREATE_BREAKAWAY_FROM_JOB
 ERROR_ACCESS_DENIED = 5
+BREAKAWAY_REFUSED = ("started inside the controller's job object, which does not allow breakaway: it ends when "
+                     "that job closes (run the controller as a service to avoid this)")
 # Hermes' gateway.lock on Windows is `msvcrt.locking` of 1 byte at offset 1 MiB (the JSON
 # record lives at the start of the same file), so that is the byte a probe must try.
 LOCK_PROBE_OFFSET = 1024 * 1024
@@ -94,7 +96,7 @@ class WindowsPlatform:
         self._kernel32 = kernel32  # None: the real one, made when first needed
         self._signals = signals
         self.children = SpawnedChildren()
-        self.breakaway_refused = False  # the controller's job forbids breakaway (status --deep says so)
+        self._caveats: dict[int, str] = {}  # pid -> what its spawn settled for (status --deep says so)
 
     # ------------------------------------------------------------ identity
 
@@ -143,13 +145,13 @@ class WindowsPlatform:
                     raise
                 # The parent's job forbids breakaway. Retry once, only around the
                 # constructor: no process exists yet, so nothing can be started twice.
-                self.breakaway_refused = True
                 self._warn(
                     "the job object this controller runs in does not allow breakaway; the gateway "
                     f"{argv[0]!r} is started inside it and may be ended when that job closes "
                     "(install the controller as a service to avoid this)"
                 )
                 proc = self._popen(argv, creationflags=SPAWN_FLAGS & ~CREATE_BREAKAWAY_FROM_JOB, **kwargs)
+                self._caveats[proc.pid] = BREAKAWAY_REFUSED
         return self.children.add(proc, env)
 
     def spawn_daemon(self, argv: list[str], log_fd: int) -> int:
@@ -166,7 +168,13 @@ class WindowsPlatform:
         return argv  # no service scopes: a gateway is detached from every job and console instead
 
     def reap(self, pid: int) -> tuple[bool, int | None]:
-        return self.children.reap(pid)
+        exited, code = self.children.reap(pid)
+        if exited:
+            self._caveats.pop(pid, None)
+        return exited, code
+
+    def spawn_caveat(self, pid: int) -> str | None:
+        return self._caveats.get(pid)
 
     def exit_watch(self) -> ExitWatch:
         return HandleExitWatch(self._kernel32)

@@ -22,6 +22,7 @@ class PidRecord:
     epoch: int
     adopted: bool = False
     managed_by: str = MANAGED_BY
+    caveat: str | None = None  # what the spawn had to settle for (Platform.spawn_caveat); None: nothing
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ def read_record(path) -> RecordRead:
             started_at=float(data["started_at"]), controller_pid=int(data.get("controller_pid", 0)),
             epoch=int(data.get("epoch", 0)), adopted=bool(data.get("adopted", False)),
             managed_by=str(data.get("managed_by", "")),
+            caveat=None if data.get("caveat") is None else str(data["caveat"]),
         )
     except (UnicodeDecodeError, ValueError, KeyError, TypeError, OverflowError):
         return RecordRead(None, "corrupt record (not the JSON hermes-fleet writes)")
