@@ -11,7 +11,6 @@ Also command lines that run hermes-fleet on the Windows platform built from them
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import select
 import signal
@@ -192,6 +191,8 @@ class FakeTaskkill:
 
 def fake_locking(fd: int, mode: int, nbytes: int) -> None:
     """msvcrt.locking over flock: Hermes' byte lock and the demo gateway's flock exclude each other."""
+    import fcntl
+
     if mode == LK_NBLCK:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -211,8 +212,12 @@ class FakeSignals:
     def __init__(self) -> None:
         self.handlers: dict[int, Any] = {}
 
-    def signal(self, signum: int, handler: Any) -> None:
-        self.handlers[signum] = handler
+    def signal(self, signum: int, handler: Any) -> Any:
+        previous, self.handlers[signum] = self.handlers.get(signum), handler
+        return previous
+
+    def getsignal(self, signum: int) -> Any:
+        return self.handlers.get(signum)
 
 
 # ---------------------------------------------------------------------------------------------- platforms
