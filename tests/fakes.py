@@ -51,6 +51,7 @@ class FakePlatform:
     stubborn: set[int] = field(default_factory=set)  # ignore request_stop
     calls: list[Call] = field(default_factory=list)
     spawn_error: Exception | None = None
+    spawn_caveat_text: str | None = None  # what every spawn settles for (a job that forbids breakaway)
     epoch: str = ""
     scans: int = 0
     on_scan: Callable[[], None] = lambda: None  # runs whenever the process table is read
@@ -146,7 +147,7 @@ class FakePlatform:
         return str(path) in self.held_locks
 
     def spawn_caveat(self, pid: int) -> str | None:
-        return None
+        return self.spawn_caveat_text
 
     def reap(self, pid: int) -> tuple[bool, int | None]:
         self.calls.append(Call("reap", (pid,)))

@@ -282,6 +282,16 @@ def test_a_first_spawn_writes_the_record_and_history_and_counts_no_restart(state
     assert (h.last_start, h.restarts, h.recent_starts) == (NOW, 0, (NOW,))
 
 
+def test_what_a_spawn_had_to_settle_for_is_in_its_record_for_status_deep(state, store, platform):
+    platform.spawn_caveat_text = "started inside the controller's job object"
+    spec = process_spec()
+    action, obs = spawn_of(spec, remember(store, history("alpha")))
+
+    executor(state, store, platform, spec).execute(action, obs)
+
+    assert read_record(state.record("alpha")).record.caveat == "started inside the controller's job object"
+
+
 def test_a_respawn_after_a_crash_counts_a_restart_and_keeps_the_failure_count(state, store, platform):
     spec = process_spec()
     action, obs = spawn_of(spec, remember(store, crashed("alpha", failures=2)))
