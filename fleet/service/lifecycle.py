@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -362,7 +363,7 @@ class Lifecycle:
             if os.path.isdir(d):
                 continue
             os.makedirs(d, mode=0o700, exist_ok=True)
-            if self._user and hasattr(os, "chown"):
+            if self._user and sys.platform != "win32":
                 # A system unit runs the controller as User=; it refuses a state directory
                 # that is not its own.
                 import pwd
