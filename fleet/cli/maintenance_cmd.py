@@ -160,7 +160,7 @@ def _queue_cli(state, profiles: list[str], action: str, reason: str, idle_second
             fail(f"--idle-seconds: {exc}")
     answers = []
     for profile in profiles:
-        payload = {"action": "queue_" + action, "profile": profile, "reason": reason}
+        payload: dict[str, object] = {"action": "queue_" + action, "profile": profile, "reason": reason}
         if idle is not None:
             payload["idle_seconds"] = idle
         answer = handle(state, payload, person_now=now)

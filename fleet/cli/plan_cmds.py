@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 import yaml
@@ -105,7 +105,7 @@ def config(
             fail(f"no profile named {hash_profile!r} in {file}", hint="profiles: " + ", ".join(spec.names))
         typer.echo(f"{p.name} {p.spec_hash}")
         return
-    doc = {
+    doc: dict[str, Any] = {
         "name": spec.name, "stagger_s": spec.stagger, "hermes_root": spec.hermes_root,
         "state_dir": str(state_for(state_dir, file, manifest).root), "max_concurrent_maintenance": spec.max_concurrent_maintenance,
         "digest": manifest.digest,

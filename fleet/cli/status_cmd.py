@@ -106,7 +106,7 @@ def _print_fleet_lines(st: FleetStatus, now: float) -> None:
         typer.echo(f"controller: NOT RUNNING — {NO_CONTROLLER_HINT}")
     if ctl.store_degraded:
         typer.echo(f"store degraded: {ctl.store_degraded}")
-    downs = [p.hold for p in st.held if p.hold.by == "down"]
+    downs = [p.hold for p in st.profiles if p.hold is not None and p.hold.by == "down"]
     if downs:
         first = min(downs, key=lambda h: h.since or now)
         typer.echo(f"fleet: {hold_note(first, now, 'PROFILE...')} ({len(downs)} profile(s))")

@@ -37,7 +37,7 @@ def preview(manifest: Manifest, state: StateDir, store: Store, platform, now: fl
     current = store.current_generation()
     previous: dict[str, ProfileSpec] = {}
     if current is not None:
-        stored = source.spec(current.generation)
+        stored = source.spec(current)
         previous = {p.name: p for p in stored.profiles}
         for entry in store.inventory():
             if entry.name not in previous:
