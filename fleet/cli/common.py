@@ -100,6 +100,8 @@ def columns(table: Sequence[tuple[str, ...]], right: Collection[int] = frozenset
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
     out = []
     for row in table:
-        cells = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        # widths stops short of the last column, which is never padded
+        cells = [cell.rjust(w) if i in right else cell.ljust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths, strict=False))]
         out.append("  ".join(cells + [row[-1]]).rstrip())
     return out

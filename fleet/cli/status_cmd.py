@@ -6,7 +6,6 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -31,10 +30,10 @@ def _fmt_age(seconds: float | None) -> str:
 
 
 def status(
-    profiles: List[str] = typer.Argument(None, help="Only these profiles."),
+    profiles: list[str] = typer.Argument(None, help="Only these profiles."),
     deep: bool = typer.Option(False, "--deep", help="Per-probe PASS/FAIL checklist for each profile."),
     output: str = OutputOption,
-    state_dir: Optional[str] = StateDirOption,
+    state_dir: str | None = StateDirOption,
     file: Path = FileOption,
 ) -> None:
     """The fleet now: one row per profile, the controller, and what each profile waits on.

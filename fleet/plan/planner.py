@@ -563,7 +563,7 @@ def _apply_stagger(actions: list[Action], desired: Desired, observed: Observed, 
     out = []
     # Ready-now spawns take the early slots; one in crash backoff never holds a sibling's first start back,
     # and one whose last attempt failed comes after every other ready spawn.
-    for a in sorted(actions, key=lambda a: (a.kind == Kind.SPAWN and a.not_before or 0.0, failing(a), a.profile)):
+    for a in sorted(actions, key=lambda a: ((a.kind == Kind.SPAWN and a.not_before) or 0.0, failing(a), a.profile)):
         if a.kind != "spawn":
             out.append(a)
             continue

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import calendar
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
-from typing import Iterator
 
 _NAMES = {
     3: {n: i + 1 for i, n in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())},

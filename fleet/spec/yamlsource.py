@@ -221,7 +221,8 @@ def load_located(text: str, filename: str) -> Located:
             if "expected a single document" in str(exc):
                 mark = exc.problem_mark
                 raise ManifestError([Problem(filename, mark.line + 1 if mark else 0, mark.column + 1 if mark else 0, "",
-                                             "the file holds more than one YAML document; fleet.yaml must be one document")])
+                                             "the file holds more than one YAML document; fleet.yaml must be one "
+                                             "document")]) from None
             raise
         located = Located(data=None)
         budget = [MAX_NODES]

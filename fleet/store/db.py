@@ -81,7 +81,7 @@ class StoreFault(StoreError, sqlite3.OperationalError):
         self.kind = kind
 
     @classmethod
-    def of(cls, path: str, exc: BaseException) -> "StoreFault":
+    def of(cls, path: str, exc: BaseException) -> StoreFault:
         kind, message = _diagnose(path, exc)
         return cls(message, kind)
 
@@ -132,7 +132,7 @@ class ProfileHistory:
 
 
 def _history(row) -> ProfileHistory:
-    fields = {k: row[k] for k in row.keys()}
+    fields = {k: row[k] for k in row.keys()}  # noqa: SIM118 - iterating a sqlite3.Row yields its values
     raw = fields.get("recent_starts")
     try:
         starts = tuple(float(t) for t in json.loads(raw)) if raw else ()
@@ -252,7 +252,7 @@ class Store:
             self.conn = DegradableConnection(self.conn, self.path, clock)
 
     @property
-    def degraded(self) -> "StoreProblem | None":
+    def degraded(self) -> StoreProblem | None:
         """Why the controller's writes are kept in memory instead of the store, or None."""
         return self.conn.problem if isinstance(self.conn, DegradableConnection) else None
 
