@@ -112,7 +112,7 @@ def crashed(name: str, *, code: int = 1, at: float = NOW - 0.5, failures: int = 
 
 
 def live(spec: ProfileSpec | str, *, pid: int = 4242, started_at: float = NOW - 3600.0, source: str = "record",
-         spec_hash: str | None | type(...) = ..., record_epoch: int | None | type(...) = ...,
+         spec_hash: str | type(...) | None = ..., record_epoch: int | type(...) | None = ...,
          flag: bool = True, cmdline: tuple[str, ...] | None = None) -> LiveProcess:
     """A live process that passed identity. By default: ours (from our record, this epoch), running the spec."""
     if isinstance(spec, str):
@@ -156,8 +156,8 @@ def maintenance_request(profile: str, *, action: str = "restart", id: int = 7, c
 
 
 def observation(name: str, *, process: LiveProcess | None = None, verdict: str | None = None,
-                record: PidRecord | None | type(...) = ..., record_problem: str | None = None,
-                history: ProfileHistory | None = None, heartbeat_at: float | None | type(...) = ...,
+                record: PidRecord | type(...) | None = ..., record_problem: str | None = None,
+                history: ProfileHistory | None = None, heartbeat_at: float | type(...) | None = ...,
                 status: GatewayStatus | None = None, native_service: str | None = None,
                 request: OperatorRequest | None = None, drain_file: bool = False) -> ProfileObservation:
     """One profile's observation, consistent the way the observer builds it:

@@ -276,13 +276,10 @@ class FleetHarness:
 
     def start_controller(self) -> subprocess.Popen:
         """A controller in the foreground of a subprocess (the lean entry point)."""
-        log = open(self.tmp / f"controller-{time.monotonic_ns()}.log", "wb")
-        try:
+        with open(self.tmp / f"controller-{time.monotonic_ns()}.log", "wb") as log:
             proc = subprocess.Popen([*self.controller_entry, "--state-dir", str(self.state)],
                                     cwd=str(self.tmp), env=self.env(), stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
-        finally:
-            log.close()
         self.controllers[proc.pid] = create_time(proc.pid) or time.time()
         self._popens.append(proc)
         return proc

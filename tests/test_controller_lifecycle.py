@@ -6,6 +6,7 @@ Every test drives the `hermes-fleet` CLI as a subprocess against a fleet under t
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -42,7 +43,7 @@ def test_cold_start_spawns_every_profile_stagger_apart(fleet):
     # Spawned in name order, each at least `stagger` after the previous one.
     started = sorted((rec["started_at"], name) for name, rec in records.items())
     assert [name for _, name in started] == sorted(records)
-    gaps = [b[0] - a[0] for a, b in zip(started, started[1:])]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(started)]
     assert all(gap >= 0.3 - 1e-3 for gap in gaps), gaps
     # Each gateway runs with its own home and the fleet's contract variables.
     for name, rec in records.items():
@@ -221,7 +222,7 @@ def test_crash_loop_follows_the_backoff_schedule(fleet):
     exits = [e for e in fleet.journal_kinds("alpha", "exited")][:5]
     assert all(e.data["code"] == 1 and e.data["exit_class"] == "crash" for e in exits), exits
     # Respawn n waits at least step n of the schedule after exit n; the last step repeats.
-    for exited, respawn, step in zip(exits, spawned, [0.5, 1.0, 1.5, 1.5, 1.5]):
+    for exited, respawn, step in zip(exits, spawned, [0.5, 1.0, 1.5, 1.5, 1.5], strict=False):
         assert respawn - exited.at >= step - 0.05, ([e.at for e in exits], spawned, step)
     # The sibling was never disturbed.
     assert len(fleet.journal_kinds("beta", "spawned")) == 1

@@ -210,7 +210,7 @@ def test_status_json_fields(fleet):
     rows = {p["name"]: p for p in status["profiles"]}
     assert set(rows) == set(THREE)
     for name, row in rows.items():
-        assert STATUS_PROFILE_KEYS <= set(row), row
+        assert set(row) >= STATUS_PROFILE_KEYS, row
         assert row["phase"] == "Running" and row["pid"] == pids[name] and row["restarts"] == 0
         assert row["spec_hash"] == fleet.record(name)["spec_hash"] == row["desired_spec_hash"]
         assert row["desired"] == "running" and row["last_exit"] is None  # null, never a "-" placeholder

@@ -34,7 +34,7 @@ def boot_epoch() -> str:
 
 
 def iso_now(minutes_ago: float = 0.0) -> str:
-    moment = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=minutes_ago)
+    moment = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=minutes_ago)
     return moment.isoformat().replace("+00:00", "Z")
 
 
@@ -155,9 +155,8 @@ def test_lock_is_held_while_running(hx):
 
     gw = hx.start()
     gw.wait_state("running")
-    with open(gw.file("gateway.lock"), "a+") as probe:
-        with pytest.raises(BlockingIOError):
-            fcntl.flock(probe.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(gw.file("gateway.lock"), "a+") as probe, pytest.raises(BlockingIOError):
+        fcntl.flock(probe.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def test_second_instance_for_same_home_exits_1(hx):

@@ -28,15 +28,12 @@ THREE = {"alpha": None, "beta": None, "gamma": None}
 def service_controller(fleet) -> subprocess.Popen:
     """`hermes-fleet controller run -f FILE` in the foreground, as a service unit runs it (it execs the
     controller, so this PID is the controller's). Ended by the test, by PID; the fixture kills it otherwise."""
-    log = open(fleet.tmp / f"service-{time.monotonic_ns()}.log", "wb")
-    try:
+    with open(fleet.tmp / f"service-{time.monotonic_ns()}.log", "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "fleet.cli.main", "controller", "run", "-f", str(fleet.manifest),
              "--state-dir", str(fleet.state)],
             cwd=str(fleet.tmp), env=fleet.env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
-    finally:
-        log.close()
     fleet.controllers[proc.pid] = create_time(proc.pid) or time.time()
     fleet._popens.append(proc)
     return proc

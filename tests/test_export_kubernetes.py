@@ -52,7 +52,7 @@ def all_exports():
 @pytest.mark.parametrize("name,export", list(all_exports()), ids=lambda v: v if isinstance(v, str) else "")
 def test_every_object_validates_against_the_kubernetes_schemas(name, export):
     validated = 0
-    for path, docs in objects(export).items():
+    for docs in objects(export).values():
         for doc in docs:
             if doc["kind"] == "Kustomization":
                 continue

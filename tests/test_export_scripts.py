@@ -214,7 +214,7 @@ def rendered_container(tmp_path: Path, profile: str, drain: str = "30s") -> dict
     spec = parse_manifest(manifest(tmp_path, drain), "t.yaml", str(tmp_path)).spec
     export = KubernetesTarget().render(spec)
     text = next(f.text for f in export.files if f.path == f"{profile}.yaml")
-    deployment = [d for d in yaml.safe_load_all(text) if d and d["kind"] == "Deployment"][0]
+    deployment = next(d for d in yaml.safe_load_all(text) if d and d["kind"] == "Deployment")
     return deployment["spec"]["template"]["spec"]["containers"][0]
 
 

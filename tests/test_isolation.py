@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -214,13 +215,10 @@ def test_any_exception_from_a_spawn_is_that_profiles_failure(fleet, exc):
     env = fleet.env()
     env["ISOLATION_SPAWN_RAISES"] = exc
     fleet.state.mkdir(parents=True, exist_ok=True)
-    log = open(fleet.tmp / "controller.out", "wb")
-    try:
+    with open(fleet.tmp / "controller.out", "wb") as log:
         proc = subprocess.Popen([sys.executable, str(script), "--state-dir", str(fleet.state)], cwd=str(fleet.tmp),
                                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    finally:
-        log.close()
     fleet.controllers[proc.pid] = create_time(proc.pid) or time.time()
     fleet._popens.append(proc)
     wait_until(lambda: fleet.controller_pid() == proc.pid, 20, what="the wrapped controller to hold the lock")
@@ -275,7 +273,7 @@ def test_a_crash_loop_is_braked_and_its_journal_stays_bounded(fleet):
     slack = 0.2  # a journal row is written after its spawn, which takes a few ms on a loaded machine
     for i in range(len(at) - 5):
         assert at[i + 5] - at[i] >= 10.0 - slack, at  # the sixth start waits for the window
-    for a, b in zip(at, at[1:]):
+    for a, b in itertools.pairwise(at):
         assert b - a >= 0.25 - slack, at
     rows = fleet.journal("loop")
     assert len(rows) <= 3 * len(at) + 5, [(e.kind, e.message) for e in rows]

@@ -48,7 +48,10 @@ profiles:{profiles}
                     lift_down=False)
 
 
-def reconciler(state, store, platform, fence=NoBreach()) -> Reconciler:
+_NO_BREACH = NoBreach()
+
+
+def reconciler(state, store, platform, fence=_NO_BREACH) -> Reconciler:
     bookkeeping = StoreBookkeeping(store, HealthFile(state), time.time)
     return Reconciler(state, store, platform, epoch=store.bump_epoch(), fence=FenceWatch(fence),
                       bookkeeping=bookkeeping, clock=time.time)

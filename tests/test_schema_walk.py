@@ -14,8 +14,10 @@ profile, so the same row holds at both levels and is read on profile "a", which 
 from __future__ import annotations
 
 import copy
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -169,16 +171,13 @@ def _documents(path: tuple[str, ...], value: Any, extra: dict | None) -> tuple[d
     changed = copy.deepcopy(base)
     for doc in (base, changed):
         node = doc
-        for step, nxt in zip(path[:-1], path[1:]):
+        for step, nxt in itertools.pairwise(path):
             key = "a" if step == "*" else step
             if key == "[]":
                 continue
-            if nxt == "[]":
-                node = node.setdefault(key, [dict(WINDOW)])[0]
-            else:
-                node = node.setdefault(key, {})
+            node = node.setdefault(key, [dict(WINDOW)])[0] if nxt == "[]" else node.setdefault(key, {})
     node = changed
-    for step, nxt in zip(path[:-1], path[1:]):
+    for step, nxt in itertools.pairwise(path):
         key = "a" if step == "*" else step
         if key == "[]":
             continue

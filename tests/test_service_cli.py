@@ -16,7 +16,7 @@ from fleet.service.base import CommandResult
 from fleet.service.select import host_platform
 
 try:
-    from test_service_fakes import FakeSystemd, RecordingRunner, isolated_home, processes, write_fleet  # noqa: F401
+    from test_service_fakes import FakeSystemd, RecordingRunner, isolated_home, processes, write_fleet
 except ImportError:
     from tests.test_service_fakes import FakeSystemd, RecordingRunner, isolated_home, processes, write_fleet  # noqa: F401
 

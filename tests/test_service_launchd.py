@@ -15,7 +15,7 @@ from fleet.service.launchd import LaunchdManager, agent_job, parse_print, render
 from fleet.service.lifecycle import Lifecycle
 
 try:
-    from test_service_fakes import RecordingRunner, failed, isolated_home, ok, processes  # noqa: F401
+    from test_service_fakes import RecordingRunner, failed, isolated_home, ok, processes
 except ImportError:
     from tests.test_service_fakes import RecordingRunner, failed, isolated_home, ok, processes  # noqa: F401
 
@@ -104,7 +104,7 @@ class FakeLaunchctl:
         domain = rest[-1].split("/")[0] if verb != "bootstrap" else rest[0].split("/")[0]
         if verb == "print":
             if self.loaded != domain:
-                return failed(args, 113, f"Could not find service in domain for port")
+                return failed(args, 113, "Could not find service in domain for port")
             pid = self.proc.pid if self.proc and self.proc.poll() is None else 0
             text = PRINT.replace("{pid}", str(pid)).replace("{{", "{").replace("}}", "}")
             return ok(args, text.replace("runs = 3", f"runs = {self.runs}"))

@@ -21,7 +21,7 @@ from fleet.service.systemd import (
 )
 
 try:
-    from test_service_fakes import FakeSystemd, RecordingRunner, alive, isolated_home, processes  # noqa: F401
+    from test_service_fakes import FakeSystemd, RecordingRunner, alive, isolated_home, processes
 except ImportError:  # tests/ imported as a package
     from tests.test_service_fakes import FakeSystemd, RecordingRunner, alive, isolated_home, processes  # noqa: F401
 

@@ -124,7 +124,7 @@ def user_manager(tmp_path_factory):
         exec {systemd_bin} --user
         """))
     inner.chmod(0o755)
-    log = open(base / "manager.log", "wb")
+    log = open(base / "manager.log", "wb")  # noqa: SIM115 - written for the fixture's whole life; closed in its finally
     proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", str(inner)], env=env,
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     manager = UserManager(proc.pid, env, runtime, home, tops)

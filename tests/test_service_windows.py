@@ -25,7 +25,7 @@ from fleet.service.windows_task import TASK_NS, ScheduledTaskManager, parse_task
 from fleet.service.winservice_main import ControllerHost, HostArgs, controller_failure, parse_args
 
 try:
-    from test_service_fakes import RecordingRunner, failed, isolated_home, ok, processes  # noqa: F401
+    from test_service_fakes import RecordingRunner, failed, isolated_home, ok, processes
 except ImportError:
     from tests.test_service_fakes import RecordingRunner, failed, isolated_home, ok, processes  # noqa: F401
 

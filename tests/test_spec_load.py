@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import textwrap
 import tracemalloc
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -233,7 +233,7 @@ class TestPolicyMerging:
     and in `<<: [*a, *b]` the mapping listed first wins. The loader resolves merges itself, so
     no PyYAML release can change a profile's effective spec or its spec_hash."""
 
-    MERGE_CASES = [
+    MERGE_CASES = (
         # (profile body, expected LOG_LEVEL, expected drain timeout)
         ("{<<: *a}", "a", 10.0),
         ("{<<: [*a, *b]}", "a", 10.0),
@@ -244,7 +244,7 @@ class TestPolicyMerging:
         ("{<<: [*c, *b]}", "c", 10.0),
         ("{<<: [*b, *c]}", "b", 20.0),
         ("{<<: [*a], drain: {timeout: 1s}}", "a", 1.0),
-    ]
+    )
 
     @pytest.mark.parametrize("body,level,timeout", MERGE_CASES)
     def test_merge_rule_is_the_projects_own(self, body, level, timeout):
@@ -520,7 +520,9 @@ class TestSchemaErrors:
             """)
         assert the_error(text) == ("fleet.yaml:6:15: profiles.advisor.restart.policy: expected one of 'always', "
                                    "'on-failure', 'never'; found 'sometimes'")
-        problem = pytest.raises(ManifestError, parse, text).value.problems[0]
+        with pytest.raises(ManifestError) as raised:
+            parse(text)
+        problem = raised.value.problems[0]
         assert problem == Problem("fleet.yaml", 6, 15, "profiles.advisor.restart.policy",
                                   "expected one of 'always', 'on-failure', 'never'; found 'sometimes'")
         assert problem.as_json() == {"file": "fleet.yaml", "line": 6, "column": 15,
@@ -686,7 +688,9 @@ class TestUnknownKeys:
     def test_unknown_key_without_a_close_match_lists_the_allowed_keys(self):
         assert the_error(manifest("proxy: {nope: 1}\nprofiles: {}\n")) == (
             "fleet.yaml:3:9: proxy.nope: unknown key 'nope' (allowed: url, http, https, all, no_proxy)")
-        problem = pytest.raises(ManifestError, parse, manifest("zzz: 1\nprofiles: {}\n")).value.problems[0]
+        with pytest.raises(ManifestError) as raised:
+            parse(manifest("zzz: 1\nprofiles: {}\n"))
+        problem = raised.value.problems[0]
         assert (problem.line, problem.column, problem.path, problem.message) == (3, 1, "zzz", "unknown key 'zzz'")
         assert problem.hint == ("allowed: version, name, hermes, driver, stagger, proxy, restart, drain, health, "
                                 "maintenance, retention, profiles")
@@ -1031,7 +1035,7 @@ class TestParseDuration:
     @pytest.mark.parametrize("value", ["", "5", "s", "5 s", "-5s", "1.s", ".5s", "5sec", "1e3s", "5S", "1h 30",
                                        "1.5.2s", None, [], {}, "∞"])
     def test_invalid_forms(self, value):
-        with pytest.raises(ValueError, match="expected a duration such as 2.5s, 90s, 20m, 1h or a number of seconds"):
+        with pytest.raises(ValueError, match=r"expected a duration such as 2.5s, 90s, 20m, 1h or a number of seconds"):
             parse_duration(value)
 
     @pytest.mark.parametrize("value, message", [
@@ -1072,7 +1076,7 @@ class TestFormatDuration:
 # ============================================================================================
 
 def _utc(*args) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)
+    return datetime(*args, tzinfo=UTC)
 
 
 class TestParseCron:
@@ -1156,7 +1160,7 @@ class TestCronTimes:
         c = parse_cron("0 3 * * *")
         fire = next_fire(c, datetime(2024, 7, 1, 12, 0, tzinfo=berlin))
         assert fire == datetime(2024, 7, 2, 3, 0, tzinfo=berlin)
-        assert fire.astimezone(timezone.utc) == _utc(2024, 7, 2, 1, 0)
+        assert fire.astimezone(UTC) == _utc(2024, 7, 2, 1, 0)
 
     @settings(max_examples=200, deadline=None, derandomize=True)
     @given(minute=st.sampled_from(["*", "0", "*/7", "15,45", "59"]),
@@ -1167,7 +1171,7 @@ class TestCronTimes:
            start=st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1)))
     def test_next_fire_is_the_first_matching_minute(self, minute, hour, dom, month, dow, start):
         cron = parse_cron(f"{minute} {hour} {dom} {month} {dow}")
-        start = start.replace(tzinfo=timezone.utc)
+        start = start.replace(tzinfo=UTC)
         horizon = timedelta(days=40)
         found = next_fire(cron, start, horizon)
         if found is not None:

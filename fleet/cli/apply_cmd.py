@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -28,7 +27,7 @@ EXIT_SUPERSEDED = 5
 
 def apply(
     file: Path = FileOption,
-    state_dir: Optional[str] = StateDirOption,
+    state_dir: str | None = StateDirOption,
     prune: bool = typer.Option(True, "--prune/--no-prune", help="Drain profiles removed from the manifest (default) or defer that."),
     allow_empty: bool = typer.Option(False, "--allow-empty", help="Allow a manifest with no profiles to drain a running fleet."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the fleet has converged (default)."),

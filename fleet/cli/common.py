@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -25,7 +27,7 @@ StateDirOption = typer.Option(None, "--state-dir", envvar=STATE_DIR_ENV,
 OutputOption = typer.Option("text", "-o", "--output", help="text or json.")
 
 
-def fail(message: str, code: int = EXIT_ERROR, hint: str = "") -> None:
+def fail(message: str, code: int = EXIT_ERROR, hint: str = "") -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     if hint:
         typer.echo(f"hint: {hint}", err=True)
@@ -93,11 +95,13 @@ def fleet_state(state_dir: str | None, file: Path) -> StateDir:
     return state
 
 
-def columns(table: list[tuple[str, ...]], right: set[int] = frozenset()) -> list[str]:
+def columns(table: Sequence[tuple[str, ...]], right: Collection[int] = frozenset()) -> list[str]:
     """Rows of a table, each column as wide as its widest cell, two spaces apart; the last one unpadded."""
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
     out = []
     for row in table:
-        cells = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        # widths stops short of the last column, which is never padded
+        cells = [cell.rjust(w) if i in right else cell.ljust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths, strict=False))]
         out.append("  ".join(cells + [row[-1]]).rstrip())
     return out

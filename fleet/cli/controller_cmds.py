@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -19,8 +18,8 @@ controller_app = typer.Typer(help="Run or stop the controller itself.", no_args_
 
 @controller_app.command("run")
 def controller_run(
-    file: Optional[Path] = typer.Option(None, "-f", "--file", help="Apply this manifest before starting."),
-    state_dir: Optional[str] = StateDirOption,
+    file: Path | None = typer.Option(None, "-f", "--file", help="Apply this manifest before starting."),
+    state_dir: str | None = StateDirOption,
 ) -> None:
     """Run the controller in the foreground (what a service manager runs).
 
@@ -48,7 +47,7 @@ def controller_run(
 
 
 @controller_app.command("stop")
-def controller_stop(state_dir: Optional[str] = StateDirOption, file: Path = FileOption) -> None:
+def controller_stop(state_dir: str | None = StateDirOption, file: Path = FileOption) -> None:
     """Stop the controller. Gateways keep running; the next controller adopts them."""
     state = state_for(state_dir, file)
     try:

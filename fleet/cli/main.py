@@ -36,8 +36,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 COMMANDS = (plan_cmds.validate, plan_cmds.diff, plan_cmds.config, apply_cmd.apply, status_cmd.status,
             profile_cmds.restart, profile_cmds.stop, profile_cmds.start, profile_cmds.down, read_cmds.logs,
             read_cmds.events, read_cmds.history, schema_cmd.schema)
-for command in COMMANDS:
-    app.command(command.__name__)(command)
+for function in COMMANDS:
+    app.command(function.__name__)(function)
 app.add_typer(controller_cmds.controller_app, name="controller")
 app.add_typer(maintenance_cmd.maintenance_app, name="maintenance")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -149,7 +148,7 @@ def _print_answer(answer: dict, output: str) -> None:
         typer.echo(f"note: no controller is running; the request waits durably. {NO_CONTROLLER_HINT}", err=True)
 
 
-def _queue_cli(state, profiles: list[str], action: str, reason: str, idle_seconds: Optional[str], now: bool,
+def _queue_cli(state, profiles: list[str], action: str, reason: str, idle_seconds: str | None, now: bool,
                output: str) -> None:
     check_output(output)
     idle = None
@@ -160,7 +159,7 @@ def _queue_cli(state, profiles: list[str], action: str, reason: str, idle_second
             fail(f"--idle-seconds: {exc}")
     answers = []
     for profile in profiles:
-        payload = {"action": "queue_" + action, "profile": profile, "reason": reason}
+        payload: dict[str, object] = {"action": "queue_" + action, "profile": profile, "reason": reason}
         if idle is not None:
             payload["idle_seconds"] = idle
         answer = handle(state, payload, person_now=now)
@@ -174,11 +173,11 @@ def _queue_cli(state, profiles: list[str], action: str, reason: str, idle_second
 
 @maintenance_app.command("restart")
 def restart_cmd(
-    profiles: List[str] = typer.Argument(..., help="Profiles to restart once idle."),
+    profiles: list[str] = typer.Argument(..., help="Profiles to restart once idle."),
     reason: str = typer.Option(..., "--reason", help="Why (shown to operators, kept in the journal)."),
-    idle_seconds: Optional[str] = typer.Option(None, "--idle-seconds", help="Idle time required (default: maintenance.idle)."),
+    idle_seconds: str | None = typer.Option(None, "--idle-seconds", help="Idle time required (default: maintenance.idle)."),
     now: bool = typer.Option(False, "--now", help="Skip the idle and window gates (a person's decision; journalled)."),
-    output: str = OutputOption, state_dir: Optional[str] = StateDirOption, file: Path = FileOption,
+    output: str = OutputOption, state_dir: str | None = StateDirOption, file: Path = FileOption,
 ) -> None:
     """Queue a restart that runs only after the profile has been idle long enough.
     A second request for the same profile merges into the first (same id)."""
@@ -187,11 +186,11 @@ def restart_cmd(
 
 @maintenance_app.command("update")
 def update_cmd(
-    profiles: List[str] = typer.Argument(None, help="Profiles to update (default: all)."),
+    profiles: list[str] = typer.Argument(None, help="Profiles to update (default: all)."),
     reason: str = typer.Option(..., "--reason"),
-    idle_seconds: Optional[str] = typer.Option(None, "--idle-seconds"),
+    idle_seconds: str | None = typer.Option(None, "--idle-seconds"),
     now: bool = typer.Option(False, "--now", help="Skip the idle and window gates."),
-    output: str = OutputOption, state_dir: Optional[str] = StateDirOption, file: Path = FileOption,
+    output: str = OutputOption, state_dir: str | None = StateDirOption, file: Path = FileOption,
 ) -> None:
     """Queue an update: once the profiles are idle, run maintenance.update_command once, then
     restart each affected profile through the idle gate. A failed update leaves the gateways running."""
@@ -200,7 +199,7 @@ def update_cmd(
 
 @maintenance_app.command("cancel")
 def cancel_cmd(request_id: int = typer.Argument(..., help="Request id."), output: str = OutputOption,
-               state_dir: Optional[str] = StateDirOption, file: Path = FileOption) -> None:
+               state_dir: str | None = StateDirOption, file: Path = FileOption) -> None:
     """Cancel a pending or waiting request. Once draining it can no longer be cancelled."""
     check_output(output)
     answer = handle(state_for(state_dir, file), {"action": "cancel", "id": request_id})
@@ -215,7 +214,7 @@ def cancel_cmd(request_id: int = typer.Argument(..., help="Request id."), output
 
 @maintenance_app.command("status")
 def status_cmd(output: str = OutputOption, all_: bool = typer.Option(False, "--all", help="Include finished requests."),
-               state_dir: Optional[str] = StateDirOption, file: Path = FileOption) -> None:
+               state_dir: str | None = StateDirOption, file: Path = FileOption) -> None:
     """Each request, what it waits on ("2 active agents", "idle 4m of 20m", "window opens 02:00",
     "budget: executor in maintenance") and its outcome."""
     check_output(output)
@@ -239,8 +238,8 @@ def status_cmd(output: str = OutputOption, all_: bool = typer.Option(False, "--a
 
 
 @maintenance_app.command("submit")
-def submit_cmd(payload: Optional[str] = typer.Option(None, "--json", help="The request; default: read from stdin."),
-               state_dir: Optional[str] = StateDirOption, file: Path = FileOption) -> None:
+def submit_cmd(payload: str | None = typer.Option(None, "--json", help="The request; default: read from stdin."),
+               state_dir: str | None = StateDirOption, file: Path = FileOption) -> None:
     """The agent tool interface: one JSON object in, one JSON object out.
 
     In:  {"action": "queue_restart", "profile": "advisor", "reason": "new tools installed", "idle_seconds": 1200}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import typer
 import yaml
@@ -40,8 +40,8 @@ def validate(file: Path = FileOption, output: str = OutputOption) -> None:
 def diff(
     file: Path = FileOption,
     output: str = OutputOption,
-    profile: Optional[str] = typer.Option(None, "--profile", help="Show only this profile."),
-    state_dir: Optional[str] = StateDirOption,
+    profile: str | None = typer.Option(None, "--profile", help="Show only this profile."),
+    state_dir: str | None = StateDirOption,
     prune: bool = typer.Option(True, "--prune/--no-prune", help="Plan drains of profiles removed from the manifest."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also list unchanged profiles."),
     exit_code: bool = typer.Option(True, "--exit-code/--no-exit-code", help="Exit 1 when changes are pending."),
@@ -86,10 +86,10 @@ def _masked(d: dict, show_secrets: bool) -> dict:
 
 def config(
     file: Path = FileOption,
-    hash_profile: Optional[str] = typer.Option(None, "--hash", help="Print only this profile's spec_hash."),
+    hash_profile: str | None = typer.Option(None, "--hash", help="Print only this profile's spec_hash."),
     output: str = typer.Option("yaml", "-o", "--output", help="yaml or json."),
     show_secrets: bool = typer.Option(False, "--show-secrets", help="Print secret-looking env values in clear."),
-    state_dir: Optional[str] = StateDirOption,
+    state_dir: str | None = StateDirOption,
 ) -> None:
     """Print the effective spec: every default applied, every path resolved.
 
@@ -105,7 +105,7 @@ def config(
             fail(f"no profile named {hash_profile!r} in {file}", hint="profiles: " + ", ".join(spec.names))
         typer.echo(f"{p.name} {p.spec_hash}")
         return
-    doc = {
+    doc: dict[str, Any] = {
         "name": spec.name, "stagger_s": spec.stagger, "hermes_root": spec.hermes_root,
         "state_dir": str(state_for(state_dir, file, manifest).root), "max_concurrent_maintenance": spec.max_concurrent_maintenance,
         "digest": manifest.digest,

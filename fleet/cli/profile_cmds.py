@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -23,7 +22,7 @@ from fleet.store.layout import StateDir
 def _need_profiles(state, names: list[str]) -> Store:
     store = open_store(state, write=True)
     from fleet.controller.desired import DesiredSource
-    desired, specs = DesiredSource(store).current()
+    _, specs = DesiredSource(store).current()
     known = set(specs)
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -42,9 +41,9 @@ def _after_request(state, message: str) -> None:
 
 
 def restart(
-    profiles: List[str] = typer.Argument(..., help="Profiles to restart."),
+    profiles: list[str] = typer.Argument(..., help="Profiles to restart."),
     force: bool = typer.Option(False, "--force", help="Kill at once instead of draining first."),
-    state_dir: Optional[str] = StateDirOption,
+    state_dir: str | None = StateDirOption,
     file: Path = FileOption,
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the new process runs."),
     timeout: str = typer.Option("3m", "--timeout", help="How long --wait waits, e.g. 90s, 3m."),
@@ -99,8 +98,8 @@ def _set_override(state, names: list[str], desired: str | None, by: str) -> None
 def _override_command(verb: str, desired: str | None, doing: str, doc: str):
     """`stop` and `start`: the operator's override of a profile's desired state, kept across applies."""
     def command(
-        profiles: List[str] = typer.Argument(..., help=f"Profiles to {verb}."),
-        state_dir: Optional[str] = StateDirOption,
+        profiles: list[str] = typer.Argument(..., help=f"Profiles to {verb}."),
+        state_dir: str | None = StateDirOption,
         file: Path = FileOption,
     ) -> None:
         state = state_for(state_dir, file)
@@ -118,7 +117,7 @@ start = _override_command("start", None, "starting",
 
 
 def down(
-    state_dir: Optional[str] = StateDirOption,
+    state_dir: str | None = StateDirOption,
     file: Path = FileOption,
     timeout: str = typer.Option("5m", "--timeout", help="How long to wait for the drains."),
 ) -> None:

@@ -6,7 +6,6 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -22,7 +21,7 @@ def logs(
     profile: str = typer.Argument(..., help="Profile whose gateway output to show ('controller' for the controller)."),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines."),
     lines: int = typer.Option(50, "-n", "--lines", help="How many lines from the end."),
-    state_dir: Optional[str] = StateDirOption,
+    state_dir: str | None = StateDirOption,
     file: Path = FileLongOption,
 ) -> None:
     """The gateway's stdout/stderr, as written to logs/<profile>.log by the gateway itself.
@@ -42,7 +41,7 @@ def logs(
 def _print_log(path: Path, lines: int, follow: bool) -> None:
     import codecs
 
-    fh = open(path, "rb")
+    fh = open(path, "rb")  # noqa: SIM115 - reopened when the log rotates; closed in the finally below
     try:
         start = max(0, os.fstat(fh.fileno()).st_size - 256 * 1024)
         fh.seek(start)
@@ -66,7 +65,7 @@ def _print_log(path: Path, lines: int, follow: bool) -> None:
             if now is not None and (now.st_ino, now.st_dev) != (held.st_ino, held.st_dev):
                 # rotated: the old file is read to its end above; the new one from its start
                 fh.close()
-                fh = open(path, "rb")
+                fh = open(path, "rb")  # noqa: SIM115 - as above
                 decoder.reset()
                 continue
             if held.st_size < fh.tell():  # truncated in place
@@ -78,10 +77,10 @@ def _print_log(path: Path, lines: int, follow: bool) -> None:
 
 def events(
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new events."),
-    profile: Optional[str] = typer.Option(None, "--profile", help="Only this profile's events."),
+    profile: str | None = typer.Option(None, "--profile", help="Only this profile's events."),
     output: str = OutputOption,
     limit: int = typer.Option(50, "-n", "--lines", help="How many of the latest events to print first."),
-    state_dir: Optional[str] = StateDirOption,
+    state_dir: str | None = StateDirOption,
     file: Path = FileLongOption,
 ) -> None:
     """The journal: every action the controller took and every exit it saw."""
@@ -113,7 +112,7 @@ def events(
 
 def history(
     output: str = OutputOption,
-    state_dir: Optional[str] = StateDirOption,
+    state_dir: str | None = StateDirOption,
     file: Path = FileOption,
 ) -> None:
     """Applied revisions: which generation, from which commit, by whom, with what result."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from fleet import __version__
 from fleet.controller.plan_report import ActionReport, PlanReport, ShownChange
@@ -22,7 +22,7 @@ LEGEND = "  + spawn   ~ adopt/update/reclaim (records only)   -/+ replace   - dr
 def utc(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def local_clock(ts: float) -> str:

@@ -20,6 +20,7 @@ from fleet.service.base import CommandRunner, ServiceError, ServiceTarget, curre
 from fleet.service.lifecycle import Lifecycle
 from fleet.service.select import PLATFORMS, default_runner, host_platform, managers_for
 from fleet.service.systemd import DEFAULT_SYSTEM_UNIT_DIR, unit_user
+from fleet.service.windows_service import ScmApi
 from fleet.spec.markers import STATE_DIR_ENV
 
 service_app = typer.Typer(
@@ -28,9 +29,14 @@ service_app = typer.Typer(
     no_args_is_help=True,
 )
 
+
+def _pywin32_scm() -> ScmApi | None:
+    return None
+
+
 # Seams the tests replace: every external command, and the Windows SCM (None = pywin32).
 make_runner: Callable[[], CommandRunner] = default_runner
-make_scm: Callable[[], object | None] = lambda: None
+make_scm: Callable[[], ScmApi | None] = _pywin32_scm
 
 
 class PlatformName(str, Enum):

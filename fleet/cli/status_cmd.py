@@ -6,7 +6,6 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -31,10 +30,10 @@ def _fmt_age(seconds: float | None) -> str:
 
 
 def status(
-    profiles: List[str] = typer.Argument(None, help="Only these profiles."),
+    profiles: list[str] = typer.Argument(None, help="Only these profiles."),
     deep: bool = typer.Option(False, "--deep", help="Per-probe PASS/FAIL checklist for each profile."),
     output: str = OutputOption,
-    state_dir: Optional[str] = StateDirOption,
+    state_dir: str | None = StateDirOption,
     file: Path = FileOption,
 ) -> None:
     """The fleet now: one row per profile, the controller, and what each profile waits on.
@@ -106,7 +105,7 @@ def _print_fleet_lines(st: FleetStatus, now: float) -> None:
         typer.echo(f"controller: NOT RUNNING — {NO_CONTROLLER_HINT}")
     if ctl.store_degraded:
         typer.echo(f"store degraded: {ctl.store_degraded}")
-    downs = [p.hold for p in st.held if p.hold.by == "down"]
+    downs = [p.hold for p in st.profiles if p.hold is not None and p.hold.by == "down"]
     if downs:
         first = min(downs, key=lambda h: h.since or now)
         typer.echo(f"fleet: {hold_note(first, now, 'PROFILE...')} ({len(downs)} profile(s))")

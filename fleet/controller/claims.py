@@ -10,7 +10,7 @@ from fleet.controller.log import log
 from fleet.controller.record import DOWN
 from fleet.observe.model import ProfileObservation
 from fleet.spec.model import DRIVER_HERMES
-from fleet.store.claims import CLAIM_RENEW_SECONDS, own_claim, release_claim, write_claim
+from fleet.store.claims import CLAIM_RENEW_SECONDS, Claim, own_claim, release_claim, write_claim
 from fleet.store.db import Store
 from fleet.store.layout import StateDir
 
@@ -29,32 +29,33 @@ class HomeClaims:
         self.unwritable: set[str] = set()  # homes whose claim could not be written (logged once)
 
     def update(self, desired, specs: dict, observed) -> None:
-        if self.mine is None:
+        mine = self.mine
+        if mine is None:
             return
         now = time.time()
         wanted = _wanted_homes(desired, specs, observed)
         for home in [h for h in self.homes if h not in wanted]:
-            release_claim(home, self.mine)
+            release_claim(home, mine)
             del self.homes[home]
         for home, name in wanted.items():
-            self._claim(home, name, observed.get(name), now)
+            self._claim(mine, home, name, observed.get(name), now)
 
-    def _claim(self, home: str, name: str, obs: ProfileObservation, now: float) -> None:
+    def _claim(self, mine: Claim, home: str, name: str, obs: ProfileObservation, now: float) -> None:
         if obs.other_fleet or obs.claim == "other":
             return
         written = self.homes.get(home)
         if obs.claim == "ours" and written is not None and 0.0 <= now - written < CLAIM_RENEW_SECONDS:
             return
-        if not self._write(home, name, now):
+        if not self._write(mine, home, name, now):
             return
         if obs.claim == "stale":
             self.store.journal("claim_taken_over", f"{home}: stale claim of {obs.claim_note} taken over "
                                f"(its controller is gone and its lease lapsed)", profile=name, epoch=self.epoch,
                                data={"home": home, "previous": obs.claim_note})
 
-    def _write(self, home: str, name: str, now: float) -> bool:
+    def _write(self, mine: Claim, home: str, name: str, now: float) -> bool:
         try:
-            write_claim(home, dataclasses.replace(self.mine, renewed_at=now))
+            write_claim(home, dataclasses.replace(mine, renewed_at=now))
         except OSError as exc:
             if home not in self.unwritable:
                 self.unwritable.add(home)

@@ -8,7 +8,7 @@ import json
 from fleet.plan.model import Desired
 from fleet.spec.codec import fleet_from_dict, profile_from_dict
 from fleet.spec.model import FleetSpec, ProfileSpec
-from fleet.store.db import Store
+from fleet.store.db import Generation, Store
 
 
 class DesiredSource:
@@ -16,19 +16,18 @@ class DesiredSource:
         self.store = store
         self._cache: dict[int, FleetSpec] = {}
 
-    def spec(self, generation: int) -> FleetSpec | None:
-        if generation not in self._cache:
-            raw = self.store.generation_spec(generation)
-            if raw is None:
-                return None
-            self._cache[generation] = fleet_from_dict(json.loads(raw))
-        return self._cache[generation]
+    def spec(self, gen: Generation) -> FleetSpec:
+        # From the row already read: a second read could find it gone (an apply that re-ran an older
+        # generation moves that one to a new number).
+        if gen.generation not in self._cache:
+            self._cache[gen.generation] = fleet_from_dict(json.loads(gen.spec_json))
+        return self._cache[gen.generation]
 
     def current(self) -> tuple[Desired | None, dict[str, ProfileSpec]]:
         gen = self.store.current_generation()
         if gen is None:
             return None, {}
-        spec = self.spec(gen.generation)
+        spec = self.spec(gen)
         specs = {p.name: p for p in spec.profiles}
         for entry in self.store.inventory():
             if entry.name not in specs:

@@ -40,7 +40,7 @@ def _idle_changes(obs: ProfileObservation, now: float) -> dict:
     activity = obs.status.activity_at if obs.status else None
     moved = activity is not None and h.activity_seen is not None and activity > h.activity_seen
     idle = _looks_idle(obs)
-    fields = {}
+    fields: dict[str, float | None] = {}
     if activity is not None and activity != h.activity_seen:
         fields["activity_seen"] = activity
     if idle and (h.idle_since is None or moved):
@@ -90,7 +90,7 @@ class MaintenanceTick:
     def _begin_update(self, req: MaintenanceRequest, step: lifecycle.Transition, desired: Desired, now: float) -> None:
         if queue.transition(self.store, req.id, "draining", expect=lifecycle.BEFORE_DRAINING, update_started=now):
             self._start_update(req, desired, step.targets)
-        else:  # a cancel moved it first; the text is stored only while it still waits
+        elif step.waiting_on is not None:  # a cancel moved it first; the text is stored only while it still waits
             queue.set_waiting_on(self.store, req.id, step.waiting_on)
 
     def _begin_drain(self, req: MaintenanceRequest) -> None:
@@ -98,7 +98,7 @@ class MaintenanceTick:
         self.store.journal("maintenance_draining", f"#{req.id} draining", epoch=self.epoch,
                            profile=_journal_profile(req))
 
-    def _end(self, req: MaintenanceRequest, state: str, outcome: str) -> None:
+    def _end(self, req: MaintenanceRequest, state: str, outcome: str | None) -> None:
         if queue.transition(self.store, req.id, state, expect=OPEN_STATES, outcome=outcome):
             self.store.journal(f"maintenance_{state}", f"#{req.id} {state}: {outcome}", epoch=self.epoch,
                                profile=_journal_profile(req))
@@ -167,8 +167,7 @@ class UpdateCommand:
 
 def _profile_facts(desired: Desired, observed: Observed, current: Plan) -> dict[str, lifecycle.ProfileFacts]:
     planned = _planned_actions(current)
-    return {name: _facts(desired.spec.profile(name), observed.get(name), planned.get(name))
-            for name in desired.spec.names}
+    return {p.name: _facts(p, observed.get(p.name), planned.get(p.name)) for p in desired.spec.profiles}
 
 
 def _planned_actions(current: Plan) -> dict[str, Action]:
@@ -194,6 +193,8 @@ def _update_commands(desired: Desired, targets: tuple[str, ...], state: StateDir
     commands: list[UpdateCommand] = []
     for name in targets or desired.spec.names:
         spec = desired.spec.profile(name)
+        if spec is None:  # targets are names from this same manifest
+            continue
         argv = spec.maintenance.update_command
         if argv and all(argv != c.argv for c in commands):
             env = {k: v for k, v in child_environment(spec, state).items() if not k.startswith(FLEET_ENV_PREFIX)}

@@ -176,7 +176,7 @@ def _drift_of(obs: ProfileObservation) -> list[str]:
         messages.append(f"gateway started by hand (pid {proc.pid}), no record")
     elif proc is not None and proc.source in UNRECORDED:
         messages.append(f"running (pid {proc.pid}) without a record")
-    if obs.record_verdict == Verdict.DEAD:
+    if obs.record_verdict == Verdict.DEAD and obs.record is not None:
         messages.append(f"pid {obs.record.pid} has exited since it was recorded")
     elif obs.record_problem:
         messages.append(obs.record_problem)

@@ -37,7 +37,7 @@ def preview(manifest: Manifest, state: StateDir, store: Store, platform, now: fl
     current = store.current_generation()
     previous: dict[str, ProfileSpec] = {}
     if current is not None:
-        stored = source.spec(current.generation)
+        stored = source.spec(current)
         previous = {p.name: p for p in stored.profiles}
         for entry in store.inventory():
             if entry.name not in previous:
@@ -67,7 +67,7 @@ def preflight(profiles) -> tuple[Check, ...]:
             checks.append(Check("error", "executable_missing", f"{exe} not found (neither a path nor on PATH)", p.name,
                                 "install it or fix the command in fleet.yaml"))
         for key, value in p.env:
-            if key.endswith("_BOT_TOKEN") or key.endswith("_TOKEN") and "BOT" in key:
+            if key.endswith("_BOT_TOKEN") or (key.endswith("_TOKEN") and "BOT" in key):
                 other = tokens.get((key, value))
                 if other:
                     checks.append(Check("error", "shared_bot_token", f"shares {key} with {other}; the gateway would exit 78",

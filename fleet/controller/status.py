@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from fleet.controller.desired import DesiredSource
-from fleet.observe.model import Observed, ProfileObservation
+from fleet.observe.model import LiveProcess, Observed, ProfileObservation
 from fleet.observe.observer import Observer
 from fleet.plan.exits import describe_exit
 from fleet.plan.model import Action, Desired, Plan
@@ -186,7 +186,7 @@ def _phase(action: Action, obs: ProfileObservation, hermes: bool) -> tuple[Phase
         return _phase_without_process(action, obs.history)
     if action.kind == "wait" and action.reason in GATED_REASONS:
         return Phase.WAITING, Health.HEALTHY
-    if _still_starting(obs, hermes):
+    if _still_starting(obs, obs.process, hermes):
         return Phase.STARTING, Health.PROGRESSING
     return Phase.RUNNING, Health.HEALTHY
 
@@ -219,11 +219,11 @@ def _phase_without_process(action: Action, history: ProfileHistory) -> tuple[Pha
     return Phase.MISSING, Health.MISSING
 
 
-def _still_starting(obs: ProfileObservation, hermes: bool) -> bool:
+def _still_starting(obs: ProfileObservation, proc: LiveProcess, hermes: bool) -> bool:
     st = obs.status
     if hermes:
         # Hermes writes `running` once its adapters are up; until then it is not
-        return st is None or st.pid != obs.process.pid or st.state in ("starting", "startup_failed")
+        return st is None or st.pid != proc.pid or st.state in ("starting", "startup_failed")
     return st is not None and st.state == "starting"
 
 

@@ -3,8 +3,8 @@ knows of its profiles and the time in, the next state and what to do about it ou
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from fleet.maintenance.model import ALL, CANCELLABLE, MaintenanceRequest
 

@@ -43,7 +43,7 @@ class MaintenanceRequest:
     update_output: str | None
 
     @classmethod
-    def from_row(cls, row) -> "MaintenanceRequest":
+    def from_row(cls, row) -> MaintenanceRequest:
         return cls(id=row["id"], profile=row["profile"], action=row["action"],
                    reasons=tuple(json.loads(row["reasons"])), requested_by=row["requested_by"],
                    idle_seconds=row["idle_seconds"], now=bool(row["now"]), not_before=row["not_before"],

@@ -27,6 +27,14 @@ def get(store: Store, request_id: int) -> MaintenanceRequest | None:
     return MaintenanceRequest.from_row(row) if row else None
 
 
+def _known(store: Store, request_id: int) -> MaintenanceRequest:
+    """A request known to exist (just written, or being worked on): only retention racing it could have removed it."""
+    req = get(store, request_id)
+    if req is None:
+        raise QueueError("not_found", f"no maintenance request #{request_id}")
+    return req
+
+
 def open_requests(store: Store) -> list[MaintenanceRequest]:
     return [MaintenanceRequest.from_row(r) for r in store.open_maintenance_requests()]
 
@@ -52,7 +60,7 @@ def submit(store: Store, *, profile: str, action: str, reason: str, requested_by
             next((r for r in candidates if r.profile == profile and (r.action == action or r.action == "update")), None)
         if covering is not None and not (covering.action == "restart" and action == "update"):
             _merge(store, covering, reason, now_flag, idle_seconds, now)
-            return Submitted(get(store, covering.id), True)
+            return Submitted(_known(store, covering.id), True)
         # An update subsumes pending restarts of the profiles it covers: it restarts them anyway.
         subsumed = [r for r in candidates if r.action == "restart" and r.state != "draining"
                     and (profile == ALL or r.profile == profile)]
@@ -67,7 +75,7 @@ def submit(store: Store, *, profile: str, action: str, reason: str, requested_by
             store.set_maintenance_outcome(r.id, f"subsumed by #{rid}")
         store.journal("maintenance_queued", f"#{rid} {action} {profile}: {reason}",
                       profile=None if profile == ALL else profile, data={"id": rid, "by": by})
-    return Submitted(get(store, rid), False)
+    return Submitted(_known(store, rid), False)
 
 
 def _unique(items):
@@ -99,7 +107,7 @@ def cancel(store: Store, request_id: int, *, by: str | None = None) -> Maintenan
                                                 f"can be cancelled (draining is the point of no return)")
         store.cancel_maintenance_request(request_id, f"cancelled by {by or who()}", now)
         store.journal("maintenance_cancelled", f"#{request_id} cancelled", profile=None if req.profile == ALL else req.profile)
-    return get(store, request_id)
+    return _known(store, request_id)
 
 
 def absorb_open_duplicates(store: Store, request_id: int, profile: str) -> None:
@@ -109,7 +117,7 @@ def absorb_open_duplicates(store: Store, request_id: int, profile: str) -> None:
         others = [MaintenanceRequest.from_row(r) for r in store.other_waiting_maintenance_requests(profile, request_id)]
         if not others:
             return
-        mine = list(get(store, request_id).reasons)
+        mine = list(_known(store, request_id).reasons)
         now = time.time()
         for other in others:
             mine = _unique(mine + list(other.reasons))

@@ -118,6 +118,11 @@ class Check:
     info: ProcessInfo | None
     proof: Proof | None = None
 
+    def proven(self) -> tuple[ProcessInfo, Proof]:
+        """The process and the proof that it is the gateway, for an ALIVE verdict (which has both)."""
+        assert self.info is not None and self.proof is not None, f"{self.verdict} carries no proven process"
+        return self.info, self.proof
+
 
 def check(platform, pid: int, start_ticks: int | None, create_time: float, name: str, state_root: str,
           spec: ProfileSpec | None) -> Check:
@@ -136,4 +141,4 @@ def check(platform, pid: int, start_ticks: int | None, create_time: float, name:
     again = platform.process_info(pid)  # a process mid-exit reads as empty: dead, not unrelated
     if again is None or not again.alive:
         return Check(Verdict.DEAD, None)
-    return Check(Verdict.FOREIGN if proof.protected else "unrelated", info, proof)
+    return Check(Verdict.FOREIGN if proof.protected else Verdict.UNRELATED, info, proof)

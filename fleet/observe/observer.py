@@ -88,10 +88,11 @@ class Observer:
             v = self._check(name, spec, record.pid, record.start_ticks, record.create_time)
             verdict = v.verdict
             if verdict == Verdict.ALIVE:
-                process = LiveProcess(pid=record.pid, start_ticks=v.info.start_ticks, create_time=v.info.create_time,
-                                      cmdline=v.info.cmdline, started_at=record.started_at, spec_hash=record.spec_hash,
+                info, _ = v.proven()
+                process = LiveProcess(pid=record.pid, start_ticks=info.start_ticks, create_time=info.create_time,
+                                      cmdline=info.cmdline, started_at=record.started_at, spec_hash=record.spec_hash,
                                       source="record", record_epoch=record.epoch,
-                                      external_supervisor_flag=not record.adopted or self._flag_ok(spec, v.info.cmdline))
+                                      external_supervisor_flag=not record.adopted or self._flag_ok(spec, info.cmdline))
             elif verdict in (Verdict.REUSED, Verdict.FOREIGN, Verdict.UNRELATED):
                 why = v.proof.why_not if v.proof is not None else ""
                 problem = {Verdict.REUSED: f"record names pid {record.pid}, which is now another program",
@@ -139,7 +140,8 @@ class Observer:
         v = self._check(name, spec, info.pid, info.start_ticks, info.create_time)
         if v.verdict != Verdict.ALIVE:
             return None
-        return self._live(v.info, name, "hermes_pidfile", spec, v.proof)
+        info, proof = v.proven()
+        return self._live(info, name, "hermes_pidfile", spec, proof)
 
     def _live(self, info: ProcessInfo, name: str, source: str, spec: ProfileSpec | None,
               proof: identity.Proof) -> LiveProcess:
@@ -253,8 +255,9 @@ class Observer:
                     if v.verdict == Verdict.ALIVE:
                         adopted = info.pid
                         base = obs or ProfileObservation(name=name, history=ProfileHistory(name))
+                        proven, proof = v.proven()
                         out[name] = ProfileObservation(**{**base.__dict__,
-                                                          "process": self._live(v.info, name, source, spec, v.proof)})
+                                                          "process": self._live(proven, name, source, spec, proof)})
                         break
             for info, source in roots:
                 if info.pid == adopted:

@@ -75,7 +75,9 @@ class Reason(StrEnum):
     def carried(cls, stored: str | None) -> Reason:
         """A drain's reason as the store kept it, for the later steps of that drain (`draining` when
         none was kept, or one this version does not know)."""
-        return cls(stored) if stored in cls._value2member_map_ else cls.DRAINING
+        if stored is None or stored not in cls._value2member_map_:
+            return cls.DRAINING
+        return cls(stored)
 
 
 class Stage(StrEnum):

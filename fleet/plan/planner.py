@@ -7,10 +7,11 @@ budget couple them, so a sibling's failure never changes another profile's actio
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TypeGuard
 
 from fleet.maintenance.gates import idle_gate, window_gate
 from fleet.maintenance.model import Gate, MaintenanceRequest
-from fleet.observe.model import Observed, Orphan, ProfileObservation, Verdict
+from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservation, Verdict
 from fleet.plan.exits import CRASH_CLASSES, TERMINAL_CLASSES
 from fleet.plan.model import (
     KIND_ORDER,
@@ -139,8 +140,8 @@ def _record_actions(obs: ProfileObservation, epoch: int) -> list[Action]:
     verdict = obs.record_verdict
     if verdict in RECLAIMED:
         why = RECLAIMED[verdict]
-        out.append(Action(Kind.RECLAIM, obs.name, why, obs.record_problem or f"pid {obs.record.pid} has exited",
-                          pid=obs.record.pid if obs.record else None))
+        pid = obs.record.pid if obs.record else None
+        out.append(Action(Kind.RECLAIM, obs.name, why, obs.record_problem or f"pid {pid} has exited", pid=pid))
     proc = obs.process
     if proc is not None:
         if proc.source != "record":
@@ -166,6 +167,12 @@ def _plan_profile(name: str, spec: ProfileSpec | None, inv, obs: ProfileObservat
     if obs.process is not None:
         return actions + _running_or_policy_update(name, spec, obs, desired.previous.get(name), now, request)
     return actions + _absent_flow(name, spec, obs, now)
+
+
+def _gateway(obs: ProfileObservation) -> LiveProcess:
+    """The process of a profile whose flow is only taken while it has one."""
+    assert obs.process is not None, f"{obs.name}: this flow needs a running gateway"
+    return obs.process
 
 
 def _unmanaged_flow(name: str, inv, obs: ProfileObservation, desired: Desired, actions: list[Action],
@@ -221,12 +228,12 @@ def _running_or_policy_update(name: str, spec: ProfileSpec, obs: ProfileObservat
     """A running gateway's flow; one that is kept while only its policy changed records the new policy."""
     running = _running_flow(name, spec, obs, now, request)
     if running[0].kind == Kind.KEEP and previous is not None and previous != spec:
-        return [Action(Kind.UPDATE, name, Reason.POLICY_CHANGED, "policy changed; applied in place", pid=obs.process.pid)]
+        return [Action(Kind.UPDATE, name, Reason.POLICY_CHANGED, "policy changed; applied in place", pid=_gateway(obs).pid)]
     return running
 
 
 def _stop_flow(name, spec, obs: ProfileObservation, reason: Reason, now: float) -> list[Action]:
-    h, proc = obs.history, obs.process
+    h, proc = obs.history, _gateway(obs)
     if h.drain_intent and h.drain_pid == proc.pid:
         return _continue_drain(name, spec, obs, now)
     return [Action(Kind.DRAIN, name, reason, "drain, then stop", pid=proc.pid, stage=Stage.BEGIN)]
@@ -234,7 +241,7 @@ def _stop_flow(name, spec, obs: ProfileObservation, reason: Reason, now: float) 
 
 def _continue_drain(name, spec, obs: ProfileObservation, now: float) -> list[Action]:
     """A drain under way: wait for idle, then the planned stop, and kill when the deadline passes."""
-    h, proc = obs.history, obs.process
+    h, proc = obs.history, _gateway(obs)
     if h.drain_deadline is not None and now >= h.drain_deadline:
         return [Action(Kind.KILL, name, Reason.DRAIN_TIMEOUT, "drain deadline passed", pid=proc.pid)]
     if h.drain_signalled is not None:
@@ -262,7 +269,7 @@ def _drained(spec, obs: ProfileObservation, now: float) -> bool:
 
 
 def _heartbeat_stale(spec: ProfileSpec, obs: ProfileObservation, now: float) -> str | None:
-    proc = obs.process
+    proc = _gateway(obs)
     if now - proc.started_at < spec.health.startup_grace:
         return None
     hb = obs.heartbeat_at
@@ -276,7 +283,7 @@ def _heartbeat_stale(spec: ProfileSpec, obs: ProfileObservation, now: float) -> 
 
 def _heartbeat_deadline(spec: ProfileSpec, obs: ProfileObservation, now: float) -> float | None:
     """When this gateway's heartbeat would turn stale: the controller wakes then to check it."""
-    proc = obs.process
+    proc = _gateway(obs)
     grace_end = proc.started_at + spec.health.startup_grace
     hb = obs.heartbeat_at
     if hb is not None and hb >= proc.started_at - 1.0:
@@ -290,7 +297,7 @@ def _heartbeat_deadline(spec: ProfileSpec, obs: ProfileObservation, now: float) 
 
 def _running_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float,
                   request: MaintenanceRequest | None = None) -> list[Action]:
-    h, proc = obs.history, obs.process
+    h, proc = obs.history, _gateway(obs)
     if h.drain_intent and h.drain_pid == proc.pid:
         return _continue_drain(name, spec, obs, now)
     stale = _heartbeat_stale(spec, obs, now)
@@ -317,7 +324,7 @@ def _operator_restart(name: str, req, pid: int) -> Action:
                   pid=pid, stage=Stage.BEGIN)
 
 
-def _maintenance_due(request: MaintenanceRequest | None, proc) -> bool:
+def _maintenance_due(request: MaintenanceRequest | None, proc) -> TypeGuard[MaintenanceRequest]:
     """An open maintenance request this gateway has not been restarted for yet."""
     return request is not None and request.is_open and proc.started_at <= request.since
 
@@ -325,7 +332,7 @@ def _maintenance_due(request: MaintenanceRequest | None, proc) -> bool:
 def _maintenance(name, spec: ProfileSpec, obs: ProfileObservation, req: MaintenanceRequest, now: float) -> Action:
     """A queued restart/update: only through the idle and window gates (unless a person said --now)."""
     label = _maintenance_label(req)
-    pid = obs.process.pid
+    pid = _gateway(obs).pid
     if req.not_before is not None and now < req.not_before:
         return Action(Kind.WAIT, name, Reason.MAINTENANCE, f"{label}: not before {format_instant(req.not_before)}",
                       not_before=req.not_before,
@@ -363,7 +370,7 @@ def _gates_closed(name, spec: ProfileSpec, obs: ProfileObservation, req: Mainten
     reason = Reason.WINDOW_CLOSED if closed[0].gate == "window" else Reason.IDLE_GATE
     wake_at = _idle_reached_at(spec, obs, req) if closed[0].gate == "idle" else None
     message = f"{_maintenance_label(req)}: " + "; ".join(g.detail for g in closed)
-    return Action(Kind.WAIT, name, reason, message, pid=obs.process.pid, voluntary=True, gates=gates,
+    return Action(Kind.WAIT, name, reason, message, pid=_gateway(obs).pid, voluntary=True, gates=gates,
                   not_before=wake_at if wake_at and wake_at > now else None)
 
 
@@ -379,8 +386,8 @@ def _voluntary_replace(name, spec: ProfileSpec, obs: ProfileObservation, reason:
     idle = Gate("idle", not active, f"{active} active agent(s)" if active else "no active agents")
     if not idle.open:
         return Action(Kind.WAIT, name, Reason.IDLE_GATE, f"{message}; waits until no agent is active ({active} now)",
-                      pid=obs.process.pid, voluntary=True, gates=(idle,))
-    return Action(Kind.REPLACE, name, reason, message, pid=obs.process.pid, stage=Stage.BEGIN, voluntary=True, gates=(idle,))
+                      pid=_gateway(obs).pid, voluntary=True, gates=(idle,))
+    return Action(Kind.REPLACE, name, reason, message, pid=_gateway(obs).pid, stage=Stage.BEGIN, voluntary=True, gates=(idle,))
 
 
 def _absent_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float) -> list[Action]:
@@ -556,7 +563,7 @@ def _apply_stagger(actions: list[Action], desired: Desired, observed: Observed, 
     out = []
     # Ready-now spawns take the early slots; one in crash backoff never holds a sibling's first start back,
     # and one whose last attempt failed comes after every other ready spawn.
-    for a in sorted(actions, key=lambda a: (a.kind == Kind.SPAWN and a.not_before or 0.0, failing(a), a.profile)):
+    for a in sorted(actions, key=lambda a: ((a.kind == Kind.SPAWN and a.not_before) or 0.0, failing(a), a.profile)):
         if a.kind != "spawn":
             out.append(a)
             continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ class Lifecycle:
         if plan.up_to_date:
             m = self.manager
             self.say(f"nothing changed: {m.mechanism} registration {m.location} is installed and current, "
-                     f"and the controller runs (PID {plan.previous.pid})")
+                     f"and the controller runs (PID {plan.previous.pid if plan.previous else '-'})")
             return True
         if self.dry_run:
             self._preview_install(artifacts, plan, situation.before)
@@ -240,9 +241,10 @@ class Lifecycle:
         before = m.status()
         self._require_installed(before)
         holder = read_holder(self.target.state_dir, self._user)
-        alive = holder is not None and holder.alive
-        if alive and before.running is not False and m.owns_process(holder.pid) is not False and before.enabled is not False:
-            self.say(f"already running: the controller PID {holder.pid} ({m.mechanism} {m.name})")
+        live = holder if holder is not None and holder.alive else None
+        if (live is not None and before.running is not False and m.owns_process(live.pid) is not False
+                and before.enabled is not False):
+            self.say(f"already running: the controller PID {live.pid} ({m.mechanism} {m.name})")
             return True
         steps = m.start_steps()
         if self.dry_run:
@@ -251,7 +253,7 @@ class Lifecycle:
             return True
         if not self._steps_ran("start", steps, diagnose=True):
             return False
-        return self._verify_up(previous=holder if alive else None, verb="started")
+        return self._verify_up(previous=live, verb="started")
 
     def stop(self) -> bool:
         m = self.manager
@@ -261,14 +263,14 @@ class Lifecycle:
             self._say_would(steps)
             self.say("gateways would keep running")
             return True
-        owned = holder is not None and holder.alive and m.owns_process(holder.pid) is not False
+        owned = holder if holder is not None and holder.alive and m.owns_process(holder.pid) is not False else None
         if not self._steps_ran("stop", steps, diagnose=False):
             return False
-        if owned and not self._wait_gone(holder, 60):
-            self.say(f"stop FAILED: the controller PID {holder.pid} is still running")
+        if owned is not None and not self._wait_gone(owned, 60):
+            self.say(f"stop FAILED: the controller PID {owned.pid} is still running")
             return False
         after = read_holder(self.target.state_dir, self._user)
-        if after is not None and after.alive and not owned:
+        if after is not None and after.alive and owned is None:
             self.say(f"note: a controller not started by {m.mechanism} still runs (PID {after.pid})")
         self.say(f"stopped the controller ({m.mechanism} {m.name}); gateways keep running")
         return True
@@ -362,7 +364,7 @@ class Lifecycle:
             if os.path.isdir(d):
                 continue
             os.makedirs(d, mode=0o700, exist_ok=True)
-            if self._user and hasattr(os, "chown"):
+            if self._user and sys.platform != "win32":
                 # A system unit runs the controller as User=; it refuses a state directory
                 # that is not its own.
                 import pwd

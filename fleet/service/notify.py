@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Mapping
 
 
@@ -72,7 +73,7 @@ class SdNotify:
 
     def notify(self, *fields: str) -> bool:
         """Send one datagram of newline-separated fields; False when there is no one to tell."""
-        if self._address is None:
+        if self._address is None or sys.platform == "win32":  # Windows: no AF_UNIX, so never an address
             return False
         payload = "\n".join(fields).encode("utf-8", errors="replace")
         try:

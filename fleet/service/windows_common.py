@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ntpath
 import posixpath
+import sys
 from dataclasses import dataclass
 
 from fleet.service.base import (
@@ -75,7 +76,9 @@ def windows_is_admin() -> bool:
     """True when this process runs elevated (may register services). Windows only."""
     import ctypes
 
+    if sys.platform != "win32":
+        return False
     try:
-        return bool(ctypes.windll.shell32.IsUserAnAdmin())  # type: ignore[attr-defined]
+        return bool(ctypes.windll.shell32.IsUserAnAdmin())
     except (AttributeError, OSError):
         return False

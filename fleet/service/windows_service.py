@@ -151,7 +151,11 @@ class WindowsServiceManager(WindowsManager):
                     lambda: scm.set_failure_actions_flag(spec.name, True)),
         ]
         if before.running:
-            steps.append(ApiCall(f"restart service {spec.name}", lambda: (scm.stop(spec.name, 60), scm.start(spec.name))))
+            def restart() -> None:
+                scm.stop(spec.name, 60)
+                scm.start(spec.name)
+
+            steps.append(ApiCall(f"restart service {spec.name}", restart))
         else:
             steps.append(ApiCall(f"start service {spec.name}", lambda: scm.start(spec.name)))
         return steps
@@ -173,7 +177,12 @@ class WindowsServiceManager(WindowsManager):
 
     def restart_steps(self) -> list[Step]:
         name, scm = self.name, self.scm
-        return [ApiCall(f"restart service {name}", lambda: (_stop_if_running(scm, name), scm.start(name)))]
+
+        def restart() -> None:
+            _stop_if_running(scm, name)
+            scm.start(name)
+
+        return [ApiCall(f"restart service {name}", restart)]
 
     def status(self) -> RegistrationStatus:
         info = self.scm.query(self.name)

@@ -11,7 +11,7 @@ import time
 from fleet.service.windows_service import ScmServiceInfo, ScmServiceSpec
 
 try:
-    import pywintypes  # noqa: F401  (pywin32's error type lives here)
+    import pywintypes  # pywin32's error type lives here
     import win32security
     import win32service
 except ImportError as exc:  # pragma: no cover - only reached on Windows without pywin32

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import calendar
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
-from typing import Iterator
 
 _NAMES = {
     3: {n: i + 1 for i, n in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())},
@@ -134,8 +134,10 @@ def parse_cron(expr: str) -> Cron:
             parsed.append(_field(text, i))
         except ValueError as exc:
             raise ValueError(f"{_FIELD_NAMES[i]} field: {exc}") from None
-    return Cron(*parsed, day_any=fields[2].startswith("*"), weekday_any=fields[4].startswith("*"),
-                minute_any=fields[0].startswith("*"), hour_any=fields[1].startswith("*"))
+    minutes, hours, days, months, weekdays = parsed
+    return Cron(minutes, hours, days, months, weekdays, day_any=fields[2].startswith("*"),
+                weekday_any=fields[4].startswith("*"), minute_any=fields[0].startswith("*"),
+                hour_any=fields[1].startswith("*"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,7 +214,7 @@ def _fires(cron: Cron, tz: tzinfo, a: int, b: int) -> list[int]:
                     out.append(first - off)
             out.extend(t - off for t in _wall_matches(cron, max(reached, wall_lo), wall_hi))
         reached = max(reached, wall_hi)
-    deduped = []
+    deduped: list[int] = []
     for t in out:
         if a <= t < b and (not deduped or t != deduped[-1]):
             deduped.append(t)

@@ -36,7 +36,7 @@ def format_duration(seconds: float) -> str:
     if seconds < 60:
         text = f"{seconds:.1f}".rstrip("0").rstrip(".")
         return f"{text}s"
-    whole = int(round(seconds))
+    whole = round(seconds)
     days, rest = divmod(whole, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)

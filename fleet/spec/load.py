@@ -140,7 +140,7 @@ class _Builder:
     def block(self, name: str, profile: dict, pname: str) -> tuple[dict, dict[str, tuple]]:
         """Merged settings of one policy block and where each value came from."""
         merged = _merge(schema.defaults(name), self.doc.get(name), profile.get(name))
-        origin = {}
+        origin: dict[str, tuple] = {}
         for key in merged:
             if key in (profile.get(name) or {}):
                 origin[key] = ("profiles", pname, name, key)

@@ -132,7 +132,8 @@ class _Prepared:
         """Refuse a document that expands beyond MAX_NODES, naming the outermost value that does."""
         if self.size[id(root)] <= MAX_NODES:
             return
-        node, path, where = root, (), _pos(root)
+        node, where = root, _pos(root)
+        path: tuple[object, ...] = ()
         while True:
             if isinstance(node, yaml.MappingNode):
                 pairs = [(k, v, k) for k, v in self.pairs[id(node)]]
@@ -189,7 +190,8 @@ def _compose_fast(text: str, filename: str):
                     break
                 if events > MAX_NODES:
                     mark = event.start_mark
-                    raise ManifestError([Problem(filename, mark.line + 1, mark.column + 1, "",
+                    raise ManifestError([Problem(filename, mark.line + 1 if mark else 0,
+                                                 mark.column + 1 if mark else 0, "",
                                                  f"the document has more than {MAX_NODES} nodes; refusing it")])
                 if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
                     depth += 1
@@ -219,7 +221,8 @@ def load_located(text: str, filename: str) -> Located:
             if "expected a single document" in str(exc):
                 mark = exc.problem_mark
                 raise ManifestError([Problem(filename, mark.line + 1 if mark else 0, mark.column + 1 if mark else 0, "",
-                                             "the file holds more than one YAML document; fleet.yaml must be one document")])
+                                             "the file holds more than one YAML document; fleet.yaml must be one "
+                                             "document")]) from None
             raise
         located = Located(data=None)
         budget = [MAX_NODES]

@@ -38,7 +38,7 @@ class Claim:
     claimed_at: float = 0.0
     renewed_at: float = 0.0
 
-    def same_fleet(self, other: "Claim") -> bool:
+    def same_fleet(self, other: Claim) -> bool:
         return (self.state_dir, self.dev, self.ino, self.store_id) == \
             (other.state_dir, other.dev, other.ino, other.store_id)
 

@@ -10,6 +10,7 @@ import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
+from typing import cast
 
 from fleet.spec.model import ProfileSpec
 from fleet.spec.secrets import mask_data, mask_text
@@ -80,7 +81,7 @@ class StoreFault(StoreError, sqlite3.OperationalError):
         self.kind = kind
 
     @classmethod
-    def of(cls, path: str, exc: BaseException) -> "StoreFault":
+    def of(cls, path: str, exc: BaseException) -> StoreFault:
         kind, message = _diagnose(path, exc)
         return cls(message, kind)
 
@@ -131,7 +132,7 @@ class ProfileHistory:
 
 
 def _history(row) -> ProfileHistory:
-    fields = {k: row[k] for k in row.keys()}
+    fields = {k: row[k] for k in row.keys()}  # noqa: SIM118 - iterating a sqlite3.Row yields its values
     raw = fields.get("recent_starts")
     try:
         starts = tuple(float(t) for t in json.loads(raw)) if raw else ()
@@ -202,6 +203,7 @@ class Store:
         read-only, I/O) does not fail; see DegradableConnection."""
         self.path = os.fspath(path)
         self.readonly = readonly
+        self.conn: sqlite3.Connection | DegradableConnection
         if readonly:
             if os.path.islink(self.path):
                 raise StoreError(f"{self.path} is a symlink; refusing to follow it")
@@ -250,7 +252,7 @@ class Store:
             self.conn = DegradableConnection(self.conn, self.path, clock)
 
     @property
-    def degraded(self) -> "StoreProblem | None":
+    def degraded(self) -> StoreProblem | None:
         """Why the controller's writes are kept in memory instead of the store, or None."""
         return self.conn.problem if isinstance(self.conn, DegradableConnection) else None
 
@@ -304,14 +306,14 @@ class Store:
         with self.tx():
             current = self.current_generation()
             created = current is None or current.digest != digest
-            if created:
+            if current is not None and not created:
+                gen = current.generation
+            else:
                 existing = self.conn.execute("SELECT generation FROM generations WHERE digest=?", (digest,)).fetchone()
                 if existing:  # re-applying an older generation: it becomes the newest again
                     self.conn.execute("DELETE FROM generations WHERE digest=?", (digest,))
                 gen = (current.generation if current else 0) + 1
                 self.conn.execute("INSERT INTO generations VALUES(?,?,?,?)", (gen, digest, spec_json, now))
-            else:
-                gen = current.generation
             for name, prune_flag in names_prune.items():
                 self.conn.execute(
                     "INSERT INTO inventory(name, first_generation, last_generation, state, prune) VALUES(?,?,?, 'active', ?) "
@@ -351,7 +353,7 @@ class Store:
 
     def revisions(self, limit: int = 20) -> list[dict]:
         rows = self.conn.execute("SELECT * FROM applied_revisions ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        return [mask_data(dict(r)) for r in rows]
+        return [_masked(dict(r)) for r in rows]
 
     # -- inventory ------------------------------------------------------------------------
     def inventory(self) -> tuple[InventoryEntry, ...]:
@@ -397,7 +399,7 @@ class Store:
                 return int(row[0])
             cur = self.conn.execute("INSERT INTO requests(profile, kind, created_at, requested_by) VALUES(?,?,?,?)",
                                     (profile, kind, time.time(), who()))
-            return int(cur.lastrowid)
+            return _rowid(cur)
 
     def pending_requests(self) -> tuple[OperatorRequest, ...]:
         rows = self.conn.execute("SELECT * FROM requests WHERE state='pending' ORDER BY id").fetchall()
@@ -451,7 +453,7 @@ class Store:
                 "VALUES(?,?,?,?,?,?,?,?, 'pending', ?, ?, ?)",
                 (profile, action, json.dumps(reasons), requested_by, idle_seconds, int(now_flag), not_before, deadline,
                  at, at, self.epoch))
-            return int(cur.lastrowid)
+            return _rowid(cur)
 
     def merge_into_maintenance_request(self, request_id: int, *, reasons: list[str], now_flag: bool,
                                        idle_seconds: float | None, at: float) -> None:
@@ -494,7 +496,7 @@ class Store:
     def journal(self, kind: str, message: str, *, profile: str | None = None, epoch: int | None = None,
                 data: dict | None = None) -> None:
         # Masked before it is kept: the journal is printed by events, status and the controller's readers.
-        message, data = mask_text(message), mask_data(data) if data else None
+        message, data = mask_text(message), _masked(data) if data else None
         with self.tx():
             self.conn.execute("INSERT INTO journal(at, epoch, profile, kind, message, data) VALUES(?,?,?,?,?,?)",
                               (time.time(), self.epoch if epoch is None else epoch, profile, kind, message,
@@ -532,7 +534,18 @@ class Store:
         rows = list(reversed(self.conn.execute(q, args).fetchall()))
         # Masked again on the way out: entries written before the rule knew a form stay hidden too.
         return [JournalEntry(r["id"], r["at"], r["epoch"], r["profile"], r["kind"], mask_text(r["message"]),
-                             mask_data(json.loads(r["data"])) if r["data"] else None) for r in rows]
+                             _masked(json.loads(r["data"])) if r["data"] else None) for r in rows]
+
+
+def _masked(data: dict) -> dict:
+    # mask_data keeps the shape of what it is given: a mapping comes back a mapping.
+    return cast(dict, mask_data(data))
+
+
+def _rowid(cur: sqlite3.Cursor) -> int:
+    rowid = cur.lastrowid
+    assert rowid is not None, "an INSERT always sets lastrowid"
+    return rowid
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
@@ -720,6 +733,7 @@ class DegradableConnection:
                 except sqlite3.Error:
                     pass
             kind, message = _diagnose(self.path, exc)
+            assert self.problem is not None, "set whenever self.mem is"
             self.problem = StoreProblem(kind, message, self.problem.since, len(self.pending))
             return False
         finally:
@@ -737,7 +751,7 @@ class _Tx:
     """BEGIN IMMEDIATE ... COMMIT, re-entrant: nested uses join the outer transaction. A failure
     leaves as a StoreFault that says what is wrong with the store (full, locked, read-only...)."""
 
-    def __init__(self, conn: sqlite3.Connection, path: str = ""):
+    def __init__(self, conn: sqlite3.Connection | DegradableConnection, path: str = ""):
         self.conn = conn
         self.path = path
         self.outer = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from fleet.store.files import UnsafeFile, read_small
 from fleet.store.layout import StateDir
@@ -37,9 +38,15 @@ class HealthFile:
         if self.fd is None:
             return
         data = json.dumps(doc, sort_keys=True).encode()[:SIZE - 1]
+        padded = data + b" " * (SIZE - len(data))
         try:
             # Same size every time, written over the same blocks: needs no free space once allocated.
-            os.pwrite(self.fd, data + b" " * (SIZE - len(data)), 0)
+            if sys.platform == "win32":
+                # Windows has no pwrite; only this object writes through this descriptor.
+                os.lseek(self.fd, 0, os.SEEK_SET)
+                os.write(self.fd, padded)
+            else:
+                os.pwrite(self.fd, padded, 0)
         except OSError:
             pass
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from filelock import FileLock, Timeout
 
@@ -49,7 +50,7 @@ def read_holder(state: StateDir) -> Holder | None:
         return None
 
 
-def _optional_int(value: object) -> int | None:
+def _optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 

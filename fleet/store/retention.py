@@ -41,7 +41,7 @@ def trim_adopt_log(path: str, cutoff: float, max_bytes: int) -> int:
     finally:
         os.close(fd)
     lines = data.splitlines(keepends=True)
-    kept = [line for line in lines if _line_time(line) is None or _line_time(line) >= cutoff]
+    kept = [line for line in lines if (at := _line_time(line)) is None or at >= cutoff]
     total = sum(len(line) for line in kept)
     while kept and total > max_bytes:
         total -= len(kept.pop(0))

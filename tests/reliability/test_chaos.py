@@ -271,13 +271,10 @@ class Soak:
         return h[0], created
 
     def start_controller(self) -> subprocess.Popen:
-        log = open(self.tmp / "controllers" / f"ctl-{len(self.controllers)}.log", "wb")
-        try:
+        with open(self.tmp / "controllers" / f"ctl-{len(self.controllers)}.log", "wb") as log:
             popen = subprocess.Popen([sys.executable, "-m", "fleet.controller", "--state-dir", str(self.state)],
                                      cwd=str(self.tmp), env=fleet_env(self.state), stdin=subprocess.DEVNULL,
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        finally:
-            log.close()
         self.controllers.append((popen, create_time(popen.pid) or time.time()))
         return popen
 
@@ -557,7 +554,7 @@ class Chaos:
                 self.soak.violation("controller_start", f"neither of pids {a.pid}, {b.pid} took the lock")
                 return
             loser = b if winner[0] == a.pid else a
-            code = poll_until(lambda: loser.poll() is not None, 15) and loser.returncode
+            poll_until(lambda: loser.poll() is not None, 15)
             self.soak.log("kill_controller", f"kill -9 pid {pid}; raced pids {a.pid} and {b.pid}",
                           f"winner {winner[0]}, loser exit {loser.returncode}")
             if loser.returncode != EXIT_LOCKED:
@@ -730,7 +727,7 @@ class Chaos:
         names = list(NAMES)
         self.rng.shuffle(names)
         planted = {}
-        for (what, pid), name in zip(targets.items(), names):
+        for (what, pid), name in zip(targets.items(), names, strict=False):
             stat = read_stat(str(pid))
             if stat is None:
                 continue

@@ -129,7 +129,7 @@ def test_only_a_proven_corrupt_store_is_called_corrupt(tmp_path):
     from fleet.store.db import Store, StoreError
     db = tmp_path / "fleet.db"
     store = Store(db)
-    for i in range(300):
+    for _ in range(300):
         store.journal("filler", "x" * 500)
     store.close()
     pages = db.stat().st_size // 4096

@@ -406,7 +406,7 @@ def test_hand_written_hostile_manifests_through_the_cli(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=3) as pool:
-        results = dict(zip(HAND_WRITTEN, pool.map(lambda n: check_case(tmp_path, n), HAND_WRITTEN)))
+        results = dict(zip(HAND_WRITTEN, pool.map(lambda n: check_case(tmp_path, n), HAND_WRITTEN), strict=True))
     assert not (tmp_path / "PWNED").exists(), "a YAML tag ran a command"
     outcomes = {name: r[0] for name, r in results.items()}
     print(f"\nhostile manifests via the CLI ({len(outcomes)} cases, "

@@ -105,7 +105,7 @@ def test_corrupt_records_are_reported_then_reclaimed_without_a_restart(fleet):
     good = {n: (fleet.state / f"{n}.pid").read_bytes() for n in names}
     forms = list(CORRUPT_FORMS)
     for start in range(0, len(forms), len(names)):  # a round: one form per profile
-        planted = dict(zip(names, forms[start:start + len(names)]))
+        planted = dict(zip(names, forms[start:start + len(names)], strict=False))
         for name, form in planted.items():
             write_atomic(fleet.state / f"{name}.pid", CORRUPT_FORMS[form](good[name]))
         deep = fleet.cli("status", "--deep", "-o", "json")
