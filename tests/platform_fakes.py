@@ -150,7 +150,7 @@ class FakeKqueueModule:
     def kqueue(self) -> FakeKqueue:
         return FakeKqueue(self)
 
-    def kevent(self, ident: int, filter: int = 0, flags: int = 0, fflags: int = 0) -> FakeKevent:  # noqa: A002
+    def kevent(self, ident: int, filter: int = 0, flags: int = 0, fflags: int = 0) -> FakeKevent:
         return FakeKevent(ident, filter, flags, fflags)
 
 

@@ -6,7 +6,6 @@ with `app.command("export")(export_command)`.
 """
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -30,25 +29,25 @@ def export_command(
     file: Path = typer.Option(Path("fleet.yaml"), "-f", "--file", help="The manifest to render."),
     output: str = typer.Option("-", "-o", "--output",
                                help="Directory to write the files into (created if missing), or - for stdout."),
-    image: Optional[str] = typer.Option(None, "--image", rich_help_panel=_K8S, show_default=False,
+    image: str | None = typer.Option(None, "--image", rich_help_panel=_K8S, show_default=False,
                                         help=f"Container image for the gateways (default: {DEFAULT_IMAGE}, a "
                                         "placeholder)."),
-    namespace: Optional[str] = typer.Option(None, "--namespace", rich_help_panel=_K8S, show_default=False,
+    namespace: str | None = typer.Option(None, "--namespace", rich_help_panel=_K8S, show_default=False,
                                             help="Namespace for every object (default: kubectl's current one)."),
-    storage_size: Optional[str] = typer.Option(None, "--storage-size", rich_help_panel=_K8S, show_default=False,
+    storage_size: str | None = typer.Option(None, "--storage-size", rich_help_panel=_K8S, show_default=False,
                                                help=f"Size of each Hermes home volume (default: "
                                                f"{DEFAULT_STORAGE_SIZE})."),
-    storage_class: Optional[str] = typer.Option(None, "--storage-class", rich_help_panel=_K8S, show_default=False,
+    storage_class: str | None = typer.Option(None, "--storage-class", rich_help_panel=_K8S, show_default=False,
                                                 help="StorageClass of the volumes (default: the cluster's)."),
-    secret_name: Optional[str] = typer.Option(None, "--secret-name", rich_help_panel=_K8S, show_default=False,
+    secret_name: str | None = typer.Option(None, "--secret-name", rich_help_panel=_K8S, show_default=False,
                                               help="The existing Secret the gateways read their secrets from; "
                                               "{profile} stands for the profile (default: one Secret per profile, "
                                               "FLEET-PROFILE-secrets, which you create)."),
-    scope: Optional[str] = typer.Option(None, "--scope", rich_help_panel=_SYSTEMD, show_default=False,
+    scope: str | None = typer.Option(None, "--scope", rich_help_panel=_SYSTEMD, show_default=False,
                                         help="user (a user's own systemd instance) or system (default: user)."),
-    user_name: Optional[str] = typer.Option(None, "--user-name", rich_help_panel=_SYSTEMD, show_default=False,
+    user_name: str | None = typer.Option(None, "--user-name", rich_help_panel=_SYSTEMD, show_default=False,
                                             help="User= of system units: the account owning the Hermes homes."),
-    systemd_version: Optional[int] = typer.Option(None, "--systemd-version", rich_help_panel=_SYSTEMD,
+    systemd_version: int | None = typer.Option(None, "--systemd-version", rich_help_panel=_SYSTEMD,
                                                   show_default=False,
                                                   help=f"Oldest systemd the units must run on (default: "
                                                   f"{DEFAULT_SYSTEMD_VERSION}, the first with a growing restart "

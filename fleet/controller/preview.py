@@ -12,6 +12,7 @@ from fleet.observe.model import Observed
 from fleet.observe.observer import Observer
 from fleet.plan.model import Check, Desired, Plan
 from fleet.plan.planner import plan
+from fleet.platform.base import Platform
 from fleet.spec.load import Manifest
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 from fleet.store.db import Store
@@ -31,7 +32,7 @@ class Preview:
     checks: tuple[Check, ...]
 
 
-def preview(manifest: Manifest, state: StateDir, store: Store, platform, now: float, *,
+def preview(manifest: Manifest, state: StateDir, store: Store, platform: Platform, now: float, *,
             prune: bool = True, allow_empty: bool = False) -> Preview:
     source = DesiredSource(store)
     current = store.current_generation()

@@ -19,6 +19,7 @@ from fleet.observe.model import Observed, ProfileObservation
 from fleet.observe.observer import Observer
 from fleet.plan.model import Action, Desired, Plan
 from fleet.plan.planner import plan
+from fleet.platform.base import Platform
 from fleet.store.db import ProfileHistory, Store
 from fleet.store.layout import StateDir
 from fleet.store.retention import apply_retention
@@ -69,7 +70,7 @@ def _worth_reporting(failures: int) -> bool:
 
 
 class Reconciler:
-    def __init__(self, state: StateDir, store: Store, platform, *, epoch: int, fence: FenceWatch,
+    def __init__(self, state: StateDir, store: Store, platform: Platform, *, epoch: int, fence: FenceWatch,
                  bookkeeping: StoreBookkeeping, clock):
         self.state = state
         self.store = store

@@ -13,6 +13,7 @@ from fleet.observe.observer import Observer
 from fleet.plan.exits import describe_exit
 from fleet.plan.model import Action, Desired, Plan
 from fleet.plan.planner import plan
+from fleet.platform.base import Platform
 from fleet.platform.controller_process import holder_process
 from fleet.spec.model import DRIVER_HERMES, FleetSpec, ProfileSpec
 from fleet.spec.secrets import mask_text
@@ -156,7 +157,7 @@ class FleetStatus:
         return tuple(p for p in self.profiles if p.action.kind == "wait" and p.action.reason in GATED_REASONS)
 
 
-def controller_status(state: StateDir, store: Store, platform) -> ControllerStatus:
+def controller_status(state: StateDir, store: Store, platform: Platform) -> ControllerStatus:
     holder: Holder | None = read_holder(state)
     running = holder is not None and holder_process(platform, holder) is not None and not lock_is_free(state)
     gen = store.current_generation()
@@ -227,7 +228,7 @@ def _still_starting(obs: ProfileObservation, proc: LiveProcess, hermes: bool) ->
     return st is not None and st.state == "starting"
 
 
-def fleet_status(state: StateDir, platform, now: float, *, scan: bool = False) -> FleetStatus:
+def fleet_status(state: StateDir, platform: Platform, now: float, *, scan: bool = False) -> FleetStatus:
     store = Store(state.db, readonly=True)
     try:
         ctl = controller_status(state, store, platform)

@@ -14,7 +14,7 @@ from fleet.observe import hermes_files as hf
 from fleet.observe import identity
 from fleet.observe.leftovers import find_leftovers
 from fleet.observe.model import LiveProcess, ProfileObservation, Verdict
-from fleet.platform.base import SignalRefused
+from fleet.platform.base import Platform, SignalRefused
 from fleet.plan.exits import TERMINAL_CLASSES, count_exit, describe_exit
 from fleet.plan.model import Action, Stage
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
@@ -40,7 +40,7 @@ def iso(ts: float) -> str:
 
 
 class Executor:
-    def __init__(self, state: StateDir, store: Store, platform, *, epoch: int, spec_of, clock=time.time):
+    def __init__(self, state: StateDir, store: Store, platform: Platform, *, epoch: int, spec_of, clock=time.time):
         self.state = state
         self.store = store
         self.platform = platform

@@ -17,8 +17,9 @@ controller."""
 from __future__ import annotations
 
 import os
-import sys
 import time
+
+from fleet.platform.fileio import read_at
 
 MAX_LOG_BYTES = 10 * 1024 * 1024
 KEEP_ROTATED = 3
@@ -54,14 +55,6 @@ def rotate_if_large(path: str, max_bytes: int = MAX_LOG_BYTES, keep: int = KEEP_
     return True
 
 
-def _read_at(fd: int, size: int, offset: int) -> bytes:
-    if sys.platform == "win32":
-        # Windows has no pread; the descriptor is the copy's own, so moving its offset races nothing.
-        os.lseek(fd, offset, os.SEEK_SET)
-        return os.read(fd, size)
-    return os.pread(fd, size, offset)
-
-
 def trim_running(path: str, max_bytes: int = MAX_LOG_BYTES, keep: int = KEEP_ROTATED) -> bool:
     """Copy-truncate a log that a running process appends to, if it is over `max_bytes`."""
     try:
@@ -84,7 +77,7 @@ def trim_running(path: str, max_bytes: int = MAX_LOG_BYTES, keep: int = KEEP_ROT
             offset = max(0, size - budget)  # only under a flood: the oldest bytes beyond the budget go
             copied, line_end = 0, -1
             while budget > 0:
-                chunk = _read_at(src, min(_CHUNK, budget), offset)
+                chunk = read_at(src, min(_CHUNK, budget), offset)
                 if not chunk:
                     break
                 os.write(dst, chunk)

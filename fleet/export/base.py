@@ -15,7 +15,8 @@ import math
 import posixpath
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Iterable, Sequence
+from typing import ClassVar
+from collections.abc import Callable, Iterable, Sequence
 
 from fleet.spec.durations import format_duration
 from fleet.spec.markers import SECRET_ARG_PREFIX
@@ -117,7 +118,7 @@ def secret_arguments(command: Sequence[str]) -> dict[str, tuple[str, str]]:
     """SECRET_ARG_PREFIX<n> -> (what stays in the command, the secret) for each secret word:
     `--token=X` keeps `--token=` and hides X; a word secret as a whole is hidden whole."""
     out: dict[str, tuple[str, str]] = {}
-    for i, (word, shown) in enumerate(zip(command, mask_argv(list(command)))):
+    for i, (word, shown) in enumerate(zip(command, mask_argv(list(command)), strict=True)):
         if word != shown:
             head = shown[: -len(MASK)] if shown.endswith("=" + MASK) else ""
             out[f"{SECRET_ARG_PREFIX}{i}"] = (head, word[len(head):])
@@ -151,7 +152,7 @@ def secrets_detail(split: SecretSplit) -> str:
 
 def whole_seconds(seconds: float) -> int:
     """Engines take whole seconds; round up so a deadline is never shortened."""
-    return int(math.ceil(seconds - 1e-9)) if seconds > 0 else 0
+    return math.ceil(seconds - 1e-9) if seconds > 0 else 0
 
 
 def human(seconds: float) -> str:

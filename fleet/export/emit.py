@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import textwrap
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import yaml
 
@@ -51,7 +51,7 @@ def notes_paragraphs(notes: Sequence[Note], engine: str, empty: str | None = Non
 class _Dumper(yaml.SafeDumper):
     """Block style with lists level with their key (as kubectl prints them), never anchors."""
 
-    def ignore_aliases(self, data) -> bool:  # noqa: ARG002
+    def ignore_aliases(self, data) -> bool:
         return True
 
 
@@ -155,8 +155,8 @@ def systemd_timespan(seconds: float) -> str:
     if seconds <= 0:
         return "0"
     if abs(seconds - round(seconds)) < 1e-9:
-        return f"{int(round(seconds))}s"
-    return f"{int(math.ceil(seconds * 1000 - 1e-6))}ms"
+        return f"{round(seconds)}s"
+    return f"{math.ceil(seconds * 1000 - 1e-6)}ms"
 
 
 @dataclass(frozen=True)

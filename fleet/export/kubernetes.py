@@ -130,7 +130,7 @@ class KubernetesTarget(Target):
             files.append(RenderedFile(f"{profile.name}.yaml",
                                       header + yaml_documents(self.profile_documents(spec, profile))))
         index_header = self.index_header(spec, notes)
-        kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization"}
+        kustomization: dict[str, object] = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization"}
         if self.namespace:
             kustomization["namespace"] = self.namespace
         kustomization["resources"] = [f.path for f in files]

@@ -11,7 +11,7 @@ constant and testable on its own (tests run these exact strings against a fake g
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from fleet.platform.linux_text import SH_BOOT_EPOCH_ASSIGNMENT, SH_START_TICKS_FUNCTION
 

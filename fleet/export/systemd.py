@@ -288,7 +288,7 @@ class SystemdTarget(Target):
             if split.secret_keys:
                 notes.append(Note("secrets", f"{secrets_detail(split)}; the unit reads them from "
                                   f"{self.env_file_shown(spec, p)} (EnvironmentFile=).",
-                                  f"create that file (mode 0600, owned by the service's user) with KEY=value lines "
+                                  "create that file (mode 0600, owned by the service's user) with KEY=value lines "
                                   "for those keys, from your secret store.", (p.name,)))
         notes.append(Note("prune", "removing a profile from fleet.yaml only removes its unit from this export; "
                           "nothing stops the running gateway.",

@@ -89,7 +89,8 @@ def read_hermes_pid(home: str) -> HermesPidRecord | None:
         if isinstance(data, int) and not isinstance(data, bool):
             return HermesPidRecord(pid=data, start_time=None, argv=())
         if isinstance(data, dict) and _int_or_none(data.get("pid")):
-            argv = data.get("argv") if isinstance(data.get("argv"), list) else []
+            recorded = data.get("argv")
+            argv = recorded if isinstance(recorded, list) else []
             return HermesPidRecord(pid=int(data["pid"]), start_time=_int_or_none(data.get("start_time")),
                                    argv=tuple(str(a) for a in argv))
     return None

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from fleet.observe import hermes_files as hf
 from fleet.observe.model import Verdict
-from fleet.platform.base import ProcessInfo
+from fleet.platform.base import Platform, ProcessInfo
 from fleet.spec.markers import PROFILE_ENV, STATE_DIR_ENV
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 
@@ -51,7 +51,7 @@ def markers(name: str, state_root: str) -> dict[str, str]:
     return {PROFILE_ENV: name, STATE_DIR_ENV: state_root}
 
 
-def prove(platform, info: ProcessInfo, name: str, state_root: str, spec: ProfileSpec | None) -> Proof:
+def prove(platform: Platform, info: ProcessInfo, name: str, state_root: str, spec: ProfileSpec | None) -> Proof:
     """Positive proof that the live process `info` is `name`'s gateway under state dir `state_root`."""
     refusal = platform.never_signal(info.pid)
     if refusal:
@@ -96,7 +96,7 @@ def may_be_the_gateway(spec: ProfileSpec | None, info: ProcessInfo) -> bool:
             and tuple(info.cmdline) == tuple(spec.command))
 
 
-def _hermes_proof(platform, info: ProcessInfo, name: str, spec: ProfileSpec | None, env: dict[str, str]) -> bool:
+def _hermes_proof(platform: Platform, info: ProcessInfo, name: str, spec: ProfileSpec | None, env: dict[str, str]) -> bool:
     if spec is None or spec.driver != DRIVER_HERMES:
         return False
     if not hf.looks_like_gateway(info.cmdline) or hf.cmdline_profile(info.cmdline) != name:
@@ -124,7 +124,7 @@ class Check:
         return self.info, self.proof
 
 
-def check(platform, pid: int, start_ticks: int | None, create_time: float, name: str, state_root: str,
+def check(platform: Platform, pid: int, start_ticks: int | None, create_time: float, name: str, state_root: str,
           spec: ProfileSpec | None) -> Check:
     """The full rule for a PID someone wrote down (our record, or the executor's last observation)."""
     info = platform.process_info(pid)

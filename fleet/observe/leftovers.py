@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from fleet.platform.base import ProcessInfo
+from fleet.platform.base import Platform, ProcessInfo
 from fleet.spec.markers import PROFILE_ENV, STATE_DIR_ENV
 
 
@@ -28,7 +28,7 @@ def carries_markers(env: dict[str, str] | None, state_root: str, profile: str | 
     return profile is None or marked == profile
 
 
-def find_leftovers(platform, state_root: str, profile: str | None = None, *, group_of: int | None = None,
+def find_leftovers(platform: Platform, state_root: str, profile: str | None = None, *, group_of: int | None = None,
                    exclude: frozenset[int] = frozenset()) -> list[Leftover]:
     """This user's live processes that carry the markers of `profile` (any profile of the fleet when
     None), plus those in the session or process group led by `group_of` (a dead gateway's pid, which
@@ -38,7 +38,7 @@ def find_leftovers(platform, state_root: str, profile: str | None = None, *, gro
     for info in platform.iter_processes():
         if info.pid == me or info.pid in exclude or not info.alive or platform.never_signal(info.pid):
             continue
-        env = platform.process_environ(info.pid)
+        env = platform.process_environ(info.pid) or {}  # unreadable: carries nothing
         if carries_markers(env, state_root, profile):
             out.append(Leftover(info, env.get(PROFILE_ENV)))
             continue

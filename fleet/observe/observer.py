@@ -10,7 +10,7 @@ from fleet.maintenance import queue
 from fleet.observe import hermes_files as hf
 from fleet.observe import identity
 from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservation, Verdict
-from fleet.platform.base import ProcessInfo
+from fleet.platform.base import Platform, ProcessInfo
 from fleet.service.native import find_native_service
 from fleet.spec.markers import PROFILE_ENV, SPEC_HASH_ENV, STATE_DIR_ENV
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
@@ -32,7 +32,7 @@ def profile_names_on_disk(state: StateDir) -> set[str]:
 
 
 class Observer:
-    def __init__(self, state: StateDir, store: Store, platform):
+    def __init__(self, state: StateDir, store: Store, platform: Platform):
         self.state = state
         self.store = store
         self.platform = platform

@@ -13,11 +13,12 @@ def current_platform() -> Platform:
     if sys.platform == "win32":
         from fleet.platform.windows import WindowsPlatform
         return WindowsPlatform()
-    if sys.platform == "darwin":
-        from fleet.platform.macos import MacPlatform
-        return MacPlatform()
-    if sys.platform.startswith("linux"):
-        from fleet.platform.linux import LinuxPlatform
-        return LinuxPlatform()
-    from fleet.platform.posix import PosixPlatform
-    return PosixPlatform()
+    else:
+        if sys.platform == "darwin":
+            from fleet.platform.macos import MacPlatform
+            return MacPlatform()
+        if sys.platform.startswith("linux"):
+            from fleet.platform.linux import LinuxPlatform
+            return LinuxPlatform()
+        from fleet.platform.posix import PosixPlatform
+        return PosixPlatform()

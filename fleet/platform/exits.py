@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import select
+import sys
+from collections.abc import Callable
 from typing import Any
 
 
@@ -53,12 +55,19 @@ class _ReportOnce:
 class PidfdExitWatch:
     """Linux: pidfds (readable once the process exits) in one epoll."""
 
-    def __init__(self, pidfd_open: Any = None, epoll: Any = None):
-        self._pidfd_open = pidfd_open or getattr(os, "pidfd_open")
-        self._epoll = epoll if epoll is not None else getattr(select, "epoll")()
+    _epoll: Any
+    _readable: int
+    _pidfd_open: Callable[[int], int]
+
+    def __init__(self) -> None:
         self._fds: dict[int, int] = {}  # pid -> pidfd
         self._pids: dict[int, int] = {}  # pidfd -> pid
         self._state = _ReportOnce()
+        if sys.platform != "linux":
+            raise OSError("pidfds are Linux's")
+        self._pidfd_open = os.pidfd_open
+        self._epoll = select.epoll()
+        self._readable = select.EPOLLIN
 
     def fileno(self) -> int:
         return int(self._epoll.fileno())
@@ -75,7 +84,7 @@ class PidfdExitWatch:
                 unwatched.add(pid)
                 continue
             self._fds[pid], self._pids[fd] = fd, pid
-            self._epoll.register(fd, getattr(select, "EPOLLIN", 1))
+            self._epoll.register(fd, self._readable)
             self._state.armed.add(pid)
         return frozenset(unwatched)
 

@@ -4,6 +4,12 @@ service scopes gateways run in under a systemd user manager."""
 
 from __future__ import annotations
 
+import sys
+
+# Never imported on Windows (fleet.platform.current_platform); saying so lets mypy --platform win32 skip
+# the rest of the file, imports included.
+assert sys.platform != "win32"
+
 import os
 from collections.abc import Iterator
 
@@ -13,6 +19,7 @@ from fleet.platform.base import ExitWatch, ProcessInfo
 from fleet.platform.exits import PidfdExitWatch, PollingExitWatch
 from fleet.platform.posix import EXITED, PosixPlatform
 from fleet.platform.systemd_scope import scope_command
+
 
 PF_KTHREAD = 0x00200000  # include/linux/sched.h: the task is a kernel thread
 KTHREADD = 2  # Linux: parent of every kernel thread

@@ -7,11 +7,14 @@ platform the store uses, so it imports nothing of fleet and has its own row at t
 from __future__ import annotations
 
 import os
+import sys
 
 
 def _file_ids(path: str) -> dict[tuple[int, int, int], str]:
     """(major, minor, inode) -> name of the database and its companion files, as /proc/locks names them."""
-    ids = {}
+    ids: dict[tuple[int, int, int], str] = {}
+    if sys.platform == "win32":  # no device numbers, and no /proc/locks to match them against
+        return ids
     for name in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
         try:
             st = os.stat(name)

@@ -4,6 +4,12 @@ exits polled."""
 
 from __future__ import annotations
 
+import sys
+
+# Never imported on Windows (fleet.platform.current_platform); saying so lets mypy --platform win32 skip
+# the rest of the file, imports included.
+assert sys.platform != "win32"
+
 import errno
 import os
 import signal
@@ -19,6 +25,7 @@ from fleet.platform.exits import PollingExitWatch
 from fleet.platform.wake import open_wake_channel
 from fleet.store.files import open_append
 from fleet.store.layout import StateDir
+
 
 _ATTRS = ["pid", "create_time", "uids", "username", "cmdline", "status", "ppid"]
 EXITED = "has already exited (zombie)"
@@ -37,7 +44,7 @@ class PosixPlatform:
         uids = d.get("uids")
         create_time = d.get("create_time") or 0.0
         return ProcessInfo(
-            pid=d["pid"], start_ticks=int(round(create_time * 100)), create_time=create_time,
+            pid=d["pid"], start_ticks=round(create_time * 100), create_time=create_time,
             uid=uids.real if uids else None, username=d.get("username"), cmdline=tuple(d.get("cmdline") or ()),
             status=d.get("status") or "unknown", ppid=d.get("ppid"),
         )

@@ -60,12 +60,13 @@ def scope_command(
     (give the gateway's drain timeout plus a margin).
     """
     env = os.environ if environ is None else environ
-    if not user_manager_available(env):
+    env_binary = _env_binary(env)
+    if env_binary is None or not user_manager_available(env):
         return None
     command = ["systemd-run", "--user", "--scope", "--quiet", "--collect", "--unit", unit_name]
     if stop_timeout is not None:
-        command.append(f"--property=TimeoutStopSec={max(1, int(round(stop_timeout)))}s")
-    return [*command, "--", _env_binary(env), "-u", "INVOCATION_ID", *argv]
+        command.append(f"--property=TimeoutStopSec={max(1, round(stop_timeout))}s")
+    return [*command, "--", env_binary, "-u", "INVOCATION_ID", *argv]
 
 
 def scope_unit_name(profile: str, token: str) -> str:

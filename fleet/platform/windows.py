@@ -314,7 +314,9 @@ def _exits_within(proc: psutil.Process, timeout: float) -> bool:
 
 
 def _msvcrt_locking() -> Callable[[int, int, int], None]:
-    import msvcrt  # Windows only
+    if sys.platform != "win32":
+        raise OSError("msvcrt.locking exists on Windows only")
+    import msvcrt
 
     return msvcrt.locking
 
@@ -338,7 +340,7 @@ def _info(proc: psutil.Process) -> ProcessInfo:
     except psutil.AccessDenied:
         cmdline = ()
     return ProcessInfo(
-        pid=proc.pid, start_ticks=int(round(create_time * 100)), create_time=create_time, uid=None,
+        pid=proc.pid, start_ticks=round(create_time * 100), create_time=create_time, uid=None,
         username=username, cmdline=cmdline, status=proc.status(), ppid=proc.ppid(),
     )
 
@@ -348,7 +350,7 @@ def _partial_info(pid: int) -> ProcessInfo | None:
     try:
         proc = psutil.Process(pid)
         create_time = proc.create_time()
-        return ProcessInfo(pid=pid, start_ticks=int(round(create_time * 100)), create_time=create_time, uid=None,
+        return ProcessInfo(pid=pid, start_ticks=round(create_time * 100), create_time=create_time, uid=None,
                            username=None, cmdline=(), status=psutil.STATUS_RUNNING, ppid=None)
     except psutil.Error:
         return None

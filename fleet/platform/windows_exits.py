@@ -9,8 +9,9 @@ Only `Kernel32` touches the OS; tests replace it and run the rest for real.
 from __future__ import annotations
 
 import socket
+import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from fleet.platform.exits import _ReportOnce
@@ -39,12 +40,18 @@ class Kernel32(Protocol):
 class CtypesKernel32:
     """The real calls, through ctypes (no pywin32 needed for the controller)."""
 
+    _k32: Any
+    _handle_array: Any
+    _get_last_error: Callable[[], int]
+
     def __init__(self) -> None:
+        if sys.platform != "win32":
+            raise OSError("kernel32 exists on Windows only")
         import ctypes
         from ctypes import wintypes
 
-        self._ctypes = ctypes
-        self._k32: Any = getattr(ctypes, "WinDLL")("kernel32", use_last_error=True)
+        self._get_last_error = ctypes.get_last_error
+        self._k32 = ctypes.WinDLL("kernel32", use_last_error=True)
         self._k32.OpenProcess.restype = wintypes.HANDLE
         self._k32.OpenProcess.argtypes = [wintypes.DWORD, wintypes.BOOL, wintypes.DWORD]
         self._k32.CreateEventW.restype = wintypes.HANDLE
@@ -57,7 +64,7 @@ class CtypesKernel32:
         self._handle_array = wintypes.HANDLE
 
     def _error(self, call: str) -> OSError:
-        code = getattr(self._ctypes, "get_last_error")()
+        code = self._get_last_error()
         return OSError(0, f"{call} failed (Windows error {code})", None, code)
 
     def open_process(self, pid: int) -> int | None:
@@ -65,7 +72,7 @@ class CtypesKernel32:
         if handle:
             return int(handle)
         error = self._error(f"OpenProcess({pid})")
-        if error.winerror == ERROR_INVALID_PARAMETER:  # type: ignore[attr-defined]
+        if getattr(error, "winerror", None) == ERROR_INVALID_PARAMETER:
             return None
         raise error
 

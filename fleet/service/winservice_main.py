@@ -67,7 +67,7 @@ class ControllerHost:
         self._stop_holder = stop_holder
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    def start(self) -> subprocess.Popen:
         logs = os.path.join(self.args.state_dir, "logs")
         os.makedirs(logs, exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1") | {SERVICE_ENV: "winsvc"}
@@ -77,6 +77,7 @@ class ControllerHost:
                 cwd=self.args.state_dir, env=env, close_fds=True,
                 creationflags=CREATE_NO_WINDOW | CREATE_NEW_PROCESS_GROUP,
             )
+        return self.process
 
     def wait(self, stop_requested: Callable[[float], bool], poll: float = 0.5) -> int | None:
         """The controller's exit status, or None when a stop request ended it."""
@@ -135,8 +136,8 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - Windows o
 
         def SvcDoRun(self):
             host = ControllerHost(args)
-            host.start()
-            servicemanager.LogInfoMsg(f"{args.service_name}: controller started (PID {host.process.pid})")
+            process = host.start()
+            servicemanager.LogInfoMsg(f"{args.service_name}: controller started (PID {process.pid})")
             code = host.wait(lambda seconds: win32event.WaitForSingleObject(
                 self.stop_event, int(seconds * 1000)) == win32event.WAIT_OBJECT_0)
             failure = controller_failure(code)

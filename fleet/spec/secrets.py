@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 MASK = "(sensitive)"
 
@@ -139,10 +139,7 @@ def mask_argv(argv: Sequence[str]) -> list[str]:
 
 def _assignment_secret(text: str) -> bool:
     """`password=x`, `api_key: x` inside a longer value (connection strings, headers)."""
-    for m in _ASSIGNMENT.finditer(text):
-        if secret_name(m.group("name")) and m.group("value").strip("\"'"):
-            return True
-    return False
+    return any(secret_name(m.group("name")) and m.group("value").strip("\"'") for m in _ASSIGNMENT.finditer(text))
 
 
 def mask_text(text: str, known: Iterable[str] = ()) -> str:
@@ -191,7 +188,7 @@ def mask_data(value: object, known: Iterable[str] = ()) -> object:
 def secret_words(argv: Sequence[str]) -> tuple[str, ...]:
     """The secrets mask_argv hides in a command line, for mask_text(known=...)."""
     found = []
-    for word, shown in zip(argv, mask_argv(argv)):
+    for word, shown in zip(argv, mask_argv(argv), strict=True):
         if word != shown:
             found.append(word.partition("=")[2] if shown.endswith("=" + MASK) else word)
     return tuple(found)

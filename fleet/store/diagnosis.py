@@ -39,10 +39,11 @@ def classify(exc: BaseException) -> str:
 def read_only_reason(path: str) -> str | None:
     """Why `path` cannot be written, or None if it can."""
     directory = os.path.dirname(os.path.abspath(path)) or "."
+    statvfs = getattr(os, "statvfs", None)  # POSIX only
     try:
-        if os.statvfs(directory).f_flag & getattr(os, "ST_RDONLY", 1):
+        if statvfs is not None and statvfs(directory).f_flag & getattr(os, "ST_RDONLY", 1):
             return "its file system is mounted read-only"
-    except (OSError, AttributeError):
+    except OSError:
         pass
     for target in (path, directory):
         if os.path.exists(target) and not os.access(target, os.W_OK):

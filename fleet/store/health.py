@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
+from fleet.platform.fileio import write_at
 from fleet.store.files import UnsafeFile, read_small
 from fleet.store.layout import StateDir
 
@@ -41,12 +41,7 @@ class HealthFile:
         padded = data + b" " * (SIZE - len(data))
         try:
             # Same size every time, written over the same blocks: needs no free space once allocated.
-            if sys.platform == "win32":
-                # Windows has no pwrite; only this object writes through this descriptor.
-                os.lseek(self.fd, 0, os.SEEK_SET)
-                os.write(self.fd, padded)
-            else:
-                os.pwrite(self.fd, padded, 0)
+            write_at(self.fd, padded, 0)
         except OSError:
             pass
 
