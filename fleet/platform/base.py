@@ -44,6 +44,13 @@ class SignalRefused(PermissionError):
     """The last line of defence: a signal this controller must never send, whatever a record says."""
 
 
+def refuse_protected(platform: Platform, pid: int) -> None:
+    """SignalRefused when `platform.never_signal(pid)` says why: the first step of every method that signals."""
+    refusal = platform.never_signal(pid)
+    if refusal:
+        raise SignalRefused(f"refused to signal pid {pid}: {refusal}")
+
+
 class ExitWatch(Protocol):
     """Wakes the controller's wait the moment a watched gateway exits: one selectable descriptor for all of
     them (an epoll of pidfds, a kqueue, a socket fed by handle waiters), so the wait stays one select()."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 
-from fleet.platform.base import ExitWatch, ProcessInfo, SignalRefused, WakeChannel
+from fleet.platform.base import ExitWatch, ProcessInfo, WakeChannel, refuse_protected
 from fleet.platform.children import SpawnedChildren
 from fleet.platform.exits import PollingExitWatch
 from fleet.platform.wake import open_wake_channel
@@ -173,16 +173,11 @@ class PosixPlatform:
     def _refusal(self, pid: int) -> str | None:
         return _psutil_refusal(pid)
 
-    def _guard(self, pid: int) -> None:
-        refusal = self.never_signal(pid)
-        if refusal:
-            raise SignalRefused(f"refused to signal pid {pid}: {refusal}")
-
     def request_stop(self, pid: int) -> None:
         self._signal_one(pid, signal.SIGTERM)
 
     def kill_tree(self, pid: int, markers: Mapping[str, str]) -> None:
-        self._guard(pid)
+        refuse_protected(self, pid)
         try:
             descendants = psutil.Process(pid).children(recursive=True)
         except psutil.Error:
@@ -209,7 +204,7 @@ class PosixPlatform:
 
     def _signal_one(self, pid: int, signum: int) -> None:
         """`signum` to `pid` once `never_signal` allows it; a process already gone needs no signal."""
-        self._guard(pid)
+        refuse_protected(self, pid)
         try:
             os.kill(pid, signum)
         except ProcessLookupError:

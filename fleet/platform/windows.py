@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import psutil
 
-from fleet.platform.base import ExitWatch, ProcessInfo, SignalRefused, WakeChannel
+from fleet.platform.base import ExitWatch, ProcessInfo, WakeChannel, refuse_protected
 from fleet.platform.children import SpawnedChildren
 from fleet.platform.wake import open_wake_channel, send_wake
 from fleet.platform.windows_exits import HandleExitWatch, Kernel32
@@ -210,14 +210,10 @@ class WindowsPlatform:
         written `<profile>.stop`; a gateway that honours it drains and exits 0, and after the
         drain deadline the controller calls `kill_tree`.
         """
-        refusal = self.never_signal(pid)
-        if refusal:
-            raise SignalRefused(f"refused to signal pid {pid}: {refusal}")
+        refuse_protected(self, pid)
 
     def kill_tree(self, pid: int, markers: Mapping[str, str]) -> None:
-        refusal = self.never_signal(pid)
-        if refusal:
-            raise SignalRefused(f"refused to signal pid {pid}: {refusal}")
+        refuse_protected(self, pid)
         try:
             descendants = psutil.Process(pid).children(recursive=True)
         except psutil.Error:
@@ -234,9 +230,7 @@ class WindowsPlatform:
                 pass
 
     def kill_process(self, pid: int) -> None:
-        refusal = self.never_signal(pid)
-        if refusal:
-            raise SignalRefused(f"refused to signal pid {pid}: {refusal}")
+        refuse_protected(self, pid)
         result = self._runner.run(["taskkill", "/F", "/PID", str(pid)], timeout=30)
         if result.returncode not in (0, TASKKILL_NOT_FOUND) and psutil.pid_exists(pid):
             raise OSError(f"taskkill /F /PID {pid} failed (exit {result.returncode}): "
