@@ -35,7 +35,7 @@ def controller_run(
         store = open_store(state, write=True)
         try:
             recorded = record_manifest(store, manifest, revision_of(str(file), manifest.digest), prune=True,
-                                       source="controller run", lift_down=False)
+                                       source="controller run", origin="controller run -f", lift_down=False)
         finally:
             store.close()
         if recorded.held_down:

@@ -17,8 +17,8 @@ class DesiredSource:
         self._cache: dict[int, FleetSpec] = {}
 
     def spec(self, gen: Generation) -> FleetSpec:
-        # From the row already read: a second read could find it gone (an apply that re-ran an older
-        # generation moves that one to a new number).
+        # From the row already read: a second read could find it gone (generations beyond the store's
+        # window are dropped when a newer one is recorded).
         if gen.generation not in self._cache:
             self._cache[gen.generation] = fleet_from_dict(json.loads(gen.spec_json))
         return self._cache[gen.generation]

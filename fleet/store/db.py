@@ -17,16 +17,28 @@ from fleet.spec.secrets import mask_data, mask_text
 from fleet.store.diagnosis import FULL, IO, LOCKED, READONLY, classify, read_only_reason
 from fleet.store.diagnosis import diagnose as _diagnose
 
-SCHEMA_VERSION = 1
+# 1: every release before generations were kept whole. 2: generations are append-only (no UNIQUE digest: applying an older spec again makes a
+# new generation instead of moving the old one), each generation's origin is kept in generation_origins, and
+# each applied revision row says which writer recorded it (applied_revisions.origin).
+SCHEMA_VERSION = 2
+
+# Generations are immutable rows, and the newest GENERATIONS_KEPT of them always stay: that is how far back
+# `rollback` reaches. Older ones go when a new generation is recorded, except those the inventory still needs
+# (the last spec of a removed profile that is still drained from it).
+GENERATIONS_KEPT = 50
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS generations(
-  generation INTEGER PRIMARY KEY, digest TEXT NOT NULL UNIQUE, spec_json TEXT NOT NULL, created_at REAL NOT NULL);
+  generation INTEGER PRIMARY KEY, digest TEXT NOT NULL, spec_json TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS generations_digest ON generations(digest);
+CREATE TABLE IF NOT EXISTS generation_origins(
+  generation INTEGER PRIMARY KEY, origin TEXT NOT NULL, rollback_of INTEGER);
 CREATE TABLE IF NOT EXISTS applied_revisions(
   id INTEGER PRIMARY KEY AUTOINCREMENT, generation INTEGER NOT NULL, revision TEXT NOT NULL,
   git_commit TEXT, git_branch TEXT, git_dirty INTEGER, manifest_path TEXT, manifest_digest TEXT,
-  applied_by TEXT, plan_summary TEXT, started_at REAL NOT NULL, finished_at REAL, result TEXT NOT NULL, message TEXT);
+  applied_by TEXT, plan_summary TEXT, started_at REAL NOT NULL, finished_at REAL, result TEXT NOT NULL, message TEXT,
+  origin TEXT);
 CREATE TABLE IF NOT EXISTS inventory(
   name TEXT PRIMARY KEY, first_generation INTEGER NOT NULL, last_generation INTEGER NOT NULL,
   state TEXT NOT NULL, prune INTEGER NOT NULL DEFAULT 1, removing_since REAL);
@@ -62,10 +74,13 @@ PROFILE_STATE_COLUMNS = (
     "action_error", "action_error_kind", "action_error_at", "action_errors", "recent_starts",
 )
 # Columns added after the first release: ALTER TABLE brings an older fleet.db up to date.
-_ADDED_PROFILE_COLUMNS = (
-    ("action_error", "TEXT"), ("action_error_kind", "TEXT"), ("action_error_at", "REAL"),
-    ("action_errors", "INTEGER NOT NULL DEFAULT 0"), ("recent_starts", "TEXT"),
-)
+_ADDED_COLUMNS = {
+    "profile_state": (
+        ("action_error", "TEXT"), ("action_error_kind", "TEXT"), ("action_error_at", "REAL"),
+        ("action_errors", "INTEGER NOT NULL DEFAULT 0"), ("recent_starts", "TEXT"),
+    ),
+    "applied_revisions": (("origin", "TEXT"),),
+}
 
 
 class StoreError(Exception):
@@ -180,6 +195,10 @@ class Generation:
     digest: str
     spec_json: str
     created_at: float
+    # Who made it ("apply", "controller run -f", "rollback of 5", ...); None for a generation recorded before
+    # origins were kept, or where the row was not read (current_generation).
+    origin: str | None = None
+    rollback_of: int | None = None  # the generation whose spec a rollback re-applied
 
 
 def user_name() -> str:
@@ -235,8 +254,8 @@ class Store:
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
                 self.conn.executescript(_DDL)
-                _add_missing_columns(self.conn)
                 with self.tx():
+                    _migrate(self.conn)
                     self.conn.execute("INSERT OR IGNORE INTO meta VALUES('store_id', ?)", (str(uuid.uuid4()),))
                     self.conn.execute("INSERT OR IGNORE INTO meta VALUES('epoch', '0')")
                     self.conn.execute("INSERT OR IGNORE INTO meta VALUES('observed_generation', '0')")
@@ -300,8 +319,12 @@ class Store:
         return Generation(**dict(row)) if row else None
 
     def record_generation(self, digest: str, spec_json: str, names_prune: dict[str, bool], revision: dict,
-                          *, prune: bool) -> tuple[int, bool]:
-        """Store a new generation unless its digest is current; update the inventory. Returns (generation, created)."""
+                          *, prune: bool, origin: str | None = None, rollback_of: int | None = None) -> tuple[int, bool]:
+        """Store a new generation unless its digest is the current one's; update the inventory. Returns
+        (generation, created). Generations are append-only: a spec applied before (a rollback, or an older
+        fleet.yaml applied again) becomes a new generation, and the older one stays as it was. `origin` says
+        which writer made it ("apply", "controller run -f", "rollback of 5"); `rollback_of`, whose spec a
+        rollback re-applied. The oldest generations beyond GENERATIONS_KEPT go (see there)."""
         now = time.time()
         with self.tx():
             current = self.current_generation()
@@ -309,11 +332,12 @@ class Store:
             if current is not None and not created:
                 gen = current.generation
             else:
-                existing = self.conn.execute("SELECT generation FROM generations WHERE digest=?", (digest,)).fetchone()
-                if existing:  # re-applying an older generation: it becomes the newest again
-                    self.conn.execute("DELETE FROM generations WHERE digest=?", (digest,))
                 gen = (current.generation if current else 0) + 1
-                self.conn.execute("INSERT INTO generations VALUES(?,?,?,?)", (gen, digest, spec_json, now))
+                self.conn.execute("INSERT INTO generations(generation, digest, spec_json, created_at) VALUES(?,?,?,?)",
+                                  (gen, digest, spec_json, now))
+                if origin is not None:
+                    self.conn.execute("INSERT OR REPLACE INTO generation_origins(generation, origin, rollback_of) "
+                                      "VALUES(?,?,?)", (gen, origin, rollback_of))
             for name, prune_flag in names_prune.items():
                 self.conn.execute(
                     "INSERT INTO inventory(name, first_generation, last_generation, state, prune) VALUES(?,?,?, 'active', ?) "
@@ -325,14 +349,40 @@ class Store:
                     f"WHERE name NOT IN ({','.join('?' * len(names_prune))})", (now, *names_prune))
             self.conn.execute(
                 "INSERT INTO applied_revisions(generation, revision, git_commit, git_branch, git_dirty, manifest_path, "
-                "manifest_digest, applied_by, plan_summary, started_at, result, message) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
+                "manifest_digest, applied_by, plan_summary, started_at, result, message, origin) "
+                "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (gen, revision.get("revision", ""), revision.get("commit"), revision.get("branch"),
                  None if revision.get("dirty") is None else int(revision["dirty"]), revision.get("path"),
                  digest, who(), json.dumps(revision.get("summary", {})), now,
-                 "Pending" if created else "NoChange", revision.get("message")))
+                 "Pending" if created else "NoChange", revision.get("message"), origin))
             self.conn.execute("DELETE FROM applied_revisions WHERE id NOT IN "
                               "(SELECT id FROM applied_revisions ORDER BY id DESC LIMIT 50)")
+            if created:
+                self._drop_old_generations(gen)
         return gen, created
+
+    def _drop_old_generations(self, newest: int) -> None:
+        """Keep the newest GENERATIONS_KEPT generations, and any older one the inventory still needs."""
+        self.conn.execute("DELETE FROM generations WHERE generation <= ? "
+                          "AND generation NOT IN (SELECT last_generation FROM inventory)", (newest - GENERATIONS_KEPT,))
+        self.conn.execute("DELETE FROM generation_origins WHERE generation NOT IN (SELECT generation FROM generations)")
+
+    def generation(self, generation: int) -> Generation | None:
+        """One generation with its origin (None where it was not recorded: before origins were kept)."""
+        row = self.conn.execute("SELECT * FROM generations WHERE generation=?", (generation,)).fetchone()
+        if row is None:
+            return None
+        origin = rollback_of = None
+        if _has_table(self.conn, "generation_origins"):  # not in a store of the previous release opened read-only
+            kept = self.conn.execute("SELECT origin, rollback_of FROM generation_origins WHERE generation=?",
+                                     (generation,)).fetchone()
+            if kept is not None:
+                origin, rollback_of = kept
+        return Generation(row["generation"], row["digest"], row["spec_json"], row["created_at"], origin, rollback_of)
+
+    def generation_numbers(self) -> list[int]:
+        """The numbers of the generations the store keeps, oldest first."""
+        return [r[0] for r in self.conn.execute("SELECT generation FROM generations ORDER BY generation")]
 
     def generation_spec(self, generation: int) -> str | None:
         row = self.conn.execute("SELECT spec_json FROM generations WHERE generation=?", (generation,)).fetchone()
@@ -352,8 +402,15 @@ class Store:
                                   "WHERE generation<=? AND result='Pending'", (time.time(), generation))
 
     def revisions(self, limit: int = 20) -> list[dict]:
+        """The newest applied revisions, newest first; `origin` is None in a row recorded before origins were
+        kept."""
         rows = self.conn.execute("SELECT * FROM applied_revisions ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        return [_masked(dict(r)) for r in rows]
+        out = []
+        for r in rows:
+            row = dict(r)
+            row.setdefault("origin", None)  # a store of the previous release, opened read-only
+            out.append(_masked(row))
+        return out
 
     # -- inventory ------------------------------------------------------------------------
     def inventory(self) -> tuple[InventoryEntry, ...]:
@@ -548,11 +605,39 @@ def _rowid(cur: sqlite3.Cursor) -> int:
     return rowid
 
 
-def _add_missing_columns(conn: sqlite3.Connection) -> None:
-    have = {r[1] for r in conn.execute("PRAGMA table_info(profile_state)")}
-    for name, decl in _ADDED_PROFILE_COLUMNS:
-        if name not in have:
-            conn.execute(f"ALTER TABLE profile_state ADD COLUMN {name} {decl}")
+def _migrate(conn: sqlite3.Connection | DegradableConnection) -> None:
+    """Bring a fleet.db of an earlier release up to SCHEMA_VERSION, keeping everything it holds. Runs inside
+    the opening transaction (BEGIN IMMEDIATE), so two processes that open an old store at once migrate it once.
+    Each step looks at the tables themselves, not only at the stored version, and is done at most once."""
+    for table, added in _ADDED_COLUMNS.items():
+        have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        for name, decl in added:
+            if name not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+    if _digest_is_unique(conn):
+        # SQLite cannot drop a constraint: copy the table without it. The columns stay as they were, so a
+        # controller of the previous release that still runs reads (and writes) this table as before.
+        conn.execute("CREATE TABLE generations_v2(generation INTEGER PRIMARY KEY, digest TEXT NOT NULL, "
+                     "spec_json TEXT NOT NULL, created_at REAL NOT NULL)")
+        conn.execute("INSERT INTO generations_v2(generation, digest, spec_json, created_at) "
+                     "SELECT generation, digest, spec_json, created_at FROM generations")
+        conn.execute("DROP TABLE generations")
+        conn.execute("ALTER TABLE generations_v2 RENAME TO generations")
+        conn.execute("CREATE INDEX IF NOT EXISTS generations_digest ON generations(digest)")
+    conn.execute("INSERT INTO meta VALUES('schema_version', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value "
+                 "WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)", (str(SCHEMA_VERSION),))
+
+
+def _digest_is_unique(conn: sqlite3.Connection | DegradableConnection) -> bool:
+    """Whether `generations` still has the UNIQUE(digest) of the releases before schema version 2."""
+    for index in conn.execute("PRAGMA index_list(generations)").fetchall():
+        if index[2] and [r[2] for r in conn.execute(f"PRAGMA index_info('{index[1]}')")] == ["digest"]:
+            return True
+    return False
+
+
+def _has_table(conn: sqlite3.Connection | DegradableConnection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
 
 
 def _create_safely(path: str) -> None:
