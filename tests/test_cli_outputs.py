@@ -83,8 +83,11 @@ def test_history_json_summary_is_an_object_and_text_keeps_the_dirty_mark(recorde
     manifest, state = recorded
     doc = json.loads(run("history", "-f", str(manifest), "--state-dir", str(state.root), "-o", "json").output)
     assert doc[0]["plan_summary"] == {"spawn": 2}
+    assert doc[0]["origin"] is None  # recorded without one, as before origins were kept
     text = run("history", "-f", str(manifest), "--state-dir", str(state.root)).output
     assert f"main@sha1:{COMMIT[:12]}+dirty" in text, text
+    assert text.splitlines()[0].split() == ["ID", "GEN", "APPLIED", "RESULT", "ORIGIN", "REVISION", "BY"]
+    assert text.splitlines()[1].split()[5] == "-", text
 
 
 def test_validate_lists_problems_in_file_order(tmp_path):

@@ -115,23 +115,24 @@ def history(
     state_dir: str | None = StateDirOption,
     file: Path = FileOption,
 ) -> None:
-    """Applied revisions: which generation, from which commit, by whom, with what result."""
+    """Applied revisions: which generation, from which commit, made by which writer (ORIGIN: apply,
+    controller run -f, rollback of N), by whom, with what result. `rollback N` goes back to generation N."""
     check_output(output)
     state = fleet_state(state_dir, file)
     store = Store(state.db, readonly=True)
     try:
-        rows = store.revisions()
+        rows = store.revisions()  # origin: None in a row recorded before origins were kept
     finally:
         store.close()
     if output == "json":
         emit_json([{**r, "plan_summary": _summary(r["plan_summary"]), "started_at": utc(r["started_at"]),
                     "finished_at": utc(r["finished_at"])} for r in rows])
         return
-    table = [("ID", "GEN", "APPLIED", "RESULT", "REVISION", "BY")]
+    table = [("ID", "GEN", "APPLIED", "RESULT", "ORIGIN", "REVISION", "BY")]
     for r in rows:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started_at"]))
-        table.append((str(r["id"]), str(r["generation"]), stamp, r["result"], _short_revision(r["revision"]),
-                      r["applied_by"] or "-"))
+        table.append((str(r["id"]), str(r["generation"]), stamp, r["result"], r["origin"] or "-",
+                      _short_revision(r["revision"]), r["applied_by"] or "-"))
     for line in columns(table, right={0, 1}):
         typer.echo(line)
 
