@@ -1,6 +1,6 @@
 """Generations are immutable: applying an older spec again makes a new generation, each generation keeps who
 made it, the newest GENERATIONS_KEPT always stay (how far `rollback` reaches), and a fleet.db of the previous
-release opens with its history. Store-level tests: no CLI, no controller."""
+release opens with its history. Store-level and rollback-target tests: no CLI, no controller."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from fleet.controller.record import record_manifest
+from fleet.controller.rollback import RollbackError, rollback_target, stored_manifest
 from fleet.spec.codec import fleet_to_dict
 from fleet.spec.hashing import canonical_json
 from fleet.spec.load import Manifest, parse_manifest
@@ -160,6 +161,7 @@ def test_a_store_of_the_previous_release_opens_with_its_history(tmp_path):
     try:
         assert ro.generation(2).origin is None and ro.generation(3).digest == a.digest
         assert [r["origin"] for r in ro.revisions()] == [None, None, None]
+        assert rollback_target(ro, None).target.generation == 2
     finally:
         ro.close()
 
@@ -201,3 +203,43 @@ def test_two_stores_opening_one_old_file_migrate_it_once(tmp_path):
     finally:
         first.close()
         second.close()
+
+
+# -- what `rollback` goes back to -------------------------------------------------------------------
+
+def test_rollback_goes_back_to_the_generation_before_the_current_one_by_default(store, tmp_path):
+    a, b, c = (manifest(tmp_path, alpha=v) for v in "123")
+    for m in (a, b, c):
+        record(store, m)
+    target = rollback_target(store, None)
+    assert (target.target.generation, target.current.generation) == (2, 3)
+    assert target.manifest.digest == b.digest and target.manifest.spec == b.spec and not target.unchanged
+    assert target.origin == "rollback of 2"
+    assert rollback_target(store, 1).manifest.digest == a.digest
+    assert rollback_target(store, 3).unchanged
+
+
+def test_rollback_names_what_it_cannot_go_back_to(store, tmp_path):
+    with pytest.raises(RollbackError, match="no generation has been recorded yet"):
+        rollback_target(store, None)
+    record(store, manifest(tmp_path, alpha="0"))
+    with pytest.raises(RollbackError, match="generation 1 is the only generation; nothing to roll back to"):
+        rollback_target(store, None)
+    for i in range(1, GENERATIONS_KEPT + 2):
+        record(store, manifest(tmp_path, alpha=str(i)))
+    newest = GENERATIONS_KEPT + 2
+    with pytest.raises(RollbackError, match=f"no generation {newest + 1}: generations run from 1 to {newest}"):
+        rollback_target(store, newest + 1)
+    with pytest.raises(RollbackError, match="no generation 0: "):
+        rollback_target(store, 0)
+    with pytest.raises(RollbackError, match=f"generation 2 is no longer kept: the store keeps the newest "
+                                            f"{GENERATIONS_KEPT} generations \\(the oldest kept is 3\\)"):
+        rollback_target(store, 2)
+    assert rollback_target(store, 3).target.generation == 3  # the oldest kept is a rollback target
+
+
+def test_a_stored_spec_comes_back_as_the_same_manifest(tmp_path, store):
+    m = manifest(tmp_path, alpha="1", beta="2")
+    record(store, m)
+    back = stored_manifest(store.generation(1))
+    assert back.spec == m.spec and back.digest == m.digest

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -20,6 +21,7 @@ from fleet.controller.status import SETTLED_WAITS, fleet_status
 from fleet.platform import current_platform
 from fleet.spec.durations import parse_duration
 from fleet.store.db import Store
+from fleet.store.layout import StateDir
 
 # Another apply recorded a newer generation before this one converged: what converges is not this manifest.
 EXIT_SUPERSEDED = 5
@@ -58,7 +60,7 @@ def apply(
         report = plan_report(preview(manifest, state, store, platform, time.time(), prune=prune,
                                      allow_empty=allow_empty))
         if not report.applyable:
-            _refuse(report, output)
+            refuse(report, output)
         if output == "text":
             from fleet.cli.render_plan import render_text
             typer.echo(render_text(report))
@@ -69,20 +71,30 @@ def apply(
         generation, created = recorded.generation, recorded.created
     finally:
         store.close()
+    hand_over(state, generation, created, kind="apply", wait=wait, wait_for=wait_for, output=output)
+
+
+def hand_over(state: StateDir, generation: int, created: bool, *, kind: str, wait: bool, wait_for: float, output: str,
+              note: str = "", extra: dict | None = None) -> NoReturn:
+    """After a generation is recorded: start a controller if none runs (else wake it), then, with `wait`,
+    follow the generation until it converges, fails, waits on a lasting gate or is superseded; exit so.
+    `apply` and `rollback` end here. `note` follows "generation N recorded" in text, `extra` goes into the
+    JSON document."""
     try:
         pid, started = ensure_controller(state)
     except RuntimeError as exc:
         fail(str(exc), EXIT_FAILED)
     if output == "text":
-        typer.echo(f"generation {generation} recorded; controller pid {pid} {'started' if started else 'notified'}")
+        typer.echo(f"generation {generation} recorded{note}; controller pid {pid} {'started' if started else 'notified'}")
+    head = {"format_version": "1.0", "kind": kind}
     if not wait:
         if output == "json":
-            emit_json({"format_version": "1.0", "kind": "apply", "result": "accepted", "generation": generation,
-                       "changed": created, "controller_pid": pid})
+            emit_json({**head, "result": "accepted", "generation": generation, "changed": created, **(extra or {}),
+                       "controller_pid": pid})
         raise typer.Exit(EXIT_OK)
     code, status = _wait(state, generation, wait_for, output)
     if output == "json":
-        emit_json({"format_version": "1.0", "kind": "apply", "generation": generation, "changed": created,
+        emit_json({**head, "generation": generation, "changed": created, **(extra or {}),
                    "controller_pid": pid,
                    "result": {EXIT_OK: "converged", EXIT_FAILED: "failed", EXIT_QUEUED: "queued",
                               EXIT_SUPERSEDED: "superseded"}[code],
@@ -92,10 +104,15 @@ def apply(
     raise typer.Exit(code)
 
 
-def _refuse(report: PlanReport, output: str) -> None:
+def refuse(report: PlanReport, output: str, kind: str = "apply") -> NoReturn:
+    """The plan may not be applied (the empty-fleet guard, a native service supervising a profile): exit 3."""
     reason = report.refusal or "; ".join(f"{c.profile}: {c.message}" for c in report.blocked_by)
+    refuse_with(reason, output, kind)
+
+
+def refuse_with(reason: str, output: str, kind: str) -> NoReturn:
     if output == "json":
-        emit_json({"format_version": "1.0", "kind": "apply", "result": "refused", "message": reason})
+        emit_json({"format_version": "1.0", "kind": kind, "result": "refused", "message": reason})
     else:
         typer.echo(f"Refused: {reason}", err=True)
     raise typer.Exit(EXIT_REFUSED)
