@@ -18,23 +18,62 @@ from fleet.controller.preview import preview
 from fleet.execute.environment import PASSTHROUGH_ENV, PASSTHROUGH_PREFIXES
 from fleet.platform import current_platform
 from fleet.spec.codec import profile_to_dict
+from fleet.spec.errors import ManifestError
+from fleet.spec.load import Manifest, load_manifest
 from fleet.spec.markers import CONTRACT_ENV
 from fleet.spec.secrets import mask_argv, mask_env
 
 
-def validate(file: Path = FileOption, output: str = OutputOption) -> None:
-    """Check a manifest against the schema and the rules; exit 0 valid, 2 invalid.
+def validate(
+    file: Path | None = typer.Option(None, "-f", "--file", help="The manifest (default: ./fleet.yaml)."),
+    files: list[Path] | None = typer.Argument(
+        None, help="More manifests to check, each on its own (as a pre-commit hook passes them)."),
+    output: str = OutputOption,
+) -> None:
+    """Check manifests against the schema and the rules; exit 0 valid, 2 invalid.
 
     Every problem is reported at once, each with file:line:column, the path
     (profiles.advisor.restart.policy), what was expected and what was found.
+    Several files (`-f` and FILES) are each checked and reported; exit 2 when any is invalid.
     """
     check_output(output)
-    manifest = load_or_exit(file, output)
+    paths = [*([file] if file else []), *(files or [])] or [Path("fleet.yaml")]
+    if len(paths) == 1:
+        manifest = load_or_exit(paths[0], output)
+        if output == "json":
+            emit_json(_valid_json(paths[0], manifest))
+        else:
+            typer.echo(_valid_text(paths[0], manifest))
+        return
+    docs = []
+    for path in paths:
+        try:
+            manifest = load_manifest(path)
+        except ManifestError as exc:
+            docs.append({"file": str(path), "valid": False, "errors": [p.as_json() for p in exc.problems]})
+            if output == "text":
+                for problem in exc.problems:
+                    typer.echo(problem.render(), err=True)
+                typer.echo(f"{len(exc.problems)} problem(s) in {path}", err=True)
+            continue
+        docs.append({"file": str(path), "valid": True, "profiles": list(manifest.spec.names),
+                     "digest": manifest.digest})
+        if output == "text":
+            typer.echo(_valid_text(path, manifest))
+    valid = all(d["valid"] for d in docs)
     if output == "json":
-        emit_json({"format_version": "1.0", "kind": "validation", "valid": True, "file": str(file),
-                   "profiles": list(manifest.spec.names), "digest": manifest.digest})
-    else:
-        typer.echo(f"{file}: valid ({len(manifest.spec.profiles)} profiles: {', '.join(manifest.spec.names) or 'none'})")
+        emit_json({"format_version": "1.0", "kind": "validations", "valid": valid, "files": docs})
+    if not valid:
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _valid_json(path: Path, manifest: Manifest) -> dict:
+    return {"format_version": "1.0", "kind": "validation", "valid": True, "file": str(path),
+            "profiles": list(manifest.spec.names), "digest": manifest.digest}
+
+
+def _valid_text(path: Path, manifest: Manifest) -> str:
+    return f"{path}: valid ({len(manifest.spec.profiles)} profiles: {', '.join(manifest.spec.names) or 'none'})"
 
 
 def diff(
