@@ -207,9 +207,15 @@ def test_a_followed_source_that_is_not_suspended_refuses_the_rollback(fleet, mon
     assert fleet.generations() == [1, 2] and fleet.woken == []
 
 
-def test_rollback_help_names_how_far_back_it_reaches(capsys):
+def test_the_help_and_the_docs_name_how_far_back_rollback_reaches(capsys):
     from fleet.cli.main import main
     with pytest.raises(SystemExit):
         main(["rollback", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert f"The store keeps the newest {GENERATIONS_KEPT} generations" in text
+    root = Path(__file__).resolve().parents[1]
+    gitops = (root / "docs" / "gitops.md").read_text(encoding="utf-8")
+    headings = [line for line in gitops.splitlines() if line.startswith("## ")]
+    assert headings == ["## The review workflow", "## Rollback", "## Following a branch"]
+    assert f"The store keeps the newest {GENERATIONS_KEPT} generations" in " ".join(gitops.split())
+    assert f"newest {GENERATIONS_KEPT} generations" in (root / "docs" / "architecture.md").read_text(encoding="utf-8")
