@@ -31,7 +31,6 @@ _DDL = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS generations(
   generation INTEGER PRIMARY KEY, digest TEXT NOT NULL, spec_json TEXT NOT NULL, created_at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS generations_digest ON generations(digest);
 CREATE TABLE IF NOT EXISTS generation_origins(
   generation INTEGER PRIMARY KEY, origin TEXT NOT NULL, rollback_of INTEGER);
 CREATE TABLE IF NOT EXISTS applied_revisions(
@@ -623,7 +622,6 @@ def _migrate(conn: sqlite3.Connection | DegradableConnection) -> None:
                      "SELECT generation, digest, spec_json, created_at FROM generations")
         conn.execute("DROP TABLE generations")
         conn.execute("ALTER TABLE generations_v2 RENAME TO generations")
-        conn.execute("CREATE INDEX IF NOT EXISTS generations_digest ON generations(digest)")
     conn.execute("INSERT INTO meta VALUES('schema_version', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value "
                  "WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)", (str(SCHEMA_VERSION),))
 
