@@ -322,7 +322,7 @@ def test_apply_plan_carries_out_the_saved_plan_and_the_plan_is_then_spent(fleet)
     assert result.returncode == 0, fleet.explain(result)
     assert "Converged: 1 running." in result.stdout
     assert fleet.record("alpha") is not None
-    assert "(saved plan)" in fleet.cli("events").stdout
+    assert any(e.kind == "applied" and e.message.endswith("(saved plan)") for e in fleet.journal())
     again = fleet.cli("apply", str(plan), with_file=False)
     assert again.returncode == 3, fleet.explain(again)
     assert "Refused: saved plan is stale: generation 0 -> 1 (applied by " in again.stderr
