@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import NoReturn
@@ -13,64 +14,103 @@ from fleet.cli.common import (
     check_output, emit_json, fail, load_or_exit, open_store, state_for,
 )
 from fleet.cli.controller_client import ensure_controller
-from fleet.cli.gitinfo import revision_of
+from fleet.cli.gitinfo import guard_problem, revision_of, valid_revision
+from fleet.cli.saved_plan import (
+    PlanFileError, SavedPlan, action_change, process_change, read_plan, short_digest, tool_change,
+)
 from fleet.controller.plan_report import PlanReport, plan_report
 from fleet.controller.preview import preview
 from fleet.controller.record import record_manifest
 from fleet.controller.status import SETTLED_WAITS, fleet_status
 from fleet.platform import current_platform
 from fleet.spec.durations import parse_duration
+from fleet.spec.errors import ManifestError
+from fleet.spec.load import Manifest, load_manifest
 from fleet.store.db import Store
-from fleet.store.layout import StateDir
+from fleet.store.layout import StateDir, resolve_state_dir
 
 # Another apply recorded a newer generation before this one converged: what converges is not this manifest.
 EXIT_SUPERSEDED = 5
 
+# The codes of `apply`, printed after the options in its --help (README and docs/gitops.md list them too).
+EXIT_CODES = """\b
+Exit codes:
+  0  converged
+  1  failed, or timed out waiting
+  2  invalid manifest, a usage error, PLAN is not a saved plan
+  3  refused, nothing recorded: the empty-fleet guard, a native service owns a
+     profile, a stale saved plan (the generation, the manifest, a process it
+     acts on or the plan computed now changed since `diff --out`),
+     --require-clean or --check-revision
+  4  accepted, waiting on a gate that does not open by itself soon (idle
+     agents, a maintenance window; a rolling change held back by the
+     disruption budget is progress, and apply waits for it)
+  5  superseded by a newer generation (another apply) before it converged"""
+
+PlanArgument = typer.Argument(None, metavar="PLAN", show_default=False,
+                              help="A plan saved by `diff --out PLAN`: carry out exactly that plan (its manifest, "
+                                   "its options), or refuse with exit 3 when anything it was computed from has "
+                                   "changed since.")
+
 
 def apply(
+    ctx: typer.Context,
+    plan_file: Path | None = PlanArgument,
     file: Path = FileOption,
     state_dir: str | None = StateDirOption,
     prune: bool = typer.Option(True, "--prune/--no-prune", help="Drain profiles removed from the manifest (default) or defer that."),
     allow_empty: bool = typer.Option(False, "--allow-empty", help="Allow a manifest with no profiles to drain a running fleet."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the fleet has converged (default)."),
     timeout: str = typer.Option("5m", "--timeout", help="How long --wait waits, e.g. 90s, 5m."),
+    require_clean: bool = typer.Option(False, "--require-clean",
+                                       help="Refuse unless the manifest's git work tree is clean: no tracked file "
+                                            "changed, the manifest committed."),
+    check_revision: str | None = typer.Option(None, "--check-revision", metavar="SHA",
+                                              help="Refuse unless the manifest's git HEAD is SHA (at least 7 hex "
+                                                   "digits)."),
     output: str = OutputOption,
 ) -> None:
-    """Converge the host to the manifest.
+    """Converge the host to the manifest, or carry out a saved plan.
 
     Validates, shows the plan, records a new desired generation, starts a controller if none
     runs (detached; it keeps the fleet converged after this command returns), then waits.
 
-    Exit: 0 converged, 1 failed or timed out, 2 invalid manifest, 3 refused (empty-fleet
-    guard, native-service conflict), 4 accepted but waiting on a gate that does not open by
-    itself soon (idle agents, a maintenance window; a rolling change held back by the
-    disruption budget is progress, and apply waits for it), 5 superseded by a newer
-    generation (another apply) before it converged.
+    `apply PLAN` carries out a plan saved by `diff --out PLAN` (its manifest, its options) only
+    while nothing it was computed from has changed: the store's generation, the manifest's
+    digest, the identity of every process it acts on, the plan itself.
+
+    \b
+    For CI-driven pushes:
+      --require-clean         refuse a dirty git work tree
+      --check-revision SHA    refuse unless the manifest's git HEAD is SHA
+    Outside a git repository both refuse.
     """
     check_output(output)
     try:
         wait_for = parse_duration(timeout)
     except ValueError as exc:
         fail(f"--timeout: {exc}")
-    manifest = load_or_exit(file, output)
-    state = state_for(state_dir, file, manifest)
-    platform = current_platform()
-    store = open_store(state, write=True)
-    try:
-        report = plan_report(preview(manifest, state, store, platform, time.time(), prune=prune,
-                                     allow_empty=allow_empty))
-        if not report.applyable:
-            refuse(report, output)
-        if output == "text":
-            from fleet.cli.render_plan import render_text
-            typer.echo(render_text(report))
-            typer.echo("")
-        revision = revision_of(str(file), manifest.digest)
-        revision["summary"] = report.counts
-        recorded = record_manifest(store, manifest, revision, prune=prune, source="apply", lift_down=True)
-        generation, created = recorded.generation, recorded.created
-    finally:
-        store.close()
+    if check_revision is not None and not valid_revision(check_revision):
+        fail(f"--check-revision: {check_revision!r} is not a commit id: give at least 7 hex digits of it")
+    saved = _read_saved_plan(ctx, plan_file) if plan_file is not None else None
+    if saved is not None:
+        file, prune, allow_empty = Path(saved.manifest_path), saved.prune, saved.allow_empty
+    problem = guard_problem(str(file), require_clean=require_clean, check_revision=check_revision)
+    if problem:
+        refuse_with(problem, output, check="require_clean" if problem.startswith("--require-clean") else "check_revision")
+    if saved is None:
+        manifest = load_or_exit(file, output)
+        state = state_for(state_dir, file, manifest)
+        report = _plan(manifest, state, prune=prune, allow_empty=allow_empty)
+    else:
+        manifest, state, report = _check_saved_plan(saved, state_dir, output)
+    if not report.applyable:
+        refuse(report, output)
+    if output == "text":
+        from fleet.cli.render_plan import render_text
+        typer.echo(render_text(report))
+        typer.echo("")
+    generation, created = _record(manifest, state, report, prune=prune, saved=saved, output=output)
     hand_over(state, generation, created, kind="apply", wait=wait, wait_for=wait_for, output=output)
 
 
@@ -104,15 +144,126 @@ def hand_over(state: StateDir, generation: int, created: bool, *, kind: str, wai
     raise typer.Exit(code)
 
 
+def _plan(manifest: Manifest, state: StateDir, *, prune: bool, allow_empty: bool) -> PlanReport:
+    store = open_store(state, write=True)
+    try:
+        return plan_report(preview(manifest, state, store, current_platform(), time.time(), prune=prune,
+                                   allow_empty=allow_empty))
+    finally:
+        store.close()
+
+
+def _record(manifest: Manifest, state: StateDir, report: PlanReport, *, prune: bool, saved: SavedPlan | None,
+            output: str) -> tuple[int, bool]:
+    """The generation, recorded; for a saved plan only while the store is still at the plan's generation,
+    checked in the transaction that records (so no other apply slips in between the check and the record)."""
+    revision = revision_of(str(manifest.path), manifest.digest)
+    revision["summary"] = report.counts
+    store = open_store(state, write=True)
+    try:
+        with store.tx():
+            if saved is not None:
+                stale = generation_change(saved, store)
+                if stale:
+                    refuse_with(stale, output, check="saved_plan")
+            recorded = record_manifest(store, manifest, revision, prune=prune,
+                                       source="apply" if saved is None else "saved plan", lift_down=True)
+    finally:
+        store.close()
+    return recorded.generation, recorded.created
+
+
+# -- saved plans ----------------------------------------------------------------------------------------
+
+def _read_saved_plan(ctx: typer.Context, plan_file: Path) -> SavedPlan:
+    """The plan file, refusing the options a saved plan decided already (Terraform: no planning options with a
+    saved plan): the manifest, --prune, --allow-empty."""
+    for name, spelling in (("file", "-f/--file"), ("prune", "--prune/--no-prune"), ("allow_empty", "--allow-empty")):
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            fail(f"{spelling} cannot be given with a saved plan: the plan names its manifest and options "
+                 f"(make it again with `hermes-fleet diff --out`)")
+    try:
+        return read_plan(plan_file)
+    except PlanFileError as exc:
+        fail(str(exc))
+
+
+def _check_saved_plan(saved: SavedPlan, state_dir: str | None, output: str) -> tuple[Manifest, StateDir, PlanReport]:
+    """The saved plan's manifest, state directory and the plan computed now, refusing (exit 3) when anything
+    the saved plan was computed from has changed: nothing is written until then."""
+    state = state_for(saved.state_dir, None)
+    if state_dir and resolve_state_dir(state_dir, None).root != state.root:
+        refuse_with(f"saved plan was made for state directory {state.root}, not "
+                    f"{resolve_state_dir(state_dir, None).root}", output, check="saved_plan")
+    stale = tool_change(saved)
+    if stale:
+        refuse_with(stale, output, check="saved_plan")
+    store = open_store(state, write=False)
+    try:
+        stale = generation_change(saved, store)
+        manifest, stale_manifest = _saved_manifest(saved)
+        if stale or stale_manifest or manifest is None:
+            refuse_with(stale or stale_manifest or "", output, check="saved_plan")
+        pv = preview(manifest, state, store, current_platform(), time.time(), prune=saved.prune,
+                     allow_empty=saved.allow_empty)
+    finally:
+        store.close()
+    report = plan_report(pv)
+    stale = process_change(saved, pv.observed) or action_change(saved, report)
+    if stale:
+        refuse_with(stale, output, check="saved_plan")
+    return manifest, state, report
+
+
+def _saved_manifest(saved: SavedPlan) -> tuple[Manifest | None, str | None]:
+    """The manifest the plan names, as it is now; or why it is no longer the one the plan was made from."""
+    name = _shown_path(saved.manifest_path)
+    try:
+        manifest = load_manifest(Path(saved.manifest_path))
+    except ManifestError as exc:
+        first = exc.problems[0].render() if exc.problems else str(exc)
+        return None, f"manifest {name} changed since the plan: it no longer loads ({first})"
+    if manifest.digest != saved.manifest_digest:
+        return None, (f"manifest {name} changed since the plan: digest {short_digest(saved.manifest_digest)} -> "
+                      f"{short_digest(manifest.digest)}")
+    return manifest, None
+
+
+def _shown_path(path: str) -> str:
+    """A path as a person typed it: relative to the working directory when it lies below it."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive than the working directory's
+        return path
+    return path if rel.startswith("..") else rel
+
+
+def generation_change(saved: SavedPlan, store: Store) -> str | None:
+    """The store is no longer the one, or no longer at the generation, the plan was computed against."""
+    store_id = store.meta("store_id")
+    if saved.store_id and store_id != saved.store_id:
+        return (f"saved plan is stale: the state store was replaced since the plan "
+                f"(store id {saved.store_id[:8]} -> {(store_id or 'none')[:8]})")
+    current = store.current_generation()
+    now = current.generation if current else 0
+    if now != saved.generation:
+        return f"saved plan is stale: generation {saved.generation} -> {now}{_applied_by(store, now)}"
+    return None
+
+
 def refuse(report: PlanReport, output: str, kind: str = "apply") -> NoReturn:
     """The plan may not be applied (the empty-fleet guard, a native service supervising a profile): exit 3."""
     reason = report.refusal or "; ".join(f"{c.profile}: {c.message}" for c in report.blocked_by)
     refuse_with(reason, output, kind)
 
 
-def refuse_with(reason: str, output: str, kind: str) -> NoReturn:
+def refuse_with(reason: str, output: str, kind: str = "apply", check: str | None = None) -> NoReturn:
+    """A refusal of the whole command, before anything is recorded: one line, exit 3. `check` names the guard
+    (saved_plan, require_clean, check_revision) in the JSON document."""
     if output == "json":
-        emit_json({"format_version": "1.0", "kind": kind, "result": "refused", "message": reason})
+        emit_json({"format_version": "1.0", "kind": kind, "result": "refused", **({"check": check} if check else {}),
+                   "message": reason})
     else:
         typer.echo(f"Refused: {reason}", err=True)
     raise typer.Exit(EXIT_REFUSED)
@@ -196,11 +347,16 @@ def _describe_generation(state, generation: int) -> str:
     """'generation M (applied by WHO from WHERE)', from the store's applied revisions."""
     store = Store(state.db, readonly=True)
     try:
-        rows = [r for r in store.revisions(50) if r["generation"] == generation]
+        return f"generation {generation}{_applied_by(store, generation)}"
     finally:
         store.close()
+
+
+def _applied_by(store: Store, generation: int) -> str:
+    """' (applied by WHO from WHERE)' for a generation the store has a revision row of, else ''."""
+    rows = [r for r in store.revisions(50) if r["generation"] == generation]
     if not rows:
-        return f"generation {generation}"
+        return ""
     row = rows[0]
     where = row["manifest_path"] or row["revision"] or "an unknown manifest"
-    return f"generation {generation} (applied by {row['applied_by'] or 'someone'} from {where})"
+    return f" (applied by {row['applied_by'] or 'someone'} from {where})"
