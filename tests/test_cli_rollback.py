@@ -216,6 +216,6 @@ def test_the_help_and_the_docs_name_how_far_back_rollback_reaches(capsys):
     root = Path(__file__).resolve().parents[1]
     gitops = (root / "docs" / "gitops.md").read_text(encoding="utf-8")
     headings = [line for line in gitops.splitlines() if line.startswith("## ")]
-    assert headings == ["## The review workflow", "## Rollback", "## Following a branch"]
+    assert headings == ["## The review workflow", "## Saved plans and guards", "## Rollback", "## Following a branch"]
     assert f"The store keeps the newest {GENERATIONS_KEPT} generations" in " ".join(gitops.split())
     assert f"newest {GENERATIONS_KEPT} generations" in (root / "docs" / "architecture.md").read_text(encoding="utf-8")
