@@ -16,6 +16,8 @@ from fleet.spec.model import ProfileSpec
 from fleet.spec.secrets import mask_data, mask_text
 from fleet.store.diagnosis import FULL, IO, LOCKED, READONLY, classify, read_only_reason
 from fleet.store.diagnosis import diagnose as _diagnose
+from fleet.store.sources import SOURCES_DDL
+from fleet.store.sources import add_missing_columns as _add_missing_source_columns
 
 SCHEMA_VERSION = 1
 
@@ -53,7 +55,7 @@ CREATE TABLE IF NOT EXISTS maintenance_requests(
   update_started REAL, update_finished REAL, update_exit INTEGER, update_output TEXT, epoch INTEGER);
 CREATE UNIQUE INDEX IF NOT EXISTS open_maintenance ON maintenance_requests(profile)
   WHERE state IN ('pending', 'waiting');
-"""
+""" + SOURCES_DDL
 
 PROFILE_STATE_COLUMNS = (
     "restarts", "failures", "last_start", "last_exit_code", "last_exit_at", "last_exit_class",
@@ -236,6 +238,7 @@ class Store:
                 self.conn.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
                 self.conn.executescript(_DDL)
                 _add_missing_columns(self.conn)
+                _add_missing_source_columns(self.conn)
                 with self.tx():
                     self.conn.execute("INSERT OR IGNORE INTO meta VALUES('store_id', ?)", (str(uuid.uuid4()),))
                     self.conn.execute("INSERT OR IGNORE INTO meta VALUES('epoch', '0')")
@@ -328,7 +331,7 @@ class Store:
                 "manifest_digest, applied_by, plan_summary, started_at, result, message) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
                 (gen, revision.get("revision", ""), revision.get("commit"), revision.get("branch"),
                  None if revision.get("dirty") is None else int(revision["dirty"]), revision.get("path"),
-                 digest, who(), json.dumps(revision.get("summary", {})), now,
+                 digest, revision.get("applied_by") or who(), json.dumps(revision.get("summary", {})), now,
                  "Pending" if created else "NoChange", revision.get("message")))
             self.conn.execute("DELETE FROM applied_revisions WHERE id NOT IN "
                               "(SELECT id FROM applied_revisions ORDER BY id DESC LIMIT 50)")
