@@ -90,20 +90,27 @@ def run_helper(argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None, 
     return HelperResult(proc.returncode, out, err)
 
 
-def end_orphaned_helper(platform: Platform, pid: int, create_time: float, program: str) -> bool:
+def end_orphaned_helper(platform: Platform, pid: int, create_time: float, program: str) -> str | None:
     """Kill the group of a helper a previous controller started and could not end (it was killed itself):
     only while `pid` is still that very process (same create time, our user, a command of `program`) and
-    leads its group. Whether it killed it."""
+    leads its group. None when it killed it, else why not."""
     info = platform.process_info(pid)
-    if info is None or not info.alive or abs(info.create_time - create_time) >= CREATE_TIME_TOLERANCE:
-        return False
-    if platform.never_signal(pid) or not info.cmdline or program not in os.path.basename(info.cmdline[0]):
-        return False
+    if info is None or not info.alive:
+        return "it is gone"
+    if abs(info.create_time - create_time) >= CREATE_TIME_TOLERANCE:
+        return f"the pid runs another process now (started {info.create_time:.2f}, not {create_time:.2f})"
+    refusal = platform.never_signal(pid)
+    if refusal:
+        return refusal
+    # An empty command line proves nothing either way: the kernel shows none for a moment while the process
+    # forks (git starting ssh); its pid, start time and user are the proof then.
+    if info.cmdline and program not in os.path.basename(info.cmdline[0]):
+        return f"it runs {info.cmdline[0]}, not {program}"
     if sys.platform != "win32":
         try:
             if os.getpgid(pid) != pid:
-                return False
+                return "it does not lead its process group"
         except OSError:
-            return False
+            return "it is gone"
     _kill_group(pid)
-    return True
+    return None
