@@ -13,13 +13,15 @@ from fleet.cli.common import (
 )
 from fleet.cli.controller_client import ensure_controller
 from fleet.cli.gitinfo import revision_of
+from fleet.cli.source_cmd import followed_source, one_writer_refusal
 from fleet.controller.plan_report import PlanReport, plan_report
 from fleet.controller.preview import preview
 from fleet.controller.record import record_manifest
 from fleet.controller.status import SETTLED_WAITS, fleet_status
 from fleet.platform import current_platform
 from fleet.spec.durations import parse_duration
-from fleet.store.db import Store
+from fleet.store.db import Store, who
+from fleet.store.sources import Source, suspend_source
 
 # Another apply recorded a newer generation before this one converged: what converges is not this manifest.
 EXIT_SUPERSEDED = 5
@@ -32,6 +34,8 @@ def apply(
     allow_empty: bool = typer.Option(False, "--allow-empty", help="Allow a manifest with no profiles to drain a running fleet."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the fleet has converged (default)."),
     timeout: str = typer.Option("5m", "--timeout", help="How long --wait waits, e.g. 90s, 5m."),
+    force: bool = typer.Option(False, "--force", help="When the fleet follows a git source (`source set`): "
+                               "suspend the source and apply this file anyway."),
     output: str = OutputOption,
 ) -> None:
     """Converge the host to the manifest.
@@ -39,8 +43,11 @@ def apply(
     Validates, shows the plan, records a new desired generation, starts a controller if none
     runs (detached; it keeps the fleet converged after this command returns), then waits.
 
+    While the fleet follows a git branch (`source set`), apply refuses (one writer) unless
+    --force, which suspends the source first; `source resume` hands the fleet back to it.
+
     Exit: 0 converged, 1 failed or timed out, 2 invalid manifest, 3 refused (empty-fleet
-    guard, native-service conflict), 4 accepted but waiting on a gate that does not open by
+    guard, native-service conflict, a followed source without --force), 4 accepted but waiting on a gate that does not open by
     itself soon (idle agents, a maintenance window; a rolling change held back by the
     disruption budget is progress, and apply waits for it), 5 superseded by a newer
     generation (another apply) before it converged.
@@ -55,6 +62,9 @@ def apply(
     platform = current_platform()
     store = open_store(state, write=True)
     try:
+        source = followed_source(store)
+        if source is not None and not force:
+            _refuse_for_source(source, file, output)
         report = plan_report(preview(manifest, state, store, platform, time.time(), prune=prune,
                                      allow_empty=allow_empty))
         if not report.applyable:
@@ -65,7 +75,10 @@ def apply(
             typer.echo("")
         revision = revision_of(str(file), manifest.digest)
         revision["summary"] = report.counts
-        recorded = record_manifest(store, manifest, revision, prune=prune, source="apply", lift_down=True)
+        with store.tx():  # the source stops exactly when this generation takes over from it
+            if source is not None:
+                _suspend_for_force(store, source, file, output)
+            recorded = record_manifest(store, manifest, revision, prune=prune, source="apply", lift_down=True)
         generation, created = recorded.generation, recorded.created
     finally:
         store.close()
@@ -92,8 +105,28 @@ def apply(
     raise typer.Exit(code)
 
 
+def _refuse_for_source(source: Source, file: Path, output: str) -> None:
+    message = one_writer_refusal(source, file)
+    if output == "json":
+        emit_json({"format_version": "1.0", "kind": "apply", "result": "refused", "message": message,
+                   "source": source.name})
+    else:
+        typer.echo(f"Refused: {message}", err=True)
+    raise typer.Exit(EXIT_REFUSED)
+
+
+def _suspend_for_force(store: Store, source: Source, file: Path, output: str) -> None:
+    reason = f"apply --force -f {file}"
+    suspend_source(store, source.name, reason=reason, by=who(), at=time.time())
+    store.journal("source_suspended", f"source {source.name} suspended: {reason}",
+                  data={"source": source.name, "reason": reason})
+    if output == "text":
+        typer.echo(f"source {source.name} suspended ({reason}); `hermes-fleet source resume` hands the fleet back "
+                   f"to {source.ref} of {source.url}", err=True)
+
+
 def _refuse(report: PlanReport, output: str) -> None:
-    reason = report.refusal or "; ".join(f"{c.profile}: {c.message}" for c in report.blocked_by)
+    reason = report.refusal_reason
     if output == "json":
         emit_json({"format_version": "1.0", "kind": "apply", "result": "refused", "message": reason})
     else:
