@@ -136,6 +136,8 @@ class SourceFollower:
         if self.fetch is not None:
             end_helper(self.fetch.proc)
             self.fetch = None
+            if self.fenced():
+                return  # nothing goes into a store that may be another controller's now
             try:
                 source = get_source(self.store)
                 if source is not None:
@@ -144,6 +146,8 @@ class SourceFollower:
                 pass
 
     def _step(self, now: float) -> float | None:
+        if self.fenced():
+            return None  # the state directory may be another controller's: its store is not ours to write
         source = get_source(self.store)
         first = not self.started
         if first:
@@ -158,8 +162,6 @@ class SourceFollower:
             or now >= source.next_attempt_at
         if not due:
             return source.next_attempt_at
-        if self.fenced():
-            return None
         self.wanted = False
         return self._start(source, now)
 
