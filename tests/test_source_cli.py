@@ -135,3 +135,27 @@ def test_apply_is_refused_while_a_source_is_followed(state, origin, tmp_path):
         store.close()
     result = run(state, "apply", "-f", str(local), "--no-wait", "-o", "json")
     assert result.exit_code == 3 and json.loads(result.output)["source"] == "default"
+
+
+def test_an_older_fleet_db_gains_the_sources_table(state):
+    import sqlite3
+
+    from fleet.store.layout import ensure_state_dir
+
+    layout = StateDir(state)
+    ensure_state_dir(layout)
+    Store(layout.db).close()
+    conn = sqlite3.connect(layout.db)  # a fleet.db written before sources existed
+    conn.execute("DROP TABLE sources")
+    conn.commit()
+    conn.close()
+    assert run(state, "source", "show").exit_code == 2  # read-only: no table reads as no source
+    assert run(state, "source", "set", "git", "git@host:acme/fleet.git", "--no-start").exit_code == 0
+    assert source_row(state).url == "git@host:acme/fleet.git"
+
+
+def test_commands_without_a_state_directory_create_none(state):
+    for args in (["source", "suspend"], ["source", "resume"], ["source", "remove"], ["sync"], ["source", "show"]):
+        result = run(state, *args)
+        assert result.exit_code == 2 and "no source is set" in result.output, (args, result.output)
+    assert not state.exists()

@@ -220,6 +220,14 @@ def _state(state_dir: str | None) -> StateDir:
     return state_for(state_dir, None)
 
 
+def _state_with_fleet(state_dir: str | None) -> StateDir:
+    """The state directory, refusing one without a store (no source can be set there)."""
+    state = _state(state_dir)
+    if not state.db.exists():
+        fail(f"no source is set for {state.root} (no fleet state there)", hint=NO_SOURCE_HINT)
+    return state
+
+
 def _need_source(store: Store, state: StateDir) -> Source:
     source = get_source(store)
     if source is None:
@@ -358,7 +366,7 @@ def source_suspend(
     While suspended, `apply -f` works again. `source resume` follows the branch again and
     applies its current commit. Exit: 0 suspended (or already), 2 no source is set.
     """
-    state = _state(state_dir)
+    state = _state_with_fleet(state_dir)
     store = open_store(state, write=True)
     try:
         source = _need_source(store, state)
@@ -384,7 +392,7 @@ def source_resume(state_dir: str | None = StateDirOption) -> None:
     Whatever was applied locally meanwhile (`apply -f`, `apply --force`) is replaced by the
     branch's commit. Exit: 0 resumed (or was not suspended), 2 no source is set.
     """
-    state = _state(state_dir)
+    state = _state_with_fleet(state_dir)
     store = open_store(state, write=True)
     try:
         source = _need_source(store, state)
@@ -405,7 +413,7 @@ def source_remove(state_dir: str | None = StateDirOption) -> None:
 
     Exit: 0 removed, 2 no source is set.
     """
-    state = _state(state_dir)
+    state = _state_with_fleet(state_dir)
     store = open_store(state, write=True)
     try:
         source = _need_source(store, state)
@@ -439,7 +447,7 @@ def sync(
     """
     check_output(output)
     wait_for = checked_duration("--timeout", timeout, 0.0)
-    state = _state(state_dir)
+    state = _state_with_fleet(state_dir)
     store = open_store(state, write=True)
     token = uuid.uuid4().hex
     try:
