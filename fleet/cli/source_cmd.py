@@ -252,10 +252,14 @@ def _start_or_wake(state: StateDir) -> str:
 
 
 def _no_controller_note(state: StateDir) -> str:
-    from fleet.cli.controller_client import NO_CONTROLLER_HINT, running_controller_pid
+    from fleet.cli.controller_client import running_controller_pid
 
     pid = running_controller_pid(state)
-    return f"controller pid {pid} notified" if pid else f"no controller runs; {NO_CONTROLLER_HINT}"
+    if pid:
+        send_wake(state, "sync")
+        return f"controller pid {pid} notified"
+    return ("no controller runs; `hermes-fleet sync` starts one, as do `hermes-fleet controller run` (foreground) "
+            "and `hermes-fleet service install`")
 
 
 # -- the commands --------------------------------------------------------------------------------------
