@@ -229,7 +229,7 @@ def test_the_generation_is_checked_again_where_it_is_recorded(tmp_path):
         store.close()
     _record(_manifest(tmp_path, _gamma(key="other"), name="other.yaml"), state)  # lands in between
     with pytest.raises(typer.Exit) as refused:
-        record_for_apply(manifest, state_dir, report, prune=True, saved=saved, output="text")
+        record_for_apply(manifest, state_dir, report, prune=True, saved=saved, source=None, output="text")
     assert refused.value.exit_code == 3
     assert _generation(state) == 1
 

@@ -15,6 +15,7 @@ from fleet.cli.common import (
 )
 from fleet.cli.controller_client import ensure_controller
 from fleet.cli.gitinfo import guard_problem, revision_of, valid_revision
+from fleet.cli.source_cmd import followed_source, one_writer_refusal
 from fleet.cli.saved_plan import (
     PlanFileError, SavedPlan, action_change, process_change, read_plan, short_digest, tool_change,
 )
@@ -26,8 +27,9 @@ from fleet.platform import current_platform
 from fleet.spec.durations import parse_duration
 from fleet.spec.errors import ManifestError
 from fleet.spec.load import Manifest, load_manifest
-from fleet.store.db import Store
+from fleet.store.db import Store, who
 from fleet.store.layout import StateDir, resolve_state_dir
+from fleet.store.sources import Source, suspend_source
 
 # Another apply recorded a newer generation before this one converged: what converges is not this manifest.
 EXIT_SUPERSEDED = 5
@@ -41,7 +43,8 @@ Exit codes:
   3  refused, nothing recorded: the empty-fleet guard, a native service owns a
      profile, a stale saved plan (the generation, the manifest, a process it
      acts on or the plan computed now changed since `diff --out`),
-     --require-clean or --check-revision
+     --require-clean or --check-revision, a followed git source (without
+     --force)
   4  accepted, waiting on a gate that does not open by itself soon (idle
      agents, a maintenance window; a rolling change held back by the
      disruption budget is progress, and apply waits for it)
@@ -68,6 +71,8 @@ def apply(
     check_revision: str | None = typer.Option(None, "--check-revision", metavar="SHA",
                                               help="Refuse unless the manifest's git HEAD is SHA (at least 7 hex "
                                                    "digits)."),
+    force: bool = typer.Option(False, "--force", help="When the fleet follows a git source (`source set`): "
+                               "suspend the source and apply this file anyway."),
     output: str = OutputOption,
 ) -> None:
     """Converge the host to the manifest, or carry out a saved plan.
@@ -84,6 +89,9 @@ def apply(
       --require-clean         refuse a dirty git work tree
       --check-revision SHA    refuse unless the manifest's git HEAD is SHA
     Outside a git repository both refuse.
+
+    While the fleet follows a git branch (`source set`), apply refuses (one writer) unless
+    --force, which suspends the source first; `source resume` hands the fleet back to it.
     """
     check_output(output)
     try:
@@ -104,13 +112,16 @@ def apply(
         report = _plan(manifest, state, prune=prune, allow_empty=allow_empty)
     else:
         manifest, state, report = _check_saved_plan(saved, state_dir, output)
+    source = _followed(state)
+    if source is not None and not force:
+        refuse_with(one_writer_refusal(source, file), output, check="followed_source", source=source.name)
     if not report.applyable:
         refuse(report, output)
     if output == "text":
         from fleet.cli.render_plan import render_text
         typer.echo(render_text(report))
         typer.echo("")
-    generation, created = _record(manifest, state, report, prune=prune, saved=saved, output=output)
+    generation, created = _record(manifest, state, report, prune=prune, saved=saved, source=source, output=output)
     hand_over(state, generation, created, kind="apply", wait=wait, wait_for=wait_for, output=output)
 
 
@@ -153,10 +164,20 @@ def _plan(manifest: Manifest, state: StateDir, *, prune: bool, allow_empty: bool
         store.close()
 
 
+def _followed(state: StateDir) -> Source | None:
+    store = open_store(state, write=False)
+    try:
+        return followed_source(store)
+    finally:
+        store.close()
+
+
 def _record(manifest: Manifest, state: StateDir, report: PlanReport, *, prune: bool, saved: SavedPlan | None,
-            output: str) -> tuple[int, bool]:
+            source: Source | None, output: str) -> tuple[int, bool]:
     """The generation, recorded; for a saved plan only while the store is still at the plan's generation,
-    checked in the transaction that records (so no other apply slips in between the check and the record)."""
+    checked in the transaction that records (so no other apply slips in between the check and the record).
+    With a followed source (`--force`), the source is suspended in that same transaction: it stops exactly
+    when this generation takes over from it."""
     revision = revision_of(str(manifest.path), manifest.digest)
     revision["summary"] = report.counts
     store = open_store(state, write=True)
@@ -166,6 +187,8 @@ def _record(manifest: Manifest, state: StateDir, report: PlanReport, *, prune: b
                 stale = generation_change(saved, store)
                 if stale:
                     refuse_with(stale, output, check="saved_plan")
+            if source is not None:
+                _suspend_for_force(store, source, manifest.path, output)
             recorded = record_manifest(store, manifest, revision, prune=prune,
                                        source="apply" if saved is None else "saved plan", lift_down=True)
     finally:
@@ -252,18 +275,27 @@ def generation_change(saved: SavedPlan, store: Store) -> str | None:
     return None
 
 
+def _suspend_for_force(store: Store, source: Source, file: str | Path, output: str) -> None:
+    reason = f"apply --force -f {file}"
+    suspend_source(store, source.name, reason=reason, by=who(), at=time.time())
+    store.journal("source_suspended", f"source {source.name} suspended: {reason}",
+                  data={"source": source.name, "reason": reason})
+    if output == "text":
+        typer.echo(f"source {source.name} suspended ({reason}); `hermes-fleet source resume` hands the fleet back "
+                   f"to {source.ref} of {source.url}", err=True)
+
+
 def refuse(report: PlanReport, output: str, kind: str = "apply") -> NoReturn:
     """The plan may not be applied (the empty-fleet guard, a native service supervising a profile): exit 3."""
-    reason = report.refusal or "; ".join(f"{c.profile}: {c.message}" for c in report.blocked_by)
-    refuse_with(reason, output, kind)
+    refuse_with(report.refusal_reason or "", output, kind)
 
 
-def refuse_with(reason: str, output: str, kind: str = "apply", check: str | None = None) -> NoReturn:
+def refuse_with(reason: str, output: str, kind: str = "apply", check: str | None = None, **fields: object) -> NoReturn:
     """A refusal of the whole command, before anything is recorded: one line, exit 3. `check` names the guard
-    (saved_plan, require_clean, check_revision) in the JSON document."""
+    (saved_plan, require_clean, check_revision, followed_source) in the JSON document, with `fields`."""
     if output == "json":
         emit_json({"format_version": "1.0", "kind": kind, "result": "refused", **({"check": check} if check else {}),
-                   "message": reason})
+                   **fields, "message": reason})
     else:
         typer.echo(f"Refused: {reason}", err=True)
     raise typer.Exit(EXIT_REFUSED)

@@ -31,14 +31,23 @@ def controller_run(
     state = state_for(state_dir, file, manifest)
     if manifest is not None:
         from fleet.cli.gitinfo import revision_of
+        from fleet.cli.source_cmd import followed_source
         from fleet.controller.record import record_manifest
         store = open_store(state, write=True)
         try:
-            recorded = record_manifest(store, manifest, revision_of(str(file), manifest.digest), prune=True,
-                                       source="controller run", origin="controller run -f", lift_down=False)
+            source = followed_source(store)
+            recorded = None if source is not None else record_manifest(
+                store, manifest, revision_of(str(file), manifest.digest), prune=True, source="controller run",
+                origin="controller run -f", lift_down=False)
         finally:
             store.close()
-        if recorded.held_down:
+        if source is not None:
+            # One writer: the branch. A service unit's `-f` must not overwrite the source's generation at
+            # every restart, nor keep the controller from starting.
+            typer.echo(f"hermes-fleet: the fleet follows source {source.name} ({source.ref} of {source.url}); "
+                       f"{file} is not recorded (`hermes-fleet source suspend` hands the fleet to local files)",
+                       err=True)
+        elif recorded is not None and recorded.held_down:
             # The service log is where an operator looks when a rebooted host runs no gateway.
             typer.echo(f"hermes-fleet: {held_down_message(recorded.held_down, time.time())}", err=True)
     import sys

@@ -16,7 +16,7 @@ from fleet.controller.plan_report import plan_report
 from fleet.controller.preview import preview
 from fleet.controller.record import record_manifest
 from fleet.controller.rollback import RollbackError, RollbackTarget, rollback_target
-from fleet.controller.writers import followed_source_refusal
+from fleet.controller.writers import followed_source_refusal, hold_rolled_back_commit
 from fleet.platform import current_platform
 from fleet.spec.durations import parse_duration
 
@@ -82,9 +82,14 @@ def rollback(
                 typer.echo(f"Dry run: nothing recorded. `hermes-fleet rollback {target.target.generation}` "
                            f"would record generation {report.desired_generation}.")
             raise typer.Exit(EXIT_OK)
-        recorded = record_manifest(store, target.manifest, {**target.revision, "summary": report.counts},
-                                   prune=prune, source="rollback", origin=target.origin,
-                                   rollback_of=target.target.generation, lift_down=True)
+        with store.tx():
+            recorded = record_manifest(store, target.manifest, {**target.revision, "summary": report.counts},
+                                       prune=prune, source="rollback", origin=target.origin,
+                                       rollback_of=target.target.generation, lift_down=True)
+            held = hold_rolled_back_commit(store)
+        if held and output == "text":
+            typer.echo(f"the source's commit {held[:12]} is held: `source resume` follows the branch again from "
+                       f"its next commit (`source resume --accept-current` applies {held[:12]} again)", err=True)
     finally:
         store.close()
     hand_over(state, recorded.generation, recorded.created, kind="rollback", wait=wait, wait_for=wait_for,

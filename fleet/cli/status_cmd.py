@@ -15,6 +15,7 @@ from fleet.cli.common import (
 )
 from fleet.cli.controller_client import NO_CONTROLLER_HINT
 from fleet.cli.render_plan import utc
+from fleet.cli.source_cmd import source_json, source_summary
 from fleet.controller.status import FleetStatus, ProfileStatus, fleet_status, hold_note
 from fleet.observe.model import ProfileObservation
 from fleet.platform import current_platform
@@ -38,8 +39,12 @@ def status(
 ) -> None:
     """The fleet now: one row per profile, the controller, and what each profile waits on.
 
+    With a followed git source (`source set`), also the source: the last fetched and applied
+    commits, when, whether the fleet runs the branch's commit, and a commit that failed.
+
     Exit 0 when every profile is where the manifest wants it, 1 otherwise (a profile held
-    stopped by `stop` or `down` included, or when no controller runs), 2 on error.
+    stopped by `stop` or `down` included, or when no controller runs), 2 on error. A failed
+    commit of the source does not change it: `source show` exits 1 for that.
     """
     check_output(output)
     state = fleet_state(state_dir, file)
@@ -65,6 +70,7 @@ def _status_json(state: StateDir, st: FleetStatus, rows: list[ProfileStatus], no
                        "since": utc(ctl.since), "generation": ctl.generation,
                        "observed_generation": ctl.observed_generation, "converged": st.converged,
                        "store_degraded": ctl.store_degraded},
+        "source": source_json(st.source) if st.source is not None else None,
         "profiles": [{
             **_profile_json(p, now),
             **({"checks": _deep_checks(state, st, p.name)} if deep else {}),
@@ -105,6 +111,9 @@ def _print_fleet_lines(st: FleetStatus, now: float) -> None:
         typer.echo(f"controller: NOT RUNNING — {NO_CONTROLLER_HINT}")
     if ctl.store_degraded:
         typer.echo(f"store degraded: {ctl.store_degraded}")
+    if st.source is not None:
+        for line in source_summary(st.source, now):
+            typer.echo(line)
     downs = [p.hold for p in st.profiles if p.hold is not None and p.hold.by == "down"]
     if downs:
         first = min(downs, key=lambda h: h.since or now)

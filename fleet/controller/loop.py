@@ -79,6 +79,7 @@ class Controller:
         try:
             self._loop(reconciler, wakeups, notifier, log_guard)
         finally:
+            reconciler.follower.close()  # a git fetch in flight ends with the controller
             log_guard.close()
             wakeups.close()
             notifier.stopping()
@@ -133,6 +134,8 @@ class Controller:
                 bookkeeping.retry_soon()  # a CLI command wrote: the store may take writes again
             if woken.scan:
                 reconciler.request_scan()
+            if woken.sync:
+                reconciler.request_sync()
 
     @staticmethod
     def _finish(store: Store, epoch: int, fenced: FenceWatch, bookkeeping: StoreBookkeeping) -> None:
@@ -147,7 +150,15 @@ class Controller:
 
 
 def _timeout_after(result: PassResult, now: float) -> float:
-    """How long to wait after a pass: until its next deadline, at most a jittered resync."""
+    """How long to wait after a pass: until its next deadline (the followed source's included), at most a
+    jittered resync."""
+    timeout = _plan_timeout(result, now)
+    if result.source_next is not None:
+        timeout = min(timeout, max(0.0, result.source_next - now))
+    return timeout
+
+
+def _plan_timeout(result: PassResult, now: float) -> float:
     if not result.planned:
         return IDLE_WAIT_SECONDS
     resync = RESYNC_SECONDS * random.uniform(0.8, 1.2)

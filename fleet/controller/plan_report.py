@@ -77,6 +77,14 @@ class PlanReport:
     def in_sync(self) -> bool:
         return not self.changes and not self.refusal
 
+    @property
+    def refusal_reason(self) -> str | None:
+        """Why `apply` refuses this plan (the empty-fleet guard, native services that supervise a profile), or
+        None; a followed source refuses a commit for exactly the same reasons."""
+        if self.applyable:
+            return None
+        return self.refusal or "; ".join(f"{c.profile}: {c.message}" for c in self.blocked_by)
+
 
 @dataclass(frozen=True)
 class DriftNote:

@@ -33,7 +33,9 @@ class Preview:
 
 
 def preview(manifest: Manifest, state: StateDir, store: Store, platform: Platform, now: float, *,
-            prune: bool = True, allow_empty: bool = False) -> Preview:
+            prune: bool = True, allow_empty: bool = False, controller: ControllerStatus | None = None) -> Preview:
+    """`controller`: the controller's status when the caller knows it (the controller itself, which must not
+    probe its own lock); else read from the state directory."""
     source = DesiredSource(store)
     current = store.current_generation()
     previous: dict[str, ProfileSpec] = {}
@@ -55,7 +57,7 @@ def preview(manifest: Manifest, state: StateDir, store: Store, platform: Platfor
     result = plan(desired, observed, now)
     return Preview(manifest=manifest, desired=desired, observed=observed, plan=result, previous=previous,
                    last_generation=current.generation if current else 0, new_generation=new_generation,
-                   controller=controller_status(state, store, platform), checks=result.checks + preflight(spec.profiles))
+                   controller=controller or controller_status(state, store, platform), checks=result.checks + preflight(spec.profiles))
 
 
 def preflight(profiles) -> tuple[Check, ...]:

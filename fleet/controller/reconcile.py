@@ -14,6 +14,7 @@ from fleet.controller.fence_watch import FenceWatch
 from fleet.controller.holds import Holds
 from fleet.controller.log import log
 from fleet.controller.maintenance_tick import MaintenanceTick, track_idle
+from fleet.controller.source_follow import SourceFollower
 from fleet.execute.executor import Executor
 from fleet.observe.model import Observed, ProfileObservation
 from fleet.observe.observer import Observer
@@ -38,6 +39,7 @@ class PassResult:
     poll: bool = False  # a maintenance is in progress: look again within IDLE_POLL_SECONDS
     gateways: frozenset[int] = frozenset()  # pids of the live gateways, whose exits should wake the loop
     fenced: bool = False  # this process no longer owns the state directory: stop
+    source_next: float | None = None  # when the followed git source wants the next pass (a fetch in flight: soon)
 
     @property
     def replan_now(self) -> bool:
@@ -85,17 +87,24 @@ class Reconciler:
         self.maintenance = MaintenanceTick(str(state.db), store, epoch)
         self.claims = HomeClaims(state, store, epoch)
         self.holds = Holds()
+        self.follower = SourceFollower(state, store, platform, epoch=epoch, clock=clock, fenced=fence.breached)
         self.scan = True  # look at the process table in the next pass
         self.retained_at: float | None = None
 
     def request_scan(self) -> None:
         self.scan = True
 
+    def request_sync(self) -> None:
+        """`hermes-fleet sync` (or a source's change): fetch the followed source in this pass."""
+        self.follower.wanted = True
+
     def reconcile_once(self, now: float) -> PassResult:
+        # The source first: a commit it records now is this very pass's desired state.
+        source_next = self.follower.step(now)
         desired, self.specs = self.source.current()
         self.bookkeeping.tick(now)
         if desired is None:
-            return PassResult()
+            return PassResult(source_next=source_next)
         observed, current = self._observe_and_plan(desired, now)
         if self.fence.breached():
             return FENCED
@@ -111,7 +120,8 @@ class Reconciler:
             profiles=len(self.specs), planned=True, attempted=attempted, superseded=cut_short,
             converged=current.in_sync, next_run=_earliest(current.next_deadline(now), self.holds.next_retry(now)),
             poll=bool(observed.maintenance) or self.maintenance.busy(),
-            gateways=frozenset(o.process.pid for o in observed.profiles.values() if o.process is not None))
+            gateways=frozenset(o.process.pid for o in observed.profiles.values() if o.process is not None),
+            source_next=source_next)
 
     def _observe_and_plan(self, desired: Desired, now: float) -> tuple[Observed, Plan]:
         observed = self.observer.observe(self.specs, now=now, scan=self.scan)

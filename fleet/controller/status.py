@@ -21,6 +21,7 @@ from fleet.store.db import ProfileHistory, Store
 from fleet.store.health import read_degraded
 from fleet.store.layout import StateDir
 from fleet.store.lock import Holder, lock_is_free, read_holder
+from fleet.store.sources import Source, get_source
 
 GATED_REASONS = ("idle_gate", "budget_exhausted", "window_closed", "maintenance")
 SETTLED_WAITS = ("suspended", "exited_cleanly", "restart_policy_never", "not_managed", "prune_deferred")
@@ -129,12 +130,52 @@ class ProfileStatus:
     hold: Hold | None = None  # set when a `stop`/`down` keeps stopped what the manifest wants running
 
 
+class SourceSync(StrEnum):
+    """Whether the fleet runs what the followed branch says."""
+    SYNCED = "Synced"  # the fetched commit is applied and its generation is the newest
+    OUT_OF_SYNC = "OutOfSync"  # a newer commit is not applied (yet, or it failed), or another generation came later
+    SUSPENDED = "Suspended"  # not followed now: `source resume`
+    UNKNOWN = "Unknown"  # nothing fetched yet
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    """The followed git source as `status` and `source show` tell it."""
+    source: Source
+    generation: int  # the newest generation in the store
+
+    @property
+    def sync(self) -> SourceSync:
+        s = self.source
+        if s.suspended:
+            return SourceSync.SUSPENDED
+        if not s.fetched_commit:
+            return SourceSync.UNKNOWN
+        if s.fetched_commit == s.applied_commit and s.applied_generation == self.generation:
+            return SourceSync.SYNCED
+        return SourceSync.OUT_OF_SYNC
+
+    @property
+    def failing(self) -> bool:
+        """A failure is shown: the last commit looked at was not applied, or the fetches fail."""
+        return self.source.failing
+
+
+def source_status(store: Store) -> SourceStatus | None:
+    source = get_source(store)
+    if source is None:
+        return None
+    gen = store.current_generation()
+    return SourceStatus(source, gen.generation if gen else 0)
+
+
 @dataclass(frozen=True)
 class FleetStatus:
     controller: ControllerStatus
     profiles: tuple[ProfileStatus, ...]
     plan: Plan
     observed: Observed
+    source: SourceStatus | None = None  # the git branch the controller follows, if any
 
     @property
     def converged(self) -> bool:
@@ -232,6 +273,7 @@ def fleet_status(state: StateDir, platform: Platform, now: float, *, scan: bool 
     store = Store(state.db, readonly=True)
     try:
         ctl = controller_status(state, store, platform)
+        followed = source_status(store)
         desired, specs = DesiredSource(store).current()
         desired = desired if desired is not None else _nothing_applied()
         observed = Observer(state, store, platform).observe(specs, now=now, scan=scan)
@@ -241,7 +283,7 @@ def fleet_status(state: StateDir, platform: Platform, now: float, *, scan: bool 
     actions = _action_per_profile(current)
     rows = tuple(_profile_status(name, actions[name], observed.get(name), desired.spec.profile(name), now)
                  for name in sorted(actions))
-    return FleetStatus(controller=ctl, profiles=rows, plan=current, observed=observed)
+    return FleetStatus(controller=ctl, profiles=rows, plan=current, observed=observed, source=followed)
 
 
 def _nothing_applied() -> Desired:

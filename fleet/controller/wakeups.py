@@ -21,12 +21,14 @@ FENCE_POLL_SECONDS = 2.0
 POLL_SECONDS = 1.0
 STOP = "stop"
 SCAN = "scan"
+SYNC = "sync"
 
 
 @dataclass(frozen=True)
 class Woken:
     by_cli: bool = False  # a CLI command wrote to the store and said so
     scan: bool = False  # ... and asked for a look at the process table
+    sync: bool = False  # ... and asked for a fetch of the followed git source now (`hermes-fleet sync`)
     stop: bool = False  # asked to leave (a stop request: the service host or `hermes-fleet controller stop`)
 
 
@@ -74,11 +76,12 @@ class Wakeups:
 
     def take(self, events: list) -> Woken:
         """What the events of a wait say; empties the interrupt pair, the wake channel and the exit watch."""
-        by_cli = scan = stop = False
+        by_cli = scan = sync = stop = False
         for key, _ in events:
             if key.data == "wake":
                 messages = self.wake.drain()
                 by_cli, scan, stop = True, scan or SCAN in messages, stop or STOP in messages
+                sync = sync or SYNC in messages
             elif key.data == "exit":
                 self.exits.exited()
             elif key.data == "interrupt":
@@ -86,7 +89,7 @@ class Wakeups:
                     self._interrupt_r.recv(64)
                 except OSError:
                     pass
-        return Woken(by_cli=by_cli, scan=scan, stop=stop)
+        return Woken(by_cli=by_cli, scan=scan, sync=sync, stop=stop)
 
     def close(self) -> None:
         self.selector.close()

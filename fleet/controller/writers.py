@@ -6,15 +6,27 @@ auto-sync is on, for the same reason)."""
 from __future__ import annotations
 
 from fleet.store.db import Store
+from fleet.store.sources import get_source, hold_commit
 
 
 def followed_source_refusal(store: Store) -> str | None:
-    """Why a local change of the desired state must be refused because the fleet follows a source that is not
-    suspended, or None to allow it. `rollback` asks this before it shows or records anything, and refuses
-    (exit 3) with the message.
+    """Why a rollback must be refused because the fleet follows a source that is not suspended, or None to
+    allow it. `rollback` asks this before it shows or records anything, and refuses (exit 3) with the
+    message."""
+    source = get_source(store)
+    if source is None or source.suspended:
+        return None
+    return (f"the fleet follows source {source.name} ({source.ref} of {source.url}); a rollback would be "
+            f"overwritten by its next commit. Suspend it first (`hermes-fleet source suspend --reason ...`); "
+            f"after the rollback, `source resume` follows the branch again but holds the commit rolled back from "
+            f"until a new commit (or `source resume --accept-current`)")
 
-    The source feature fills this in: while a followed source is not suspended, return a message that names
-    the source (its URL without credentials, and its ref) and the ways out (`source suspend`, or the
-    command's own flag that suspends it). No source can be followed yet, so today it always allows."""
-    del store  # read by the source feature
-    return None
+
+def hold_rolled_back_commit(store: Store) -> str | None:
+    """After a rollback while a (suspended) source is set: the commit it had applied is held, so resuming the
+    source does not silently apply again what was rolled back from. Returns that commit, if any."""
+    source = get_source(store)
+    if source is None or not source.applied_commit:
+        return None
+    hold_commit(store, source.name, source.applied_commit)
+    return source.applied_commit

@@ -59,6 +59,12 @@ def read_manifest_text(path: str | os.PathLike) -> str:
                                      "pass -f FILE or run in the folder that holds fleet.yaml")]) from None
     except PermissionError:
         raise ManifestError([Problem(name, 0, 0, "", "permission denied")]) from None
+    return manifest_text(data, name)
+
+
+def manifest_text(data: bytes, name: str) -> str:
+    """The text of a manifest's bytes, whether read from a file (`apply -f`) or from a commit (a followed
+    source): at most MAX_MANIFEST_BYTES, UTF-8; `name` is the file the problems name."""
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError([Problem(name, 0, 0, "", f"the file is larger than {MAX_MANIFEST_BYTES // (1024 * 1024)} MiB")])
     try:
@@ -74,6 +80,12 @@ def read_manifest_text(path: str | os.PathLike) -> str:
 def load_manifest(path: str | os.PathLike) -> Manifest:
     text = read_manifest_text(path)
     return parse_manifest(text, str(path), base_dir=str(Path(path).resolve().parent))
+
+
+def load_manifest_bytes(data: bytes, filename: str, base_dir: str) -> Manifest:
+    """A manifest that is no file on this host (the blob of a commit): validated exactly as `load_manifest`
+    validates a file; problems name `filename`, and relative paths resolve against `base_dir`."""
+    return parse_manifest(manifest_text(data, filename), filename, base_dir=base_dir)
 
 
 def parse_manifest(text: str, filename: str, base_dir: str) -> Manifest:

@@ -16,6 +16,8 @@ from fleet.spec.model import ProfileSpec
 from fleet.spec.secrets import mask_data, mask_text
 from fleet.store.diagnosis import FULL, IO, LOCKED, READONLY, classify, read_only_reason
 from fleet.store.diagnosis import diagnose as _diagnose
+from fleet.store.sources import SOURCES_DDL
+from fleet.store.sources import add_missing_columns as _add_missing_source_columns
 
 # 1: every release before generations were kept whole. 2: generations are append-only (no UNIQUE digest: applying an older spec again makes a
 # new generation instead of moving the old one), each generation's origin is kept in generation_origins, and
@@ -64,7 +66,7 @@ CREATE TABLE IF NOT EXISTS maintenance_requests(
   update_started REAL, update_finished REAL, update_exit INTEGER, update_output TEXT, epoch INTEGER);
 CREATE UNIQUE INDEX IF NOT EXISTS open_maintenance ON maintenance_requests(profile)
   WHERE state IN ('pending', 'waiting');
-"""
+""" + SOURCES_DDL
 
 PROFILE_STATE_COLUMNS = (
     "restarts", "failures", "last_start", "last_exit_code", "last_exit_at", "last_exit_class",
@@ -255,6 +257,7 @@ class Store:
                 self.conn.executescript(_DDL)
                 with self.tx():
                     _migrate(self.conn)
+                    _add_missing_source_columns(self.conn)
                     self.conn.execute("INSERT OR IGNORE INTO meta VALUES('store_id', ?)", (str(uuid.uuid4()),))
                     self.conn.execute("INSERT OR IGNORE INTO meta VALUES('epoch', '0')")
                     self.conn.execute("INSERT OR IGNORE INTO meta VALUES('observed_generation', '0')")
@@ -352,7 +355,7 @@ class Store:
                 "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (gen, revision.get("revision", ""), revision.get("commit"), revision.get("branch"),
                  None if revision.get("dirty") is None else int(revision["dirty"]), revision.get("path"),
-                 digest, who(), json.dumps(revision.get("summary", {})), now,
+                 digest, revision.get("applied_by") or who(), json.dumps(revision.get("summary", {})), now,
                  "Pending" if created else "NoChange", revision.get("message"), origin))
             self.conn.execute("DELETE FROM applied_revisions WHERE id NOT IN "
                               "(SELECT id FROM applied_revisions ORDER BY id DESC LIMIT 50)")

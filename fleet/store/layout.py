@@ -44,6 +44,9 @@ class StateDir:
     state_file = _per_profile(".state.json")
     adopt_log = _per_profile(".adopt.log")
     log = _per_profile(".log", "logs")
+    sources = _named("sources")  # what the controller keeps of a followed git source (fleet/controller/source_follow.py)
+    source_mirror = _per_profile(".git", "sources")  # <name>.git: a bare, non-shallow mirror of the source
+    source_fetch_log = _per_profile(".fetch.log", "sources")  # the output of the source's last fetch
 
 
 def resolve_state_dir(explicit: str | None, manifest_default: str | None) -> StateDir:
