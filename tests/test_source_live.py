@@ -88,6 +88,14 @@ def test_the_controller_follows_the_branch(fleet, origin):
     status = fleet.status()
     assert status["source"]["sync"] == "Synced" and status["source"]["applied"]["commit"] == first
 
+    # On its own interval, nobody asking: converged within the interval + 2 s, and status shows the commit.
+    assert inproc(fleet, "source", "set", "git", str(origin.bare), "--interval", "1s", "--no-start").exit_code == 0
+    wait_until(lambda: row(fleet).attempted_commit == first and row(fleet).fetch_pid is None, 5,
+               what="the changed source fetched")
+    timed = origin.fleet(rev="5")
+    wait_until(lambda: applied(fleet) == timed, 1.0 + 2.0, what="the next commit applied on the interval")
+    assert fleet.status()["source"]["applied"]["commit"] == timed
+
     fleet.manifest.write_text(manifest(origin.home, rev="local"))
     refused = inproc(fleet, "apply", "-f", str(fleet.manifest), "--no-wait")
     assert refused.exit_code == 3 and "follows source default" in refused.output and "apply --force" in refused.output
