@@ -353,11 +353,7 @@ def source_show(output: str = OutputOption, state_dir: str | None = StateDirOpti
     """
     check_output(output)
     state = _state(state_dir)
-    store = Store(state.db, readonly=True)
-    try:
-        st = source_status(store)
-    finally:
-        store.close()
+    st = _read_status(state)
     if st is None:
         fail(f"no source is set for {state.root}", hint=NO_SOURCE_HINT)
     if output == "json":
@@ -487,14 +483,18 @@ def sync(
     _wait_handled(state, token, wait_for, output)
 
 
+def _read_status(state: StateDir) -> SourceStatus | None:
+    store = Store(state.db, readonly=True)
+    try:
+        return source_status(store)
+    finally:
+        store.close()
+
+
 def _wait_handled(state: StateDir, token: str, timeout: float, output: str) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        store = Store(state.db, readonly=True)
-        try:
-            st = source_status(store)
-        finally:
-            store.close()
+        st = _read_status(state)
         if st is None:
             fail("the source was removed meanwhile")
         if st.source.handled_token == token or time.monotonic() >= deadline:
