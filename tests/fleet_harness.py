@@ -2,8 +2,8 @@
 
 `FleetHarness` writes a manifest under tmp_path (Hermes root and state directory there too),
 runs CLI commands as subprocesses and reads the state directory. Its `cleanup()` (run by the
-`fleet` fixture) leaves nothing behind: `down`, then SIGKILL of every controller or gateway
-this test's fleet created that is still alive. A process is only ever signalled when it
+`fleet` fixture) leaves nothing behind: SIGKILL of every controller, then of every gateway or
+other process of this test's fleet that is still alive. A process is only ever signalled when it
 provably belongs to this test: its pid and create time were recorded by this fleet, and its
 environment names this test's state directory (or it is the recorded controller).
 """
@@ -288,37 +288,29 @@ class FleetHarness:
 
     # -- teardown -----------------------------------------------------------------------------
     def cleanup(self) -> None:
-        self.note_pids()
-        if (self.state / "fleet.db").exists():
-            try:
-                subprocess.run([*self.cli_entry, "down", "--timeout", "15s",
-                                "--state-dir", str(self.state), "-f", str(self.manifest)],
-                               cwd=str(self.tmp), env=self.env(), stdin=subprocess.DEVNULL,
-                               capture_output=True, timeout=25)
-            except subprocess.TimeoutExpired:
-                pass
-        self.note_pids()
-        for pid, ct in list(self.controllers.items()):
-            if alive(pid, ct):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+        """SIGKILL everything this fleet runs, controllers first (so that none starts a gateway again),
+        then its gateways and whatever else carries this test's state directory, until nothing is left.
+
+        No `down` here: its result was never looked at, so it proved nothing, and it cost every test a
+        CLI start and a drain (about a tenth of the suite's CPU). The tests about `down` run it and
+        check what it did."""
+        for _ in range(5):
+            self.note_pids()
+            controllers = [(pid, ct) for pid, ct in self.controllers.items() if alive(pid, ct)]
+            controllers += _identities([p for p in self._strays() if _is_controller(p)])  # one never recorded
+            _kill_all(controllers)
+            _wait_gone(controllers)
+            # Only now the rest: a gateway a dying controller started in the meantime is found here.
+            rest = _identities(self._strays())
+            rest += [(pid, ct) for pid, ct in self.seen.items() if alive(pid, ct) and self._ours(pid)]
+            _kill_all(rest)
+            _wait_gone(rest)
+            if not (controllers or rest):
+                break
         for proc in self._popens:
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                pass
-        for pid, ct in list(self.seen.items()):
-            if alive(pid, ct) and self._ours(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-        for proc in self._strays():
-            try:
-                proc.kill()
-            except psutil.Error:
                 pass
         for pid, ct in list(self.seen.items()):
             poll_until(lambda: not alive(pid, ct), 5)
@@ -345,6 +337,32 @@ class FleetHarness:
         out = [pid for pid, ct in self.seen.items() if alive(pid, ct)]
         out += [pid for pid, ct in self.controllers.items() if alive(pid, ct)]
         return out
+
+
+def _is_controller(proc: psutil.Process) -> bool:
+    try:
+        return "fleet.controller" in proc.cmdline()
+    except psutil.Error:
+        return False
+
+
+def _identities(procs: list[psutil.Process]) -> list[tuple[int, float]]:
+    """(pid, create time) of each process, taken before it is signalled (the PID-reuse guard)."""
+    return [(p.pid, ct) for p in procs if (ct := create_time(p.pid)) is not None]
+
+
+def _kill_all(procs: list[tuple[int, float]]) -> None:
+    for pid, ct in procs:
+        if alive(pid, ct):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _wait_gone(procs: list[tuple[int, float | None]], timeout: float = 5.0) -> None:
+    """Until none of (pid, create time) lives (a zombie counts as gone), at most `timeout` seconds."""
+    poll_until(lambda: not any(alive(pid, ct) for pid, ct in procs), timeout)
 
 
 @pytest.fixture

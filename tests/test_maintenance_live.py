@@ -4,8 +4,8 @@ through the CLI (`maintenance status -o json`, `status -o json`, `events -o json
 files the gateways and the controller write.
 
 Each test has its own manifest, Hermes root and state directory under tmp_path. The `mfleet`
-fixture tears everything down: it makes every gateway idle, runs `down`, then SIGKILLs by PID
-whatever this test's fleet created that is still alive (see tests/fleet_harness.py).
+fixture tears everything down: it SIGKILLs by PID whatever this test's fleet created that is still
+alive, the controller first (see tests/fleet_harness.py), and checks that nothing is left.
 
 The controller polls a profile's activity every 5 s while a request is open (IDLE_POLL_SECONDS),
 so waits on "the controller noticed" use deadlines of tens of seconds; none asserts speed.
@@ -58,7 +58,6 @@ class MaintenanceFleet(FleetHarness):
         self.write_manifest(profiles, drain_timeout=drain_timeout,
                             extra={"maintenance": {"idle": idle, **(maintenance or {})}}, **kw)
         self.apply()
-        self.names = list(names)
 
     # -- the CLI as JSON
     def mjson(self, *args: str, expect: int | None = 0):
@@ -142,13 +141,6 @@ class MaintenanceFleet(FleetHarness):
         hit = poll_until(disturbed, seconds, interval=0.05)
         assert hit is None, f"{hit} was drained or restarted while it should have been held"
 
-    def idle_all(self) -> None:
-        for n in getattr(self, "names", []):
-            try:
-                self.control(n, active_agents=0)
-            except OSError:
-                pass
-
 
 @pytest.fixture
 def mfleet(tmp_path):
@@ -157,7 +149,6 @@ def mfleet(tmp_path):
     try:
         yield harness
     finally:
-        harness.idle_all()  # so that `down` drains at once instead of waiting out the drain timeout
         harness.cleanup()
         leftovers = harness.leftovers()
         assert not leftovers, f"processes left behind: {leftovers}"
