@@ -340,10 +340,12 @@ class FleetHarness:
 
 
 def _is_controller(proc: psutil.Process) -> bool:
+    """The lean entry point, or the Windows-platform one of tests/platform_fakes.py."""
     try:
-        return "fleet.controller" in proc.cmdline()
+        cmdline = proc.cmdline()
     except psutil.Error:
         return False
+    return "fleet.controller" in cmdline or "windows-controller" in cmdline
 
 
 def _identities(procs: list[psutil.Process]) -> list[tuple[int, float]]:
