@@ -840,7 +840,11 @@ class Chaos:
         shared = self.rng.choice(ours)
         doc = soak.manifest_doc()
         doc["name"] = "other"
-        doc["profiles"] = {shared: doc["profiles"].get(shared, {}), "bystander": {"env": {"FAKE_HERMES_POLL_S": "0.05"}}}
+        # The bystander beats as often as our gateways do: with the soak's 2 s heartbeat limit, the demo's
+        # default 30 s beat would make it "wedged" 2 s after its start, and whether `status` still saw it
+        # Running depended on how fast apply and status ran.
+        doc["profiles"] = {shared: doc["profiles"].get(shared, {}),
+                           "bystander": {"env": {"FAKE_HERMES_POLL_S": "0.05", "FAKE_HERMES_HEARTBEAT_S": "0.2"}}}
         doc.pop("retention", None)
         manifest = soak.tmp / f"{other.name}.yaml"
         write_atomic(manifest, yaml.safe_dump(doc, sort_keys=False).encode())
