@@ -332,3 +332,28 @@ def test_resume_after_a_rollback_never_silently_applies_the_commit_rolled_back_f
     settle(f, T0 + 4 * INTERVAL)
     src = get_source(store)
     assert generations(store) == 4 and src.applied_commit == newer and src.held_commit is None
+
+
+def test_a_controller_killed_while_it_records_a_commit_loses_and_duplicates_nothing(state, store, origin,
+                                                                                    monkeypatch):
+    """The record of a commit is one transaction: a controller that dies inside it leaves no generation and no
+    applied commit, and the next controller applies that commit once."""
+    import fleet.controller.source_follow as source_follow
+
+    commit = origin.fleet(rev="1")
+    configure(store, origin)
+
+    def killed(*args, **kwargs):
+        raise SystemExit("killed while recording")
+
+    monkeypatch.setattr(source_follow, "record_manifest", killed)
+    with pytest.raises(SystemExit):
+        settle(follower(state, store, origin), T0)
+    assert generations(store) == 0 and get_source(store).applied_commit is None
+    monkeypatch.undo()
+
+    restarted = follower(state, store, origin)
+    settle(restarted, T0 + 1)
+    assert generations(store) == 1 and get_source(store).applied_commit == commit
+    settle(restarted, T0 + 1 + INTERVAL)
+    assert generations(store) == 1
