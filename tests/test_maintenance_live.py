@@ -33,7 +33,6 @@ GATEWAY_ENV = {"FAKE_HERMES_POLL_S": "0.05", "FAKE_HERMES_HEARTBEAT_S": "0.5"}
 RESPONSE_SCHEMA = jsonschema.Draft202012Validator(
     json.loads((REPO / "schemas" / "maintenance-response.schema.json").read_text(encoding="utf-8")))
 NOTICE = 30.0  # deadline for "the controller noticed and acted" (it polls every 5 s while a request is open)
-RECHECK = 2.0  # a wait asks the CLI at least this often even when nothing in the state directory changed
 
 
 # -- fixture and helpers ------------------------------------------------------------------------------
@@ -86,44 +85,19 @@ class MaintenanceFleet(FleetHarness):
         return self.requests()[rid]
 
     def wait_request(self, rid: int, predicate, timeout: float = NOTICE, what: str = "") -> dict:
-        """Asks the CLI again whenever the state directory changed since the last answer (a request moves
-        only when the controller writes its store), and at least every RECHECK seconds: the waits here span
-        the controller's 5 s polls, and a CLI start per 0.2 s of them was a core's worth of CPU."""
-        last: dict = {}
-        deadline = time.monotonic() + timeout
+        last = {}
 
         def check():
-            now = time.monotonic()
-            before = self.state_fingerprint()
-            if "r" in last and before == last["print"] and now - last["at"] < RECHECK and deadline - now > RECHECK:
-                return None
-            last["r"], last["print"], last["at"] = self.request(rid), before, now
+            last["r"] = self.request(rid)
             return last["r"] if predicate(last["r"]) else None
         try:
-            return wait_until(check, timeout, interval=0.05, what=what or f"request #{rid}")
+            return wait_until(check, timeout, interval=0.2, what=what or f"request #{rid}")
         except AssertionError as exc:
             raise AssertionError(f"{exc}; last seen: {json.dumps(last.get('r'), indent=1)}\n"
                                  f"{self.controller_log_tail()}") from None
 
     def wait_state(self, rid: int, *states: str, timeout: float = NOTICE) -> dict:
         return self.wait_request(rid, lambda r: r["state"] in states, timeout, f"request #{rid} to be {states}")
-
-    def state_fingerprint(self) -> tuple:
-        """Name, size and mtime of each file in the state directory but the gateways' own status files, which
-        they rewrite at every heartbeat and which no maintenance answer reads, and the store's -shm index."""
-        out = []
-        try:
-            with os.scandir(self.state) as entries:
-                for entry in entries:
-                    if not entry.name.endswith(("-shm", ".state.json")):
-                        try:
-                            st = entry.stat(follow_symlinks=False)
-                        except OSError:
-                            continue
-                        out.append((entry.name, st.st_size, st.st_mtime_ns))
-        except OSError:
-            pass
-        return tuple(sorted(out))
 
     def open_requests_fast(self):
         """The open requests straight from the store (read-only; fast enough to sample every 50 ms)."""
