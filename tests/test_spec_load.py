@@ -693,7 +693,7 @@ class TestUnknownKeys:
         problem = raised.value.problems[0]
         assert (problem.line, problem.column, problem.path, problem.message) == (3, 1, "zzz", "unknown key 'zzz'")
         assert problem.hint == ("allowed: version, name, hermes, driver, stagger, proxy, restart, drain, health, "
-                                "maintenance, retention, profiles")
+                                "maintenance, retention, metrics, profiles")
 
 
 class TestBuilderErrors:
@@ -1230,3 +1230,44 @@ def test_never_a_traceback_on_structured_manifests(top, profiles):
         for p in m.spec.profiles:
             assert p.env_map["NO_PROXY"].startswith(LOOPBACK)
             assert p.command and all(isinstance(c, str) for c in p.command)
+
+
+class TestMetrics:
+    """`metrics:`: off unless set, loopback unless written out, and never beyond this host without a token."""
+
+    def test_off_by_default_and_absent_from_the_digest(self):
+        plain = parse(manifest("profiles: {}\n"))
+        assert not plain.spec.metrics.enabled
+        from fleet.spec.codec import fleet_to_dict
+        assert "metrics" not in fleet_to_dict(plain.spec)  # digests of existing manifests stay what they were
+
+    @pytest.mark.parametrize(("written", "means"), [
+        ("9464", "127.0.0.1:9464"), ('":9464"', "127.0.0.1:9464"), ('"localhost:9464"', "127.0.0.1:9464"),
+        ('"127.0.0.2:9464"', "127.0.0.2:9464"), ('"[::1]:0"', "[::1]:0"),
+    ])
+    def test_listen_forms_resolve_to_a_written_out_loopback_address(self, written, means):
+        assert parse(manifest(f"metrics: {{listen: {written}}}\nprofiles: {{}}\n")).spec.metrics.listen == means
+
+    def test_a_non_loopback_address_needs_a_token(self):
+        assert the_error(manifest('metrics: {listen: "0.0.0.0:9464"}\nprofiles: {}\n')) == (
+            "fleet.yaml:3:19: metrics.listen: 0.0.0.0:9464 is reachable from other hosts, and metrics.token_file "
+            "is not set (set metrics.token_file (a bearer token Prometheus sends), or listen on 127.0.0.1)")
+        spec = parse(manifest('metrics: {listen: "0.0.0.0:9464", token_file: t}\nprofiles: {}\n')).spec
+        assert (spec.metrics.listen, spec.metrics.token_file) == ("0.0.0.0:9464", os.path.join(BASE, "t"))
+
+    @pytest.mark.parametrize(("written", "message"), [
+        ('"300.1.1.1:80"', "metrics.listen: '300.1.1.1' is not an IPv4 address"),
+        ('"127.0.0.1:70000"', "metrics.listen: port '70000' is not a number from 0 to 65535"),
+        ("70000", "metrics.listen: expected a number <= 65535; found 70000"),
+        ('"[1::2::3]:80"', "metrics.listen: '1::2::3' is not an IPv6 address"),
+        ('"host.example:80"', "metrics.listen: expected an address such as 127.0.0.1:9464, [::1]:9464 or :9464; "
+                              "found 'host.example:80'"),
+    ])
+    def test_bad_addresses_say_what_is_wrong(self, written, message):
+        assert message in the_error(manifest(f"metrics: {{listen: {written}}}\nprofiles: {{}}\n"))
+
+    def test_paths_are_relative_to_the_manifest_and_survive_the_store(self):
+        from fleet.spec.codec import fleet_from_dict, fleet_to_dict
+        spec = parse(manifest("metrics: {textfile: out/fleet.prom, listen: 9464}\nprofiles: {}\n")).spec
+        assert spec.metrics.textfile == os.path.join(BASE, "out", "fleet.prom")
+        assert fleet_from_dict(fleet_to_dict(spec)).metrics == spec.metrics

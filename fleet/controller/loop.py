@@ -16,6 +16,7 @@ from fleet.controller.fence_watch import FenceWatch
 from fleet.controller.log import log
 from fleet.controller.maintenance_tick import IDLE_POLL_SECONDS
 from fleet.controller.reconcile import PassResult, Reconciler
+from fleet.controller.telemetry import Telemetry
 from fleet.controller.wakeups import Wakeups
 from fleet.execute.logs import LogGuard
 from fleet.platform.base import Platform
@@ -76,9 +77,11 @@ class Controller:
         reconciler = Reconciler(self.state, store, self.platform, epoch=epoch, fence=fenced,
                                 bookkeeping=bookkeeping, clock=self.clock)
         log_guard = LogGuard(str(self.state.logs))
+        telemetry = Telemetry(self.state, store, epoch, self.clock)
         try:
-            self._loop(reconciler, wakeups, notifier, log_guard)
+            self._loop(reconciler, wakeups, notifier, log_guard, telemetry)
         finally:
+            telemetry.close()
             reconciler.follower.close()  # a git fetch in flight ends with the controller
             log_guard.close()
             wakeups.close()
@@ -102,7 +105,8 @@ class Controller:
 
         self.platform.on_stop_request(on_stop_request)
 
-    def _loop(self, reconciler: Reconciler, wakeups: Wakeups, notifier: SdNotify, log_guard: LogGuard) -> None:
+    def _loop(self, reconciler: Reconciler, wakeups: Wakeups, notifier: SdNotify, log_guard: LogGuard,
+              telemetry: Telemetry) -> None:
         """Only waits and calls the pass: at once after a pass that acted, else until something wakes it."""
         fenced, bookkeeping = reconciler.fence, reconciler.bookkeeping
         ready_sent = False
@@ -114,6 +118,9 @@ class Controller:
             if result.planned:
                 wakeups.watch(result.gateways)
             timeout = _timeout_after(result, now)
+            ended = self.clock()
+            telemetry.after_pass(result, now, ended, timeout)
+            timeout = telemetry.bound(timeout, ended)
             if not ready_sent:
                 notifier.ready(f"{result.profiles} profiles")
                 ready_sent = True

@@ -40,6 +40,10 @@ class PassResult:
     gateways: frozenset[int] = frozenset()  # pids of the live gateways, whose exits should wake the loop
     fenced: bool = False  # this process no longer owns the state directory: stop
     source_next: float | None = None  # when the followed git source wants the next pass (a fetch in flight: soon)
+    failed: tuple[Action, ...] = ()  # the attempted actions that raised
+    desired: Desired | None = None  # what the pass planned from, what it saw and its plan (for the metrics)
+    observed: Observed | None = None
+    plan: Plan | None = None
 
     @property
     def replan_now(self) -> bool:
@@ -90,6 +94,7 @@ class Reconciler:
         self.follower = SourceFollower(state, store, platform, epoch=epoch, clock=clock, fenced=fence.breached)
         self.scan = True  # look at the process table in the next pass
         self.retained_at: float | None = None
+        self.failed: list[Action] = []  # this pass's actions that raised
 
     def request_scan(self) -> None:
         self.scan = True
@@ -109,6 +114,7 @@ class Reconciler:
         if self.fence.breached():
             return FENCED
         self.claims.update(desired, self.specs, observed)
+        self.failed = []
         attempted, cut_short = self._execute(desired, observed, current, now)
         if self.fence.breached():  # nothing more goes into a store that may be another controller's now
             return FENCED
@@ -121,7 +127,7 @@ class Reconciler:
             converged=current.in_sync, next_run=_earliest(current.next_deadline(now), self.holds.next_retry(now)),
             poll=bool(observed.maintenance) or self.maintenance.busy(),
             gateways=frozenset(o.process.pid for o in observed.profiles.values() if o.process is not None),
-            source_next=source_next)
+            source_next=source_next, failed=tuple(self.failed), desired=desired, observed=observed, plan=current)
 
     def _observe_and_plan(self, desired: Desired, now: float) -> tuple[Observed, Plan]:
         observed = self.observer.observe(self.specs, now=now, scan=self.scan)
@@ -159,6 +165,7 @@ class Reconciler:
                 return False
             self._succeeded(action, history)
         except Exception as exc:  # noqa: BLE001 - one profile's failure must not stop the loop
+            self.failed.append(action)
             count = self._record_failure(action, history, exc, now)
             if _worth_reporting(count):
                 log(f"{action.profile}: {action.kind} failed: {type(exc).__name__}: {exc}")

@@ -179,11 +179,7 @@ class FleetStatus:
 
     @property
     def converged(self) -> bool:
-        # A record fix still to be done (reclaim, adopt) hides behind the profile's `keep` row: not yet.
-        return self.controller.converged_generation and all(
-            (p.action.kind == "keep" or (p.action.kind == "wait" and p.action.reason in SETTLED_WAITS))
-            and p.phase != Phase.STARTING for p in self.profiles) \
-            and not any(a.kind in ("reclaim", "adopt") for a in self.plan.actions)
+        return self.controller.converged_generation and settled(self.profiles, self.plan)
 
     @property
     def failed(self) -> tuple[ProfileStatus, ...]:
@@ -280,10 +276,23 @@ def fleet_status(state: StateDir, platform: Platform, now: float, *, scan: bool 
         current = plan(desired, observed, now)
     finally:
         store.close()
-    actions = _action_per_profile(current)
-    rows = tuple(_profile_status(name, actions[name], observed.get(name), desired.spec.profile(name), now)
-                 for name in sorted(actions))
+    rows = profile_rows(desired, observed, current, now)
     return FleetStatus(controller=ctl, profiles=rows, plan=current, observed=observed, source=followed)
+
+
+def profile_rows(desired: Desired, observed: Observed, current: Plan, now: float) -> tuple[ProfileStatus, ...]:
+    """One row per profile the plan covers, sorted by name: what `status` shows and the metrics export."""
+    actions = _action_per_profile(current)
+    return tuple(_profile_status(name, actions[name], observed.get(name), desired.spec.profile(name), now)
+                 for name in sorted(actions))
+
+
+def settled(rows: tuple[ProfileStatus, ...], current: Plan) -> bool:
+    """Every profile where the manifest wants it, with nothing left to do."""
+    # A record fix still to be done (reclaim, adopt) hides behind the profile's `keep` row: not yet.
+    return all((p.action.kind == "keep" or (p.action.kind == "wait" and p.action.reason in SETTLED_WAITS))
+               and p.phase != Phase.STARTING for p in rows) \
+        and not any(a.kind in ("reclaim", "adopt") for a in current.actions)
 
 
 def _nothing_applied() -> Desired:

@@ -7,8 +7,8 @@ import dataclasses
 
 from fleet.spec.hashing import canonical_json, sha256_hex
 from fleet.spec.model import (
-    DrainPolicy, FleetSpec, HealthPolicy, MaintenancePolicy, MaintenanceWindow, ProfileSpec, RestartPolicy,
-    RetentionPolicy,
+    DrainPolicy, FleetSpec, HealthPolicy, MaintenancePolicy, MaintenanceWindow, MetricsSpec, ProfileSpec,
+    RestartPolicy, RetentionPolicy,
 )
 
 # Settings added after the first release are written only when they differ from their defaults,
@@ -44,6 +44,8 @@ def fleet_to_dict(spec: FleetSpec) -> dict:
            "default_state_dir": spec.default_state_dir}
     if spec.retention != RetentionPolicy():
         out["retention"] = _flat(spec.retention)
+    if spec.metrics != MetricsSpec():
+        out["metrics"] = _flat(spec.metrics)
     return out
 
 
@@ -71,6 +73,7 @@ def fleet_from_dict(d: dict) -> FleetSpec:
         profiles=tuple(profile_from_dict(p) for p in d["profiles"]),
         hermes_root=d["hermes_root"], default_state_dir=d["default_state_dir"],
         retention=RetentionPolicy(**d["retention"]) if d.get("retention") else RetentionPolicy(),
+        metrics=MetricsSpec(**d["metrics"]) if d.get("metrics") else MetricsSpec(),
     )
 
 

@@ -14,10 +14,11 @@ from fleet.spec.codec import fleet_digest
 from fleet.spec.cron import parse_cron
 from fleet.spec.durations import parse_duration
 from fleet.spec.errors import ManifestError, Problem
+from fleet.spec.listen import format_listen, is_loopback, parse_listen
 from fleet.spec.markers import FLEET_ENV_PREFIX
 from fleet.spec.model import (
     DRIVER_HERMES, DrainPolicy, FleetSpec, HealthPolicy, MaintenancePolicy,
-    MaintenanceWindow, ProfileSpec, RestartPolicy, RetentionPolicy,
+    MaintenanceWindow, MetricsSpec, ProfileSpec, RestartPolicy, RetentionPolicy,
 )
 from fleet.spec.yamlsource import Located, dotted, load_located
 
@@ -175,6 +176,7 @@ class _Builder:
             hermes_root=root,
             default_state_dir=os.path.join(root, "gateway"),
             retention=self.retention(),
+            metrics=self.metrics(),
         )
 
     def retention(self) -> RetentionPolicy:
@@ -182,6 +184,25 @@ class _Builder:
         at = ("retention",) if "max_age" not in (self.doc.get("retention") or {}) else ("retention", "max_age")
         return RetentionPolicy(max_age=self.duration(cfg["max_age"], at), journal_rows=int(cfg["journal_rows"]),
                                request_rows=int(cfg["request_rows"]), adopt_log_bytes=int(cfg["adopt_log_bytes"]))
+
+    def metrics(self) -> MetricsSpec:
+        cfg = self.doc.get("metrics") or {}
+        listen = ""
+        if "listen" in cfg:
+            try:
+                host, port = parse_listen(str(cfg["listen"]))
+            except ValueError as exc:
+                self.problem(("metrics", "listen"), str(exc), "write it as 127.0.0.1:9464, [::1]:9464 or :9464")
+            else:
+                listen = format_listen(host, port)
+                if not is_loopback(host) and "token_file" not in cfg:
+                    self.problem(("metrics", "listen"),
+                                 f"{listen} is reachable from other hosts, and metrics.token_file is not set",
+                                 "set metrics.token_file (a bearer token Prometheus sends), or listen on 127.0.0.1")
+        return MetricsSpec(
+            listen=listen,
+            token_file=_resolve_path(cfg["token_file"], self.base_dir) if "token_file" in cfg else "",
+            textfile=_resolve_path(cfg["textfile"], self.base_dir) if "textfile" in cfg else "")
 
     def profile(self, name: str, body: dict) -> ProfileSpec | None:
         at = ("profiles", name)

@@ -38,6 +38,18 @@ class RetentionPolicy:
 
 
 @dataclass(frozen=True)
+class MetricsSpec:
+    """Where the controller publishes its Prometheus metrics (fleet-wide); nothing unless set."""
+    listen: str = ""  # "host:port" of the HTTP listener ("" = none); the host is always written out here
+    token_file: str = ""  # absolute path of the bearer token /metrics requires ("" = none)
+    textfile: str = ""  # absolute path of a node_exporter *.prom file ("" = none)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listen or self.textfile)
+
+
+@dataclass(frozen=True)
 class DrainPolicy:
     timeout: float
 
@@ -110,6 +122,7 @@ class FleetSpec:
     hermes_root: str
     default_state_dir: str
     retention: RetentionPolicy = RetentionPolicy()
+    metrics: MetricsSpec = MetricsSpec()
 
     def profile(self, name: str) -> ProfileSpec | None:
         for p in self.profiles:

@@ -58,6 +58,8 @@ def _expected(error) -> str:
                                                            "integer": "an integer"}.get(t, f"a {t}")
     if validator == "oneOf" and any("pattern" in s for s in schema.get("oneOf", [])):
         return "a duration such as 2.5s, 90s, 20m, 1h or a number of seconds"
+    if validator == "pattern" and schema["pattern"] == load_schema()["$defs"]["metrics"]["properties"]["listen"]["pattern"]:
+        return "an address such as 127.0.0.1:9464, [::1]:9464 or :9464"
     if validator == "pattern" and schema["pattern"] == NO_NUL_PATTERN:
         return "text without NUL bytes (no command argument, environment value or path can hold one)"
     if validator == "pattern":

@@ -37,6 +37,7 @@ class StateDir:
     wake_socket = _named(".controller.sock")
     wake_port = _named(".controller.wake")  # where no Unix socket can be: a loopback port and its token
     db = _named("fleet.db")
+    metrics_status = _named(".metrics.json")  # where the controller's metrics endpoint listens, or why not
     logs = _named("logs")
     controller_log = _named("logs", "controller.log")
     record = _per_profile(".pid")
