@@ -155,3 +155,10 @@ def test_promtool_does_flag_a_broken_exposition():
     bad = render(FULL).replace(b"hermes_fleet_reconcile_total", b"hermes_fleet_reconciles")
     checked = subprocess.run(["promtool", "check", "metrics"], input=bad, capture_output=True, timeout=30)
     assert checked.returncode != 0
+
+
+def test_the_documented_list_is_the_catalog():
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "observability.md").read_text(encoding="utf-8")
+    listed = doc.split("<!-- metrics:begin -->\n", 1)[1].split("<!-- metrics:end -->", 1)[0]
+    assert listed == catalog.markdown(), "regenerate it: python -m fleet.metrics.catalog"

@@ -132,10 +132,10 @@ def test_a_real_prometheus_sees_the_restart(fleet, tmp_path):
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
         "scrape_configs:\n"
         f"  - job_name: hermes-fleet\n    static_configs: [{{targets: ['{target}']}}]\n")
-    log = open(tmp_path / "prometheus.log", "wb")
-    prom = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-                             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    with open(tmp_path / "prometheus.log", "wb") as log:
+        prom = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+                                 f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         api = f"http://127.0.0.1:{prom_port}/api/v1/query?query="
 
@@ -163,9 +163,20 @@ def test_a_real_prometheus_sees_the_restart(fleet, tmp_path):
         except subprocess.TimeoutExpired:
             prom.kill()
             prom.wait(timeout=5)
-        log.close()
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_a_symlinked_textfile_is_refused_and_said(fleet):
+    target = fleet.tmp / "elsewhere.prom"
+    link = fleet.tmp / "fleet.prom"
+    link.symlink_to(target)
+    fleet.write_manifest({"alpha": {}}, extra={"metrics": {"textfile": str(link)}})
+    fleet.apply()
+    state = wait_until(lambda: metrics_state(fleet).get("textfile_error") and metrics_state(fleet), timeout=10,
+                       what="the textfile's error in .metrics.json")
+    assert "symlink" in state["textfile_error"]
+    assert not target.exists() and link.is_symlink()

@@ -100,9 +100,7 @@ class Telemetry:
             if wanted.textfile != self.spec.textfile:
                 self.textfile_at, self.textfile_error = None, ""
             self.spec = wanted
-            if not wanted.enabled:
-                self.counters.forget_missing(set())
-                self._report()
+            self._report()
         if wanted.listen and self.server is None and now >= self.retry_at:
             self._start_server(now)
         elif self.server is not None and wanted.token_file:

@@ -107,3 +107,21 @@ PROCESS = (
 FAMILIES = FLEET + PROFILE + PROCESS
 BY_NAME = {f.name: f for f in FAMILIES}
 METRIC_NAMES = tuple(f.full_name for f in FAMILIES)
+
+
+def markdown() -> str:
+    """The metric reference of docs/observability.md (`python -m fleet.metrics.catalog` prints it)."""
+    rows = ["| metric | type | labels | absent when | what it says |", "|---|---|---|---|---|"]
+    for f in FAMILIES:
+        labels = ", ".join(f"`{label}`" for label in f.labels) or "-"
+        where = "in the textfile" if f.http_only else f.when
+        rows.append(f"| `{f.full_name}` | {f.type} | {labels} | {where or '-'} | {f.help} |")
+    values = [f"- `phase`: {', '.join(PHASES)}", f"- `status` (profile_sync): {', '.join(SYNC_STATUSES)}",
+              f"- `status` (source_sync): {', '.join(SOURCE_STATUSES)}", f"- `class`: {', '.join(EXIT_CLASSES)}",
+              f"- `kind`: {', '.join(ACTION_KINDS)}", f"- `state`: {', '.join(MAINTENANCE_STATES)}",
+              f"- `le` (seconds): {', '.join(str(b) for b in DURATION_BUCKETS)}, +Inf"]
+    return "\n".join(rows) + "\n\nLabel values:\n\n" + "\n".join(values) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")
