@@ -21,6 +21,7 @@ from fleet.store.db import ProfileHistory, Store
 from fleet.store.health import read_degraded
 from fleet.store.layout import StateDir
 from fleet.store.lock import Holder, lock_is_free, read_holder
+from fleet.store.metrics_state import EndpointState, read_endpoint_state
 from fleet.store.sources import Source, get_source
 
 GATED_REASONS = ("idle_gate", "budget_exhausted", "window_closed", "maintenance")
@@ -66,6 +67,7 @@ class ControllerStatus:
     generation: int
     observed_generation: int
     store_degraded: str | None = None  # "<reason> since <time>" while the controller keeps its bookkeeping in memory
+    metrics: EndpointState | None = None  # where it serves metrics, or why not (None: not configured)
 
     @property
     def converged_generation(self) -> bool:
@@ -202,7 +204,13 @@ def controller_status(state: StateDir, store: Store, platform: Platform) -> Cont
                             epoch=holder.epoch if holder else None, version=holder.version if holder else None,
                             since=holder.started_at if holder else None,
                             generation=gen.generation if gen else 0, observed_generation=store.observed_generation,
-                            store_degraded=_store_degraded(state) if running else None)
+                            store_degraded=_store_degraded(state) if running else None,
+                            metrics=_metrics(state) if running else None)
+
+
+def _metrics(state: StateDir) -> EndpointState | None:
+    endpoint = read_endpoint_state(state)
+    return endpoint if endpoint is not None and endpoint.configured else None
 
 
 def _store_degraded(state: StateDir) -> str | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fleet.controller.log import log
@@ -20,8 +19,9 @@ from fleet.controller.reconcile import PassResult
 from fleet.controller.status import source_status
 from fleet.spec.model import MetricsSpec
 from fleet.store.db import Store
-from fleet.store.files import write_atomic, write_json_atomic
+from fleet.store.files import write_atomic
 from fleet.store.layout import StateDir
+from fleet.store.metrics_state import EndpointState, write_endpoint_state
 
 if TYPE_CHECKING:  # loaded only when a manifest asks for metrics
     import psutil
@@ -32,15 +32,6 @@ TEXTFILE_EVERY = 60.0  # the textfile is rewritten at least this often, so its m
 STARTING_POLL = 1.0
 RETRY_SECONDS = 30.0  # a listener that could not bind (port taken) is tried again this often
 MIN_ALIVE_SECONDS = 60.0  # /healthz: the next pass is due within 3x the loop's wait, and never sooner than this
-
-
-@dataclass(frozen=True)
-class EndpointState:
-    """What `status` shows of the metrics (the controller writes it to .metrics.json)."""
-    listen: str = ""  # the address actually bound ("" when none)
-    listen_error: str = ""
-    textfile: str = ""
-    textfile_error: str = ""
 
 
 class Telemetry:
@@ -61,6 +52,10 @@ class Telemetry:
         self.facts: GenerationFacts | None = None
         self.published: Published | None = None
         self.reported = EndpointState()
+        try:
+            os.unlink(state.metrics_status)  # a killed predecessor's word on its own listener
+        except OSError:
+            pass
         self.process: psutil.Process | None = None
 
     # -- each pass --------------------------------------------------------------------------
@@ -229,7 +224,7 @@ class Telemetry:
             return
         self.reported = now
         try:
-            write_json_atomic(self.state.metrics_status, now.__dict__, durable=False)
+            write_endpoint_state(self.state, now)
         except OSError:
             pass
 
