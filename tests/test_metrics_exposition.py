@@ -39,7 +39,7 @@ def snapshot(profiles=(), **kw) -> FleetMetrics:
 FULL = snapshot([
     profile("executor", restarts=3, consecutive_failures=1, last_exit_code=-9, last_exit_at=NOW - 5,
             last_exit_class="killed", started_at=NOW - 4, heartbeat_at=NOW - 1, active_agents=2,
-            actions=(("spawn", 4), ("kill", 1))),
+            actions=(("spawn", 4), ("kill", 1)), drain_deadline=NOW + 30),
     profile("advisor", up=False, phase="Backoff", sync="OutOfSync", consecutive_failures=5, last_exit_code=1,
             last_exit_at=NOW - 2, last_exit_class="crash"),
     profile("analyst", up=False, desired_running=False, phase="Stopped"),

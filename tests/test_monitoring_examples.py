@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fleet.metrics import catalog
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "monitoring"
 RUNBOOK = "https://github.com/hermes-fleet/hermes-fleet/blob/main/docs/observability.md#"
 SEVERITIES = ("critical", "warning", "info")
@@ -31,24 +33,9 @@ JOB = "hermes-fleet"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 PROMTOOL_TIMEOUT = 60
 
-# The controller's metric catalog (issue 15). To be replaced by the code's own list once it exists.
-METRIC_NAMES = frozenset({
-    "hermes_fleet_build_info", "hermes_fleet_generation_info", "hermes_fleet_desired_generation",
-    "hermes_fleet_observed_generation", "hermes_fleet_converged", "hermes_fleet_reconcile_total",
-    "hermes_fleet_reconcile_duration_seconds", "hermes_fleet_last_reconcile_timestamp_seconds",
-    "hermes_fleet_actions_total", "hermes_fleet_action_errors_total", "hermes_fleet_profiles",
-    "hermes_fleet_profiles_desired_running", "hermes_fleet_profiles_running", "hermes_fleet_maintenance_requests",
-    "hermes_fleet_maintenance_oldest_request_timestamp_seconds", "hermes_fleet_store_degraded",
-    "hermes_fleet_source_sync", "hermes_fleet_source_failing", "hermes_fleet_source_last_fetch_timestamp_seconds",
-    "hermes_fleet_profile_up", "hermes_fleet_profile_desired_running", "hermes_fleet_profile_phase",
-    "hermes_fleet_profile_phase_transition_timestamp_seconds", "hermes_fleet_profile_sync",
-    "hermes_fleet_profile_restarts_total", "hermes_fleet_profile_consecutive_failures",
-    "hermes_fleet_profile_last_exit_code", "hermes_fleet_profile_last_exit_timestamp_seconds",
-    "hermes_fleet_profile_last_exit_class", "hermes_fleet_profile_start_time_seconds",
-    "hermes_fleet_profile_last_heartbeat_timestamp_seconds", "hermes_fleet_profile_active_agents",
-    "hermes_fleet_profile_actions_total",
-})
-HISTOGRAMS = frozenset({"hermes_fleet_reconcile_duration_seconds"})
+# The controller's own metric catalog: a rule or panel naming anything else would never match a series.
+METRIC_NAMES = frozenset(catalog.METRIC_NAMES)
+HISTOGRAMS = frozenset(f.full_name for f in catalog.FAMILIES if f.type == "histogram")
 
 # A metric name of ours; a name followed or preceded by ':' is a recording rule's (hermes_fleet:...), not ours.
 NAME = re.compile(r"(?<![\w:])(hermes_fleet_[a-z0-9_]+)(?![\w:])")
@@ -381,3 +368,10 @@ def test_the_name_check_sees_a_name_outside_the_catalog():
     assert names_in(expr) == {"hermes_fleet_reconcile_duration_seconds_bucket", "hermes_fleet_converged_bucket",
                               "hermes_fleet_profile_restart_total"}
     assert unknown_names(names_in(expr)) == {"hermes_fleet_converged_bucket", "hermes_fleet_profile_restart_total"}
+
+
+def test_every_alert_has_its_runbook_section():
+    doc = (EXAMPLES.parents[1] / "docs" / "observability.md").read_text(encoding="utf-8")
+    headings = set(re.findall(r"^### (\w+)$", doc, flags=re.MULTILINE))
+    names = set(alerts(load_yaml("rules.yml")))
+    assert names and names <= headings, sorted(names - headings)

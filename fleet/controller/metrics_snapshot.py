@@ -126,7 +126,7 @@ def _maintenance_counts(observed: Observed) -> tuple[tuple[str, int], ...]:
 
 
 def _oldest_request(observed: Observed) -> float | None:
-    return min((r.created_at for r in observed.maintenance if r.is_open), default=None)
+    return min((max(r.created_at, r.not_before or 0.0) for r in observed.maintenance if r.is_open), default=None)
 
 
 def _profile(row: ProfileStatus, observed: Observed, phases: PhaseClock, counters: PassCounters) -> ProfileMetrics:
@@ -142,4 +142,5 @@ def _profile(row: ProfileStatus, observed: Observed, phases: PhaseClock, counter
         started_at=row.started_at if row.pid is not None else None,
         heartbeat_at=observed.get(row.name).heartbeat_at if heartbeat_age is not None else None,
         active_agents=row.active_agents,
+        drain_deadline=history.drain_deadline if history.drain_intent else None,
         actions=tuple(counters.per_profile.get(row.name, {}).items()))

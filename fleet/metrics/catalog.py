@@ -53,8 +53,8 @@ FLEET = (
     _f("profiles_desired_running", "gauge", "Profiles fleet.yaml wants running."),
     _f("profiles_running", "gauge", "Profiles with a live gateway."),
     _f("maintenance_requests", "gauge", "Open maintenance requests (restart, update), by state.", ("state",)),
-    _f("maintenance_oldest_request_timestamp_seconds", "gauge", "When the oldest open maintenance request was made.",
-       when="no request is open"),
+    _f("maintenance_oldest_request_timestamp_seconds", "gauge", "When the longest-waiting open maintenance request "
+       "became due (made, or its not-before time passed).", when="no request is open"),
     _f("store_degraded", "gauge", "1 while the store refuses writes and the controller keeps its bookkeeping in "
        "memory."),
     _f("source_sync", "gauge", "Whether the fleet runs what the followed git branch says: 1 for the current status.",
@@ -89,6 +89,8 @@ PROFILE = (
        when="no gateway runs"),
     _f("profile_last_heartbeat_timestamp_seconds", "gauge", "When the live gateway last wrote its state file.",
        ("profile",), when="no heartbeat from the live gateway"),
+    _f("profile_drain_deadline_timestamp_seconds", "gauge", "When the drain under way ends in a kill if the gateway "
+       "has not stopped.", ("profile",), when="no drain is under way"),
     _f("profile_active_agents", "gauge", "Conversations the gateway serves now, as it reports them.", ("profile",),
        when="the gateway does not report it"),
     _f("profile_actions_total", "counter", "Actions executed on the profile since the controller started, by kind.",

@@ -166,5 +166,6 @@ _PROFILE: dict[str, Callable[[_Writer, ProfileMetrics, str], None]] = {
     "profile_start_time_seconds": lambda w, p, lab: w.add(p.started_at, lab),
     "profile_last_heartbeat_timestamp_seconds": lambda w, p, lab: w.add(p.heartbeat_at, lab),
     "profile_active_agents": lambda w, p, lab: w.add(p.active_agents, lab),
+    "profile_drain_deadline_timestamp_seconds": lambda w, p, lab: w.add(p.drain_deadline, lab),
     "profile_actions_total": lambda w, p, lab: w.counts("kind", catalog.ACTION_KINDS, p.actions, lab),
 }

@@ -21,6 +21,7 @@ class ProfileMetrics:
     started_at: float | None = None
     heartbeat_at: float | None = None
     active_agents: int | None = None
+    drain_deadline: float | None = None
     actions: tuple[tuple[str, int], ...] = ()  # (kind, count); kinds not listed count 0
 
 
