@@ -16,6 +16,8 @@ HEADLINE = {
     "reclaim": "will have its record reclaimed", "replace": "will be replaced", "drain": "will be drained",
     "kill": "will be killed", "wait": "waits", "conflict": "is blocked", "keep": "is unchanged",
 }
+# A profile a native service owns: not a surprise but a step of its own (`hermes-fleet takeover P`).
+TAKEOVER_HEADLINE = "is left to its native service until taken over"
 LEGEND = "  + spawn   ~ adopt/update/reclaim (records only)   -/+ replace   - drain   ! kill   > wait   ? conflict"
 
 
@@ -81,7 +83,7 @@ def _actions_text(report: PlanReport) -> list[str]:
                 f"{report.running} profile(s) running."]
     out = ["hermes-fleet will perform the following actions:", LEGEND, ""]
     for r in report.changes:
-        out.extend(_block(r, report.generated_at))
+        out.extend(_block(r, report.generated_at, applyable=report.applyable))
         out.append("")
     return out
 
@@ -108,12 +110,15 @@ def _wait_text(r: ActionReport) -> str:
     return r.action.message or r.action.reason
 
 
-def _block(r: ActionReport, now: float) -> list[str]:
+def _block(r: ActionReport, now: float, *, applyable: bool = True) -> list[str]:
     a = r.action
-    lines = [f"  # {a.profile} {HEADLINE[a.kind]} ({a.reason.replace('_', ' ')})",
+    headline = TAKEOVER_HEADLINE if r.takeover else HEADLINE[a.kind]
+    lines = [f"  # {a.profile} {headline} ({a.reason.replace('_', ' ')})",
              f"  {SYMBOLS[a.kind]:<3} {a.profile:<12} {_detail(r, now)}".rstrip()]
     if a.message:
         lines.append(f"      note: {a.message}")
+    if r.takeover:
+        lines.append(f"      take over: {r.takeover}" + ("" if applyable else " (apply refuses until then)"))
     lines.extend(_change_lines(r.changes))
     if r.waits_for:
         lines.append("      waits for: " + " · ".join(f"{g.gate} ({g.detail})" if g.detail else g.gate
@@ -146,6 +151,7 @@ def _action_json(r: ActionReport) -> dict:
         "spec_hash": {"running": r.running_hash, "desired": r.desired_hash},
         "diff": [_change_json(c) for c in r.changes],
         "gates": [{"gate": g.gate, "open": g.open, "detail": g.detail} for g in a.gates],
+        **({"takeover": r.takeover} if r.takeover else {}),
     }
 
 

@@ -4,13 +4,14 @@ fleet/cli/render_plan.py only format this value."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fleet.controller.preview import Preview
 from fleet.observe.model import ProfileObservation, Verdict
 from fleet.plan.fielddiff import FieldChange, diff_specs
 from fleet.maintenance.model import Gate
-from fleet.plan.model import Action, Check, Stage
+from fleet.plan.model import Action, Check, Reason, Stage
+from fleet.service.native_units import release_command, takeover_command
 
 # Sources of a live process found without a record: by its command line (started by hand), or by the
 # markers a gateway of ours carries (its record was lost).
@@ -37,6 +38,7 @@ class ActionReport:
     pending_until: float | None  # not_before, while it is still ahead
     drain_timeout: float | None  # a beginning drain: how long it may take before the kill
     waits_for: tuple[Gate, ...]  # the closed gates
+    takeover: str | None = None  # a profile a native service owns: the command that hands it to the fleet
 
 
 @dataclass(frozen=True)
@@ -117,8 +119,17 @@ def _waiting(changes: tuple[ActionReport, ...]) -> tuple[ActionReport, ...]:
 
 
 def _checks(pv: Preview, profile: str | None) -> tuple[Check, ...]:
-    """The fleet-wide checks, and the shown profile's."""
-    return tuple(c for c in pv.checks if profile is None or c.profile in (None, profile))
+    """The fleet-wide checks, and the shown profile's; a profile a native service owns is told how to take it
+    over."""
+    return tuple(_with_takeover_hint(c) for c in pv.checks if profile is None or c.profile in (None, profile))
+
+
+def _with_takeover_hint(c: Check) -> Check:
+    if c.code != Reason.OWNED_BY_NATIVE_SERVICE or not c.profile:
+        return c
+    return replace(c, hint=f"take it over: {takeover_command(c.profile)}; give it back later: "
+                           f"{release_command(c.profile)}; or remove the service with hermes gateway uninstall, "
+                           "or drop the profile from fleet.yaml")
 
 
 def _native_services(pv: Preview) -> tuple[Check, ...]:
@@ -134,6 +145,7 @@ def _action_report(pv: Preview, a: Action) -> ActionReport:
         desired_hash=desired.spec_hash if desired else None,
         pending_until=a.not_before if a.not_before and a.not_before > now else None,
         drain_timeout=_drain_timeout(pv, a), waits_for=tuple(g for g in a.gates if not g.open),
+        takeover=takeover_command(a.profile) if a.reason == Reason.OWNED_BY_NATIVE_SERVICE else None,
     )
 
 
