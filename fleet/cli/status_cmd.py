@@ -16,7 +16,7 @@ from fleet.cli.common import (
 from fleet.cli.controller_client import NO_CONTROLLER_HINT
 from fleet.cli.render_plan import utc
 from fleet.cli.source_cmd import source_json, source_summary
-from fleet.controller.status import FleetStatus, ProfileStatus, fleet_status, hold_note
+from fleet.controller.status import FleetStatus, Phase, ProfileStatus, fleet_status, hold_note
 from fleet.observe.model import ProfileObservation
 from fleet.platform import current_platform
 from fleet.spec.durations import format_duration, parse_duration
@@ -180,14 +180,24 @@ def profile_table(st: FleetStatus, rows: list[ProfileStatus], now: float) -> lis
         table.append((p.name, p.phase, p.sync, str(p.pid or "-"),
                       _fmt_age(now - p.started_at) if p.started_at else "-", _restarts(st, p, now),
                       p.last_exit or "-", _fmt_age(p.heartbeat_age),
-                      "-" if p.active_agents is None else str(p.active_agents), p.note))
+                      "-" if p.active_agents is None else str(p.active_agents), _note(st, p, now)))
     return table
+
+
+def _note(st: FleetStatus, p: ProfileStatus, now: float) -> str:
+    """What the profile waits on; while it drains, also how long it has been draining and how much is left."""
+    h = st.observed.get(p.name).history
+    if p.phase not in (Phase.DRAINING, Phase.REMOVING) or h.drain_started is None:
+        return p.note
+    progress = f"draining {format_duration(max(0, round(now - h.drain_started)))}"
+    if h.drain_deadline is not None:
+        progress += f", kill in {format_duration(max(0, round(h.drain_deadline - now)))}"
+    return f"{p.note} [{progress}]" if p.note else f"[{progress}]"
 
 
 def _restarts(st: FleetStatus, p: ProfileStatus, now: float) -> str:
     """`3 (2m ago)` as kubectl prints it: the count, and how long ago the last exit was."""
-    obs = st.observed.profiles.get(p.name)
-    last_exit = obs.history.last_exit_at if obs is not None else None
+    last_exit = st.observed.get(p.name).history.last_exit_at
     if not p.restarts or last_exit is None:
         return str(p.restarts)
     return f"{p.restarts} ({format_duration(max(0, round(now - last_exit)))} ago)"
