@@ -95,6 +95,15 @@ def fleet_state(state_dir: str | None, file: Path) -> StateDir:
     return state
 
 
+def file_stamp(path: str | os.PathLike) -> tuple[int, int, int] | None:
+    """(inode, mtime in ns, size) of a file, None while it is missing: what tells a change without reading."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def columns(table: Sequence[tuple[str, ...]], right: Collection[int] = frozenset()) -> list[str]:
     """Rows of a table, each column as wide as its widest cell, two spaces apart; the last one unpadded."""
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
 import typer
 
 from fleet.cli.common import (
-    FileLongOption, FileOption, OutputOption, StateDirOption, check_output, columns, emit_json, fail, fleet_state,
-    state_for,
+    FileLongOption, FileOption, OutputOption, StateDirOption, check_output, columns, emit_json, fail, file_stamp,
+    fleet_state, state_for,
 )
 from fleet.cli.render_plan import utc
-from fleet.store.db import Store
+from fleet.store.db import JournalEntry, Store
+from fleet.store.layout import StateDir
 
 
 def logs(
@@ -76,38 +79,84 @@ def _print_log(path: Path, lines: int, follow: bool) -> None:
 
 
 def events(
-    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new events."),
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new events, until Ctrl-C."),
     profile: str | None = typer.Option(None, "--profile", help="Only this profile's events."),
     output: str = OutputOption,
     limit: int = typer.Option(50, "-n", "--lines", help="How many of the latest events to print first."),
     state_dir: str | None = StateDirOption,
     file: Path = FileLongOption,
 ) -> None:
-    """The journal: every action the controller took and every exit it saw."""
+    """The journal: every action the controller took and every exit it saw, oldest first.
+
+    With -f, also each new event as the controller records it (the store is looked at five
+    times a second, a stat call each). With -o json: NDJSON, one object per line, written out
+    at once so `events -f -o json | jq` runs live. Each has the same keys: id (grows), at
+    (ISO-8601, UTC), at_unix (seconds since 1970), epoch (the controller start that wrote
+    it), profile (null for the fleet), kind, message and data (null or an object). Secrets
+    are masked in message and data, as in every output."""
     check_output(output)
     state = fleet_state(state_dir, file)
-    last = 0
     try:
-        while True:
-            store = Store(state.db, readonly=True)
-            try:
-                batch = store.events(after_id=last, profile=profile, limit=limit if last == 0 else 1000)
-            finally:
-                store.close()
-            for e in batch:
-                last = e.id
-                if output == "json":
-                    import json
-                    typer.echo(json.dumps({"id": e.id, "at": utc(e.at), "epoch": e.epoch, "profile": e.profile,
-                                           "kind": e.kind, "message": e.message, "data": e.data}))
-                else:
-                    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at))
-                    typer.echo(f"{stamp} {e.profile or '-':<12} {e.kind:<18} {e.message}")
-            if not follow:
-                return
-            time.sleep(0.5)
+        batch, last = _latest_events(state, profile, limit)
+        _print_events(batch, output)
+        while follow:
+            _wait_for_store(state)
+            batch = _events_after(state, profile, last)
+            if batch:
+                last = batch[-1].id
+            _print_events(batch, output)
     except KeyboardInterrupt:
         return
+    except BrokenPipeError:  # the reader went away (`| head`): done, without a message at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _latest_events(state: StateDir, profile: str | None, limit: int) -> tuple[list[JournalEntry], int]:
+    """The latest `limit` events, and the newest id of the journal (-f goes on after it, also with -n 0)."""
+    store = Store(state.db, readonly=True)
+    try:
+        newest = store.events(limit=1)
+        batch = store.events(profile=profile, limit=limit)  # a row recorded in between is in it: max below
+        return batch, max([e.id for e in newest + batch[-1:]], default=0)
+    finally:
+        store.close()
+
+
+def _events_after(state: StateDir, profile: str | None, last: int) -> list[JournalEntry]:
+    store = Store(state.db, readonly=True)
+    try:
+        # Every row after `last` (-1: SQLite's "no limit"); the journal is bounded by its retention, and a
+        # burst must not lose its first rows.
+        return store.events(after_id=last, profile=profile, limit=-1)
+    finally:
+        store.close()
+
+
+def _wait_for_store(state: StateDir, most: float = 2.0) -> None:
+    """Until fleet.db or its WAL changed (every commit touches one), or `most` seconds passed."""
+    wal = state.db.with_name(state.db.name + "-wal")
+    before = (file_stamp(state.db), file_stamp(wal))
+    deadline = time.monotonic() + most
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if (file_stamp(state.db), file_stamp(wal)) != before:
+            return
+
+
+def event_json(e: JournalEntry) -> dict:
+    return {"id": e.id, "at": utc(e.at), "at_unix": e.at, "epoch": e.epoch, "profile": e.profile, "kind": e.kind,
+            "message": e.message, "data": e.data}
+
+
+def _print_events(batch: list[JournalEntry], output: str) -> None:
+    for e in batch:
+        if output == "json":
+            typer.echo(json.dumps(event_json(e), default=str))  # echo flushes: one line reaches a pipe at once
+        else:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at))
+            typer.echo(f"{stamp} {e.profile or '-':<12} {e.kind:<18} {e.message}")
 
 
 def history(
@@ -143,7 +192,6 @@ def _short_revision(revision: str) -> str:
 
 
 def _summary(raw: str | None) -> dict | None:
-    import json
     try:
         value = json.loads(raw) if raw else None
     except ValueError:

@@ -16,10 +16,10 @@ from fleet.cli.common import (
 from fleet.cli.controller_client import NO_CONTROLLER_HINT
 from fleet.cli.render_plan import utc
 from fleet.cli.source_cmd import source_json, source_summary
-from fleet.controller.status import FleetStatus, ProfileStatus, fleet_status, hold_note
+from fleet.controller.status import FleetStatus, Phase, ProfileStatus, fleet_status, hold_note
 from fleet.observe.model import ProfileObservation
 from fleet.platform import current_platform
-from fleet.spec.durations import format_duration
+from fleet.spec.durations import format_duration, parse_duration
 from fleet.spec.model import ProfileSpec
 from fleet.spec.secrets import mask_argv
 from fleet.store.db import Store
@@ -33,6 +33,10 @@ def _fmt_age(seconds: float | None) -> str:
 def status(
     profiles: list[str] = typer.Argument(None, help="Only these profiles."),
     deep: bool = typer.Option(False, "--deep", help="Per-probe PASS/FAIL checklist for each profile."),
+    watch: bool = typer.Option(False, "-w", "--watch",
+                               help="Keep showing the fleet, redrawn when it changes, until Ctrl-C or q."),
+    interval: str = typer.Option("2s", "--interval",
+                                 help="With --watch: recompute at least this often (ages move); more than 0, e.g. 0.5, 2s."),
     output: str = OutputOption,
     state_dir: str | None = StateDirOption,
     file: Path = FileOption,
@@ -42,27 +46,68 @@ def status(
     With a followed git source (`source set`), also the source: the last fetched and applied
     commits, when, whether the fleet runs the branch's commit, and a commit that failed.
 
+    RESTARTS: how often the controller started the gateway again (after a crash, a
+    replacement or `restart`), and how long ago its last exit was, as kubectl shows it:
+    `3 (2m ago)`.
+
     Exit 0 when every profile is where the manifest wants it, 1 otherwise (a profile held
     stopped by `stop` or `down` included, or when no controller runs), 2 on error. A failed
     commit of the source does not change it: `source show` exits 1 for that.
+
+    With -w/--watch, one process keeps the view current: it looks at the state directory
+    five times a second (file times and sizes, no query), recomputes the view when something
+    changed, and at least every --interval so ages move. It only reads, so it works without
+    a controller too. It ends with exit 0 on q, Ctrl-C, SIGTERM or SIGHUP.
+
+    On a terminal, --watch fills the screen (the alternate screen, restored at the end) with
+    the table and the latest events under it. Keys: q quits, r or space redraws.
+
+    When stdout is not a terminal (a pipe, a file), --watch prints plain lines, never escape
+    codes: a frame each time something other than an age changed, as a `--- <date time>`
+    line and then what `status` prints. With -o json it prints NDJSON: one line per frame,
+    each the object `status -o json` prints.
     """
     check_output(output)
+    if watch:
+        if deep:
+            fail("--deep cannot be combined with --watch")
+        every = _interval(interval)
     state = fleet_state(state_dir, file)
     now = time.time()
     st = fleet_status(state, current_platform(), now, scan=deep)
-    rows = [p for p in st.profiles if not profiles or p.name in profiles]
-    unknown = set(profiles or []) - {p.name for p in st.profiles}
-    if unknown:
-        fail(f"unknown profile(s): {', '.join(sorted(unknown))}")
+    rows = selected(st, profiles)
+    if watch:
+        from fleet.cli.watch import watch_status
+
+        raise typer.Exit(watch_status(state, profiles or [], every, output, first=(st, now)))
     if output == "json":
-        emit_json(_status_json(state, st, rows, now, deep))
+        emit_json(status_json(state, st, rows, now, deep))
     else:
         _print_status(state, st, rows, now, deep)
     ok = st.controller.running and st.converged and not st.held
     raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
 
 
-def _status_json(state: StateDir, st: FleetStatus, rows: list[ProfileStatus], now: float, deep: bool) -> dict:
+def _interval(text: str) -> float:
+    """--interval: a duration (0.5, 2s, 500ms), more than zero."""
+    try:
+        seconds = parse_duration(float(text) if text.replace(".", "", 1).isdigit() else text)
+    except ValueError as exc:
+        fail(f"--interval: {exc}")
+    if seconds <= 0:
+        fail(f"--interval must be more than 0; got {text!r}")
+    return seconds
+
+
+def selected(st: FleetStatus, profiles: list[str] | None) -> list[ProfileStatus]:
+    """The rows of the profiles asked for (all without a list); an unknown name is an error."""
+    unknown = set(profiles or []) - {p.name for p in st.profiles}
+    if unknown:
+        fail(f"unknown profile(s): {', '.join(sorted(unknown))}")
+    return [p for p in st.profiles if not profiles or p.name in profiles]
+
+
+def status_json(state: StateDir, st: FleetStatus, rows: list[ProfileStatus], now: float, deep: bool) -> dict:
     ctl = st.controller
     return {
         "format_version": "1.0", "kind": "status", "generated_at": utc(now),
@@ -91,8 +136,7 @@ def _profile_json(p: ProfileStatus, now: float) -> dict:
 
 
 def _print_status(state: StateDir, st: FleetStatus, rows: list[ProfileStatus], now: float, deep: bool) -> None:
-    _print_fleet_lines(st, now)
-    for line in columns(_profile_table(rows, now), right={3, 5, 8}):
+    for line in fleet_lines(st, now) + table_lines(st, rows, now):
         typer.echo(line)
     if deep:
         for p in rows:
@@ -101,33 +145,62 @@ def _print_status(state: StateDir, st: FleetStatus, rows: list[ProfileStatus], n
                 typer.echo(f"  [{check['result']}] {check['probe']}: {check['detail']}")
 
 
-def _print_fleet_lines(st: FleetStatus, now: float) -> None:
-    """The controller, the store's health and a fleet-wide `down`, above the table."""
+def fleet_lines(st: FleetStatus, now: float) -> list[str]:
+    """The controller, the store's health, the source and a fleet-wide `down`, above the table."""
     ctl = st.controller
     if ctl.running:
-        typer.echo(f"controller: running (pid {ctl.pid}, epoch {ctl.epoch}) generation {ctl.generation}, "
-                   f"observed {ctl.observed_generation}" + ("" if st.converged else " — converging"))
+        lines = [f"controller: running (pid {ctl.pid}, epoch {ctl.epoch}) generation {ctl.generation}, "
+                 f"observed {ctl.observed_generation}" + ("" if st.converged else " — converging")]
     else:
-        typer.echo(f"controller: NOT RUNNING — {NO_CONTROLLER_HINT}")
+        lines = [f"controller: NOT RUNNING — {NO_CONTROLLER_HINT}"]
     if ctl.store_degraded:
-        typer.echo(f"store degraded: {ctl.store_degraded}")
+        lines.append(f"store degraded: {ctl.store_degraded}")
     if st.source is not None:
-        for line in source_summary(st.source, now):
-            typer.echo(line)
+        lines += source_summary(st.source, now)
     downs = [p.hold for p in st.profiles if p.hold is not None and p.hold.by == "down"]
     if downs:
         first = min(downs, key=lambda h: h.since or now)
-        typer.echo(f"fleet: {hold_note(first, now, 'PROFILE...')} ({len(downs)} profile(s))")
+        lines.append(f"fleet: {hold_note(first, now, 'PROFILE...')} ({len(downs)} profile(s))")
+    return lines
 
 
-def _profile_table(rows: list[ProfileStatus], now: float) -> list[tuple[str, ...]]:
-    table: list[tuple[str, ...]] = [("PROFILE", "PHASE", "SYNC", "PID", "UP", "RESTARTS", "LAST EXIT", "BEAT", "ACTIVE",
-                                     "NOTE")]
+PROFILE_COLUMNS = ("PROFILE", "PHASE", "SYNC", "PID", "UP", "RESTARTS", "LAST EXIT", "BEAT", "ACTIVE", "NOTE")
+PHASE_COLUMN = PROFILE_COLUMNS.index("PHASE")
+TABLE_RIGHT = frozenset(PROFILE_COLUMNS.index(c) for c in ("PID", "RESTARTS", "ACTIVE"))  # numbers, right-aligned
+
+
+def table_lines(st: FleetStatus, rows: list[ProfileStatus], now: float) -> list[str]:
+    """The profile table: a header, then a row per profile, aligned."""
+    return columns(profile_table(st, rows, now), right=TABLE_RIGHT)
+
+
+def profile_table(st: FleetStatus, rows: list[ProfileStatus], now: float) -> list[tuple[str, ...]]:
+    table: list[tuple[str, ...]] = [PROFILE_COLUMNS]
     for p in rows:
         table.append((p.name, p.phase, p.sync, str(p.pid or "-"),
-                      _fmt_age(now - p.started_at) if p.started_at else "-", str(p.restarts), p.last_exit or "-",
-                      _fmt_age(p.heartbeat_age), "-" if p.active_agents is None else str(p.active_agents), p.note))
+                      _fmt_age(now - p.started_at) if p.started_at else "-", _restarts(st, p, now),
+                      p.last_exit or "-", _fmt_age(p.heartbeat_age),
+                      "-" if p.active_agents is None else str(p.active_agents), _note(st, p, now)))
     return table
+
+
+def _note(st: FleetStatus, p: ProfileStatus, now: float) -> str:
+    """What the profile waits on; while it drains, also how long it has been draining and how much is left."""
+    h = st.observed.get(p.name).history
+    if p.phase not in (Phase.DRAINING, Phase.REMOVING) or h.drain_started is None:
+        return p.note
+    progress = f"draining {format_duration(max(0, round(now - h.drain_started)))}"
+    if h.drain_deadline is not None:
+        progress += f", kill in {format_duration(max(0, round(h.drain_deadline - now)))}"
+    return f"{p.note} [{progress}]" if p.note else f"[{progress}]"
+
+
+def _restarts(st: FleetStatus, p: ProfileStatus, now: float) -> str:
+    """`3 (2m ago)` as kubectl prints it: the count, and how long ago the last exit was."""
+    last_exit = st.observed.get(p.name).history.last_exit_at
+    if not p.restarts or last_exit is None:
+        return str(p.restarts)
+    return f"{p.restarts} ({format_duration(max(0, round(now - last_exit)))} ago)"
 
 
 def _deep_checks(state: StateDir, st: FleetStatus, name: str) -> list[dict]:
