@@ -80,6 +80,15 @@ def test_free_text_masks_assignments_flags_and_known_values():
         "output_tail": f"token: {MASK}", "API_KEY": MASK, "n": 3}
 
 
+@pytest.mark.parametrize("text", [
+    "failed: DB_PASSWD=foo2bar", "spawn failed: OSError: token=foo2bar", "a: b: c=API_KEY=foo2bar",
+    "note: password: foo2bar", "exit: --token foo2bar", "cmd=--api-key=foo2bar",
+])
+def test_an_assignment_inside_a_harmless_value_is_masked_too(text):
+    """A harmless `name: ` or `name=` in front must not hide the secret assignment that is its value."""
+    assert "foo2bar" not in mask_text(text)
+
+
 def spec_with(env: dict, command: tuple[str, ...]):
     return profile_spec("p", driver="process", env=env, command=command)
 

@@ -239,8 +239,6 @@ def test_events_json_is_ndjson_with_stable_keys_and_masked_secrets(recorded):
     assert run("events", "-o", "json", "-n", "0", "--state-dir", str(recorded.root)).output == ""
 
 
-@pytest.mark.xfail(strict=True, reason="fleet/spec/secrets.py: in free text, `word: ` before an assignment is taken "
-                   "as the assignment (name `word`), so the secret one after it is not masked")
 def test_events_json_masks_an_assignment_after_a_colon(recorded):
     store = Store(recorded.db)
     try:

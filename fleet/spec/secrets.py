@@ -57,9 +57,10 @@ _PEM_BLOCK = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----.*?(?:
 _WEBHOOK_HOSTS = ("hooks.slack.com", "discord.com", "discordapp.com", "outlook.office.com", "webhook.office.com",
                   "chat.googleapis.com", "api.telegram.org")
 _ASSIGNMENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
-# NAME=value or NAME: value inside free text, where NAME is secret-looking.
+# NAME=value or NAME: value inside free text, where NAME is secret-looking. A bare value never ends in ':' (taken
+# whole, atomically): in `note: password: x` the `password: x` is the assignment, not `note: password:`.
 _ASSIGNMENT = re.compile(r"(?P<name>(?<![A-Za-z0-9_\-])-{0,2}[A-Za-z_][A-Za-z0-9_.\-]*)(?P<sep>\s*[=:]\s*)"
-                         r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;&\"']+)")
+                         r"(?P<value>\"[^\"]*\"|'[^']*'|(?>[^\s,;&\"']+)(?<!:))")
 # --name value inside free text (a command line quoted in a message).
 _FLAG_VALUE = re.compile(r"(?<!\S)(?P<name>--[A-Za-z][A-Za-z0-9_\-]*)(?P<sep>\s+)"
                          r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s\-\"'][^\s]*)")
@@ -159,10 +160,11 @@ def mask_text(text: str, known: Iterable[str] = ()) -> str:
     text = _URL.sub(lambda m: MASK if _url_carries_credentials(m.group(0)) else m.group(0), text)
 
     def assignment(m: re.Match) -> str:
-        name, sep = m.group("name"), m.group("sep")
-        if secret_name(name.lstrip("-")) and m.group("value") != MASK:
+        name, sep, value = m.group("name"), m.group("sep"), m.group("value")
+        if secret_name(name.lstrip("-")) and value != MASK:
             return f"{name}{sep}{MASK}"
-        return m.group(0)
+        # `failed: DB_PASSWD=x`: the value of a harmless name may hold the assignment (strictly shorter: ends)
+        return f"{name}{sep}{_ASSIGNMENT.sub(assignment, value)}"
 
     return _FLAG_VALUE.sub(assignment, _ASSIGNMENT.sub(assignment, text))
 
