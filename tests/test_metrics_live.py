@@ -58,6 +58,9 @@ def test_a_controller_serves_its_fleet_and_writes_the_textfile(fleet):
     assert sample(samples, "hermes_fleet_profile_up", profile="alpha") == 1
     assert sample(samples, "hermes_fleet_profile_actions_total", profile="alpha", kind="spawn") == 1
     assert sample(samples, "hermes_fleet_desired_generation") == sample(samples, "hermes_fleet_observed_generation")
+    shown = fleet.cli("status", with_file=False)
+    assert f"metrics: {url}/metrics" in shown.stdout and f"metrics textfile: {textfile}" in shown.stdout
+    assert fleet.status()["controller"]["metrics"]["listen"] == url.removeprefix("http://")
 
     pid = fleet.pid("alpha")
     fleet.kill9(pid)
@@ -88,6 +91,7 @@ def test_a_taken_port_is_reported_and_never_stops_the_fleet(fleet):
         state = wait_until(lambda: metrics_state(fleet).get("listen_error") and metrics_state(fleet), timeout=10,
                            what="the listener's error in .metrics.json")
         assert "in use" in state["listen_error"] and str(port) in state["listen_error"]
+        assert f"metrics: NOT SERVED — metrics on 127.0.0.1:{port}" in fleet.cli("status", with_file=False).stdout
         assert [e for e in fleet.journal() if e.kind == "metrics_error"]
         assert fleet.profiles()["alpha"]["phase"] == "Running"
 

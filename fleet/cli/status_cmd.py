@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import typer
@@ -24,6 +25,7 @@ from fleet.spec.model import ProfileSpec
 from fleet.spec.secrets import mask_argv
 from fleet.store.db import Store
 from fleet.store.layout import StateDir
+from fleet.store.metrics_state import EndpointState
 
 
 def _fmt_age(seconds: float | None) -> str:
@@ -114,7 +116,8 @@ def status_json(state: StateDir, st: FleetStatus, rows: list[ProfileStatus], now
         "controller": {"pid": ctl.pid, "running": ctl.running, "epoch": ctl.epoch, "version": ctl.version,
                        "since": utc(ctl.since), "generation": ctl.generation,
                        "observed_generation": ctl.observed_generation, "converged": st.converged,
-                       "store_degraded": ctl.store_degraded},
+                       "store_degraded": ctl.store_degraded,
+                       "metrics": None if ctl.metrics is None else asdict(ctl.metrics)},
         "source": source_json(st.source) if st.source is not None else None,
         "profiles": [{
             **_profile_json(p, now),
@@ -155,12 +158,28 @@ def fleet_lines(st: FleetStatus, now: float) -> list[str]:
         lines = [f"controller: NOT RUNNING — {NO_CONTROLLER_HINT}"]
     if ctl.store_degraded:
         lines.append(f"store degraded: {ctl.store_degraded}")
+    lines += metrics_lines(ctl.metrics)
     if st.source is not None:
         lines += source_summary(st.source, now)
     downs = [p.hold for p in st.profiles if p.hold is not None and p.hold.by == "down"]
     if downs:
         first = min(downs, key=lambda h: h.since or now)
         lines.append(f"fleet: {hold_note(first, now, 'PROFILE...')} ({len(downs)} profile(s))")
+    return lines
+
+
+def metrics_lines(endpoint: EndpointState | None) -> list[str]:
+    """Where the controller serves its metrics, or why it does not (docs/observability.md)."""
+    if endpoint is None:
+        return []
+    lines = []
+    if endpoint.listen:
+        lines.append(f"metrics: http://{endpoint.listen}/metrics")
+    if endpoint.listen_error:
+        lines.append(f"metrics: NOT SERVED — {endpoint.listen_error}")
+    if endpoint.textfile:
+        lines.append(f"metrics textfile: {endpoint.textfile}" +
+                     (f" — NOT WRITTEN: {endpoint.textfile_error}" if endpoint.textfile_error else ""))
     return lines
 
 
