@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # loaded only when a manifest asks for metrics
 
 TEXTFILE_EVERY = 60.0  # the textfile is rewritten at least this often, so its mtime tells a live controller
 STARTING_POLL = 1.0
+STARTING_POLL_FOR = 60.0  # a gateway that never says it runs is not looked at every second forever
 RETRY_SECONDS = 30.0  # a listener that could not bind (port taken) is tried again this often
 MIN_ALIVE_SECONDS = 60.0  # /healthz: the next pass is due within 3x the loop's wait, and never sooner than this
 
@@ -73,11 +74,11 @@ class Telemetry:
 
     def bound(self, timeout: float, now: float) -> float:
         """The loop waits no longer than the textfile may go unwritten, and while a gateway starts it looks
-        again every STARTING_POLL seconds: its Running (and the fleet's converged) is written by the gateway,
-        which wakes no one."""
+        again every STARTING_POLL seconds for its first minute: its Running (and the fleet's converged) is
+        written by the gateway, which wakes no one."""
         if not self.spec.enabled:
             return timeout
-        if any(phase == "Starting" for phase, _ in self.phases.since.values()):
+        if any(phase == "Starting" and now - since < STARTING_POLL_FOR for phase, since in self.phases.since.values()):
             timeout = min(timeout, STARTING_POLL)
         if self.spec.textfile and self.textfile_at is not None:
             timeout = min(timeout, max(0.0, self.textfile_at + TEXTFILE_EVERY - now))
