@@ -133,8 +133,9 @@ def pid_record(name: str, *, pid: int = 4242, started_at: float = NOW - 3600.0, 
 
 
 def status(state: str = "running", active: int | None = 0, updated_at: float | None = NOW - 5.0,
-           exit_reason: str | None = None) -> GatewayStatus:
-    return GatewayStatus(state=state, active=active, updated_at=updated_at, exit_reason=exit_reason)
+           exit_reason: str | None = None, pid: int | None = None) -> GatewayStatus:
+    """Hermes' gateway_state.json as read; `pid` is the process that wrote it (None: not named)."""
+    return GatewayStatus(state=state, active=active, updated_at=updated_at, exit_reason=exit_reason, pid=pid)
 
 
 def restart_request(profile: str, *, kind: str = "restart", created_at: float = NOW - 1.0, id: int = 1,

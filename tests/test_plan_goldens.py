@@ -110,7 +110,8 @@ SCENARIOS = {
                                                                     inventory=inventory("alpha", "beta")),
                                             previous=(ALPHA, B), new_generation=True),
     "drain_stop_phase": Scenario(fleet_spec(STOPPED), observed(running(ALPHA, history=_draining(
-        "alpha", "stop", "desired_stopped"), status=status("draining", 0))), previous=(STOPPED,)),
+        "alpha", "stop", "desired_stopped"), status=status("draining", 0, updated_at=NOW - 1.0))),
+        previous=(STOPPED,)),
     "kill_wedged": Scenario(fleet_spec(ALPHA), observed(running(ALPHA, heartbeat_at=NOW - 200))),
     "kill_drain_timeout": Scenario(fleet_spec(STOPPED), observed(running(ALPHA, history=_draining(
         "alpha", "stop", "desired_stopped", drain_deadline=NOW))), previous=(STOPPED,)),

@@ -6,6 +6,7 @@ the way the observer builds them:
   no action survives its own effect;
 - never spawn beside a live identity;
 - never signal (drain, kill, replace) a process that failed identity;
+- a Hermes gateway's planned stop follows only its answer to the drain: idle under the drain;
 - determinism: same inputs (in any dict order) -> identical Plan and Plan.render();
 - sibling independence: changing one profile's observation never changes another's action kind
   or reason, except through stagger (not_before) and the maintenance budget.
@@ -67,8 +68,11 @@ IDENTITIES = [("none", None)] * 3 + [("alive", "record")] * 8 + [
     ("none", "hermes_pidfile"), ("none", "env_marker"), ("none", "cmdline"), ("none", "match"),
     ("dead", None), ("dead", "cmdline"), ("reused", None), ("reused", "env_marker"), ("foreign", None),
     ("unrelated", None), ("unrelated", "cmdline"), ("corrupt", None), ("corrupt", "hermes_pidfile")]
+# Written at NOW - 5 unless said otherwise: between the drains begun at NOW - 10 and NOW - 1 (DRAINS).
 STATUSES = [None, status("running", 0), status("running", 2), status("draining", 0), status("stopped", 0),
-            status("starting", None)]
+            status("starting", None), status("running", 0, NOW - 0.5), status("draining", 0, NOW - 0.5),
+            status("draining", 2, NOW - 0.5), status("draining", None, NOW - 0.5),
+            status("stopped", 0, NOW - 0.5, pid=1)]
 
 
 def _desired(choice, spec_hash: str):
@@ -389,6 +393,56 @@ def test_never_signal_a_process_that_failed_identity(world):
             assert proc is not None, a.render()
             assert a.pid == proc.pid, a.render()
             assert a.pid not in untrusted_pids, a.render()
+
+
+@SETTINGS
+@given(worlds())
+def test_a_hermes_gateway_is_stopped_only_idle_under_its_drain(world):
+    """Idle means idle under a drain (issue 16): the planned stop of a Hermes gateway (or of one whose spec is
+    lost) follows only a state file that answers this drain: `draining` or `stopped`, written after the
+    request by that very gateway, with no agent work left. Never `running` with 0 agents (API runs are not
+    counted outside a drain), never an older file, never time alone."""
+    want, obs = world
+    for a in plan(want, obs, NOW).actions:
+        if a.kind not in ("drain", "replace") or a.stage != "stop":
+            continue
+        spec = want.spec.profile(a.profile) or want.previous.get(a.profile)
+        if spec is not None and spec.driver != "hermes":
+            continue
+        ob = obs.profiles[a.profile]
+        st, h = ob.status, ob.history
+        assert ob.process is not None and st is not None and h.drain_started is not None, a.render()
+        assert st.state in ("draining", "stopped") and st.active == 0, (a.render(), st)
+        assert st.updated_at is not None and st.updated_at >= h.drain_started, (a.render(), st, h.drain_started)
+        assert st.pid in (None, ob.process.pid), (a.render(), st)
+
+
+def test_every_state_file_a_hermes_drain_may_read_stops_only_when_it_answers_idle():
+    """The same rule over every combination a drain can read (exhaustive, where the worlds above rarely
+    meet one): each intent, drain begun 1 s or 30 s ago (past the old 5 s grace), every state, count, age
+    and writer of the state file."""
+    ages = {"unwritten": None, "before": -1.0, "after": +0.5}
+    for intent, reason in (("stop", "desired_stopped"), ("replace", "maintenance"), ("prune", "removed_from_manifest")):
+        spec = profile_spec("alpha", desired="stopped" if intent == "stop" else "running")
+        fleet = fleet_spec() if intent == "prune" else fleet_spec(spec)
+        want = desired(fleet, previous={"alpha": spec})
+        for started in (1.0, 30.0):
+            h = history("alpha", drain_intent=intent, drain_reason=reason, drain_pid=1000,
+                        drain_started=NOW - started, drain_deadline=NOW + 30.0)
+            for state in (None, "starting", "running", "degraded", "draining", "stopped", "startup_failed"):
+                for active in (0, 1, None):
+                    for age, offset in ages.items():
+                        for writer in (None, 1000, 999):
+                            st_ = None if state is None else status(
+                                state, active, None if offset is None else NOW - started + offset, pid=writer)
+                            ob = observation("alpha", process=live(spec, pid=1000), history=h, status=st_)
+                            inv = inventory("alpha", state="removing" if intent == "prune" else "active")
+                            [a] = plan(want, observed(ob, inventory=inv), NOW).actions
+                            answered = (state in ("draining", "stopped") and active == 0 and age == "after"
+                                        and writer in (None, 1000))
+                            assert (a.stage == "stop") == answered, (intent, started, state, active, age, writer,
+                                                                     a.render())
+                            assert a.kind in ("drain", "replace", "wait"), a.render()
 
 
 @SETTINGS

@@ -44,6 +44,10 @@ def draining(intent: str, pid: int = 4242, **kw):
     return history("alpha", **fields)
 
 
+# Hermes' answer to the drain begun at NOW - 2 (see `draining`): draining, no agent left, written after it.
+ANSWERED = status("draining", 0, updated_at=NOW - 1.0)
+
+
 def windows(*wins):
     return with_changes(A, maintenance=MaintenancePolicy(1200.0, 1, ("hermes", "update"), tuple(wins)))
 
@@ -165,16 +169,17 @@ CASES = [
      observed(running(A, request=restart_request("alpha"), status=status(active=3))),
      "alpha replace restart_requested (begin)"),
     ("replace drained (acknowledged): planned stop", ONE,
-     observed(running(A, spec_hash=OLD_HASH, history=draining("replace"), status=status("draining", 0))),
+     observed(running(A, spec_hash=OLD_HASH, history=draining("replace"), status=ANSWERED)),
      "alpha replace spec_changed (stop)"),
     # ---- drain -------------------------------------------------------------------------------
     ("desired stopped", STOPPED, observed(running(A)), "alpha drain desired_stopped (begin)"),
     ("operator stop overrides desired running", ONE,
      observed(running(A, history=history("alpha", override_desired="stopped"))), "alpha drain desired_stopped (begin)"),
     ("drain acknowledged: planned stop", STOPPED,
-     observed(running(A, history=draining("stop"), status=status("draining", 0))), "alpha drain desired_stopped (stop)"),
-    ("drain not acknowledged but idle past the grace: planned stop", STOPPED,
-     observed(running(A, history=draining("stop", drain_started=NOW - 6))), "alpha drain desired_stopped (stop)"),
+     observed(running(A, history=draining("stop"), status=ANSWERED)), "alpha drain desired_stopped (stop)"),
+    ("drain acknowledged by the gateway's own pid: planned stop", STOPPED,
+     observed(running(A, history=draining("stop"), status=status("draining", 0, updated_at=NOW - 1, pid=4242))),
+     "alpha drain desired_stopped (stop)"),
     ("drain of a process-driver gateway stops at once", fleet_spec(profile_spec("alpha", driver="process",
                                                                                 desired="stopped")),
      observed(running(profile_spec("alpha", driver="process"), history=draining("stop"))),
@@ -185,13 +190,58 @@ CASES = [
      observed(running(A), running(B, pid=5), inventory=inventory("alpha", "beta")),
      "alpha drain removed_from_manifest (begin)\nbeta keep running @+85.05"),
     ("prune resumes after a crash (inventory says removing)", fleet_spec(),
-     observed(running(A, history=draining("prune"), status=status("stopped", 0)),
+     observed(running(A, history=draining("prune"), status=status("stopped", 0, updated_at=NOW - 1)),
               inventory=inventory("alpha", state="removing")),
      "alpha drain removed_from_manifest (stop)"),
+    ("prune of a process-driver profile (its last-applied spec says so): stops at once",
+     desired(fleet_spec(B), previous={"alpha": profile_spec("alpha", driver="process")}),
+     observed(running(profile_spec("alpha", driver="process"), history=draining("prune")), running(B, pid=5),
+              inventory=inventory("alpha", "beta", state="removing")),
+     "alpha drain removed_from_manifest (stop)\nbeta keep running @+85.05"),
     ("empty manifest with --allow-empty drains", desired(fleet_spec(), allow_empty=True),
      observed(running(A), inventory=inventory("alpha")), "alpha drain removed_from_manifest (begin)"),
     # ---- wait (drains, gates, prune) ---------------------------------------------------------
     ("drain waits for the acknowledgement", STOPPED, observed(running(A, history=draining("stop"))),
+     "alpha wait draining @+1"),
+    # Idle means idle under a drain (issue 16): Hermes 0.19 persists no API-server run outside a drain, so a
+    # gateway serving a 25 s API turn says `running` with 0 active agents until it answers the drain request.
+    ("an API turn in flight: running with 0 agents from before the drain is no answer, however long", STOPPED,
+     observed(running(A, history=draining("stop", drain_started=NOW - 30), status=status("running", 0, NOW - 40))),
+     "alpha wait draining @+1"),
+    ("an unanswered drain idle past the old 5 s grace: still no stop", STOPPED,
+     observed(running(A, history=draining("stop", drain_started=NOW - 6))), "alpha wait draining @+1"),
+    ("running with 0 agents written after the request is no answer either", STOPPED,
+     observed(running(A, history=draining("stop", drain_started=NOW - 30), status=status("running", 0, NOW - 1))),
+     "alpha wait draining @+1"),
+    ("draining with 0 agents, but written before this drain's request: no answer", STOPPED,
+     observed(running(A, history=draining("stop"), status=status("draining", 0, updated_at=NOW - 3))),
+     "alpha wait draining @+1"),
+    ("stopped, written by another process (the previous gateway): no answer", STOPPED,
+     observed(running(A, history=draining("stop"), status=status("stopped", 0, updated_at=NOW - 1, pid=1111))),
+     "alpha wait draining @+1"),
+    ("answered with the API run still in flight: waits for it", STOPPED,
+     observed(running(A, history=draining("stop"), status=status("draining", 1, updated_at=NOW - 1))),
+     "alpha wait draining @+1"),
+    ("answered without a count of active agents: no stop", STOPPED,
+     observed(running(A, history=draining("stop"), status=status("draining", None, updated_at=NOW - 1))),
+     "alpha wait draining @+1"),
+    ("prune with the spec lost: a Hermes drain's rule, the answer first", fleet_spec(B),
+     observed(running(A, history=draining("prune", drain_started=NOW - 30)), running(B, pid=5),
+              inventory=inventory("alpha", "beta", state="removing")),
+     "alpha wait draining @+1\nbeta keep running @+85.05"),
+    ("maintenance restart's drain: the idle gate only began it; a stale running/0 does not end it", ONE,
+     observed(running(A, history=draining("replace", drain_reason="maintenance", drain_started=NOW - 10),
+                      status=status("running", 0, NOW - 3600)),
+              maintenance=(maintenance_request("alpha", state="draining"),)),
+     "alpha wait draining @+1"),
+    ("maintenance restart's drain answered idle: planned stop", ONE,
+     observed(running(A, history=draining("replace", drain_reason="maintenance"), status=ANSWERED),
+              maintenance=(maintenance_request("alpha", state="draining"),)),
+     "alpha replace maintenance (stop)"),
+    ("operator restart's drain with a stale running/0: waits for the answer", ONE,
+     observed(running(A, request=restart_request("alpha", created_at=NOW - 20),
+                      history=draining("replace", drain_reason="restart_requested", drain_started=NOW - 10),
+                      status=status("running", 0))),
      "alpha wait draining @+1"),
     ("drain waits for active agents", STOPPED,
      observed(running(A, history=draining("stop", drain_started=NOW - 30), status=status("draining", 2))),
@@ -267,6 +317,21 @@ CASES = [
 @pytest.mark.parametrize("fleet, obs, expected", [pytest.param(f, o, e, id=i) for i, f, o, e in CASES])
 def test_plan_table(fleet, obs, expected):
     assert plan_text(fleet, obs) == expected
+
+
+@pytest.mark.parametrize("st, note", [
+    (None, "waiting for the gateway to acknowledge the drain"),
+    (status("running", 0, NOW - 40), "waiting for the gateway to acknowledge the drain"),
+    (status("running", 3, NOW - 1), "waiting for the gateway to acknowledge the drain"),
+    (status("draining", 0, NOW - 3), "waiting for the gateway to acknowledge the drain"),
+    (status("draining", 2, NOW - 1), "2 active agent(s)"),
+    (status("draining", None, NOW - 1), "active agents unknown"),
+])
+def test_a_hermes_drain_says_what_it_waits_for(st, note):
+    """Until the gateway answers the drain its count is not shown as the reason: outside a drain it misses
+    API runs; once it answered, the agents it still runs are."""
+    [wait] = make_plan(STOPPED, observed(running(A, history=draining("stop"), status=st))).actions
+    assert (wait.kind, wait.reason, wait.message) == ("wait", "draining", note)
 
 
 def test_every_action_kind_is_covered_by_the_table():

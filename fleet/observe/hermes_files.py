@@ -68,6 +68,33 @@ def read_gateway_status(home: str) -> GatewayStatus | None:
     )
 
 
+# Hermes' states that answer a drain request: `draining` (the external drain, or its own stop), `stopped` (it
+# stopped meanwhile; nothing runs any more).
+DRAIN_ANSWERS = ("draining", "stopped")
+
+
+def drain_acknowledged(status: GatewayStatus | None, requested_at: float | None, pid: int | None) -> bool:
+    """Whether a Hermes gateway answered the drain requested at `requested_at`: its state file says so
+    (DRAIN_ANSWERS), written after the request, by the gateway `pid` (when the file names its writer).
+
+    Only such a file counts every run in `active_agents`: while draining Hermes rewrites it every second with
+    all its work (chat turns, cron jobs, API-server runs), and admits no new turn. Outside a drain it persists
+    the count only at chat-turn boundaries, so an API run leaves `running` with 0 active agents for as long as
+    it lasts (hermes-native-services section 7): that file proves nothing, nor does one written before the
+    request (a state left by an earlier drain, or another process)."""
+    if status is None or requested_at is None or status.state not in DRAIN_ANSWERS:
+        return False
+    if status.updated_at is None or status.updated_at < requested_at:
+        return False
+    return status.pid is None or pid is None or status.pid == pid
+
+
+def idle_under_drain(status: GatewayStatus | None, requested_at: float | None, pid: int | None) -> bool:
+    """Idle as far as Hermes can tell anyone: the drain requested at `requested_at` is acknowledged
+    (`drain_acknowledged`) and no agent work is left. The one read of `active_agents` a stop may follow."""
+    return drain_acknowledged(status, requested_at, pid) and status is not None and status.active == 0
+
+
 def read_contract_status(path: str) -> GatewayStatus | None:
     """The process driver's HERMES_FLEET_STATE_FILE: {updated_at, state, active_runs, last_activity_at}."""
     data = read_json(path)

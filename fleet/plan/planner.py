@@ -11,6 +11,7 @@ from typing import TypeGuard
 
 from fleet.maintenance.gates import idle_gate, window_gate
 from fleet.maintenance.model import Gate, MaintenanceRequest
+from fleet.observe import hermes_files as hf
 from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservation, Verdict
 from fleet.plan.exits import CRASH_CLASSES, TERMINAL_CLASSES
 from fleet.plan.model import (
@@ -29,9 +30,6 @@ from fleet.plan.model import (
 )
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 
-# A drain request not acknowledged by the gateway within this long (an older Hermes without
-# external drain) is followed by the planned stop anyway, if no agent is known to be active.
-DRAIN_ACK_GRACE = 5.0
 # After an action on a profile failed (any exception), that action waits this long before it is
 # tried again (the n-th consecutive failure picks the n-th entry; the last repeats). A spawn that
 # failed follows the profile's own restart backoff and start limit instead.
@@ -192,7 +190,8 @@ def _unmanaged_flow(name: str, inv, obs: ProfileObservation, desired: Desired, a
     if proc is None:
         return actions + [Action(Kind.UPDATE, name, Reason.REMOVED_FROM_MANIFEST,
                                  f"not in fleet.yaml; last applied in generation {inv.last_generation}")]
-    return actions + _stop_flow(name, None, obs, Reason.REMOVED_FROM_MANIFEST, now)
+    # Drained as its last-applied spec says: a Hermes gateway's stop waits for its acknowledged, idle drain.
+    return actions + _stop_flow(name, desired.previous.get(name), obs, Reason.REMOVED_FROM_MANIFEST, now)
 
 
 def _hands_off(name: str, spec: ProfileSpec, obs: ProfileObservation, actions: list[Action]) -> list[Action] | None:
@@ -247,25 +246,30 @@ def _continue_drain(name, spec, obs: ProfileObservation, now: float) -> list[Act
     if h.drain_signalled is not None:
         return [Action(Kind.WAIT, name, Reason.STOPPING, "planned stop sent; waiting for exit", not_before=h.drain_deadline,
                        pid=proc.pid)]
-    if _drained(spec, obs, now):
+    if _drained(spec, obs):
         kind = Kind.REPLACE if h.drain_intent == DrainIntent.REPLACE else Kind.DRAIN
         return [Action(kind, name, Reason.carried(h.drain_reason), "drained; planned stop", pid=proc.pid, stage=Stage.STOP)]
-    active = obs.status.active if obs.status else None
-    waiting = f"{active} active agent(s)" if active else "waiting for the gateway to acknowledge the drain"
-    return [Action(Kind.WAIT, name, Reason.DRAINING, waiting,
+    return [Action(Kind.WAIT, name, Reason.DRAINING, _drain_wait_note(obs),
                    not_before=min(h.drain_deadline or now + 1.0, now + 1.0), pid=proc.pid)]
 
 
-def _drained(spec, obs: ProfileObservation, now: float) -> bool:
-    """Whether the planned stop may follow the drain request: at once for a gateway that is not Hermes';
-    for Hermes once no agent is active and the gateway acknowledged the drain, or did not within the grace."""
+def _drained(spec, obs: ProfileObservation) -> bool:
+    """Whether the planned stop may follow the drain request. A gateway that is not Hermes' drains itself on
+    the stop marker: at once. A Hermes gateway (or one whose spec is lost: trust only what is proven) only
+    once idle under this very drain (hermes_files.idle_under_drain): it acknowledged the request and reports
+    no agent work. Its state file read outside a drain does not count API runs, so neither `running` with 0
+    active agents nor any time without an acknowledgement proves it idle; the deadline bounds the wait."""
     if spec is not None and spec.driver != DRIVER_HERMES:
         return True
+    return hf.idle_under_drain(obs.status, obs.history.drain_started, _gateway(obs).pid)
+
+
+def _drain_wait_note(obs: ProfileObservation) -> str:
+    """What a Hermes drain waits for: the gateway's answer to the request, then its last agents."""
     st = obs.status
-    idle = ((st.active if st else None) or 0) == 0
-    acknowledged = st is not None and st.state in ("draining", "stopped") and idle
-    unacknowledged_idle = (now - (obs.history.drain_started or now)) >= DRAIN_ACK_GRACE and idle
-    return acknowledged or unacknowledged_idle
+    if not hf.drain_acknowledged(st, obs.history.drain_started, _gateway(obs).pid) or st is None:
+        return "waiting for the gateway to acknowledge the drain"
+    return "active agents unknown" if st.active is None else f"{st.active} active agent(s)"
 
 
 def _heartbeat_stale(spec: ProfileSpec, obs: ProfileObservation, now: float) -> str | None:
