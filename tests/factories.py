@@ -12,6 +12,8 @@ Times are plain floats (seconds); NOW is a fixed instant, so nothing reads the c
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dataclasses
 
 from fleet.maintenance.model import MaintenanceRequest
@@ -24,6 +26,7 @@ from fleet.spec.model import (
     ProfileSpec, RestartPolicy,
 )
 from fleet.store.db import InventoryEntry, OperatorRequest, ProfileHistory
+from fleet.store.layout import StateDir
 from fleet.store.records import PidRecord
 
 NOW = 1_700_000_000.0
@@ -236,4 +239,24 @@ def render_relative(p: Plan, now: float = NOW) -> str:
         lines.append(line)
     return "\n".join(lines)
 
+
+def recorded_state(manifest: Path, root: Path, revision: dict | None = None) -> StateDir:
+    """A state directory at `root` whose one applied generation is `manifest`, with no controller."""
+    from fleet.spec.codec import fleet_to_dict
+    from fleet.spec.hashing import canonical_json
+    from fleet.spec.load import load_manifest
+    from fleet.store.db import Store
+    from fleet.store.layout import ensure_state_dir
+
+    loaded = load_manifest(manifest)
+    state = StateDir(root)
+    ensure_state_dir(state)
+    store = Store(state.db)
+    try:
+        store.record_generation(loaded.digest, canonical_json(fleet_to_dict(loaded.spec)),
+                                {p.name: p.prune for p in loaded.spec.profiles}, revision or {"revision": "test"},
+                                prune=True)
+    finally:
+        store.close()
+    return state
 

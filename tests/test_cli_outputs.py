@@ -13,11 +13,8 @@ from typer.testing import CliRunner
 
 from fleet.cli.main import app
 from fleet.cli.status_cmd import _proxy_keys_in_dotenv
-from fleet.spec.codec import fleet_to_dict
-from fleet.spec.hashing import canonical_json
-from fleet.spec.load import load_manifest
-from fleet.store.db import Store
-from fleet.store.layout import StateDir, ensure_state_dir
+from fleet.store.layout import StateDir
+from factories import recorded_state
 
 LONG = "a-profile-name-that-is-far-longer-than-fourteen-characters-00064"  # 64: the longest valid name
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -34,17 +31,9 @@ def recorded(tmp_path) -> tuple[Path, StateDir]:
     manifest = tmp_path / "fleet.yaml"
     manifest.write_text(yaml.safe_dump({"version": 1, "hermes": {"home": str(tmp_path / "hermes"), "command": ["true"]},
                                         "profiles": {"alpha": {}, LONG: {}}}))
-    spec = load_manifest(manifest)
-    state = StateDir(tmp_path / "state")
-    ensure_state_dir(state)
-    store = Store(state.db)
-    try:
-        store.record_generation(spec.digest, canonical_json(fleet_to_dict(spec.spec)),
-                                {p.name: p.prune for p in spec.spec.profiles},
-                                {"revision": f"main@sha1:{COMMIT}+dirty", "commit": COMMIT, "branch": "main",
-                                 "dirty": True, "path": str(manifest), "summary": {"spawn": 2}}, prune=True)
-    finally:
-        store.close()
+    state = recorded_state(manifest, tmp_path / "state", {
+        "revision": f"main@sha1:{COMMIT}+dirty", "commit": COMMIT, "branch": "main", "dirty": True,
+        "path": str(manifest), "summary": {"spawn": 2}})
     return manifest, state
 
 

@@ -19,12 +19,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from factories import recorded_state
 from fleet.cli.maintenance_cmd import API_VERSION, handle
 from fleet.maintenance import queue
 from fleet.maintenance.gates import idle_gate, window_gate
 from fleet.maintenance.model import ALL
-from fleet.spec.codec import fleet_to_dict
-from fleet.spec.hashing import canonical_json
 from fleet.spec.load import load_manifest
 from fleet.spec.model import MaintenanceWindow
 from fleet.store.db import Store
@@ -78,16 +77,7 @@ profiles:
 def state(tmp_path):
     """A state directory with one applied generation (alpha, beta, gamma) and no controller."""
     (tmp_path / "fleet.yaml").write_text(MANIFEST)
-    manifest = load_manifest(tmp_path / "fleet.yaml")
-    st = StateDir(tmp_path / "state")
-    ensure_state_dir(st)
-    s = Store(st.db)
-    try:
-        s.record_generation(manifest.digest, canonical_json(fleet_to_dict(manifest.spec)),
-                            {p.name: p.prune for p in manifest.spec.profiles}, {"revision": "test"}, prune=True)
-    finally:
-        s.close()
-    return st
+    return recorded_state(tmp_path / "fleet.yaml", tmp_path / "state")
 
 
 def open_store(state: StateDir) -> Store:

@@ -31,13 +31,11 @@ from fleet.cli.main import app
 from fleet.cli.watch import ChangeSensor, Frame, Lines, Screen, clean, crop
 from fleet.controller.status import fleet_status
 from fleet.platform import current_platform
-from fleet.spec.codec import fleet_to_dict
-from fleet.spec.hashing import canonical_json
-from fleet.spec.load import load_manifest
 from fleet.store.db import Store
-from fleet.store.layout import StateDir, ensure_state_dir
+from fleet.store.layout import StateDir
 from fleet_harness import alive, create_time, fleet  # noqa: F401
 from helpers import reaper, wait_until  # noqa: F401
+from factories import recorded_state
 
 LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process model")
 TMUX = shutil.which("tmux")
@@ -57,16 +55,7 @@ def recorded(tmp_path) -> StateDir:
     manifest = tmp_path / "fleet.yaml"
     manifest.write_text(yaml.safe_dump({"version": 1, "hermes": {"home": str(tmp_path / "hermes"), "command": ["true"]},
                                         "profiles": {"alpha": {}, "beta": {}}}))
-    spec = load_manifest(manifest)
-    state = StateDir(tmp_path / "state")
-    ensure_state_dir(state)
-    store = Store(state.db)
-    try:
-        store.record_generation(spec.digest, canonical_json(fleet_to_dict(spec.spec)),
-                                {p.name: p.prune for p in spec.spec.profiles}, {"revision": "test"}, prune=True)
-    finally:
-        store.close()
-    return state
+    return recorded_state(manifest, tmp_path / "state")
 
 
 def test_restarts_show_how_long_ago_the_last_exit_was(recorded):
