@@ -245,12 +245,12 @@ def _native_handover(name: str, spec: ProfileSpec, obs: ProfileObservation, acti
         return fixes + [Action(Kind.KEEP, name, Reason.RELEASED, _released_to(obs))]
     reason = Reason.TAKING_OVER if tk.kind == TAKEOVER and tk.state not in (GIVING_BACK, UNIT_STARTING) \
         else Reason.GIVING_BACK
-    if proc is not None and not ours:
+    if tk.phase == FLEET and proc is not None and not ours:  # the unit is stopped: this is nobody's to adopt
         return fixes + [Action(Kind.WAIT, name, reason, f"{tk.describe()}; pid {proc.pid} is not the fleet's",
                                pid=proc.pid)]
     if tk.phase == FLEET:
         return None
-    if tk.phase == GIVE_BACK:
+    if tk.phase == GIVE_BACK and (proc is None or ours):
         return fixes + _give_back(name, spec, obs, tk.describe(), now)
     return fixes + [Action(Kind.WAIT, name, reason, tk.describe(), pid=proc.pid if proc else None)]
 
