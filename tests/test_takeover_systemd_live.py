@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -51,7 +52,7 @@ def _serving(manager, fleet, other_than: int | None = None) -> int:
     return wait_until(ok, 30, what="the unit's gateway serving")
 
 
-def test_takeover_and_release_under_a_real_user_manager(private_env, fleet, monkeypatch):  # noqa: F811
+def test_takeover_and_release_under_a_real_user_manager(private_env, fleet, monkeypatch):
     manager = private_env
     monkeypatch.setenv("PATH", f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
     fleet.write_manifest({"alpha": None}, drain_timeout="30s", startup_grace="20s")
@@ -81,7 +82,7 @@ def test_takeover_and_release_under_a_real_user_manager(private_env, fleet, monk
             assert done.state == "done", done
             ours = fleet.wait_running("alpha", timeout=30)
             assert lock_holder(fleet, "alpha") == ours
-            assert ".scope" in open(f"/proc/{ours}/cgroup").read()  # the fleet's own scope, not the unit's cgroup
+            assert ".scope" in Path(f"/proc/{ours}/cgroup").read_text()  # the fleet's own scope, not the unit's
             ended = manager.show(UNIT, "ActiveState,Result,ExecMainStatus,MainPID")
             assert ended == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0", "MainPID": "0"}
 
