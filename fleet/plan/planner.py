@@ -243,8 +243,17 @@ def _native_handover(name: str, spec: ProfileSpec, obs: ProfileObservation, acti
     fixes = [a for a in actions if a.kind == Kind.RECLAIM or (a.kind == Kind.ADOPT and ours)]
     if tk is None:  # released: the unit runs it; `takeover` takes it back
         return fixes + [Action(Kind.KEEP, name, Reason.RELEASED, _released_to(obs))]
-    reason = Reason.TAKING_OVER if tk.kind == TAKEOVER and tk.state not in (GIVING_BACK, UNIT_STARTING) \
-        else Reason.GIVING_BACK
+    if tk.kind == TAKEOVER and tk.state not in (GIVING_BACK, UNIT_STARTING):
+        reason = Reason.TAKING_OVER
+    else:  # a take-over's rollback, a release
+        reason = Reason.GIVING_BACK
+    return _handover_step(name, spec, obs, fixes, ours, reason, now)
+
+
+def _handover_step(name: str, spec: ProfileSpec, obs: ProfileObservation, fixes: list[Action], ours: bool,
+                   reason: Reason, now: float) -> list[Action] | None:
+    tk, proc = obs.takeover, obs.process
+    assert tk is not None, "only while a take-over or release is under way"
     if tk.phase == FLEET and proc is not None and not ours:  # the unit is stopped: this is nobody's to adopt
         return fixes + [Action(Kind.WAIT, name, reason, f"{tk.describe()}; pid {proc.pid} is not the fleet's",
                                pid=proc.pid)]
