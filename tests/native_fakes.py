@@ -137,10 +137,12 @@ def units(tmp_path, monkeypatch):
 
 
 class GatewayWatch:
-    """Samples, every 20 ms, the live gateway processes of each watched Hermes home (the demo gateway
-    for that profile, whoever started it). `worst` is the most ever seen at once per home."""
+    """Samples, every 20 ms, the live gateway processes of each watched Hermes home (a `hermes ... gateway` for
+    that profile under this test's Hermes root, whoever started it). `worst` is the most ever seen at once per
+    home."""
 
     def __init__(self, fleet: FleetHarness, names: list[str]):
+        self.root = str(fleet.home)  # this test's Hermes root: other tests' gateways run elsewhere
         self.names = names
         self.worst: dict[str, list[int]] = {n: [] for n in names}
         self.seen: dict[str, set[int]] = {n: set() for n in names}
@@ -160,7 +162,13 @@ class GatewayWatch:
             found: dict[str, list[int]] = {n: [] for n in self.names}
             for proc in psutil.process_iter(["pid", "cmdline", "status"]):
                 cmd = proc.info["cmdline"] or []
-                if proc.info["status"] == psutil.STATUS_ZOMBIE or str(DEMO_HERMES) not in cmd:
+                if proc.info["status"] == psutil.STATUS_ZOMBIE or not any("hermes" in c for c in cmd):
+                    continue
+                try:
+                    home = proc.environ().get("HERMES_HOME", "")
+                except psutil.Error:
+                    continue
+                if home != self.root and not home.startswith(self.root + os.sep):
                     continue
                 for name in self.names:
                     if name in cmd and "gateway" in cmd:

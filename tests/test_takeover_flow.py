@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
 
 from fleet.service.native import GATE_DROPIN, OWNED_FILE
-from fleet_harness import alive, fleet  # noqa: F401
+from fleet_harness import DEMO_HERMES, fleet  # noqa: F401
 from helpers import read_json, wait_until
 from native_fakes import GatewayWatch, lock_holder, takeovers, units, wait_state  # noqa: F401
 
@@ -162,3 +164,38 @@ def test_a_unit_that_does_not_come_back_is_reported_failed(fleet, units):
     (row,) = takeovers(fleet, "alpha")
     assert row.state == "failed" and "giving back failed 5 times" in row.outcome, row
     assert "nothing may run alpha now" in row.outcome
+
+
+def test_a_unit_installed_beside_the_fleets_gateway_is_gated_without_touching_the_gateway(fleet, units):
+    fleet.write_manifest({"alpha": None})
+    fleet.profile_home("alpha").mkdir(parents=True)
+    fleet.apply()
+    ours = fleet.wait_running("alpha")
+    unit = units.install(fleet, "alpha", start=False)  # `hermes gateway install --no-start-now` later on
+    assert profile(fleet, "alpha")["note"] == ""  # the fleet's own gateway runs on; only apply would refuse now
+    assert fleet.cli("apply").returncode == 3
+    taken = fleet.cli("takeover", "alpha", timeout=90)
+    assert taken.returncode == 0, fleet.explain(taken)
+    assert "alpha: done: taken over" in taken.stdout
+    assert fleet.pid("alpha") == ours and lock_holder(fleet, "alpha") == ours  # never restarted
+    assert gated(units, unit, fleet.profile_home("alpha")) and units.main_pid(unit) is None
+    again = fleet.cli("takeover", "alpha")
+    assert again.returncode == 2 and "taken over already" in again.stderr
+    assert fleet.apply().returncode == 0
+
+
+def test_the_watch_sees_even_a_short_lived_second_gateway(fleet, units):
+    """The watcher the tests above rely on: a second gateway of a home, which gives up on the lock at once, is
+    seen all the same."""
+    fleet.write_manifest({"alpha": None})
+    units.install(fleet, "alpha")
+    home = fleet.profile_home("alpha")
+    with GatewayWatch(fleet, ["alpha"]) as watch:
+        time.sleep(0.2)
+        second = subprocess.run([sys.executable, str(DEMO_HERMES), "--profile", "alpha", "gateway", "run"],
+                                env={**os.environ, "HERMES_HOME": str(home)}, capture_output=True, text=True,
+                                timeout=30)
+        assert second.returncode == 1 and "already running" in second.stderr
+        time.sleep(0.2)
+    with pytest.raises(AssertionError, match="two gateways of one home at once"):
+        watch.assert_never_two()

@@ -132,6 +132,8 @@ def _problem(kind: str, name: str, spec: ProfileSpec | None, store: Store, index
         return f"{name}: no native unit (systemd unit, LaunchAgent, scheduled task) runs {spec.hermes_home}"
     if kind == tk.RELEASE and not index.gated(spec.hermes_home):
         return f"{name}: {units[0].name} was not taken over by the fleet; there is nothing to give back"
+    if kind == tk.TAKEOVER and not index.supervising(spec.hermes_home):
+        return f"{name} is taken over already: {', '.join(u.name for u in units)} gated for {spec.hermes_home}"
     return None
 
 

@@ -92,11 +92,11 @@ class TakeoverTick:
         elif row.state == tk.RECORDED:
             self._gate(row)
         elif row.state == tk.GATED:
-            self._begin_drain(row, spec, now)
+            self._begin_drain(row, spec, obs, now)
         elif row.state == tk.DRAINING:
             self._draining(row, now)
         elif row.state == tk.STOPPING:
-            self._stopping(row, spec, now)
+            self._stopping(row, spec, obs, now)
         elif row.state == tk.SPAWNING:
             self._spawning(row, obs, now)
         elif row.state == tk.GIVING_BACK:
@@ -149,14 +149,30 @@ class TakeoverTick:
             self._manager(unit).gate(unit, row.home, str(self.state.root))
         self._move(row, tk.GATED, f"gated {row.unit_names}: it does not start while the fleet owns {row.home}")
 
-    def _begin_drain(self, row: Takeover, spec: ProfileSpec | None, now: float) -> None:
-        if row.gateway_pid is None or not self._alive(row.gateway_pid, row.gateway_start):
+    def _begin_drain(self, row: Takeover, spec: ProfileSpec | None, obs: ProfileObservation, now: float) -> None:
+        gateway = self._units_gateway(row, obs)
+        if gateway is None:
             self._move(row, tk.STOPPING, "no gateway of the unit runs: nothing to drain", deadline=None)
             return
         timeout = spec.drain.timeout if spec is not None else 60.0
         write_drain_request(row.home, self.platform.drain_epoch(), now)
-        self._move(row, tk.DRAINING, f"drain requested from pid {row.gateway_pid}; up to {timeout:g}s",
-                   deadline=now + timeout)
+        self._move(row, tk.DRAINING, f"drain requested from pid {gateway.pid}; up to {timeout:g}s",
+                   deadline=now + timeout, gateway_pid=gateway.pid, gateway_start=gateway.start)
+
+    def _units_gateway(self, row: Takeover, obs: ProfileObservation) -> Holder | None:
+        """The gateway of the unit that holds the home now: the one recorded, or one the unit started since
+        (a restart just before the gate, a gateway that had not locked the home when the unit was recorded)."""
+        holder = self._holder(row.home)
+        if not holder.held or holder.pid is None:
+            return None
+        if holder.pid == row.gateway_pid:
+            return holder
+        proc = obs.process
+        if proc is not None and proc.source in FLEETS_OWN and proc.pid == holder.pid:
+            return None  # the fleet's own gateway: not the unit's to drain
+        facts = _facts(row)
+        mains = {self._manager(u).running(u).main_pid for u in self._row_units(row)}
+        return holder if holder.pid in mains or not any(f.tracks_pid for f in facts.values()) else None
 
     def _draining(self, row: Takeover, now: float) -> None:
         pid = row.gateway_pid
@@ -173,7 +189,7 @@ class TakeoverTick:
                            + (f": {active} agent(s) still active" if active else ""))
         self._detail(row, f"{active} active agent(s)" if active else "waiting for the gateway to acknowledge the drain")
 
-    def _stopping(self, row: Takeover, spec: ProfileSpec | None, now: float) -> None:
+    def _stopping(self, row: Takeover, spec: ProfileSpec | None, obs: ProfileObservation, now: float) -> None:
         units = self._row_units(row)
         if row.stop_sent is None:
             self._send_stop(row, units, now)
@@ -181,7 +197,8 @@ class TakeoverTick:
         ended = [(u, self._manager(u).stopped(u)) for u in units]
         holder = self._holder(row.home)
         results = "; ".join(s.result for _, s in ended)
-        if all(s.done for _, s in ended) and not holder.held:
+        fleets = obs.process is not None and obs.process.source in FLEETS_OWN and obs.process.pid == holder.pid
+        if all(s.done for _, s in ended) and (not holder.held or fleets):
             for unit, s in ended:
                 if not s.clean:
                     self._journal(row, "warning", f"{unit.name} ended {s.result}, not as a planned stop does")
