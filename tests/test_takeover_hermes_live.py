@@ -46,12 +46,19 @@ AS_ON_A_HOST = ("import sys, hermes_constants; hermes_constants._container_detec
 @pytest.fixture
 def hermes_root():
     """A Hermes root outside /tmp (`gateway install` refuses a temporary HERMES_HOME); removed afterwards."""
-    root = REPO / ".cache" / f"takeover-live-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    cache = REPO / ".cache"
+    made = not cache.exists()
+    root = cache / f"takeover-live-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     root.mkdir(parents=True)
     try:
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
+        if made:
+            try:
+                cache.rmdir()
+            except OSError:
+                pass  # something else keeps a file there now
 
 
 def unit(name: str) -> str:
