@@ -81,6 +81,7 @@ def test_takeover_drains_the_busy_unit_then_release_gives_it_back(fleet, units):
         assert not (units.unit_dir / f"{unit}.d").exists()
         note = profile(fleet, "alpha")
         assert note["phase"] == "Stopped" and "released to hermes-gateway-alpha.service since" in note["note"]
+        assert note["sync"] == "OutOfSync" and note["pid"] == back  # the unit's gateway, shown, never touched
         assert "`hermes-fleet takeover alpha` takes it back" in note["note"]
 
         again = fleet.apply()  # neither apply nor a new controller runs it under the fleet

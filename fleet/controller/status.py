@@ -360,6 +360,8 @@ def _heartbeat_age(obs: ProfileObservation, now: float) -> float | None:
 def _sync(spec, proc, running_hash: str | None, hold: Hold | None) -> Sync:
     """Synced only when what runs is what the manifest says: a profile that a `stop` or `down` keeps
     stopped, or that runs while the manifest wants it stopped, is OutOfSync."""
+    if hold is not None and hold.by == "release":
+        return Sync.OUT_OF_SYNC  # its native unit runs it (a process of unknown spec): not what the manifest says
     if spec is None or (proc is not None and running_hash is None):
         return Sync.UNKNOWN
     if hold is not None:
