@@ -295,3 +295,17 @@ def test_windows_gate_disables_the_task_and_moves_the_startup_launcher_aside(tmp
         ("schtasks", "/Change", "/TN", "Hermes_Gateway_alpha", "/DISABLE"),
         ("schtasks", "/Change", "/TN", "Hermes_Gateway_alpha", "/ENABLE"),
         ("schtasks", "/Run", "/TN", "Hermes_Gateway_alpha")]
+
+
+def test_service_install_warns_only_of_units_not_gated(alpha):
+    from fleet.service.base import ServiceTarget
+    from fleet.service.systemd import SystemdManager
+
+    unit, home, path = alpha
+    manager = SystemdManager(ServiceTarget("default", "/f", "/s", "/p"), RecordingRunner(),
+                             unit_dir=str(Path(path).parent), home=str(Path(home).parents[3]), user="u", version=252,
+                             linger_mode="skip")
+    (warning,) = manager.conflicts()
+    assert unit.name in warning and "`hermes-fleet takeover` moves its profile" in warning
+    SystemdUnits(RecordingRunner()).gate(unit, home, "/state")
+    assert manager.conflicts() == []

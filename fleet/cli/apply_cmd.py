@@ -41,7 +41,7 @@ Exit codes:
   1  failed, or timed out waiting
   2  invalid manifest, a usage error, PLAN is not a saved plan
   3  refused, nothing recorded: the empty-fleet guard, a native service owns a
-     profile, a stale saved plan (the generation, the manifest, a process it
+     profile (without --take-over), a stale saved plan (the generation, the manifest, a process it
      acts on or the plan computed now changed since `diff --out`),
      --require-clean or --check-revision, a followed git source (without
      --force)
