@@ -41,8 +41,9 @@ Exit codes:
   1  failed, or timed out waiting
   2  invalid manifest, a usage error, PLAN is not a saved plan
   3  refused, nothing recorded: the empty-fleet guard, a native service owns a
-     profile (without --take-over), a stale saved plan (the generation, the manifest, a process it
-     acts on or the plan computed now changed since `diff --out`),
+     profile (without --take-over), a stale saved plan (the generation, the
+     manifest, a process it acts on or the plan computed now changed since
+     `diff --out`),
      --require-clean or --check-revision, a followed git source (without
      --force)
   4  accepted, waiting on a gate that does not open by itself soon (idle
