@@ -200,3 +200,15 @@ def test_the_watch_sees_even_a_short_lived_second_gateway(fleet, units):
         time.sleep(0.2)
     with pytest.raises(AssertionError, match="two gateways of one home at once"):
         watch.assert_never_two()
+
+
+def test_down_leaves_a_released_profiles_unit_alone(fleet, units):
+    fleet.write_manifest({"alpha": None, "beta": None})
+    fleet.profile_home("beta").mkdir(parents=True)
+    unit = units.install(fleet, "alpha")
+    assert fleet.cli("apply", "--take-over", timeout=120).returncode == 0
+    assert fleet.cli("release", "alpha", timeout=120).returncode == 0
+    back = units.wait_serving(fleet, "alpha")
+    down = fleet.cli("down", "--timeout", "60s", timeout=120)
+    assert down.returncode == 0, fleet.explain(down)
+    assert units.main_pid(unit) == back and fleet.pid("beta") is None

@@ -147,9 +147,14 @@ def down(
                "the fleet stays down until `apply` or `start`")
 
 
+# A profile given back to its native unit, or whose unit is still being taken over: the gateway shown is the
+# unit's, which `down` neither drains nor waits for.
+NATIVE_UNITS_GATEWAY = ("released", "taking_over")
+
+
 def _live_gateways(state: StateDir) -> list[ProfileStatus]:
     st = fleet_status(state, current_platform(), time.time())
-    return [p for p in st.profiles if p.pid]
+    return [p for p in st.profiles if p.pid and p.action.reason not in NATIVE_UNITS_GATEWAY]
 
 
 def _refuse_live_gateways_without_controller(state: StateDir) -> None:
