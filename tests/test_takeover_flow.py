@@ -209,6 +209,8 @@ def test_down_leaves_a_released_profiles_unit_alone(fleet, units):
     assert fleet.cli("apply", "--take-over", timeout=120).returncode == 0
     assert fleet.cli("release", "alpha", timeout=120).returncode == 0
     back = units.wait_serving(fleet, "alpha")
+    restart = fleet.cli("restart", "alpha")
+    assert restart.returncode == 2 and "released to its native unit" in restart.stderr
     down = fleet.cli("down", "--timeout", "60s", timeout=120)
     assert down.returncode == 0, fleet.explain(down)
     assert units.main_pid(unit) == back and fleet.pid("beta") is None

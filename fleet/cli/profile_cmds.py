@@ -53,6 +53,11 @@ def restart(
     Only the named profiles are touched."""
     state = state_for(state_dir, file)
     store = _need_profiles(state, profiles)
+    released = [p for p in profiles if store.history(p).override_verb == "release"]
+    if released:
+        store.close()
+        fail(f"released to its native unit, not the fleet's to restart: {', '.join(released)}",
+             hint=f"`hermes-fleet takeover {' '.join(released)}` takes it back")
     try:
         ids = {p: store.add_request(p, "force_restart" if force else "restart") for p in profiles}
     finally:
