@@ -202,7 +202,7 @@ def test_the_watch_sees_even_a_short_lived_second_gateway(fleet, units):
         watch.assert_never_two()
 
 
-def test_down_leaves_a_released_profiles_unit_alone(fleet, units):
+def test_restart_and_down_leave_a_released_profiles_unit_alone(fleet, units):
     fleet.write_manifest({"alpha": None, "beta": None})
     fleet.profile_home("beta").mkdir(parents=True)
     unit = units.install(fleet, "alpha")
