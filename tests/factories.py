@@ -28,6 +28,7 @@ from fleet.spec.model import (
 from fleet.store.db import InventoryEntry, OperatorRequest, ProfileHistory
 from fleet.store.layout import StateDir
 from fleet.store.records import PidRecord
+from fleet.store.takeovers import Takeover
 
 NOW = 1_700_000_000.0
 EPOCH = 3
@@ -163,7 +164,8 @@ def observation(name: str, *, process: LiveProcess | None = None, verdict: str |
                 record: PidRecord | type(...) | None = ..., record_problem: str | None = None,
                 history: ProfileHistory | None = None, heartbeat_at: float | type(...) | None = ...,
                 status: GatewayStatus | None = None, native_service: str | None = None,
-                request: OperatorRequest | None = None, drain_file: bool = False) -> ProfileObservation:
+                request: OperatorRequest | None = None, drain_file: bool = False,
+                takeover: Takeover | None = None) -> ProfileObservation:
     """One profile's observation, consistent the way the observer builds it:
 
     - a process from our record comes with that record (verdict "alive");
@@ -193,7 +195,17 @@ def observation(name: str, *, process: LiveProcess | None = None, verdict: str |
     return ProfileObservation(name=name, record=record, record_problem=record_problem, record_verdict=verdict,
                               process=process, status=status, heartbeat_at=heartbeat_at, drain_file=drain_file,
                               native_service=native_service, history=history or ProfileHistory(name),
-                              restart_request=request)
+                              restart_request=request, takeover=takeover)
+
+
+def takeover_row(profile: str, state: str, *, kind: str = "takeover", id: int = 3,
+                 unit: str = "hermes-gateway-alpha.service") -> Takeover:
+    """An open take-over (or release) of a profile's native unit, as the store returns it."""
+    return Takeover(id=id, profile=profile, kind=kind, home=f"/srv/hermes/profiles/{profile}", state=state,
+                    requested_by="ops@host pid 1", created_at=NOW - 30.0, updated_at=NOW - 1.0, finished_at=None,
+                    units=({"name": unit, "manager": "systemd-user", "active": True, "enabled": True},),
+                    gateway_pid=5151, gateway_start=None, deadline=None, stop_sent=None, started_units=(),
+                    failures=0, detail=None, outcome=None, error=None, epoch=EPOCH)
 
 
 def running(spec: ProfileSpec, **kw) -> ProfileObservation:

@@ -167,7 +167,7 @@ def test_a_store_of_the_previous_release_opens_with_its_history(tmp_path):
 
     store = Store(path)
     try:
-        assert store.meta("schema_version") == str(SCHEMA_VERSION) == "2"
+        assert store.meta("schema_version") == str(SCHEMA_VERSION) == "3"
         assert (store.meta("store_id"), store.epoch, store.observed_generation) == ("the-old-store", 7, 3)
         assert store.generation_numbers() == [2, 3]
         assert store.generation(2).spec_json == spec[b.digest] and store.generation(2).created_at == 100.0

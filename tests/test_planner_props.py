@@ -21,12 +21,13 @@ from hypothesis import strategies as st
 
 from factories import (
     EPOCH, NOW, OLD_HASH, desired, fleet_spec, history, inventory, live, observation, observed, pid_record,
-    profile_spec, render_relative, restart_request, status,
+    profile_spec, render_relative, restart_request, status, takeover_row,
 )
 from fleet.observe.model import Observed, ProfileObservation
 from fleet.plan.model import KIND_ORDER, RECORD_KINDS, Desired, Plan
 from fleet.plan.planner import plan
 from fleet.store.db import InventoryEntry, ProfileHistory
+from fleet.store.takeovers import FLEET, PHASES
 
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 NAMES = ("alpha", "beta", "default", "delta", "gamma")
@@ -94,6 +95,9 @@ _ARGV_FLAG = st.sampled_from([True, True, True, False])
 _HEARTBEAT = st.sampled_from([None, NOW - 5.0, NOW - 500.0, "before_start"])
 _REQUEST = st.sampled_from([None] * 6 + [("restart", 1.0), ("restart", 5000.0), ("force_restart", 1.0)])
 _NATIVE = st.sampled_from([None] * 9 + ["/etc/systemd/user/hermes-gateway.service"])
+# A take-over or release of the profile's native unit, in any of its open states (mostly none).
+_TAKEOVER = st.one_of(st.none(), st.none(), st.none(), st.tuples(st.sampled_from(sorted(PHASES)),
+                                                                 st.sampled_from(["takeover", "release"])))
 _STATUS = st.sampled_from(STATUSES)
 _NAME = st.sampled_from(NAMES)
 _SPEC = {n: st.sampled_from(SPECS[n]) for n in NAMES}
@@ -158,10 +162,12 @@ def observations(draw, name: str, index: int, spec_hash: str) -> ProfileObservat
     if request is not None:
         request = restart_request(name, kind=request[0], created_at=NOW - request[1])
     native = draw(_NATIVE)
+    handover = draw(_TAKEOVER)
     return observation(name, process=process, verdict=verdict,
                        history=draw(histories(name, process.pid if process else None, spec_hash)),
                        heartbeat_at=heartbeat, status=draw(_STATUS), native_service=native,
-                       request=request, **kwargs)
+                       request=request, takeover=takeover_row(name, handover[0], kind=handover[1]) if handover else None,
+                       **kwargs)
 
 
 @st.composite
@@ -443,6 +449,22 @@ def test_every_state_file_a_hermes_drain_may_read_stops_only_when_it_answers_idl
                             assert (a.stage == "stop") == answered, (intent, started, state, active, age, writer,
                                                                      a.render())
                             assert a.kind in ("drain", "replace", "wait"), a.render()
+
+
+def test_a_native_unit_handed_over_is_never_touched_nor_spawned_beside(world):
+    """While a take-over or release is under way, a process that is not positively the fleet's own (the unit's
+    gateway passes Hermes' lock proof too) is never adopted or signalled, and nothing is spawned before the
+    unit is stopped (the take-over's spawning state)."""
+    want, obs = world
+    for a in plan(want, obs, NOW).actions:
+        o = obs.get(a.profile)
+        if o.takeover is None or want.spec.profile(a.profile) is None or want.spec.profile(a.profile).suspend:
+            continue
+        fleets_own = o.process is not None and o.process.source in ("record", "env_marker")
+        if a.kind in ("adopt",) + SIGNALS:
+            assert fleets_own, (o.takeover.state, o.process, a.render())
+        if a.kind == "spawn":
+            assert o.takeover.phase == FLEET, (o.takeover.state, a.render())
 
 
 @SETTINGS

@@ -14,7 +14,7 @@ import pytest
 from factories import (
     DEFAULT_BACKOFF, EPOCH, NOW, OLD_HASH, crashed, desired, fleet_spec, history, inventory, live,
     maintenance_request, make_plan, observation, observed, plan_text, profile_spec, restart_request, running,
-    status, with_changes,
+    status, takeover_row, with_changes,
 )
 from fleet.maintenance.model import Gate
 from fleet.observe.model import Orphan
@@ -28,6 +28,17 @@ C = profile_spec("gamma")
 ONE = fleet_spec(A)
 STOPPED = fleet_spec(with_changes(A, desired="stopped"))
 NATIVE = "/home/u/.config/systemd/user/hermes-gateway-alpha.service"
+RELEASED = history("alpha", override_desired="stopped", override_by="release:ops", override_at=NOW - 60)
+
+
+def handover(state: str, kind: str = "takeover", **kw):
+    """alpha while a take-over (or release) of its native unit is in `state`."""
+    return observation("alpha", takeover=takeover_row("alpha", state, kind=kind), **kw)
+
+
+def units_gateway(**kw):
+    """The native unit's gateway, found through Hermes' own pid file and lock (not the fleet's)."""
+    return live(A, pid=5151, source="hermes_pidfile", **kw)
 
 
 def policy(spec, name: str, **kw):
@@ -112,6 +123,50 @@ CASES = [
                                                    failed_spec_hash=A.spec_hash))), "alpha conflict startup_failed"),
     ("native service, nothing running", ONE, observed(observation("alpha", native_service=NATIVE)),
      "alpha conflict owned_by_native_service"),
+    # ---- take-over and release of a native unit (fleet/store/takeovers.py) -----------------------
+    ("take-over requested: the unit's gateway is neither adopted nor drained", ONE,
+     observed(handover("requested", process=units_gateway(), native_service=NATIVE)), "alpha wait taking_over"),
+    ("take-over draining: wait, never touch the unit's gateway", ONE,
+     observed(handover("draining", process=units_gateway())), "alpha wait taking_over"),
+    ("take-over gated, nothing runs: no spawn before the unit has stopped", ONE,
+     observed(handover("gated")), "alpha wait taking_over"),
+    ("take-over stopping: no spawn beside the stopping gateway", ONE,
+     observed(handover("stopping", process=units_gateway())), "alpha wait taking_over"),
+    ("take-over requested: our own dead record is still reclaimed", ONE,
+     observed(handover("requested", verdict="dead")), "alpha reclaim pid_dead\nalpha wait taking_over"),
+    ("take-over spawning: the fleet starts its gateway like any profile", ONE,
+     observed(handover("spawning")), "alpha spawn first_apply"),
+    ("take-over spawning: the fleet's gateway runs", ONE,
+     observed(handover("spawning", process=live(A))), "alpha keep running @+85.05"),
+    ("take-over spawning: a gateway that is not the fleet's is never adopted", ONE,
+     observed(handover("spawning", process=units_gateway())), "alpha wait taking_over"),
+    ("take-over spawning: the fleet's unrecorded gateway (its markers) is adopted", ONE,
+     observed(handover("spawning", process=live(A, source="env_marker", spec_hash=A.spec_hash))),
+     "alpha adopt record_missing\nalpha keep running @+85.05"),
+    ("rollback: the fleet's gateway drains", ONE,
+     observed(handover("giving_back", process=live(A))), "alpha drain giving_back (begin)"),
+    ("rollback: the fleet's gateway drained, then the planned stop", ONE,
+     observed(handover("giving_back", process=live(A), status=status("draining", active=0),
+                       history=history("alpha", drain_intent="stop", drain_reason="giving_back", drain_pid=4242,
+                                       drain_started=NOW - 2.0, drain_deadline=NOW + 58.0))),
+     "alpha drain giving_back (stop)"),
+    ("rollback: the fleet's gateway gone, the drain closes", ONE,
+     observed(handover("giving_back", history=history("alpha", drain_intent="stop", drain_reason="giving_back"))),
+     "alpha update drain_complete"),
+    ("rollback: nothing of the fleet runs, the unit gets it back", ONE,
+     observed(handover("giving_back")), "alpha wait giving_back"),
+    ("rollback: the unit's own gateway (drain abandoned) is left alone", ONE,
+     observed(handover("giving_back", process=units_gateway())), "alpha wait giving_back"),
+    ("release: the fleet's gateway drains", ONE,
+     observed(handover("giving_back", kind="release", process=live(A))), "alpha drain giving_back (begin)"),
+    ("release: the unit starting", ONE,
+     observed(handover("unit_starting", kind="release", process=units_gateway())), "alpha wait giving_back"),
+    ("released: the unit's gateway runs, hands off", ONE,
+     observed(observation("alpha", process=units_gateway(), native_service=NATIVE, history=RELEASED)),
+     "alpha keep released"),
+    ("released: our stale record is reclaimed, nothing spawned", ONE,
+     observed(observation("alpha", verdict="dead", native_service=NATIVE, history=RELEASED)),
+     "alpha reclaim pid_dead\nalpha keep released"),
     # ---- keep / update -----------------------------------------------------------------------
     ("keep", ONE, observed(running(A)), "alpha keep running @+85.05"),
     ("keep a fresh process without heartbeat yet", ONE, observed(running(A, heartbeat_at=None, started_at=NOW - 30)),
@@ -661,6 +716,29 @@ def test_render_keeps_not_before_exact_for_real_timestamps():
     late = Action("spawn", "alpha", "crashed", not_before=NOW + 64).render()
     assert early != late
     assert early == "alpha spawn crashed @1700000001"
+
+
+def test_a_native_unit_under_take_over_or_released_is_no_conflict():
+    for obs in (handover("draining", process=units_gateway(), native_service=NATIVE),
+                observation("alpha", process=units_gateway(), native_service=NATIVE, history=RELEASED)):
+        p = make_plan(ONE, observed(obs))
+        assert not [c for c in p.checks if c.code == "owned_by_native_service"], p.checks
+        assert all(a.kind not in ("conflict", "adopt", "drain", "kill", "spawn") for a in p.actions), p.render()
+    released = make_plan(ONE, observed(observation("alpha", native_service=NATIVE, history=RELEASED)))
+    assert released.actions[0].message == ("released to hermes-gateway-alpha.service; `hermes-fleet takeover alpha` "
+                                           "takes it back")
+    waiting = make_plan(ONE, observed(handover("draining")))
+    assert waiting.actions[0].message == "taking over from hermes-gateway-alpha.service: draining"
+
+
+def test_a_take_over_never_touches_a_gateway_that_is_not_the_fleets_in_any_state():
+    from fleet.store.takeovers import PHASES
+    for state in PHASES:
+        for kind in ("takeover", "release"):
+            # even a gateway whose heartbeat is long stale (a wedge the fleet would kill if it were its own)
+            p = make_plan(ONE, observed(handover(state, kind=kind, process=units_gateway(), heartbeat_at=NOW - 1000)))
+            touching = [a for a in p.actions if a.kind in ("adopt", "drain", "kill", "replace", "spawn")]
+            assert not touching, (state, kind, p.render())
 
 
 def test_no_adoption_of_a_process_owned_by_a_native_service():

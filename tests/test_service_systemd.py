@@ -411,7 +411,8 @@ def test_install_refuses_when_the_user_manager_cannot_be_reached(systemd):
 def test_install_warns_about_hermes_agents_own_gateway_units(systemd, isolated_home):
     unit_dir = isolated_home / ".config" / "systemd" / "user"
     unit_dir.mkdir(parents=True)
-    (unit_dir / "hermes-gateway-coder.service").write_text("[Service]\nExecStart=/bin/true\n")
+    (unit_dir / "hermes-gateway-coder.service").write_text(
+        "[Service]\nExecStart=/opt/hermes/bin/python -m hermes_cli.main --profile coder gateway run\n")
     s = systemd()
     assert s.lifecycle.install()
     assert "warning: hermes-agent's own gateway unit" in s.output

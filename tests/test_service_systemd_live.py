@@ -12,7 +12,8 @@ systemd restarts it -> the gateway is untouched and adopted -> uninstall.
   controller;
 - the real controller through the real CLI (`python -m fleet.cli.main service ...`).
 
-Skipped, with the reason, where the set-up is impossible (not root, no unshare, no
+The private manager is tests/systemd_user.py's (shared with the take-over tests). Skipped, with the reason,
+where the set-up is impossible (not root, no unshare, no
 systemd binary, a cgroup layout we cannot delegate, the manager does not come up).
 """
 
@@ -20,12 +21,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,141 +34,11 @@ import pytest
 from fleet.service.base import ServiceTarget, SubprocessRunner
 from fleet.service.lifecycle import Lifecycle
 from fleet.service.systemd import SystemdManager, systemd_version
+from systemd_user import private_env, user_manager, wait_for  # noqa: F401
 
 pytestmark = [pytest.mark.systemd, pytest.mark.timeout(150)]
 
-SYSTEMD_CANDIDATES = ("/lib/systemd/systemd", "/usr/lib/systemd/systemd")
 REPO = Path(__file__).resolve().parent.parent
-
-
-def wait_for(condition, timeout: float, what: str, poll: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(poll)
-
-
-# ------------------------------------------------------------------ the private manager
-
-
-@dataclass
-class UserManager:
-    pid: int
-    env: dict[str, str]
-    runtime_dir: Path
-    home: Path
-    cgroup_dirs: list[Path]
-
-    def systemctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(["systemctl", "--user", *args], env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
-
-    def show(self, unit: str) -> dict[str, str]:
-        out = self.systemctl("show", unit, "-p", "ActiveState,SubState,MainPID,NRestarts,StatusText,LoadState").stdout
-        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-    def cgroup_pids(self) -> set[int]:
-        pids: set[int] = set()
-        for top in self.cgroup_dirs:
-            for procs in top.rglob("cgroup.procs"):
-                try:
-                    pids |= {int(x) for x in procs.read_text().split()}
-                except OSError:
-                    pass
-        return pids
-
-
-def _cgroup_tops(name: str) -> list[Path] | None:
-    root = Path("/sys/fs/cgroup")
-    if (root / "unified").is_dir() and (root / "systemd").is_dir():
-        return [root / "unified" / name, root / "systemd" / name]  # hybrid layout (systemd 252 here)
-    if (root / "cgroup.controllers").exists():
-        return [root / name]  # pure cgroup v2
-    return None
-
-
-@pytest.fixture(scope="module")
-def user_manager(tmp_path_factory):
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("needs root: a private systemd --user needs a private mount namespace and a delegated cgroup")
-    systemd_bin = next((p for p in SYSTEMD_CANDIDATES if os.access(p, os.X_OK)), None)
-    missing = [tool for tool in ("unshare", "systemctl", "systemd-run") if shutil.which(tool) is None]
-    if systemd_bin is None or missing:
-        pytest.skip(f"missing: {', '.join(missing) or 'the systemd binary'}")
-    base = tmp_path_factory.mktemp("sdlive")
-    name = f"hermes-fleet-test-{os.getpid()}"
-    tops = _cgroup_tops(name)
-    if tops is None:
-        pytest.skip("unknown cgroup layout: cannot delegate a cgroup to the test manager")
-    runtime, home = base / "xdg", base / "home"
-    runtime.mkdir(mode=0o700)
-    (home / ".config").mkdir(parents=True)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
-        "XDG_RUNTIME_DIR": str(runtime), "DBUS_SESSION_BUS_ADDRESS": f"unix:path={runtime}/bus",
-        "USER": "root", "LANG": "C.UTF-8",
-    }
-    moves = "\n".join(f'mkdir -p "{t}" && echo $$ > "{t}/cgroup.procs"' for t in tops)
-    inner = base / "inner.sh"
-    inner.write_text(textwrap.dedent(f"""\
-        #!/bin/sh
-        set -e
-        mount -t tmpfs tmpfs /run/systemd 2>/dev/null || {{ mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd; }}
-        mkdir -p /run/systemd/system
-        {moves}
-        exec {systemd_bin} --user
-        """))
-    inner.chmod(0o755)
-    log = open(base / "manager.log", "wb")  # noqa: SIM115 - written for the fixture's whole life; closed in its finally
-    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", str(inner)], env=env,
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    manager = UserManager(proc.pid, env, runtime, home, tops)
-    try:
-        deadline = time.monotonic() + 20
-        while not (runtime / "systemd" / "private").exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                tail = (base / "manager.log").read_text(errors="replace")[-600:]
-                pytest.skip(f"systemd --user did not start here: {tail.strip() or 'no output'}")
-            time.sleep(0.05)
-        yield manager
-    finally:
-        _teardown(proc, manager)
-        log.close()
-
-
-def _teardown(proc: subprocess.Popen, manager: UserManager) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)  # the user manager's own orderly exit
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    # Whatever the manager left in its cgroups was started by this test (KillMode=process
-    # leftovers): end those PIDs, then remove the cgroups, deepest first.
-    for pid in manager.cgroup_pids():
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    for top in manager.cgroup_dirs:
-        if top.exists():
-            wait_for(lambda: not any(p.read_text().split() for p in top.rglob("cgroup.procs")), 10, "empty cgroups")
-            for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-                d.rmdir()
-            top.rmdir()
-
-
-@pytest.fixture
-def private_env(user_manager, monkeypatch):
-    for key, value in user_manager.env.items():
-        monkeypatch.setenv(key, value)
-    return user_manager
 
 
 def _kill_recorded(paths) -> None:

@@ -41,8 +41,9 @@ Exit codes:
   1  failed, or timed out waiting
   2  invalid manifest, a usage error, PLAN is not a saved plan
   3  refused, nothing recorded: the empty-fleet guard, a native service owns a
-     profile, a stale saved plan (the generation, the manifest, a process it
-     acts on or the plan computed now changed since `diff --out`),
+     profile (without --take-over), a stale saved plan (the generation, the
+     manifest, a process it acts on or the plan computed now changed since
+     `diff --out`),
      --require-clean or --check-revision, a followed git source (without
      --force)
   4  accepted, waiting on a gate that does not open by itself soon (idle
@@ -73,6 +74,10 @@ def apply(
                                                    "digits)."),
     force: bool = typer.Option(False, "--force", help="When the fleet follows a git source (`source set`): "
                                "suspend the source and apply this file anyway."),
+    take_over: bool = typer.Option(False, "--take-over",
+                                   help="Take over the profiles that Hermes' own service (systemd unit, "
+                                        "LaunchAgent, scheduled task) runs now, instead of refusing: as "
+                                        "`hermes-fleet takeover P` does, each rolled back if anything fails."),
     output: str = OutputOption,
 ) -> None:
     """Converge the host to the manifest, or carry out a saved plan.
@@ -115,14 +120,31 @@ def apply(
     source = _followed(state)
     if source is not None and not force:
         refuse_with(one_writer_refusal(source, file), output, check="followed_source", source=source.name)
-    if not report.applyable:
+    taken = _to_take_over(report) if take_over else []
+    if not report.applyable and not (taken and report.refusal is None):
         refuse(report, output)
     if output == "text":
         from fleet.cli.render_plan import render_text
         typer.echo(render_text(report))
         typer.echo("")
-    generation, created = _record(manifest, state, report, prune=prune, saved=saved, source=source, output=output)
-    hand_over(state, generation, created, kind="apply", wait=wait, wait_for=wait_for, output=output)
+    generation, created, ids = _record(manifest, state, report, prune=prune, saved=saved, source=source,
+                                       output=output, take_over=taken)
+    if not ids:
+        hand_over(state, generation, created, kind="apply", wait=wait, wait_for=wait_for, output=output)
+    from fleet.cli.takeover_cmd import report_after_apply
+    began = time.monotonic()
+    try:
+        hand_over(state, generation, created, kind="apply", wait=wait, wait_for=wait_for, output=output,
+                  note=f"; taking over {', '.join(taken)}", extra={"takeovers": ids})
+    except typer.Exit as done:
+        left = max(0.0, wait_for - (time.monotonic() - began))
+        raise typer.Exit(report_after_apply(state, ids, done.exit_code, left, output == "text") if wait
+                         else done.exit_code) from None
+
+
+def _to_take_over(report: PlanReport) -> list[str]:
+    """The profiles a native unit supervises now: `apply --take-over` takes them over instead of refusing."""
+    return sorted({c.profile for c in report.blocked_by if c.profile})
 
 
 def hand_over(state: StateDir, generation: int, created: bool, *, kind: str, wait: bool, wait_for: float, output: str,
@@ -173,7 +195,7 @@ def _followed(state: StateDir) -> Source | None:
 
 
 def _record(manifest: Manifest, state: StateDir, report: PlanReport, *, prune: bool, saved: SavedPlan | None,
-            source: Source | None, output: str) -> tuple[int, bool]:
+            source: Source | None, output: str, take_over: list[str] | None = None) -> tuple[int, bool, list[int]]:
     """The generation, recorded; for a saved plan only while the store is still at the plan's generation,
     checked in the transaction that records (so no other apply slips in between the check and the record).
     With a followed source (`--force`), the source is suspended in that same transaction: it stops exactly
@@ -191,9 +213,22 @@ def _record(manifest: Manifest, state: StateDir, report: PlanReport, *, prune: b
                 _suspend_for_force(store, source, manifest.path, output)
             recorded = record_manifest(store, manifest, revision, prune=prune,
                                        source="apply" if saved is None else "saved plan", lift_down=True)
+            ids = _submit_take_overs(store, manifest, take_over or [], output)
     finally:
         store.close()
-    return recorded.generation, recorded.created
+    return recorded.generation, recorded.created, ids
+
+
+def _submit_take_overs(store: Store, manifest: Manifest, names: list[str], output: str) -> list[int]:
+    """`--take-over`: the requests go into the transaction that records the generation (one or neither)."""
+    if not names:
+        return []
+    from fleet.cli.takeover_cmd import submit_for_apply
+    from fleet.store.takeovers import TakeoverError
+    try:
+        return submit_for_apply(store, {p.name: p for p in manifest.spec.profiles}, names)
+    except TakeoverError as exc:
+        refuse_with(str(exc), output, check="take_over")
 
 
 # -- saved plans ----------------------------------------------------------------------------------------

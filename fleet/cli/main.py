@@ -7,7 +7,7 @@ import typer
 from fleet import __version__
 from fleet.cli import (
     apply_cmd, controller_cmds, export_cmd, init_cmd, maintenance_cmd, plan_cmds, profile_cmds, read_cmds,
-    rollback_cmd, schema_cmd, service_cmd, source_cmd, status_cmd,
+    rollback_cmd, schema_cmd, service_cmd, source_cmd, status_cmd, takeover_cmd,
 )
 
 app = typer.Typer(
@@ -34,7 +34,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 # In the order `--help` lists them.
 COMMANDS = (init_cmd.init, plan_cmds.validate, plan_cmds.diff, plan_cmds.config, apply_cmd.apply,
-            rollback_cmd.rollback, status_cmd.status, profile_cmds.restart, profile_cmds.stop, profile_cmds.start, profile_cmds.down,
+            rollback_cmd.rollback, status_cmd.status, profile_cmds.restart, profile_cmds.stop, profile_cmds.start,
+            profile_cmds.down, takeover_cmd.takeover, takeover_cmd.release,
             read_cmds.logs, read_cmds.events, read_cmds.history, source_cmd.sync, schema_cmd.schema)
 # Exit-code tables too long for a docstring line, printed after the options as git's help does.
 EPILOGS = {"apply": apply_cmd.EXIT_CODES, "init": init_cmd.EXIT_CODES}

@@ -53,6 +53,11 @@ def restart(
     Only the named profiles are touched."""
     state = state_for(state_dir, file)
     store = _need_profiles(state, profiles)
+    released = [p for p in profiles if store.history(p).override_verb == "release"]
+    if released:
+        store.close()
+        fail(f"released to its native unit, not the fleet's to restart: {', '.join(released)}",
+             hint=f"`hermes-fleet takeover {' '.join(released)}` takes it back")
     try:
         ids = {p: store.add_request(p, "force_restart" if force else "restart") for p in profiles}
     finally:
@@ -147,9 +152,14 @@ def down(
                "the fleet stays down until `apply` or `start`")
 
 
+# A profile given back to its native unit, or whose unit is still being taken over: the gateway shown is the
+# unit's, which `down` neither drains nor waits for.
+NATIVE_UNITS_GATEWAY = ("released", "taking_over")
+
+
 def _live_gateways(state: StateDir) -> list[ProfileStatus]:
     st = fleet_status(state, current_platform(), time.time())
-    return [p for p in st.profiles if p.pid]
+    return [p for p in st.profiles if p.pid and p.action.reason not in NATIVE_UNITS_GATEWAY]
 
 
 def _refuse_live_gateways_without_controller(state: StateDir) -> None:

@@ -118,7 +118,8 @@ def _block(r: ActionReport, now: float, *, applyable: bool = True) -> list[str]:
     if a.message:
         lines.append(f"      note: {a.message}")
     if r.takeover:
-        lines.append(f"      take over: {r.takeover}" + ("" if applyable else " (apply refuses until then)"))
+        lines.append(f"      take over: {r.takeover}" + ("" if applyable else " (or apply --take-over; plain apply "
+                                                                         "refuses until then)"))
     lines.extend(_change_lines(r.changes))
     if r.waits_for:
         lines.append("      waits for: " + " · ".join(f"{g.gate} ({g.detail})" if g.detail else g.gate

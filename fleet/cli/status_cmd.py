@@ -225,7 +225,6 @@ def _restarts(st: FleetStatus, p: ProfileStatus, now: float) -> str:
 def _deep_checks(state: StateDir, st: FleetStatus, name: str) -> list[dict]:
     """Each probe behind a profile's state, so an operator can see why without reading code."""
     from fleet.controller.desired import DesiredSource
-    from fleet.service.native import find_native_service
 
     obs = st.observed.get(name)
     store = Store(state.db, readonly=True)
@@ -243,7 +242,7 @@ def _deep_checks(state: StateDir, st: FleetStatus, name: str) -> list[dict]:
     checks.append(_check("last lifecycle event", True if last_events else None,
                          f"{utc(last_events[-1].at)} {last_events[-1].kind}: {last_events[-1].message}"
                          if last_events else "none"))
-    native = find_native_service(name)
+    native = obs.native_service  # a unit gated by a take-over is none
     checks.append(_check("no native service conflict", native is None, native or "none found"))
     return checks
 

@@ -127,7 +127,7 @@ def _checks(pv: Preview, profile: str | None) -> tuple[Check, ...]:
 def _with_takeover_hint(c: Check) -> Check:
     if c.code != Reason.OWNED_BY_NATIVE_SERVICE or not c.profile:
         return c
-    return replace(c, hint=f"take it over: {takeover_command(c.profile)}; give it back later: "
+    return replace(c, hint=f"take it over: {takeover_command(c.profile)} (or apply --take-over); give it back later: "
                            f"{release_command(c.profile)}; or remove the service with hermes gateway uninstall, "
                            "or drop the profile from fleet.yaml")
 

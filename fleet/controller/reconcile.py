@@ -15,6 +15,7 @@ from fleet.controller.holds import Holds
 from fleet.controller.log import log
 from fleet.controller.maintenance_tick import MaintenanceTick, track_idle
 from fleet.controller.source_follow import SourceFollower
+from fleet.controller.takeover_tick import TakeoverTick
 from fleet.execute.executor import Executor
 from fleet.observe.model import Observed, ProfileObservation
 from fleet.observe.observer import Observer
@@ -90,6 +91,7 @@ class Reconciler:
                                  clock=clock)
         self.maintenance = MaintenanceTick(str(state.db), store, epoch)
         self.claims = HomeClaims(state, store, epoch)
+        self.takeovers = TakeoverTick(state, store, platform, epoch)
         self.holds = Holds()
         self.follower = SourceFollower(state, store, platform, epoch=epoch, clock=clock, fenced=fence.breached)
         self.scan = True  # look at the process table in the next pass
@@ -121,10 +123,12 @@ class Reconciler:
         self._retain_when_due(desired, now)
         track_idle(self.store, observed, now)
         self.maintenance.advance(desired, observed, current, now)
+        handover_next = self.takeovers.advance(desired, observed, attempted, now)
         self.store.set_observed_generation(desired.generation)
         return PassResult(
             profiles=len(self.specs), planned=True, attempted=attempted, superseded=cut_short,
-            converged=current.in_sync, next_run=_earliest(current.next_deadline(now), self.holds.next_retry(now)),
+            converged=current.in_sync,
+            next_run=_earliest(current.next_deadline(now), self.holds.next_retry(now), handover_next),
             poll=bool(observed.maintenance) or self.maintenance.busy(),
             gateways=frozenset(o.process.pid for o in observed.profiles.values() if o.process is not None),
             source_next=source_next, failed=tuple(self.failed), desired=desired, observed=observed, plan=current)

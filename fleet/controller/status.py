@@ -95,9 +95,13 @@ def _clock(ts: float | None, now: float) -> str:
     return time.strftime("%H:%M" if same_day else "%Y-%m-%d %H:%M", time.localtime(ts))
 
 
-def hold_note(hold: Hold, now: float, profile: str) -> str:
+def hold_note(hold: Hold, now: float, profile: str, action: Action | None = None) -> str:
     """e.g. "down since 17:39 by root; `apply` or `start alpha` brings it back"."""
     who = f" by {hold.user}" if hold.user else ""
+    if hold.by == "release" and action is not None and action.reason == "released":
+        # "released to hermes-gateway-alpha.service; `hermes-fleet takeover alpha` takes it back"
+        where, _, back = action.message.partition("; ")
+        return f"{where} since {_clock(hold.since, now)}{who}; {back}"
     if hold.by == "down":
         return f"down since {_clock(hold.since, now)}{who}; `apply` or `start {profile}` brings it back"
     return f"stopped since {_clock(hold.since, now)}{who}; `start {profile}` brings it back"
@@ -246,8 +250,10 @@ def _phase_of_action(action: Action) -> tuple[Phase, Health] | None:
         return Phase.SUSPENDED, Health.SUSPENDED
     if kind == "wait" and reason == "action_failed":
         return Phase.BACKOFF, Health.DEGRADED
-    if kind == "keep" and reason == "stopped":
+    if kind == "keep" and reason in ("stopped", "released"):
         return Phase.STOPPED, Health.HEALTHY
+    if kind == "wait" and reason in ("taking_over", "giving_back"):
+        return Phase.WAITING, Health.PROGRESSING
     if kind in ("drain", "replace") or reason in ("draining", "stopping"):
         return (Phase.REMOVING if reason == "removed_from_manifest" else Phase.DRAINING), Health.PROGRESSING
     if kind == "kill":
@@ -332,7 +338,7 @@ def _profile_status(name: str, action: Action, obs: ProfileObservation, spec: Pr
         active_agents=obs.status.active if obs.status else None,
         gateway_state=obs.status.state if obs.status else None, spec_hash=running_hash,
         desired_spec_hash=spec.spec_hash if spec else None, desired=obs.history.desired_state(spec),
-        note=hold_note(hold, now, name) if hold and action.kind == "keep" else _note(action),
+        note=hold_note(hold, now, name, action) if hold and action.kind == "keep" else _note(action),
         action=action, hold=hold)
 
 
@@ -354,6 +360,8 @@ def _heartbeat_age(obs: ProfileObservation, now: float) -> float | None:
 def _sync(spec, proc, running_hash: str | None, hold: Hold | None) -> Sync:
     """Synced only when what runs is what the manifest says: a profile that a `stop` or `down` keeps
     stopped, or that runs while the manifest wants it stopped, is OutOfSync."""
+    if hold is not None and hold.by == "release":
+        return Sync.OUT_OF_SYNC  # its native unit runs it (a process of unknown spec): not what the manifest says
     if spec is None or (proc is not None and running_hash is None):
         return Sync.UNKNOWN
     if hold is not None:

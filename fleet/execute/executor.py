@@ -39,6 +39,22 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def write_drain_request(home: str, epoch: str, now: float) -> None:
+    """Hermes' external drain request: the gateway refuses new turns, finishes those in flight, and says so
+    in gateway_state.json (`draining`, `active_agents`)."""
+    write_json_atomic(os.path.join(home, hf.DRAIN_REQUEST), {
+        "action": "drain", "requested_at": iso(now), "principal": "hermes-fleet", "epoch": epoch,
+        "suppress_notification": False}, durable=False)
+
+
+def write_planned_stop(home: str, pid: int, start_ticks: int | None, now: float) -> None:
+    """Hermes' planned-stop marker for exactly this process: the stop that follows exits 0 (a clean stop),
+    not 1 (an unexpected one)."""
+    write_json_atomic(os.path.join(home, hf.PLANNED_STOP), {
+        "target_pid": pid, "target_start_time": start_ticks, "stopper_pid": os.getpid(),
+        "written_at": iso(now)}, durable=False)
+
+
 class Executor:
     def __init__(self, state: StateDir, store: Store, platform: Platform, *, epoch: int, spec_of, clock=time.time):
         self.state = state
@@ -235,9 +251,7 @@ class Executor:
             self.store.update_history(name, drain_intent=drain.intent, drain_reason=drain.reason, drain_started=now,
                                       drain_deadline=now + drain.timeout, drain_signalled=None, drain_pid=proc.pid)
             if hermes:
-                write_json_atomic(os.path.join(spec.hermes_home, hf.DRAIN_REQUEST), {
-                    "action": "drain", "requested_at": iso(now), "principal": "hermes-fleet",
-                    "epoch": self.platform.drain_epoch(), "suppress_notification": False}, durable=False)
+                write_drain_request(spec.hermes_home, self.platform.drain_epoch(), now)
                 self.journal("drain_started", f"drain requested ({action.reason}); up to {drain.timeout:g}s", name,
                              pid=proc.pid, intent=drain.intent)
             else:
@@ -255,9 +269,7 @@ class Executor:
             return
         now = self.clock()
         if spec is not None and spec.driver == DRIVER_HERMES:
-            write_json_atomic(os.path.join(spec.hermes_home, hf.PLANNED_STOP), {
-                "target_pid": proc.pid, "target_start_time": proc.start_ticks, "stopper_pid": os.getpid(),
-                "written_at": iso(now)}, durable=False)
+            write_planned_stop(spec.hermes_home, proc.pid, proc.start_ticks, now)
         write_json_atomic(self.state.stop_marker(name), {"requested_at": iso(now), "reason": reason or "stop",
                                                           "deadline": iso(deadline or now), "pid": proc.pid},
                           durable=False)

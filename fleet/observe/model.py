@@ -9,6 +9,7 @@ from fleet.maintenance.model import MaintenanceRequest
 from fleet.observe.hermes_files import GatewayStatus
 from fleet.store.db import InventoryEntry, OperatorRequest, ProfileHistory
 from fleet.store.records import PidRecord
+from fleet.store.takeovers import Takeover
 
 
 class Verdict(StrEnum):
@@ -46,7 +47,8 @@ class ProfileObservation:
     status: GatewayStatus | None = None
     heartbeat_at: float | None = None
     drain_file: bool = False  # Hermes' .drain_request.json is present
-    native_service: str | None = None  # path of a native unit/agent/task that supervises this profile
+    native_service: str | None = None  # path of a native unit/agent/task that supervises this profile's home
+    takeover: Takeover | None = None  # a take-over or release of its native unit under way (fleet/store/takeovers.py)
     history: ProfileHistory = field(default_factory=lambda: ProfileHistory(""))
     restart_request: OperatorRequest | None = None
     other_fleet: str | None = None  # another fleet's gateway or live claim holds this Hermes home: why

@@ -11,7 +11,7 @@ from fleet.observe import hermes_files as hf
 from fleet.observe import identity
 from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservation, Verdict
 from fleet.platform.base import Platform, ProcessInfo
-from fleet.service.native import find_native_service
+from fleet.service.native import NativeIndex, find_native_service
 from fleet.spec.markers import PROFILE_ENV, SPEC_HASH_ENV, STATE_DIR_ENV
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 from fleet.store.claims import LEASED, STALE, claim_liveness, read_claim
@@ -19,6 +19,7 @@ from fleet.store.db import ProfileHistory, Store
 from fleet.store.fence import file_id
 from fleet.store.layout import StateDir
 from fleet.store.records import read_record
+from fleet.store.takeovers import Takeover, open_takeovers
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -39,6 +40,8 @@ class Observer:
         # Marker proofs only: a process's environment never changes, the other proofs (a held lock) can.
         self._proven: dict[tuple[int, int | None, str], identity.Proof] = {}
         self._foreign: dict[tuple[int, int | None], tuple[str, str] | None] = {}  # (state dir, Hermes home)
+        self._natives = NativeIndex()
+        self._takeovers: dict[str, Takeover] = {}
 
     def _check(self, name: str, spec: ProfileSpec | None, pid: int, start_ticks: int | None,
                create_time: float) -> identity.Check:
@@ -61,6 +64,8 @@ class Observer:
         requests: dict[str, object] = {}
         for req in self.store.pending_requests():
             requests.setdefault(req.profile, req)
+        self._natives = NativeIndex()  # the host's native units, read once per pass
+        self._takeovers = {t.profile: t for t in open_takeovers(self.store)}
         names = sorted(set(specs) | {e.name for e in inventory} | profile_names_on_disk(self.state))
         profiles: dict[str, ProfileObservation] = {}
         claimed: set[int] = set()
@@ -112,13 +117,14 @@ class Observer:
                 status = hf.read_gateway_status(spec.hermes_home)
                 heartbeat = hf.read_heartbeat(spec.hermes_home)
                 drain_file = hf.drain_requested(spec.hermes_home)
-                native = find_native_service(name)
+                native = find_native_service(spec.hermes_home, self._natives)
             else:
                 status = hf.read_contract_status(str(self.state.state_file(name)))
                 heartbeat = status.updated_at if status else None
         return ProfileObservation(name=name, record=record, record_problem=problem, record_verdict=verdict,
                                   process=process, status=status, heartbeat_at=heartbeat, drain_file=drain_file,
-                                  native_service=native, history=history, restart_request=request,
+                                  native_service=native, takeover=self._takeovers.get(name), history=history,
+                                  restart_request=request,
                                   other_fleet=other_fleet, claim=claim, claim_note=claim_note)
 
     def _flag_ok(self, spec: ProfileSpec | None, cmdline: tuple[str, ...]) -> bool:

@@ -6,6 +6,7 @@ budget couple them, so a sibling's failure never changes another profile's actio
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from typing import TypeGuard
 
@@ -29,6 +30,7 @@ from fleet.plan.model import (
     format_instant,
 )
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
+from fleet.store.takeovers import FLEET, GIVE_BACK, GIVING_BACK, RELEASE, TAKEOVER, UNIT_STARTING
 
 # After an action on a profile failed (any exception), that action waits this long before it is
 # tried again (the n-th consecutive failure picks the n-th entry; the last repeats). A spawn that
@@ -80,11 +82,18 @@ def _profile_checks(name: str, spec: ProfileSpec | None, obs: ProfileObservation
         checks.append(Check("error", "owned_by_other_fleet", obs.other_fleet, name,
                             "one Hermes home is managed by one fleet: stop it there, or drop the profile "
                             "from this fleet.yaml"))
-    if obs.native_service and spec is not None:
+    if obs.native_service and spec is not None and not _handed_over(obs):
         checks.append(Check("error", "owned_by_native_service",
                             f"a native service supervises this profile: {obs.native_service}", name,
-                            "remove it (hermes gateway uninstall) or drop the profile from fleet.yaml"))
+                            f"`hermes-fleet takeover {name}` (or `apply --take-over`) moves it under the fleet; "
+                            "or remove it (hermes gateway uninstall), or drop the profile from fleet.yaml"))
     return checks
+
+
+def _handed_over(obs: ProfileObservation) -> bool:
+    """A take-over or release of the native unit is under way, or the profile was released to it: the unit is
+    no conflict then, it is the point."""
+    return obs.takeover is not None or obs.history.override_verb == RELEASE
 
 
 def _orphan_check(orphan: Orphan) -> Check:
@@ -157,7 +166,7 @@ def _plan_profile(name: str, spec: ProfileSpec | None, inv, obs: ProfileObservat
     actions = _record_actions(obs, epoch)
     if spec is None:
         return _unmanaged_flow(name, inv, obs, desired, actions, now)
-    hands_off = _hands_off(name, spec, obs, actions)
+    hands_off = _hands_off(name, spec, obs, actions, now)
     if hands_off is not None:
         return hands_off
     if obs.history.desired_state(spec) == "stopped":
@@ -194,9 +203,10 @@ def _unmanaged_flow(name: str, inv, obs: ProfileObservation, desired: Desired, a
     return actions + _stop_flow(name, desired.previous.get(name), obs, Reason.REMOVED_FROM_MANIFEST, now)
 
 
-def _hands_off(name: str, spec: ProfileSpec, obs: ProfileObservation, actions: list[Action]) -> list[Action] | None:
-    """What is left to do for a profile that is not ours to act on: another fleet's, suspended, or a native
-    service's. None: it is ours."""
+def _hands_off(name: str, spec: ProfileSpec, obs: ProfileObservation, actions: list[Action],
+               now: float) -> list[Action] | None:
+    """What is left to do for a profile that is not ours to act on: another fleet's, suspended, a native
+    service's, or one whose native unit is being taken over or given back. None: it is ours."""
     proc = obs.process
     if obs.other_fleet:
         # Another fleet's gateway or claim: adopting, signalling or spawning beside it would start a tug of war.
@@ -205,12 +215,66 @@ def _hands_off(name: str, spec: ProfileSpec, obs: ProfileObservation, actions: l
     if spec.suspend:
         return actions + [Action(Kind.WAIT, name, Reason.SUSPENDED, "suspend: true; observed only",
                                  gates=(Gate("suspended", False),))]
+    if _handed_over(obs):
+        return _native_handover(name, spec, obs, actions, now)
     if obs.native_service and (proc is None or proc.source != "record"):
         # Never adopt what another supervisor owns: our record would hide the conflict from then on.
         return [a for a in actions if a.kind != "adopt"] + [
             Action(Kind.CONFLICT, name, Reason.OWNED_BY_NATIVE_SERVICE,
                    f"a native service supervises this profile: {obs.native_service}")]
     return None
+
+
+# The sources of a process that is positively the fleet's own: a record it wrote, or its markers. Hermes' lock
+# proof alone (the `hermes_pidfile` source) holds for a native unit's gateway just as well.
+FLEETS_OWN = ("record", "env_marker")
+
+
+def _native_handover(name: str, spec: ProfileSpec, obs: ProfileObservation, actions: list[Action],
+                     now: float) -> list[Action] | None:
+    """A take-over or release of the profile's native unit under way (fleet/store/takeovers.py), or a profile
+    released to its unit. The unit's gateway is never adopted, signalled or spawned beside: only the fleet's own
+    gateway is kept, or drained and stopped while it goes back. None: plan it like any profile (a take-over's
+    spawn and its verification)."""
+    tk, proc = obs.takeover, obs.process
+    ours = proc is not None and proc.source in FLEETS_OWN
+    fixes = [a for a in actions if a.kind == Kind.RECLAIM or (a.kind == Kind.ADOPT and ours)]
+    if tk is None:  # released: the unit runs it; `takeover` takes it back
+        return fixes + [Action(Kind.KEEP, name, Reason.RELEASED, _released_to(obs))]
+    if tk.kind == TAKEOVER and tk.state not in (GIVING_BACK, UNIT_STARTING):
+        reason = Reason.TAKING_OVER
+    else:  # a take-over's rollback, a release
+        reason = Reason.GIVING_BACK
+    return _handover_step(name, spec, obs, fixes, ours, reason, now)
+
+
+def _handover_step(name: str, spec: ProfileSpec, obs: ProfileObservation, fixes: list[Action], ours: bool,
+                   reason: Reason, now: float) -> list[Action] | None:
+    tk, proc = obs.takeover, obs.process
+    assert tk is not None, "only while a take-over or release is under way"
+    if tk.phase == FLEET and proc is not None and not ours:  # the unit is stopped: this is nobody's to adopt
+        return fixes + [Action(Kind.WAIT, name, reason, f"{tk.describe()}; pid {proc.pid} is not the fleet's",
+                               pid=proc.pid)]
+    if tk.phase == FLEET:
+        return None
+    if tk.phase == GIVE_BACK and (proc is None or ours):
+        return fixes + _give_back(name, spec, obs, tk.describe(), now)
+    return fixes + [Action(Kind.WAIT, name, reason, tk.describe(), pid=proc.pid if proc else None)]
+
+
+def _give_back(name: str, spec: ProfileSpec, obs: ProfileObservation, doing: str, now: float) -> list[Action]:
+    """The fleet's own gateway drains and stops; then the unit gets the home back (the controller's part)."""
+    if obs.process is not None:
+        return _stop_flow(name, spec, obs, Reason.GIVING_BACK, now)
+    if obs.history.drain_intent:
+        return [Action(Kind.UPDATE, name, Reason.DRAIN_COMPLETE, "the fleet's gateway has exited")]
+    return [Action(Kind.WAIT, name, Reason.GIVING_BACK, doing)]
+
+
+def _released_to(obs: ProfileObservation) -> str:
+    unit = os.path.basename(obs.native_service) if obs.native_service else None
+    where = f"released to {unit}" if unit else "released to its native unit (none is installed now)"
+    return f"{where}; `hermes-fleet takeover {obs.name}` takes it back"
 
 
 def _stopped_flow(name: str, spec: ProfileSpec, obs: ProfileObservation, now: float) -> list[Action]:

@@ -8,7 +8,6 @@ stopping or restarting the controller never touches a gateway.
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from fleet.service.base import (
     NOT_INSTALLED, Artifact, Command, RegistrationStatus, ServiceManager, ServiceTarget, Step, CommandRunner,
     validate_path_text,
 )
+from fleet.service.native import NativeIndex, Places
 from fleet.spec.markers import SERVICE_ENV
 
 # RestartSteps/RestartMaxDelaySec (the growing delay) exist since systemd 254.
@@ -191,9 +191,12 @@ class SystemdManager(ServiceManager):
 
     def conflicts(self) -> list[str]:
         scope = "" if self.system else " --user"
-        found = sorted(glob.glob(os.path.join(glob.escape(self.unit_dir), "hermes-gateway*.service")))
-        return [f"hermes-agent's own gateway unit {path} is installed; it conflicts with fleet supervision: "
-                f"`systemctl{scope} disable --now {os.path.basename(path)}`" for path in found]
+        places = Places(self.home, "/nonexistent", self.unit_dir) if self.system else Places(self.home, self.unit_dir,
+                                                                                              "/nonexistent")
+        found = [u for u in NativeIndex(places).units() if not all(u.gated_for(h) for h in u.homes)]
+        return [f"hermes-agent's own gateway unit {u.path} is installed; it conflicts with fleet supervision: "
+                f"`hermes-fleet takeover` moves its profile ({', '.join(u.homes)}) under the fleet, or "
+                f"`systemctl{scope} disable --now {u.name}`" for u in found]
 
     def preflight(self) -> str | None:
         props = self.show()

@@ -61,7 +61,8 @@ class StartupFolderManager(WindowsManager):
         return [Artifact(self.location, UTF16_BOM + render_startup_vbs(self.target, self.host), None, "utf-16-le")]
 
     def conflicts(self) -> list[str]:
-        found = sorted(glob.glob(os.path.join(glob.escape(self.host.startup_dir), "Hermes_Gateway*")))
+        # a launcher a take-over moved aside (`.vbs.hermes-fleet-disabled`) starts nothing
+        found = sorted(glob.glob(os.path.join(glob.escape(self.host.startup_dir), "Hermes_Gateway*.vbs")))
         return [f"hermes-agent's own gateway launcher {path} is in the Startup folder; it conflicts with fleet "
                 "supervision: remove it (`hermes gateway uninstall`)" for path in found]
 

@@ -18,11 +18,14 @@ from fleet.store.diagnosis import FULL, IO, LOCKED, READONLY, classify, read_onl
 from fleet.store.diagnosis import diagnose as _diagnose
 from fleet.store.sources import SOURCES_DDL
 from fleet.store.sources import add_missing_columns as _add_missing_source_columns
+from fleet.store.takeovers import TAKEOVERS_DDL
+from fleet.store.takeovers import trim as _trim_takeovers
 
 # 1: every release before generations were kept whole. 2: generations are append-only (no UNIQUE digest: applying an older spec again makes a
 # new generation instead of moving the old one), each generation's origin is kept in generation_origins, and
-# each applied revision row says which writer recorded it (applied_revisions.origin).
-SCHEMA_VERSION = 2
+# each applied revision row says which writer recorded it (applied_revisions.origin). 3: take-overs of Hermes' own
+# units (the takeovers table, fleet/store/takeovers.py; created by the DDL on the first writable open).
+SCHEMA_VERSION = 3
 
 # Generations are immutable rows, and the newest GENERATIONS_KEPT of them always stay: that is how far back
 # `rollback` reaches. Older ones go when a new generation is recorded, except those the inventory still needs
@@ -66,7 +69,7 @@ CREATE TABLE IF NOT EXISTS maintenance_requests(
   update_started REAL, update_finished REAL, update_exit INTEGER, update_output TEXT, epoch INTEGER);
 CREATE UNIQUE INDEX IF NOT EXISTS open_maintenance ON maintenance_requests(profile)
   WHERE state IN ('pending', 'waiting');
-""" + SOURCES_DDL
+""" + SOURCES_DDL + TAKEOVERS_DDL
 
 PROFILE_STATE_COLUMNS = (
     "restarts", "failures", "last_start", "last_exit_code", "last_exit_at", "last_exit_class",
@@ -562,7 +565,7 @@ class Store:
                                json.dumps(data, sort_keys=True) if data else None))
 
     def enforce_retention(self, now: float, *, max_age: float, journal_rows: int, request_rows: int) -> int:
-        """Drop journal rows and finished requests (operator and maintenance) older than max_age or beyond
+        """Drop journal rows and finished requests (operator, maintenance, take-overs) older than max_age or beyond
         the newest N; open requests always stay. Returns how many rows went."""
         cutoff = now - max_age
         with self.tx():
@@ -580,6 +583,7 @@ class Store:
             gone += self.conn.execute(f"DELETE FROM maintenance_requests WHERE {finished} AND id <= (SELECT id FROM "
                                       f"maintenance_requests WHERE {finished} ORDER BY id DESC LIMIT 1 OFFSET ?)",
                                       (request_rows,)).rowcount
+            gone += _trim_takeovers(self, cutoff, request_rows)
         return gone
 
     def events(self, *, after_id: int = 0, profile: str | None = None, limit: int = 200) -> list[JournalEntry]:
