@@ -525,7 +525,7 @@ def test_diff_right_after_init_shows_adopt_take_over_and_spawn(reaper, box, tmp_
     assert "# default will be adopted" in out
     assert "# default will be replaced (adopted argv mismatch)" in out  # as init's comment said: no flag
     assert "# native is left to its native service until taken over (owned by native service)" in out
-    assert "take over: hermes-fleet takeover native (apply refuses until then)" in out
+    assert "take over: hermes-fleet takeover native (or apply --take-over; plain apply refuses until then)" in out
     assert "# idle will be spawned (first apply)" in out
     assert "remove it (hermes gateway uninstall)" not in out
     assert hand.poll() is None  # neither init nor diff touched it

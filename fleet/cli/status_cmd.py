@@ -59,7 +59,7 @@ def status(
     With -w/--watch, one process keeps the view current: it looks at the state directory
     five times a second (file times and sizes, no query), recomputes the view when something
     changed, and at least every --interval so ages move. It only reads, so it works without
-    a controller too. It ends with exit 0 on q, Ctrl-C, SIGTERM or SIGHUP.
+    a controller too. It ends with exit 0 on q, Ctrl-C, or when the OS asks it to stop.
 
     On a terminal, --watch fills the screen (the alternate screen, restored at the end) with
     the table and the latest events under it. Keys: q quits, r or space redraws.

@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import sys
 import time
 import unicodedata
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
 
 from fleet.cli.common import EXIT_OK, columns, file_stamp
 from fleet.cli.render_plan import utc
@@ -36,6 +32,7 @@ from fleet.controller.status import FleetStatus, ProfileStatus, fleet_status
 from fleet.observe.hermes_files import GATEWAY_STATE
 from fleet.platform import current_platform
 from fleet.platform.base import Platform
+from fleet.platform.terminal import Keys, TerminateRequested, pid_exists, stop_on_terminate, vt_console
 from fleet.spec.durations import format_duration
 from fleet.spec.model import DRIVER_HERMES
 from fleet.store.db import JournalEntry, Store, StoreError
@@ -103,21 +100,7 @@ class ChangeSensor:
         return tuple(file_stamp(p) for p in self.files)
 
     def _alive(self) -> tuple:
-        return tuple(_exists(pid) for pid in self.pids)
-
-
-def _exists(pid: int) -> bool:
-    """Whether a process `pid` exists (a zombie too): kill(pid, 0) where there are signals, which never
-    signals anything (psutil's check reads /proc besides); psutil elsewhere (Windows has no signal 0)."""
-    if os.name != "posix":
-        return psutil.pid_exists(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process, for one
-        return True
-    return True
+        return tuple(pid_exists(pid) for pid in self.pids)
 
 
 # -- one frame ----------------------------------------------------------------------------------
@@ -355,108 +338,21 @@ class Lines:
 
 # -- keys and signals -----------------------------------------------------------------------------
 
-class Keys:
-    """Single key presses from a terminal on stdin (cbreak: no echo, no Enter needed, Ctrl-C still a
-    signal); elsewhere only a sleep."""
-
-    def __init__(self, stream) -> None:
-        self.fd: int | None = None
-        self.saved: list | None = None
-        if sys.platform == "win32":
-            return
-        try:
-            if stream is None or not stream.isatty():
-                return
-            import termios
-            import tty
-
-            fd = stream.fileno()
-            self.saved = termios.tcgetattr(fd)
-            tty.setcbreak(fd)
-            self.fd = fd
-        except (OSError, ValueError, ImportError):
-            self.fd = None
-
-    def close(self) -> None:
-        if sys.platform == "win32":
-            return
-        if self.fd is not None and self.saved is not None:
-            import termios
-
-            try:
-                termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
-            except OSError:
-                pass
-            self.fd = None
-
-    def wait(self, timeout: float) -> str | None:
-        """"quit", "redraw" or None, after at most `timeout` seconds."""
-        if self.fd is None:
-            time.sleep(timeout)
-            return None
-        import select
-
-        ready, _, _ = select.select([self.fd], [], [], timeout)
-        if not ready:
-            return None
-        data = os.read(self.fd, 64)
-        if not data:  # end of input: no more keys, Ctrl-C still works
-            self.close()
-            return None
-        if b"q" in data.lower():
-            return "quit"
-        if any(ch in data for ch in b"rR \x0c"):
-            return "redraw"
-        return None
-
-
-class _Stop(BaseException):
-    """SIGTERM or SIGHUP: end the watch as Ctrl-C does."""
-
-
-@contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    def stop(signum, frame):
-        raise _Stop
-
-    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
-    saved = {n: signal.signal(getattr(signal, n), stop) for n in names}
-    try:
-        yield
-    finally:
-        for n, handler in saved.items():
-            signal.signal(getattr(signal, n), handler)
-
-
-def _vt_console() -> bool:
-    """Windows: turn on the console's VT processing (ANSI sequences); False where it cannot be."""
-    if sys.platform != "win32":
-        return True
-    import ctypes
-
-    kernel32 = ctypes.windll.kernel32
-    handle = kernel32.GetStdHandle(-11)  # STD_OUTPUT_HANDLE
-    mode = ctypes.c_uint32()
-    if not kernel32.GetConsoleMode(handle, ctypes.byref(mode)):
-        return False
-    return bool(kernel32.SetConsoleMode(handle, mode.value | 0x0004))  # ENABLE_VIRTUAL_TERMINAL_PROCESSING
-
-
 # -- the loop -----------------------------------------------------------------------------------
 
 def watch_status(state: StateDir, profiles: list[str], interval: float, output: str,
                  first: tuple[FleetStatus, float] | None = None) -> int:
-    """Show the fleet until Ctrl-C, q, SIGTERM or SIGHUP; the exit code (0)."""
+    """Show the fleet until Ctrl-C, q or a stop request from the OS; the exit code (0)."""
     out = sys.stdout
-    tty = output != "json" and out.isatty() and os.environ.get("TERM") != "dumb" and _vt_console()
+    tty = output != "json" and out.isatty() and os.environ.get("TERM") != "dumb" and vt_console()
     reader = Reader(state, profiles, current_platform(), with_events=tty)
     view: Screen | Lines = (Screen(out, "hermes-fleet status --watch", interval) if tty
                             else Lines(out, output == "json", state))
     keys = Keys(sys.stdin if tty else None)
     try:
-        with _stop_on_signals(), view:
+        with stop_on_terminate(), view:
             _loop(reader, view, keys, ChangeSensor(state.root), interval, first)
-    except (KeyboardInterrupt, _Stop):
+    except (KeyboardInterrupt, TerminateRequested):
         pass
     except BrokenPipeError:  # `| head` closed the pipe: done, quietly (and no error at exit's flush)
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -471,7 +367,7 @@ def _loop(reader: Reader, view: Screen | Lines, keys: Keys, sensor: ChangeSensor
           first: tuple[FleetStatus, float] | None) -> None:
     """Show a frame; then look every POLL_S and compute the next one when the sensor saw a change, r
     was pressed or `interval` passed. Computing a frame of a big fleet costs (the identity checks read
-    /proc for each gateway, ~2.5 ms a profile), so the watch computes at most DUTY of its time: with
+    the OS for each gateway, ~2.5 ms a profile), so the watch computes at most DUTY of its time: with
     hundreds of heartbeats a minute, or an interval shorter than a computation, frames come less
     often instead of in a busy loop."""
     sensor.look()
