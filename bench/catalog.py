@@ -1,7 +1,10 @@
 """What each scenario measures, in which unit, and the target hermes-fleet must meet.
 
-Targets compare our median with the best peer measured in the same run ("best" is the
-lowest value), or with a fixed number. The report and the JSON both read this table.
+Targets compare our median (or another statistic, `stat`) with the best peer measured in
+the same run ("best" is the lowest value), with one named peer, with a fixed number, or
+with another of our scenarios within the noise of the two (`within_noise`: the
+difference of the means of per-second samples is at most two standard errors). The
+report and the JSON both read this table.
 """
 
 from __future__ import annotations
@@ -15,17 +18,22 @@ SUPERVISORS = (OURS, *PEERS)
 
 @dataclass(frozen=True)
 class Target:
-    kind: str  # le_best_peer | lt_best_peer | eq | lt | none
+    kind: str  # le_best_peer | lt_best_peer | le_peer | eq | lt | within_noise | none
     value: float | None = None
     text: str = ""
+    stat: str = "median"  # which of our statistics is judged (median, p95, p99, max)
+    peer: str = ""  # le_peer: the peer compared with
+    ref: str = ""  # within_noise: the scenario compared with
 
     def met(self, ours: float | None, best_peer: float | None) -> bool | None:
-        if ours is None or self.kind == "none":
+        """`best_peer` is the reference value: the best peer's median, or `peer`'s for le_peer.
+        within_noise is judged from samples (bench.results), not here."""
+        if ours is None or self.kind in ("none", "within_noise"):
             return None
-        if self.kind in ("le_best_peer", "lt_best_peer"):
+        if self.kind in ("le_best_peer", "lt_best_peer", "le_peer"):
             if best_peer is None:
                 return None
-            return ours <= best_peer if self.kind == "le_best_peer" else ours < best_peer
+            return ours < best_peer if self.kind == "lt_best_peer" else ours <= best_peer
         if self.kind == "eq":
             return ours == self.value
         if self.kind == "lt":
@@ -42,9 +50,17 @@ class Scenario:
     target: Target = Target("none")
     ours_only: bool = False
     ratio: bool = True  # counts have no meaningful ratio
+    only: tuple[str, ...] = ()  # the supervisors this scenario runs for (empty: all; see ours_only)
+    spread: tuple[str, ...] = ("p95",)  # the statistics shown after the median in the table
+
+    def applies_to(self, supervisor: str) -> bool:
+        if self.ours_only:
+            return supervisor == OURS
+        return not self.only or supervisor in self.only
 
 
 NO_TARGET = Target("none")
+METRICS_RUNS = (OURS, "supervisord")  # the metrics group measures supervisord only as the RSS reference
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("respawn_n10", "respawn latency after SIGKILL (N=10)", "ms", "respawn",
@@ -58,6 +74,26 @@ SCENARIOS: tuple[Scenario, ...] = (
              Target("le_best_peer", text="no higher than the leanest peer")),
     Scenario("idle_rss_n100", "idle RSS of the supervisor, N=100", "MiB", "lifecycle_n100",
              Target("le_best_peer", text="no higher than the leanest peer")),
+    # Metrics (issue 15): hermes-fleet at N=100 with metrics off and on (HTTP listener and textfile), and
+    # supervisord's idle RSS at N=100 from the same run as the reference (the same samples in each RSS row).
+    Scenario("metrics_rss_off_n100", "idle RSS of the controller, N=100, metrics off", "MiB", "metrics",
+             only=METRICS_RUNS),
+    Scenario("metrics_rss_on_n100", "idle RSS of the controller, N=100, metrics on (HTTP + textfile)", "MiB", "metrics",
+             Target("le_peer", text="<= supervisord's", peer="supervisord"), only=METRICS_RUNS),
+    Scenario("metrics_rss_scraped_n100", "RSS of the controller, N=100, metrics on, scraped every 1 s", "MiB", "metrics",
+             Target("le_peer", text="<= supervisord's", peer="supervisord"), only=METRICS_RUNS),
+    Scenario("metrics_cpu_off_n100", "idle CPU of the controller, N=100, metrics off (mean over the window)",
+             "% of one core", "metrics", ours_only=True, ratio=False),
+    Scenario("metrics_cpu_on_n100", "idle CPU of the controller, N=100, metrics on (mean over the window)",
+             "% of one core", "metrics", Target("within_noise", text="within noise of metrics off",
+                                                ref="metrics_cpu_off_n100"), ours_only=True, ratio=False),
+    Scenario("metrics_cpu_scraped_n100", "CPU of the controller, N=100, metrics on, scraped every 1 s (mean over the window)",
+             "% of one core", "metrics", Target("within_noise", text="within noise of metrics off",
+                                                ref="metrics_cpu_off_n100"), ours_only=True, ratio=False),
+    Scenario("metrics_scrape_n100", "GET /metrics at N=100, back to back: latency", "ms", "metrics",
+             Target("lt", 20, "under 20 ms (p99)", stat="p99"), ours_only=True, ratio=False, spread=("p99", "max")),
+    Scenario("metrics_scrape_bytes_n100", "GET /metrics at N=100: body size", "bytes", "metrics",
+             ours_only=True, ratio=False, spread=("max",)),
     Scenario("kill9_adopted", "supervisor kill -9 + restart (N=10): children adopted", "of 10", "kill9", ratio=False),
     Scenario("kill9_duplicated", "supervisor kill -9 + restart (N=10): children duplicated", "of 10", "kill9",
              Target("eq", 0, "zero duplicates"), ratio=False),

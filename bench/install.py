@@ -7,6 +7,7 @@ in the results. Re-running with the same --workdir reuses what is already instal
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -25,13 +26,17 @@ class ToolInstall:
     version: str = ""
     bin_dir: Path | None = None
     reason: str = ""  # why it is unavailable
+    source: str = ""  # hermes-fleet: the `fleet` package its commands import (PYTHONPATH counts)
 
     def executable(self, program: str) -> str:
         assert self.bin_dir is not None
         return str(self.bin_dir / program)
 
     def as_dict(self) -> dict:
-        return {"available": self.available, "version": self.version, "reason": self.reason}
+        out = {"available": self.available, "version": self.version, "reason": self.reason}
+        if self.source:
+            out["source"] = self.source
+        return out
 
 
 def _run(argv: list[str], cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -99,4 +104,14 @@ def locate_hermes_fleet(explicit: str | None) -> ToolInstall:
     if missing:
         return ToolInstall("hermes-fleet", False, reason=f"CLI lacks command(s): {', '.join(missing)}")
     version = _run([sys.executable, "-c", "import importlib.metadata as m; print(m.version('hermes-fleet'))"]).stdout.strip()
-    return ToolInstall("hermes-fleet", True, version=version, bin_dir=Path(cli).parent)
+    return ToolInstall("hermes-fleet", True, version=version, bin_dir=Path(cli).parent, source=fleet_source(cli))
+
+
+def fleet_source(cli: str) -> str:
+    """Where the CLI's interpreter (its shebang) imports `fleet` from with the environment the bench
+    gives our commands: the checkout on PYTHONPATH if one is set, else the installed project."""
+    first = Path(cli).read_text(errors="replace").splitlines()[0] if Path(cli).is_file() else ""
+    python = first[2:].split() if first.startswith("#!") else [sys.executable]
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH")}
+    found = _run([*python, "-c", "import fleet; print(fleet.__path__[0])"], env=env)
+    return found.stdout.strip() if found.returncode == 0 else ""

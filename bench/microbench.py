@@ -27,7 +27,7 @@ def run_diff(tool: ToolInstall, child: ChildProgram, root: Path, reps: int, reco
     sid = "diff_1000"
     root.mkdir(parents=True, exist_ok=True)
     manifest = big_manifest(root / "big.yaml", child)
-    env = base_env(root / "home")
+    env = base_env(root / "home", ours=True)
     for rep in range(reps):
         state = root / f"empty-state-{rep}"
         argv = [tool.executable("hermes-fleet"), "diff", "-f", str(manifest), "--state-dir", str(state), "-o", "json"]

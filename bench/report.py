@@ -23,6 +23,8 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value / 1000:.2f} s"
     if unit in ("of 10", "count"):
         return f"{value:g}"
+    if unit == "bytes":
+        return f"{value:,.0f}"
     if abs(value) >= 100:
         return f"{value:.0f}"
     if abs(value) >= 10:
@@ -39,7 +41,7 @@ def with_unit(value: float | None, unit: str) -> str:
     return f"{text} ms" if unit == "ms" else text
 
 
-def cell_text(result: dict | None, unit: str) -> str:
+def cell_text(result: dict | None, unit: str, spread: tuple[str, ...] = ("p95",)) -> str:
     if result is None:
         return "n/a"
     if result.get("skipped"):
@@ -48,17 +50,23 @@ def cell_text(result: dict | None, unit: str) -> str:
         return "pending"
     if result.get("median") is None:
         return "error" if result.get("errors") else "-"
-    median, p95 = result["median"], result["p95"]
-    text = with_unit(median, unit)
-    if unit not in ("of 10", "count") and p95 is not None and result.get("n", 0) > 1:
-        text += f" ({with_unit(p95, unit)})"
+    text = with_unit(result["median"], unit)
+    if unit not in ("of 10", "count") and result.get("n", 0) > 1:
+        shown = [(stat, result.get(stat)) for stat in spread if result.get(stat) is not None]
+        if list(spread) == ["p95"] and shown:
+            text += f" ({with_unit(shown[0][1], unit)})"
+        elif shown:
+            text += " (" + ", ".join(f"{stat} {with_unit(value, unit)}" for stat, value in shown) + ")"
     if result.get("errors"):
         text += " !"
     return text
 
 
-def met_text(met: bool | None) -> str:
-    return {True: "yes", False: "**no**", None: "-"}[met]
+def met_text(met: bool | None, sc: dict | None = None) -> str:
+    text = {True: "yes", False: "**no**", None: "-"}[met]
+    if sc is not None and sc.get("noise") is not None:
+        text += f" ({sc['difference']:+.3f} vs noise {sc['noise']:.3f})"
+    return text
 
 
 def render_markdown(results: dict) -> str:
@@ -72,7 +80,8 @@ def render_markdown(results: dict) -> str:
         out += ["**Quick smoke run: too few repetitions to quote.**", ""]
     out += [
         f"Generated {results.get('generated_at', '?')} by `{results.get('command', 'python bench/run.py')}`.",
-        "Cells: median (p95) over repetitions. Idle CPU: mean over one idle window; idle RSS: per-second samples in it.",
+        "Cells: median (p95) over repetitions, unless the cell names other statistics. Idle CPU: mean over one idle "
+        "window; idle RSS: per-second samples in it.",
         "Ratio: hermes-fleet median / best peer median in the same run (lower is better).",
         "",
         "| scenario | unit | " + " | ".join(supervisors) + " | ours / best peer | target | met |",
@@ -80,13 +89,14 @@ def render_markdown(results: dict) -> str:
     ]
     for sid, sc in results.get("scenarios", {}).items():
         row = [sc["title"], sc["unit"]]
-        row += [cell_text(sc["results"].get(sup), sc["unit"]) for sup in supervisors]
+        row += [cell_text(sc["results"].get(sup), sc["unit"], tuple(sc.get("spread", ("p95",)))) for sup in supervisors]
         ratio = sc.get("ratio_ours_to_best_peer")
         best = sc.get("best_peer")
         row.append(f"{ratio:.2f} (vs {best})" if ratio is not None else "-")
         row.append(sc.get("target") or "-")
-        row.append(met_text(sc.get("target_met")) if sc.get("target") else "-")
+        row.append(met_text(sc.get("target_met"), sc) if sc.get("target") else "-")
         out.append("| " + " | ".join(row) + " |")
+    out += _provenance(results)
     out += ["", "## Tools", ""]
     for name, tool in results.get("tools", {}).items():
         state = f"version {tool['version']}" if tool.get("available") else f"skipped: {tool.get('reason')}"
@@ -101,6 +111,11 @@ def render_markdown(results: dict) -> str:
         out += ["", "## Host load", "",
                 f"1-minute load average around each scenario group: min {min(values):.2f}, max {max(values):.2f} "
                 f"on {cpus} logical CPUs. Groups run one supervisor after the other, so each tool meets a similar load."]
+        for run in results.get("earlier_runs", []):
+            earlier = [v for entry in run.get("host_load", []) for v in (entry["loadavg_1m_before"], entry["loadavg_1m_after"])]
+            if earlier:
+                out.append(f"Earlier run of {run.get('generated_at')}: min {min(earlier):.2f}, max {max(earlier):.2f}.")
+                values += earlier
         if max(values) > 0.75 * cpus:
             out.append("**Other work was running on this host during the run; treat small differences as noise.**")
     machine = results.get("machine", {})
@@ -108,6 +123,25 @@ def render_markdown(results: dict) -> str:
         out += ["", "## Machine", ""]
         out += [f"- {key}: {value}" for key, value in machine.items()]
     return "\n".join(out) + "\n"
+
+
+def _provenance(results: dict) -> list[str]:
+    """Which rows an earlier run measured, when results.json was merged (run.py --merge)."""
+    by_run: dict[tuple, list[str]] = {}
+    for sc in results.get("scenarios", {}).values():
+        if sc.get("run"):
+            by_run.setdefault((sc["run"].get("generated_at"), sc["run"].get("command")), []).append(sc["title"])
+    if not by_run:
+        return []
+    out = ["", "Rows measured in this run: "
+           + "; ".join(sc["title"] for sc in results["scenarios"].values() if not sc.get("run")) + "."]
+    for (generated, command), titles in by_run.items():
+        out.append(f"All other rows come from an earlier run, generated {generated} by `{command}`."
+                   if len(by_run) == 1 else f"Generated {generated} by `{command}`: " + "; ".join(titles) + ".")
+    return out
+
+
+HIDDEN_EXTRAS = {"per_second"}  # raw samples kept in the JSON for the noise verdicts
 
 
 def _notes(results: dict) -> list[str]:
@@ -125,6 +159,8 @@ def _notes(results: dict) -> list[str]:
             for err in dict.fromkeys(r.get("errors", [])):
                 notes.append(f"- {sid} / {sup}: error: {err}")
             for key, values in r.get("extra", {}).items():
+                if key in HIDDEN_EXTRAS:
+                    continue
                 if key == "cleanup":
                     for note in dict.fromkeys(values):
                         notes.append(f"- {sid} / {sup}: clean-up: {note}")

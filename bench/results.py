@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from bench.catalog import OURS, PEERS, SCENARIOS, Scenario
-from bench.stats import summarize
+from bench.stats import difference_and_noise, summarize
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Recorder:
         self.cell(scenario_id, supervisor).extra.setdefault(key, []).append(value)
 
 
-def scenario_result(s: Scenario, cells: dict[str, Cell]) -> dict:
+def scenario_result(s: Scenario, cells: dict[str, Cell], ref_cells: dict[str, Cell] | None = None) -> dict:
     per_supervisor = {}
     for supervisor, c in cells.items():
         summary = summarize(c.samples)
@@ -59,29 +59,53 @@ def scenario_result(s: Scenario, cells: dict[str, Cell]) -> dict:
         }
     peer_medians = {p: r["median"] for p, r in per_supervisor.items() if p in PEERS and r["median"] is not None}
     best_peer = min(peer_medians, key=peer_medians.get) if peer_medians else None
+    if s.target.kind == "le_peer":
+        best_peer = s.target.peer if s.target.peer in peer_medians else None
     ours = per_supervisor.get(OURS, {}).get("median")
     best = peer_medians.get(best_peer) if best_peer else None
     ratio = None
     if s.ratio and ours is not None and best:
         ratio = round(ours / best, 3)
-    return {
+    judged = per_supervisor.get(OURS, {}).get(s.target.stat)
+    result = {
         "title": s.title,
         "unit": s.unit,
         "target": s.target.text or None,
+        "spread": list(s.spread),
         "results": per_supervisor,
         "best_peer": best_peer,
         "best_peer_median": best,
         "ratio_ours_to_best_peer": ratio,
-        "target_met": s.target.met(ours, best),
+        "target_met": s.target.met(judged, best),
     }
+    if s.target.kind == "within_noise":
+        result.update(noise_verdict(s, cells.get(OURS), (ref_cells or {}).get(OURS)))
+    return result
+
+
+def per_second(cell: Cell | None) -> list[float]:
+    """The per-second samples of every window of a cell (kept in its extras as one list per window)."""
+    if cell is None:
+        return []
+    return [v for window in cell.extra.get("per_second", []) for v in window]
+
+
+def noise_verdict(s: Scenario, ours: Cell | None, reference: Cell | None) -> dict:
+    judged = difference_and_noise(per_second(ours), per_second(reference))
+    if judged is None:
+        return {"target_met": None, "compared_with": s.target.ref}
+    delta, noise = judged
+    return {"target_met": delta <= noise, "compared_with": s.target.ref,
+            "difference": round(delta, 4), "noise": round(noise, 4)}
 
 
 def build_results(recorder: Recorder, *, tools: dict, settings: dict, command: str, load: list[dict] | None = None) -> dict:
     scenarios = {}
     for s in SCENARIOS:
         cells = {sup: c for (sid, sup), c in recorder.cells.items() if sid == s.id}
+        ref_cells = {sup: c for (sid, sup), c in recorder.cells.items() if sid == s.target.ref} if s.target.ref else None
         if cells:
-            scenarios[s.id] = scenario_result(s, cells)
+            scenarios[s.id] = scenario_result(s, cells, ref_cells)
     return {
         "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
@@ -108,3 +132,21 @@ def machine_info() -> dict:
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
     }
+
+
+def merge_results(earlier: dict, latest: dict) -> dict:
+    """`latest` with the scenarios of `earlier` it did not measure (re-running one group keeps the rest
+    of a committed results.json). Each kept scenario says which run it came from, in "run"."""
+    kept = {}
+    for sid, sc in earlier.get("scenarios", {}).items():
+        if sid not in latest.get("scenarios", {}):
+            kept[sid] = {**sc, "run": sc.get("run") or {"generated_at": earlier.get("generated_at"),
+                                                         "command": earlier.get("command")}}
+    order = [s.id for s in SCENARIOS] + sorted(set(kept) - {s.id for s in SCENARIOS})
+    scenarios = {sid: latest["scenarios"].get(sid) or kept[sid] for sid in order
+                 if sid in latest.get("scenarios", {}) or sid in kept}
+    earlier_runs = [*earlier.get("earlier_runs", []),
+                    {"generated_at": earlier.get("generated_at"), "command": earlier.get("command"),
+                     "settings": earlier.get("settings", {}), "host_load": earlier.get("host_load", [])}]
+    return {**latest, "tools": {**earlier.get("tools", {}), **latest.get("tools", {})},
+            "earlier_runs": earlier_runs, "scenarios": scenarios}

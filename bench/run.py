@@ -1,6 +1,6 @@
 """Benchmark hermes-fleet against supervisord, circus and PM2 on this machine.
 
-    python bench/run.py [--quick] [--only SUPERVISOR,...] [--scenarios GROUP,...] [--reps N] [--workdir DIR]
+    python bench/run.py [--quick] [--only SUPERVISOR,...] [--scenarios GROUP,...] [--reps N] [--workdir DIR] [--out DIR] [--merge]
 
 Installs the peers into their own environments under a work directory, runs every
 scenario against every available supervisor with the same tiny child program, and
@@ -10,6 +10,7 @@ writes results.json and results.md (see bench/README.md). Not part of the test s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import install, microbench, scenarios  # noqa: E402
+from bench import install, metrics, microbench, scenarios  # noqa: E402
 from bench.adapters.base import Adapter, ChildProgram, python_executable  # noqa: E402
 from bench.adapters.circus import CircusAdapter  # noqa: E402
 from bench.adapters.hermes_fleet import HermesFleetAdapter  # noqa: E402
@@ -30,7 +31,7 @@ from bench.adapters.supervisord import SupervisordAdapter  # noqa: E402
 from bench.catalog import GROUPS, OURS, SCENARIOS, SUPERVISORS  # noqa: E402
 from bench.procs import Reaper, Tracker  # noqa: E402
 from bench.report import render_markdown  # noqa: E402
-from bench.results import Recorder, build_results  # noqa: E402
+from bench.results import Recorder, build_results, merge_results  # noqa: E402
 from bench.scenarios import Settings  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -41,10 +42,14 @@ ADAPTERS: dict[str, type[Adapter]] = {
     "pm2": Pm2Adapter,
 }
 
+# The metrics windows are 60 s: the idle controller's resync pass comes every 24-36 s, so a window
+# holds about two of them and the mean depends less on where they fall.
 FULL = Settings(respawn_kills=20, lifecycle_n10_reps=5, lifecycle_n100_reps=3, kill9_reps=3,
-                config_changes=5, idle_window=30.0, idle_settle=3.0, diff_reps=10, plan_reps=30)
+                config_changes=5, idle_window=30.0, idle_settle=3.0, diff_reps=10, plan_reps=30,
+                metrics_reps=2, metrics_window=60.0, scrapes=500)
 QUICK = Settings(respawn_kills=5, lifecycle_n10_reps=2, lifecycle_n100_reps=1, kill9_reps=1,
-                 config_changes=2, idle_window=5.0, idle_settle=1.0, diff_reps=3, plan_reps=5)
+                 config_changes=2, idle_window=5.0, idle_settle=1.0, diff_reps=3, plan_reps=5,
+                 metrics_reps=1, metrics_window=5.0, scrapes=50)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,6 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=None, help="repetitions for every scenario (overrides the defaults)")
     parser.add_argument("--workdir", default=None, help="work directory (kept; reuses installed peers); default: a fresh temp dir, removed afterwards")
     parser.add_argument("--out", default=None, help="where results.json/results.md go (default: bench/, or the workdir with --quick)")
+    parser.add_argument("--merge", action="store_true", help="keep the scenarios of the results.json already in --out that this run does not measure (each marked with its run)")
     parser.add_argument("--hermes-fleet", dest="hermes_fleet", default=None, help="path of the hermes-fleet CLI (default: next to this interpreter, or on PATH)")
     args = parser.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -73,7 +79,8 @@ def settings_for(args: argparse.Namespace) -> Settings:
     if args.reps is None:
         return base
     r = args.reps
-    return Settings(r, r, r, r, r, base.idle_window, base.idle_settle, r, r)
+    return dataclasses.replace(base, respawn_kills=r, lifecycle_n10_reps=r, lifecycle_n100_reps=r, kill9_reps=r,
+                               config_changes=r, diff_reps=r, plan_reps=r, metrics_reps=r)
 
 
 def install_tools(root: Path, wanted: list[str], hermes_fleet: str | None) -> dict[str, install.ToolInstall]:
@@ -112,6 +119,8 @@ def group_steps(adapter: Adapter, tracker: Tracker, root: Path, settings: Settin
         "config": lambda: scenarios.run_config_change(adapter, tracker, root, settings.config_changes, recorder),
         "diff": lambda: microbench.run_diff(adapter.tool, adapter.child, root / "diff", settings.diff_reps, recorder),
         "plan": lambda: microbench.run_plan(adapter.child, root / "plan", settings.plan_reps, recorder),
+        "metrics": lambda: metrics.run_metrics(adapter, tracker, root, settings.metrics_reps, settings.metrics_window,
+                                               settings.idle_settle, settings.scrapes, recorder),
     }
 
 
@@ -119,9 +128,8 @@ def run_groups(adapters: list[Adapter], tracker: Tracker, root: Path, settings: 
                recorder: Recorder, load: list[dict]) -> None:
     """Scenario group outermost, supervisors inside: every tool meets the same stretch of host load."""
     for group in groups:
-        ours_only = all(s.ours_only for s in SCENARIOS if s.group == group)
         for adapter in adapters:
-            if ours_only and adapter.name != OURS:
+            if not any(s.applies_to(adapter.name) for s in SCENARIOS if s.group == group):
                 continue
             log(f"{adapter.name}: {group}")
             before, started = os.getloadavg()[0], time.monotonic()
@@ -136,7 +144,7 @@ def run_groups(adapters: list[Adapter], tracker: Tracker, root: Path, settings: 
 
 def mark_skipped(recorder: Recorder, supervisor: str, reason: str, groups: list[str]) -> None:
     for s in SCENARIOS:
-        if s.group in groups and (not s.ours_only or supervisor == OURS):
+        if s.group in groups and s.applies_to(supervisor):
             recorder.skip(s.id, supervisor, reason)
 
 
@@ -177,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             load=load,
         )
         out.mkdir(parents=True, exist_ok=True)
+        if args.merge and (out / "results.json").exists():
+            results = merge_results(json.loads((out / "results.json").read_text()), results)
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
         (out / "results.md").write_text(render_markdown(results))
         log(f"wrote {out / 'results.md'} and {out / 'results.json'}")

@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import psutil
 
@@ -42,6 +42,9 @@ class Settings:
     idle_settle: float
     diff_reps: int
     plan_reps: int
+    metrics_reps: int = 1  # metrics off/on pairs at N=100
+    metrics_window: float = 5.0  # seconds of each metrics window (idle, and scraped every 1 s)
+    scrapes: int = 50  # back-to-back GETs of /metrics per repetition
 
 
 def now_ns() -> int:
@@ -176,8 +179,11 @@ def on_cpu_seconds(proc: psutil.Process) -> float:
         return sum(proc.cpu_times()[:2])
 
 
-def measure_idle(adapter: Adapter, window: float, settle: float) -> tuple[list[float], list[float]]:
-    """Per-second CPU % of one core and RSS (MiB) of the supervisor's own process(es)."""
+def measure_idle(adapter: Adapter, window: float, settle: float,
+                 tick: Callable[[], None] | None = None) -> tuple[list[float], list[float]]:
+    """Per-second CPU % of one core and RSS (MiB) of the supervisor's own process(es). `tick`, if
+    given, runs half-way through every second (e.g. a scrape): what it causes the supervisor to do
+    is measured, the harness's own work for it is not."""
     time.sleep(settle)  # let start-up work finish: this is a measurement window, not a wait for a condition
     procs = supervisor_processes(adapter)
 
@@ -189,6 +195,9 @@ def measure_idle(adapter: Adapter, window: float, settle: float) -> tuple[list[f
     begin = time.monotonic()
     previous_cpu, previous_t = cpu_seconds(), begin
     for i in range(1, seconds + 1):
+        if tick is not None:
+            time.sleep(max(0.0, begin + i - 0.5 - time.monotonic()))
+            tick()
         time.sleep(max(0.0, begin + i - time.monotonic()))
         current_cpu, current_t = cpu_seconds(), time.monotonic()
         cpu.append(max(0.0, 100.0 * (current_cpu - previous_cpu) / (current_t - previous_t)))

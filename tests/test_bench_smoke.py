@@ -1,6 +1,7 @@
 """Smoke test of the benchmark harness (bench/): the child program and result rendering.
 
 No peer is installed and nothing is timed; the real bench runs with `python bench/run.py`.
+The metrics scenario runs once end to end on a tiny fleet (no peer, no timing assertion).
 """
 
 from __future__ import annotations
@@ -129,6 +130,117 @@ def test_harness_command_line_parses():
     args = bench_run.parse_args(["--quick", "--only", "supervisord,pm2", "--scenarios", "respawn,kill9"])
     assert args.only == ["supervisord", "pm2"] and args.scenarios == ["respawn", "kill9"]
     assert bench_run.settings_for(args).idle_window < bench_run.FULL.idle_window
+    args = bench_run.parse_args(["--quick", "--only", "hermes-fleet,supervisord", "--scenarios", "metrics", "--merge"])
+    assert args.scenarios == ["metrics"] and args.merge
+    quick = bench_run.settings_for(args)
+    assert quick.metrics_window < bench_run.FULL.metrics_window and quick.scrapes < bench_run.FULL.scrapes
+    assert bench_run.settings_for(bench_run.parse_args(["--reps", "4"])).metrics_reps == 4
+
+
+def test_metrics_group_runs_for_ours_and_supervisord_only():
+    from bench.catalog import SCENARIOS
+
+    group = [s for s in SCENARIOS if s.group == "metrics"]
+    assert group and all(s.applies_to(OURS) for s in group)
+    assert any(s.applies_to("supervisord") for s in group)
+    assert not any(s.applies_to(peer) for s in group for peer in ("circus", "pm2"))
+
+
+def test_bench_manifest_with_metrics_is_valid_for_the_spec_loader(tmp_path):
+    from fleet.spec.load import parse_manifest
+
+    argv = ChildProgram(sys.executable).argv("c000", tmp_path / "started.log")
+    textfile = str(tmp_path / "fleet.prom")
+    text = render_manifest({"c000": (argv, "7")}, {"listen": "127.0.0.1:0", "textfile": textfile})
+    metrics = parse_manifest(text, "fleet.yaml", str(tmp_path)).spec.metrics
+    assert (metrics.listen, metrics.textfile) == ("127.0.0.1:0", textfile)
+
+
+def test_metrics_targets_and_markdown_from_synthetic_samples():
+    rec = Recorder()
+    for value in (30.0, 30.5, 31.0):
+        rec.add("metrics_rss_on_n100", OURS, value)
+        rec.add("metrics_rss_on_n100", "supervisord", 26.5)
+    quiet, busy = [0.01, 0.02, 0.01, 0.3, 0.01, 0.02], [0.3, 0.31, 0.29, 0.6, 0.3, 0.3]
+    for sid, per_second in (("metrics_cpu_off_n100", quiet), ("metrics_cpu_on_n100", quiet),
+                            ("metrics_cpu_scraped_n100", busy)):
+        rec.add(sid, OURS, sum(per_second) / len(per_second))
+        rec.extra(sid, OURS, "per_second", per_second)
+    for ms in [0.4] * 98 + [25.0, 30.0]:
+        rec.add("metrics_scrape_n100", OURS, ms)
+    rec.add("metrics_scrape_bytes_n100", OURS, 170_000)
+    results = build_results(rec, tools={}, settings={}, command="x")
+    sc = results["scenarios"]
+
+    assert sc["metrics_rss_on_n100"]["best_peer"] == "supervisord"
+    assert sc["metrics_rss_on_n100"]["target_met"] is False  # 30.5 MiB > supervisord's 26.5
+    assert sc["metrics_cpu_on_n100"]["target_met"] is True and sc["metrics_cpu_on_n100"]["difference"] == 0
+    assert sc["metrics_cpu_scraped_n100"]["target_met"] is False  # a steady 0.3 % more is beyond the noise
+    scrape = sc["metrics_scrape_n100"]["results"][OURS]
+    assert (scrape["median"], scrape["p99"], scrape["max"]) == (0.4, 25.0, 30.0)
+    assert sc["metrics_scrape_n100"]["target_met"] is False  # judged on p99, not the median
+
+    text = render_markdown(results)
+    assert "| 0.400 ms (p99 25.0 ms, max 30.0 ms) |" in text
+    assert "| 170,000 |" in text
+    assert "yes (+0.000 vs noise" in text and "**no** (+" in text
+    assert "per_second:" not in text  # raw samples stay in the JSON
+
+
+def test_merge_keeps_what_the_new_run_did_not_measure():
+    from bench.results import merge_results
+
+    old, new = Recorder(), Recorder()
+    old.add("respawn_n10", OURS, 20.0)
+    old.add("metrics_scrape_n100", OURS, 9.0)
+    new.add("metrics_scrape_n100", OURS, 1.0)
+    earlier = build_results(old, tools={"pm2": {"available": True, "version": "7"}}, settings={}, command="full")
+    latest = build_results(new, tools={OURS: {"available": True, "version": "0"}}, settings={}, command="metrics only")
+    merged = merge_results(earlier, latest)
+    assert list(merged["scenarios"]) == ["respawn_n10", "metrics_scrape_n100"]  # catalogue order
+    assert merged["scenarios"]["metrics_scrape_n100"]["results"][OURS]["median"] == 1.0
+    assert merged["scenarios"]["respawn_n10"]["run"]["command"] == "full"
+    assert set(merged["tools"]) == {"pm2", OURS}
+    text = render_markdown(merged)
+    assert "come from an earlier run" in text and "`full`" in text
+
+
+def test_scrape_client_against_the_controllers_metrics_server():
+    from bench.metrics import scrape, series_count
+    from fleet.metrics.server import MetricsServer, Published, bind
+
+    body = b"# HELP x y\n# TYPE x gauge\nx 1\nx{a=\"b\"} 2\n"
+    server = MetricsServer(bind("127.0.0.1", 0), lambda: Published(body, time.time() + 60, ()), None).start()
+    try:
+        got = scrape(server.address)
+        assert (got.status, got.body) == (200, body) and series_count(got.body) == 2
+    finally:
+        server.close()
+
+
+def test_metrics_scenario_end_to_end_on_a_tiny_fleet(tmp_path):
+    """The metrics scenario against a real controller (3 children, 1 s windows): every row gets
+    samples and nothing is left running. Nothing is timed."""
+    from bench import install, metrics, procs
+
+    tool = install.locate_hermes_fleet(None)
+    if not tool.available:
+        pytest.skip(tool.reason)
+    from bench.adapters.hermes_fleet import HermesFleetAdapter
+
+    tracker, rec = procs.Tracker(), Recorder()
+    adapter = HermesFleetAdapter(tool, ChildProgram(sys.executable), tracker)
+    try:
+        metrics.run_metrics(adapter, tracker, tmp_path, reps=1, window=1.0, settle=0.0, scrapes=5, recorder=rec, n=3)
+    finally:
+        tracker.end_all()
+    cells = {sid: cell for (sid, sup), cell in rec.cells.items() if sup == OURS}
+    assert {sid: c.errors for sid, c in cells.items() if c.errors} == {}
+    assert set(cells) >= set(metrics.IDS)
+    assert all(cells[sid].samples for sid in metrics.IDS)
+    assert len(cells[metrics.SCRAPE].samples) == 5 and cells[metrics.SCRAPE_BYTES].samples[0] > 0
+    assert adapter.metrics is None
+    assert tracker.survivors() == []
 
 
 def test_tracker_ends_survivors_by_pid_and_ignores_dead_ones():

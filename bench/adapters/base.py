@@ -178,10 +178,12 @@ class Adapter(ABC):
         return proc
 
 
-def base_env(home: Path) -> dict[str, str]:
+def base_env(home: Path, *, ours: bool = False) -> dict[str, str]:
     """A small, explicit environment for tool commands, with HOME inside the bench's work
-    directory so no tool touches the real home (PATH is kept to find node etc.)."""
-    keep = ("PATH", "LANG", "LC_ALL", "TMPDIR", "USER", "LOGNAME")
+    directory so no tool touches the real home (PATH is kept to find node etc.). For our own
+    CLI (`ours`) PYTHONPATH is kept too: `PYTHONPATH=<checkout> python bench/run.py`
+    benchmarks that checkout's hermes-fleet, not the one the CLI was installed from."""
+    keep = ("PATH", "LANG", "LC_ALL", "TMPDIR", "USER", "LOGNAME") + (("PYTHONPATH",) if ours else ())
     env = {k: os.environ[k] for k in keep if k in os.environ}
     home.mkdir(parents=True, exist_ok=True)
     env["HOME"] = str(home)

@@ -1,9 +1,11 @@
 """hermes-fleet through its CLI, with the process driver running the bench child.
 
 Manifest: no stagger, restart policy `always` with a zero first backoff, heartbeat
-staleness out of the way (the child writes no heartbeat). `apply` starts a detached
-controller and waits for convergence; the controller's identity is in
-`<state>/.supervisor.json`; `down` drains every profile and stops the controller.
+staleness out of the way (the child writes no heartbeat), and `metrics` only when a
+scenario asks for it (`adapter.metrics`). `apply` starts a detached controller and
+waits for convergence; the controller's identity is in `<state>/.supervisor.json`, the
+address its metrics endpoint bound in `<state>/.metrics.json`; `down` drains every
+profile and stops the controller.
 """
 
 from __future__ import annotations
@@ -19,15 +21,18 @@ from bench.procs import alive, create_time_of
 BACKOFF = "[0, 1, 2, 4]"
 
 
-def render_manifest(profiles: dict[str, tuple[list[str], str]]) -> str:
-    """fleet.yaml for `name -> (command, token)`; JSON-quoted scalars are valid YAML."""
+def render_manifest(profiles: dict[str, tuple[list[str], str]], metrics: dict[str, str] | None = None) -> str:
+    """fleet.yaml for `name -> (command, token)`, with fleet.yaml's `metrics` block if given (e.g.
+    `{"listen": "127.0.0.1:0", "textfile": "/abs/fleet.prom"}`); JSON-quoted scalars are valid YAML."""
     lines = [
         "version: 1",
         "stagger: 0",
         f"restart: {{policy: always, backoff: {BACKOFF}}}",
         "health: {heartbeat_stale: 1h}",
-        "profiles:",
     ]
+    if metrics:
+        lines.append("metrics: {" + ", ".join(f"{key}: {json.dumps(value)}" for key, value in metrics.items()) + "}")
+    lines.append("profiles:")
     for name, (command, token) in profiles.items():
         argv = ", ".join(json.dumps(a) for a in command)
         lines.append(f"  {name}: {{driver: process, command: [{argv}], env: {{BENCH_TOKEN: {json.dumps(token)}}}}}")
@@ -41,6 +46,7 @@ class HermesFleetAdapter(Adapter):
         super().__init__(*args, **kwargs)
         self.controller: tuple[int, float] | None = None  # (pid, create_time) last seen
         self.proc: subprocess.Popen | None = None  # a controller we run in the foreground
+        self.metrics: dict[str, str] | None = None  # fleet.yaml's `metrics` for the next session (None: off)
 
     @property
     def manifest(self) -> Path:
@@ -61,10 +67,21 @@ class HermesFleetAdapter(Adapter):
 
     def write_config(self) -> None:
         profiles = {name: (self.child.argv(name, self.s.log), self.tokens[name]) for name in self.s.names}
-        self.manifest.write_text(render_manifest(profiles))
+        self.manifest.write_text(render_manifest(profiles, self.metrics))
+
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) the controller's metrics endpoint bound, from `<state>/.metrics.json`."""
+        try:
+            listen = json.loads((self.state / ".metrics.json").read_text()).get("listen") or ""
+        except (OSError, ValueError, AttributeError):
+            return None
+        host, sep, port = listen.rpartition(":")
+        if not sep or not port.isdigit():
+            return None
+        return host.strip("[]"), int(port)
 
     def _env(self) -> dict[str, str]:
-        return base_env(self.s.directory / "home")
+        return base_env(self.s.directory / "home", ours=True)
 
     def _hf(self, *args: str, timeout: float = 180) -> None:
         self.run([self.cli, *args], env=self._env(), timeout=timeout)
