@@ -152,6 +152,7 @@ class Reconciler:
                  now: float) -> tuple[tuple[Action, ...], bool]:
         """Performs what is due; returns the actions attempted and whether a spawn was superseded."""
         attempted: list[Action] = []
+        self.executor.begin_pass()
         # Actions that failed recently wait out their backoff instead of spinning the loop.
         for action in current.executable(now, self.holds.held(now)):
             if self.fence.breached():

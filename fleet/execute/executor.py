@@ -12,7 +12,7 @@ from fleet.execute.environment import child_environment
 from fleet.execute.logs import rotate_if_large
 from fleet.observe import hermes_files as hf
 from fleet.observe import identity
-from fleet.observe.leftovers import find_leftovers
+from fleet.observe.leftovers import ProcessSnapshot, find_leftovers
 from fleet.observe.model import LiveProcess, ProfileObservation, Verdict
 from fleet.platform.base import Platform, SignalRefused
 from fleet.plan.exits import TERMINAL_CLASSES, count_exit, describe_exit
@@ -66,7 +66,8 @@ class Executor:
         self._ended: set[str] = set()  # profiles whose dead gateway's leftovers were ended since their last spawn
         # (pid, start ticks) of the process this controller spawned or adopted, per profile
         self._known: dict[str, tuple[int, int | None]] = {}
-        self._sweep: tuple[float, list] | None = None  # (monotonic, the fleet's marked processes), shared by a pass
+        self._table: ProcessSnapshot | None = None  # the process table, shared by a pass's leftover and stray searches
+        self._in_pass = False
 
     def execute(self, action: Action, obs: ProfileObservation,
                 superseded: Callable[[], bool] = lambda: False) -> bool:
@@ -309,7 +310,7 @@ class Executor:
         gateway_pid = record.pid
         found = find_leftovers(self.platform, str(self.state.root), name,
                                group_of=gateway_pid if gateway_pid > 1 else None,
-                               exclude=self._live_gateways(name, obs))
+                               exclude=self._live_gateways(name, obs), snapshot=self._processes())
         spec = self.spec_of(name)
         marked = [f.info for f in found if f.profile == name and _started_after(f.info, record)
                   and self.platform.child_environ(f.info.pid) is None  # a gateway we spawned is no leftover
@@ -321,13 +322,28 @@ class Executor:
                          pids=[i.pid for i in unmarked])
         self._end(name, marked, f"left by pid {gateway_pid}")
 
+    def begin_pass(self) -> None:
+        """A pass begins: its observation saw every death it reclaims, so one look at the process table taken
+        from now on serves all of them and its spawns (a `down` of 100 gateways looked 100 times)."""
+        self._table = None
+        self._in_pass = True
+
+    def _processes(self) -> ProcessSnapshot:
+        """The process table: read once per pass (fresh at each call outside one). A process started after
+        the look is found by the look before that profile's next spawn; whatever is signalled is checked again
+        first."""
+        if not self._in_pass:
+            return ProcessSnapshot(self.platform)
+        if self._table is None:
+            self._table = ProcessSnapshot(self.platform)
+        return self._table
+
     def _end_strays(self, name: str, obs: ProfileObservation) -> None:
-        now = time.monotonic()
-        if self._sweep is None or now - self._sweep[0] > 1.0:  # one scan serves a pass's many spawns
-            self._sweep = (now, find_leftovers(self.platform, str(self.state.root)))
         exclude = self._live_gateways(name, obs)
         spec = self.spec_of(name)
-        strays = [f.info for f in self._sweep[1] if f.profile == name and f.info.pid not in exclude
+        strays = [f.info for f in find_leftovers(self.platform, str(self.state.root), name,
+                                                 snapshot=self._processes())
+                  if f.profile == name and f.info.pid not in exclude
                   and self.platform.child_environ(f.info.pid) is None and not identity.may_be_the_gateway(spec, f.info)]
         self._end(name, strays, "left by an earlier gateway")
 

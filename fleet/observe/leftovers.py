@@ -28,21 +28,33 @@ def carries_markers(env: dict[str, str] | None, state_root: str, profile: str | 
     return profile is None or marked == profile
 
 
+class ProcessSnapshot:
+    """This user's live processes with their environments, read once: one look at the process table serves
+    every gateway whose leftovers a pass ends (each look reads every process's environment)."""
+
+    def __init__(self, platform: Platform):
+        self.platform = platform
+        me = os.getpid()
+        self.rows = [(info, platform.process_environ(info.pid) or {})  # unreadable: carries nothing
+                     for info in platform.iter_processes() if info.pid != me and info.alive]
+
+
 def find_leftovers(platform: Platform, state_root: str, profile: str | None = None, *, group_of: int | None = None,
-                   exclude: frozenset[int] = frozenset()) -> list[Leftover]:
+                   exclude: frozenset[int] = frozenset(), snapshot: ProcessSnapshot | None = None) -> list[Leftover]:
     """This user's live processes that carry the markers of `profile` (any profile of the fleet when
     None), plus those in the session or process group led by `group_of` (a dead gateway's pid, which
     was its session leader) whatever they carry. Never this process or those in `exclude`."""
-    me = os.getpid()
     out: list[Leftover] = []
-    for info in platform.iter_processes():
-        if info.pid == me or info.pid in exclude or not info.alive or platform.never_signal(info.pid):
+    for info, env in (snapshot or ProcessSnapshot(platform)).rows:
+        if info.pid in exclude:
             continue
-        env = platform.process_environ(info.pid) or {}  # unreadable: carries nothing
         if carries_markers(env, state_root, profile):
-            out.append(Leftover(info, env.get(PROFILE_ENV)))
+            found = Leftover(info, env.get(PROFILE_ENV))
+        elif group_of is not None and group_of in platform.process_group(info.pid):
+            found = Leftover(info, env.get(PROFILE_ENV) if carries_markers(env, state_root) else None)
+        else:
             continue
-        if group_of is not None and group_of in platform.process_group(info.pid):
-            marked = env.get(PROFILE_ENV) if carries_markers(env, state_root) else None
-            out.append(Leftover(info, marked))
+        # Asked only of the few that qualify: the refusal walks the process tree.
+        if not platform.never_signal(info.pid):
+            out.append(found)
     return out

@@ -14,6 +14,7 @@ import errno
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -258,13 +259,24 @@ class PosixPlatform:
         proc.terminate()
 
 
-def _ancestors(pid: int) -> set[int]:
-    out: set[int] = set()
+_ANCESTORS_FOR = 1.0  # seconds one walk of this process's ancestors is reused
+_ancestors_seen: dict[int, tuple[float, frozenset[int]]] = {}
+
+
+def _ancestors(pid: int) -> frozenset[int]:
+    """The pids above `pid`, walked at most once a second: asked before every signal, and a controller's
+    ancestors only ever shrink (a parent that exits is replaced by init or a subreaper above it)."""
+    now = time.monotonic()
+    seen = _ancestors_seen.get(pid)
+    if seen is not None and now - seen[0] < _ANCESTORS_FOR:
+        return seen[1]
     try:
-        parents = psutil.Process(pid).parents()
+        found = frozenset(p.pid for p in psutil.Process(pid).parents())
     except psutil.Error:
-        return out
-    return {p.pid for p in parents}
+        found = frozenset()
+    _ancestors_seen.clear()
+    _ancestors_seen[pid] = (now, found)
+    return found
 
 
 def _psutil_refusal(pid: int) -> str | None:
