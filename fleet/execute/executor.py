@@ -24,6 +24,7 @@ from fleet.store.layout import StateDir
 from fleet.store.records import PidRecord, remove_record, write_record
 
 
+STRAY_LOOK_FOR = 1.0  # seconds one look at the process table serves the stray searches of later spawns
 LEFTOVER_GRACE = 1.0  # a dead gateway's leftovers get this long after the stop request, then the kill
 LEFTOVER_KILL_WAIT = 2.0
 
@@ -66,8 +67,8 @@ class Executor:
         self._ended: set[str] = set()  # profiles whose dead gateway's leftovers were ended since their last spawn
         # (pid, start ticks) of the process this controller spawned or adopted, per profile
         self._known: dict[str, tuple[int, int | None]] = {}
-        self._table: ProcessSnapshot | None = None  # the process table, shared by a pass's leftover and stray searches
-        self._in_pass = False
+        self._table: tuple[float, int, ProcessSnapshot] | None = None  # (when, in which pass, the process table)
+        self._pass = 0  # counts passes (begin_pass); 0: called outside a pass
 
     def execute(self, action: Action, obs: ProfileObservation,
                 superseded: Callable[[], bool] = lambda: False) -> bool:
@@ -325,24 +326,27 @@ class Executor:
     def begin_pass(self) -> None:
         """A pass begins: its observation saw every death it reclaims, so one look at the process table taken
         from now on serves all of them and its spawns (a `down` of 100 gateways looked 100 times)."""
-        self._table = None
-        self._in_pass = True
+        self._pass += 1
 
-    def _processes(self) -> ProcessSnapshot:
-        """The process table: read once per pass (fresh at each call outside one). A process started after
-        the look is found by the look before that profile's next spawn; whatever is signalled is checked again
-        first."""
-        if not self._in_pass:
-            return ProcessSnapshot(self.platform)
-        if self._table is None:
-            self._table = ProcessSnapshot(self.platform)
-        return self._table
+    def _processes(self, *, stale_ok: float = 0.0) -> ProcessSnapshot:
+        """The process table, read once per pass (fresh at each call outside one). A dead gateway's leftovers
+        need a look taken after its death was seen (this pass's); strays of a profile with no recent death may
+        use a look up to `stale_ok` seconds old (one look serves a cold start's many staggered spawns). A
+        process a look misses is found by a later one; whatever is signalled is checked again first."""
+        now = time.monotonic()
+        if self._table is not None:
+            taken, in_pass, table = self._table
+            if (self._pass and in_pass == self._pass) or now - taken <= stale_ok:
+                return table
+        table = ProcessSnapshot(self.platform)
+        self._table = (now, self._pass, table)
+        return table
 
     def _end_strays(self, name: str, obs: ProfileObservation) -> None:
         exclude = self._live_gateways(name, obs)
         spec = self.spec_of(name)
         strays = [f.info for f in find_leftovers(self.platform, str(self.state.root), name,
-                                                 snapshot=self._processes())
+                                                 snapshot=self._processes(stale_ok=STRAY_LOOK_FOR))
                   if f.profile == name and f.info.pid not in exclude
                   and self.platform.child_environ(f.info.pid) is None and not identity.may_be_the_gateway(spec, f.info)]
         self._end(name, strays, "left by an earlier gateway")
