@@ -42,8 +42,8 @@ class _Connection:
     sock: socket.socket
     opened: float
     received: bytearray
-    reply: bytes | None = None
-    sent: int = 0
+    reply: list[memoryview] | None = None  # what is left to send: the head, then the body (never joined:
+    # the published body is sent from where it lies, not copied per scrape)
 
 
 class MetricsServer:
@@ -161,17 +161,22 @@ class MetricsServer:
         elif len(conn.received) > MAX_REQUEST_BYTES:
             self._reply(conn, _response(431, b"request too large\n"))
 
-    def _reply(self, conn: _Connection, data: bytes) -> None:
-        conn.reply = data
+    def _reply(self, conn: _Connection, parts: tuple[bytes, bytes]) -> None:
+        conn.reply = [memoryview(p) for p in parts if p]
         self.selector.modify(conn.sock, selectors.EVENT_WRITE)
 
     def _write(self, conn: _Connection) -> None:
         assert conn.reply is not None
-        try:
-            conn.sent += conn.sock.send(conn.reply[conn.sent:])
-        except (BlockingIOError, InterruptedError):
-            return
-        if conn.sent >= len(conn.reply):
+        while conn.reply:
+            try:
+                sent = conn.sock.send(conn.reply[0])
+            except (BlockingIOError, InterruptedError):
+                return
+            if sent < len(conn.reply[0]):
+                conn.reply[0] = conn.reply[0][sent:]
+                return
+            conn.reply.pop(0)
+        if not conn.reply:
             try:
                 conn.sock.shutdown(socket.SHUT_WR)
             except OSError:
@@ -179,7 +184,7 @@ class MetricsServer:
             self._drop(conn)
 
     # -- routing ----------------------------------------------------------------------------
-    def _respond(self, head: bytes) -> bytes:
+    def _respond(self, head: bytes) -> tuple[bytes, bytes]:
         lines = head.decode("latin-1").replace("\r\n", "\n").split("\n")
         parts = lines[0].split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/"):
@@ -222,7 +227,7 @@ def _bearer_matches(header: str, token: bytes) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode("latin-1"), token)
 
 
-def _health(checks: tuple[tuple[str, bool], ...], verbose: bool, head_only: bool) -> bytes:
+def _health(checks: tuple[tuple[str, bool], ...], verbose: bool, head_only: bool) -> tuple[bytes, bytes]:
     ok = all(passed for _, passed in checks)
     if verbose:
         body = "".join(f"[+]{name} ok\n" if passed else f"[-]{name} failed: reason withheld\n"
@@ -235,11 +240,11 @@ def _health(checks: tuple[tuple[str, bool], ...], verbose: bool, head_only: bool
 
 
 def _response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8", *,
-              head_only: bool = False, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
+              head_only: bool = False, extra: tuple[tuple[str, str], ...] = ()) -> tuple[bytes, bytes]:
     head = [f"HTTP/1.1 {status} {REASONS[status]}", f"Content-Type: {content_type}",
             f"Content-Length: {len(body)}", "Connection: close", "Cache-Control: no-store"]
     head += [f"{k}: {v}" for k, v in extra]
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else body)
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1"), b"" if head_only else body
 
 
 def bind(host: str, port: int) -> socket.socket:
