@@ -451,6 +451,8 @@ def test_every_state_file_a_hermes_drain_may_read_stops_only_when_it_answers_idl
                             assert a.kind in ("drain", "replace", "wait"), a.render()
 
 
+@SETTINGS
+@given(worlds())
 def test_a_native_unit_handed_over_is_never_touched_nor_spawned_beside(world):
     """While a take-over or release is under way, a process that is not positively the fleet's own (the unit's
     gateway passes Hermes' lock proof too) is never adopted or signalled, and nothing is spawned before the

@@ -146,7 +146,7 @@ CASES = [
     ("rollback: the fleet's gateway drains", ONE,
      observed(handover("giving_back", process=live(A))), "alpha drain giving_back (begin)"),
     ("rollback: the fleet's gateway drained, then the planned stop", ONE,
-     observed(handover("giving_back", process=live(A), status=status("draining", active=0),
+     observed(handover("giving_back", process=live(A), status=status("draining", active=0, updated_at=NOW - 1.0),
                        history=history("alpha", drain_intent="stop", drain_reason="giving_back", drain_pid=4242,
                                        drain_started=NOW - 2.0, drain_deadline=NOW + 58.0))),
      "alpha drain giving_back (stop)"),

@@ -14,11 +14,15 @@ aiohttp for its api_server, or without tests/hermes_turns.py (branch `idle`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import tempfile
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -45,8 +49,12 @@ AS_ON_A_HOST = ("import sys, hermes_constants; hermes_constants._container_detec
 
 @pytest.fixture
 def hermes_root():
-    """A Hermes root outside /tmp (`gateway install` refuses a temporary HERMES_HOME); removed afterwards."""
-    cache = REPO / ".cache"
+    """A Hermes root outside /tmp (`gateway install` refuses a temporary HERMES_HOME); removed afterwards. The
+    checkout's .cache, or, for a checkout under a temporary directory (a CI clone), a folder under /run (the
+    test runs as root, for its private systemd --user)."""
+    temporary = {Path(tempfile.gettempdir()).resolve(), Path("/tmp"), Path("/var/tmp")}
+    under_temp = any(t == REPO.resolve() or t in REPO.resolve().parents for t in temporary)
+    cache = Path("/run") / "hermes-fleet-tests" if under_temp else REPO / ".cache"
     made = not cache.exists()
     root = cache / f"takeover-live-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     root.mkdir(parents=True)
@@ -101,6 +109,16 @@ def test_takeover_of_real_hermes_units_with_a_turn_in_flight(private_env, fleet,
                 assert done.returncode == 0 and "installed" in done.stdout, done.stdout + done.stderr
             first = {name: serving(manager, fleet, name) for name in PROFILES}
             wait_until(lambda: turns.api_health(api), 120, interval=0.5, what="alpha's api_server")
+
+            # `init` on this host: both profiles live, run by their units (mapped by home), to be taken over.
+            found = subprocess.run([*fleet.cli_entry, "init", "--hermes-home", str(hermes_root), "-f",
+                                    str(fleet.tmp / "init.yaml"), "-o", "json"], cwd=str(fleet.tmp),
+                                   env=fleet.env(), capture_output=True, text=True, timeout=120)
+            assert found.returncode == 0, found.stdout + found.stderr
+            described = {p["name"]: p for p in json.loads(found.stdout)["profiles"]}
+            for name in PROFILES:
+                assert (described[name]["plan"], described[name]["units"], described[name]["gateway"]["pid"]) == (
+                    "takeover", [unit(name)], first[name]), described[name]
 
             fleet.write_manifest({name: None for name in PROFILES}, stagger="0s", drain_timeout="120s",
                                  heartbeat_stale="300s", startup_grace="180s")

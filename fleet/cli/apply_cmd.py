@@ -11,7 +11,7 @@ import typer
 
 from fleet.cli.common import (
     EXIT_FAILED, EXIT_OK, EXIT_QUEUED, EXIT_REFUSED, FileOption, OutputOption, StateDirOption,
-    check_output, emit_json, fail, load_or_exit, open_store, state_for,
+    check_output, emit_json, fail, load_or_exit, open_store, state_for, timeout_option,
 )
 from fleet.cli.controller_client import ensure_controller
 from fleet.cli.gitinfo import guard_problem, revision_of, valid_revision
@@ -24,7 +24,6 @@ from fleet.controller.preview import preview
 from fleet.controller.record import record_manifest
 from fleet.controller.status import SETTLED_WAITS, fleet_status
 from fleet.platform import current_platform
-from fleet.spec.durations import parse_duration
 from fleet.spec.errors import ManifestError
 from fleet.spec.load import Manifest, load_manifest
 from fleet.store.db import Store, who
@@ -99,10 +98,7 @@ def apply(
     --force, which suspends the source first; `source resume` hands the fleet back to it.
     """
     check_output(output)
-    try:
-        wait_for = parse_duration(timeout)
-    except ValueError as exc:
-        fail(f"--timeout: {exc}")
+    wait_for = timeout_option(timeout)
     if check_revision is not None and not valid_revision(check_revision):
         fail(f"--check-revision: {check_revision!r} is not a commit id: give at least 7 hex digits of it")
     saved = _read_saved_plan(ctx, plan_file) if plan_file is not None else None

@@ -10,6 +10,7 @@ from typing import NoReturn
 
 import typer
 
+from fleet.spec.durations import parse_duration
 from fleet.spec.errors import ManifestError
 from fleet.spec.load import Manifest, load_manifest
 from fleet.spec.markers import STATE_DIR_ENV
@@ -36,6 +37,14 @@ def fail(message: str, code: int = EXIT_ERROR, hint: str = "") -> NoReturn:
 
 def emit_json(value: object) -> None:
     typer.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
+
+
+def timeout_option(value: str, option: str = "--timeout") -> float:
+    """Seconds of a duration option, or the one-line usage error saying what is accepted."""
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        fail(f"{option}: {exc}")
 
 
 def check_output(output: str, allowed=("text", "json")) -> None:

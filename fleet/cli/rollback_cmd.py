@@ -10,7 +10,7 @@ import typer
 
 from fleet.cli.apply_cmd import hand_over, refuse, refuse_with
 from fleet.cli.common import (
-    EXIT_OK, OutputOption, StateDirOption, check_output, emit_json, fail, fleet_state, open_store,
+    EXIT_OK, OutputOption, StateDirOption, check_output, emit_json, fail, fleet_state, open_store, timeout_option,
 )
 from fleet.controller.plan_report import plan_report
 from fleet.controller.preview import preview
@@ -18,7 +18,6 @@ from fleet.controller.record import record_manifest
 from fleet.controller.rollback import RollbackError, RollbackTarget, rollback_target
 from fleet.controller.writers import followed_source_refusal, hold_rolled_back_commit
 from fleet.platform import current_platform
-from fleet.spec.durations import parse_duration
 
 
 def rollback(
@@ -48,10 +47,7 @@ def rollback(
     native-service conflict, a followed source that is not suspended); 4 and 5 as for `apply`.
     """
     check_output(output)
-    try:
-        wait_for = parse_duration(timeout)
-    except ValueError as exc:
-        fail(f"--timeout: {exc}")
+    wait_for = timeout_option(timeout)
     state = fleet_state(state_dir, file)
     store = open_store(state, write=not dry_run)
     try:

@@ -12,11 +12,10 @@ import typer
 
 from fleet.cli.common import (
     EXIT_ERROR, EXIT_FAILED, EXIT_OK, FileOption, OutputOption, StateDirOption, check_output, emit_json, fail,
-    fleet_state, open_store,
+    fleet_state, open_store, timeout_option,
 )
 from fleet.cli.controller_client import ensure_controller, running_controller_pid
 from fleet.cli.render_plan import utc
-from fleet.spec.durations import parse_duration
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 from fleet.store import takeovers as tk
 from fleet.store.db import Store, who
@@ -62,10 +61,7 @@ def release(
 def _run(kind: str, profiles: list[str], file: Path, state_dir: str | None, wait: bool, timeout: str,
          output: str) -> None:
     check_output(output)
-    try:
-        wait_for = parse_duration(timeout)
-    except ValueError as exc:
-        fail(f"--timeout: {exc}")
+    wait_for = timeout_option(timeout)
     state = fleet_state(state_dir, file)
     rows = _submit(state, kind, list(dict.fromkeys(profiles)))
     try:
