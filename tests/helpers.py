@@ -161,3 +161,14 @@ def reaper():
 def python_argv(script: str | os.PathLike, *args: str) -> list[str]:
     """Run a script with the interpreter running the tests."""
     return [sys.executable, str(script), *args]
+
+
+def short_in_ci(cases: dict, keep: tuple[str, ...]) -> dict:
+    """`cases`, or with CI=true only those named in `keep`: a matrix whose every case runs a whole fleet has a
+    short version in CI (as the soak does), where each kept case stands for its kind; run without CI for all."""
+    if os.environ.get("CI") != "true":
+        return cases
+    missing = [k for k in keep if k not in cases]
+    assert not missing, f"short_in_ci keeps cases that do not exist: {missing}"
+    return {k: v for k, v in cases.items() if k in keep}
+

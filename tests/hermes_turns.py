@@ -68,6 +68,10 @@ DEFAULT_ANSWER = "Idle means idle under a drain: this answer came back whole."
 @pytest.fixture(scope="session")
 def hermes_api_venv(hermes_venv: Path) -> Path:
     """The hermes venv with aiohttp, so a profile can enable Hermes' api_server."""
+    return ensure_aiohttp(hermes_venv)
+
+
+def ensure_aiohttp(hermes_venv: Path) -> Path:
     python = hermes_venv / "bin" / "python"
     marker = hermes_venv / f".installed-{AIOHTTP.replace('==', '-')}"
     if marker.exists():

@@ -39,6 +39,11 @@ def _tail(text: str, lines: int = 15) -> str:
 
 @pytest.fixture(scope="session")
 def hermes_venv() -> Path:
+    return ensure_hermes_venv()
+
+
+def ensure_hermes_venv() -> Path:
+    """The venv of the real hermes-agent, installed on first use (pytest.skip, saying why, when it cannot be)."""
     explicit = os.environ.get(VENV_ENV)
     venv = Path(explicit or REPO / ".cache" / f"hermes-agent-{HERMES_VERSION}")
     exe = venv / "bin" / "hermes"

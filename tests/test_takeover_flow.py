@@ -19,7 +19,7 @@ import pytest
 
 from fleet.service.native import GATE_DROPIN, OWNED_FILE
 from fleet_harness import DEMO_HERMES, fleet  # noqa: F401
-from helpers import read_json, wait_until
+from helpers import read_json, short_in_ci, wait_until
 from native_fakes import GatewayWatch, lock_holder, takeovers, units, wait_state  # noqa: F401
 
 pytestmark = [pytest.mark.timeout(240),
@@ -126,7 +126,7 @@ FAILURES = {
 }
 
 
-@pytest.mark.parametrize("step", FAILURES)
+@pytest.mark.parametrize("step", short_in_ci(FAILURES, ("gate", "stop", "spawn")))
 def test_a_failed_step_rolls_back_to_the_unit_as_it_was(fleet, units, step):
     verb, says = FAILURES[step]
     # The fleet's gateway alone dies at once, and is not respawned before the verification's deadline: a

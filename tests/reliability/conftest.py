@@ -3,7 +3,6 @@ registered in tests/conftest.py, which pytest loads at start-up."""
 
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
@@ -15,7 +14,7 @@ def soak_minutes_of(config) -> float:
     value = config.getoption("--soak-minutes", default=None)
     if value is not None:
         return float(value)
-    return 1.0 if os.environ.get("CI") == "true" else 0.5
+    return 0.5
 
 
 def pytest_configure(config):
