@@ -21,7 +21,7 @@ from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 from fleet.store.db import Store
 from fleet.store.files import UnsafeFile, append_line, remove, write_json_atomic
 from fleet.store.layout import StateDir
-from fleet.store.records import PidRecord, remove_record, write_record
+from fleet.store.records import PidRecord, remove_record, spare_of, write_record
 
 
 STRAY_LOOK_FOR = 1.0  # seconds one look at the process table serves the stray searches of later spawns
@@ -156,7 +156,8 @@ class Executor:
             self._clear_drain(name)
             self.journal("drained", "previous process gone; drain finished", name)
         elif action.reason in ("removed_from_manifest", "prune_disabled"):
-            for path in [*self._drain_files(name), str(self.state.record(name))]:
+            record = str(self.state.record(name))
+            for path in [*self._drain_files(name), record, spare_of(record)]:
                 try:
                     remove(path)
                 except UnsafeFile as exc:

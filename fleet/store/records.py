@@ -1,11 +1,20 @@
-"""PID records (<profile>.pid) and planned-stop markers (<profile>.stop)."""
+"""PID records (<profile>.pid) and planned-stop markers (<profile>.stop).
+
+A record must be writable on a full disk: without it a respawned gateway runs unrecorded (`status` loses it,
+the controller retries its adoption every pass). So a reclaimed record is not unlinked but kept, as
+`.<profile>.pid.spare`, and when a write finds the disk full the new record goes into the spare's own
+blocks: a rewrite in place then a rename, which needs no free block whoever took the ones freed meanwhile."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 from dataclasses import asdict, dataclass
 
-from fleet.store.files import UnsafeFile, read_small, remove, write_json_atomic
+from fleet.platform.fileio import write_at
+from fleet.store.files import O_NOFOLLOW, UnsafeFile, read_small, remove, write_atomic
 
 MANAGED_BY = "hermes-fleet"
 
@@ -60,10 +69,60 @@ def read_record(path) -> RecordRead:
     return RecordRead(rec, None)
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def spare_of(path) -> str:
+    folder, name = os.path.split(os.fspath(path))
+    return os.path.join(folder, f".{name}.spare")
+
+
 def write_record(path, record: PidRecord) -> None:
     # Atomic, not fsynced: a record only matters while its process lives, and no process outlives a power loss.
-    write_json_atomic(path, asdict(record), durable=False)
+    data = (json.dumps(asdict(record), sort_keys=True) + "\n").encode("utf-8")
+    try:
+        write_atomic(path, data, durable=False)
+    except OSError as exc:
+        if exc.errno not in _FULL or not _write_into_spare(os.fspath(path), data):
+            raise
+
+
+def _write_into_spare(path: str, data: bytes) -> bool:
+    """The disk is full: write `data` into the spare's blocks and rename it over `path` (the replaced record
+    becomes the next spare). False when there is no spare to use."""
+    spare = spare_of(path)
+    try:
+        fd = os.open(spare, os.O_WRONLY | O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        if write_at(fd, data, 0) != len(data):
+            return False
+        os.ftruncate(fd, len(data))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    previous = f"{spare}.previous"
+    try:
+        remove(previous)  # left by a crash between the renames below
+        os.link(path, previous)  # keeps the replaced record's blocks (a link needs none on a full disk)
+    except OSError:
+        previous = ""
+    os.replace(spare, path)
+    if previous:
+        os.replace(previous, spare)
+    return True
 
 
 def remove_record(path) -> bool:
+    """Ends a record, keeping its blocks as the profile's spare (see the module's note)."""
+    try:
+        if stat.S_ISREG(os.lstat(path).st_mode):  # a directory or a symlink in its place is no spare
+            os.replace(path, spare_of(path))
+            return True
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass
     return remove(path)

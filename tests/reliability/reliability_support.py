@@ -8,6 +8,7 @@ an environment that names the test's own state directory.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -15,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,6 +256,34 @@ def unmount(where: Path) -> None:
         time.sleep(0.1)
     done = subprocess.run(["umount", "-l", str(where)], capture_output=True)
     assert done.returncode == 0, f"cannot unmount {where}: {done.stderr.decode(errors='replace')}"
+
+
+@contextlib.contextmanager
+def kept_full(path: Path):
+    """Fill the file system, then keep it full the way a runaway writer does: every block freed meanwhile is
+    taken at once, so what the code under test frees is gone before its next write."""
+    fill(path)
+    stop = threading.Event()
+
+    def take_freed_blocks() -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            while not stop.is_set():
+                try:
+                    os.write(fd, b"\0" * 4096)
+                except OSError:
+                    stop.wait(0.0005)
+        finally:
+            os.close(fd)
+
+    taker = threading.Thread(target=take_freed_blocks, daemon=True)
+    taker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        taker.join()
+        path.unlink(missing_ok=True)
 
 
 def fill(path: Path) -> None:

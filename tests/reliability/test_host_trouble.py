@@ -19,7 +19,7 @@ import pytest
 
 from fleet_harness import alive, environ_of, fleet  # noqa: F401
 from helpers import wait_until
-from reliability_support import explain, read_only_bind, unmount
+from reliability_support import explain, kept_full, read_only_bind, unmount
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process model (/proc)"),
@@ -149,10 +149,12 @@ def test_only_a_proven_corrupt_store_is_called_corrupt(tmp_path):
 
 
 # -- a full disk under a running controller ------------------------------------------------------------------------
-from test_hostile_state import checkpoint, fill, full_disk_fleet  # noqa: E402,F401 - the real 4 MiB tmpfs fixture
+from test_hostile_state import checkpoint, full_disk_fleet  # noqa: E402,F401 - the real 4 MiB tmpfs fixture
 
 
 def test_a_full_disk_under_a_running_controller_keeps_the_fleet_supervised(full_disk_fleet):
+    """The disk stays full (a runaway writer takes every block freed): crashes are still respawned, each
+    respawned gateway recorded (its record written into the blocks of the one it replaces), nothing twice."""
     fleet, filler = full_disk_fleet
     quiet = {"env": {"FAKE_HERMES_HEARTBEAT_S": "3600"}}
     fleet.write_manifest({"alpha": quiet, "beta": quiet})
@@ -160,8 +162,7 @@ def test_a_full_disk_under_a_running_controller_keeps_the_fleet_supervised(full_
     pids = {n: fleet.wait_running(n) for n in ("alpha", "beta")}
     controller = fleet.controller_pid()
     checkpoint(fleet.state / "fleet.db")  # an empty WAL: the next bookkeeping write needs new disk space
-    fill(filler)
-    try:
+    with kept_full(filler):
         fleet.kill9(pids["alpha"])
         respawned = fleet.wait_pid("alpha", other_than=pids["alpha"], timeout=30)
         assert alive(respawned)
@@ -175,8 +176,7 @@ def test_a_full_disk_under_a_running_controller_keeps_the_fleet_supervised(full_
         fleet.kill9(respawned)  # and again: still supervised
         again = fleet.wait_pid("alpha", other_than=respawned, timeout=30)
         assert alive(again) and alive(pids["beta"])
-    finally:
-        filler.unlink(missing_ok=True)
+        assert fleet.marked_pids("alpha") == [again], "a second gateway for alpha"
     # Space is back: the journal catches up on its own (backoff), the degraded line goes away.
     wait_until(lambda: any(e.kind == "store_recovered" for e in fleet.journal()), 120,
                what="the controller to write its bookkeeping kept in memory")

@@ -550,6 +550,44 @@ def test_atomic_writes_on_a_full_disk_keep_the_old_file(tmp_path, monkeypatch):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["alpha.pid"], f"{label}: temp file left behind"
 
 
+def test_a_record_is_written_into_its_spare_when_the_disk_is_full(tmp_path, monkeypatch):
+    """In-process: a reclaimed record is kept as the spare; with no free block, the next record (a respawn's or
+    an adoption's) goes into the spare's blocks, atomically, and the record it replaces becomes the spare."""
+    from fleet.store import records
+    from fleet.store.records import PidRecord, read_record, remove_record, spare_of, write_record
+
+    path = tmp_path / "alpha.pid"
+
+    def rec(pid: int) -> PidRecord:
+        return PidRecord(profile="alpha", pid=pid, start_ticks=pid, create_time=1.0, spec_hash="v1:a",
+                         started_at=2.0, controller_pid=1, epoch=1)
+
+    write_record(path, rec(100))
+    inode = path.stat().st_ino
+    assert remove_record(path) and not path.exists()
+    assert os.stat(spare_of(path)).st_ino == inode
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(records, "write_atomic", full)
+    write_record(path, rec(200))  # the respawn: into the spare
+    assert read_record(path).record == rec(200) and path.stat().st_ino == inode
+    assert not os.path.exists(spare_of(path))
+    remove_record(path)
+    monkeypatch.undo()  # space back for a while: a respawn written the usual way, beside the spare
+    write_record(path, rec(300))
+    monkeypatch.setattr(records, "write_atomic", full)
+    write_record(path, rec(4000000))  # a rewrite over a live record (an adoption): the old one is the spare
+    assert read_record(path).record == rec(4000000) and os.path.exists(spare_of(path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".alpha.pid.spare", "alpha.pid"]
+    path.unlink()
+    os.unlink(spare_of(path))
+    with pytest.raises(OSError) as info:  # no spare: the full disk is reported, nothing is pretended
+        write_record(path, rec(500))
+    assert info.value.errno == errno.ENOSPC and not path.exists()
+
+
 def test_store_full_keeps_every_acknowledged_request(tmp_path):
     """In-process: SQLite's 'database or disk is full' fails the write that hits it (nothing acknowledged) and
     keeps every write acknowledged before it."""
