@@ -2,60 +2,88 @@
 
 from __future__ import annotations
 
-import typer
+import importlib
+import os
 
 from fleet import __version__
-from fleet.cli import (
-    apply_cmd, controller_cmds, export_cmd, init_cmd, maintenance_cmd, plan_cmds, profile_cmds, read_cmds,
-    rollback_cmd, schema_cmd, service_cmd, source_cmd, status_cmd, takeover_cmd,
+
+HELP = ("Keep a fleet of Hermes gateways converged to fleet.yaml: diff, apply, and a controller that "
+        "respawns crashes, kills hangs, adopts after its own restarts and never duplicates a gateway.")
+
+# Every command and command group, in the order `--help` lists them: (name, module, attribute). A run imports
+# only the module of the command it runs (a `status` loads no service, export or Windows code); `--help`,
+# completion and an unknown command load them all.
+COMMANDS = (
+    ("init", "fleet.cli.init_cmd", "init"), ("validate", "fleet.cli.plan_cmds", "validate"),
+    ("diff", "fleet.cli.plan_cmds", "diff"), ("config", "fleet.cli.plan_cmds", "config"),
+    ("apply", "fleet.cli.apply_cmd", "apply"), ("rollback", "fleet.cli.rollback_cmd", "rollback"),
+    ("status", "fleet.cli.status_cmd", "status"), ("restart", "fleet.cli.profile_cmds", "restart"),
+    ("stop", "fleet.cli.profile_cmds", "stop"), ("start", "fleet.cli.profile_cmds", "start"),
+    ("down", "fleet.cli.profile_cmds", "down"), ("takeover", "fleet.cli.takeover_cmd", "takeover"),
+    ("release", "fleet.cli.takeover_cmd", "release"), ("logs", "fleet.cli.read_cmds", "logs"),
+    ("events", "fleet.cli.read_cmds", "events"), ("history", "fleet.cli.read_cmds", "history"),
+    ("sync", "fleet.cli.source_cmd", "sync"), ("schema", "fleet.cli.schema_cmd", "schema"),
+    ("source", "fleet.cli.source_cmd", "source_app"), ("controller", "fleet.cli.controller_cmds", "controller_app"),
+    ("maintenance", "fleet.cli.maintenance_cmd", "maintenance_app"), ("export", "fleet.cli.export_cmd", "export_command"),
+    ("service", "fleet.cli.service_cmd", "service_app"),
 )
-
-app = typer.Typer(
-    name="hermes-fleet",
-    help="Keep a fleet of Hermes gateways converged to fleet.yaml: diff, apply, and a controller that "
-         "respawns crashes, kills hangs, adopts after its own restarts and never duplicates a gateway.",
-    no_args_is_help=True,
-    rich_markup_mode=None,
-    pretty_exceptions_enable=False,
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"hermes-fleet {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
-    pass
-
-
-# In the order `--help` lists them.
-COMMANDS = (init_cmd.init, plan_cmds.validate, plan_cmds.diff, plan_cmds.config, apply_cmd.apply,
-            rollback_cmd.rollback, status_cmd.status, profile_cmds.restart, profile_cmds.stop, profile_cmds.start,
-            profile_cmds.down, takeover_cmd.takeover, takeover_cmd.release,
-            read_cmds.logs, read_cmds.events, read_cmds.history, source_cmd.sync, schema_cmd.schema)
 # Exit-code tables too long for a docstring line, printed after the options as git's help does.
-EPILOGS = {"apply": apply_cmd.EXIT_CODES, "init": init_cmd.EXIT_CODES}
-for function in COMMANDS:
-    app.command(function.__name__, epilog=EPILOGS.get(function.__name__))(function)
-app.add_typer(source_cmd.source_app, name="source")
-app.add_typer(controller_cmds.controller_app, name="controller")
-app.add_typer(maintenance_cmd.maintenance_app, name="maintenance")
-
-app.command("export")(export_cmd.export_command)
-app.add_typer(service_cmd.service_app, name="service")
+EPILOGS = {"apply": "fleet.cli.apply_cmd", "init": "fleet.cli.init_cmd"}
+COMPLETION_ENV = "_HERMES_FLEET_COMPLETE"
 
 
-def command():
-    """The click command tree of `app`, with plain help and profile-name completion."""
+def build_app(names: frozenset[str] | None = None):
+    """The typer app with the commands in `names` (None: every command)."""
+    import typer
+
+    app = typer.Typer(name="hermes-fleet", help=HELP, no_args_is_help=True, rich_markup_mode=None,
+                      pretty_exceptions_enable=False)
+
+    def _version(value: bool) -> None:
+        if value:
+            typer.echo(f"hermes-fleet {__version__}")
+            raise typer.Exit()
+
+    @app.callback()
+    def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                           help="Print the version and exit.")) -> None:
+        pass
+
+    for name, module, attribute in COMMANDS:
+        if names is not None and name not in names:
+            continue
+        target = getattr(importlib.import_module(module), attribute)
+        if isinstance(target, typer.Typer):
+            app.add_typer(target, name=name)
+        else:
+            epilog = getattr(importlib.import_module(EPILOGS[name]), "EXIT_CODES") if name in EPILOGS else None
+            app.command(name, epilog=epilog)(target)
+    return app
+
+
+def __getattr__(name: str):
+    if name == "app":  # the whole app, for tests and tools that drive it in process
+        return build_app()
+    raise AttributeError(name)
+
+
+def wanted_commands(argv: list[str]) -> frozenset[str] | None:
+    """The one command `argv` runs, or None when it needs them all (help, completion, a mistyped name)."""
+    if COMPLETION_ENV in os.environ:
+        return None
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    known = {name for name, _, _ in COMMANDS}
+    return frozenset({first}) if first in known else None
+
+
+def command(argv: list[str] | None = None):
+    """The click command tree for `argv` (every command when None), with plain help and profile-name
+    completion."""
     from typer.main import get_command
 
     from fleet.cli.plainhelp import plain
 
-    root = get_command(app)
+    root = get_command(build_app(None if argv is None else wanted_commands(argv)))
     plain(root)
     return root
 
@@ -64,18 +92,24 @@ def main(argv: list[str] | None = None) -> None:
     """The console script: the app, with a usage error or a failure no command can fix (a full
     disk, a store another tool damaged) reported as one `error:` line instead of a panel or a
     traceback."""
-    import sqlite3
     import sys
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args == ["--version"]:  # answered before anything is imported
+        print(f"hermes-fleet {__version__}")
+        sys.exit(0)
+    import sqlite3
+
+    import typer
+    from typer._click import exceptions as exc_types  # typer carries its own click from 0.26 on
 
     from fleet.store.db import StoreError
     from fleet.store.files import UnsafeFile
     from fleet.store.layout import StateDirError
 
-    from typer._click import exceptions as exc_types  # typer carries its own click from 0.26 on
-
-    root = command()
+    root = command(args)
     try:
-        code = root.main(args=argv, prog_name="hermes-fleet", standalone_mode=False)
+        code = root.main(args=args, prog_name="hermes-fleet", standalone_mode=False)
     except exc_types.NoArgsIsHelpError as exc:
         print(exc.ctx.get_help())
         code = 0

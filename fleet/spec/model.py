@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from fleet.spec.hashing import spec_hash_of
 
@@ -125,11 +126,12 @@ class FleetSpec:
     metrics: MetricsSpec = MetricsSpec()
 
     def profile(self, name: str) -> ProfileSpec | None:
-        for p in self.profiles:
-            if p.name == name:
-                return p
-        return None
+        return self._by_name.get(name)
 
-    @property
+    @cached_property
+    def _by_name(self) -> dict[str, ProfileSpec]:
+        return {p.name: p for p in self.profiles}
+
+    @cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.profiles)

@@ -90,7 +90,21 @@ def _found(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+@functools.cache
+def fast_check(schema_name: str = "fleet.schema.json"):
+    """The compiled yes/no for the schema (fleet.spec.schema_check), or None if it cannot be compiled."""
+    from fleet.spec.schema_check import UnsupportedSchema, compile_schema
+
+    try:
+        return compile_schema(load_schema(schema_name))
+    except UnsupportedSchema:
+        return None
+
+
 def validate_document(located: Located, filename: str, schema_name: str = "fleet.schema.json") -> list[Problem]:
+    check = fast_check(schema_name)
+    if check is not None and check(located.data):
+        return []  # valid: jsonschema is only needed to word what is wrong
     from jsonschema import Draft202012Validator  # imported here: the controller never validates
 
     validator = Draft202012Validator(load_schema(schema_name))
