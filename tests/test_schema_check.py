@@ -19,6 +19,7 @@ from jsonschema import Draft202012Validator
 
 from fleet.spec.schema import fast_check, load_schema
 from fleet.spec.schema_check import UnsupportedSchema, compile_schema, json_equal
+import itertools
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_NAMES = sorted(p.name for p in (ROOT / "schemas").glob("*.schema.json"))
@@ -158,7 +159,7 @@ def _boundaries(schema) -> list:
 def _placed(base: dict, path: tuple, value) -> dict | None:
     doc = copy.deepcopy(base)
     node = doc
-    for part, after in zip(path[:-1], path[1:]):
+    for part, after in itertools.pairwise(path):
         if isinstance(node, dict):
             node = node.setdefault(part, [] if isinstance(after, int) else {})
         elif isinstance(node, list) and isinstance(part, int):

@@ -56,7 +56,7 @@ def build_app(names: frozenset[str] | None = None):
         if isinstance(target, typer.Typer):
             app.add_typer(target, name=name)
         else:
-            epilog = getattr(importlib.import_module(EPILOGS[name]), "EXIT_CODES") if name in EPILOGS else None
+            epilog = importlib.import_module(EPILOGS[name]).EXIT_CODES if name in EPILOGS else None
             app.command(name, epilog=epilog)(target)
     return app
 

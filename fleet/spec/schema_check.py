@@ -10,7 +10,7 @@ added to the schema can never be skipped silently (tests/test_schema_check.py pr
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 Check = Callable[[object], bool]
 
@@ -40,7 +40,7 @@ def json_equal(a: object, b: object) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
     if _number(a) and _number(b):
         return a == b
     return type(a) is type(b) and a == b
@@ -63,7 +63,6 @@ class _Compiler:
         if not isinstance(schema, dict):
             raise UnsupportedSchema(f"a schema must be an object or a boolean, not {schema!r}")
         checks = [self._keyword(key, value, schema) for key, value in schema.items() if key not in _ANNOTATIONS]
-        checks = [c for c in checks if c is not None]
         if not checks:
             return lambda v: True
         if len(checks) == 1:
@@ -83,7 +82,7 @@ class _Compiler:
             slot.append(self.compile(target))
         return self.refs[ref]
 
-    def _keyword(self, key: str, value, schema: dict) -> Check | None:  # noqa: C901 - one branch per keyword
+    def _keyword(self, key: str, value, schema: dict) -> Check:
         if key == "type":
             names = value if isinstance(value, list) else [value]
             kinds = [_TYPES[n] for n in names]
@@ -102,8 +101,8 @@ class _Compiler:
                 return lambda v: not isinstance(v, dict) or all(k in known for k in v)
             return lambda v: not isinstance(v, dict) or all(extra(x) for k, x in v.items() if k not in known)
         if key == "required":
-            names = tuple(value)
-            return lambda v: not isinstance(v, dict) or all(n in v for n in names)
+            required = tuple(value)
+            return lambda v: not isinstance(v, dict) or all(n in v for n in required)
         if key == "propertyNames":
             name_check = self.compile(value)
             return lambda v: not isinstance(v, dict) or all(name_check(k) for k in v)
