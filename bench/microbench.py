@@ -1,4 +1,6 @@
-"""hermes-fleet only: the pure planner on 1,000 profiles, and `diff` wall time on a 1,000-profile manifest."""
+"""hermes-fleet only: the pure planner on 1,000 and 10,000 profiles, `diff` wall time on manifests of 10 to
+10,000 profiles, and what a person waits for at the command line (`--version`, `status`, an `apply` that
+changes nothing) against a running fleet of 10."""
 
 from __future__ import annotations
 
@@ -23,27 +25,61 @@ def big_manifest(path: Path, child: ChildProgram, n: int = PROFILES) -> Path:
     return path
 
 
+DIFF_SIZES = (10, 1000, 10000)
+
+
 def run_diff(tool: ToolInstall, child: ChildProgram, root: Path, reps: int, recorder: Recorder) -> None:
-    sid = "diff_1000"
     root.mkdir(parents=True, exist_ok=True)
-    manifest = big_manifest(root / "big.yaml", child)
     env = base_env(root / "home", ours=True)
-    for rep in range(reps):
-        state = root / f"empty-state-{rep}"
-        argv = [tool.executable("hermes-fleet"), "diff", "-f", str(manifest), "--state-dir", str(state), "-o", "json"]
-        t0 = time.perf_counter()
-        done = procs.run(argv, 120, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        elapsed = (time.perf_counter() - t0) * 1000
-        if done.returncode not in (0, 1):  # 1 = changes pending (kubectl/GNU diff convention), 2 = error
-            recorder.error(sid, OURS, f"diff exited {done.returncode}: {done.stderr.strip()[-300:]}")
-            continue
-        recorder.add(sid, OURS, elapsed)
+    for n in DIFF_SIZES:
+        sid = f"diff_{n}"
+        manifest = big_manifest(root / f"big-{n}.yaml", child, n)
+        for rep in range(reps if n < 10000 else max(1, reps // 3)):
+            state = root / f"empty-state-{n}-{rep}"
+            argv = [tool.executable("hermes-fleet"), "diff", "-f", str(manifest), "--state-dir", str(state), "-o", "json"]
+            t0 = time.perf_counter()
+            done = procs.run(argv, 300, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+            elapsed = (time.perf_counter() - t0) * 1000
+            if done.returncode not in (0, 1):  # 1 = changes pending (kubectl/GNU diff convention), 2 = error
+                recorder.error(sid, OURS, f"diff exited {done.returncode}: {done.stderr.strip()[-300:]}")
+                continue
+            recorder.add(sid, OURS, elapsed)
+
+
+def run_cli(adapter, tracker, root: Path, reps: int, recorder: Recorder) -> None:
+    """`--version`, `status` and an `apply` that changes nothing, each a fresh CLI process, against a running
+    fleet of 10 (what `hermes-fleet` costs a person at the keyboard)."""
+    from bench.scenarios import fleet
+
+    ids = ["cli_version", "cli_status_n10", "cli_apply_noop_n10"]
+    with fleet(adapter, tracker, root / "cli", 10, recorder, ids) as f:
+        try:
+            adapter.start()
+            f.wait_all_running()
+        except Exception as exc:  # noqa: BLE001 - one failed start is this group's error, not the run's
+            for sid in ids:
+                recorder.error(sid, OURS, f"start: {exc}")
+            return
+        where = ["-f", str(adapter.manifest), "--state-dir", str(adapter.state)]
+        commands = {"cli_version": ["--version"], "cli_status_n10": ["status", *where],
+                    "cli_apply_noop_n10": ["apply", *where]}
+        for sid, args in commands.items():
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                done = procs.run([adapter.cli, *args], 60, env=adapter._env(), stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                elapsed = (time.perf_counter() - t0) * 1000
+                if done.returncode != 0:
+                    recorder.error(sid, OURS, f"{' '.join(args[:1])} exited {done.returncode}: {done.stderr.strip()[-300:]}")
+                    break
+                recorder.add(sid, OURS, elapsed)
 
 
 def run_plan(child: ChildProgram, root: Path, reps: int, recorder: Recorder) -> None:
     """The planner on 1,000 profiles: steady state (all running, 1,000 keeps: what every
     controller pass computes) and a cold fleet (nothing running, 1,000 spawns)."""
-    ids = ("plan_1000_steady", "plan_1000_cold")
+    ids = ("plan_1000_steady", "plan_1000_cold", "plan_10000_steady")
     try:
         from fleet.plan.planner import plan
     except ImportError as exc:
@@ -51,16 +87,17 @@ def run_plan(child: ChildProgram, root: Path, reps: int, recorder: Recorder) -> 
             recorder.pending(sid, OURS, f"fleet.plan.planner.plan not importable ({exc})")
         return
     try:
-        inputs = synthetic_inputs(child, root, PROFILES)
+        inputs = [*synthetic_inputs(child, root, PROFILES), synthetic_inputs(child, root, 10 * PROFILES)[0]]
     except Exception as exc:  # noqa: BLE001 - the planner's input types may move; say so instead of failing
         for sid in ids:
             recorder.pending(sid, OURS, f"cannot build synthetic planner inputs: {exc.__class__.__name__}: {exc}")
         return
-    for sid, (desired, observed, now, expected_kind) in zip(ids, inputs):
+    for sid, (desired, observed, now, expected_kind) in zip(ids, inputs, strict=True):
         result = plan(desired, observed, now)  # warm-up, and a check that the input means what we think
         kinds = {a.kind for a in result.actions}
-        if kinds != {expected_kind} or len(result.actions) != PROFILES:
-            recorder.error(sid, OURS, f"synthetic input planned {result.counts()}, expected {PROFILES} x {expected_kind}")
+        size = len(desired.spec.profiles)
+        if kinds != {expected_kind} or len(result.actions) != size:
+            recorder.error(sid, OURS, f"synthetic input planned {result.counts()}, expected {size} x {expected_kind}")
             continue
         for _ in range(reps):
             t0 = time.perf_counter()

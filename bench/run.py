@@ -119,6 +119,7 @@ def group_steps(adapter: Adapter, tracker: Tracker, root: Path, settings: Settin
         "config": lambda: scenarios.run_config_change(adapter, tracker, root, settings.config_changes, recorder),
         "diff": lambda: microbench.run_diff(adapter.tool, adapter.child, root / "diff", settings.diff_reps, recorder),
         "plan": lambda: microbench.run_plan(adapter.child, root / "plan", settings.plan_reps, recorder),
+        "cli": lambda: microbench.run_cli(adapter, tracker, root, settings.diff_reps, recorder),
         "metrics": lambda: metrics.run_metrics(adapter, tracker, root, settings.metrics_reps, settings.metrics_window,
                                                settings.idle_settle, settings.scrapes, recorder),
     }
