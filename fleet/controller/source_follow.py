@@ -260,8 +260,7 @@ class SourceFollower:
     def _fetched(self, source: Source, commit: str, now: float, token: str | None) -> float:
         next_at = now + source.interval_s * (1 + JITTER * self.jitter())
         update_progress(self.store, source.name, fetched_commit=commit, fetched_at=now, failures=0, last_error=None,
-                        last_error_at=None, next_attempt_at=next_at, handled_token=token or source.handled_token,
-                        fetch_pid=None, fetch_create_time=None)
+                        last_error_at=None, next_attempt_at=next_at, fetch_pid=None, fetch_create_time=None)
         if source.failures:
             self.store.journal("source_fetch_recovered", f"source {source.name}: fetched again after "
                                f"{source.failures} failure(s)", epoch=self.epoch, data={"source": source.name})
@@ -269,7 +268,11 @@ class SourceFollower:
             self.store.journal("source_fetched", f"source {source.name}: {source.ref} is at {short(commit)} "
                                f"(was {short(source.fetched_commit)})", epoch=self.epoch,
                                data={"source": source.name, "commit": commit, "previous": source.fetched_commit})
-        self._consider(source, commit, now, synced=token is not None)
+        try:
+            self._consider(source, commit, now, synced=token is not None)
+        finally:
+            if token:  # only now: a `sync --wait` reads the outcome the moment it sees its token handled
+                update_progress(self.store, source.name, handled_token=token)
         return next_at
 
     # -- a fetched commit -------------------------------------------------------------------------------
