@@ -21,7 +21,8 @@ if __package__ in (None, ""):
 
 from bench.catalog import SUPERVISORS
 
-INSTALL_HINT = "pip install -e '.[bench]' (or pip install matplotlib), then: python bench/plots.py bench/results.json"
+INSTALL_HINT = ("install it with `pip install -e '.[bench]'` or `pip install matplotlib`, then draw them with "
+                "`python bench/plots.py bench/results.json`")
 STYLE = {  # the same colour and marker for a tool in every plot
     "hermes-fleet": ("tab:blue", "o"),
     "supervisord": ("tab:orange", "s"),
@@ -70,12 +71,12 @@ def _matplotlib():
     try:
         import matplotlib
     except ImportError as exc:
-        raise PlotsUnavailable(f"matplotlib is not installed ({INSTALL_HINT})") from exc
+        raise PlotsUnavailable(f"matplotlib is not installed; {INSTALL_HINT}") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    return plt, FuncFormatter, NullFormatter
+    return plt, FuncFormatter, LogLocator, NullFormatter
 
 
 def render_plots(results: dict, out_dir: Path) -> list[Path]:
@@ -84,7 +85,7 @@ def render_plots(results: dict, out_dir: Path) -> list[Path]:
     scaling = results.get("scaling")
     if not scaling or not scaling.get("results"):
         return []
-    plt, FuncFormatter, NullFormatter = _matplotlib()
+    plt, FuncFormatter, LogLocator, NullFormatter = _matplotlib()
     tools = [t for t in SUPERVISORS if t in scaling["results"]] + sorted(set(scaling["results"]) - set(SUPERVISORS))
     ns = sorted(int(n) for n in scaling.get("n", []))
     subtitle = f"measured {str(scaling.get('generated_at', '?'))[:10]}"
@@ -125,7 +126,11 @@ def render_plots(results: dict, out_dir: Path) -> list[Path]:
         if log_y:
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
-            ax.yaxis.set_minor_formatter(NullFormatter())
+            if max(positive) / min(positive) <= 300:  # few decades: label 2x and 5x too
+                ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+                ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+            else:
+                ax.yaxis.set_minor_formatter(NullFormatter())
             ylabel = plot.ylabel + ", log scale"
         else:
             ax.set_ylim(bottom=0)

@@ -79,8 +79,8 @@ def render_markdown(results: dict) -> str:
     settings = results.get("settings", {})
     if settings.get("quick"):
         out += ["**Quick smoke run: too few repetitions to quote.**", ""]
-    if settings.get("note"):
-        out += [f"Note on this run: {settings['note']}", ""]
+    if settings.get("note") and results.get("scaling", {}).get("generated_at") != results.get("generated_at"):
+        out += [f"Note on the run of {results.get('generated_at', '?')}: {settings['note']}", ""]  # else under Scaling
     out += [
         f"Generated {results.get('generated_at', '?')} by `{results.get('command', 'python bench/run.py')}`.",
         "Cells: median (p95) over repetitions, unless the cell names other statistics. Idle CPU: mean over one idle "

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -162,6 +163,19 @@ def run_groups(adapters: list[Adapter], tracker: Tracker, root: Path, settings: 
             log(f"{adapter.name}: {group} done in {time.monotonic() - started:.1f}s (load {before:.2f} -> {os.getloadavg()[0]:.2f})")
 
 
+def command_line(argv: list[str]) -> str:
+    """The command as results.md quotes it, without --note (results.md shows the note on its own)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--note":
+            skip = True
+        elif not arg.startswith("--note="):
+            kept.append(arg)
+    return shlex.join(["python", "bench/run.py", *kept])
+
+
 def mark_skipped(recorder: Recorder, supervisor: str, reason: str, groups: list[str]) -> None:
     for s in SCENARIOS:
         if s.group in groups and s.applies_to(supervisor):
@@ -201,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             tools={name: t.as_dict() for name, t in tools.items()},
             settings={"quick": args.quick, "only": args.only, "scenario_groups": args.scenarios,
                       "orphan_reaper": reaper.enabled, **settings.__dict__, "note": args.note},
-            command="python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            command=command_line(argv if argv is not None else sys.argv[1:]),
             load=load,
         )
         out.mkdir(parents=True, exist_ok=True)
