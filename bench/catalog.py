@@ -52,6 +52,8 @@ class Scenario:
     ratio: bool = True  # counts have no meaningful ratio
     only: tuple[str, ...] = ()  # the supervisors this scenario runs for (empty: all; see ours_only)
     spread: tuple[str, ...] = ("p95",)  # the statistics shown after the median in the table
+    per_n: bool = False  # a scaling curve: one point per fleet size N (results.json "scaling", not the main table)
+    label: str = ""  # a short name (the scaling table)
 
     def applies_to(self, supervisor: str) -> bool:
         if self.ours_only:
@@ -127,7 +129,37 @@ SCENARIOS: tuple[Scenario, ...] = (
              Target("lt", 150, "under 150 ms"), ours_only=True, ratio=False),
 )
 
+# The scaling curve: the same measurements at several fleet sizes (run.py --scaling-n), one point per
+# (tool, N). Recorded per point under `scaling_point_id(id, n)`; results.json keeps them apart from the
+# table above, under "scaling", and bench/plots.py draws one PNG per entry (`<id>.png`).
+SCALING_NS = (10, 100, 500, 1000)
+SCALING: tuple[Scenario, ...] = (
+    Scenario("scaling_cold_start", "cold start: from the start command to the last child's start", "ms", "scaling",
+             per_n=True, label="cold start"),
+    Scenario("scaling_respawn", "respawn latency after SIGKILL of one child (median of the kills)", "ms", "scaling",
+             per_n=True, label="respawn after SIGKILL"),
+    Scenario("scaling_idle_cpu", "idle CPU of the supervisor (mean over the window)", "% of one core", "scaling",
+             per_n=True, label="idle CPU of the supervisor"),
+    Scenario("scaling_rss", "idle RSS of the supervisor", "MiB", "scaling", per_n=True, label="idle RSS of the supervisor"),
+    Scenario("scaling_status", "status command (status / supervisorctl status / circusctl status / pm2 jlist)",
+             "ms", "scaling", per_n=True, label="status command"),
+)
+SCENARIOS += SCALING
+
 GROUPS = tuple(dict.fromkeys(s.group for s in SCENARIOS))
+
+
+def scaling_point_id(scenario_id: str, n: int) -> str:
+    """The recorder's id of one point of a scaling curve, e.g. `scaling_rss_n500`."""
+    return f"{scenario_id}_n{n}"
+
+
+def parse_scaling_point_id(cell_id: str) -> tuple[str, int] | None:
+    """(`scaling_rss`, 500) for `scaling_rss_n500`; None for anything else."""
+    base, sep, n = cell_id.rpartition("_n")
+    if not sep or not n.isdigit() or not any(s.id == base for s in SCALING):
+        return None
+    return base, int(n)
 
 
 def scenario(scenario_id: str) -> Scenario:

@@ -59,11 +59,12 @@ class EventLog:
             if e.kind == "start" and e.monotonic_ns >= since_ns and (name is None or e.name == name)
         ]
 
-    def live_pids(self) -> dict[str, list[int]]:
-        """Per child name, the started processes that are still alive (more than one = a duplicate)."""
+    def live_pids(self, name: str | None = None) -> dict[str, list[int]]:
+        """Per child name (or only `name`), the started processes that are still alive (more than one = a
+        duplicate)."""
         stopped = {e.pid for e in self.events if e.kind == "stop"}
         by_name: dict[str, list[int]] = {}
-        for e in self.starts():
+        for e in self.starts(name):
             if e.pid not in stopped and is_same_live_process(e):
                 by_name.setdefault(e.name, []).append(e.pid)
         return by_name

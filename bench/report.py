@@ -1,4 +1,5 @@
-"""Render results.json as results.md (a scenario x supervisor table); run it to regenerate.
+"""Render results.json as results.md (a scenario x supervisor table, and the scaling curve's table with
+links to its plots); run it to regenerate.
 
     python bench/report.py [bench/results.json] [-o bench/results.md]
 """
@@ -78,6 +79,8 @@ def render_markdown(results: dict) -> str:
     settings = results.get("settings", {})
     if settings.get("quick"):
         out += ["**Quick smoke run: too few repetitions to quote.**", ""]
+    if settings.get("note") and results.get("scaling", {}).get("generated_at") != results.get("generated_at"):
+        out += [f"Note on the run of {results.get('generated_at', '?')}: {settings['note']}", ""]  # else under Scaling
     out += [
         f"Generated {results.get('generated_at', '?')} by `{results.get('command', 'python bench/run.py')}`.",
         "Cells: median (p95) over repetitions, unless the cell names other statistics. Idle CPU: mean over one idle "
@@ -97,6 +100,7 @@ def render_markdown(results: dict) -> str:
         row.append(met_text(sc.get("target_met"), sc) if sc.get("target") else "-")
         out.append("| " + " | ".join(row) + " |")
     out += _provenance(results)
+    out += _scaling(results, supervisors)
     out += ["", "## Tools", ""]
     for name, tool in results.get("tools", {}).items():
         state = f"version {tool['version']}" if tool.get("available") else f"skipped: {tool.get('reason')}"
@@ -133,11 +137,97 @@ def _provenance(results: dict) -> list[str]:
             by_run.setdefault((sc["run"].get("generated_at"), sc["run"].get("command")), []).append(sc["title"])
     if not by_run:
         return []
-    out = ["", "Rows measured in this run: "
-           + "; ".join(sc["title"] for sc in results["scenarios"].values() if not sc.get("run")) + "."]
+    measured = [sc["title"] for sc in results["scenarios"].values() if not sc.get("run")]
+    groups = ", ".join(results.get("settings", {}).get("scenario_groups", [])) or "?"
+    out = ["", "Rows measured in this run: " + "; ".join(measured) + "." if measured
+           else f"No row of this table was measured in this run (it ran: {groups})."]
     for (generated, command), titles in by_run.items():
         out.append(f"All other rows come from an earlier run, generated {generated} by `{command}`."
                    if len(by_run) == 1 else f"Generated {generated} by `{command}`: " + "; ".join(titles) + ".")
+    return out
+
+
+def _scaling(results: dict, supervisors: list[str]) -> list[str]:
+    """The `## Scaling` section: how the curve was measured, a metric x N x tool table, the plots."""
+    scaling = results.get("scaling")
+    if not scaling or not scaling.get("results"):
+        return []
+    tools = [s for s in supervisors if s in scaling["results"]] + sorted(set(scaling["results"]) - set(supervisors))
+    ns = sorted(int(n) for n in scaling.get("n", []))
+    given = scaling.get("settings", {})
+    cfg = {key: f"{given[key]:g}" if isinstance(given.get(key), (int, float)) else "?"
+           for key in ("scaling_window", "idle_settle", "scaling_status_runs", "scaling_kills")}
+    out = ["", "## Scaling", ""]
+    if scaling.get("quick"):
+        out += ["**Quick smoke run: too few repetitions to quote.**", ""]
+    out.append(f"Measured {scaling.get('generated_at', '?')} by `{scaling.get('command', '?')}`.")
+    if scaling.get("note"):
+        out.append(f"Note on this run: {scaling['note']}")
+    out += [
+        "",
+        f"N = {', '.join(f'{n:,}' for n in ns)} children of `bench/child.py`: one fresh fleet per tool and N, N "
+        "ascending, each tool configured as for the other scenarios. Per point: cold start (one start: from the "
+        "start command to the last child's own start stamp); idle CPU (mean over "
+        f"{cfg['scaling_window']} s after a {cfg['idle_settle']} s settle, % of one core) and "
+        "RSS (median of the per-second samples) of the supervisor's own process(es), not the children; the status "
+        f"command (median of {cfg['scaling_status_runs']} runs of the whole command: `hermes-fleet status`, "
+        "`supervisorctl status`, `circusctl status`, `pm2 jlist`); respawn latency (median of "
+        f"{cfg['scaling_kills']} SIGKILLs of different children, each until its replacement's start stamp). "
+        "Cells: median (p95) where there are several samples.",
+    ]
+    load = [v for e in scaling.get("host_load", []) for v in (e["loadavg_1m_before"], e["loadavg_1m_after"])]
+    if load:
+        cpus = results.get("machine", {}).get("logical_cpus") or 1
+        out.append(f"1-minute load average around each tool's curve: min {min(load):.2f}, max {max(load):.2f} on "
+                   f"{cpus} logical CPUs; per point in the last row.")
+    out += ["", "| metric | N | " + " | ".join(tools) + " |", "|---|---|" + "---|" * len(tools)]
+    metrics = scaling.get("metrics", {})
+    missing: list[str] = []
+    for sid, meta in metrics.items():
+        for i, n in enumerate(ns):
+            label = f"{meta.get('label') or meta['title']} ({meta['unit']})"
+            row = [label if i == 0 else "", f"{n:,}"]
+            for tool in tools:
+                entry = scaling["results"][tool]
+                point = entry.get("points", {}).get(str(n), {}).get(sid)
+                if entry.get("skipped"):
+                    row.append("skipped")
+                elif point is None:
+                    row.append("-")
+                elif point.get("median") is None:
+                    row.append("missing")
+                    reason = point.get("skipped") or next(iter(point.get("errors", [])), "no sample")
+                    missing.append(f"- {tool}, N={n:,}, {meta['title']}: {reason}")
+                else:
+                    row.append(cell_text(point, meta["unit"]))
+                    missing += [f"- {tool}, N={n:,}, {meta['title']}: error: {err}"
+                                for err in dict.fromkeys(point.get("errors", []))]
+            out.append("| " + " | ".join(row) + " |")
+    for i, n in enumerate(ns):
+        row = ["host load (1-min average, before / after)" if i == 0 else "", f"{n:,}"]
+        for tool in tools:
+            first = metrics and scaling["results"][tool].get("points", {}).get(str(n), {}).get(next(iter(metrics)))
+            extra = (first or {}).get("extra", {})
+            before, after = extra.get("loadavg_1m_before"), extra.get("loadavg_1m_after")
+            row.append(f"{before[0]:.2f} / {after[0]:.2f}" if before and after else "-")
+        out.append("| " + " | ".join(row) + " |")
+    kept = {tool: e["run"] for tool, e in scaling["results"].items() if e.get("run")}
+    if kept:
+        out.append("")
+        out += [f"- {tool}: from an earlier run, generated {run.get('generated_at')} by `{run.get('command')}`."
+                for tool, run in kept.items()]
+    skipped = [f"- {tool}: skipped: {e['skipped']}" for tool, e in scaling["results"].items() if e.get("skipped")]
+    cleanup = [f"- {tool}, N={int(n):,}: clean-up: {note}" for tool, e in scaling["results"].items()
+               for n, point in e.get("points", {}).items() for cell in point.values()
+               for note in dict.fromkeys(cell.get("extra", {}).get("cleanup", []))]
+    if skipped or missing or cleanup:
+        out += ["", "Missing points, errors and clean-up:", ""] + skipped + list(dict.fromkeys(missing)) + cleanup
+    out += ["", "Plots (one line per tool; N on a log axis, and the value axis too where the tools differ by more "
+                "than 20x):", ""]
+    for sid, meta in metrics.items():
+        out.append(f"![{meta['title']}]({meta.get('plot', sid + '.png')})")
+    out += ["", "Regenerate them from the JSON with `python bench/plots.py bench/results.json` (needs matplotlib, a "
+                "bench-only extra: `pip install -e '.[bench]'`)."]
     return out
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from bench.catalog import OURS, PEERS, SCENARIOS, Scenario
+from bench.catalog import OURS, PEERS, SCALING, SCENARIOS, Scenario, parse_scaling_point_id
 from bench.stats import difference_and_noise, summarize
 
 
@@ -45,18 +45,13 @@ class Recorder:
         self.cell(scenario_id, supervisor).extra.setdefault(key, []).append(value)
 
 
+def cell_result(c: Cell) -> dict:
+    return {**summarize(c.samples).as_dict(), "samples": c.samples, "errors": c.errors, "skipped": c.skipped,
+            "pending": c.pending, "extra": c.extra}
+
+
 def scenario_result(s: Scenario, cells: dict[str, Cell], ref_cells: dict[str, Cell] | None = None) -> dict:
-    per_supervisor = {}
-    for supervisor, c in cells.items():
-        summary = summarize(c.samples)
-        per_supervisor[supervisor] = {
-            **summary.as_dict(),
-            "samples": c.samples,
-            "errors": c.errors,
-            "skipped": c.skipped,
-            "pending": c.pending,
-            "extra": c.extra,
-        }
+    per_supervisor = {supervisor: cell_result(c) for supervisor, c in cells.items()}
     peer_medians = {p: r["median"] for p, r in per_supervisor.items() if p in PEERS and r["median"] is not None}
     best_peer = min(peer_medians, key=peer_medians.get) if peer_medians else None
     if s.target.kind == "le_peer":
@@ -102,18 +97,59 @@ def noise_verdict(s: Scenario, ours: Cell | None, reference: Cell | None) -> dic
 def build_results(recorder: Recorder, *, tools: dict, settings: dict, command: str, load: list[dict] | None = None) -> dict:
     scenarios = {}
     for s in SCENARIOS:
+        if s.per_n:
+            continue  # the scaling curve goes under "scaling"
         cells = {sup: c for (sid, sup), c in recorder.cells.items() if sid == s.id}
         ref_cells = {sup: c for (sid, sup), c in recorder.cells.items() if sid == s.target.ref} if s.target.ref else None
         if cells:
             scenarios[s.id] = scenario_result(s, cells, ref_cells)
-    return {
-        "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    generated_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    results = {
+        "generated_at": generated_at,
         "command": command,
         "machine": machine_info(),
         "tools": tools,
         "settings": settings,
         "host_load": load or [],
         "scenarios": scenarios,
+    }
+    scaling = build_scaling(recorder, settings=settings, load=load or [])
+    if scaling:
+        results["scaling"] = {"generated_at": generated_at, "command": command, **scaling}
+    return results
+
+
+SCALING_SETTINGS = ("scaling_window", "idle_settle", "scaling_kills", "scaling_status_runs")
+
+
+def build_scaling(recorder: Recorder, *, settings: dict, load: list[dict]) -> dict:
+    """The scaling curve: per tool, per N, per metric the summary of its cell (as in "scenarios"). A tool
+    skipped as a whole (not installed) has "skipped"; a point that could not be measured has errors or a
+    skip reason in its cells and no median."""
+    by_tool: dict[str, dict] = {}
+    for (cid, sup), c in recorder.cells.items():
+        if any(cid == s.id for s in SCALING):  # the whole tool was skipped (run.py mark_skipped)
+            by_tool.setdefault(sup, {"skipped": None, "points": {}})["skipped"] = c.skipped
+            continue
+        point = parse_scaling_point_id(cid)
+        if point is None:
+            continue
+        sid, n = point
+        entry = by_tool.setdefault(sup, {"skipped": None, "points": {}})
+        entry["points"].setdefault(n, {})[sid] = cell_result(c)
+    if not by_tool:
+        return {}
+    ns = sorted({n for entry in by_tool.values() for n in entry["points"]} | set(settings.get("scaling_ns") or ()))
+    for entry in by_tool.values():
+        entry["points"] = {str(n): entry["points"][n] for n in sorted(entry["points"])}
+    return {
+        "n": ns,
+        "metrics": {s.id: {"title": s.title, "label": s.label, "unit": s.unit, "plot": f"{s.id}.png"} for s in SCALING},
+        "settings": {key: settings[key] for key in SCALING_SETTINGS if key in settings},
+        "quick": bool(settings.get("quick")),
+        "note": settings.get("note") or "",
+        "host_load": [entry for entry in load if entry.get("group") == "scaling"],
+        "results": by_tool,
     }
 
 
@@ -148,5 +184,25 @@ def merge_results(earlier: dict, latest: dict) -> dict:
     earlier_runs = [*earlier.get("earlier_runs", []),
                     {"generated_at": earlier.get("generated_at"), "command": earlier.get("command"),
                      "settings": earlier.get("settings", {}), "host_load": earlier.get("host_load", [])}]
-    return {**latest, "tools": {**earlier.get("tools", {}), **latest.get("tools", {})},
-            "earlier_runs": earlier_runs, "scenarios": scenarios}
+    merged = {**latest, "tools": {**earlier.get("tools", {}), **latest.get("tools", {})},
+              "earlier_runs": earlier_runs, "scenarios": scenarios}
+    scaling = merge_scaling(earlier.get("scaling"), latest.get("scaling"))
+    if scaling:
+        merged["scaling"] = scaling
+    return merged
+
+
+def merge_scaling(earlier: dict | None, latest: dict | None) -> dict | None:
+    """The scaling curve of `latest`, plus the tools of `earlier`'s curve it did not measure (each marked
+    with its run); a run without the scaling group keeps the earlier curve as it was."""
+    if not latest:
+        return earlier
+    if not earlier:
+        return latest
+    results = dict(latest.get("results", {}))
+    for tool, entry in earlier.get("results", {}).items():
+        if tool not in results:
+            results[tool] = {**entry, "run": entry.get("run") or {"generated_at": earlier.get("generated_at"),
+                                                                  "command": earlier.get("command")}}
+    ns = sorted({int(n) for entry in results.values() for n in entry.get("points", {})} | set(latest.get("n", [])))
+    return {**latest, "n": ns, "results": results}

@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 import psutil
 
 from bench.adapters.base import Adapter
+from bench.catalog import SCALING_NS
 from bench.events import ChildEvent, EventLog
 from bench.procs import Tracker, alive, wait_until
 from bench.results import Recorder
@@ -45,6 +46,10 @@ class Settings:
     metrics_reps: int = 1  # metrics off/on pairs at N=100
     metrics_window: float = 5.0  # seconds of each metrics window (idle, and scraped every 1 s)
     scrapes: int = 50  # back-to-back GETs of /metrics per repetition
+    scaling_ns: tuple[int, ...] = SCALING_NS  # the fleet sizes of the scaling curve
+    scaling_window: float = 10.0  # seconds of the idle window at each N
+    scaling_kills: int = 5  # SIGKILLs of different children at each N (respawn latency: their median)
+    scaling_status_runs: int = 5  # runs of the status command at each N (latency: their median)
 
 
 def now_ns() -> int:
@@ -107,7 +112,7 @@ class Fleet:
 
     def live_pid(self, name: str) -> int:
         self.observe()
-        pids = self.log.live_pids().get(name)
+        pids = self.log.live_pids(name).get(name)
         if not pids:
             raise ScenarioFailed(f"{name} is not running")
         return pids[-1]
@@ -206,6 +211,29 @@ def measure_idle(adapter: Adapter, window: float, settle: float,
     return cpu, rss
 
 
+def cold_start(f: Fleet, recorder: Recorder, sid: str, timeout: float = START_TIMEOUT) -> None:
+    """Start the supervisor from nothing; records the start command to the last child's own start stamp."""
+    adapter = f.adapter
+    t0 = now_ns()
+    adapter.start()
+    returned = now_ns()
+    firsts = f.wait_all_running(since_ns=t0, timeout=timeout)
+    recorder.add(sid, adapter.name, ms_since(t0, max(e.monotonic_ns for e in firsts.values())))
+    recorder.extra(sid, adapter.name, "start_command_ms", round(ms_since(t0, returned), 1))
+
+
+def record_idle(adapter: Adapter, recorder: Recorder, cpu_id: str, rss_id: str, window: float, settle: float) -> None:
+    """One idle window (measure_idle): the mean CPU % under `cpu_id`, every per-second RSS sample under `rss_id`."""
+    cpu, rss = measure_idle(adapter, window, settle)
+    # CPU: the mean over the window (a median of 1 s samples would hide a
+    # periodic pass); the per-second shape goes into the extras.
+    recorder.add(cpu_id, adapter.name, sum(cpu) / len(cpu))
+    recorder.extra(cpu_id, adapter.name, "per_second_max", round(max(cpu), 3))
+    recorder.extra(cpu_id, adapter.name, "seconds_above_0.5pct", sum(v > 0.5 for v in cpu))
+    for value in rss:
+        recorder.add(rss_id, adapter.name, value)
+
+
 def run_lifecycle(adapter: Adapter, tracker: Tracker, root: Path, n: int, reps: int, idle_window: float,
                   idle_settle: float, wanted: set[str], recorder: Recorder) -> None:
     """Cold start of N, idle overhead (first repetition only), graceful stop of the whole fleet."""
@@ -215,26 +243,14 @@ def run_lifecycle(adapter: Adapter, tracker: Tracker, root: Path, n: int, reps: 
     for rep in range(reps):
         with fleet(adapter, tracker, root / f"lifecycle-n{n}-{rep}", n, recorder, ids) as f:
             try:
-                t0 = now_ns()
-                adapter.start()
-                returned = now_ns()
-                firsts = f.wait_all_running(since_ns=t0)
-                recorder.add(cold, adapter.name, ms_since(t0, max(e.monotonic_ns for e in firsts.values())))
-                recorder.extra(cold, adapter.name, "start_command_ms", round(ms_since(t0, returned), 1))
+                cold_start(f, recorder, cold)
             except Exception as exc:  # noqa: BLE001
                 for sid in ids:
                     recorder.error(sid, adapter.name, f"start: {exc}")
                 continue
             if rep == 0 and (idle_cpu in wanted or idle_rss in wanted):
                 try:
-                    cpu, rss = measure_idle(adapter, idle_window, idle_settle)
-                    # CPU: the mean over the window (a median of 1 s samples would hide a
-                    # periodic pass); the per-second shape goes into the extras.
-                    recorder.add(idle_cpu, adapter.name, sum(cpu) / len(cpu))
-                    recorder.extra(idle_cpu, adapter.name, "per_second_max", round(max(cpu), 3))
-                    recorder.extra(idle_cpu, adapter.name, "seconds_above_0.5pct", sum(v > 0.5 for v in cpu))
-                    for value in rss:
-                        recorder.add(idle_rss, adapter.name, value)
+                    record_idle(adapter, recorder, idle_cpu, idle_rss, idle_window, idle_settle)
                 except Exception as exc:  # noqa: BLE001
                     recorder.error(idle_cpu, adapter.name, f"idle: {exc}")
             try:
@@ -270,21 +286,26 @@ def run_respawn(adapter: Adapter, tracker: Tracker, root: Path, kills: int, reco
                 remaining -= 1
                 name = f.names[k]
                 try:
-                    victim = f.live_pid(name)
-                    t0 = now_ns()
-                    os.kill(victim, signal.SIGKILL)
-
-                    def replaced() -> bool:
-                        f.observe()
-                        return any(e.pid != victim for e in f.log.starts(name, since_ns=t0))
-
-                    if not wait_until(replaced, 30.0, 0.005):
-                        raise ScenarioFailed(f"{name} not replaced within 30s")
-                    replacement = next(e for e in f.log.starts(name, since_ns=t0) if e.pid != victim)
-                    recorder.add(sid, adapter.name, ms_since(t0, replacement.monotonic_ns))
+                    recorder.add(sid, adapter.name, time_respawn(f, name))
                     time.sleep(0.2)  # let the supervisor finish its bookkeeping before the next kill
                 except Exception as exc:  # noqa: BLE001
                     recorder.error(sid, adapter.name, f"kill {name}: {exc}")
+
+
+def time_respawn(f: Fleet, name: str, timeout: float = 30.0) -> float:
+    """SIGKILL the running process of `name`; ms from the kill to its replacement's own start stamp."""
+    victim = f.live_pid(name)
+    t0 = now_ns()
+    os.kill(victim, signal.SIGKILL)
+
+    def replaced() -> bool:
+        f.observe()
+        return any(e.pid != victim for e in f.log.starts(name, since_ns=t0))
+
+    if not wait_until(replaced, timeout, 0.005):
+        raise ScenarioFailed(f"{name} not replaced within {timeout:.0f}s")
+    replacement = next(e for e in f.log.starts(name, since_ns=t0) if e.pid != victim)
+    return ms_since(t0, replacement.monotonic_ns)
 
 
 def run_kill9(adapter: Adapter, tracker: Tracker, root: Path, reps: int, recorder: Recorder, n: int = 10) -> None:

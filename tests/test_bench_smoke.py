@@ -1,7 +1,8 @@
 """Smoke test of the benchmark harness (bench/): the child program and result rendering.
 
 No peer is installed and nothing is timed; the real bench runs with `python bench/run.py`.
-The metrics scenario runs once end to end on a tiny fleet (no peer, no timing assertion).
+The metrics and scaling scenarios run once end to end on a tiny fleet (no peer, no timing assertion).
+The scaling plots need matplotlib, a bench-only extra: their test is skipped without it.
 """
 
 from __future__ import annotations
@@ -258,3 +259,139 @@ def test_tracker_ends_survivors_by_pid_and_ignores_dead_ones():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def scaling_recorder() -> Recorder:
+    """A small fake scaling curve: ours and pm2 at N=10 and 100, pm2 failing to start at 100 (so 500 is not
+    tried), circus not installed."""
+    from bench.catalog import SCALING, scaling_point_id
+
+    rec = Recorder()
+    for n, factor in ((10, 1.0), (100, 4.0)):
+        ids = {s.id: scaling_point_id(s.id, n) for s in SCALING}
+        rec.add(ids["scaling_cold_start"], OURS, 500.0 * factor)
+        rec.extra(ids["scaling_cold_start"], OURS, "loadavg_1m_before", 1.5)
+        rec.extra(ids["scaling_cold_start"], OURS, "loadavg_1m_after", 1.75)
+        for ms in (20.0, 22.0, 30.0):
+            rec.add(ids["scaling_respawn"], OURS, ms * factor)
+        rec.add(ids["scaling_idle_cpu"], OURS, 0.05 * factor)
+        for mib in (25.0, 25.5):
+            rec.add(ids["scaling_rss"], OURS, mib + factor)
+        rec.add(ids["scaling_status"], OURS, 400.0 + factor)
+        if n == 10:
+            for sid, cid in ids.items():
+                rec.add(cid, "pm2", 2.0 if sid != "scaling_cold_start" else 900.0)
+        else:
+            for cid in ids.values():
+                rec.error(cid, "pm2", "start: only 37 of 100 children started within 120s")
+    for cid in (scaling_point_id(s.id, 500) for s in SCALING):
+        rec.skip(cid, "pm2", "not tried: N=100 failed (start: only 37 of 100 children started within 120s)")
+    for s in SCALING:
+        rec.skip(s.id, "circus", "pip install circus failed: no network")
+    rec.add("respawn_n10", OURS, 21.0)
+    return rec
+
+
+SCALING_SETTINGS = {"scaling_ns": (10, 100, 500), "scaling_window": 10.0, "idle_settle": 3.0, "scaling_kills": 5,
+                    "scaling_status_runs": 5, "note": "other work shared the host"}
+
+
+def test_scaling_curve_goes_to_its_own_section_and_renders():
+    results = build_results(scaling_recorder(), tools={}, settings=SCALING_SETTINGS, command="scaling",
+                            load=[{"group": "scaling", "supervisor": OURS, "seconds": 1.0, "loadavg_1m_before": 1.0,
+                                   "loadavg_1m_after": 2.0}])
+    assert set(results["scenarios"]) == {"respawn_n10"}  # the curve is not a row of the main table
+    scaling = results["scaling"]
+    assert scaling["n"] == [10, 100, 500] and scaling["command"] == "scaling"
+    ours = scaling["results"][OURS]["points"]
+    assert ours["10"]["scaling_respawn"]["median"] == 22.0 and ours["100"]["scaling_cold_start"]["median"] == 2000.0
+    assert scaling["results"]["pm2"]["points"]["100"]["scaling_status"]["median"] is None
+    assert scaling["results"]["circus"]["skipped"].startswith("pip install circus failed")
+
+    text = render_markdown(results)
+    section = text[text.index("## Scaling"):text.index("## Tools")]
+    assert "| metric | N | hermes-fleet | circus | pm2 |" in section
+    assert "| cold start (ms) | 10 | 500 ms | skipped | 900 ms |" in section
+    assert "|  | 100 | 2.00 s | skipped | missing |" in section
+    assert "| respawn after SIGKILL (ms) | 10 | 22.0 ms (30.0 ms) |" in section
+    assert "- pm2, N=100, cold start: from the start command to the last child's start: start: only 37" in section
+    assert "- pm2, N=500," in section and "not tried: N=100 failed" in section
+    assert "Note on this run: other work shared the host" in section
+    assert "| host load (1-min average, before / after) | 10 | 1.50 / 1.75 |" in section
+    for name in ("scaling_cold_start", "scaling_respawn", "scaling_idle_cpu", "scaling_rss", "scaling_status"):
+        assert f"]({name}.png)" in section
+    assert "python bench/plots.py bench/results.json" in section
+
+
+def test_merge_keeps_the_other_scenarios_and_the_other_tools_curves():
+    from bench.catalog import SCALING, scaling_point_id
+    from bench.results import merge_results
+
+    full = build_results(scaling_recorder(), tools={}, settings=SCALING_SETTINGS, command="full")
+    again = Recorder()
+    for s in SCALING:
+        again.add(scaling_point_id(s.id, 10), OURS, 1.0)
+    latest = build_results(again, tools={}, settings={"scaling_ns": (10,), "scenario_groups": ["scaling"]},
+                           command="scaling, ours only")
+    merged = merge_results(full, latest)
+    assert merged["scenarios"]["respawn_n10"]["run"]["command"] == "full"  # the main table is kept
+    curves = merged["scaling"]["results"]
+    assert curves[OURS]["points"]["10"]["scaling_rss"]["median"] == 1.0 and "100" not in curves[OURS]["points"]
+    assert curves["pm2"]["run"]["command"] == "full" and curves["pm2"]["points"]["10"]["scaling_rss"]["median"] == 2.0
+    assert merged["scaling"]["n"] == [10, 100, 500]
+    text = render_markdown(merged)
+    assert "- pm2: from an earlier run" in text and "No row of this table was measured in this run (it ran: scaling)" in text
+
+    other = build_results(Recorder(), tools={}, settings={}, command="something else")
+    assert "scaling" not in other
+    assert merge_results(full, other)["scaling"] == full["scaling"]  # a run without the group keeps the curve
+
+
+def test_scaling_options_and_victims():
+    from bench.scaling import victims
+
+    assert bench_run.settings_for(bench_run.parse_args([])).scaling_ns == (10, 100, 500, 1000)
+    assert bench_run.settings_for(bench_run.parse_args(["--quick"])).scaling_ns == (10, 100)
+    args = bench_run.parse_args(["--scenarios", "scaling", "--scaling-n", "100,10", "--merge"])
+    assert args.scenarios == ["scaling"] and bench_run.settings_for(args).scaling_ns == (10, 100)
+    with pytest.raises(SystemExit):
+        bench_run.parse_args(["--scaling-n", "ten"])
+    names = tuple(f"c{i:03d}" for i in range(1000))
+    assert victims(names, 5) == ["c000", "c200", "c400", "c600", "c800"]
+    assert victims(names[:2], 5) == ["c000", "c001"]
+
+
+def test_scaling_plots_from_synthetic_points(tmp_path):
+    pytest.importorskip("matplotlib")
+    from bench import plots
+
+    results = build_results(scaling_recorder(), tools={}, settings=SCALING_SETTINGS, command="x")
+    written = plots.render_plots(results, tmp_path)
+    assert sorted(p.name for p in written) == sorted(f"{p.metric}.png" for p in plots.PLOTS)
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
+    assert plots.series(results["scaling"], "scaling_cold_start", "pm2") == ([10], [900.0], [100, 500])
+
+
+def test_scaling_scenario_end_to_end_on_a_tiny_fleet(tmp_path):
+    """The scaling runner against a real controller at N=3 (1 s window): every metric gets a sample, nothing
+    is left running. Nothing is timed."""
+    from bench import install, procs, scaling
+    from bench.catalog import SCALING, scaling_point_id
+
+    tool = install.locate_hermes_fleet(None)
+    if not tool.available:
+        pytest.skip(tool.reason)
+    from bench.adapters.hermes_fleet import HermesFleetAdapter
+
+    tracker, rec = procs.Tracker(), Recorder()
+    adapter = HermesFleetAdapter(tool, ChildProgram(sys.executable), tracker)
+    try:
+        scaling.run_scaling(adapter, tracker, tmp_path, (3,), window=1.0, settle=0.0, kills=2, status_runs=1,
+                            recorder=rec)
+    finally:
+        tracker.end_all()
+    cells = {sid: rec.cells.get((scaling_point_id(sid, 3), OURS)) for sid in (s.id for s in SCALING)}
+    assert {sid: c.errors for sid, c in cells.items() if c is not None and c.errors} == {}
+    assert all(c is not None and c.samples for c in cells.values())
+    assert len(cells["scaling_respawn"].samples) == 2
+    assert tracker.survivors() == []

@@ -53,6 +53,8 @@ class CommandFailed(RuntimeError):
 
 class Adapter(ABC):
     name: str = ""
+    # How long a tool command may take (start, apply, stop, status); the scaling group raises it for large N.
+    command_timeout: float = COMMAND_TIMEOUT
 
     def __init__(self, tool: ToolInstall, child: ChildProgram, tracker: Tracker) -> None:
         self.tool = tool
@@ -108,6 +110,14 @@ class Adapter(ABC):
     def stop_all(self) -> None:
         """Ask for a graceful stop of the whole fleet (and the supervisor)."""
 
+    @abstractmethod
+    def status_argv(self) -> list[str]:
+        """The tool's own status/list command for the running fleet (what an operator types)."""
+
+    @abstractmethod
+    def _env(self) -> dict[str, str]:
+        """The environment of the tool's commands (see base_env)."""
+
     def teardown(self) -> None:
         """Tool-specific polite shutdown before the tracker ends whatever survives."""
 
@@ -116,6 +126,10 @@ class Adapter(ABC):
         self.tokens[name] = token
         self.write_config()
         self.apply_config()
+
+    def status(self) -> None:
+        """Run the status command to completion (its output goes to the command log)."""
+        self.run(self.status_argv(), env=self._env())
 
     def kill_supervisor(self) -> None:
         pids = self.supervisor_pids()
@@ -156,12 +170,13 @@ class Adapter(ABC):
                     found[argv[index + 1]] = proc.pid
         return found
 
-    def run(self, argv: list[str], env: dict[str, str] | None = None, timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess:
-        """Run a tool command to completion; its output goes to the session's command log."""
+    def run(self, argv: list[str], env: dict[str, str] | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
+        """Run a tool command to completion (within `timeout`, default `command_timeout`); its output goes to
+        the session's command log."""
         with open(self.s.directory / "commands.log", "a") as out:
             out.write(f"$ {' '.join(argv)}\n")
             out.flush()
-            done = procs.run(argv, timeout, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+            done = procs.run(argv, self.command_timeout if timeout is None else timeout, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         if done.returncode != 0:
             command = " ".join([Path(argv[0]).name, *argv[1:2]])
             raise CommandFailed(f"{self.name}: `{command} ...` exited {done.returncode} (see commands.log)")

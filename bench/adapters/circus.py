@@ -67,3 +67,6 @@ class CircusAdapter(ForegroundDaemonAdapter):
     def apply_config(self) -> None:
         self.run([self.tool.executable("circusctl"), "--endpoint", self.endpoint, "reloadconfig"], env=self._env())
 
+    def status_argv(self) -> list[str]:
+        return [self.tool.executable("circusctl"), "--endpoint", self.endpoint, "status"]
+

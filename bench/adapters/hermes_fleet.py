@@ -83,11 +83,13 @@ class HermesFleetAdapter(Adapter):
     def _env(self) -> dict[str, str]:
         return base_env(self.s.directory / "home", ours=True)
 
-    def _hf(self, *args: str, timeout: float = 180) -> None:
+    def _hf(self, *args: str, timeout: float | None = None) -> None:
         self.run([self.cli, *args], env=self._env(), timeout=timeout)
 
     def _apply(self) -> None:
-        self._hf("apply", "-f", str(self.manifest), "--state-dir", str(self.state), "--timeout", "120s")
+        # apply's own wait for convergence ends a minute before the bench would end the command.
+        wait = max(120, int(self.command_timeout) - 60)
+        self._hf("apply", "-f", str(self.manifest), "--state-dir", str(self.state), "--timeout", f"{wait}s")
         self._track_controller()
 
     def _identity_pid(self) -> int | None:
@@ -145,6 +147,9 @@ class HermesFleetAdapter(Adapter):
 
     def apply_config(self) -> None:
         self._apply()
+
+    def status_argv(self) -> list[str]:
+        return [self.cli, "status", "-f", str(self.manifest), "--state-dir", str(self.state)]
 
     def stop_all(self) -> None:
         self._hf("down", "--state-dir", str(self.state))

@@ -82,6 +82,9 @@ class Pm2Adapter(Adapter):
     def apply_config(self) -> None:
         self._pm2("startOrReload", str(self.ecosystem), "--update-env")
 
+    def status_argv(self) -> list[str]:
+        return [self.tool.executable("pm2"), "jlist"]
+
     def stop_all(self) -> None:
         self._pm2("kill")
 

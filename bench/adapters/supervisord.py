@@ -66,3 +66,6 @@ class SupervisordAdapter(ForegroundDaemonAdapter):
     def apply_config(self) -> None:
         self.run([self.tool.executable("supervisorctl"), "-c", str(self.conf), "update"], env=self._env())
 
+    def status_argv(self) -> list[str]:
+        return [self.tool.executable("supervisorctl"), "-c", str(self.conf), "status"]
+
