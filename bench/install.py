@@ -114,4 +114,8 @@ def fleet_source(cli: str) -> str:
     python = first[2:].split() if first.startswith("#!") else [sys.executable]
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH")}
     found = _run([*python, "-c", "import fleet; print(fleet.__path__[0])"], env=env)
-    return found.stdout.strip() if found.returncode == 0 else ""
+    if found.returncode != 0:
+        return ""
+    # Named by its commit, not its path: results are committed, and a path says nothing on another host.
+    commit = _run(["git", "-C", found.stdout.strip(), "rev-parse", "--short", "HEAD"], env=env)
+    return f"a checkout at {commit.stdout.strip()}" if commit.returncode == 0 else "an installed copy"

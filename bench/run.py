@@ -166,14 +166,18 @@ def run_groups(adapters: list[Adapter], tracker: Tracker, root: Path, settings: 
 
 def command_line(argv: list[str]) -> str:
     """The command as results.md quotes it, without --note (results.md shows the note on its own)."""
-    kept, skip = [], False
+    kept, skip, folder = [], False, False
     for arg in argv:
         if skip:
             skip = False
+        elif folder:  # a folder of this host means nothing elsewhere
+            kept.append(arg if not os.path.isabs(arg) else "DIR")
+            folder = False
         elif arg == "--note":
             skip = True
         elif not arg.startswith("--note="):
             kept.append(arg)
+            folder = arg in ("--workdir", "--out", "--hermes-fleet")
     return shlex.join(["python", "bench/run.py", *kept])
 
 
