@@ -32,16 +32,14 @@ def main(argv: list[str]) -> int:
     name, log_path = argv[1], argv[2]
     token = os.environ.get(TOKEN_VARIABLE, "-")
 
-    def stop(signum, frame):  # noqa: ARG001 - signal handler signature
-        append(log_path, event_line(name, token, "stop"))
-        os._exit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    # Blocked, then taken with sigwait: a handler plus pause() can miss a signal that lands between the
+    # interpreter's check for pending signals and the pause, and then wait forever.
+    stops = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     append(log_path, event_line(name, token, "start"))
-    while True:
-        signal.pause()
-
+    signal.sigwait(stops)
+    append(log_path, event_line(name, token, "stop"))
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv))

@@ -26,15 +26,14 @@ from fleet.service.base import CommandResult
 STAND_IN_CONTROLLER = r'''
 import json, os, signal, sys, time
 import psutil
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # taken by sigwait below: pause() could miss it
 state = sys.argv[1]
 me = psutil.Process()
 rec = {"pid": me.pid, "create_time": me.create_time(), "version": "stand-in", "started_at": time.time(), "epoch": 1}
 with open(os.path.join(state, ".supervisor.json.tmp"), "w") as fh:
     json.dump(rec, fh)
 os.replace(os.path.join(state, ".supervisor.json.tmp"), os.path.join(state, ".supervisor.json"))
-signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-while True:
-    signal.pause()
+signal.sigwait({signal.SIGTERM})
 '''
 
 
