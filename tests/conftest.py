@@ -3,6 +3,8 @@ bytecode. No fixtures, so nothing changes for tests that do not ask for these op
 
 from __future__ import annotations
 
+import collections
+
 import os
 import shutil
 import tempfile
@@ -44,5 +46,17 @@ def pytest_unconfigure(config):
 def pytest_collection_modifyitems(config, items):
     """The tests that start real Hermes gateways or a private systemd first: each runs for a minute or more, so
     begun last they would leave the other workers idle at the end of the run."""
-    items.sort(key=lambda item: 0 if item.get_closest_marker("hermes") or item.get_closest_marker("systemd") else 1)
+    # xdist hands out whole files (--dist loadfile) in the order of their first test here; it would sort them by
+    # their number of tests instead, putting these one- and two-test files last, so pyproject.toml turns that
+    # off (--no-loadscope-reorder) and the order is this one: the long ones, then the larger files first.
+    per_file = collections.Counter(item.nodeid.split("::", 1)[0] for item in items)
+    slow = {item.nodeid.split("::", 1)[0] for item in items
+            if item.get_closest_marker("hermes") or item.get_closest_marker("systemd")}
+    order = {name: i for i, name in enumerate(dict.fromkeys(item.nodeid.split("::", 1)[0] for item in items))}
+
+    def key(item):
+        name = item.nodeid.split("::", 1)[0]
+        return (name not in slow, -per_file[name], order[name])
+
+    items.sort(key=key)
 

@@ -219,18 +219,24 @@ def test_scrape_client_against_the_controllers_metrics_server():
         server.close()
 
 
-def test_metrics_scenario_end_to_end_on_a_tiny_fleet(tmp_path):
-    """The metrics scenario against a real controller (3 children, 1 s windows): every row gets
-    samples and nothing is left running. Nothing is timed."""
-    from bench import install, metrics, procs
+def ours():
+    """(adapter, tracker, recorder) for hermes-fleet as the bench finds it; the test is skipped without it."""
+    from bench import install, procs
+    from bench.adapters.hermes_fleet import HermesFleetAdapter
 
     tool = install.locate_hermes_fleet(None)
     if not tool.available:
         pytest.skip(tool.reason)
-    from bench.adapters.hermes_fleet import HermesFleetAdapter
+    tracker = procs.Tracker()
+    return HermesFleetAdapter(tool, ChildProgram(sys.executable), tracker), tracker, Recorder()
 
-    tracker, rec = procs.Tracker(), Recorder()
-    adapter = HermesFleetAdapter(tool, ChildProgram(sys.executable), tracker)
+
+def test_metrics_scenario_end_to_end_on_a_tiny_fleet(tmp_path):
+    """The metrics scenario against a real controller (3 children, 1 s windows): every row gets
+    samples and nothing is left running. Nothing is timed."""
+    from bench import metrics
+
+    adapter, tracker, rec = ours()
     try:
         metrics.run_metrics(adapter, tracker, tmp_path, reps=1, window=1.0, settle=0.0, scrapes=5, recorder=rec, n=3)
     finally:
@@ -375,16 +381,10 @@ def test_scaling_plots_from_synthetic_points(tmp_path):
 def test_scaling_scenario_end_to_end_on_a_tiny_fleet(tmp_path):
     """The scaling runner against a real controller at N=3 (1 s window): every metric gets a sample, nothing
     is left running. Nothing is timed."""
-    from bench import install, procs, scaling
+    from bench import scaling
     from bench.catalog import SCALING, scaling_point_id
 
-    tool = install.locate_hermes_fleet(None)
-    if not tool.available:
-        pytest.skip(tool.reason)
-    from bench.adapters.hermes_fleet import HermesFleetAdapter
-
-    tracker, rec = procs.Tracker(), Recorder()
-    adapter = HermesFleetAdapter(tool, ChildProgram(sys.executable), tracker)
+    adapter, tracker, rec = ours()
     try:
         scaling.run_scaling(adapter, tracker, tmp_path, (3,), window=1.0, settle=0.0, kills=2, status_runs=1,
                             recorder=rec)

@@ -227,9 +227,10 @@ os.write(fd, b"done\n")
 
 def test_copy_truncate_under_a_running_writer_loses_at_most_the_instant_of_each_truncate(tmp_path):
     """Copy-truncate (logrotate's `copytruncate`) can lose what the writer appends between the copy's last
-    read, which found the end, and the truncate: an instant, so at most one line of an ordinary writer per
-    rotation, and usually none (here: at most one line per ten rotations). Everything else arrives whole and
-    in order."""
+    read, which found the end, and the truncate, and nothing else: every line arrives whole and in order, and
+    every gap falls between two files (at a truncate). How many lines that instant holds depends on the
+    scheduler (a rotator preempted there loses what the writer wrote meanwhile), so it is reported, not bounded
+    tightly."""
     from fleet.execute.logs import trim_running
     log = tmp_path / "w.log"
     count = 30000
@@ -243,13 +244,17 @@ def test_copy_truncate_under_a_running_writer_loses_at_most_the_instant_of_each_
     rotations += trim_running(str(log), max_bytes=1, keep=10000)
     assert rotations >= 5
     rotated = sorted(tmp_path.glob("w.log.*"), key=lambda p: -int(p.suffix[1:]))  # oldest first
-    text = b"".join(p.read_bytes() for p in rotated) + log.read_bytes()
-    lines = [line for line in text.splitlines() if line.startswith(b"line ")]
-    assert all(len(line) == 104 for line in lines), "a line arrived torn"
-    numbers = [int(line.split()[1]) for line in lines]
+    files = [[line for line in p.read_bytes().splitlines() if line.startswith(b"line ")] for p in [*rotated, log]]
+    assert all(len(line) == 104 for lines in files for line in lines), "a line arrived torn"
+    per_file = [[int(line.split()[1]) for line in lines] for lines in files]
+    for numbers in per_file:
+        assert numbers == list(range(numbers[0], numbers[0] + len(numbers))) if numbers else True, \
+            "a line lost or repeated inside one file (not at a truncate)"
+    numbers = [n for ns in per_file for n in ns]
     assert numbers == sorted(set(numbers)) and set(numbers) <= set(range(count)), "lines out of order or repeated"
     lost = count - len(numbers)
-    assert lost <= rotations // 10, f"{lost} lines lost in {rotations} rotations"
+    print(f"copy-truncate: {lost} of {count} lines lost in {rotations} rotations")
+    assert lost < count // 10, f"{lost} lines lost in {rotations} rotations"
 
 
 FLOOD = r"""
