@@ -243,6 +243,7 @@ class FleetHarness:
             st = read_json(self.profile_home(name) / "gateway_state.json")
             return isinstance(st, dict) and st.get("pid") == pid and st.get("gateway_state") == "running"
         wait_until(running, timeout, what=f"{name} pid {pid} running")
+        self.note_pids()  # again: at its first sight the gateway may not have been exec'd yet (not ours by environ)
         return pid
 
     def wait_gone(self, pid: int, timeout: float = 15.0) -> None:
