@@ -10,9 +10,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from filelock import FileLock, Timeout
-
 from fleet import __version__
+from fleet.platform.flock_probe import flock_free
 from fleet.store.fence import FileId, fd_id, file_id, remove_if_same
 from fleet.store.files import read_json, write_json_atomic
 from fleet.store.layout import StateDir
@@ -56,12 +55,16 @@ def _optional_int(value: Any) -> int | None:
 
 class SupervisorLock:
     def __init__(self, state: StateDir):
+        from filelock import FileLock  # here: a CLI that only looks at the lock never loads it
+
         self.state = state
         self._lock = FileLock(str(state.lock), timeout=0, thread_local=False)
         self.identity: FileId | None = None  # the lock file this process holds the flock on
         self._holder_id: FileId | None = None  # the holder file this process wrote
 
     def acquire(self) -> None:
+        from filelock import Timeout
+
         try:
             self._lock.acquire(timeout=0)
         except Timeout:
@@ -87,6 +90,11 @@ class SupervisorLock:
 
 
 def lock_is_free(state: StateDir) -> bool:
+    free = flock_free(str(state.lock))
+    if free is not None:
+        return free
+    from filelock import FileLock, Timeout
+
     probe = FileLock(str(state.lock), timeout=0, thread_local=False)
     try:
         probe.acquire(timeout=0)
