@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from fleet.platform.flock_probe import flock_free
 from fleet.store.layout import StateDir
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="flock: Windows 
 
 HOLD = r"""
 import sys
-from filelock import FileLock
+from filelock import FileLock, Timeout
 lock = FileLock(sys.argv[1], timeout=0, thread_local=False)
 lock.acquire()
 print("held", flush=True)
@@ -34,7 +34,7 @@ def test_the_probe_agrees_with_filelock(tmp_path):
     assert flock_free(path) is False
     assert flock_free(path) is False  # asking twice released nothing
     other = FileLock(path, timeout=0, thread_local=False)
-    with pytest.raises(Exception):  # noqa: B017,PT011 - filelock's Timeout: still held by `mine`
+    with pytest.raises(Timeout):  # still held by `mine`
         other.acquire(timeout=0)
     mine.release(force=True)
     assert flock_free(path) is True
