@@ -273,6 +273,9 @@ class SourceFollower:
         finally:
             if token:  # only now: a `sync --wait` reads the outcome the moment it sees its token handled
                 update_progress(self.store, source.name, handled_token=token)
+        now_source = get_source(self.store)
+        if now_source is not None and now_source.sync_requested:
+            return now  # a sync asked for while this commit was handled: fetch again at once
         return next_at
 
     # -- a fetched commit -------------------------------------------------------------------------------

@@ -346,8 +346,11 @@ class Executor:
     def _end_strays(self, name: str, obs: ProfileObservation) -> None:
         exclude = self._live_gateways(name, obs)
         spec = self.spec_of(name)
+        # An older look serves only a profile that never ran: one that did may have died unseen (its record lost
+        # or forged), and what it left may be younger than that look.
+        stale_ok = STRAY_LOOK_FOR if obs.history.last_start is None else 0.0
         strays = [f.info for f in find_leftovers(self.platform, str(self.state.root), name,
-                                                 snapshot=self._processes(stale_ok=STRAY_LOOK_FOR))
+                                                 snapshot=self._processes(stale_ok=stale_ok))
                   if f.profile == name and f.info.pid not in exclude
                   and self.platform.child_environ(f.info.pid) is None and not identity.may_be_the_gateway(spec, f.info)]
         self._end(name, strays, "left by an earlier gateway")
