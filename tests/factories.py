@@ -18,7 +18,7 @@ import dataclasses
 
 from fleet.maintenance.model import MaintenanceRequest
 from fleet.observe.hermes_files import GatewayStatus
-from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservation
+from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservation, WriteRefusal
 from fleet.plan.model import Desired, Plan
 from fleet.plan.planner import plan
 from fleet.spec.model import (
@@ -165,7 +165,7 @@ def observation(name: str, *, process: LiveProcess | None = None, verdict: str |
                 history: ProfileHistory | None = None, heartbeat_at: float | type(...) | None = ...,
                 status: GatewayStatus | None = None, native_service: str | None = None,
                 request: OperatorRequest | None = None, drain_file: bool = False,
-                takeover: Takeover | None = None) -> ProfileObservation:
+                takeover: Takeover | None = None, heartbeat_blocked: WriteRefusal | None = None) -> ProfileObservation:
     """One profile's observation, consistent the way the observer builds it:
 
     - a process from our record comes with that record (verdict "alive");
@@ -193,8 +193,8 @@ def observation(name: str, *, process: LiveProcess | None = None, verdict: str |
     if heartbeat_at is ...:
         heartbeat_at = NOW - 5.0 if process is not None else None
     return ProfileObservation(name=name, record=record, record_problem=record_problem, record_verdict=verdict,
-                              process=process, status=status, heartbeat_at=heartbeat_at, drain_file=drain_file,
-                              native_service=native_service, history=history or ProfileHistory(name),
+                              process=process, status=status, heartbeat_at=heartbeat_at,
+                              heartbeat_blocked=heartbeat_blocked, drain_file=drain_file, native_service=native_service, history=history or ProfileHistory(name),
                               restart_request=request, takeover=takeover)
 
 

@@ -17,7 +17,7 @@ from factories import (
     status, takeover_row, with_changes,
 )
 from fleet.maintenance.model import Gate
-from fleet.observe.model import Orphan
+from fleet.observe.model import Orphan, WriteRefusal
 from fleet.plan.exits import classify_exit, describe_exit
 from fleet.plan.model import KIND_ORDER, SYMBOLS, Action, Kind, Plan, Reason
 from fleet.spec.model import DrainPolicy, MaintenancePolicy, MaintenanceWindow, RestartPolicy
@@ -318,6 +318,17 @@ CASES = [
      observed(running(A, started_at=NOW - 1000, heartbeat_at=NOW - 1100)), "alpha kill wedged"),
     ("process driver without heartbeat is never judged", fleet_spec(profile_spec("alpha", driver="process")),
      observed(running(profile_spec("alpha", driver="process"), heartbeat_at=None)), "alpha keep running"),
+    # A heartbeat that stopped while its directory refused writes (read-only, full) is not a hang: the gateway
+    # could not have written it. It is judged again a whole limit (90 s) after the last refusal seen.
+    ("stale heartbeat, its directory refusing writes: kept", ONE,
+     observed(running(A, heartbeat_at=NOW - 200, heartbeat_blocked=WriteRefusal(NOW, "read-only file system"))),
+     "alpha keep running @+90.05"),
+    ("no heartbeat since start, its directory full: kept", ONE,
+     observed(running(A, heartbeat_at=None, heartbeat_blocked=WriteRefusal(NOW - 89, "no space left"))),
+     "alpha keep running @+1.05"),
+    ("stale heartbeat, its directory refused writes longer ago than the limit: wedged", ONE,
+     observed(running(A, heartbeat_at=NOW - 200, heartbeat_blocked=WriteRefusal(NOW - 91, "no space left"))),
+     "alpha kill wedged"),
     ("restart --force", ONE, observed(running(A, request=restart_request("alpha", kind="force_restart"))),
      "alpha kill forced"),
     ("drain deadline passed", STOPPED, observed(running(A, history=draining("stop", drain_deadline=NOW))),
@@ -774,6 +785,7 @@ def test_plan_does_not_mutate_its_inputs():
     (A, 30.0, 1.0, 30.05),  # fresh with a heartbeat: not judged before the grace ends
     (A, 100.0, 80.0, 10.05),  # heartbeat 80 s ago (20 s after the start), past the grace
     (profile_spec("alpha", driver="process"), 3600.0, None, None),  # process driver without heartbeat: never
+    (profile_spec("alpha", driver="process"), 30.0, None, 30.05),  # once, at the grace's end: has it begun to beat?
     (profile_spec("alpha", driver="process"), 3600.0, 5.0, 85.05),
 ])
 def test_keep_wakes_at_the_heartbeat_deadline(spec, started_ago, heartbeat_ago, deadline):

@@ -38,6 +38,12 @@ class LiveProcess:
 
 
 @dataclass(frozen=True)
+class WriteRefusal:
+    at: float
+    why: str  # "read-only file system" | "no space left" | ...
+
+
+@dataclass(frozen=True)
 class ProfileObservation:
     name: str
     record: PidRecord | None = None
@@ -46,6 +52,9 @@ class ProfileObservation:
     process: LiveProcess | None = None
     status: GatewayStatus | None = None
     heartbeat_at: float | None = None
+    # The last time this controller found the heartbeat's directory refusing writes (read-only, full), and why:
+    # a heartbeat that stopped then says nothing of the gateway, which could not have written it.
+    heartbeat_blocked: WriteRefusal | None = None
     drain_file: bool = False  # Hermes' .drain_request.json is present
     native_service: str | None = None  # path of a native unit/agent/task that supervises this profile's home
     takeover: Takeover | None = None  # a take-over or release of its native unit under way (fleet/store/takeovers.py)

@@ -9,8 +9,9 @@ import time
 from fleet.maintenance import queue
 from fleet.observe import hermes_files as hf
 from fleet.observe import identity
-from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservation, Verdict
+from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservation, Verdict, WriteRefusal
 from fleet.platform.base import Platform, ProcessInfo
+from fleet.platform.write_probe import write_refusal
 from fleet.service.native import NativeIndex, find_native_service
 from fleet.spec.markers import PROFILE_ENV, SPEC_HASH_ENV, STATE_DIR_ENV
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
@@ -42,6 +43,8 @@ class Observer:
         self._foreign: dict[tuple[int, int | None], tuple[str, str] | None] = {}  # (state dir, Hermes home)
         self._natives = NativeIndex()
         self._takeovers: dict[str, Takeover] = {}
+        self._blocked: dict[str, WriteRefusal] = {}  # per profile: when its heartbeat's directory last refused writes
+        self._now = 0.0
 
     def _check(self, name: str, spec: ProfileSpec | None, pid: int, start_ticks: int | None,
                create_time: float) -> identity.Check:
@@ -66,6 +69,7 @@ class Observer:
             requests.setdefault(req.profile, req)
         self._natives = NativeIndex()  # the host's native units, read once per pass
         self._takeovers = {t.profile: t for t in open_takeovers(self.store)}
+        self._now = now
         names = sorted(set(specs) | {e.name for e in inventory} | profile_names_on_disk(self.state))
         profiles: dict[str, ProfileObservation] = {}
         claimed: set[int] = set()
@@ -116,16 +120,30 @@ class Observer:
                     process = self._from_hermes_pidfile(name, spec)
                 status = hf.read_gateway_status(spec.hermes_home)
                 heartbeat = hf.read_heartbeat(spec.hermes_home)
+                heartbeat_dir = os.path.dirname(os.path.join(spec.hermes_home, hf.HEARTBEAT))
                 drain_file = hf.drain_requested(spec.hermes_home)
                 native = find_native_service(spec.hermes_home, self._natives)
             else:
-                status = hf.read_contract_status(str(self.state.state_file(name)))
+                state_file = self.state.state_file(name)
+                status = hf.read_contract_status(str(state_file))
                 heartbeat = status.updated_at if status else None
+                heartbeat_dir = str(state_file.parent)
+            if process is not None and (heartbeat is None or self._now - heartbeat > spec.health.heartbeat_stale):
+                self._probe_heartbeat_dir(name, heartbeat_dir)
         return ProfileObservation(name=name, record=record, record_problem=problem, record_verdict=verdict,
-                                  process=process, status=status, heartbeat_at=heartbeat, drain_file=drain_file,
+                                  process=process, status=status, heartbeat_at=heartbeat,
+                                  heartbeat_blocked=self._blocked.get(name), drain_file=drain_file,
                                   native_service=native, takeover=self._takeovers.get(name), history=history,
                                   restart_request=request,
                                   other_fleet=other_fleet, claim=claim, claim_note=claim_note)
+
+    def _probe_heartbeat_dir(self, name: str, directory: str) -> None:
+        """Asked only of an overdue heartbeat: a gateway cannot beat into a read-only or full directory, and the
+        planner must not take that silence for a hang. Remembered, because the directory may take writes again
+        a moment before the gateway's next beat."""
+        why = write_refusal(directory)
+        if why is not None:
+            self._blocked[name] = WriteRefusal(at=self._now, why=why)
 
     def _flag_ok(self, spec: ProfileSpec | None, cmdline: tuple[str, ...]) -> bool:
         if spec is None or spec.driver != DRIVER_HERMES or not cmdline:  # empty: exiting, not a verdict

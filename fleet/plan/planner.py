@@ -13,7 +13,7 @@ from typing import TypeGuard
 from fleet.maintenance.gates import idle_gate, window_gate
 from fleet.maintenance.model import Gate, MaintenanceRequest
 from fleet.observe import hermes_files as hf
-from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservation, Verdict
+from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservation, Verdict, WriteRefusal
 from fleet.plan.exits import CRASH_CLASSES, TERMINAL_CLASSES
 from fleet.plan.model import (
     KIND_ORDER,
@@ -338,7 +338,7 @@ def _drain_wait_note(obs: ProfileObservation) -> str:
 
 def _heartbeat_stale(spec: ProfileSpec, obs: ProfileObservation, now: float) -> str | None:
     proc = _gateway(obs)
-    if now - proc.started_at < spec.health.startup_grace:
+    if now - proc.started_at < spec.health.startup_grace or _heartbeat_excuse(spec, obs, now):
         return None
     hb = obs.heartbeat_at
     if hb is not None and hb >= proc.started_at - 1.0:
@@ -347,6 +347,13 @@ def _heartbeat_stale(spec: ProfileSpec, obs: ProfileObservation, now: float) -> 
     if spec.driver == DRIVER_HERMES and now - proc.started_at > spec.health.startup_grace + spec.health.heartbeat_stale:
         return "no heartbeat since start"
     return None
+
+
+def _heartbeat_excuse(spec: ProfileSpec, obs: ProfileObservation, now: float) -> WriteRefusal | None:
+    """The heartbeat's directory refused writes within the last heartbeat limit: the gateway could not have
+    written it, so its silence is not a hang. It gets a whole limit after the directory takes writes again."""
+    blocked = obs.heartbeat_blocked
+    return blocked if blocked is not None and now - blocked.at <= spec.health.heartbeat_stale else None
 
 
 def _heartbeat_deadline(spec: ProfileSpec, obs: ProfileObservation, now: float) -> float | None:
@@ -358,8 +365,13 @@ def _heartbeat_deadline(spec: ProfileSpec, obs: ProfileObservation, now: float) 
         due = max(hb + spec.health.heartbeat_stale, grace_end) + 0.05
     elif spec.driver == DRIVER_HERMES:
         due = grace_end + spec.health.heartbeat_stale + 0.05
+    elif now < grace_end:
+        due = grace_end + 0.05  # a gateway of another kind may beat: a look then gives its first heartbeat a deadline
     else:
         return None
+    excuse = _heartbeat_excuse(spec, obs, now)
+    if excuse is not None:
+        due = max(due, excuse.at + spec.health.heartbeat_stale + 0.05)
     return due if due > now else None
 
 
@@ -381,7 +393,15 @@ def _running_flow(name, spec: ProfileSpec, obs: ProfileObservation, now: float,
     if not proc.external_supervisor_flag:
         return [_voluntary_replace(name, spec, obs, Reason.ADOPTED_ARGV_MISMATCH,
                                    "runs without --external-supervisor; `hermes update` would fight the fleet")]
-    return [Action(Kind.KEEP, name, Reason.RUNNING, pid=proc.pid, not_before=_heartbeat_deadline(spec, obs, now))]
+    return [Action(Kind.KEEP, name, Reason.RUNNING, _excuse_note(spec, obs, now), pid=proc.pid,
+                   not_before=_heartbeat_deadline(spec, obs, now))]
+
+
+def _excuse_note(spec: ProfileSpec, obs: ProfileObservation, now: float) -> str:
+    excuse = _heartbeat_excuse(spec, obs, now)
+    if excuse is None:
+        return ""
+    return f"heartbeat not checked: its directory refused writes ({excuse.why}) {now - excuse.at:.0f}s ago"
 
 
 def _operator_restart(name: str, req, pid: int) -> Action:

@@ -19,7 +19,7 @@ import pytest
 
 from fleet_harness import alive, environ_of, fleet  # noqa: F401
 from helpers import wait_until
-from reliability_support import explain, kept_full, read_only_bind, unmount
+from reliability_support import DEMO_HERMES, explain, kept_full, read_only_bind, unmount
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process model (/proc)"),
@@ -125,6 +125,54 @@ def test_a_read_only_store_says_read_only(fleet):
         unmount(fleet.state)
 
 
+def test_a_heartbeat_its_gateway_cannot_write_is_not_a_hang(fleet):
+    """A process-driver gateway beats into the state directory. While that directory is read-only it cannot,
+    and the controller (found by a chaos soak) killed it as wedged. Its silence is not a hang: it keeps
+    running through several heartbeat limits, and is judged again once it can write."""
+    gateway = {"driver": "process", "command": [sys.executable, str(DEMO_HERMES), "gateway", "run"],
+               "env": {"FAKE_HERMES_HEARTBEAT_S": "0.2", "HOME": str(fleet.home / "delta-home")}}
+    fleet.write_manifest({"delta": gateway}, heartbeat_stale="2s", startup_grace="1s")
+    fleet.apply()
+    pid = fleet.wait_pid("delta")
+    beats = fleet.state / "delta.state.json"
+    wait_until(beats.exists, 20, what="delta's first heartbeat")
+    if not read_only_bind(fleet.state):
+        pytest.skip("needs root and a working `mount --bind` with a read-only remount")
+    try:
+        frozen = beats.stat().st_mtime
+        wait_until(lambda: time.time() - frozen > 3 * 2.0, 20, what="three heartbeat limits of silence")
+        assert fleet.pid("delta") == pid and alive(pid), "killed for a heartbeat it could not write"
+    finally:
+        unmount(fleet.state)
+    wait_until(lambda: beats.stat().st_mtime > frozen, 20, what="delta to beat again")
+    wait_until(lambda: time.time() - frozen > 5 * 2.0, 20, what="two more limits, the directory writable")
+    assert fleet.pid("delta") == pid and alive(pid)
+    assert not fleet.journal_kinds("delta", "killed"), [(e.kind, e.message) for e in fleet.journal("delta")]
+    assert fleet.marked_pids("delta") == [pid]
+
+
+def test_the_write_probe_tells_read_only_and_full_from_writable(tmp_path):
+    from fleet.platform.write_probe import write_refusal
+    assert write_refusal(str(tmp_path)) is None
+    assert write_refusal(str(tmp_path / "missing")) is None  # its writer may create it
+    small = tmp_path / "small"
+    if not can_mount_tmpfs(small):
+        pytest.skip("needs root and a working `mount -t tmpfs`")
+    try:
+        assert write_refusal(str(small)) is None
+        with kept_full(small / "filler"):
+            assert write_refusal(str(small)) == "no space left"
+        assert write_refusal(str(small)) is None
+        assert read_only_bind(small)
+        try:
+            assert write_refusal(str(small)) == "read-only file system"
+        finally:
+            unmount(small)
+        assert write_refusal(str(small)) is None
+    finally:
+        unmount(small)
+
+
 def test_only_a_proven_corrupt_store_is_called_corrupt(tmp_path):
     from fleet.store.db import Store, StoreError
     db = tmp_path / "fleet.db"
@@ -149,7 +197,7 @@ def test_only_a_proven_corrupt_store_is_called_corrupt(tmp_path):
 
 
 # -- a full disk under a running controller ------------------------------------------------------------------------
-from test_hostile_state import checkpoint, full_disk_fleet  # noqa: E402,F401 - the real 4 MiB tmpfs fixture
+from test_hostile_state import can_mount_tmpfs, checkpoint, full_disk_fleet  # noqa: E402,F401 - a real 4 MiB tmpfs
 
 
 def test_a_full_disk_under_a_running_controller_keeps_the_fleet_supervised(full_disk_fleet):
