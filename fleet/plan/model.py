@@ -149,9 +149,12 @@ class Action:
 
     def __post_init__(self) -> None:
         # The vocabulary is closed: a kind or reason the code does not know fails where it is made.
-        object.__setattr__(self, "kind", Kind(self.kind))
-        object.__setattr__(self, "reason", Reason(self.reason))
-        if self.stage is not None:
+        # (Checked by type first: an enum's lookup by value costs more than the rest of making an action.)
+        if type(self.kind) is not Kind:
+            object.__setattr__(self, "kind", Kind(self.kind))
+        if type(self.reason) is not Reason:
+            object.__setattr__(self, "reason", Reason(self.reason))
+        if self.stage is not None and type(self.stage) is not Stage:
             object.__setattr__(self, "stage", Stage(self.stage))
 
     def process(self) -> LiveProcess:

@@ -51,7 +51,7 @@ def plan(desired: Desired, observed: Observed, now: float) -> Plan:
         if refusal and pspec is None:
             actions += [_with_effects(a, last_applied, obs) for a in _records_only(obs, observed.epoch)]
             continue
-        request = next((r for r in observed.maintenance if r.covers(name)), None)
+        request = next((r for r in observed.maintenance if r.covers(name)), None) if observed.maintenance else None
         planned = _plan_profile(name, pspec, inventory.get(name), obs, desired, observed.epoch, now, request)
         actions += [_with_effects(a, last_applied, obs) for a in _hold_failed(planned, obs.history, now)]
         checks += _profile_checks(name, pspec, obs)
@@ -290,7 +290,7 @@ def _running_or_policy_update(name: str, spec: ProfileSpec, obs: ProfileObservat
                               now: float, request: MaintenanceRequest | None) -> list[Action]:
     """A running gateway's flow; one that is kept while only its policy changed records the new policy."""
     running = _running_flow(name, spec, obs, now, request)
-    if running[0].kind == Kind.KEEP and previous is not None and previous != spec:
+    if running[0].kind == Kind.KEEP and previous is not None and previous is not spec and previous != spec:
         return [Action(Kind.UPDATE, name, Reason.POLICY_CHANGED, "policy changed; applied in place", pid=_gateway(obs).pid)]
     return running
 
@@ -604,6 +604,8 @@ def _wants_running(spec: ProfileSpec | None, history) -> bool:
 
 def _apply_budget(actions: list[Action], desired: Desired, observed: Observed) -> list[Action]:
     """At most max_concurrent profiles disrupted voluntarily at once; one down involuntarily counts too."""
+    if not any(_begins_voluntary_replace(a) for a in actions):
+        return actions  # the common pass: nothing to hold back, and no need to ask every profile what it holds
     limit = desired.spec.max_concurrent_maintenance
     in_use = {name for name, obs in observed.profiles.items() if _holds_budget(obs, desired.spec.profile(name))}
     out = []
@@ -643,6 +645,8 @@ def _budget_wait(a: Action, in_use: set[str], limit: int) -> Action:
 
 def _apply_stagger(actions: list[Action], desired: Desired, observed: Observed, now: float) -> list[Action]:
     """Spawns at least `stagger` apart, fleet-wide, in name order; each keeps its own backoff too."""
+    if not any(a.kind == Kind.SPAWN for a in actions):
+        return actions
     slot = observed.last_spawn_at
 
     def failing(a: Action) -> bool:
