@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
 from fleet.spec.durations import parse_duration
 from fleet.spec.errors import ManifestError
-from fleet.spec.load import Manifest, load_manifest
 from fleet.spec.markers import STATE_DIR_ENV
 from fleet.store.db import Store, StoreError
 from fleet.store.layout import StateDir, StateDirError, check_state_dir, ensure_state_dir, resolve_state_dir
+
+if TYPE_CHECKING:
+    from fleet.spec.load import Manifest
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_REFUSED, EXIT_QUEUED = 0, 1, 2, 3, 4
 
@@ -39,6 +42,12 @@ def emit_json(value: object) -> None:
     typer.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
 
 
+def utc(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def timeout_option(value: str, option: str = "--timeout") -> float:
     """Seconds of a duration option, or the one-line usage error saying what is accepted."""
     try:
@@ -53,6 +62,8 @@ def check_output(output: str, allowed=("text", "json")) -> None:
 
 
 def load_or_exit(path: Path, output: str = "text") -> Manifest:
+    from fleet.spec.load import load_manifest  # YAML and the schema: only for the commands that read a manifest
+
     try:
         return load_manifest(path)
     except ManifestError as exc:
@@ -72,6 +83,8 @@ def state_for(state_dir: str | None, file: Path | None, manifest: Manifest | Non
     if manifest is not None:
         default = manifest.spec.default_state_dir
     elif not state_dir and not os.environ.get(STATE_DIR_ENV) and file is not None and file.is_file():
+        from fleet.spec.load import load_manifest
+
         try:
             default = load_manifest(file).spec.default_state_dir
         except ManifestError:

@@ -13,10 +13,9 @@ import typer
 
 from fleet.cli.common import (
     EXIT_ERROR, EXIT_FAILED, EXIT_OK, FileOption, OutputOption, StateDirOption, check_output, emit_json, fail,
-    state_for,
+    state_for, utc
 )
 from fleet.cli.controller_client import NO_CONTROLLER_HINT, running_controller_pid
-from fleet.cli.render_plan import utc
 from fleet.controller.desired import DesiredSource
 from fleet.platform.wake import send_wake
 from fleet.maintenance import queue

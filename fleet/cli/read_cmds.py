@@ -13,9 +13,8 @@ import typer
 
 from fleet.cli.common import (
     FileLongOption, FileOption, OutputOption, StateDirOption, check_output, columns, emit_json, fail, file_stamp,
-    fleet_state, state_for,
+    fleet_state, state_for, utc
 )
-from fleet.cli.render_plan import utc
 from fleet.store.db import JournalEntry, Store
 from fleet.store.layout import StateDir
 

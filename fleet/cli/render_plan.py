@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 from fleet import __version__
+from fleet.cli.common import utc
 from fleet.controller.plan_report import ActionReport, PlanReport, ShownChange
 from fleet.plan.model import SYMBOLS
 from fleet.spec.durations import format_duration
@@ -19,12 +19,6 @@ HEADLINE = {
 # A profile a native service owns: not a surprise but a step of its own (`hermes-fleet takeover P`).
 TAKEOVER_HEADLINE = "is left to its native service until taken over"
 LEGEND = "  + spawn   ~ adopt/update/reclaim (records only)   -/+ replace   - drain   ! kill   > wait   ? conflict"
-
-
-def utc(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def local_clock(ts: float) -> str:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleet import __version__
-from fleet.cli.render_plan import render_json, utc
+from fleet.cli.common import utc
+from fleet.cli.render_plan import render_json
 from fleet.controller.plan_report import PlanReport
 from fleet.observe.model import Observed
 from fleet.platform.base import CREATE_TIME_TOLERANCE

@@ -16,9 +16,8 @@ import typer
 
 from fleet.cli.common import (
     EXIT_FAILED, EXIT_OK, EXIT_REFUSED, OutputOption, StateDirOption, check_output, emit_json, fail,
-    open_store, state_for,
+    open_store, state_for, utc
 )
-from fleet.cli.render_plan import utc
 from fleet.controller.status import SourceStatus, SourceSync, source_status
 from fleet.platform.wake import send_wake
 from fleet.spec.durations import format_duration, parse_duration

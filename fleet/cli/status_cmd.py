@@ -12,10 +12,9 @@ import typer
 
 from fleet.cli.common import (
     EXIT_FAILED, EXIT_OK, FileOption, OutputOption, StateDirOption, check_output, columns, emit_json, fail,
-    fleet_state,
+    fleet_state, utc
 )
 from fleet.cli.controller_client import NO_CONTROLLER_HINT
-from fleet.cli.render_plan import utc
 from fleet.cli.source_cmd import source_json, source_summary
 from fleet.controller.status import FleetStatus, Phase, ProfileStatus, fleet_status, hold_note
 from fleet.observe.model import ProfileObservation

@@ -12,10 +12,9 @@ import typer
 
 from fleet.cli.common import (
     EXIT_ERROR, EXIT_FAILED, EXIT_OK, FileOption, OutputOption, StateDirOption, check_output, emit_json, fail,
-    fleet_state, open_store, timeout_option,
+    fleet_state, open_store, timeout_option, utc
 )
 from fleet.cli.controller_client import ensure_controller, running_controller_pid
-from fleet.cli.render_plan import utc
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 from fleet.store import takeovers as tk
 from fleet.store.db import Store, who

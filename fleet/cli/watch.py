@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from fleet.cli.common import EXIT_OK, columns, file_stamp
-from fleet.cli.render_plan import utc
+from fleet.cli.common import EXIT_OK, columns, file_stamp, utc
 from fleet.cli.status_cmd import (
     PHASE_COLUMN, TABLE_RIGHT, fleet_lines, profile_table, status_json, table_lines,
 )

@@ -4,8 +4,12 @@ it, and stopping it. One rule for `status`, `hermes-fleet controller stop` and e
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
+else:
+    from fleet.platform.lazy_psutil import psutil
 
 from fleet.platform import current_platform
 from fleet.platform.base import Platform, ProcessInfo

@@ -13,7 +13,6 @@ assert sys.platform != "win32"
 import os
 from collections.abc import Iterator
 
-import psutil
 
 from fleet.platform.base import ExitWatch, ProcessInfo
 from fleet.platform.exits import PidfdExitWatch, PollingExitWatch
@@ -25,6 +24,15 @@ PF_KTHREAD = 0x00200000  # include/linux/sched.h: the task is a kernel thread
 KTHREADD = 2  # Linux: parent of every kernel thread
 _PROC_STATES = {"R": "running", "S": "sleeping", "D": "disk-sleep", "Z": "zombie", "T": "stopped",
                 "t": "tracing-stop", "X": "dead", "x": "dead", "I": "idle", "W": "waking", "P": "parked"}
+
+
+def _boot_time() -> float:
+    """The `btime` line of /proc/stat: what psutil.boot_time() reads, without importing psutil."""
+    with open("/proc/stat", "rb") as fh:
+        for line in fh:
+            if line.startswith(b"btime"):
+                return float(line.split()[1])
+    raise RuntimeError("no btime line in /proc/stat")
 
 
 def proc_start_ticks(pid: int) -> int | None:
@@ -45,7 +53,7 @@ class LinuxPlatform(PosixPlatform):
 
     def __init__(self) -> None:
         super().__init__()
-        self._boot_time = psutil.boot_time()
+        self._boot_time = _boot_time()
         self._clock_ticks = os.sysconf("SC_CLK_TCK")
 
     def process_info(self, pid: int) -> ProcessInfo | None:

@@ -16,9 +16,12 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
+else:
+    from fleet.platform.lazy_psutil import psutil
 
 from fleet.platform.base import ExitWatch, ProcessInfo, WakeChannel, refuse_protected
 from fleet.platform.children import SpawnedChildren
