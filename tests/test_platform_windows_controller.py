@@ -65,7 +65,9 @@ def test_a_fleet_runs_on_the_windows_platform_from_spawn_to_adoption(windows_fle
     fleet.control("gamma", hang=True)
     assert fleet.cli("stop", "gamma").returncode == 0
     fleet.wait_gone(first["gamma"], timeout=30)
-    assert fleet.journal_kinds("gamma", "killed"), [e.kind for e in fleet.journal("gamma")]
+    # The kill's journal row follows the process's end: the controller writes it once taskkill has returned.
+    wait_until(lambda: fleet.journal_kinds("gamma", "killed"), 10,
+               what="gamma's kill in the journal")
 
     # The controller stops on its wake channel's `stop` (it ignores SIGTERM) and leaves the gateways running.
     holder = read_holder(state)
