@@ -284,6 +284,20 @@ def test_never_signal_refuses_this_process_its_ancestors_and_the_system(subject)
     assert never(subject.spawn(SLEEPER)) is None
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the /proc walk is Linux's")
+def test_the_linux_walk_up_the_process_tree_finds_what_psutil_finds(tmp_path):
+    """LinuxPlatform reads the ancestors never_signal refuses from /proc itself (a `status` need not load psutil)."""
+    walk = LinuxPlatform()._parents
+    assert walk(os.getpid()) == {p.pid for p in psutil.Process().parents()}
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        assert walk(child.pid) == {os.getpid()} | {p.pid for p in psutil.Process().parents()}
+    finally:
+        child.stdin.close()
+        child.wait(10)
+    assert walk(child.pid) == frozenset()  # gone (reaped): nothing above it
+
+
 @checks("request_stop")
 def test_request_stop_is_sigterm_on_posix_and_nothing_on_windows(subject, monkeypatch):
     log = subject.tmp / "signals.log"

@@ -35,6 +35,16 @@ def _boot_time() -> float:
     raise RuntimeError("no btime line in /proc/stat")
 
 
+def _parent_of(pid: int) -> int:
+    """Field 4 of /proc/<pid>/stat; 0 when the process is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+        return int(data[data.rindex(b")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def proc_start_ticks(pid: int) -> int | None:
     """Field 22 of /proc/<pid>/stat: the start time in clock ticks since boot, as Hermes records it."""
     try:
@@ -55,6 +65,16 @@ class LinuxPlatform(PosixPlatform):
         super().__init__()
         self._boot_time = _boot_time()
         self._clock_ticks = os.sysconf("SC_CLK_TCK")
+
+    def _parents(self, pid: int) -> frozenset[int]:
+        """The parent links of /proc/<pid>/stat (field 4), followed up to init, as psutil's parents() does."""
+        found: set[int] = set()
+        while pid > 0 and len(found) < 65536:
+            pid = _parent_of(pid)
+            if pid <= 0 or pid in found:
+                break
+            found.add(pid)
+        return frozenset(found)
 
     def process_info(self, pid: int) -> ProcessInfo | None:
         """Three reads of /proc instead of psutil's dozen."""

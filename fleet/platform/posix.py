@@ -170,12 +170,19 @@ class PosixPlatform:
         me = os.getpid()
         if pid == me:
             return f"pid {pid} is this controller itself"
-        if pid in _ancestors(me):
+        if pid in _ancestors(me, self._parents):
             return f"pid {pid} is an ancestor of this controller"
         return self._refusal(pid)
 
     def _refusal(self, pid: int) -> str | None:
         return _psutil_refusal(pid)
+
+    def _parents(self, pid: int) -> frozenset[int]:
+        """Every process above `pid`, up to init; none when it is gone."""
+        try:
+            return frozenset(p.pid for p in psutil.Process(pid).parents())
+        except psutil.Error:
+            return frozenset()
 
     def request_stop(self, pid: int) -> None:
         self._signal_one(pid, signal.SIGTERM)
@@ -266,17 +273,14 @@ _ANCESTORS_FOR = 1.0  # seconds one walk of this process's ancestors is reused
 _ancestors_seen: dict[int, tuple[float, frozenset[int]]] = {}
 
 
-def _ancestors(pid: int) -> frozenset[int]:
+def _ancestors(pid: int, parents: Callable[[int], frozenset[int]]) -> frozenset[int]:
     """The pids above `pid`, walked at most once a second: asked before every signal, and a controller's
     ancestors only ever shrink (a parent that exits is replaced by init or a subreaper above it)."""
     now = time.monotonic()
     seen = _ancestors_seen.get(pid)
     if seen is not None and now - seen[0] < _ANCESTORS_FOR:
         return seen[1]
-    try:
-        found = frozenset(p.pid for p in psutil.Process(pid).parents())
-    except psutil.Error:
-        found = frozenset()
+    found = parents(pid)
     _ancestors_seen.clear()
     _ancestors_seen[pid] = (now, found)
     return found
