@@ -70,6 +70,7 @@ class Observer:
         self._natives = NativeIndex()  # the host's native units, read once per pass
         self._takeovers = {t.profile: t for t in open_takeovers(self.store)}
         self._now = now
+        self._blocked = {name: seen for name, seen in self._blocked.items() if name in specs}
         names = sorted(set(specs) | {e.name for e in inventory} | profile_names_on_disk(self.state))
         profiles: dict[str, ProfileObservation] = {}
         claimed: set[int] = set()
@@ -128,7 +129,10 @@ class Observer:
                 status = hf.read_contract_status(str(state_file))
                 heartbeat = status.updated_at if status else None
                 heartbeat_dir = str(state_file.parent)
-            if process is not None and (heartbeat is None or self._now - heartbeat > spec.health.heartbeat_stale):
+            # Only a heartbeat the planner may judge: overdue, or missing where one is owed (a gateway of the
+            # process driver that never beats is never judged, and is not probed on every pass).
+            owed = spec.driver == DRIVER_HERMES if heartbeat is None else self._now - heartbeat > spec.health.heartbeat_stale
+            if process is not None and owed:
                 self._probe_heartbeat_dir(name, heartbeat_dir)
         return ProfileObservation(name=name, record=record, record_problem=problem, record_verdict=verdict,
                                   process=process, status=status, heartbeat_at=heartbeat,
