@@ -131,7 +131,10 @@ class Observer:
                 heartbeat_dir = str(state_file.parent)
             # Only a heartbeat the planner may judge: overdue, or missing where one is owed (a gateway of the
             # process driver that never beats is never judged, and is not probed on every pass).
-            owed = spec.driver == DRIVER_HERMES if heartbeat is None else self._now - heartbeat > spec.health.heartbeat_stale
+            if heartbeat is None:
+                owed = spec.driver == DRIVER_HERMES
+            else:
+                owed = self._now - heartbeat > spec.health.heartbeat_stale
             if process is not None and owed:
                 self._probe_heartbeat_dir(name, heartbeat_dir)
         return ProfileObservation(name=name, record=record, record_problem=problem, record_verdict=verdict,
@@ -142,9 +145,9 @@ class Observer:
                                   other_fleet=other_fleet, claim=claim, claim_note=claim_note)
 
     def _probe_heartbeat_dir(self, name: str, directory: str) -> None:
-        """Asked only of an overdue heartbeat: a gateway cannot beat into a read-only or full directory, and the
-        planner must not take that silence for a hang. Remembered, because the directory may take writes again
-        a moment before the gateway's next beat."""
+        """Asked only of a heartbeat the planner may judge: a gateway cannot beat into a read-only or full
+        directory, and the planner must not take that silence for a hang. Remembered, because the directory may
+        take writes again a moment before the gateway's next beat."""
         why = write_refusal(directory)
         if why is not None:
             self._blocked[name] = WriteRefusal(at=self._now, why=why)
