@@ -35,27 +35,25 @@ def _boot_time() -> float:
     raise RuntimeError("no btime line in /proc/stat")
 
 
-def _parent_of(pid: int) -> int:
-    """Field 4 of /proc/<pid>/stat; 0 when the process is gone or unreadable."""
+def _stat_field(pid: int, number: int) -> int | None:
+    """Field `number` (1-based, as proc(5) counts) of /proc/<pid>/stat, None when the process is gone or the
+    file unreadable. The command name, field 2, may hold spaces: fields are counted after its parenthesis."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             data = fh.read()
-        return int(data[data.rindex(b")") + 2:].split()[1])
+        return int(data[data.rindex(b")") + 2:].split()[number - 3])
     except (OSError, ValueError, IndexError):
-        return 0
+        return None
+
+
+def _parent_of(pid: int) -> int:
+    """Field 4 of /proc/<pid>/stat; 0 when the process is gone or unreadable."""
+    return _stat_field(pid, 4) or 0
 
 
 def proc_start_ticks(pid: int) -> int | None:
     """Field 22 of /proc/<pid>/stat: the start time in clock ticks since boot, as Hermes records it."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return None
-    try:
-        return int(data[data.rindex(b")") + 2:].split()[19])
-    except (ValueError, IndexError):
-        return None
+    return _stat_field(pid, 22)
 
 
 class LinuxPlatform(PosixPlatform):
