@@ -44,7 +44,6 @@ class Observer:
         self._natives = NativeIndex()
         self._takeovers: dict[str, Takeover] = {}
         self._blocked: dict[str, WriteRefusal] = {}  # per profile: when its heartbeat's directory last refused writes
-        self._now = 0.0
 
     def _check(self, name: str, spec: ProfileSpec | None, pid: int, start_ticks: int | None,
                create_time: float) -> identity.Check:
@@ -69,14 +68,13 @@ class Observer:
             requests.setdefault(req.profile, req)
         self._natives = NativeIndex()  # the host's native units, read once per pass
         self._takeovers = {t.profile: t for t in open_takeovers(self.store)}
-        self._now = now
         self._blocked = {name: seen for name, seen in self._blocked.items() if name in specs}
         names = sorted(set(specs) | {e.name for e in inventory} | profile_names_on_disk(self.state))
         profiles: dict[str, ProfileObservation] = {}
         claimed: set[int] = set()
         for name in names:
             obs = self._observe_profile(name, specs.get(name), histories.get(name) or ProfileHistory(name),
-                                        requests.get(name))
+                                        requests.get(name), now)
             if obs.process:
                 claimed.add(obs.process.pid)
             profiles[name] = obs
@@ -89,7 +87,7 @@ class Observer:
                         maintenance=tuple(queue.open_requests(self.store)))
 
     # -- one profile -------------------------------------------------------------------------
-    def _observe_profile(self, name, spec: ProfileSpec | None, history, request) -> ProfileObservation:
+    def _observe_profile(self, name, spec: ProfileSpec | None, history, request, now: float) -> ProfileObservation:
         read = read_record(self.state.record(name))
         record, problem, verdict, process = read.record, read.problem, Verdict.NONE, None
         if problem:
@@ -131,12 +129,9 @@ class Observer:
                 heartbeat_dir = str(state_file.parent)
             # Only a heartbeat the planner may judge: overdue, or missing where one is owed (a gateway of the
             # process driver that never beats is never judged, and is not probed on every pass).
-            if heartbeat is None:
-                owed = spec.driver == DRIVER_HERMES
-            else:
-                owed = self._now - heartbeat > spec.health.heartbeat_stale
+            owed = spec.driver == DRIVER_HERMES if heartbeat is None else now - heartbeat > spec.health.heartbeat_stale
             if process is not None and owed:
-                self._probe_heartbeat_dir(name, heartbeat_dir)
+                self._probe_heartbeat_dir(name, heartbeat_dir, now)
         return ProfileObservation(name=name, record=record, record_problem=problem, record_verdict=verdict,
                                   process=process, status=status, heartbeat_at=heartbeat,
                                   heartbeat_blocked=self._blocked.get(name), drain_file=drain_file,
@@ -144,13 +139,13 @@ class Observer:
                                   restart_request=request,
                                   other_fleet=other_fleet, claim=claim, claim_note=claim_note)
 
-    def _probe_heartbeat_dir(self, name: str, directory: str) -> None:
+    def _probe_heartbeat_dir(self, name: str, directory: str, now: float) -> None:
         """Asked only of a heartbeat the planner may judge: a gateway cannot beat into a read-only or full
         directory, and the planner must not take that silence for a hang. Remembered, because the directory may
         take writes again a moment before the gateway's next beat."""
         why = write_refusal(directory)
         if why is not None:
-            self._blocked[name] = WriteRefusal(at=self._now, why=why)
+            self._blocked[name] = WriteRefusal(at=now, why=why)
 
     def _flag_ok(self, spec: ProfileSpec | None, cmdline: tuple[str, ...]) -> bool:
         if spec is None or spec.driver != DRIVER_HERMES or not cmdline:  # empty: exiting, not a verdict

@@ -8,25 +8,31 @@ import sys
 
 
 def write_refusal(directory: str) -> str | None:
-    """Why `directory` refuses a new write (read-only file system, no space left), or None when it would
-    take one or when that cannot be told (the directory is missing: its writer may create it). Never
-    writes: a probe file would itself fail on a full disk and would race the gateway on a healthy one."""
+    """Why `directory` refuses a new file (read-only file system, not writable, no space or no inode left: an
+    atomic heartbeat write needs a new file), or None when it would take one or when that cannot be told (the
+    directory is missing: its writer may create it). Never writes: a probe file would itself fail on a full
+    disk and would race the gateway on a healthy one."""
     if not os.path.isdir(directory):
         return None
-    if not os.access(directory, os.W_OK):
-        return "read-only file system" if _read_only_mount(directory) else "directory not writable"
+    if sys.platform == "win32":
+        if not os.access(directory, os.W_OK):
+            return "directory not writable"
+        try:
+            return "no space left" if shutil.disk_usage(directory).free == 0 else None
+        except OSError:
+            return None
     try:
-        if shutil.disk_usage(directory).free == 0:
-            return "no space left"
+        fs = os.statvfs(directory)
     except OSError:
         return None
+    if fs.f_flag & os.ST_RDONLY:
+        return "read-only file system"
+    if not os.access(directory, os.W_OK):
+        return "directory not writable"
+    # As an unprivileged writer sees it (f_bavail/f_favail leave out root's reserve); a file system that
+    # counts no blocks or inodes at all (f_blocks/f_files 0: btrfs' inodes, pseudo file systems) has no limit.
+    if fs.f_blocks and fs.f_bavail == 0:
+        return "no space left"
+    if fs.f_files and fs.f_favail == 0:
+        return "no inode left"
     return None
-
-
-def _read_only_mount(directory: str) -> bool:
-    if sys.platform == "win32":
-        return False
-    try:
-        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False

@@ -8,6 +8,7 @@ operator's shell leaks into a gateway.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -173,6 +174,37 @@ def test_the_write_probe_tells_read_only_and_full_from_writable(tmp_path):
         unmount(small)
 
 
+def test_the_write_probe_tells_a_file_system_out_of_inodes(tmp_path):
+    """An atomic heartbeat write needs a new file: no inode left refuses it as surely as no block left."""
+    from fleet.platform.write_probe import write_refusal
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    if not IS_ROOT or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,nr_inodes=16", "tmpfs", str(tiny)],
+                                     capture_output=True).returncode != 0:
+        pytest.skip("needs root and a working `mount -t tmpfs`")
+    try:
+        assert write_refusal(str(tiny)) is None
+        made = []
+        with pytest.raises(OSError) as full:
+            for i in range(64):
+                (tiny / f"f{i}").touch()
+                made.append(tiny / f"f{i}")
+        assert full.value.errno == errno.ENOSPC
+        assert write_refusal(str(tiny)) == "no inode left"
+        made[-1].unlink()
+        assert write_refusal(str(tiny)) is None
+    finally:
+        unmount(tiny)
+
+
+def test_the_write_probe_tells_a_directory_its_user_cannot_write(tmp_path, monkeypatch):
+    from fleet.platform import write_probe
+    real_access = os.access
+    monkeypatch.setattr(write_probe.os, "access", lambda path, mode: False if path == str(tmp_path) else
+                        real_access(path, mode))
+    assert write_probe.write_refusal(str(tmp_path)) == "directory not writable"
+
+
 def test_only_a_proven_corrupt_store_is_called_corrupt(tmp_path):
     from fleet.store.db import Store, StoreError
     db = tmp_path / "fleet.db"
@@ -197,7 +229,7 @@ def test_only_a_proven_corrupt_store_is_called_corrupt(tmp_path):
 
 
 # -- a full disk under a running controller ------------------------------------------------------------------------
-from test_hostile_state import can_mount_tmpfs, checkpoint, full_disk_fleet  # noqa: E402,F401 - a real 4 MiB tmpfs
+from test_hostile_state import IS_ROOT, can_mount_tmpfs, checkpoint, full_disk_fleet  # noqa: E402,F401 - a real 4 MiB tmpfs
 
 
 def test_a_full_disk_under_a_running_controller_keeps_the_fleet_supervised(full_disk_fleet):
