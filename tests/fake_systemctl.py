@@ -4,7 +4,7 @@
 It keeps its units' state in files under $FAKE_SYSTEMD_DIR, reads the units (and their drop-ins) from
 $XDG_CONFIG_HOME/systemd/user, and runs a unit's ExecStart detached, in its own session, with the unit's
 Environment=. It honours what a take-over relies on: `ConditionPathExists=` of drop-ins at start (ConditionResult=no,
-nothing runs), `stop` as SIGTERM to the main PID, `show -p`, `is-enabled`, `enable`, `daemon-reload`,
+nothing runs), `stop` as its KillSignal= (SIGTERM by default) to the main PID, `show -p`, `is-enabled`, `enable`, `daemon-reload`,
 `reset-failed`. It has no Restart= (the real `systemd --user` tests cover that).
 
 Test hooks, files in $FAKE_SYSTEMD_DIR:
@@ -144,7 +144,8 @@ def start(unit: str) -> int:
 def stop(unit: str, block: bool) -> int:
     data = load(unit)
     if running(data):
-        os.kill(data["pid"], signal.SIGTERM)
+        kill_signal = (settings(unit).get("KillSignal") or ["SIGTERM"])[-1]
+        os.kill(data["pid"], getattr(signal, kill_signal))
         deadline = time.monotonic() + 15
         while block and running(data) and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -122,8 +122,8 @@ class FakePlatform:
     def never_signal(self, pid: int) -> str | None:
         return self.protected.get(pid)
 
-    def request_stop(self, pid: int) -> None:
-        self.calls.append(Call("request_stop", (pid,)))
+    def request_stop(self, pid: int, *, interrupt: bool = False) -> None:
+        self.calls.append(Call("request_stop", (pid, "interrupt") if interrupt else (pid,)))
         self._refuse_protected(pid)
         if pid not in self.stubborn and pid in self.processes:
             self.end(pid, 0)

@@ -214,3 +214,29 @@ def test_a_process_of_another_fleet_is_neither_adopted_nor_reported(state, store
     obs = observe(state, store, platform, scan=True)
 
     assert obs.get("alpha").process is None and obs.orphans == ()
+
+
+# -- a heartbeat its directory refused -------------------------------------------------------------
+
+def test_a_refusal_is_remembered_until_the_directory_takes_writes_again_then_from_that_moment(
+        state, store, platform, monkeypatch):
+    """The limit a gateway gets to beat again starts when a probe first finds its directory writable, not at the
+    last refusal seen: the directory may have taken writes again only a moment before that probe."""
+    from fleet.observe import observer as observer_module
+    our_child(platform, state)
+    state.state_file("alpha").write_text(json.dumps({"updated_at": "2000-01-01T00:00:00Z", "state": "running"}))
+    refusal: list[str | None] = ["read-only file system"]
+    monkeypatch.setattr(observer_module, "write_refusal", lambda directory: refusal[0])
+    observer = Observer(state, store, platform)
+
+    def blocked(at: float):
+        return observer.observe({"alpha": SPEC}, now=at, scan=False).get("alpha").heartbeat_blocked
+
+    assert blocked(NOW) == observer_module.WriteRefusal(NOW, "read-only file system")
+    assert blocked(NOW + 1) == observer_module.WriteRefusal(NOW + 1, "read-only file system")
+    refusal[0] = None
+    lifted = observer_module.WriteRefusal(NOW + 3, "read-only file system", lifted=True)
+    assert blocked(NOW + 3) == lifted
+    assert blocked(NOW + 9) == lifted  # a gateway silent after the lift is judged a limit later, not excused forever
+    refusal[0] = "no space left"
+    assert blocked(NOW + 10) == observer_module.WriteRefusal(NOW + 10, "no space left")

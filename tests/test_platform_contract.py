@@ -299,19 +299,24 @@ def test_the_linux_walk_up_the_process_tree_finds_what_psutil_finds(tmp_path):
 
 
 @checks("request_stop")
-def test_request_stop_is_sigterm_on_posix_and_nothing_on_windows(subject, monkeypatch):
+def test_request_stop_is_sigterm_or_sigint_on_posix_and_nothing_on_windows(subject, monkeypatch):
     log = subject.tmp / "signals.log"
     pid = subject.spawn(SIGNAL_LOGGER, str(log))
     wait_until(lambda: Path(str(log) + ".ready").exists(), 10)
     with pytest.raises(SignalRefused):
         subject.platform.request_stop(os.getpid())
+    with pytest.raises(SignalRefused):
+        subject.platform.request_stop(os.getpid(), interrupt=True)
     if subject.posix:
         subject.platform.request_stop(pid)
-        wait_until(lambda: log.exists() and "SIGTERM" in log.read_text(), 10, what="the SIGTERM")
+        wait_until(lambda: log.exists() and log.read_text().split() == ["SIGTERM"], 10, what="the SIGTERM")
+        subject.platform.request_stop(pid, interrupt=True)
+        wait_until(lambda: log.read_text().split() == ["SIGTERM", "SIGINT"], 10, what="the SIGINT")
         return
     sent: list = []
     monkeypatch.setattr(os, "kill", lambda *a: sent.append(a))
     subject.platform.request_stop(pid)  # the planned-stop marker is the graceful stop there
+    subject.platform.request_stop(pid, interrupt=True)
     assert sent == [] and not gone(pid)
     assert subject.stand_ins is None or subject.stand_ins.taskkill.calls == []
 

@@ -173,3 +173,49 @@ def test_takeover_of_real_hermes_units_with_a_turn_in_flight(private_env, fleet,
             for name in PROFILES:
                 manager.systemctl("disable", "--now", unit(name))
 
+
+
+def test_under_the_gate_a_units_stop_is_planned_even_after_hermes_took_the_marker(private_env, fleet, hermes_venv,
+                                                                                  hermes_root, monkeypatch):
+    """Hermes' own watcher polls for the planned-stop marker and may take it (and begin the stop) before the
+    manager's signal arrives. A SIGTERM then counts as unexpected: exit 1, the unit `failed` (a CI run of the
+    test above saw it). The gate makes the unit's stop SIGINT, which Hermes takes as planned in every case. Here
+    the stop is sent only after the watcher took the marker, while the gateway is still stopping."""
+    from fleet.execute.executor import write_planned_stop
+    from fleet.observe import hermes_files as hf
+    from fleet.service.base import SubprocessRunner
+    from fleet.service.native import SYSTEMD_USER, NativeUnit
+    from fleet.service.unit_control import SystemdUnits
+    from native_fakes import proc_start_ticks
+
+    manager, venv, name = private_env, hermes_venv, "gamma"
+    for key, value in manager.env.items():  # our own SystemdUnits reaches the private manager
+        monkeypatch.setenv(key, value)
+    fleet.home = hermes_root
+    lock_dir = fleet.tmp / "gateway-locks"
+    lock_dir.mkdir()
+    hermes_env = {**os.environ, "HERMES_HOME": str(hermes_root), "HERMES_GATEWAY_LOCK_DIR": str(lock_dir)}
+    home = fleet.profile_home(name)
+    home.mkdir(parents=True)
+    try:
+        done = manager.inside([str(venv / "bin" / "python"), "-c", AS_ON_A_HOST, "-p", name, "gateway", "install"],
+                              hermes_env, timeout=300)
+        assert done.returncode == 0 and "installed" in done.stdout, done.stdout + done.stderr
+        pid = serving(manager, fleet, name)
+        path = manager.show(unit(name), "FragmentPath")["FragmentPath"]
+        units = SystemdUnits(SubprocessRunner())
+        native = NativeUnit(SYSTEMD_USER, unit(name), path, (str(home),))
+        units.gate(native, str(home), str(fleet.state))
+
+        write_planned_stop(str(home), pid, proc_start_ticks(pid), time.time())
+        wait_until(lambda: not (home / hf.PLANNED_STOP).exists(), 20, interval=0.005,
+                   what="Hermes' watcher to take the marker")
+        units.stop(native)
+        wait_until(lambda: units.stopped(native).done, 120, interval=0.2, what=f"{unit(name)} to stop")
+
+        ended = units.stopped(native)
+        assert ended.clean, ended.result
+        log = (home / "logs" / "gateway.log").read_text(errors="replace")
+        assert "Received SIGINT as a planned gateway stop" in log, log[-3000:]  # the stop came while it stopped
+    finally:
+        manager.systemctl("disable", "--now", unit(name))

@@ -39,8 +39,11 @@ class LiveProcess:
 
 @dataclass(frozen=True)
 class WriteRefusal:
+    # The last moment the directory may have refused writes: when a probe found it refusing, or, once lifted,
+    # when a probe first found it taking writes again (it may have refused them until just before).
     at: float
     why: str  # "read-only file system" | "no space left" | ...
+    lifted: bool = False
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,11 @@ class Observer:
         why = write_refusal(directory)
         if why is not None:
             self._blocked[name] = WriteRefusal(at=now, why=why)
+            return
+        # The refusal ended somewhere since the last probe, perhaps a moment ago: the gateway's limit starts now.
+        seen = self._blocked.get(name)
+        if seen is not None and not seen.lifted:
+            self._blocked[name] = WriteRefusal(at=now, why=seen.why, lifted=True)
 
     def _flag_ok(self, spec: ProfileSpec | None, cmdline: tuple[str, ...]) -> bool:
         if spec is None or spec.driver != DRIVER_HERMES or not cmdline:  # empty: exiting, not a verdict

@@ -401,6 +401,9 @@ def _excuse_note(spec: ProfileSpec, obs: ProfileObservation, now: float) -> str:
     excuse = _heartbeat_excuse(spec, obs, now)
     if excuse is None:
         return ""
+    if excuse.lifted:
+        return (f"heartbeat not checked: its directory took writes again {now - excuse.at:.0f}s ago, "
+                f"after refusing them ({excuse.why})")
     return f"heartbeat not checked: its directory refused writes ({excuse.why}) {now - excuse.at:.0f}s ago"
 
 

@@ -105,9 +105,10 @@ class Platform(Protocol):
 
     # stopping gateways: never_signal is the last line of defence, whatever a record or an observer said
     def never_signal(self, pid: int) -> str | None: ...  # why `pid` must never be signalled, or None
-    # The graceful stop after the planned-stop marker is written (SIGTERM on POSIX; nothing more on Windows,
-    # where the marker is the only stop a detached gateway can see); raises SignalRefused per never_signal.
-    def request_stop(self, pid: int) -> None: ...
+    # The graceful stop after the planned-stop marker is written (SIGTERM on POSIX, or SIGINT with `interrupt`;
+    # nothing more on Windows, where the marker is the only stop a detached gateway can see); raises
+    # SignalRefused per never_signal.
+    def request_stop(self, pid: int, *, interrupt: bool = False) -> None: ...
     # Kills `pid` and those descendants that carry every `markers` entry in their environment or share the
     # root's own session, process group or service scope; raises SignalRefused for a protected root.
     def kill_tree(self, pid: int, markers: Mapping[str, str]) -> None: ...

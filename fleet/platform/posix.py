@@ -184,8 +184,8 @@ class PosixPlatform:
         except psutil.Error:
             return frozenset()
 
-    def request_stop(self, pid: int) -> None:
-        self._signal_one(pid, signal.SIGTERM)
+    def request_stop(self, pid: int, *, interrupt: bool = False) -> None:
+        self._signal_one(pid, signal.SIGINT if interrupt else signal.SIGTERM)
 
     def kill_tree(self, pid: int, markers: Mapping[str, str]) -> None:
         refuse_protected(self, pid)

@@ -202,7 +202,7 @@ class WindowsPlatform:
             return f"pid {pid} cannot be inspected ({exc})"
         return None
 
-    def request_stop(self, pid: int) -> None:
+    def request_stop(self, pid: int, *, interrupt: bool = False) -> None:
         """Deliberately nothing: on Windows the stop marker file is the graceful stop.
 
         A detached, console-less child cannot receive CTRL_BREAK (it shares no console) and

@@ -255,7 +255,10 @@ def _dropin_conditions(path: str) -> list[str]:
 def _dropin_text(conditions: list[str]) -> str:
     return ("# Written by `hermes-fleet takeover`: while the fleet owns this Hermes home, this unit does not\n"
             "# start (every path: Restart=, a restart helper, `hermes gateway start`, boot). `hermes-fleet release`\n"
-            "# removes it.\n[Unit]\n" + "".join(f"{c}\n" for c in conditions))
+            "# removes it.\n[Unit]\n" + "".join(f"{c}\n" for c in conditions)
+            + "# Its stop is SIGINT, which Hermes takes as planned whatever its markers say: a SIGTERM is planned\n"
+              "# only while the planned-stop marker is there, and Hermes' own watcher may consume the marker first.\n"
+              "[Service]\nKillSignal=SIGINT\n")
 
 
 def _homes_shown(props: dict[str, str]) -> tuple[str, ...]:
