@@ -109,7 +109,7 @@ def test_objects_keep_the_semantics_of_fleet_yaml():
     prestop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert prestop[:2] == ["/bin/sh", "-c"] and ".drain_request.json" in prestop[2]
     assert ".gateway-planned-stop.json" in prestop[2] and prestop[4:] == ["/opt/data/profiles/alpha", "60",
-                                                                         "hermes-fleet:kubernetes-prestop", "auto"]
+                                                                         "hermes-fleet:kubernetes-prestop", "auto", "30"]
     probe = container["livenessProbe"]
     assert probe["exec"]["command"][4:] == ["/opt/data/profiles/alpha/state/gateway.heartbeat", "90"]
     assert probe["initialDelaySeconds"] == 60 and probe["failureThreshold"] == 1

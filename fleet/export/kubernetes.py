@@ -5,7 +5,8 @@ Mapping (docs/scaling-out.md has the long form):
 - one gateway per profile at a time: replicas 1 (0 when desired: stopped), strategy
   Recreate, and the profile's Hermes home on its own ReadWriteOnce volume;
 - graceful drain before kill: a preStop hook runs the Hermes drain (drain request, wait
-  for idle up to drain.timeout, planned-stop marker), then the kubelet sends its stop signal;
+  for idle up to drain.timeout, planned-stop marker, an interrupt and a wait for the exit), then the kubelet
+  sends its stop signal;
   terminationGracePeriodSeconds = drain.timeout + TEARDOWN_MARGIN_S;
 - liveness by heartbeat: an exec probe fails when state/gateway.heartbeat is older than
   health.heartbeat_stale; initialDelaySeconds = health.startup_grace;
@@ -411,7 +412,7 @@ def prestop_command(profile: ProfileSpec) -> list[str]:
     budget = str(whole_seconds(profile.drain.timeout))
     if profile.driver == DRIVER_HERMES:
         return ["/bin/sh", "-c", script_multiline(HERMES_STOP_SCRIPT_LINES), "hermes-fleet-stop",
-                container_home(profile), budget, PRINCIPAL, "auto"]
+                container_home(profile), budget, PRINCIPAL, "auto", str(TEARDOWN_MARGIN_S)]
     return ["/bin/sh", "-c", script_multiline(PROCESS_STOP_SCRIPT_LINES), "hermes-fleet-stop",
             posixpath.join(CONTAINER_RUN_DIR, "stop"), budget, "kubernetes preStop", "auto"]
 

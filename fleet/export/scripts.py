@@ -21,8 +21,12 @@ from fleet.platform.linux_text import SH_BOOT_EPOCH_ASSIGNMENT, SH_START_TICKS_F
 # Hermes drain: write .drain_request.json, wait until gateway_state.json says draining with
 # active_agents 0 (or the budget is spent, or the gateway is gone), then write the
 # planned-stop marker for (pid, start time) so the signal that follows is a planned stop.
+# $5 (a pod's preStop, whose kubelet then sends its usual stop signal): interrupt the gateway, which Hermes takes
+# as a planned stop in every case, and wait up to $5 s for it to exit. Hermes' own watcher may take the marker,
+# and begin the stop, before the kubelet's signal arrives; that signal then counts as unexpected (exit 1). A unit
+# passes no $5: its stop signal is the interrupt (linux_text.HERMES_UNIT_STOP_SIGNAL).
 HERMES_STOP_SCRIPT_LINES: tuple[str, ...] = (
-    'home=$1; budget=$2; principal=$3; pid=$4;',
+    'home=$1; budget=$2; principal=$3; pid=$4; teardown=$5;',
     'if [ "$pid" = auto ]; then',
     '  pid=$(sed -n -e \'s/.*"pid"[[:space:]]*:[[:space:]]*\\([0-9][0-9]*\\).*/\\1/p\''
     ' -e \'s/^[[:space:]]*\\([0-9][0-9]*\\)[[:space:]]*$/\\1/p\' "$home/gateway.pid" 2>/dev/null | head -n 1);',
@@ -48,6 +52,11 @@ HERMES_STOP_SCRIPT_LINES: tuple[str, ...] = (
     '  printf \'{"target_pid": %s, "target_start_time": %s, "stopper_pid": %s, "written_at": "%s"}\\n\''
     ' "$pid" "$start" "$$" "$(now)" > "$home/.gateway-planned-stop.json.tmp$$"'
     ' && mv -f "$home/.gateway-planned-stop.json.tmp$$" "$home/.gateway-planned-stop.json";',
+    '  if [ -n "$teardown" ]; then',
+    '    kill -INT "$pid" 2>/dev/null;',
+    '    end=$(( $(date +%s) + teardown ));',
+    '    while [ "$(date +%s)" -lt "$end" ] && kill -0 "$pid" 2>/dev/null; do sleep 1; done;',
+    '  fi;',
     'fi;',
     'exit 0',
 )

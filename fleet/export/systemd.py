@@ -10,7 +10,8 @@ Mapping (docs/scaling-out.md has the long form):
   largest step) over RestartSteps= (the steps it took), systemd >= 254; older systemd gets
   the first step only, and Hermes' own respawn-storm breaker is left on to slow a crash loop;
 - drain -> ExecStop= runs the Hermes drain (drain request, wait for idle up to
-  drain.timeout, planned-stop marker for $MAINPID) before systemd signals; KillMode=mixed;
+  drain.timeout, planned-stop marker for $MAINPID) before systemd signals (an interrupt to a
+  Hermes gateway, which it takes as planned even when its own watcher took the marker first); KillMode=mixed;
   TimeoutStopSec = drain.timeout + TEARDOWN_MARGIN_S; ExecStartPre= deletes a leftover
   drain request (on one host its epoch stays valid across restarts);
 - env -> Environment= lines; secrets (fleet/spec/secrets.py decides which) only through
@@ -35,7 +36,7 @@ from fleet.export.emit import (
     systemd_escape_specifiers, systemd_path, systemd_script_word, systemd_timespan, systemd_word,
 )
 from fleet.export.scripts import HERMES_STOP_SCRIPT_LINES, PROCESS_STOP_SCRIPT_LINES
-from fleet.platform.linux_text import SYSTEMCTL, UNIT_STOP_SIGNAL, systemctl_command
+from fleet.platform.linux_text import HERMES_UNIT_STOP_SIGNAL, SYSTEMCTL, UNIT_STOP_SIGNAL, systemctl_command
 from fleet.spec.markers import PROFILE_ENV, STATE_FILE_ENV, STOP_FILE_ENV
 from fleet.spec.model import DRIVER_HERMES, FleetSpec, ProfileSpec, RestartPolicy
 
@@ -205,7 +206,7 @@ class SystemdTarget(Target):
                         + systemd_command_line(["hermes-fleet-stop", *stop_args, Verbatim("$MAINPID")])))
         service += [
             ("KillMode", "mixed"),
-            ("KillSignal", UNIT_STOP_SIGNAL),
+            ("KillSignal", HERMES_UNIT_STOP_SIGNAL if profile.driver == DRIVER_HERMES else UNIT_STOP_SIGNAL),
             ("TimeoutStopSec", systemd_timespan(whole_seconds(profile.drain.timeout) + TEARDOWN_MARGIN_S)),
             ("Restart", _RESTART[profile.restart.policy]),
         ]

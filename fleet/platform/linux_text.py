@@ -11,8 +11,11 @@ from __future__ import annotations
 SYSTEMCTL = "systemctl"
 
 # The signal a unit's stop sends once its ExecStop= has drained the gateway: the one the platform's
-# request_stop sends on POSIX, which Hermes takes as a planned stop after the marker.
+# request_stop sends on POSIX. A process-driver child takes SIGTERM as its stop. Hermes takes SIGTERM as planned
+# only while the planned-stop marker is there, and its own watcher may take the marker first; SIGINT it takes as
+# planned in every case.
 UNIT_STOP_SIGNAL = "SIGTERM"
+HERMES_UNIT_STOP_SIGNAL = "SIGINT"
 
 # ticks PID: field 22 of /proc/PID/stat (the start time in clock ticks since boot, as Hermes records it); the
 # command name, field 2, may hold spaces, so everything up to its closing parenthesis goes first.
