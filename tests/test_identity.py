@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from factories import profile_spec
+from factories import profile_spec, with_changes
 from fleet.observe import identity
 from fleet.platform.base import SignalRefused
 from fleet.platform.linux import LinuxPlatform
@@ -395,3 +395,20 @@ def test_a_tree_kill_never_reaches_another_users_process_in_the_gateways_group(r
     root.wait(timeout=10)
     wait_until(lambda: not alive(tree["mine"], created["mine"]), 10, what="our own group member to die")
     assert alive(tree["other"], created["other"]), "another user's process in the group was killed"
+
+
+def test_a_gateway_of_the_profiles_root_is_known_through_a_symlink_either_way(tmp_path):
+    """A unit's gateway carries HERMES_HOME resolved; the manifest may name the root through a symlink (or the
+    other way round). The same place is the same root; another place is another root."""
+    disk = tmp_path / "disk"
+    (disk / "profiles" / "alpha").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    linked = tmp_path / "linked"
+    linked.symlink_to(disk)
+    via_link = with_changes(profile_spec("alpha", env={"HERMES_HOME": str(linked)}),
+                            hermes_home=str(linked / "profiles" / "alpha"))
+    assert identity.runs_in_root(via_link, str(disk))
+    assert identity.runs_in_root(via_link, str(disk / "profiles" / "alpha"))
+    assert not identity.runs_in_root(via_link, str(tmp_path / "other"))
+    resolved = with_changes(profile_spec("alpha"), hermes_home=str(disk / "profiles" / "alpha"))
+    assert identity.runs_in_root(resolved, str(linked / "profiles" / "alpha"))

@@ -557,3 +557,20 @@ def test_the_manifest_is_valid_for_any_names_and_root(tmp_path, names, root_name
         _, spec = manifest_of(d, Path(folder))
         assert set(spec.names) == names | ({"default"} if with_default else set())
         assert spec.hermes_root == str(box.root)
+
+
+def test_a_root_reached_through_a_symlink_still_maps_its_units(tmp_path):
+    """Hermes writes a unit's HERMES_HOME resolved (symlinks followed); a root named through a symlink (a ~/.hermes
+    moved to another disk) is the same place, and its units are its own (a CI run under a symlinked checkout
+    found none)."""
+    box = Box(tmp_path, root_name="disk")
+    box.profile("alpha")
+    box.unit("hermes-gateway-alpha.service", home=box.root / "profiles" / "alpha", profile="alpha")
+    box.runner.answers["hermes-gateway-alpha.service"] = (
+        "LoadState=loaded\nActiveState=inactive\nSubState=dead\nMainPID=0\n", "enabled\n")
+    linked = tmp_path / "linked-root"
+    linked.symlink_to(box.root)
+    d = box.discover(HERMES_HOME=str(linked))
+    assert verbs(d) == {"alpha": TAKEOVER}
+    assert [f.unit.name for f in d.profile("alpha").units] == ["hermes-gateway-alpha.service"]
+    assert d.units[0].this_root

@@ -309,3 +309,20 @@ def test_service_install_warns_only_of_units_not_gated(alpha):
     assert unit.name in warning and "`hermes-fleet takeover` moves its profile" in warning
     SystemdUnits(RecordingRunner()).gate(unit, home, "/state")
     assert manager.conflicts() == []
+
+
+def test_a_home_named_through_a_symlink_is_the_units_home_and_its_gate_too(host, tmp_path):
+    """Hermes writes HERMES_HOME resolved; a manifest may name the same home through a symlink. Both name one
+    home: the unit supervises it, and once gated (the owned file, the drop-in naming the resolved home) it no
+    longer does, whichever name the gate was asked with."""
+    disk = tmp_path / "disk"
+    (disk / "profiles" / "alpha").mkdir(parents=True)
+    linked = tmp_path / "linked"
+    linked.symlink_to(disk)
+    unit = write(Path(host.systemd_user) / "hermes-gateway-alpha.service", unit_text(f"{disk}/profiles/alpha", "alpha"))
+    via_link = f"{linked}/profiles/alpha"
+    assert find_native_service(via_link, NativeIndex(host)) == str(unit)
+    write(f"{unit}.d/{GATE_DROPIN}", f"[Unit]\nConditionPathExists=!{via_link}/{OWNED_FILE}\n")
+    (disk / "profiles" / "alpha" / OWNED_FILE).write_text("{}")
+    assert find_native_service(via_link, NativeIndex(host)) is None
+    assert find_native_service(f"{disk}/profiles/alpha", NativeIndex(host)) is None

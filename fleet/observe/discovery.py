@@ -25,6 +25,7 @@ from fleet.observe import hermes_files as hf
 from fleet.platform.base import Platform, ProcessInfo
 from fleet.platform.cgroup import cgroup_of, service_unit_of
 from fleet.service.base import CommandRunner
+from fleet.service.native import same_home
 from fleet.service.native_units import (
     LAUNCHD, SYSTEMD, WINDOWS_TASK, NativeUnit, UnitPlaces, default_hermes_root, default_places, find_native_units,
     parse_env_text,
@@ -581,9 +582,9 @@ def _absolute(path: str, user_home: str) -> str:
 
 
 def _same(a: str, b: str) -> bool:
-    return os.path.normcase(os.path.normpath(a)) == os.path.normcase(os.path.normpath(b))
+    return os.path.normcase(same_home(a)) == os.path.normcase(same_home(b))
 
 
 def _within(path: str, folder: str) -> bool:
-    path, folder = os.path.normcase(os.path.normpath(path)), os.path.normcase(os.path.normpath(folder))
+    path, folder = os.path.normcase(same_home(path)), os.path.normcase(same_home(folder))
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from fleet.observe import hermes_files as hf
 from fleet.observe.model import Verdict
 from fleet.platform.base import Platform, ProcessInfo
+from fleet.service.native import same_home
 from fleet.spec.markers import PROFILE_ENV, STATE_DIR_ENV
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 
@@ -96,13 +97,20 @@ def may_be_the_gateway(spec: ProfileSpec | None, info: ProcessInfo) -> bool:
             and tuple(info.cmdline) == tuple(spec.command))
 
 
+def runs_in_root(spec: ProfileSpec, root: str) -> bool:
+    """A gateway whose HERMES_HOME is `root` belongs to this profile's Hermes root (or is its home), symlinks
+    followed: a unit's gateway has the resolved path, a manifest may name the same place through a symlink."""
+    here = same_home(root)
+    return any(here == same_home(mine) for mine in (spec.env_map.get("HERMES_HOME"), spec.hermes_home) if mine)
+
+
 def _hermes_proof(platform: Platform, info: ProcessInfo, name: str, spec: ProfileSpec | None, env: dict[str, str]) -> bool:
     if spec is None or spec.driver != DRIVER_HERMES:
         return False
     if not hf.looks_like_gateway(info.cmdline) or hf.cmdline_profile(info.cmdline) != name:
         return False
     root = env.get("HERMES_HOME")
-    if root is not None and os.path.normpath(root) not in (spec.env_map.get("HERMES_HOME"), spec.hermes_home):
+    if root is not None and not runs_in_root(spec, root):
         return False  # a gateway of another Hermes root
     rec = hf.read_hermes_pid(spec.hermes_home)
     if rec is None or rec.pid != info.pid:

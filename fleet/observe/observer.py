@@ -12,7 +12,7 @@ from fleet.observe import identity
 from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservation, Verdict, WriteRefusal
 from fleet.platform.base import Platform, ProcessInfo
 from fleet.platform.write_probe import write_refusal
-from fleet.service.native import NativeIndex, find_native_service
+from fleet.service.native import NativeIndex, find_native_service, same_home
 from fleet.spec.markers import PROFILE_ENV, SPEC_HASH_ENV, STATE_DIR_ENV
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 from fleet.store.claims import LEASED, STALE, claim_liveness, read_claim
@@ -191,7 +191,7 @@ class Observer:
             other, profile, root = env.get(STATE_DIR_ENV), env.get(PROFILE_ENV), env.get("HERMES_HOME")
             found = None
             if other and profile and root and os.path.normpath(other) != str(self.state.root):
-                root = os.path.normpath(root)
+                root = same_home(root)
                 found = (other, root if profile == "default" else os.path.join(root, "profiles", profile))
             if len(self._foreign) > 4096:
                 self._foreign.clear()
@@ -208,7 +208,7 @@ class Observer:
                                                or rec.start_time == info.start_ticks)
             if info is not None and info.alive and same_start:
                 foreign = self._foreign_gateway(info)
-                if foreign and os.path.normpath(foreign[1]) == os.path.normpath(spec.hermes_home):
+                if foreign and foreign[1] == same_home(spec.hermes_home):
                     other = f"pid {info.pid} is the gateway of another fleet (state directory {foreign[0]})"
         claim = read_claim(spec.hermes_home)
         if claim is None:
@@ -245,8 +245,7 @@ class Observer:
                 else:
                     foreign = self._foreign_gateway(info)
                     for spec in specs.values():
-                        if foreign and spec.driver == DRIVER_HERMES and \
-                                os.path.normpath(spec.hermes_home) == os.path.normpath(foreign[1]):
+                        if foreign and spec.driver == DRIVER_HERMES and same_home(spec.hermes_home) == foreign[1]:
                             others.setdefault(spec.name, f"pid {info.pid} is the gateway of another fleet "
                                                          f"(state directory {foreign[0]})")
                 continue
@@ -255,7 +254,7 @@ class Observer:
                 spec = specs.get(pname)
                 root = env.get("HERMES_HOME")
                 if spec is not None and spec.driver == DRIVER_HERMES and root is not None and \
-                        os.path.normpath(root) not in (spec.env_map.get("HERMES_HOME"), spec.hermes_home):
+                        not identity.runs_in_root(spec, root):
                     continue  # a gateway of another Hermes root
                 candidates.setdefault(pname, []).append((info, "cmdline"))
                 continue

@@ -43,7 +43,7 @@ class NativeUnit:
     gated_homes: tuple[str, ...] = ()  # systemd: the homes our drop-in names (gated once their owned file exists)
 
     def serves(self, home: str) -> bool:
-        return same_home(home) in self.homes
+        return same_home(home) in self.homes  # `homes` were resolved by same_home when the unit was read
 
     @property
     def dropin(self) -> str:
@@ -64,7 +64,9 @@ class NativeUnit:
 
 
 def same_home(path: str) -> str:
-    return os.path.normpath(os.path.abspath(os.path.expanduser(path)))
+    """A home as the file system finally names it. Hermes writes a unit's HERMES_HOME resolved (symlinks
+    followed): a home reached through a symlink (a root moved to another disk) must still match its unit."""
+    return os.path.realpath(os.path.expanduser(path))
 
 
 def owned_file(home: str) -> str:
@@ -378,10 +380,11 @@ class NativeIndex:
 
     def serving(self, home: str) -> list[NativeUnit]:
         """Every native unit that would run `home`, gated or not (a Windows task's launcher lives in the home)."""
-        units = [u for u in self.units() if u.serves(home)]
-        for path in _listed(os.path.join(same_home(home), "gateway-service"), "Hermes_Gateway", ".vbs"):
+        resolved = same_home(home)
+        units = [u for u in self.units() if resolved in u.homes]
+        for path in _listed(os.path.join(resolved, "gateway-service"), "Hermes_Gateway", ".vbs"):
             unit = self._cached(path, lambda path=path: windows_task(path, self.places.user_home))
-            if unit is not None and unit.serves(home):
+            if unit is not None and resolved in unit.homes:
                 units.append(unit)
         return units
 
