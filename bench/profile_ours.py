@@ -1,8 +1,9 @@
 """Where hermes-fleet's time goes in a bench scenario: its controller (or CLI) under cProfile.
 
-    python bench/profile_ours.py respawn|idle|down|diff [--n N] [--seconds S] [--top K] [--workdir DIR]
+    python bench/profile_ours.py respawn|idle|down|diff [--n N] [--kills K] [--seconds S] [--top K] [--workdir DIR]
 
-respawn: N children, each killed once with SIGKILL while the controller runs under cProfile.
+respawn: N children, each (or the first --kills K) killed once with SIGKILL while the controller runs under
+         cProfile.
 idle:    N children, the controller profiled over S idle seconds (its periodic resync passes).
 down:    N children, `hermes-fleet down` while the controller runs under cProfile (the CLI
          side is profiled too, in-process).
@@ -66,7 +67,8 @@ def profile_diff(tool: install.ToolInstall, root: Path, top: int) -> None:
     print_profile(out, top, "diff")
 
 
-def profile_controller(mode: str, tool: install.ToolInstall, root: Path, n: int, seconds: float, top: int) -> None:
+def profile_controller(mode: str, tool: install.ToolInstall, root: Path, n: int, seconds: float, top: int,
+                       kills: int | None = None) -> None:
     tracker = Tracker()
     adapter = HermesFleetAdapter(tool, ChildProgram(python_executable()), tracker)
     fleet = Fleet(adapter, tracker, root / f"{mode}-fleet", n)
@@ -85,7 +87,7 @@ def profile_controller(mode: str, tool: install.ToolInstall, root: Path, n: int,
         t0 = time.monotonic()
         if mode == "respawn":
             latencies = []
-            for name in fleet.names:
+            for name in fleet.names[:kills]:
                 victim = fleet.live_pid(name)
                 start = time.monotonic_ns()
                 os.kill(victim, signal.SIGKILL)
@@ -123,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=("respawn", "idle", "down", "diff"))
     parser.add_argument("--n", type=int, default=10)
+    parser.add_argument("--kills", type=int, default=None, help="respawn: kill only the first K children")
     parser.add_argument("--seconds", type=float, default=65.0)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--workdir", default=None)
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.mode == "diff":
             profile_diff(tool, root, args.top)
         else:
-            profile_controller(args.mode, tool, root, args.n, args.seconds, args.top)
+            profile_controller(args.mode, tool, root, args.n, args.seconds, args.top, args.kills)
         return 0
     finally:
         reaper.stop()

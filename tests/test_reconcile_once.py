@@ -83,6 +83,29 @@ def test_a_pass_spawns_then_the_next_one_sees_the_fleet_converged(state, store, 
     assert store.meta("observed_generation") == str(store.current_generation().generation)
 
 
+def test_a_gateway_this_controller_ran_is_reclaimed_and_respawned_in_one_pass(state, store, tmp_path):
+    """Its own child died: the pass reclaims the record, ends what it left, looks at that profile again and
+    starts its successor; a pass looks at every profile, so a respawn in two would cost two of them. Beta's
+    spawn, due too, waits for the next pass (records first everywhere else)."""
+    record(store, tmp_path)
+    platform = FakePlatform()
+    clock = [time.time()]
+    passes = Reconciler(state, store, platform, epoch=store.bump_epoch(), fence=FenceWatch(_NO_BREACH),
+                        bookkeeping=StoreBookkeeping(store, HealthFile(state), lambda: clock[0]),
+                        clock=lambda: clock[0])
+    passes.reconcile_once(clock[0])
+    [first] = platform.children
+    assert passes.reconcile_once(clock[0]).converged
+    record(store, tmp_path, revision="1", names=("alpha", "beta"))
+    clock[0] += 120.0  # past the floor between two starts of one profile
+    platform.end(first, -9)
+    died = passes.reconcile_once(clock[0])
+    assert kinds(died) == [("alpha", "reclaim", "pid_dead"), ("alpha", "spawn", "crashed")]
+    assert died.replan_now and len(platform.children) == 1 and first not in platform.children
+    assert store.history("alpha").last_exit_class == "killed"  # the successor was planned from the reclaim
+    assert kinds(passes.reconcile_once(clock[0])) == [("beta", "spawn", "first_apply")]
+
+
 def test_a_records_fix_runs_alone_before_any_other_action(state, store, tmp_path):
     """A record left by another controller names a dead pid: the pass only reclaims it, though beta's spawn
     is due too, and asks to plan again; the next pass starts both."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -85,6 +86,20 @@ class Observer:
         return Observed(observed_at=now, epoch=self.store.epoch, profiles=profiles, inventory=inventory,
                         orphans=tuple(orphans), last_spawn_at=last_spawn, scanned=scan,
                         maintenance=tuple(queue.open_requests(self.store)))
+
+    def refreshed(self, observed: Observed, specs: dict[str, ProfileSpec], names: frozenset[str], *,
+                  now: float) -> Observed:
+        """`observed` with these profiles looked at again, the others as they were: after this pass fixed their
+        records (a reclaim), their next step is planned from what the fix left, without a whole new pass."""
+        requests: dict[str, object] = {}
+        for req in self.store.pending_requests():
+            if req.profile in names:
+                requests.setdefault(req.profile, req)
+        profiles = dict(observed.profiles)
+        for name in sorted(names):
+            profiles[name] = self._observe_profile(name, specs.get(name), self.store.history(name),
+                                                   requests.get(name), now)
+        return dataclasses.replace(observed, profiles=profiles, observed_at=now)
 
     # -- one profile -------------------------------------------------------------------------
     def _observe_profile(self, name, spec: ProfileSpec | None, history, request, now: float) -> ProfileObservation:

@@ -222,11 +222,13 @@ class Plan:
     def in_sync(self) -> bool:
         return not self.changes and self.refusal is None
 
-    def executable(self, now: float, skip: frozenset = frozenset()) -> tuple[Action, ...]:
+    def executable(self, now: float, skip: frozenset = frozenset(),
+                   only: frozenset[str] | None = None) -> tuple[Action, ...]:
         """What to do in this pass: record fixes first on their own, so the next pass sees their effect.
-        skip: (profile, kind) pairs held back (they failed recently); they never block other profiles."""
+        skip: (profile, kind) pairs held back (they failed recently); they never block other profiles.
+        only: these profiles' actions, none of the others'."""
         due = [a for a in self.actions if a.kind not in ("keep", "wait", "conflict") and a.due(now)
-               and (a.profile, a.kind) not in skip]
+               and (a.profile, a.kind) not in skip and (only is None or a.profile in only)]
         records = [a for a in due if a.kind in RECORD_KINDS]
         return tuple(records or due)
 
