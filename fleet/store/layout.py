@@ -21,9 +21,18 @@ def _named(*parts: str) -> property:
 
 
 def _per_profile(suffix: str, folder: str = "") -> Callable[[StateDir, str], Path]:
-    """A profile's own file: `<profile><suffix>`, in the root or one of its folders."""
+    """A profile's own file: `<profile><suffix>`, in the root or one of its folders. Remembered: every pass asks
+    for every profile's files, and building a Path costs more than reading the small file it names."""
+    made: dict[tuple[Path, str], Path] = {}
+
     def path(self: StateDir, profile: str) -> Path:
-        return self.root / folder / f"{profile}{suffix}"
+        key = (self.root, profile)
+        found = made.get(key)
+        if found is None:
+            if len(made) > 65536:
+                made.clear()
+            found = made[key] = self.root / folder / f"{profile}{suffix}"
+        return found
     return path
 
 
