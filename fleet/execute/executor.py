@@ -271,16 +271,16 @@ class Executor:
             self.journal("refused", f"pid {proc.pid} no longer passes identity ({why}); not signalled", name)
             return
         now = self.clock()
-        hermes = spec is not None and spec.driver == DRIVER_HERMES
-        if spec is not None and hermes:
-            write_planned_stop(spec.hermes_home, proc.pid, proc.start_ticks, now)
+        hermes_home = spec.hermes_home if spec is not None and spec.driver == DRIVER_HERMES else None
+        if hermes_home is not None:
+            write_planned_stop(hermes_home, proc.pid, proc.start_ticks, now)
         write_json_atomic(self.state.stop_marker(name), {"requested_at": iso(now), "reason": reason or "stop",
                                                           "deadline": iso(deadline or now), "pid": proc.pid},
                           durable=False)
         # A Hermes gateway takes the interrupt as planned whatever its markers say. The usual stop request is
         # planned only while the marker is there, and Hermes' own watcher may consume the marker (and begin the
         # stop) first: the request that follows then counts as unexpected, and the gateway exits 1.
-        self.platform.request_stop(proc.pid, interrupt=hermes)
+        self.platform.request_stop(proc.pid, interrupt=hermes_home is not None)
         self.store.update_history(name, drain_signalled=now)
         self.journal("stop_sent", f"planned stop sent to pid {proc.pid}", name, pid=proc.pid)
 
