@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -306,7 +307,7 @@ def test_an_update_returning_to_waiting_after_its_command_is_not_blocked_by_a_ne
     upd = queue.submit(store, profile="alpha", action="update", reason="u").request
     assert queue.transition(store, upd.id, "draining", expect=("pending", "waiting"), update_started=time.time())
     queue.submit(store, profile="alpha", action="restart", reason="while the update command runs")
-    # What _run_update does after a successful update command:
+    # What the pass records once an update command succeeded (MaintenanceTick._record):
     assert queue.transition(store, upd.id, "waiting", expect=("draining",), update_finished=time.time(),
                             update_exit=0, update_output="ok")
     assert queue.get(store, upd.id).state == "waiting"
@@ -1001,9 +1002,43 @@ def test_tick_a_failed_update_command_fails_the_request_with_the_output_tail(tmp
         _advance(tick, s, d, [_running(d, "alpha", pid=100), _running(d, "beta", pid=200)])
         assert queue.get(s, rid).state == "draining"
         _wait_updates(tick)
+        assert queue.get(s, rid).state == "draining"  # the thread hands its outcome to the next pass
+        _advance(tick, s, d, [_running(d, "alpha", pid=100), _running(d, "beta", pid=200)])
         got = queue.get(s, rid)
         assert got.state == "failed" and got.update_exit == 4
         assert got.update_output.endswith("E: broken\n") and len(got.update_output) == 4000
         assert got.outcome.startswith("update command exited 4; gateways left running") and "E: broken" in got.outcome
+    finally:
+        s.close()
+
+
+def test_tick_an_update_thread_never_opens_the_store_so_a_store_refusing_writes_cannot_lose_its_outcome(
+        tmp_path, monkeypatch):
+    """The thread hands its outcome to the pass, whose connection keeps writes in memory while the store refuses
+    them (a chaos soak made the state directory read-only as an update ended: the thread's own Store failed to
+    open, the thread died, and the request stayed `draining` for ever)."""
+    from fleet.controller import maintenance_tick
+    cmd = [sys.executable, "-c", "print('Updated.')"]
+    d = _update_desired(tmp_path, cmd)
+    s = Store(tmp_path / "fleet.db")
+    opened_by: list[str] = []
+    real_store = maintenance_tick.Store
+
+    def watched_store(*args, **kwargs):
+        opened_by.append(threading.current_thread().name)
+        return real_store(*args, **kwargs)
+    monkeypatch.setattr(maintenance_tick, "Store", watched_store)
+    tick = MaintenanceTick(str(tmp_path / "fleet.db"), s, epoch=1)
+    try:
+        rid = queue.submit(s, profile="alpha", action="update", reason="x").request.id
+        idle = [_running(d, "alpha", pid=100), _running(d, "beta", pid=200)]
+        _advance(tick, s, d, idle)
+        assert tick.busy()
+        _wait_updates(tick)
+        assert tick.busy()  # its outcome waits for a pass
+        _advance(tick, s, d, idle)
+        got = queue.get(s, rid)
+        assert got.state == "waiting" and got.update_exit == 0 and got.update_output == "Updated.\n"
+        assert opened_by == [] and not tick.busy() and tick.running_updates == {}
     finally:
         s.close()

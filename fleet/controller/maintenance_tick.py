@@ -1,8 +1,14 @@
 """The controller's side of the maintenance queue: track idleness, move requests through their
-states, cancel those whose profile is gone, and run update commands (once per request)."""
+states, cancel those whose profile is gone, and run update commands (once per request).
+
+An update command runs in a thread of its own, which never writes the store: it hands its outcome to the
+controller's pass, whose store connection keeps what it writes in memory while the store refuses writes (a full
+disk, a read-only mount) and writes it once it can. A thread with a store of its own lost the outcome, died, and
+left its request `draining` for ever."""
 
 from __future__ import annotations
 
+import collections
 import os
 import subprocess
 import threading
@@ -59,23 +65,66 @@ def _looks_idle(obs: ProfileObservation) -> bool:
     return st.state in ("running", None) and not st.active
 
 
+@dataclass(frozen=True)
+class UpdateOutcome:
+    """What an update thread hands to the pass: how its command ended."""
+    request_id: int
+    finished_at: float
+    exit_code: int | None  # None: the update step itself failed (`error` says how)
+    output_tail: str = ""
+    error: str | None = None
+
+
 class MaintenanceTick:
     def __init__(self, store_path: str, store: Store, epoch: int):
         self.store_path = store_path
         self.store = store
         self.epoch = epoch
-        self.running_updates: dict[int, threading.Thread] = {}
+        self.running_updates: dict[int, threading.Thread] = {}  # until the pass has recorded its outcome
+        self._outcomes: collections.deque[UpdateOutcome] = collections.deque()  # appended by the threads
 
     def busy(self) -> bool:
-        return any(t.is_alive() for t in self.running_updates.values())
+        return bool(self._outcomes) or any(t.is_alive() for t in self.running_updates.values())
 
     def advance(self, desired: Desired, observed: Observed, current: Plan, now: float) -> None:
+        recorded = self._record_outcomes()
         if not observed.maintenance:
             return
         profiles = _profile_facts(desired, observed, current)
         for req in observed.maintenance:
+            if req.id in recorded:
+                continue  # observed before its outcome was recorded: the next pass reads it as it is now
             step = lifecycle.advance(req, profiles, now, update_running=req.id in self.running_updates)
             self._perform(req, step, desired, now)
+
+    def _record_outcomes(self) -> set[int]:
+        recorded: set[int] = set()
+        while self._outcomes:
+            outcome = self._outcomes.popleft()
+            self._record(outcome)
+            self.running_updates.pop(outcome.request_id, None)
+            recorded.add(outcome.request_id)
+        return recorded
+
+    def _record(self, o: UpdateOutcome) -> None:
+        rid, tail = o.request_id, o.output_tail
+        if o.exit_code is None:
+            queue.transition(self.store, rid, "failed", expect=("draining", "waiting"), update_finished=o.finished_at,
+                             outcome=f"the update step failed: {o.error}")
+        elif o.exit_code == 0:
+            # Back to waiting: each target now restarts through the normal graceful path and gates.
+            queue.absorb_open_duplicates(self.store, rid, self.store.maintenance_request_profile(rid))
+            queue.transition(self.store, rid, "waiting", expect=("draining",), update_finished=o.finished_at,
+                             update_exit=0, update_output=tail)
+            self.store.journal("maintenance_update_ok", f"#{rid} update command succeeded", epoch=self.epoch,
+                               data={"output_tail": tail[-1000:]})
+        else:
+            queue.transition(self.store, rid, "failed", expect=("draining",), update_finished=o.finished_at,
+                             update_exit=o.exit_code, update_output=tail,
+                             outcome=f"update command exited {o.exit_code}; gateways left running. Output tail:\n"
+                                     f"{tail[-600:]}")
+            self.store.journal("maintenance_failed", f"#{rid} update command exited {o.exit_code}; gateways left "
+                               "running", epoch=self.epoch, data={"output_tail": tail[-1000:]})
 
     def _perform(self, req: MaintenanceRequest, step: lifecycle.Transition, desired: Desired, now: float) -> None:
         if step.state in lifecycle.FINISHED:
@@ -113,49 +162,28 @@ class MaintenanceTick:
 
     def _run_update(self, request_id: int, commands: list[UpdateCommand]) -> None:
         try:
-            self._run_update_commands(request_id, commands)
+            outcome = _run_update_commands(request_id, commands)
         except Exception as exc:  # noqa: BLE001 - the request must never stay `draining` because this thread died
-            store = Store(self.store_path)
-            try:
-                queue.transition(store, request_id, "failed", expect=("draining", "waiting"), update_finished=time.time(),
-                                 outcome=f"the update step failed: {type(exc).__name__}: {exc}")
-            finally:
-                store.close()
+            outcome = UpdateOutcome(request_id, time.time(), None, error=f"{type(exc).__name__}: {exc}")
+        self._outcomes.append(outcome)
 
-    def _run_update_commands(self, request_id: int, commands: list[UpdateCommand]) -> None:
-        output, code = "", 0
-        for c in commands:
-            try:
-                done = subprocess.run(list(c.argv), stdin=subprocess.DEVNULL, capture_output=True, timeout=UPDATE_TIMEOUT,
-                                      text=True, errors="replace", env=c.env, cwd=c.cwd)
-                output += done.stdout + done.stderr
-                code = done.returncode
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                output += f"{exc}\n"
-                code = 127 if isinstance(exc, OSError) else 124
-            if code != 0:
-                break
-        # The command's output may echo its env: hide those secrets by value before anyone reads it.
-        known = [v for c in commands for v in (*secret_values(c.env.items()), *secret_words(c.argv))]
-        tail = mask_text(output, known=known)[-OUTPUT_TAIL:]
-        store = Store(self.store_path)  # this thread's own connection
+
+def _run_update_commands(request_id: int, commands: list[UpdateCommand]) -> UpdateOutcome:
+    output, code = "", 0
+    for c in commands:
         try:
-            now = time.time()
-            if code == 0:
-                # Back to waiting: each target now restarts through the normal graceful path and gates.
-                queue.absorb_open_duplicates(store, request_id, store.maintenance_request_profile(request_id))
-                queue.transition(store, request_id, "waiting", expect=("draining",), update_finished=now,
-                                 update_exit=0, update_output=tail)
-                store.journal("maintenance_update_ok", f"#{request_id} update command succeeded", epoch=self.epoch,
-                              data={"output_tail": tail[-1000:]})
-            else:
-                queue.transition(store, request_id, "failed", expect=("draining",), update_finished=now,
-                                 update_exit=code, update_output=tail,
-                                 outcome=f"update command exited {code}; gateways left running. Output tail:\n{tail[-600:]}")
-                store.journal("maintenance_failed", f"#{request_id} update command exited {code}; gateways left running",
-                              epoch=self.epoch, data={"output_tail": tail[-1000:]})
-        finally:
-            store.close()
+            done = subprocess.run(list(c.argv), stdin=subprocess.DEVNULL, capture_output=True, timeout=UPDATE_TIMEOUT,
+                                  text=True, errors="replace", env=c.env, cwd=c.cwd)
+            output += done.stdout + done.stderr
+            code = done.returncode
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            output += f"{exc}\n"
+            code = 127 if isinstance(exc, OSError) else 124
+        if code != 0:
+            break
+    # The command's output may echo its env: hide those secrets by value before anyone reads it.
+    known = [v for c in commands for v in (*secret_values(c.env.items()), *secret_words(c.argv))]
+    return UpdateOutcome(request_id, time.time(), code, mask_text(output, known=known)[-OUTPUT_TAIL:])
 
 
 @dataclass(frozen=True)
