@@ -10,11 +10,14 @@ fleet stays down until `apply` or `start` brings it back."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fleet.spec.codec import fleet_to_dict
 from fleet.spec.hashing import canonical_json
-from fleet.spec.load import Manifest
 from fleet.store.db import ProfileHistory, Store
+
+if TYPE_CHECKING:  # the manifest loader (PyYAML, the schema) stays out of a controller that follows no source
+    from fleet.spec.load import Manifest
 
 DOWN = "down"  # the override verb of a profile held stopped by `hermes-fleet down`
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from zoneinfo import ZoneInfo
+from datetime import datetime, tzinfo
 
 from fleet.maintenance.model import Gate
 from fleet.spec.cron import last_fire_at, next_fire_at, parse_cron
@@ -13,13 +12,19 @@ from fleet.spec.model import MaintenanceWindow
 _NEXT_OPEN_HORIZON = 31 * 86400.0
 
 
+def _zone(name: str) -> tzinfo:
+    # Imported on first use: only a fleet with maintenance windows needs the time zone database in the controller.
+    from zoneinfo import ZoneInfo
+    return ZoneInfo(name)
+
+
 def _inside(window: MaintenanceWindow, now: float) -> bool:
     """Open from each fire instant for `duration` seconds of real time, whatever the wall clock does meanwhile."""
-    return last_fire_at(parse_cron(window.schedule), ZoneInfo(window.timezone), now, window.duration) is not None
+    return last_fire_at(parse_cron(window.schedule), _zone(window.timezone), now, window.duration) is not None
 
 
 def _next_open(window: MaintenanceWindow, now: float) -> datetime | None:
-    tz = ZoneInfo(window.timezone)
+    tz = _zone(window.timezone)
     t = next_fire_at(parse_cron(window.schedule), tz, now, _NEXT_OPEN_HORIZON)
     return None if t is None else datetime.fromtimestamp(t, tz)
 

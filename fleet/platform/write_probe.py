@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 
 
@@ -17,6 +16,7 @@ def write_refusal(directory: str) -> str | None:
     if sys.platform == "win32":
         if not os.access(directory, os.W_OK):
             return "directory not writable"
+        import shutil  # only here: shutil loads the bz2 and lzma compressors, which a controller has no use for
         try:
             return "no space left" if shutil.disk_usage(directory).free == 0 else None
         except OSError:

@@ -8,7 +8,6 @@ import json
 import os
 import sqlite3
 import time
-import uuid
 from dataclasses import dataclass
 from typing import cast
 
@@ -261,7 +260,9 @@ class Store:
                 with self.tx():
                     _migrate(self.conn)
                     _add_missing_source_columns(self.conn)
-                    self.conn.execute("INSERT OR IGNORE INTO meta VALUES('store_id', ?)", (str(uuid.uuid4()),))
+                    if self.conn.execute("SELECT 1 FROM meta WHERE key='store_id'").fetchone() is None:
+                        import uuid  # once in a store's life: kept out of every process that only opens one
+                        self.conn.execute("INSERT INTO meta VALUES('store_id', ?)", (str(uuid.uuid4()),))
                     self.conn.execute("INSERT OR IGNORE INTO meta VALUES('epoch', '0')")
                     self.conn.execute("INSERT OR IGNORE INTO meta VALUES('observed_generation', '0')")
                     self.conn.execute("INSERT OR IGNORE INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))

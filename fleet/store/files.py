@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 MAX_SMALL_FILE = 1 << 20
@@ -53,7 +52,7 @@ def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o600, *, dur
     durable=False skips the fsyncs for short-lived markers (a rename is still atomic)."""
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    fd, tmp = _new_temp_file(folder)
     try:
         os.fchmod(fd, mode) if hasattr(os, "fchmod") else None
         with os.fdopen(fd, "wb") as fh:
@@ -70,6 +69,20 @@ def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o600, *, dur
         raise
     if durable:
         _fsync_dir(folder)
+
+
+def _new_temp_file(folder: str) -> tuple[int, str]:
+    """A new file no one else has, in `folder` (what tempfile.mkstemp promises: created exclusively, not
+    through a symlink, readable by its owner only), without tempfile's imports: a controller that writes a
+    record every pass otherwise carries shutil and the bz2 and lzma compressors for it."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        path = os.path.join(folder, f".tmp-{os.urandom(8).hex()}")
+        try:
+            return os.open(path, flags, 0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no unused temporary file name in {folder}")
 
 
 def write_json_atomic(path: str | os.PathLike, value: object, mode: int = 0o600, *, durable: bool = True) -> None:
