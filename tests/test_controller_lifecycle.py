@@ -259,3 +259,29 @@ def test_a_controller_started_by_the_cli_is_nobodys_child(fleet):
             cli.kill()
         cli.wait(10)
         fleet.note_pids()
+
+
+def test_the_resident_controller_loads_no_library_it_does_not_use(tmp_path):
+    """Its idle RSS is the budget (at or below supervisord's): no manifest loader (PyYAML, the schema), no shutil
+    with the bz2 and lzma compressors (tempfile, argparse's terminal width, shutil.which), no uuid once its
+    store exists, no time zone database without maintenance windows. Each was a megabyte or more."""
+    code = (
+        "import sys, time\n"
+        "from fleet.controller.__main__ import arguments\n"
+        "import fleet.controller.loop, fleet.controller.reconcile, fleet.controller.telemetry\n"
+        "from fleet.platform import current_platform\n"
+        "from fleet.platform.systemd_scope import user_manager_available\n"
+        "from fleet.store.db import Store\n"
+        "from fleet.store.files import write_json_atomic\n"
+        "from fleet.maintenance.gates import window_gate\n"
+        "arguments().format_help(); current_platform(); user_manager_available()\n"
+        "Store(sys.argv[1]).close(); write_json_atomic(sys.argv[2], {'x': 1}); window_gate((), time.time())\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('yaml', 'jsonschema', 'shutil', 'tempfile', 'bz2', 'lzma', 'uuid', 'zoneinfo', 'typer', 'click')))")
+    db, record = tmp_path / "fleet.db", tmp_path / "a.pid"
+    subprocess.run([sys.executable, "-c", f"from fleet.store.db import Store; Store({str(db)!r}).close()"],
+                   check=True, timeout=60)  # the store exists already, as it does for a running controller
+    out = subprocess.run([sys.executable, "-c", code, str(db), str(record)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

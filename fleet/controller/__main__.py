@@ -14,13 +14,17 @@ from fleet.spec.markers import STATE_DIR_ENV
 from fleet.store.layout import StateDirError, resolve_state_dir
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments() -> argparse.ArgumentParser:
     # A fixed help width: argparse asks shutil for the terminal's otherwise, and shutil loads the bz2 and lzma
     # compressors into a process that stays resident.
     parser = argparse.ArgumentParser(prog="hermes-fleet-controller", description=__doc__,
                                      formatter_class=lambda prog: argparse.HelpFormatter(prog, width=100))
     parser.add_argument("--state-dir", help=f"state directory (default: ${STATE_DIR_ENV} or ~/.hermes/gateway)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments().parse_args(argv)
     state = resolve_state_dir(args.state_dir, None)
     try:
         return Controller(state, current_platform()).run()
