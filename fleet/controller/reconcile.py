@@ -177,8 +177,6 @@ class Reconciler:
         attempted: list[Action] = []
         if only is None:
             self.executor.begin_pass()
-        elif not only:
-            return (), False
         # Actions that failed recently wait out their backoff instead of spinning the loop.
         for action in current.executable(now, self.holds.held(now), only):
             if self.fence.breached():

@@ -248,6 +248,7 @@ class Observer:
         candidates: dict[str, list[tuple[ProcessInfo, str]]] = {}
         others: dict[str, str] = {}  # profile -> another fleet's gateway in its Hermes home
         infos = [i for i in self.platform.iter_processes() if i.pid != me and i.alive]
+        homes = {s.name: same_home(s.hermes_home) for s in specs.values() if s.driver == DRIVER_HERMES}  # once a scan
         for info in infos:
             if info.pid in claimed:
                 continue
@@ -259,10 +260,10 @@ class Observer:
                         candidates.setdefault(marker, []).append((info, "env_marker"))
                 else:
                     foreign = self._foreign_gateway(info)
-                    for spec in specs.values():
-                        if foreign and spec.driver == DRIVER_HERMES and same_home(spec.hermes_home) == foreign[1]:
-                            others.setdefault(spec.name, f"pid {info.pid} is the gateway of another fleet "
-                                                         f"(state directory {foreign[0]})")
+                    for name, home in homes.items():
+                        if foreign and home == foreign[1]:
+                            others.setdefault(name, f"pid {info.pid} is the gateway of another fleet "
+                                                    f"(state directory {foreign[0]})")
                 continue
             if hf.looks_like_gateway(info.cmdline):
                 pname = hf.cmdline_profile(info.cmdline)
