@@ -227,7 +227,9 @@ def test_completion_uses_fleet_yaml_in_the_current_directory(tmp_path, manifest)
 
 def test_bash_completes_profile_names_through_the_installed_script(tmp_path, manifest):
     assert "--install-completion" in _fleet(tmp_path, "--help").stdout
-    script = _fleet(tmp_path, "--show-completion", "bash")
+    # typer names the shell from the parent process unless told not to; a test run's parent may be no shell at all.
+    detection_off = {**_env(tmp_path), "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    script = _fleet(tmp_path, "--show-completion", "bash", env=detection_off)
     assert script.returncode == 0 and "_HERMES_FLEET_COMPLETE=complete_bash" in script.stdout, script
     (tmp_path / "completion.bash").write_text(script.stdout)
     env = _env(tmp_path)
