@@ -160,3 +160,24 @@ def test_record_naming_an_unrelated_process_never_signals_it(fleet, reaper, tmp_
     assert not adopted, adopted
     reclaimed = [e for e in fleet.journal_kinds("alpha", "reclaimed") if str(bystander.pid) in e.message]
     assert [e.data["reason"] for e in reclaimed] == ["pid_reused" if forgery == "wrong_start" else "pid_unrelated"]
+
+
+def test_a_stopped_controller_finishes_its_teardown_before_it_exits(fleet):
+    """The controller leaves without the interpreter's own teardown: everything it holds must be released first,
+    and what it prints must reach its log."""
+    fleet.write_manifest(THREE)
+    fleet.apply()
+    pids = {n: fleet.wait_running(n) for n in THREE}
+    assert fleet.cli("controller", "stop").returncode == 0
+    proc = fleet.start_controller()
+    for name in THREE:
+        wait_until(lambda: (fleet.record(name) or {}).get("controller_pid") == proc.pid, 10,
+                   what=f"{name} adopted by the foreground controller")
+    proc.terminate()
+    assert proc.wait(10) == 0
+    log = max(fleet.tmp.glob("controller-*.log"), key=lambda p: p.stat().st_mtime).read_text()
+    assert log.rstrip().endswith("controller stopped; gateways left running"), log
+    assert not (fleet.state / "fleet.db-wal").exists(), "the store was closed (its log checkpointed) before the exit"
+    assert fleet.holder() is None and fleet.controller_pid() is None
+    assert max(fleet.journal(), key=lambda e: e.at).kind == "controller_stopped"
+    assert all(alive(pid) and fleet.pid(name) == pid for name, pid in pids.items())
