@@ -39,6 +39,7 @@ class PlanFileError(ValueError):
 
 @dataclass(frozen=True)
 class SavedPlan:
+    """A plan file as read back: where it lies and the document it holds (the plan and its basis)."""
     path: Path
     doc: dict
 

@@ -106,6 +106,7 @@ class ChangeSensor:
 
 @dataclass
 class Frame:
+    """One view of the fleet: its status at `at`, the profiles shown, the latest journal rows, or the read error."""
     at: float
     st: FleetStatus | None = None
     rows: list[ProfileStatus] = field(default_factory=list)

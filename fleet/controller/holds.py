@@ -29,6 +29,7 @@ class ActionRetry:
 
 @dataclass(frozen=True)
 class Holds:
+    """The actions held back in memory, each until its retry time."""
     retries: tuple[ActionRetry, ...] = ()
 
     def failures(self, profile: str, kind: str) -> int:

@@ -188,6 +188,7 @@ def _run_update_commands(request_id: int, commands: list[UpdateCommand]) -> Upda
 
 @dataclass(frozen=True)
 class UpdateCommand:
+    """A profile's update command as it is run: its arguments, environment and working directory."""
     argv: tuple[str, ...]
     env: dict[str, str]
     cwd: str | None

@@ -75,6 +75,7 @@ class PhaseClock:
 
 @dataclass(frozen=True)
 class GenerationFacts:
+    """The current generation, with its manifest digest and git commit."""
     generation: int
     digest: str
     commit: str

@@ -31,6 +31,7 @@ class ShownChange:
 
 @dataclass(frozen=True)
 class ActionReport:
+    """One planned action as `diff` and `apply` show it, with the changes behind it and what it waits for."""
     action: Action
     changes: tuple[ShownChange, ...]  # the profile's spec, last applied -> desired
     running_hash: str | None  # the spec hash the live process runs, when known

@@ -21,6 +21,7 @@ from fleet.store.layout import StateDir
 
 @dataclass(frozen=True)
 class Preview:
+    """The plan a manifest would produce against the live host, and everything it was computed from."""
     manifest: Manifest
     desired: Desired
     observed: Observed

@@ -31,6 +31,7 @@ RETENTION_EVERY = 60.0  # how often the journal, requests and adoption logs are 
 
 @dataclass(frozen=True)
 class PassResult:
+    """What one pass did and saw, and when the loop should run the next one."""
     profiles: int = 0  # the profiles it planned for (removed ones still in the inventory included)
     planned: bool = False  # there was a desired state to plan from
     attempted: tuple[Action, ...] = ()  # done, failed or superseded, in order

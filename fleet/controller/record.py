@@ -24,6 +24,7 @@ DOWN = "down"  # the override verb of a profile held stopped by `hermes-fleet do
 
 @dataclass(frozen=True)
 class Recorded:
+    """The generation a manifest was recorded as, and what became of the profiles `down` held stopped."""
     generation: int
     created: bool  # False: the manifest's digest was already the newest generation
     lifted: tuple[str, ...]  # profiles this record brought back from `down`

@@ -18,6 +18,7 @@ class RollbackError(Exception):
 
 @dataclass(frozen=True)
 class RollbackTarget:
+    """A rollback to make: the generation it goes back to, the one it leaves, and the target's spec."""
     target: Generation  # the generation rolled back to
     current: Generation  # the generation rolled back from
     manifest: Manifest  # the target's spec, as the plan preview and `record_manifest` take a manifest

@@ -93,6 +93,7 @@ def short(commit: str | None) -> str:
 
 @dataclass
 class _Fetch:
+    """A fetch of the followed git source under way."""
     proc: subprocess.Popen
     started: float
     deadline: float
@@ -102,6 +103,7 @@ class _Fetch:
 
 @dataclass(frozen=True)
 class Rejection:
+    """Why a commit of the followed source is not applied."""
     result: str  # INVALID | REFUSED | UNVERIFIED | MISSING
     error: str
 

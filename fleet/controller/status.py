@@ -59,6 +59,7 @@ class Sync(StrEnum):
 
 @dataclass(frozen=True)
 class ControllerStatus:
+    """The controller as `status` tells it: whether it runs, the generation it reached, its metrics."""
     running: bool
     pid: int | None
     epoch: int | None
@@ -117,6 +118,7 @@ def held_down_message(held: tuple[ProfileHistory, ...], now: float) -> str:
 
 @dataclass(frozen=True)
 class ProfileStatus:
+    """One profile as `status` shows it: its phase, sync, health, process and next action."""
     name: str
     phase: Phase
     sync: Sync
@@ -177,6 +179,7 @@ def source_status(store: Store) -> SourceStatus | None:
 
 @dataclass(frozen=True)
 class FleetStatus:
+    """The whole fleet as `status` shows it: the controller, each profile, the plan and the source."""
     controller: ControllerStatus
     profiles: tuple[ProfileStatus, ...]
     plan: Plan

@@ -26,6 +26,7 @@ SYNC = "sync"
 
 @dataclass(frozen=True)
 class Woken:
+    """What woke the controller between passes, and what it was asked for."""
     by_cli: bool = False  # a CLI command wrote to the store and said so
     scan: bool = False  # ... and asked for a look at the process table
     sync: bool = False  # ... and asked for a fetch of the followed git source now (`hermes-fleet sync`)

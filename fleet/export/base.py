@@ -55,12 +55,14 @@ class Note:
 
 @dataclass(frozen=True)
 class RenderedFile:
+    """One file of an export: where it goes and what it says."""
     path: str  # relative, '/'-separated
     text: str
 
 
 @dataclass(frozen=True)
 class Export:
+    """A fleet rendered for one target: its files, notes on what it cannot express, and all of it as one text."""
     target: str
     files: tuple[RenderedFile, ...]
     notes: tuple[Note, ...]

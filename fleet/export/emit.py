@@ -161,6 +161,7 @@ def systemd_timespan(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class UnitSection:
+    """One [section] of a systemd unit file and its lines, in order."""
     name: str
     entries: tuple[tuple[str, str], ...]  # (key, value); key "#" is a comment line
 

@@ -91,6 +91,7 @@ def label_value(text: str) -> str:
 
 @dataclass(frozen=True)
 class KubernetesTarget(Target):
+    """The Kubernetes engine: a fleet as manifests, with the image, namespace, storage and Secret they use."""
     image: str = DEFAULT_IMAGE
     image_given: bool = False
     namespace: str | None = None

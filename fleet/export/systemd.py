@@ -66,6 +66,7 @@ ADVICE = Advice(
 
 @dataclass(frozen=True)
 class BackoffSettings:
+    """A profile's restart delays as systemd can give them: the first, the steps to the largest, the largest."""
     restart_sec: float
     steps: int  # 0: no growth
     max_delay: float
@@ -94,6 +95,7 @@ def unit_name(profile: ProfileSpec) -> str:
 
 @dataclass(frozen=True)
 class SystemdTarget(Target):
+    """The systemd engine: a fleet as one service unit per profile, for a user or for the system."""
     scope: str = "user"
     user_name: str | None = None
     systemd_version: int = DEFAULT_SYSTEMD_VERSION

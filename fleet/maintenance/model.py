@@ -21,6 +21,7 @@ class Gate:
 
 @dataclass(frozen=True)
 class MaintenanceRequest:
+    """A request to restart or update a profile (or every profile), with its progress and outcome."""
     id: int
     profile: str  # a profile name, or "*" for every profile
     action: str  # restart | update

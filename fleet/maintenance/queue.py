@@ -18,6 +18,7 @@ class QueueError(Exception):
 
 @dataclass(frozen=True)
 class Submitted:
+    """What a submission gave back: the request, and whether it joined one already open."""
     request: MaintenanceRequest
     merged: bool  # joined an open request instead of queueing a second one
 

@@ -21,6 +21,7 @@ DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 
 @dataclass(frozen=True)
 class Family:
+    """One metric family the controller exposes: its name, type, help text and labels."""
     name: str  # without PREFIX for ours; the standard process_* families are named in full
     type: str  # gauge | counter | histogram
     help: str

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ProfileMetrics:
+    """One profile's state and counts, as a scrape reports them."""
     name: str
     up: bool
     desired_running: bool
@@ -27,6 +28,7 @@ class ProfileMetrics:
 
 @dataclass(frozen=True)
 class Histogram:
+    """A duration histogram: cumulative counts per bucket, with the total count and sum."""
     buckets: tuple[int, ...]  # cumulative counts, one per catalog.DURATION_BUCKETS bound (+Inf is `count`)
     count: int
     sum: float
@@ -34,6 +36,7 @@ class Histogram:
 
 @dataclass(frozen=True)
 class SourceMetrics:
+    """The followed git source's sync state and last fetch, as a scrape reports them."""
     sync: str
     failing: bool
     last_fetch_at: float | None
@@ -41,6 +44,7 @@ class SourceMetrics:
 
 @dataclass(frozen=True)
 class ProcessMetrics:
+    """The controller process's own start time, CPU time, memory and open descriptors."""
     start_time: float
     cpu_seconds: float
     resident_bytes: int
@@ -49,6 +53,7 @@ class ProcessMetrics:
 
 @dataclass(frozen=True)
 class FleetMetrics:
+    """Everything one scrape reports: the controller, its passes, its profiles and its source."""
     version: str
     python_version: str
     generation: int

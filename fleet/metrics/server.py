@@ -39,6 +39,7 @@ class Published:
 
 @dataclass
 class _Connection:
+    """One open client connection: what it has sent so far and what is left to send it."""
     sock: socket.socket
     opened: float
     received: bytearray

@@ -88,6 +88,7 @@ class PlatformProbe:
 
 @dataclass(frozen=True)
 class Host:
+    """The host discovery looks at: its environment, the user's home, and how to ask about processes and units."""
     environ: Mapping[str, str]
     user_home: str
     probe: HostProbe
@@ -136,6 +137,7 @@ class UnitFinding:
 
 @dataclass(frozen=True)
 class ProfileFinding:
+    """One Hermes profile as discovery found it, and what `init` will do with it."""
     name: str
     home: str
     listed: bool  # written into fleet.yaml (the default profile only when the root is used as one)
@@ -153,6 +155,7 @@ class ProfileFinding:
 
 @dataclass(frozen=True)
 class Finding:
+    """A warning for the person running `init`, and the profile it concerns, if any."""
     code: str
     message: str
     profile: str | None = None
@@ -160,6 +163,7 @@ class Finding:
 
 @dataclass(frozen=True)
 class Discovery:
+    """What discovery found under one Hermes root: its profiles, native services and warnings."""
     root: str
     root_source: str  # how the root was chosen
     root_exists: bool
@@ -305,6 +309,7 @@ def expected_unit_names(profile: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Liveness:
+    """Whether a profile's gateway is live by Hermes' rule: the gateway, or a note saying why not."""
     state: str  # live | stale | lock_only | none
     gateway: Gateway | None
     note: str

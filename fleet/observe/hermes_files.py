@@ -19,6 +19,7 @@ HEARTBEAT = os.path.join("state", "gateway.heartbeat")
 
 @dataclass(frozen=True)
 class GatewayStatus:
+    """A gateway's own report of its state, its active work and when it last showed activity."""
     state: str | None  # starting | running | degraded | draining | stopped | startup_failed | (process driver: free text)
     active: int | None  # active agents / runs
     updated_at: float | None
@@ -29,6 +30,7 @@ class GatewayStatus:
 
 @dataclass(frozen=True)
 class HermesPidRecord:
+    """What Hermes' gateway.pid says: the gateway's pid, start time and command line."""
     pid: int
     start_time: int | None  # start ticks where the platform has them (Linux), else create_time*100
     argv: tuple[str, ...]

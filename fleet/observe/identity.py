@@ -37,6 +37,7 @@ PROOF_CHILD, PROOF_MARKER, PROOF_HERMES, PROOF_MATCH = "child", "marker", "herme
 
 @dataclass(frozen=True)
 class Proof:
+    """How a process was shown to be a profile's gateway, or why it was not."""
     how: str | None  # child | marker | hermes_lock | match; None: not ours
     why_not: str = ""  # when `how` is None: what the record's reader is told
     protected: bool = False  # the platform would refuse to signal it at all
@@ -122,6 +123,7 @@ def _hermes_proof(platform: Platform, info: ProcessInfo, name: str, spec: Profil
 
 @dataclass(frozen=True)
 class Check:
+    """The verdict on a PID record's process, with the process and its proof when there is one."""
     verdict: Verdict
     info: ProcessInfo | None
     proof: Proof | None = None

@@ -13,6 +13,7 @@ from fleet.spec.markers import PROFILE_ENV, STATE_DIR_ENV
 
 @dataclass(frozen=True)
 class Leftover:
+    """A live process a gateway left behind, and the profile its markers name."""
     info: ProcessInfo
     profile: str | None  # the profile its markers name; None: no markers (found by session/group only)
 

@@ -39,6 +39,7 @@ class LiveProcess:
 
 @dataclass(frozen=True)
 class WriteRefusal:
+    """A directory found refusing writes (read-only, full), and whether it takes them again."""
     # The last moment the directory may have refused writes: when a probe found it refusing, or, once lifted,
     # when a probe first found it taking writes again (it may have refused them until just before).
     at: float
@@ -48,6 +49,7 @@ class WriteRefusal:
 
 @dataclass(frozen=True)
 class ProfileObservation:
+    """What one profile's record, files and process look like on this pass."""
     name: str
     record: PidRecord | None = None
     record_problem: str | None = None  # a present record that was not trusted, and why
@@ -70,6 +72,7 @@ class ProfileObservation:
 
 @dataclass(frozen=True)
 class Orphan:
+    """A live process that looks like a profile's gateway, but not one this fleet runs as it."""
     pid: int
     profile: str
     cmdline: tuple[str, ...]
@@ -78,6 +81,7 @@ class Orphan:
 
 @dataclass(frozen=True)
 class Observed:
+    """Everything one pass saw of the host: each profile, the inventory, orphans and open maintenance requests."""
     observed_at: float
     epoch: int
     profiles: dict[str, ProfileObservation]

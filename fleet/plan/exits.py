@@ -13,6 +13,7 @@ TERMINAL_CLASSES = ("fatal_config", "startup_failed")
 
 @dataclass(frozen=True)
 class ExitOutcome:
+    """How an exit is classed, and the failure count it leaves."""
     exit_class: str
     failures: int  # the profile's consecutive failures after this exit
 

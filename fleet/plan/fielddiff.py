@@ -10,6 +10,7 @@ from fleet.spec.secrets import is_secret, mask_argv
 
 @dataclass(frozen=True)
 class FieldChange:
+    """One field that differs between two profile specs, with its value before and after."""
     path: str
     before: object
     after: object

@@ -186,6 +186,7 @@ class Action:
 
 @dataclass(frozen=True)
 class Check:
+    """A finding shown beside the plan: an error or a warning, with its code and message and the profile it concerns."""
     severity: str  # error | warning
     code: str
     message: str
@@ -195,6 +196,7 @@ class Check:
 
 @dataclass(frozen=True)
 class Desired:
+    """What the planner is to reach: a generation's fleet spec, the apply options, and the specs last applied."""
     spec: FleetSpec
     generation: int = 0
     prune: bool = True
@@ -204,6 +206,7 @@ class Desired:
 
 @dataclass(frozen=True)
 class Plan:
+    """The planner's answer: its actions, the checks beside them, and why it refuses to act, when it does."""
     actions: tuple[Action, ...]
     checks: tuple[Check, ...] = ()
     refusal: str | None = None

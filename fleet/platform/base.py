@@ -19,6 +19,7 @@ CREATE_TIME_TOLERANCE = 0.05
 
 @dataclass(frozen=True)
 class ProcessInfo:
+    """What the platform knows of one process: its pid and start time, its owner, command line and status."""
     pid: int
     start_ticks: int | None  # Linux: /proc/<pid>/stat field 22 (immune to clock steps); else create_time*100
     create_time: float  # epoch seconds (psutil)

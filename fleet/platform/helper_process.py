@@ -25,6 +25,7 @@ CREATE_TIME_TOLERANCE = 0.05
 
 @dataclass(frozen=True)
 class HelperResult:
+    """How a helper process ended: its exit code and what it wrote to stdout and stderr."""
     code: int | None  # None when it was killed at its timeout
     stdout: bytes
     stderr: bytes

@@ -24,6 +24,8 @@ from typing import Protocol
 
 @dataclass(frozen=True)
 class CommandResult:
+    """How an external command ended: its exit status and what it printed."""
+
     argv: tuple[str, ...]
     returncode: int
     stdout: str
@@ -174,6 +176,8 @@ NOT_INSTALLED = "not installed: run `hermes-fleet service install`"
 
 @dataclass(frozen=True)
 class RegistrationStatus:
+    """The controller's registration with one OS mechanism, as the service manager reports it."""
+
     mechanism: str  # systemd-user | systemd-system | launchd | windows-service | scheduled-task | startup-folder
     name: str  # unit, label, service or task name
     location: str  # where the registration lives (file, registry key, task path)

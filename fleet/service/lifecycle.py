@@ -33,6 +33,7 @@ Say = Callable[[str], None]
 
 @dataclass(frozen=True)
 class StepFailure:
+    """A step that failed, and why."""
     step: Step
     detail: str
 
@@ -435,6 +436,7 @@ class Lifecycle:
 
 @dataclass(frozen=True)
 class FleetStatus:
+    """What `hermes-fleet status` told about the fleet, or why it could not tell."""
     available: bool
     text: str
     data: object
@@ -443,6 +445,7 @@ class FleetStatus:
 
 @dataclass(frozen=True)
 class StatusReport:
+    """What `service status` reports: the registration, the live controller, the fleet and advice."""
     registration: RegistrationStatus
     holder: ControllerHolder | None
     holder_owned: bool | None

@@ -38,6 +38,8 @@ class InstallSituation:
 
 @dataclass(frozen=True)
 class InstallPlan:
+    """What install will do: the files to write, the steps to run and the controller to replace."""
+
     up_to_date: bool  # nothing to do: the registration is current and its controller runs
     writes: tuple[Artifact, ...] = ()
     steps: tuple[Step, ...] = ()
@@ -102,6 +104,8 @@ class FoundRegistration:
 
 @dataclass(frozen=True)
 class UninstallSituation:
+    """What uninstall found before changing anything."""
+
     python: str
     state_dir: str
     holder: ControllerHolder | None
@@ -111,6 +115,8 @@ class UninstallSituation:
 
 @dataclass(frozen=True)
 class UninstallPlan:
+    """What uninstall will do: the steps to run and the controller that must exit."""
+
     steps: tuple[Step, ...]
     wait_gone: ControllerHolder | None  # the controller a removed registration ran, which must exit
 

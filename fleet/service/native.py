@@ -145,6 +145,7 @@ def is_gateway_command(argv: list[str]) -> bool:
 
 @dataclass(frozen=True)
 class UnitSettings:
+    """What a systemd unit and its drop-ins set: its environment, its command and our gate's conditions."""
     environment: dict[str, str]
     exec_start: list[str]
     conditions: tuple[str, ...]  # the ConditionPathExists= values of our drop-in

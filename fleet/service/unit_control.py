@@ -78,6 +78,7 @@ class UnitFacts:
 
 @dataclass(frozen=True)
 class Stopped:
+    """Whether a native unit has stopped, and how it ended."""
     done: bool
     result: str = ""  # how it ended, in the manager's words (systemd's Result)
     clean: bool = True  # it ended as a planned stop does (Result=success)
@@ -85,6 +86,7 @@ class Stopped:
 
 @dataclass(frozen=True)
 class Running:
+    """Whether a native unit runs, as its service manager tells, and its main process."""
     active: bool | None  # None: the manager cannot say
     main_pid: int | None = None
     state: str = ""

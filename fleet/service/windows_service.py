@@ -26,6 +26,7 @@ FAILURE_RESET_PERIOD_S = 60
 
 @dataclass(frozen=True)
 class ScmServiceSpec:
+    """The Windows service hermes-fleet registers with the Service Control Manager."""
     name: str
     display_name: str
     description: str
@@ -36,6 +37,7 @@ class ScmServiceSpec:
 
 @dataclass(frozen=True)
 class ScmServiceInfo:
+    """A registered Windows service as the Service Control Manager reports it."""
     binary_path: str
     account: str
     start_type: str  # auto | demand | disabled | boot | system

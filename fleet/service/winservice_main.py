@@ -33,6 +33,7 @@ STOP_WAIT_HINT_MS = 30_000
 
 @dataclass(frozen=True)
 class HostArgs:
+    """The service host's command line: which service it is and the controller it runs."""
     service_name: str
     python: str
     fleet_file: str

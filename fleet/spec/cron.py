@@ -33,6 +33,7 @@ _MONTH_DAYS = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # the most ea
 
 @dataclass(frozen=True)
 class Cron:
+    """A parsed cron expression: the values each field allows, and which fields start with '*'."""
     minutes: frozenset[int]
     hours: frozenset[int]
     days: frozenset[int]

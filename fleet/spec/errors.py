@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Problem:
+    """One problem in a manifest: where it is (file, line, column, dotted path), what is wrong, and a hint."""
     file: str
     line: int  # 1-based; 0 when unknown
     column: int  # 1-based; 0 when unknown

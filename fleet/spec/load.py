@@ -40,6 +40,7 @@ HERMES_MARKER_ENV = (
 
 @dataclass(frozen=True)
 class Manifest:
+    """A loaded fleet.yaml: its path and text, the effective spec it means, and that spec's digest."""
     path: str
     text: str
     spec: FleetSpec

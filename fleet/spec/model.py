@@ -13,6 +13,7 @@ DRIVER_PROCESS = "process"
 
 @dataclass(frozen=True)
 class RestartPolicy:
+    """When and how soon a profile is started again after its process exits, and when it is crash-looping."""
     policy: str  # always | on-failure | never
     backoff: tuple[float, ...]
     cap: float
@@ -52,17 +53,20 @@ class MetricsSpec:
 
 @dataclass(frozen=True)
 class DrainPolicy:
+    """How long a gateway may take to drain before it is killed."""
     timeout: float
 
 
 @dataclass(frozen=True)
 class HealthPolicy:
+    """When a gateway counts as wedged: how old its heartbeat may grow, and the grace it has after starting."""
     heartbeat_stale: float
     startup_grace: float
 
 
 @dataclass(frozen=True)
 class MaintenanceWindow:
+    """A recurring time (cron schedule, duration, time zone) in which maintenance is allowed or denied."""
     kind: str  # allow | deny
     schedule: str
     duration: float
@@ -71,6 +75,7 @@ class MaintenanceWindow:
 
 @dataclass(frozen=True)
 class MaintenancePolicy:
+    """How a profile's maintenance runs: the idle time it waits for, the update command and the windows."""
     idle: float
     max_concurrent: int  # the fleet-wide budget (top-level maintenance.max_concurrent); no profile has its own
     update_command: tuple[str, ...]
@@ -79,6 +84,7 @@ class MaintenancePolicy:
 
 @dataclass(frozen=True)
 class ProfileSpec:
+    """One profile as the fleet runs it: its process (driver, command, cwd, env), desired state and policies."""
     name: str
     driver: str
     command: tuple[str, ...]
@@ -116,6 +122,7 @@ class ProfileSpec:
 
 @dataclass(frozen=True)
 class FleetSpec:
+    """The whole effective fleet: its fleet-wide settings and every profile."""
     name: str
     stagger: float
     max_concurrent_maintenance: int

@@ -23,6 +23,7 @@ Path = tuple  # of str | int
 
 @dataclass
 class Located:
+    """A YAML document as plain data, with the line and column of every key and value, by path."""
     data: object
     value_marks: dict[Path, tuple[int, int]] = field(default_factory=dict)
     key_marks: dict[Path, tuple[int, int]] = field(default_factory=dict)

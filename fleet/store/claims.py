@@ -30,6 +30,7 @@ HELD, LEASED, STALE = "held", "leased", "stale"
 
 @dataclass(frozen=True)
 class Claim:
+    """A claim on a Hermes home: the fleet that manages it (state directory, its identity, store id) and its lease."""
     state_dir: str
     dev: int
     ino: int

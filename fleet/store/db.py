@@ -106,6 +106,7 @@ class StoreFault(StoreError, sqlite3.OperationalError):
 
 @dataclass(frozen=True)
 class ProfileHistory:
+    """What the store remembers of one profile: restarts, failures, last exit, a drain, an override, a failed action."""
     name: str
     restarts: int = 0
     failures: int = 0  # consecutive unexpected exits (drives backoff)
@@ -164,6 +165,7 @@ def _history(row) -> ProfileHistory:
 
 @dataclass(frozen=True)
 class InventoryEntry:
+    """A profile the fleet manages or is removing, with the first and last generations that named it."""
     name: str
     first_generation: int
     last_generation: int
@@ -173,6 +175,7 @@ class InventoryEntry:
 
 @dataclass(frozen=True)
 class OperatorRequest:
+    """An operator's request to restart a profile (gracefully or forced), as the store queues it."""
     id: int
     profile: str
     kind: str  # restart | force_restart
@@ -183,6 +186,7 @@ class OperatorRequest:
 
 @dataclass(frozen=True)
 class JournalEntry:
+    """One event of the journal, with the profile it concerns and its data."""
     id: int
     at: float
     epoch: int
@@ -194,6 +198,7 @@ class JournalEntry:
 
 @dataclass(frozen=True)
 class Generation:
+    """One recorded version of the desired spec: its number, digest and spec, and where it came from."""
     generation: int
     digest: str
     spec_json: str
@@ -664,6 +669,7 @@ def _create_safely(path: str) -> None:
 
 @dataclass(frozen=True)
 class StoreProblem:
+    """Why the store is not taking writes, since when, and how many writes wait in memory."""
     kind: str  # full | locked | read-only | io
     message: str
     since: float

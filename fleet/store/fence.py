@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class FileId:
+    """The identity of a file: its device and inode."""
     dev: int
     ino: int
 

@@ -11,6 +11,7 @@ from fleet.store.layout import StateDir
 
 @dataclass(frozen=True)
 class EndpointState:
+    """Where the controller serves its metrics (address, textfile), or the error that kept it from each."""
     listen: str = ""  # the address actually bound ("" when none)
     listen_error: str = ""
     textfile: str = ""

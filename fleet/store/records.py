@@ -21,6 +21,7 @@ MANAGED_BY = "hermes-fleet"
 
 @dataclass(frozen=True)
 class PidRecord:
+    """A PID record: the process that runs a profile, how to know it again, and who started or adopted it."""
     profile: str
     pid: int
     start_ticks: int | None
@@ -36,6 +37,7 @@ class PidRecord:
 
 @dataclass(frozen=True)
 class RecordRead:
+    """A PID record as read: the record, or why a file that is there was not trusted."""
     record: PidRecord | None
     problem: str | None  # why a present file was not trusted
 
