@@ -264,7 +264,8 @@ def test_a_controller_started_by_the_cli_is_nobodys_child(fleet):
 def test_the_resident_controller_loads_no_library_it_does_not_use(tmp_path):
     """Its idle RSS is the budget (at or below supervisord's): no manifest loader (PyYAML, the schema), no shutil
     with the bz2 and lzma compressors (tempfile, argparse's terminal width, shutil.which), no uuid once its
-    store exists, no time zone database without maintenance windows. Each was a megabyte or more."""
+    store exists, no time zone database without maintenance windows, no lock library (with logging and decimal)
+    for the supervisor lock. Each was a megabyte or more."""
     code = (
         "import sys, time\n"
         "from fleet.controller.__main__ import arguments\n"
@@ -272,16 +273,20 @@ def test_the_resident_controller_loads_no_library_it_does_not_use(tmp_path):
         "from fleet.platform import current_platform\n"
         "from fleet.platform.systemd_scope import user_manager_available\n"
         "from fleet.store.db import Store\n"
+        "from fleet.store.layout import StateDir\n"
+        "from fleet.store.lock import SupervisorLock\n"
         "from fleet.store.files import write_json_atomic\n"
         "from fleet.maintenance.gates import window_gate\n"
         "arguments().format_help(); current_platform(); user_manager_available()\n"
         "Store(sys.argv[1]).close(); write_json_atomic(sys.argv[2], {'x': 1}); window_gate((), time.time())\n"
+        "from pathlib import Path; lock = SupervisorLock(StateDir(Path(sys.argv[3]))); lock.acquire(); lock.release()\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('yaml', 'jsonschema', 'shutil', 'tempfile', 'bz2', 'lzma', 'uuid', 'zoneinfo', 'typer', 'click')))")
+        "('yaml', 'jsonschema', 'shutil', 'tempfile', 'bz2', 'lzma', 'uuid', 'zoneinfo', 'typer', 'click', "
+        "'filelock', 'logging', 'decimal')))")
     db, record = tmp_path / "fleet.db", tmp_path / "a.pid"
     subprocess.run([sys.executable, "-c", f"from fleet.store.db import Store; Store({str(db)!r}).close()"],
                    check=True, timeout=60)  # the store exists already, as it does for a running controller
-    out = subprocess.run([sys.executable, "-c", code, str(db), str(record)], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run([sys.executable, "-c", code, str(db), str(record), str(tmp_path)], capture_output=True,
+                         text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -1,20 +1,20 @@
-"""The lock probe `status` uses (fleet.platform.flock_probe) says what filelock's own attempt would: held by a
-lock in this process or in another, free before, after and without a lock file, and it never releases the
-holder's lock."""
+"""The supervisor lock (fleet.platform.exclusive_lock) and the probe `status` uses: they exclude, and see, a lock
+taken through the filelock library, as a controller of an earlier release took it, and filelock sees theirs;
+held by a lock in this process or in another, free before, after and without a lock file; asking never
+releases the holder's lock, and a child never inherits it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
 from filelock import FileLock, Timeout
 
-from fleet.platform.flock_probe import flock_free
+from fleet.platform.exclusive_lock import ExclusiveLock, lock_free
 from fleet.store.layout import StateDir
 from fleet.store.lock import LockHeld, SupervisorLock, lock_is_free
-
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="flock: Windows asks filelock (the probe says None)")
 
 HOLD = r"""
 import sys
@@ -25,29 +25,72 @@ print("held", flush=True)
 sys.stdin.read()
 """
 
+TRY = r"""
+import sys
+from fleet.platform.exclusive_lock import ExclusiveLock
+print("taken" if ExclusiveLock(sys.argv[1]).try_acquire() else "held", flush=True)
+"""
+
 
 def test_the_probe_agrees_with_filelock(tmp_path):
     path = str(tmp_path / "x.lock")
-    assert flock_free(path) is True  # no file: nobody holds it
+    assert lock_free(path) is True  # no file: nobody holds it
+    assert not os.path.exists(path)  # and asking created none
     mine = FileLock(path, timeout=0, thread_local=False)
     mine.acquire()
-    assert flock_free(path) is False
-    assert flock_free(path) is False  # asking twice released nothing
+    assert lock_free(path) is False
+    assert lock_free(path) is False  # asking twice released nothing
     other = FileLock(path, timeout=0, thread_local=False)
     with pytest.raises(Timeout):  # still held by `mine`
         other.acquire(timeout=0)
     mine.release(force=True)
-    assert flock_free(path) is True
+    assert lock_free(path) is True
 
     holder = subprocess.Popen([sys.executable, "-c", HOLD, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        assert flock_free(path) is False
+        assert lock_free(path) is False
+        assert ExclusiveLock(path).try_acquire() is False  # an earlier release's controller holds the fleet
     finally:
         holder.stdin.close()
         holder.wait(timeout=10)
-    assert flock_free(path) is True
+    assert lock_free(path) is True
+
+
+def test_the_lock_excludes_filelock_and_every_other_holder(tmp_path):
+    path = str(tmp_path / "x.lock")
+    lock = ExclusiveLock(path)
+    assert lock.try_acquire() is True
+    assert lock.try_acquire() is True  # already this object's
+    try:
+        assert lock_free(path) is False
+        assert ExclusiveLock(path).try_acquire() is False  # another descriptor, even in this process
+        with pytest.raises(Timeout):
+            FileLock(path, timeout=0, thread_local=False).acquire(timeout=0)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        other = subprocess.run([sys.executable, "-c", TRY, path], capture_output=True, text=True, timeout=60, env=env)
+        assert other.stdout.strip() == "held", other
+        # A child started while the lock is held does not carry it: the lock ends with the holder, not its child.
+        assert lock.fd is not None and not os.get_inheritable(lock.fd)
+    finally:
+        lock.release()
+    assert lock_free(path) is True
+    lock.release()  # releasing twice is harmless
+    assert ExclusiveLock(path).try_acquire() is True
+
+
+def test_a_lock_file_unlinked_under_the_lock_is_not_a_lock(tmp_path):
+    path = tmp_path / "x.lock"
+    first = ExclusiveLock(str(path))
+    assert first.try_acquire()
+    try:
+        path.unlink()  # the state directory's lock file removed by hand: the lock on it guards nothing any more
+        second = ExclusiveLock(str(path))
+        assert second.try_acquire() is True and path.exists()
+        second.release()
+    finally:
+        first.release()
 
 
 def test_lock_is_free_through_the_supervisor_lock(tmp_path):

@@ -1,7 +1,7 @@
 """The supervisor lock: exactly one controller per state directory.
 
-The kernel lock (flock via filelock) is the truth; who holds it lives in a sidecar file,
-because filelock truncates the lock file on every acquisition attempt."""
+The kernel lock (fleet.platform.exclusive_lock) is the truth; who holds it lives in a sidecar file, which
+the lock file of an earlier release (truncated by its lock library on every attempt) could not hold."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleet import __version__
-from fleet.platform.flock_probe import flock_free
+from fleet.platform.exclusive_lock import ExclusiveLock, LockUnsupported, lock_free
 from fleet.store.fence import FileId, fd_id, file_id, remove_if_same
 from fleet.store.files import read_json, write_json_atomic
 from fleet.store.layout import StateDir
@@ -19,6 +19,7 @@ from fleet.store.layout import StateDir
 
 @dataclass(frozen=True)
 class Holder:
+    """The controller that holds the supervisor lock, as the sidecar file names it."""
     pid: int
     create_time: float
     version: str
@@ -54,27 +55,24 @@ def _optional_int(value: Any) -> int | None:
 
 
 class SupervisorLock:
-    def __init__(self, state: StateDir):
-        from filelock import FileLock  # here: a CLI that only looks at the lock never loads it
+    """The lock one controller holds on its state directory for its life, and the holder file naming it."""
 
+    def __init__(self, state: StateDir):
         self.state = state
-        self._lock = FileLock(str(state.lock), timeout=0, thread_local=False)
-        self.identity: FileId | None = None  # the lock file this process holds the flock on
+        self._lock = ExclusiveLock(str(state.lock))
+        self.identity: FileId | None = None  # the lock file this process holds the lock on
         self._holder_id: FileId | None = None  # the holder file this process wrote
 
     def acquire(self) -> None:
-        from filelock import Timeout
-
         try:
-            self._lock.acquire(timeout=0)
-        except Timeout:
-            raise LockHeld(read_holder(self.state)) from None
-        except NotImplementedError as exc:  # filesystems without flock (network mounts)
-            raise OSError(f"the state directory {self.state.root} does not support file locks ({exc}); "
+            taken = self._lock.try_acquire()
+        except LockUnsupported as exc:  # network mounts
+            raise OSError(f"the state directory {self.state.root} does not support file locks ({exc.strerror}); "
                           f"use a local directory") from None
-        fd = getattr(getattr(self._lock, "_context", None), "lock_file_fd", None)
-        # The descriptor is what the flock is on; the name may already lead elsewhere.
-        self.identity = fd_id(fd) if isinstance(fd, int) else file_id(self.state.lock)
+        if not taken:
+            raise LockHeld(read_holder(self.state))
+        # The descriptor is what the lock is on; the name may already lead elsewhere.
+        self.identity = fd_id(self._lock.fd) if self._lock.fd is not None else file_id(self.state.lock)
 
     def publish(self, epoch: int, create_time: float, start_ticks: int | None) -> Holder:
         holder = Holder(os.getpid(), create_time, __version__, time.time(), epoch, start_ticks)
@@ -86,21 +84,8 @@ class SupervisorLock:
         holder = read_holder(self.state)
         if holder and holder.pid == os.getpid():
             remove_if_same(self.state.holder, self._holder_id)
-        self._lock.release(force=True)
+        self._lock.release()
 
 
 def lock_is_free(state: StateDir) -> bool:
-    free = flock_free(str(state.lock))
-    if free is not None:
-        return free
-    from filelock import FileLock, Timeout
-
-    probe = FileLock(str(state.lock), timeout=0, thread_local=False)
-    try:
-        probe.acquire(timeout=0)
-    except Timeout:
-        return False
-    except OSError:
-        return False
-    probe.release(force=True)
-    return True
+    return lock_free(str(state.lock))
