@@ -7,6 +7,7 @@ import argparse
 import os
 import sqlite3
 import sys
+from typing import NoReturn
 
 from fleet.controller.loop import EXIT_CONFIG, EXIT_FATAL, Controller
 from fleet.platform import current_platform
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FATAL
 
 
-def exit_at_once(code: int) -> None:
+def exit_at_once(code: int) -> NoReturn:
     """By the time `main` returns, the store, the lock and every socket are closed and the only threads are
     daemons: the interpreter's teardown of its modules would hold up the exit a `down` or a service stop
     waits for (by about 50 ms), and nothing is left for it to release."""

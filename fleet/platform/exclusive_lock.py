@@ -50,12 +50,12 @@ class ExclusiveLock:
         self.path = path
         self.fd: int | None = None
 
-    def try_acquire(self) -> bool:
-        """Take the lock if nobody holds it: True when taken (or already held by this object), False when
-        another holder has it. LockUnsupported where the file system cannot lock; OSError when the file cannot
-        be opened or created."""
+    def try_acquire(self) -> int | None:
+        """Take the lock if nobody holds it: the descriptor it is held through (this object's own when it holds
+        it already), or None when another holder has it. LockUnsupported where the file system cannot lock;
+        OSError when the file cannot be opened or created."""
         if self.fd is not None:
-            return True
+            return self.fd
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
@@ -63,7 +63,7 @@ class ExclusiveLock:
             except OSError as exc:
                 os.close(fd)
                 if exc.errno in HELD:
-                    return False
+                    return None
                 if exc.errno in UNSUPPORTED:
                     raise LockUnsupported(exc.errno, f"the file system cannot lock files ({exc.strerror})") from None
                 raise
@@ -72,7 +72,7 @@ class ExclusiveLock:
                 os.close(fd)
                 continue
             self.fd = fd
-            return True
+            return fd
 
     def release(self) -> None:
         if self.fd is None:

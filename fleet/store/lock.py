@@ -65,14 +65,14 @@ class SupervisorLock:
 
     def acquire(self) -> None:
         try:
-            taken = self._lock.try_acquire()
+            fd = self._lock.try_acquire()
         except LockUnsupported as exc:  # network mounts
             raise OSError(f"the state directory {self.state.root} does not support file locks ({exc.strerror}); "
                           f"use a local directory") from None
-        if not taken:
+        if fd is None:
             raise LockHeld(read_holder(self.state))
         # The descriptor is what the lock is on; the name may already lead elsewhere.
-        self.identity = fd_id(self._lock.fd) if self._lock.fd is not None else file_id(self.state.lock)
+        self.identity = fd_id(fd)
 
     def publish(self, epoch: int, create_time: float, start_ticks: int | None) -> Holder:
         holder = Holder(os.getpid(), create_time, __version__, time.time(), epoch, start_ticks)
