@@ -7,6 +7,7 @@ Every test drives the `hermes-fleet` CLI as a subprocess against a fleet under t
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -290,3 +291,102 @@ def test_the_resident_controller_loads_no_library_it_does_not_use(tmp_path):
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+_PASSES = """
+import dataclasses, json, sys, time, types
+from pathlib import Path
+from fleet.controller.bookkeeping import StoreBookkeeping
+from fleet.controller.fence_watch import FenceWatch
+from fleet.controller.metrics_on_demand import MetricsOnDemand
+from fleet.controller.reconcile import Reconciler
+from fleet.controller.record import record_manifest
+from fleet.maintenance import queue
+from fleet.platform import current_platform
+from fleet.spec.model import MetricsSpec
+from fleet.store import sources, takeovers
+from fleet.store.db import Store
+from fleet.store.fence import Fence
+from fleet.store.health import HealthFile
+from fleet.store.layout import StateDir
+
+OPTIONAL = ('fleet.controller.maintenance_tick', 'fleet.controller.takeover_tick', 'fleet.service.unit_control',
+            'fleet.controller.source_follow', 'fleet.controller.telemetry', 'fleet.controller.metrics_snapshot',
+            'fleet.controller.status', 'fleet.metrics.catalog')
+state = StateDir(Path(sys.argv[1]))
+store = Store(state.db)
+fence = Fence()
+fence.hold('state directory', state.root)
+epoch = store.bump_epoch()
+reconciler = Reconciler(state, store, current_platform(), epoch=epoch, fence=FenceWatch(fence),
+                        bookkeeping=StoreBookkeeping(store, HealthFile(state), time.time), clock=time.time)
+metrics = MetricsOnDemand(state, store, epoch)
+
+def passes(what):
+    for _ in range(3):
+        now = time.time()
+        result = reconciler.reconcile_once(now)
+        metrics.after_pass(result, now, time.time(), 1.0)
+    print(json.dumps([what, sorted(m for m in OPTIONAL if m in sys.modules)]), flush=True)
+
+passes('none')
+request = queue.submit(store, profile='alpha', action='restart', reason='lazy loading').request
+passes('maintenance')
+print(json.dumps(['request_state', queue.get(store, request.id).state]), flush=True)
+row = takeovers.submit(store, profile='alpha', kind=takeovers.TAKEOVER, home=sys.argv[2], requested_by='test')
+passes('takeover')
+print(json.dumps(['takeover_state', takeovers.get(store, row.id).state]), flush=True)
+config = sources.SourceConfig('default', 'git', sys.argv[2], 'main', 'fleet.yaml', 60.0, 30.0)
+sources.set_source(store, config, by='test', at=time.time())
+sources.suspend_source(store, 'default', reason='test', by='test', at=time.time())
+passes('source')
+desired, _ = reconciler.source.current()
+spec = dataclasses.replace(desired.spec, metrics=MetricsSpec(textfile=sys.argv[3]))
+record_manifest(store, types.SimpleNamespace(spec=spec, digest='with metrics'), {'revision': '2'}, prune=True,
+                source='test', lift_down=False)
+passes('metrics')
+print(json.dumps(['counted', metrics.counters.reconciles]), flush=True)
+"""
+
+
+def test_the_optional_features_load_only_with_their_first_work(tmp_path):
+    """A fleet without maintenance requests, take-overs, a git source or metrics never imports their code; each
+    loads with the fleet's first work for it, and does that work in the same pass. The pass counters count
+    from the start, so metrics turned on later see every pass."""
+    from fleet.controller.record import record_manifest
+    from fleet.spec.load import load_manifest
+    from fleet.store.db import Store
+    from fleet.store.layout import ensure_state_dir
+
+    state = StateDir(tmp_path / "state")
+    ensure_state_dir(state)
+    manifest = tmp_path / "fleet.yaml"
+    manifest.write_text(f"""version: 1
+name: lazy
+hermes: {{home: {tmp_path / 'home'}}}
+profiles:
+  alpha:
+    driver: process
+    command: ["{sys.executable}", "-c", "pass"]
+    suspend: true
+""")
+    store = Store(state.db)
+    record_manifest(store, load_manifest(str(manifest)), {"revision": "1"}, prune=True, source="test",
+                    lift_down=False)
+    store.close()
+    textfile = tmp_path / "fleet.prom"
+    out = subprocess.run([sys.executable, "-c", _PASSES, str(state.root), str(tmp_path / "home"), str(textfile)],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    seen = dict(json.loads(line) for line in out.stdout.splitlines())
+    assert seen["none"] == []
+    assert seen["maintenance"] == ["fleet.controller.maintenance_tick"]
+    assert seen["request_state"] == "cancelled"  # handled: the profile is suspended
+    assert seen["takeover"] == ["fleet.controller.maintenance_tick", "fleet.controller.takeover_tick",
+                                "fleet.service.unit_control"]
+    assert seen["takeover_state"] == "rolled_back"  # handled: nothing changed, alpha is no hermes-driver profile
+    assert "fleet.controller.source_follow" in seen["source"] and "fleet.controller.telemetry" not in seen["source"]
+    assert {"fleet.controller.telemetry", "fleet.controller.metrics_snapshot"} <= set(seen["metrics"])
+    assert seen["counted"] == 15
+    written = [line for line in textfile.read_text().splitlines() if line.startswith("hermes_fleet_reconcile_total")]
+    assert len(written) == 1 and float(written[0].split()[-1]) >= 13, written  # the 12 passes before metrics too

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from fleet import __version__
 from fleet.controller.bookkeeping import StoreBookkeeping
 from fleet.controller.fence_watch import FenceWatch
+from fleet.controller.idle import IDLE_POLL_SECONDS
 from fleet.controller.log import log
-from fleet.controller.maintenance_tick import IDLE_POLL_SECONDS
+from fleet.controller.metrics_on_demand import MetricsOnDemand
 from fleet.controller.reconcile import PassResult, Reconciler
-from fleet.controller.telemetry import Telemetry
 from fleet.controller.wakeups import Wakeups
 from fleet.execute.logs import LogGuard
 from fleet.platform.base import Platform
@@ -77,7 +77,7 @@ class Controller:
         reconciler = Reconciler(self.state, store, self.platform, epoch=epoch, fence=fenced,
                                 bookkeeping=bookkeeping, clock=self.clock)
         log_guard = LogGuard(str(self.state.logs))
-        telemetry = Telemetry(self.state, store, epoch, self.clock)
+        telemetry = MetricsOnDemand(self.state, store, epoch, self.clock)
         try:
             self._loop(reconciler, wakeups, notifier, log_guard, telemetry)
         finally:
@@ -106,7 +106,7 @@ class Controller:
         self.platform.on_stop_request(on_stop_request)
 
     def _loop(self, reconciler: Reconciler, wakeups: Wakeups, notifier: SdNotify, log_guard: LogGuard,
-              telemetry: Telemetry) -> None:
+              telemetry: MetricsOnDemand) -> None:
         """Only waits and calls the pass: at once after a pass that acted, else until something wakes it."""
         fenced, bookkeeping = reconciler.fence, reconciler.bookkeeping
         ready_sent = False

@@ -1,5 +1,5 @@
-"""The controller's side of the maintenance queue: track idleness, move requests through their
-states, cancel those whose profile is gone, and run update commands (once per request).
+"""The controller's side of the maintenance queue: move requests through their states, cancel those whose
+profile is gone, and run update commands (once per request). Idleness is tracked apart (fleet/controller/idle.py).
 
 An update command runs in a thread of its own, which never writes the store: it hands its outcome to the
 controller's pass, whose store connection keeps what it writes in memory while the store refuses writes (a full
@@ -29,40 +29,6 @@ from fleet.store.layout import StateDir
 
 OUTPUT_TAIL = 4000
 UPDATE_TIMEOUT = 30 * 60.0
-IDLE_POLL_SECONDS = 5.0
-
-
-def track_idle(store: Store, observed: Observed, now: float) -> None:
-    """idle_since: set at the first idle observation, cleared by any sign of work (Hermes has no
-    last-activity field, so a rewrite of its status during an idle spell counts as activity)."""
-    for name, obs in observed.profiles.items():
-        fields = _idle_changes(obs, now)
-        if fields:
-            store.update_history(name, **fields)
-
-
-def _idle_changes(obs: ProfileObservation, now: float) -> dict:
-    h = obs.history
-    activity = obs.status.activity_at if obs.status else None
-    moved = activity is not None and h.activity_seen is not None and activity > h.activity_seen
-    idle = _looks_idle(obs)
-    fields: dict[str, float | None] = {}
-    if activity is not None and activity != h.activity_seen:
-        fields["activity_seen"] = activity
-    if idle and (h.idle_since is None or moved):
-        fields["idle_since"] = now
-    elif not idle and h.idle_since is not None:
-        fields["idle_since"] = None
-    return fields
-
-
-def _looks_idle(obs: ProfileObservation) -> bool:
-    st = obs.status
-    if obs.process is None or obs.history.drain_intent:
-        return False
-    if st is None:
-        return True  # a process-driver child without the state contract: nothing says busy
-    return st.state in ("running", None) and not st.active
 
 
 @dataclass(frozen=True)

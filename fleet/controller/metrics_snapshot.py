@@ -3,51 +3,15 @@ rows `status` computes (controller/status.py), so a dashboard and `status` never
 
 from __future__ import annotations
 
-import bisect
 import platform as pyplatform
 from dataclasses import dataclass
 
 from fleet import __version__
+from fleet.controller.pass_counters import PassCounters
 from fleet.controller.reconcile import PassResult
 from fleet.controller.status import ProfileStatus, SourceStatus, profile_rows, settled
-from fleet.metrics.catalog import DURATION_BUCKETS
 from fleet.metrics.model import FleetMetrics, Histogram, ProcessMetrics, ProfileMetrics, SourceMetrics
 from fleet.observe.model import Observed
-
-
-class PassCounters:
-    """Counted on every pass whether or not metrics are on (a few integer additions); they start at 0
-    with each controller, which Prometheus' rate() and increase() expect of counters."""
-
-    def __init__(self) -> None:
-        self.reconciles = 0
-        self.buckets = [0] * len(DURATION_BUCKETS)
-        self.duration_sum = 0.0
-        self.actions: dict[str, int] = {}
-        self.errors: dict[str, int] = {}
-        self.per_profile: dict[str, dict[str, int]] = {}
-
-    def count(self, result: PassResult, seconds: float) -> None:
-        self.reconciles += 1
-        self.duration_sum += seconds
-        for i in range(bisect.bisect_left(DURATION_BUCKETS, seconds), len(DURATION_BUCKETS)):
-            self.buckets[i] += 1
-        for action in result.attempted:
-            if action.kind in ("wait", "keep", "conflict"):
-                continue
-            self.actions[action.kind] = self.actions.get(action.kind, 0) + 1
-            mine = self.per_profile.setdefault(action.profile, {})
-            mine[action.kind] = mine.get(action.kind, 0) + 1
-        for action in result.failed:
-            self.errors[action.kind] = self.errors.get(action.kind, 0) + 1
-
-    def histogram(self) -> Histogram:
-        return Histogram(tuple(self.buckets), self.reconciles, self.duration_sum)
-
-    def forget_missing(self, names: set[str]) -> None:
-        """A profile gone from the fleet takes its series with it (cardinality stays the fleet's size)."""
-        for name in [n for n in self.per_profile if n not in names]:
-            del self.per_profile[name]
 
 
 class PhaseClock:
@@ -103,7 +67,7 @@ def build_snapshot(result: PassResult, counters: PassCounters, phases: PhaseCloc
         generation=facts.generation, digest=facts.digest, commit=facts.commit,
         observed_generation=observed_generation,
         converged=settled(rows, result.plan) and not result.attempted,
-        reconciles=counters.reconciles, duration=counters.histogram(), last_reconcile_at=ended,
+        reconciles=counters.reconciles, duration=_histogram(counters), last_reconcile_at=ended,
         actions=tuple(counters.actions.items()), action_errors=tuple(counters.errors.items()),
         maintenance=_maintenance_counts(observed), maintenance_oldest_at=_oldest_request(observed),
         store_degraded=store_degraded,
@@ -111,6 +75,10 @@ def build_snapshot(result: PassResult, counters: PassCounters, phases: PhaseCloc
         source=None if source is None else SourceMetrics(sync=str(source.sync), failing=source.failing,
                                                          last_fetch_at=source.source.fetched_at),
         process=process)
+
+
+def _histogram(counters: PassCounters) -> Histogram:
+    return Histogram(tuple(counters.buckets), counters.reconciles, counters.duration_sum)
 
 
 def rows_of(result: PassResult, now: float) -> tuple[ProfileStatus, ...]:

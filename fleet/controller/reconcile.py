@@ -12,10 +12,9 @@ from fleet.controller.claims import HomeClaims
 from fleet.controller.desired import DesiredSource
 from fleet.controller.fence_watch import FenceWatch
 from fleet.controller.holds import Holds
+from fleet.controller.idle import track_idle
 from fleet.controller.log import log
-from fleet.controller.maintenance_tick import MaintenanceTick, track_idle
-from fleet.controller.source_follow import SourceFollower
-from fleet.controller.takeover_tick import TakeoverTick
+from fleet.controller.on_demand import MaintenanceOnDemand, SourceOnDemand, TakeoversOnDemand
 from fleet.execute.executor import Executor
 from fleet.observe.model import Observed, ProfileObservation
 from fleet.observe.observer import Observer
@@ -91,11 +90,12 @@ class Reconciler:
         self.observer = Observer(state, store, platform)
         self.executor = Executor(state, store, platform, epoch=epoch, spec_of=lambda n: self.specs.get(n),
                                  clock=clock)
-        self.maintenance = MaintenanceTick(str(state.db), store, epoch)
+        # Most fleets never use these: each loads with the first work for it (fleet/controller/on_demand.py).
+        self.maintenance = MaintenanceOnDemand(str(state.db), store, epoch)
         self.claims = HomeClaims(state, store, epoch)
-        self.takeovers = TakeoverTick(state, store, platform, epoch)
+        self.takeovers = TakeoversOnDemand(state, store, platform, epoch)
         self.holds = Holds()
-        self.follower = SourceFollower(state, store, platform, epoch=epoch, clock=clock, fenced=fence.breached)
+        self.follower = SourceOnDemand(state, store, platform, epoch=epoch, clock=clock, fenced=fence.breached)
         self.scan = True  # look at the process table in the next pass
         self.retained_at: float | None = None
         self.failed: list[Action] = []  # this pass's actions that raised
@@ -105,7 +105,7 @@ class Reconciler:
 
     def request_sync(self) -> None:
         """`hermes-fleet sync` (or a source's change): fetch the followed source in this pass."""
-        self.follower.wanted = True
+        self.follower.want_fetch()
 
     def reconcile_once(self, now: float) -> PassResult:
         # The source first: a commit it records now is this very pass's desired state.

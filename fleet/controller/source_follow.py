@@ -130,8 +130,13 @@ class SourceFollower:
         try:
             return self._step(now)
         except Exception as exc:  # noqa: BLE001 - following a source never stops the fleet
-            log(f"source: {type(exc).__name__}: {exc}")
-            return now + STEP_ERROR_RETRY
+            return self.step_failed(exc, now)
+
+    @staticmethod
+    def step_failed(exc: Exception, now: float) -> float:
+        """A step that raised is said in the log and tried again later."""
+        log(f"source: {type(exc).__name__}: {exc}")
+        return now + STEP_ERROR_RETRY
 
     def close(self) -> None:
         """The controller leaves: a fetch in flight is ended with its group, nothing is left behind."""

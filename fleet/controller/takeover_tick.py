@@ -70,9 +70,11 @@ class TakeoverTick:
         self.runner = runner or command_runner()
         self.managers = managers or (lambda unit: manager_for(unit, self.runner))
 
-    def advance(self, desired: Desired, observed: Observed, attempted: tuple[Action, ...], now: float) -> float | None:
-        """One step of every open row; when the controller should look again (None: nothing is under way)."""
-        rows = tk.open_takeovers(self.store)
+    def advance(self, desired: Desired, observed: Observed, attempted: tuple[Action, ...], now: float, *,
+                rows: list[Takeover] | None = None) -> float | None:
+        """One step of every open row (`rows`: those the caller has just read); when the controller should look
+        again (None: nothing is under way)."""
+        rows = tk.open_takeovers(self.store) if rows is None else rows
         touched = {a.profile for a in attempted}
         self.moved = False
         for row in rows:

@@ -1,7 +1,8 @@
 """The controller's metrics, as fleet.yaml's `metrics` asks: an HTTP endpoint and a node_exporter textfile,
 reconciled like any desired state (started, moved, stopped when the manifest changes; a failed bind retried).
 
-Nothing of it loads unless a manifest asks for it, and nothing here can stall the loop: the endpoint runs in
+Nothing of it loads unless a manifest asks for it (fleet/controller/metrics_on_demand.py, which also removes a
+killed predecessor's .metrics.json at start), and nothing here can stall the loop: the endpoint runs in
 its own thread on bytes published after each pass, and every failure is reported, never raised."""
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fleet.controller.log import log
-from fleet.controller.metrics_snapshot import (
-    GenerationFacts, PassCounters, PhaseClock, build_snapshot, process_metrics, rows_of,
-)
+from fleet.controller.metrics_snapshot import GenerationFacts, PhaseClock, build_snapshot, process_metrics, rows_of
+from fleet.controller.pass_counters import PassCounters
 from fleet.controller.reconcile import PassResult
 from fleet.controller.status import source_status
 from fleet.spec.model import MetricsSpec
@@ -36,12 +36,13 @@ MIN_ALIVE_SECONDS = 60.0  # /healthz: the next pass is due within 3x the loop's 
 
 
 class Telemetry:
-    def __init__(self, state: StateDir, store: Store, epoch: int, clock: Callable[[], float] = time.time):
+    def __init__(self, state: StateDir, store: Store, epoch: int, clock: Callable[[], float] = time.time, *,
+                 counters: PassCounters | None = None):
         self.state = state
         self.store = store
         self.epoch = epoch
         self.clock = clock
-        self.counters = PassCounters()
+        self.counters = counters if counters is not None else PassCounters()  # the passes before it was loaded
         self.phases = PhaseClock()
         self.spec = MetricsSpec()
         self.server: MetricsServer | None = None
@@ -53,10 +54,6 @@ class Telemetry:
         self.facts: GenerationFacts | None = None
         self.published: Published | None = None
         self.reported = EndpointState()
-        try:
-            os.unlink(state.metrics_status)  # a killed predecessor's word on its own listener
-        except OSError:
-            pass
         self.process: psutil.Process | None = None
 
     # -- each pass --------------------------------------------------------------------------

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fleet.metrics.buckets import DURATION_BUCKETS
+
 PREFIX = "hermes_fleet_"
 
 PHASES = ("Running", "Starting", "Backoff", "Draining", "Stopped", "Failed", "Suspended", "Waiting", "Missing",
@@ -16,7 +18,6 @@ SOURCE_STATUSES = ("Synced", "OutOfSync", "Suspended", "Unknown")
 EXIT_CLASSES = ("crash", "killed", "unknown", "clean", "planned", "restart_now", "fatal_config", "startup_failed")
 ACTION_KINDS = ("spawn", "adopt", "replace", "drain", "kill", "reclaim", "update")
 MAINTENANCE_STATES = ("pending", "waiting", "draining")
-DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 @dataclass(frozen=True)
