@@ -209,9 +209,8 @@ def test_a_saved_plan_decides_its_manifest_options_and_state_directory(tmp_path)
 def test_the_generation_is_checked_again_where_it_is_recorded(tmp_path):
     """`apply PLAN` records only while the store is at the plan's generation, checked in the transaction
     that records: an apply that lands between the checks and the record is not overwritten."""
-    import typer
-
     from fleet.cli.apply_cmd import _record as record_for_apply
+    from fleet.cli.console import Exit
     from fleet.cli.saved_plan import read_plan
     from fleet.controller.plan_report import plan_report
     from fleet.controller.preview import preview
@@ -228,7 +227,7 @@ def test_the_generation_is_checked_again_where_it_is_recorded(tmp_path):
     finally:
         store.close()
     _record(_manifest(tmp_path, _gamma(key="other"), name="other.yaml"), state)  # lands in between
-    with pytest.raises(typer.Exit) as refused:
+    with pytest.raises(Exit) as refused:
         record_for_apply(manifest, state_dir, report, prune=True, saved=saved, source=None, output="text")
     assert refused.value.exit_code == 3
     assert _generation(state) == 1

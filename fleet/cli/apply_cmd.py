@@ -7,15 +7,15 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-import typer
-
 from fleet.cli.common import (
-    EXIT_FAILED, EXIT_OK, EXIT_QUEUED, EXIT_REFUSED, FileOption, OutputOption, StateDirOption,
-    check_output, emit_json, fail, load_or_exit, open_store, state_for, timeout_option,
+    EXIT_FAILED, EXIT_OK, EXIT_QUEUED, EXIT_REFUSED, FILE, OUTPUT, STATE_DIR, check_output, emit_json, fail,
+    load_or_exit, open_store, state_for, timeout_option,
 )
+from fleet.cli.console import Exit, echo
+from fleet.cli.declared import Arg, Opt, declare
 from fleet.cli.controller_client import ensure_controller
 from fleet.cli.gitinfo import guard_problem, revision_of, valid_revision
-from fleet.cli.source_cmd import followed_source, one_writer_refusal
+from fleet.cli.source_view import followed_source, one_writer_refusal
 from fleet.cli.saved_plan import (
     PlanFileError, SavedPlan, action_change, process_change, read_plan, short_digest, tool_change,
 )
@@ -50,34 +50,41 @@ Exit codes:
      disruption budget is progress, and apply waits for it)
   5  superseded by a newer generation (another apply) before it converged"""
 
-PlanArgument = typer.Argument(None, metavar="PLAN", show_default=False,
-                              help="A plan saved by `diff --out PLAN`: carry out exactly that plan (its manifest, "
-                                   "its options), or refuse with exit 3 when anything it was computed from has "
-                                   "changed since.")
-
-
+@declare(
+    Arg("plan_file", "A plan saved by `diff --out PLAN`: carry out exactly that plan (its manifest, its options), "
+        "or refuse with exit 3 when anything it was computed from has changed since.", metavar="PLAN",
+        show_default=False),
+    FILE, STATE_DIR,
+    Opt("prune", ("--prune",), "Drain profiles removed from the manifest (default) or defer that.",
+        negative=("--no-prune",)),
+    Opt("allow_empty", ("--allow-empty",), "Allow a manifest with no profiles to drain a running fleet."),
+    Opt("wait", ("--wait",), "Wait until the fleet has converged (default).", negative=("--no-wait",)),
+    Opt("timeout", ("--timeout",), "How long --wait waits, e.g. 90s, 5m."),
+    Opt("require_clean", ("--require-clean",), "Refuse unless the manifest's git work tree is clean: no tracked "
+        "file changed, the manifest committed."),
+    Opt("check_revision", ("--check-revision",), "Refuse unless the manifest's git HEAD is SHA (at least 7 hex "
+        "digits).", metavar="SHA"),
+    Opt("force", ("--force",), "When the fleet follows a git source (`source set`): suspend the source and apply "
+        "this file anyway."),
+    Opt("take_over", ("--take-over",), "Take over the profiles that Hermes' own service (systemd unit, "
+        "LaunchAgent, scheduled task) runs now, instead of refusing: as `hermes-fleet takeover P` does, each "
+        "rolled back if anything fails."),
+    OUTPUT,
+)
 def apply(
-    ctx: typer.Context,
-    plan_file: Path | None = PlanArgument,
-    file: Path = FileOption,
-    state_dir: str | None = StateDirOption,
-    prune: bool = typer.Option(True, "--prune/--no-prune", help="Drain profiles removed from the manifest (default) or defer that."),
-    allow_empty: bool = typer.Option(False, "--allow-empty", help="Allow a manifest with no profiles to drain a running fleet."),
-    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the fleet has converged (default)."),
-    timeout: str = typer.Option("5m", "--timeout", help="How long --wait waits, e.g. 90s, 5m."),
-    require_clean: bool = typer.Option(False, "--require-clean",
-                                       help="Refuse unless the manifest's git work tree is clean: no tracked file "
-                                            "changed, the manifest committed."),
-    check_revision: str | None = typer.Option(None, "--check-revision", metavar="SHA",
-                                              help="Refuse unless the manifest's git HEAD is SHA (at least 7 hex "
-                                                   "digits)."),
-    force: bool = typer.Option(False, "--force", help="When the fleet follows a git source (`source set`): "
-                               "suspend the source and apply this file anyway."),
-    take_over: bool = typer.Option(False, "--take-over",
-                                   help="Take over the profiles that Hermes' own service (systemd unit, "
-                                        "LaunchAgent, scheduled task) runs now, instead of refusing: as "
-                                        "`hermes-fleet takeover P` does, each rolled back if anything fails."),
-    output: str = OutputOption,
+    plan_file: Path | None = None,
+    file: Path = Path("fleet.yaml"),
+    state_dir: str | None = None,
+    prune: bool = True,
+    allow_empty: bool = False,
+    wait: bool = True,
+    timeout: str = "5m",
+    require_clean: bool = False,
+    check_revision: str | None = None,
+    force: bool = False,
+    take_over: bool = False,
+    output: str = "text",
+    given: frozenset[str] = frozenset(),
 ) -> None:
     """Converge the host to the manifest, or carry out a saved plan.
 
@@ -101,7 +108,7 @@ def apply(
     wait_for = timeout_option(timeout)
     if check_revision is not None and not valid_revision(check_revision):
         fail(f"--check-revision: {check_revision!r} is not a commit id: give at least 7 hex digits of it")
-    saved = _read_saved_plan(ctx, plan_file) if plan_file is not None else None
+    saved = _read_saved_plan(given, plan_file) if plan_file is not None else None
     if saved is not None:
         file, prune, allow_empty = Path(saved.manifest_path), saved.prune, saved.allow_empty
     problem = guard_problem(str(file), require_clean=require_clean, check_revision=check_revision)
@@ -121,8 +128,8 @@ def apply(
         refuse(report, output)
     if output == "text":
         from fleet.cli.render_plan import render_text
-        typer.echo(render_text(report))
-        typer.echo("")
+        echo(render_text(report))
+        echo("")
     generation, created, ids = _record(manifest, state, report, prune=prune, saved=saved, source=source,
                                        output=output, take_over=taken)
     if not ids:
@@ -132,9 +139,9 @@ def apply(
     try:
         hand_over(state, generation, created, kind="apply", wait=wait, wait_for=wait_for, output=output,
                   note=f"; taking over {', '.join(taken)}", extra={"takeovers": ids})
-    except typer.Exit as done:
+    except Exit as done:
         left = max(0.0, wait_for - (time.monotonic() - began))
-        raise typer.Exit(report_after_apply(state, ids, done.exit_code, left, output == "text") if wait
+        raise Exit(report_after_apply(state, ids, done.exit_code, left, output == "text") if wait
                          else done.exit_code) from None
 
 
@@ -154,13 +161,13 @@ def hand_over(state: StateDir, generation: int, created: bool, *, kind: str, wai
     except RuntimeError as exc:
         fail(str(exc), EXIT_FAILED)
     if output == "text":
-        typer.echo(f"generation {generation} recorded{note}; controller pid {pid} {'started' if started else 'notified'}")
+        echo(f"generation {generation} recorded{note}; controller pid {pid} {'started' if started else 'notified'}")
     head = {"format_version": "1.0", "kind": kind}
     if not wait:
         if output == "json":
             emit_json({**head, "result": "accepted", "generation": generation, "changed": created, **(extra or {}),
                        "controller_pid": pid})
-        raise typer.Exit(EXIT_OK)
+        raise Exit(EXIT_OK)
     code, status = _wait(state, generation, wait_for, output)
     if output == "json":
         emit_json({**head, "generation": generation, "changed": created, **(extra or {}),
@@ -170,7 +177,7 @@ def hand_over(state: StateDir, generation: int, created: bool, *, kind: str, wai
                    **({"superseded_by": status.controller.generation} if code == EXIT_SUPERSEDED else {}),
                    "profiles": [{"name": p.name, "phase": p.phase, "pid": p.pid, "note": p.note}
                                 for p in status.profiles]})
-    raise typer.Exit(code)
+    raise Exit(code)
 
 
 def _plan(manifest: Manifest, state: StateDir, *, prune: bool, allow_empty: bool) -> PlanReport:
@@ -229,12 +236,11 @@ def _submit_take_overs(store: Store, manifest: Manifest, names: list[str], outpu
 
 # -- saved plans ----------------------------------------------------------------------------------------
 
-def _read_saved_plan(ctx: typer.Context, plan_file: Path) -> SavedPlan:
+def _read_saved_plan(given: frozenset[str], plan_file: Path) -> SavedPlan:
     """The plan file, refusing the options a saved plan decided already (Terraform: no planning options with a
     saved plan): the manifest, --prune, --allow-empty."""
     for name, spelling in (("file", "-f/--file"), ("prune", "--prune/--no-prune"), ("allow_empty", "--allow-empty")):
-        source = ctx.get_parameter_source(name)
-        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+        if name in given:
             fail(f"{spelling} cannot be given with a saved plan: the plan names its manifest and options "
                  f"(make it again with `hermes-fleet diff --out`)")
     try:
@@ -312,7 +318,7 @@ def _suspend_for_force(store: Store, source: Source, file: str | Path, output: s
     store.journal("source_suspended", f"source {source.name} suspended: {reason}",
                   data={"source": source.name, "reason": reason})
     if output == "text":
-        typer.echo(f"source {source.name} suspended ({reason}); `hermes-fleet source resume` hands the fleet back "
+        echo(f"source {source.name} suspended ({reason}); `hermes-fleet source resume` hands the fleet back "
                    f"to {source.ref} of {source.url}", err=True)
 
 
@@ -328,8 +334,8 @@ def refuse_with(reason: str, output: str, kind: str = "apply", check: str | None
         emit_json({"format_version": "1.0", "kind": kind, "result": "refused", **({"check": check} if check else {}),
                    **fields, "message": reason})
     else:
-        typer.echo(f"Refused: {reason}", err=True)
-    raise typer.Exit(EXIT_REFUSED)
+        echo(f"Refused: {reason}", err=True)
+    raise Exit(EXIT_REFUSED)
 
 
 # Gates that do not open by themselves soon: a person's agents going idle, a maintenance window,
@@ -351,7 +357,7 @@ def _wait(state, generation: int, timeout: float, output: str):
     while True:
         status = fleet_status(state, platform, time.time())
         if status.controller.generation != generation:
-            typer.echo(f"generation {generation} superseded by "
+            echo(f"generation {generation} superseded by "
                        f"{_describe_generation(state, status.controller.generation)}; not waiting for it", err=True)
             return EXIT_SUPERSEDED, status
         if text:
@@ -370,7 +376,7 @@ def _echo_phase_changes(status, seen: dict[str, str]) -> None:
         line = f"{p.phase}" + (f" (pid {p.pid})" if p.pid else "") + (f" {p.note}" if p.note and p.phase != "Running" else "")
         if seen.get(p.name) != line:
             seen[p.name] = line
-            typer.echo(f"  {p.name}: {line}")
+            echo(f"  {p.name}: {line}")
 
 
 def _outcome(status, text: bool) -> int | None:
@@ -378,16 +384,16 @@ def _outcome(status, text: bool) -> int | None:
     lasting gate; None while it is still on its way."""
     if status.converged:
         if text:
-            typer.echo(f"Converged: {sum(1 for p in status.profiles if p.phase == 'Running')} running.")
+            echo(f"Converged: {sum(1 for p in status.profiles if p.phase == 'Running')} running.")
         return EXIT_OK
     if status.failed:
         if text:
             for p in status.failed:
-                typer.echo(f"Failed: {p.name}: {p.note}", err=True)
+                echo(f"Failed: {p.name}: {p.note}", err=True)
         return EXIT_FAILED
     if _held_by_lasting_gates(status):
         if text:
-            typer.echo("Accepted; waiting on gates: " + ", ".join(f"{p.name} ({p.note})" for p in status.gated))
+            echo("Accepted; waiting on gates: " + ", ".join(f"{p.name} ({p.note})" for p in status.gated))
         return EXIT_QUEUED
     return None
 
@@ -396,12 +402,12 @@ def _stalled(state, status, deadline: float, text: bool) -> int | None:
     """The wait cannot end well: the controller is gone, or the time is up."""
     if not status.controller.running:
         if text:
-            typer.echo("The controller is not running; see its log: " + str(state.controller_log), err=True)
+            echo("The controller is not running; see its log: " + str(state.controller_log), err=True)
         return EXIT_FAILED
     if time.monotonic() >= deadline:
         if text:
             pending = [p for p in status.profiles if p.action.kind != "keep"]
-            typer.echo("Timed out waiting for: " + ", ".join(f"{p.name} ({p.note})" for p in pending), err=True)
+            echo("Timed out waiting for: " + ", ".join(f"{p.name} ({p.note})" for p in pending), err=True)
         return EXIT_FAILED
     return None
 

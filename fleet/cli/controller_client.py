@@ -7,7 +7,6 @@ import sys
 import time
 
 from fleet.controller.status import controller_status
-from fleet.platform.wake import send_wake
 from fleet.platform import controller_process, current_platform
 from fleet.store.db import Store
 from fleet.store.files import open_append
@@ -65,6 +64,8 @@ def ensure_controller(state: StateDir) -> tuple[int, bool]:
     """(pid, started_now)."""
     pid = running_controller_pid(state)
     if pid is not None:
+        from fleet.platform.wake import send_wake  # `apply` wakes the controller; `status`, which imports this too, never does
+
         send_wake(state)
         return pid, False
     return start_detached(state), True

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import typer
 
-from fleet.cli.common import EXIT_FAILED, FileOption, StateDirOption, fail, open_store, state_for
+from fleet.cli.console import Exit, echo
+from fleet.cli.common import (
+    EXIT_FAILED, fail, open_store, state_for,
+)
+from fleet.cli.options import FileOption, StateDirOption
 from fleet.cli.controller_client import stop_controller
 from fleet.controller.status import held_down_message
 
@@ -31,7 +35,7 @@ def controller_run(
     state = state_for(state_dir, file, manifest)
     if manifest is not None:
         from fleet.cli.gitinfo import revision_of
-        from fleet.cli.source_cmd import followed_source
+        from fleet.cli.source_view import followed_source
         from fleet.controller.record import record_manifest
         store = open_store(state, write=True)
         try:
@@ -44,12 +48,12 @@ def controller_run(
         if source is not None:
             # One writer: the branch. A service unit's `-f` must not overwrite the source's generation at
             # every restart, nor keep the controller from starting.
-            typer.echo(f"hermes-fleet: the fleet follows source {source.name} ({source.ref} of {source.url}); "
+            echo(f"hermes-fleet: the fleet follows source {source.name} ({source.ref} of {source.url}); "
                        f"{file} is not recorded (`hermes-fleet source suspend` hands the fleet to local files)",
                        err=True)
         elif recorded is not None and recorded.held_down:
             # The service log is where an operator looks when a rebooted host runs no gateway.
-            typer.echo(f"hermes-fleet: {held_down_message(recorded.held_down, time.time())}", err=True)
+            echo(f"hermes-fleet: {held_down_message(recorded.held_down, time.time())}", err=True)
     import sys
     # exec keeps the PID (systemd's MainPID) and sheds the CLI's imports from the resident process.
     os.execv(sys.executable, [sys.executable, "-m", "fleet.controller", "--state-dir", str(state.root)])
@@ -64,6 +68,6 @@ def controller_stop(state_dir: str | None = StateDirOption, file: Path = FileOpt
     except RuntimeError as exc:
         fail(str(exc), EXIT_FAILED)
     if pid is None:
-        typer.echo(f"no controller is running for {state.root}")
-        raise typer.Exit(EXIT_FAILED)
-    typer.echo(f"controller pid {pid} stopped; gateways left running")
+        echo(f"no controller is running for {state.root}")
+        raise Exit(EXIT_FAILED)
+    echo(f"controller pid {pid} stopped; gateways left running")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from fleet.cli.console import Exit, echo
 from fleet.export.base import GENERATED_MARKER, Export, ExportError, Target
 from fleet.export.kubernetes import DEFAULT_IMAGE, DEFAULT_STORAGE_SIZE, KubernetesTarget
 from fleet.export.systemd import DEFAULT_SYSTEMD_VERSION, SystemdTarget
@@ -98,22 +99,22 @@ def export_command(
         result = renderer.render(manifest.spec)
     except ManifestError as exc:
         for problem in exc.problems:
-            typer.echo(problem.render(), err=True)
-        raise typer.Exit(EXIT_USAGE) from None
+            echo(problem.render(), err=True)
+        raise Exit(EXIT_USAGE) from None
     except ExportError as exc:
         _fail(str(exc))
 
     if output == "-":
-        typer.echo(result.stream, nl=False)
+        echo(result.stream, nl=False)
     else:
         _write_directory(result, Path(output).expanduser())
     for note in result.notes:
-        typer.echo(f"note: {note.one_line()}", err=True)
+        echo(f"note: {note.one_line()}", err=True)
 
 
 def _fail(message: str) -> None:
-    typer.echo(f"hermes-fleet export: {message}", err=True)
-    raise typer.Exit(EXIT_USAGE)
+    echo(f"hermes-fleet export: {message}", err=True)
+    raise Exit(EXIT_USAGE)
 
 
 def _write_directory(result: Export, folder: Path) -> None:
@@ -124,11 +125,11 @@ def _write_directory(result: Export, folder: Path) -> None:
         for rendered in result.files:
             path = folder / rendered.path
             changed = _write_atomically(path, rendered.text)
-            typer.echo(f"{'wrote' if changed else 'unchanged'} {path}")
+            echo(f"{'wrote' if changed else 'unchanged'} {path}")
     except OSError as exc:
         _fail(f"cannot write into {folder}: {exc.strerror or exc}")
     for stale in _stale_files(result, folder):
-        typer.echo(f"hermes-fleet export: {stale} was generated earlier but is no longer part of the export "
+        echo(f"hermes-fleet export: {stale} was generated earlier but is no longer part of the export "
                    "(a profile left fleet.yaml?); remove it if so", err=True)
 
 

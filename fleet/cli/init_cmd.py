@@ -10,7 +10,11 @@ from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
-from fleet.cli.common import EXIT_ERROR, EXIT_OK, EXIT_REFUSED, OutputOption, check_output, emit_json, fail
+from fleet.cli.console import Exit, echo
+from fleet.cli.common import (
+    EXIT_ERROR, EXIT_OK, EXIT_REFUSED, check_output, emit_json, fail,
+)
+from fleet.cli.options import OutputOption
 
 if TYPE_CHECKING:
     from fleet.observe.discovery import Host
@@ -88,20 +92,20 @@ def init(
     if output == "json":
         emit_json(discovery_json(discovery, path=str(file), written=written, text=text))
     elif dry_run:
-        typer.echo(text, nl=False)
+        echo(text, nl=False)
         for line in summary_lines(discovery, str(file), written=False):
-            typer.echo(line, err=True)
+            echo(line, err=True)
     else:
-        typer.echo("\n".join(summary_lines(discovery, str(file), written=True)))
-    raise typer.Exit(EXIT_OK)
+        echo("\n".join(summary_lines(discovery, str(file), written=True)))
+    raise Exit(EXIT_OK)
 
 
 def _refuse(message: str, output: str) -> NoReturn:
     if output == "json":
         emit_json({"format_version": "1.0", "kind": "init", "result": "refused", "message": message})
     else:
-        typer.echo(f"Refused: {message}", err=True)
-    raise typer.Exit(EXIT_REFUSED)
+        echo(f"Refused: {message}", err=True)
+    raise Exit(EXIT_REFUSED)
 
 
 def _validate(text: str, file: Path) -> None:
@@ -113,7 +117,7 @@ def _validate(text: str, file: Path) -> None:
         parse_manifest(text, str(file), base_dir=str(file.resolve().parent))
     except ManifestError as exc:
         for problem in exc.problems:
-            typer.echo(problem.render(), err=True)
+            echo(problem.render(), err=True)
         fail("the manifest init wrote is not valid (a bug in hermes-fleet init); nothing was written", EXIT_ERROR)
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import typer
 
 from fleet.cli.common import (
-    EXIT_ERROR, EXIT_FAILED, EXIT_OK, FileOption, OutputOption, StateDirOption, check_output, emit_json, fail,
-    state_for, utc
+    EXIT_ERROR, EXIT_FAILED, EXIT_OK, check_output, emit_json, fail, state_for, utc,
 )
+from fleet.cli.console import Exit, echo
+from fleet.cli.options import FileOption, OutputOption, StateDirOption
 from fleet.cli.controller_client import NO_CONTROLLER_HINT, running_controller_pid
 from fleet.controller.desired import DesiredSource
 from fleet.platform.wake import send_wake
@@ -137,14 +138,14 @@ def _print_answer(answer: dict, output: str) -> None:
         emit_json(answer)
         return
     if not answer["ok"]:
-        typer.echo(f"error ({answer['error']['code']}): {answer['error']['message']}", err=True)
+        echo(f"error ({answer['error']['code']}): {answer['error']['message']}", err=True)
         return
     req = answer["request"]
     verb = "merged into" if answer.get("merged") else "queued"
-    typer.echo(f"{verb} #{req['id']}: {req['action']} {req['profile']} — {req['state']}"
+    echo(f"{verb} #{req['id']}: {req['action']} {req['profile']} — {req['state']}"
                + (f", waiting on: {req['waiting_on']}" if req.get("waiting_on") else ""))
     if not answer["controller_running"]:
-        typer.echo(f"note: no controller is running; the request waits durably. {NO_CONTROLLER_HINT}", err=True)
+        echo(f"note: no controller is running; the request waits durably. {NO_CONTROLLER_HINT}", err=True)
 
 
 def _queue_cli(state, profiles: list[str], action: str, reason: str, idle_seconds: str | None, now: bool,
@@ -167,7 +168,7 @@ def _queue_cli(state, profiles: list[str], action: str, reason: str, idle_second
     if output == "json":
         emit_json(answers[0] if len(answers) == 1 else answers)
     if not all(a["ok"] for a in answers):
-        raise typer.Exit(EXIT_ERROR)
+        raise Exit(EXIT_ERROR)
 
 
 @maintenance_app.command("restart")
@@ -205,10 +206,10 @@ def cancel_cmd(request_id: int = typer.Argument(..., help="Request id."), output
     if output == "json":
         emit_json(answer)
     elif answer["ok"]:
-        typer.echo(f"#{request_id} cancelled")
+        echo(f"#{request_id} cancelled")
     else:
-        typer.echo(f"error ({answer['error']['code']}): {answer['error']['message']}", err=True)
-    raise typer.Exit(EXIT_OK if answer["ok"] else EXIT_FAILED)
+        echo(f"error ({answer['error']['code']}): {answer['error']['message']}", err=True)
+    raise Exit(EXIT_OK if answer["ok"] else EXIT_FAILED)
 
 
 @maintenance_app.command("status")
@@ -220,20 +221,20 @@ def status_cmd(output: str = OutputOption, all_: bool = typer.Option(False, "--a
     answer = handle(state_for(state_dir, file), {"action": "status"})
     if not answer["ok"]:
         _print_answer(answer, output)
-        raise typer.Exit(EXIT_ERROR)
+        raise Exit(EXIT_ERROR)
     reqs = [r for r in answer["requests"] if all_ or r["state"] in ("pending", "waiting", "draining")]
     if output == "json":
         emit_json({**answer, "requests": reqs})
         return
     if not answer["controller_running"]:
-        typer.echo(f"controller: NOT RUNNING — requests wait durably. {NO_CONTROLLER_HINT}")
+        echo(f"controller: NOT RUNNING — requests wait durably. {NO_CONTROLLER_HINT}")
     if not reqs:
-        typer.echo("no open maintenance requests" + ("" if all_ else " (--all shows finished ones)"))
+        echo("no open maintenance requests" + ("" if all_ else " (--all shows finished ones)"))
         return
     for r in reqs:
-        typer.echo(f"#{r['id']:<4} {r['action']:<8} {r['profile']:<12} {r['state']:<10} "
+        echo(f"#{r['id']:<4} {r['action']:<8} {r['profile']:<12} {r['state']:<10} "
                    f"{(r['waiting_on'] or r['outcome'] or '')}")
-        typer.echo(f"      reasons: {'; '.join(r['reasons'])}  (by {r['requested_by']}, {r['created_at']})")
+        echo(f"      reasons: {'; '.join(r['reasons'])}  (by {r['requested_by']}, {r['created_at']})")
 
 
 @maintenance_app.command("submit")
@@ -254,8 +255,8 @@ def submit_cmd(payload: str | None = typer.Option(None, "--json", help="The requ
     else:
         try:
             state = state_for(state_dir, file)
-        except typer.Exit:
+        except Exit:
             raise
         answer = handle(state, data)
-    typer.echo(json.dumps(answer, sort_keys=True))
-    raise typer.Exit(EXIT_OK if answer["ok"] else EXIT_FAILED)
+    echo(json.dumps(answer, sort_keys=True))
+    raise Exit(EXIT_OK if answer["ok"] else EXIT_FAILED)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +9,11 @@ import typer
 import yaml
 
 from fleet.cli.common import (
-    EXIT_ERROR, EXIT_FAILED, EXIT_OK, FileOption, OutputOption, StateDirOption, check_output, emit_json, fail,
-    load_or_exit, open_store, state_for,
+    EXIT_ERROR, check_output, emit_json, fail, load_or_exit, state_for,
 )
-from fleet.controller.plan_report import plan_report
-from fleet.controller.preview import preview
+from fleet.cli.console import Exit, echo
+from fleet.cli.options import FileOption, OutputOption, StateDirOption
 from fleet.execute.environment import PASSTHROUGH_ENV, PASSTHROUGH_PREFIXES
-from fleet.platform import current_platform
 from fleet.spec.codec import profile_to_dict
 from fleet.spec.errors import ManifestError
 from fleet.spec.load import Manifest, load_manifest
@@ -43,7 +40,7 @@ def validate(
         if output == "json":
             emit_json(_valid_json(paths[0], manifest))
         else:
-            typer.echo(_valid_text(paths[0], manifest))
+            echo(_valid_text(paths[0], manifest))
         return
     docs = []
     for path in paths:
@@ -53,18 +50,18 @@ def validate(
             docs.append({"file": str(path), "valid": False, "errors": [p.as_json() for p in exc.problems]})
             if output == "text":
                 for problem in exc.problems:
-                    typer.echo(problem.render(), err=True)
-                typer.echo(f"{len(exc.problems)} problem(s) in {path}", err=True)
+                    echo(problem.render(), err=True)
+                echo(f"{len(exc.problems)} problem(s) in {path}", err=True)
             continue
         docs.append({"file": str(path), "valid": True, "profiles": list(manifest.spec.names),
                      "digest": manifest.digest})
         if output == "text":
-            typer.echo(_valid_text(path, manifest))
+            echo(_valid_text(path, manifest))
     valid = all(d["valid"] for d in docs)
     if output == "json":
         emit_json({"format_version": "1.0", "kind": "validations", "valid": valid, "files": docs})
     if not valid:
-        raise typer.Exit(EXIT_ERROR)
+        raise Exit(EXIT_ERROR)
 
 
 def _valid_json(path: Path, manifest: Manifest) -> dict:
@@ -74,73 +71,6 @@ def _valid_json(path: Path, manifest: Manifest) -> dict:
 
 def _valid_text(path: Path, manifest: Manifest) -> str:
     return f"{path}: valid ({len(manifest.spec.profiles)} profiles: {', '.join(manifest.spec.names) or 'none'})"
-
-
-def diff(
-    file: Path = FileOption,
-    output: str = OutputOption,
-    profile: str | None = typer.Option(None, "--profile", help="Show only this profile."),
-    state_dir: str | None = StateDirOption,
-    prune: bool = typer.Option(True, "--prune/--no-prune", help="Plan drains of profiles removed from the manifest."),
-    allow_empty: bool = typer.Option(False, "--allow-empty", help="Plan as `apply --allow-empty` does: a manifest "
-                                     "with no profiles drains a running fleet."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also list unchanged profiles."),
-    exit_code: bool = typer.Option(True, "--exit-code/--no-exit-code", help="Exit 1 when changes are pending."),
-    out: Path | None = typer.Option(None, "--out", metavar="PLAN",
-                                    help="Also save the whole plan (every profile) to PLAN, mode 0600, for "
-                                         "`apply PLAN`; it names no secret value."),
-) -> None:
-    """Show what `apply` would do, without doing it.
-
-    Exit codes follow kubectl/GNU diff (not Terraform's -detailed-exitcode):
-    0 in sync, 1 changes pending (including waits), 2 error.
-    Secret env values (by name: TOKEN, KEY, SECRET, PASS...; by value: URLs with credentials,
-    JWTs, private keys, known token formats) are never printed: a rotated secret shows as
-    "(sensitive value changed)".
-
-    `--out PLAN` saves the plan with what it was computed from (the generation, the manifest's
-    digest, the processes it acts on); `apply PLAN` then carries out exactly it, or refuses
-    with exit 3 when any of that has changed.
-    """
-    check_output(output)
-    if out is not None and out.exists() and file.exists() and out.samefile(file):
-        fail(f"--out {out} is the manifest; save the plan to another file")
-    manifest = load_or_exit(file, output)
-    state = state_for(state_dir, file, manifest)
-    store = open_store(state, write=False)
-    try:
-        from fleet.cli.render_plan import render_json, render_text
-        pv = preview(manifest, state, store, current_platform(), time.time(), prune=prune, allow_empty=allow_empty)
-        store_id = store.meta("store_id")
-    finally:
-        store.close()
-    if profile and profile not in pv.observed.profiles and manifest.spec.profile(profile) is None:
-        fail(f"no profile named {profile!r} in {file} or the state directory")
-    report = plan_report(pv, profile)
-    if out is not None:
-        _save_plan(out, pv, state, store_id, prune=prune, allow_empty=allow_empty)
-    if output == "json":
-        emit_json(render_json(report))
-    else:
-        typer.echo(render_text(report, verbose=verbose))
-    if report.refusal:
-        raise typer.Exit(EXIT_ERROR if exit_code else EXIT_OK)
-    raise typer.Exit(EXIT_FAILED if report.changes and exit_code else EXIT_OK)
-
-
-def _save_plan(out: Path, pv, state, store_id: str | None, *, prune: bool, allow_empty: bool) -> None:
-    """The whole plan (whichever profile is shown), written for `apply PLAN`; a line on stderr says so, so that
-    `-o json` stays one document on stdout."""
-    from fleet.cli.saved_plan import plan_document, write_plan
-    doc = plan_document(plan_report(pv), pv.observed, pv.desired.spec.profiles, pv.previous.values(),
-                        state_dir=str(state.root), store_id=store_id, prune=prune, allow_empty=allow_empty)
-    try:
-        write_plan(out, doc)
-    except OSError as exc:
-        fail(f"cannot write the plan to {out}: {exc.strerror or exc}")
-    note = "" if doc["plan"]["applyable"] else " (apply will refuse it: " + str(doc["plan"]["refusal"] or
-                                                                              "a native service owns a profile") + ")"
-    typer.echo(f"Saved the plan to {out}{note}. To carry out exactly this plan: hermes-fleet apply {out}", err=True)
 
 
 def _masked(d: dict, show_secrets: bool) -> dict:
@@ -171,7 +101,7 @@ def config(
         p = spec.profile(hash_profile)
         if p is None:
             fail(f"no profile named {hash_profile!r} in {file}", hint="profiles: " + ", ".join(spec.names))
-        typer.echo(f"{p.name} {p.spec_hash}")
+        echo(f"{p.name} {p.spec_hash}")
         return
     doc: dict[str, Any] = {
         "name": spec.name, "stagger_s": spec.stagger, "hermes_root": spec.hermes_root,
@@ -188,4 +118,4 @@ def config(
     if output == "json":
         emit_json(doc)
     else:
-        typer.echo(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False).rstrip())
+        echo(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False).rstrip())

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import typer
-
-from fleet.cli.common import EXIT_FAILED, FileOption, StateDirOption, fail, fleet_state, open_store, state_for
+from fleet.cli.common import EXIT_FAILED, FILE, STATE_DIR, fail, fleet_state, open_store, state_for
+from fleet.cli.console import Exit, echo
+from fleet.cli.declared import Arg, Opt, declare
 from fleet.cli.controller_client import NO_CONTROLLER_HINT, running_controller_pid, stop_controller
 from fleet.controller.status import ProfileStatus, fleet_status
 from fleet.platform.wake import send_wake
@@ -33,20 +33,27 @@ def _need_profiles(state, names: list[str]) -> Store:
 
 
 def _after_request(state, message: str) -> None:
-    typer.echo(message)
+    echo(message)
     if running_controller_pid(state) is None:
-        typer.echo(f"warning: no controller is running; the request waits durably. {NO_CONTROLLER_HINT}", err=True)
-        raise typer.Exit(EXIT_FAILED)
+        echo(f"warning: no controller is running; the request waits durably. {NO_CONTROLLER_HINT}", err=True)
+        raise Exit(EXIT_FAILED)
     send_wake(state)
 
 
+@declare(
+    Arg("profiles", "Profiles to restart.", required=True),
+    Opt("force", ("--force",), "Kill at once instead of draining first."),
+    STATE_DIR, FILE,
+    Opt("wait", ("--wait",), "Wait until the new process runs.", negative=("--no-wait",)),
+    Opt("timeout", ("--timeout",), "How long --wait waits, e.g. 90s, 3m."),
+)
 def restart(
-    profiles: list[str] = typer.Argument(..., help="Profiles to restart."),
-    force: bool = typer.Option(False, "--force", help="Kill at once instead of draining first."),
-    state_dir: str | None = StateDirOption,
-    file: Path = FileOption,
-    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the new process runs."),
-    timeout: str = typer.Option("3m", "--timeout", help="How long --wait waits, e.g. 90s, 3m."),
+    profiles: list[str],
+    force: bool = False,
+    state_dir: str | None = None,
+    file: Path = Path("fleet.yaml"),
+    wait: bool = True,
+    timeout: str = "3m",
 ) -> None:
     """Restart profiles: drain (wait for active agents to finish), planned stop, respawn.
     A drain that outlasts the profile's drain timeout ends in a kill. `--force` kills at once.
@@ -76,14 +83,14 @@ def _wait_requests(state, ids: dict[str, int], timeout: float) -> None:
             for name, rid in list(pending.items()):
                 req = store.request(rid)
                 if req is None or req.state != "pending":
-                    typer.echo(f"  {name}: restarted")
+                    echo(f"  {name}: restarted")
                     del pending[name]
         finally:
             store.close()
         time.sleep(0.1)
     if pending:
-        typer.echo("still waiting for: " + ", ".join(pending) + " (see `hermes-fleet status`)", err=True)
-        raise typer.Exit(EXIT_FAILED)
+        echo("still waiting for: " + ", ".join(pending) + " (see `hermes-fleet status`)", err=True)
+        raise Exit(EXIT_FAILED)
 
 
 def _set_override(state, names: list[str], desired: str | None, by: str) -> None:
@@ -102,17 +109,13 @@ def _set_override(state, names: list[str], desired: str | None, by: str) -> None
 
 def _override_command(verb: str, desired: str | None, doing: str, doc: str):
     """`stop` and `start`: the operator's override of a profile's desired state, kept across applies."""
-    def command(
-        profiles: list[str] = typer.Argument(..., help=f"Profiles to {verb}."),
-        state_dir: str | None = StateDirOption,
-        file: Path = FileOption,
-    ) -> None:
+    def command(profiles: list[str], state_dir: str | None = None, file: Path = Path("fleet.yaml")) -> None:
         state = state_for(state_dir, file)
         _set_override(state, profiles, desired, verb)
         _after_request(state, f"{doing}: " + ", ".join(profiles))
 
     command.__name__, command.__doc__ = verb, doc
-    return command
+    return declare(Arg("profiles", f"Profiles to {verb}.", required=True), STATE_DIR, FILE)(command)
 
 
 stop = _override_command("stop", "stopped", "stopping",
@@ -121,11 +124,8 @@ start = _override_command("start", None, "starting",
                           "Undo `stop`, and retry a profile that failed for good (exit 78, startup failure).")
 
 
-def down(
-    state_dir: str | None = StateDirOption,
-    file: Path = FileOption,
-    timeout: str = typer.Option("5m", "--timeout", help="How long to wait for the drains."),
-) -> None:
+@declare(STATE_DIR, FILE, Opt("timeout", ("--timeout",), "How long to wait for the drains."))
+def down(state_dir: str | None = None, file: Path = Path("fleet.yaml"), timeout: str = "5m") -> None:
     """Drain every profile, then stop the controller. Nothing of the fleet keeps running.
 
     The fleet stays down, across controller restarts and reboots (a service's controller
@@ -136,7 +136,7 @@ def down(
         _refuse_live_gateways_without_controller(state)
     _hold_every_profile_down(state)
     if not running:
-        typer.echo("nothing runs; the fleet stays down until `apply` or `start`")
+        echo("nothing runs; the fleet stays down until `apply` or `start`")
         return
     send_wake(state)
     deadline = time.monotonic() + parse_duration(timeout)
@@ -148,7 +148,7 @@ def down(
              + ", ".join(f"pid {i.pid} ({name}) `{' '.join(mask_argv(i.cmdline))[:60]}`" for i, name in left)
              + f"; controller {f'pid {pid} ' if pid else ''}stopped",
              EXIT_FAILED, hint=f"they carry the fleet's markers ({PROFILE_ENV}); check them and end them by hand")
-    typer.echo(f"all profiles stopped; nothing of the fleet runs; controller {f'pid {pid} ' if pid else ''}stopped; "
+    echo(f"all profiles stopped; nothing of the fleet runs; controller {f'pid {pid} ' if pid else ''}stopped; "
                "the fleet stays down until `apply` or `start`")
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import typer
 
 from fleet.cli.common import (
-    FileLongOption, FileOption, OutputOption, StateDirOption, check_output, columns, emit_json, fail, file_stamp,
-    fleet_state, state_for, utc
+    check_output, columns, emit_json, fail, file_stamp, fleet_state, state_for, utc,
 )
+from fleet.cli.console import echo
+from fleet.cli.options import FileLongOption, FileOption, OutputOption, StateDirOption
 from fleet.store.db import JournalEntry, Store
 from fleet.store.layout import StateDir
 
@@ -52,12 +53,12 @@ def _print_log(path: Path, lines: int, follow: bool) -> None:
             data = data[:data.rfind(b"\n") + 1]
             fh.seek(start + len(data))
         for line in (data.decode("utf-8", "replace").splitlines()[-lines:] if lines > 0 else []):
-            typer.echo(line)
+            echo(line)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         while follow:
             chunk = fh.read(64 * 1024)
             if chunk:
-                typer.echo(decoder.decode(chunk), nl=False)
+                echo(decoder.decode(chunk), nl=False)
                 continue
             try:
                 now = os.stat(path)
@@ -152,10 +153,10 @@ def event_json(e: JournalEntry) -> dict:
 def _print_events(batch: list[JournalEntry], output: str) -> None:
     for e in batch:
         if output == "json":
-            typer.echo(json.dumps(event_json(e), default=str))  # echo flushes: one line reaches a pipe at once
+            echo(json.dumps(event_json(e), default=str))  # echo flushes: one line reaches a pipe at once
         else:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at))
-            typer.echo(f"{stamp} {e.profile or '-':<12} {e.kind:<18} {e.message}")
+            echo(f"{stamp} {e.profile or '-':<12} {e.kind:<18} {e.message}")
 
 
 def history(
@@ -182,7 +183,7 @@ def history(
         table.append((str(r["id"]), str(r["generation"]), stamp, r["result"], r["origin"] or "-",
                       _short_revision(r["revision"]), r["applied_by"] or "-"))
     for line in columns(table, right={0, 1}):
-        typer.echo(line)
+        echo(line)
 
 
 def _short_revision(revision: str) -> str:

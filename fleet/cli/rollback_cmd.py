@@ -10,8 +10,10 @@ import typer
 
 from fleet.cli.apply_cmd import hand_over, refuse, refuse_with
 from fleet.cli.common import (
-    EXIT_OK, OutputOption, StateDirOption, check_output, emit_json, fail, fleet_state, open_store, timeout_option,
+    EXIT_OK, check_output, emit_json, fail, fleet_state, open_store, timeout_option,
 )
+from fleet.cli.console import Exit, echo
+from fleet.cli.options import OutputOption, StateDirOption
 from fleet.controller.plan_report import plan_report
 from fleet.controller.preview import preview
 from fleet.controller.record import record_manifest
@@ -66,25 +68,25 @@ def rollback(
             refuse(report, output, "rollback")
         from fleet.cli.render_plan import render_json, render_text
         if output == "text":
-            typer.echo(_describe(target))
-            typer.echo(render_text(report))
-            typer.echo("")
+            echo(_describe(target))
+            echo(render_text(report))
+            echo("")
         if dry_run:
             if output == "json":
                 emit_json({"format_version": "1.0", "kind": "rollback", "result": "dry_run",
                            "rollback_of": target.target.generation, "generation": report.desired_generation,
                            "plan": render_json(report)})
             else:
-                typer.echo(f"Dry run: nothing recorded. `hermes-fleet rollback {target.target.generation}` "
+                echo(f"Dry run: nothing recorded. `hermes-fleet rollback {target.target.generation}` "
                            f"would record generation {report.desired_generation}.")
-            raise typer.Exit(EXIT_OK)
+            raise Exit(EXIT_OK)
         with store.tx():
             recorded = record_manifest(store, target.manifest, {**target.revision, "summary": report.counts},
                                        prune=prune, source="rollback", origin=target.origin,
                                        rollback_of=target.target.generation, lift_down=True)
             held = hold_rolled_back_commit(store)
         if held and output == "text":
-            typer.echo(f"the source's commit {held[:12]} is held: `source resume` follows the branch again from "
+            echo(f"the source's commit {held[:12]} is held: `source resume` follows the branch again from "
                        f"its next commit (`source resume --accept-current` applies {held[:12]} again)", err=True)
     finally:
         store.close()
@@ -108,6 +110,6 @@ def _nothing_to_roll_back(target: RollbackTarget, output: str) -> NoReturn:
         emit_json({"format_version": "1.0", "kind": "rollback", "result": "unchanged", "rollback_of": gen,
                    "generation": current, "message": f"{message}; nothing to roll back"})
     else:
-        typer.echo(f"Nothing to roll back: {message}.")
-    raise typer.Exit(EXIT_OK)
+        echo(f"Nothing to roll back: {message}.")
+    raise Exit(EXIT_OK)
 

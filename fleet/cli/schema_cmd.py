@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import typer
+from fleet.cli.console import echo
 
 
 def schema() -> None:
@@ -12,4 +12,4 @@ def schema() -> None:
     `# yaml-language-server: $schema=fleet.schema.json` at the top of fleet.yaml."""
     from fleet.spec.schema import schema_path
 
-    typer.echo(schema_path().read_text(encoding="utf-8"), nl=False)
+    echo(schema_path().read_text(encoding="utf-8"), nl=False)

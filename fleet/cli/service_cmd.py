@@ -6,7 +6,6 @@ Mounted by the main CLI with `app.add_typer(service_app, name="service")`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -16,6 +15,8 @@ from typing import Annotated
 
 import typer
 
+from fleet.cli.common import emit_json
+from fleet.cli.console import Exit, echo
 from fleet.service.base import CommandRunner, ServiceError, ServiceTarget, current_python
 from fleet.service.lifecycle import Lifecycle
 from fleet.service.select import PLATFORMS, default_runner, host_platform, managers_for
@@ -77,12 +78,12 @@ TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to wait fo
 
 
 def _say(line: str) -> None:
-    typer.echo(line)
+    echo(line)
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
+def _fail(message: str, code: int = 2) -> Exit:
+    echo(f"error: {message}", err=True)
+    return Exit(code)
 
 
 def _interactive() -> bool:
@@ -107,7 +108,7 @@ def _resolve_target(
     except ManifestError as exc:
         if manifest_required:
             for problem in exc.problems:
-                typer.echo(problem.render(), err=True)
+                echo(problem.render(), err=True)
             raise _fail(f"{fleet_file} is not a valid fleet file; the service would only crash-loop on it") from None
     chosen_state = (str(state_dir) if state_dir is not None else None) or os.environ.get(STATE_DIR_ENV) \
         or (spec.default_state_dir if spec is not None else None)
@@ -178,7 +179,7 @@ def _run(action: Callable[[], bool]) -> None:
     except ServiceError as exc:
         raise _fail(str(exc), 1) from None
     if not ok:
-        raise typer.Exit(1)
+        raise Exit(1)
 
 
 @service_app.command()
@@ -269,11 +270,11 @@ def status(
     except ServiceError as exc:
         raise _fail(str(exc), 1) from None
     if output is OutputFormat.json:
-        typer.echo(json.dumps(report.as_json(), indent=2, default=str))
+        emit_json(report.as_json())
     else:
-        typer.echo(report.render_text())
+        echo(report.render_text())
     if not report.healthy:
-        raise typer.Exit(1)
+        raise Exit(1)
 
 
 def _installed(lifecycle: Lifecycle, managers: list) -> Lifecycle:

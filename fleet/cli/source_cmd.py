@@ -15,9 +15,11 @@ from pathlib import Path
 import typer
 
 from fleet.cli.common import (
-    EXIT_FAILED, EXIT_OK, EXIT_REFUSED, OutputOption, StateDirOption, check_output, emit_json, fail,
-    open_store, state_for, utc
+    EXIT_FAILED, EXIT_OK, EXIT_REFUSED, check_output, emit_json, fail, open_store, state_for,
 )
+from fleet.cli.console import Exit, echo
+from fleet.cli.options import OutputOption, StateDirOption
+from fleet.cli.source_view import source_json, source_summary, when_text
 from fleet.controller.status import SourceStatus, SourceSync, source_status
 from fleet.platform.wake import send_wake
 from fleet.spec.durations import format_duration, parse_duration
@@ -119,62 +121,6 @@ def checked_verify(verify: str, allowed_signers: Path | None, gpg_home: Path | N
 
 # -- what is shown -------------------------------------------------------------------------------------
 
-def _when(ts: float | None, now: float) -> str:
-    if ts is None:
-        return "never"
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-    ago = now - ts
-    return f"{stamp} ({format_duration(abs(ago))} {'ago' if ago >= 0 else 'from now'})"
-
-
-def source_summary(st: SourceStatus, now: float) -> list[str]:
-    """`status`'s lines about the source."""
-    s = st.source
-    lines = [f"source: {s.name} follows {s.ref} of {s.url} ({s.path}) — {st.sync.value}"]
-    if s.suspended:
-        lines.append(f"  suspended since {_when(s.suspended_at, now)} by {s.suspended_by or 'someone'}"
-                     + (f": {s.suspend_reason}" if s.suspend_reason else "") + "; `hermes-fleet source resume` "
-                     "follows it again")
-    lines.append(f"  fetched {s.revision(s.fetched_commit) or '-'} at {_when(s.fetched_at, now)}")
-    lines.append(f"  applied {s.revision(s.applied_commit) or '-'}"
-                 + (f" as generation {s.applied_generation} at {_when(s.applied_at, now)}" if s.applied_commit else ""))
-    if s.attempt_failed:
-        first = (s.attempted_error or "").splitlines()[:1] or [""]
-        lines.append(f"  NOT APPLIED: {s.revision(s.attempted_commit)} ({s.attempted_result}): {first[0]}")
-    if s.held_commit:
-        lines.append(f"  held after a rollback: {s.revision(s.held_commit)} (a new commit or "
-                     "`source resume --accept-current` applies the branch again)")
-    if s.failures:
-        lines.append(f"  FETCH FAILING ({s.failures} in a row): {_first_line(s.last_error)}")
-    return lines
-
-
-def _first_line(text: str | None) -> str:
-    return ((text or "").strip().splitlines() or [""])[0]
-
-
-def source_json(st: SourceStatus) -> dict:
-    s = st.source
-    return {
-        "name": s.name, "kind": s.kind, "url": s.url, "ref": s.ref, "path": s.path,
-        "interval_s": s.interval_s, "timeout_s": s.timeout_s,
-        "verify": {"mode": s.verify_mode, "allowed_signers": s.allowed_signers, "gpg_home": s.gpg_home},
-        "allow_empty": s.allow_empty, "set_by": s.set_by, "set_at": utc(s.set_at),
-        "suspended": {"by": s.suspended_by, "reason": s.suspend_reason, "at": utc(s.suspended_at)}
-        if s.suspended else None,
-        "sync": st.sync.value, "failing": st.failing, "generation": st.generation,
-        "fetched": {"commit": s.fetched_commit, "revision": s.revision(s.fetched_commit), "at": utc(s.fetched_at)},
-        "applied": {"commit": s.applied_commit, "revision": s.revision(s.applied_commit),
-                    "generation": s.applied_generation, "at": utc(s.applied_at)},
-        "last_attempt": {"commit": s.attempted_commit, "revision": s.revision(s.attempted_commit),
-                         "result": s.attempted_result, "error": s.attempted_error, "at": utc(s.attempted_at)},
-        "fetch": {"failures": s.failures, "error": s.last_error, "error_at": utc(s.last_error_at),
-                  "next_attempt": utc(s.next_attempt_at), "in_flight": s.fetch_pid is not None},
-        "sync_requested": s.sync_requested,
-        "held": {"commit": s.held_commit, "revision": s.revision(s.held_commit)} if s.held_commit else None,
-    }
-
-
 def _show_text(st: SourceStatus, now: float) -> None:
     s = st.source
     verify = {"none": "no (any commit)", "ssh": f"ssh, allowed signers {s.allowed_signers}",
@@ -186,38 +132,38 @@ def _show_text(st: SourceStatus, now: float) -> None:
         ("state", "SUSPENDED" if s.suspended else "following"),
     ]
     if s.suspended:
-        rows.append(("suspended", f"since {_when(s.suspended_at, now)} by {s.suspended_by or 'someone'}"
+        rows.append(("suspended", f"since {when_text(s.suspended_at, now)} by {s.suspended_by or 'someone'}"
                      + (f": {s.suspend_reason}" if s.suspend_reason else "")))
     rows += [
         ("sync", st.sync.value + (f" (generation {st.generation} is newer than the source's)"
                                   if st.sync == SourceSync.OUT_OF_SYNC and s.fetched_commit == s.applied_commit
                                   else "")),
-        ("fetched", f"{s.revision(s.fetched_commit) or '-'} at {_when(s.fetched_at, now)}"),
+        ("fetched", f"{s.revision(s.fetched_commit) or '-'} at {when_text(s.fetched_at, now)}"),
         ("applied", (f"{s.revision(s.applied_commit)} as generation {s.applied_generation} at "
-                     f"{_when(s.applied_at, now)}") if s.applied_commit else "-"),
+                     f"{when_text(s.applied_at, now)}") if s.applied_commit else "-"),
     ]
     if s.attempted_commit and s.attempted_commit != s.applied_commit:
         rows.append(("last commit", f"{s.revision(s.attempted_commit)}: {s.attempted_result} at "
-                                    f"{_when(s.attempted_at, now)}"))
+                                    f"{when_text(s.attempted_at, now)}"))
     if s.held_commit:
         rows.append(("held", f"{s.revision(s.held_commit)} (rolled back from; a new commit or `source resume "
                              "--accept-current` applies the branch again)"))
     if s.failures:
-        rows.append(("fetch", f"FAILING, {s.failures} in a row since {_when(s.last_error_at, now)}"))
+        rows.append(("fetch", f"FAILING, {s.failures} in a row since {when_text(s.last_error_at, now)}"))
     if not s.suspended:
         rows.append(("next fetch", "now (a sync is pending)" if s.sync_requested else
-                     "in flight" if s.fetch_pid else _when(s.next_attempt_at, now) if s.next_attempt_at else "now"))
+                     "in flight" if s.fetch_pid else when_text(s.next_attempt_at, now) if s.next_attempt_at else "now"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
-        typer.echo(f"{key.ljust(width)}  {value}")
+        echo(f"{key.ljust(width)}  {value}")
     if s.attempt_failed:
-        typer.echo(f"\n{s.revision(s.attempted_commit)} was NOT applied ({s.attempted_result}); "
+        echo(f"\n{s.revision(s.attempted_commit)} was NOT applied ({s.attempted_result}); "
                    f"generation {st.generation} keeps running:")
         for line in (s.attempted_error or "").splitlines():
-            typer.echo(f"  {line}")
-        typer.echo("A new commit, `hermes-fleet sync` or a changed `source set` tries again.")
+            echo(f"  {line}")
+        echo("A new commit, `hermes-fleet sync` or a changed `source set` tries again.")
     if s.failures:
-        typer.echo(f"\nThe last fetch failed: {s.last_error}")
+        echo(f"\nThe last fetch failed: {s.last_error}")
 
 
 # -- plumbing ------------------------------------------------------------------------------------------
@@ -334,12 +280,12 @@ def source_set(
         emit_json({"format_version": "1.0", "kind": "source_set", "changed": changed,
                    "source": source_json(SourceStatus(after, 0)), "controller": note})
     else:
-        typer.echo(f"source {config.name}: follows {config.ref} of {config.url} ({config.path}) every "
+        echo(f"source {config.name}: follows {config.ref} of {config.url} ({config.path}) every "
                    f"{format_duration(config.interval_s)}" + ("" if changed else " (unchanged)"))
         if after.suspended:
-            typer.echo("the source is SUSPENDED: `hermes-fleet source resume` follows it")
-        typer.echo(f"{note}; `hermes-fleet source show` says what it fetched and applied")
-    raise typer.Exit(EXIT_OK)
+            echo("the source is SUSPENDED: `hermes-fleet source resume` follows it")
+        echo(f"{note}; `hermes-fleet source show` says what it fetched and applied")
+    raise Exit(EXIT_OK)
 
 
 @source_app.command("show")
@@ -359,7 +305,7 @@ def source_show(output: str = OutputOption, state_dir: str | None = StateDirOpti
         emit_json({"format_version": "1.0", "kind": "source", "source": source_json(st)})
     else:
         _show_text(st, time.time())
-    raise typer.Exit(EXIT_FAILED if st.failing else EXIT_OK)
+    raise Exit(EXIT_FAILED if st.failing else EXIT_OK)
 
 
 @source_app.command("suspend")
@@ -384,10 +330,10 @@ def source_suspend(
         store.close()
     _wake(state)
     if done:
-        typer.echo(f"source {source.name} suspended; the fleet keeps its generation, `apply -f` works again, "
+        echo(f"source {source.name} suspended; the fleet keeps its generation, `apply -f` works again, "
                    f"`hermes-fleet source resume` follows {source.ref} again")
     else:
-        typer.echo(f"source {source.name} was already suspended (since {_when(source.suspended_at, time.time())} by "
+        echo(f"source {source.name} was already suspended (since {when_text(source.suspended_at, time.time())} by "
                    f"{source.suspended_by or 'someone'})")
 
 
@@ -416,7 +362,7 @@ def source_resume(
         store.close()
     woke = _wake(state, "sync")
     what = "resumed" if source.suspended else "was not suspended; fetching it again"
-    typer.echo(f"source {source.name} {what}: {source.ref} of {source.url}"
+    echo(f"source {source.name} {what}: {source.ref} of {source.url}"
                + ("" if woke else "; no controller runs to follow it (`hermes-fleet sync` starts one)"))
 
 
@@ -441,7 +387,7 @@ def source_remove(state_dir: str | None = StateDirOption) -> None:
         os.unlink(state.source_fetch_log(source.name))
     except OSError:
         pass
-    typer.echo(f"source {source.name} removed; the fleet keeps its generation and `apply -f` writes it again")
+    echo(f"source {source.name} removed; the fleet keeps its generation and `apply -f` writes it again")
 
 
 def sync(
@@ -477,8 +423,8 @@ def sync(
         if output == "json":
             emit_json({"format_version": "1.0", "kind": "sync", "result": "requested", "controller": note})
         else:
-            typer.echo(f"sync requested; {note}")
-        raise typer.Exit(EXIT_OK)
+            echo(f"sync requested; {note}")
+        raise Exit(EXIT_OK)
     _wait_handled(state, token, wait_for, output)
 
 
@@ -505,22 +451,8 @@ def _wait_handled(state: StateDir, token: str, timeout: float, output: str) -> N
         emit_json({"format_version": "1.0", "kind": "sync", "result": "handled" if handled else "timed_out",
                    "source": source_json(st)})
     elif not handled:
-        typer.echo(f"error: the controller did not answer the sync within {format_duration(timeout)}", err=True)
+        echo(f"error: the controller did not answer the sync within {format_duration(timeout)}", err=True)
     else:
         for line in source_summary(st, time.time()):
-            typer.echo(line)
-    raise typer.Exit(code)
-
-
-def followed_source(store: Store) -> Source | None:
-    """The source a local `apply -f` would fight with: set and not suspended."""
-    source = get_source(store)
-    return source if source is not None and not source.suspended else None
-
-
-def one_writer_refusal(source: Source, file: Path) -> str:
-    return (f"the fleet follows source {source.name} ({source.ref} of {source.url}, {source.path}); "
-            f"a local apply of {file} would be overwritten by its next commit. Either suspend it first "
-            f"(`hermes-fleet source suspend --reason ...`; `source resume` hands the fleet back to the branch), "
-            f"or `hermes-fleet apply --force -f {file}`, which suspends the source and applies {file}")
-
+            echo(line)
+    raise Exit(code)

@@ -8,14 +8,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import typer
-
 from fleet.cli.common import (
-    EXIT_FAILED, EXIT_OK, FileOption, OutputOption, StateDirOption, check_output, columns, emit_json, fail,
-    fleet_state, utc
+    EXIT_FAILED, EXIT_OK, FILE, OUTPUT, STATE_DIR, check_output, columns, emit_json, fail, fleet_state, utc,
 )
+from fleet.cli.console import Exit, echo
+from fleet.cli.declared import Arg, Opt, declare
 from fleet.cli.controller_client import NO_CONTROLLER_HINT
-from fleet.cli.source_cmd import source_json, source_summary
+from fleet.cli.source_view import source_json, source_summary
 from fleet.controller.status import FleetStatus, Phase, ProfileStatus, fleet_status, hold_note
 from fleet.observe.model import ProfileObservation
 from fleet.platform import current_platform
@@ -31,16 +30,22 @@ def _fmt_age(seconds: float | None) -> str:
     return "-" if seconds is None else format_duration(max(0.0, seconds))
 
 
+@declare(
+    Arg("profiles", "Only these profiles."),
+    Opt("deep", ("--deep",), "Per-probe PASS/FAIL checklist for each profile."),
+    Opt("watch", ("-w", "--watch"), "Keep showing the fleet, redrawn when it changes, until Ctrl-C or q."),
+    Opt("interval", ("--interval",), "With --watch: recompute at least this often (ages move); more than 0, "
+        "e.g. 0.5, 2s."),
+    OUTPUT, STATE_DIR, FILE,
+)
 def status(
-    profiles: list[str] = typer.Argument(None, help="Only these profiles."),
-    deep: bool = typer.Option(False, "--deep", help="Per-probe PASS/FAIL checklist for each profile."),
-    watch: bool = typer.Option(False, "-w", "--watch",
-                               help="Keep showing the fleet, redrawn when it changes, until Ctrl-C or q."),
-    interval: str = typer.Option("2s", "--interval",
-                                 help="With --watch: recompute at least this often (ages move); more than 0, e.g. 0.5, 2s."),
-    output: str = OutputOption,
-    state_dir: str | None = StateDirOption,
-    file: Path = FileOption,
+    profiles: list[str] | None = None,
+    deep: bool = False,
+    watch: bool = False,
+    interval: str = "2s",
+    output: str = "text",
+    state_dir: str | None = None,
+    file: Path = Path("fleet.yaml"),
 ) -> None:
     """The fleet now: one row per profile, the controller, and what each profile waits on.
 
@@ -80,13 +85,13 @@ def status(
     if watch:
         from fleet.cli.watch import watch_status
 
-        raise typer.Exit(watch_status(state, profiles or [], every, output, first=(st, now)))
+        raise Exit(watch_status(state, profiles or [], every, output, first=(st, now)))
     if output == "json":
         emit_json(status_json(state, st, rows, now, deep))
     else:
         _print_status(state, st, rows, now, deep)
     ok = st.controller.running and st.converged and not st.held
-    raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
+    raise Exit(EXIT_OK if ok else EXIT_FAILED)
 
 
 def _interval(text: str) -> float:
@@ -139,12 +144,12 @@ def _profile_json(p: ProfileStatus, now: float) -> dict:
 
 def _print_status(state: StateDir, st: FleetStatus, rows: list[ProfileStatus], now: float, deep: bool) -> None:
     for line in fleet_lines(st, now) + table_lines(st, rows, now):
-        typer.echo(line)
+        echo(line)
     if deep:
         for p in rows:
-            typer.echo(f"\n{p.name}:")
+            echo(f"\n{p.name}:")
             for check in _deep_checks(state, st, p.name):
-                typer.echo(f"  [{check['result']}] {check['probe']}: {check['detail']}")
+                echo(f"  [{check['result']}] {check['probe']}: {check['detail']}")
 
 
 def fleet_lines(st: FleetStatus, now: float) -> list[str]:

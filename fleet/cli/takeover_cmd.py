@@ -11,9 +11,10 @@ from pathlib import Path
 import typer
 
 from fleet.cli.common import (
-    EXIT_ERROR, EXIT_FAILED, EXIT_OK, FileOption, OutputOption, StateDirOption, check_output, emit_json, fail,
-    fleet_state, open_store, timeout_option, utc
+    EXIT_ERROR, EXIT_FAILED, EXIT_OK, check_output, emit_json, fail, fleet_state, open_store, timeout_option, utc,
 )
+from fleet.cli.console import Exit, echo
+from fleet.cli.options import FileOption, OutputOption, StateDirOption
 from fleet.cli.controller_client import ensure_controller, running_controller_pid
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
 from fleet.store import takeovers as tk
@@ -69,19 +70,19 @@ def _run(kind: str, profiles: list[str], file: Path, state_dir: str | None, wait
         fail(f"{exc}; the request waits durably", EXIT_FAILED)
     if output == "text":
         for row in rows:
-            typer.echo(f"{kind} #{row.id} of {row.profile} requested; controller pid {pid} "
+            echo(f"{kind} #{row.id} of {row.profile} requested; controller pid {pid} "
                        f"{'started' if started else 'notified'}")
     if not wait:
         if output == "json":
             emit_json({"format_version": "1.0", "kind": kind, "result": "accepted", "controller_pid": pid,
                        "requests": [describe(r) for r in rows]})
-        raise typer.Exit(EXIT_OK)
+        raise Exit(EXIT_OK)
     final = wait_rows(state, [r.id for r in rows], wait_for, output == "text")
     code = EXIT_OK if final and all(r.state in tk.SUCCEEDED for r in final) else EXIT_FAILED
     if output == "json":
         emit_json({"format_version": "1.0", "kind": kind, "controller_pid": pid,
                    "result": "done" if code == EXIT_OK else "failed", "requests": [describe(r) for r in final]})
-    raise typer.Exit(code)
+    raise Exit(code)
 
 
 def _submit(state: StateDir, kind: str, names: list[str]) -> list[tk.Takeover]:
@@ -175,17 +176,17 @@ def _show(row: tk.Takeover, shown: dict[int, tuple[str, str | None]]) -> None:
         return
     shown[row.id] = key
     if row.open:
-        typer.echo(f"  {row.profile}: {row.describe()}")
+        echo(f"  {row.profile}: {row.describe()}")
     elif row.state in tk.SUCCEEDED:
-        typer.echo(f"{row.profile}: {row.state}: {row.outcome}")
+        echo(f"{row.profile}: {row.state}: {row.outcome}")
     else:
-        typer.echo(f"{row.profile}: {row.state.upper().replace('_', ' ')}: {row.outcome}", err=True)
+        echo(f"{row.profile}: {row.state.upper().replace('_', ' ')}: {row.outcome}", err=True)
 
 
 def _stop_waiting(rows: list[tk.Takeover], why: str, text: bool) -> None:
     if text:
         pending = ", ".join(f"{r.profile} ({r.state})" for r in rows if r.open)
-        typer.echo(f"{why}: {pending}", err=True)
+        echo(f"{why}: {pending}", err=True)
 
 
 def describe(row: tk.Takeover) -> dict:
@@ -208,9 +209,9 @@ def report_after_apply(state: StateDir, ids: list[int], code: int, timeout: floa
     rows = wait_rows(state, ids, timeout, False) if ids else []
     for row in rows if text else []:
         if row.open:
-            typer.echo(f"{row.profile}: take-over #{row.id} still under way: {row.describe()}", err=True)
+            echo(f"{row.profile}: take-over #{row.id} still under way: {row.describe()}", err=True)
         elif row.state in tk.SUCCEEDED:
-            typer.echo(f"{row.profile}: {row.outcome}")
+            echo(f"{row.profile}: {row.outcome}")
         else:
-            typer.echo(f"{row.profile}: take-over {row.state.replace('_', ' ')}: {row.outcome}", err=True)
+            echo(f"{row.profile}: take-over {row.state.replace('_', ' ')}: {row.outcome}", err=True)
     return code if all(r.state in tk.SUCCEEDED for r in rows) else max(code, EXIT_FAILED)

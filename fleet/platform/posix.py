@@ -26,7 +26,6 @@ else:
 from fleet.platform.base import ExitWatch, ProcessInfo, WakeChannel, refuse_protected
 from fleet.platform.children import SpawnedChildren
 from fleet.platform.exits import PollingExitWatch
-from fleet.platform.wake import open_wake_channel
 from fleet.store.files import open_append
 from fleet.store.layout import StateDir
 
@@ -258,6 +257,8 @@ class PosixPlatform:
     # ------------------------------------------------------------ the controller itself
 
     def open_wake_channel(self, state: StateDir) -> WakeChannel:
+        from fleet.platform.wake import open_wake_channel  # the controller's, once: no CLI command opens one
+
         return open_wake_channel(state, unix=True)
 
     def on_stop_request(self, handler: Callable[[], None]) -> None:

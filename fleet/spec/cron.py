@@ -9,7 +9,6 @@ whose wall clock matches (none in a skipped hour, both passes of a repeated one)
 
 from __future__ import annotations
 
-import calendar
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -222,11 +221,16 @@ def _fires(cron: Cron, tz: tzinfo, a: int, b: int) -> list[int]:
     return deduped
 
 
+def _days_in_month(d: date) -> int:
+    first_of_next = date(d.year + d.month // 12, d.month % 12 + 1, 1)
+    return (first_of_next - timedelta(days=1)).day
+
+
 def _next_matching_day(cron: Cron, day: int, last_day: int) -> int | None:
     while day <= last_day:
         d = date.fromordinal(_EPOCH_ORDINAL + day)
         if d.month not in cron.months:
-            days_left = calendar.monthrange(d.year, d.month)[1] - d.day + 1
+            days_left = _days_in_month(d) - d.day + 1
             day += days_left
             continue
         if cron.matches_date(d):

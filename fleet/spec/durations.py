@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
 MAX_SECONDS = 365 * 86400.0  # the schema's bound for numbers too
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+_EXPECTED = "expected a duration such as 2.5s, 90s, 20m, 1h or a number of seconds"
 _WHOLE = re.compile(r"^\s*(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h|d)\s*)+$")
 
 
 def parse_duration(value: object) -> float:
     """Seconds for a duration value; raises ValueError with the accepted forms."""
+    if isinstance(value, (str, int, float)):
+        return _parse_scalar(value)
+    raise ValueError(f"{_EXPECTED}, found {value!r}")
+
+
+# A manifest repeats a few values in every profile (13 durations each), so their answers are kept. typed: the
+# answer for 1 must not be given for True.
+@functools.lru_cache(maxsize=256, typed=True)
+def _parse_scalar(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration, found boolean {value!r}")
     if isinstance(value, (int, float)):
@@ -26,7 +37,7 @@ def parse_duration(value: object) -> float:
         if seconds > MAX_SECONDS:
             raise ValueError(f"expected a duration of at most 365d, found {value!r}")
         return seconds
-    raise ValueError(f"expected a duration such as 2.5s, 90s, 20m, 1h or a number of seconds, found {value!r}")
+    raise ValueError(f"{_EXPECTED}, found {value!r}")
 
 
 def format_duration(seconds: float) -> str:

@@ -33,6 +33,11 @@ def load_schema(name: str = "fleet.schema.json") -> dict:
 
 def defaults(block: str) -> dict:
     """Defaults of one $defs block (restart, drain, ...), read from the schema's `default` keywords."""
+    return dict(_defaults(block))  # a copy: the loader merges into what it gets
+
+
+@functools.cache
+def _defaults(block: str) -> dict:
     props = load_schema()["$defs"][block].get("properties", {})
     return {key: sub["default"] for key, sub in props.items() if "default" in sub}
 

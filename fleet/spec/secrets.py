@@ -14,7 +14,6 @@ Masking never reveals anything derived from the value: no length, no prefix, no 
 from __future__ import annotations
 
 import re
-import urllib.parse
 from collections.abc import Iterable, Sequence
 
 MASK = "(sensitive)"
@@ -77,6 +76,8 @@ def secret_name(name: str) -> bool:
 
 
 def _url_carries_credentials(url: str) -> bool:
+    import urllib.parse  # only for a value that holds a URL: most commands never meet one
+
     try:
         parts = urllib.parse.urlsplit(url)
         host = (parts.hostname or "").lower()
