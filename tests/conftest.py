@@ -1,5 +1,6 @@
 """Command-line options of the test suite, and where the suite's Python subprocesses keep their
-bytecode. No fixtures, so nothing changes for tests that do not ask for these options."""
+bytecode, and a SIGINT the tests can send. No fixtures, so nothing changes for tests that do not ask for these
+options."""
 
 from __future__ import annotations
 
@@ -23,6 +24,21 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    _interruptible()
+    _session_pycache(config)
+
+
+def _interruptible() -> None:
+    """Tests end followers (`logs -f`, `status --watch`) with SIGINT, as Ctrl-C would. A run started as a
+    background job of a shell inherits SIGINT ignored, and every process it starts would ignore it too (a
+    program keeps an ignored SIGINT ignored, as it should): the suite takes SIGINT back in each process."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _session_pycache(config) -> None:
     """The suite starts about a thousand Python processes (CLI, controllers, xdist workers). With
     PYTHONDONTWRITEBYTECODE set, each compiled the package afresh, about 0.1 s of CPU apiece. They
     keep their bytecode in a directory of this session instead (PYTHONPYCACHEPREFIX, removed at the
