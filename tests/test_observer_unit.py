@@ -176,6 +176,34 @@ def test_a_hermes_gateway_without_its_lock_is_reported_never_adopted(state, stor
     assert obs.orphans == (Orphan(GATEWAY, "alpha", spec.command, "unproven (cmdline)"),)
 
 
+def test_a_gateway_that_ends_during_the_scan_is_neither_reported_nor_adopted(state, store, platform, tmp_path):
+    """A second gateway of a home gives up at once; if it ends between the listing of the processes and the
+    reading of its environment, it is gone: no warning about it, no adoption of it."""
+    spec = hermes_gateway(platform, state, tmp_path, lock_held=False)
+    listed = platform.process_environ
+
+    def ends_before_read(pid):
+        if platform.scans and pid in platform.processes:  # listed by the scan, gone when the scan reads it
+            platform.end(pid)
+        return listed(pid)
+
+    platform.process_environ = ends_before_read
+
+    obs = observe(state, store, platform, spec, scan=True)
+
+    assert obs.get("alpha").process is None
+    assert obs.orphans == ()
+
+
+def test_a_live_gateway_whose_environment_cannot_be_read_is_still_reported(state, store, platform, tmp_path):
+    spec = hermes_gateway(platform, state, tmp_path, lock_held=False)
+    platform.process_environ = lambda pid: None
+
+    obs = observe(state, store, platform, spec, scan=True)
+
+    assert obs.orphans == (Orphan(GATEWAY, "alpha", spec.command, "unproven (cmdline)"),)
+
+
 # -- orphans and duplicates ------------------------------------------------------------------------
 
 def test_the_oldest_of_two_marked_gateways_is_adopted_and_the_other_reported_a_duplicate(state, store, platform):

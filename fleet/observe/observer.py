@@ -242,6 +242,12 @@ class Observer:
         return other or f"{spec.hermes_home} is claimed by {whose}", "other", whose
 
     # -- unrecorded processes -------------------------------------------------------------------
+    def _ended_since_listed(self, info: ProcessInfo) -> bool:
+        """Whether a process whose environment could not be read has ended since the process table was listed:
+        a gateway that gives up at once (another holds its lock) would otherwise be reported as unproven."""
+        now = self.platform.process_info(info.pid)
+        return now is None or not now.alive or not now.started_as(info.start_ticks, info.create_time)
+
     def _scan(self, specs, profiles, claimed, inventory_names):
         """Find live processes of our profiles that no record names (adoption) and gateways nobody manages."""
         me = os.getpid()
@@ -253,6 +259,8 @@ class Observer:
             if info.pid in claimed:
                 continue
             env = self.platform.process_environ(info.pid) or {}
+            if not env and self._ended_since_listed(info):
+                continue  # gone (or a zombie) since the listing: nothing to adopt, nothing to warn about
             marker = env.get(PROFILE_ENV)
             if marker:
                 if env.get(STATE_DIR_ENV) == str(self.state.root) and _NAME.match(marker):
