@@ -6,8 +6,10 @@ import os
 import re
 import stat
 import zoneinfo
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from fleet.spec import schema
 from fleet.spec.codec import fleet_digest
@@ -130,6 +132,8 @@ def _env_text(value) -> str:
     return str(value)
 
 
+Policy = TypeVar("Policy")
+
 class _Builder:
     def __init__(self, located: Located, filename: str, base_dir: str):
         self.located = located
@@ -137,6 +141,17 @@ class _Builder:
         self.filename = filename
         self.base_dir = base_dir
         self.problems: list[Problem] = []
+        self.shared: dict[tuple, object] = {}
+
+    def fleet_wide(self, block: str, body: dict, build: Callable[[], Policy], *inputs: object) -> Policy:
+        """A policy block the profile does not override is the fleet's (its values, their places in the file,
+        its problems): built once and shared by every such profile, not once per profile."""
+        if block in body:
+            return build()
+        key = (block, *inputs)
+        if key not in self.shared:
+            self.shared[key] = build()
+        return self.shared[key]  # type: ignore[return-value]
 
     def problem(self, path: tuple, message: str, hint: str = "") -> None:
         line, col = self.located.mark(path)
@@ -248,22 +263,48 @@ class _Builder:
             except re.error as exc:
                 self.problem(at + ("match",), f"not a valid regular expression: {exc}")
 
-        restart_cfg, restart_at = self.block("restart", body, name)
-        restart = RestartPolicy(
-            policy=restart_cfg["policy"],
-            backoff=tuple(self.duration(v, restart_at["backoff"] + (i,)) for i, v in enumerate(restart_cfg["backoff"])),
-            cap=self.duration(restart_cfg["cap"], restart_at["cap"]),
-            reset_after=self.duration(restart_cfg["reset_after"], restart_at["reset_after"]),
-            floor=self.duration(restart_cfg["floor"], restart_at["floor"]),
-            start_limit_burst=int(restart_cfg["start_limit_burst"]),
-            start_limit_interval=self.duration(restart_cfg["start_limit_interval"], restart_at["start_limit_interval"]),
+        restart = self.fleet_wide("restart", body, lambda: self.restart(body, name))
+        drain = self.fleet_wide("drain", body, lambda: self.drain(body, name))
+        health = self.fleet_wide("health", body, lambda: self.health(body, name))
+        maintenance = self.fleet_wide("maintenance", body, lambda: self.maintenance(body, name, default_update),
+                                      default_update)
+        stagger_value = body.get("stagger", self.doc.get("stagger", schema.top_default("stagger")))
+        return ProfileSpec(
+            name=name, driver=driver, command=tuple(command), cwd=cwd,
+            env=tuple(sorted(env.items())), hermes_home=home,
+            desired=body.get("desired", "running"), suspend=bool(body.get("suspend", False)),
+            prune=bool(body.get("prune", True)),
+            stagger=self.duration(stagger_value, at + ("stagger",) if "stagger" in body else ("stagger",)),
+            restart=restart, drain=drain, health=health, maintenance=maintenance,
+            match=match,
         )
-        drain_cfg, drain_at = self.block("drain", body, name)
-        health_cfg, health_at = self.block("health", body, name)
-        maint_cfg, maint_at = self.block("maintenance", body, name)
+
+    def restart(self, body: dict, name: str) -> RestartPolicy:
+        cfg, at = self.block("restart", body, name)
+        return RestartPolicy(
+            policy=cfg["policy"],
+            backoff=tuple(self.duration(v, at["backoff"] + (i,)) for i, v in enumerate(cfg["backoff"])),
+            cap=self.duration(cfg["cap"], at["cap"]),
+            reset_after=self.duration(cfg["reset_after"], at["reset_after"]),
+            floor=self.duration(cfg["floor"], at["floor"]),
+            start_limit_burst=int(cfg["start_limit_burst"]),
+            start_limit_interval=self.duration(cfg["start_limit_interval"], at["start_limit_interval"]),
+        )
+
+    def drain(self, body: dict, name: str) -> DrainPolicy:
+        cfg, at = self.block("drain", body, name)
+        return DrainPolicy(timeout=self.duration(cfg["timeout"], at["timeout"]))
+
+    def health(self, body: dict, name: str) -> HealthPolicy:
+        cfg, at = self.block("health", body, name)
+        return HealthPolicy(heartbeat_stale=self.duration(cfg["heartbeat_stale"], at["heartbeat_stale"]),
+                            startup_grace=self.duration(cfg["startup_grace"], at["startup_grace"]))
+
+    def maintenance(self, body: dict, name: str, default_update: tuple[str, ...]) -> MaintenancePolicy:
+        cfg, at = self.block("maintenance", body, name)
         windows = []
-        for i, w in enumerate(maint_cfg.get("windows") or []):
-            wpath = maint_at["windows"] + (i,)
+        for i, w in enumerate(cfg.get("windows") or []):
+            wpath = at["windows"] + (i,)
             try:
                 if not parse_cron(w["schedule"]).can_fire():
                     self.problem(wpath + ("schedule",), "this schedule never fires: no month in it has that day",
@@ -286,23 +327,9 @@ class _Builder:
                                  "a window of no length is never open")
             windows.append(MaintenanceWindow(kind=w.get("kind", "allow"), schedule=w["schedule"],
                                              duration=duration, timezone=tz))
-        update = tuple(_resolve_command(list(maint_cfg.get("update_command") or default_update), self.base_dir))
-        stagger_value = body.get("stagger", self.doc.get("stagger", schema.top_default("stagger")))
-        return ProfileSpec(
-            name=name, driver=driver, command=tuple(command), cwd=cwd,
-            env=tuple(sorted(env.items())), hermes_home=home,
-            desired=body.get("desired", "running"), suspend=bool(body.get("suspend", False)),
-            prune=bool(body.get("prune", True)),
-            stagger=self.duration(stagger_value, at + ("stagger",) if "stagger" in body else ("stagger",)),
-            restart=restart,
-            drain=DrainPolicy(timeout=self.duration(drain_cfg["timeout"], drain_at["timeout"])),
-            health=HealthPolicy(heartbeat_stale=self.duration(health_cfg["heartbeat_stale"], health_at["heartbeat_stale"]),
-                                startup_grace=self.duration(health_cfg["startup_grace"], health_at["startup_grace"])),
-            maintenance=MaintenancePolicy(idle=self.duration(maint_cfg["idle"], maint_at["idle"]),
-                                          max_concurrent=int(maint_cfg["max_concurrent"]),
-                                          update_command=update, windows=tuple(windows)),
-            match=match,
-        )
+        update = tuple(_resolve_command(list(cfg.get("update_command") or default_update), self.base_dir))
+        return MaintenancePolicy(idle=self.duration(cfg["idle"], at["idle"]), max_concurrent=int(cfg["max_concurrent"]),
+                                 update_command=update, windows=tuple(windows))
 
     def proxy_env(self, body: dict, name: str, env: dict[str, str]) -> None:
         proxy, _ = self.block("proxy", body, name)
