@@ -6,10 +6,13 @@ import gc
 import importlib
 import os
 import sys
-from collections.abc import Callable
-from typing import Any
 
 from fleet import __version__
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: `--version` is answered before any import
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 HELP = ("Keep a fleet of Hermes gateways converged to fleet.yaml: diff, apply, and a controller that "
         "respawns crashes, kills hangs, adopts after its own restarts and never duplicates a gateway.")
