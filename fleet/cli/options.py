@@ -42,8 +42,8 @@ def typer_command(params: tuple[Param, ...], function: Any) -> Any:
     @functools.wraps(function)
     def command(ctx: typer.Context, **values: Any) -> Any:
         if wants_given:
-            values[GIVEN] = frozenset(name for name in declared
-                                      if (ctx.get_parameter_source(name) or _DEFAULT).name in _SET_BY_USER)
+            sources = {name: ctx.get_parameter_source(name) for name in declared}
+            values[GIVEN] = frozenset(n for n, s in sources.items() if s is not None and s.name in _SET_BY_USER)
         return function(**values)
 
     parameters = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
@@ -55,9 +55,4 @@ def typer_command(params: tuple[Param, ...], function: Any) -> Any:
     return command
 
 
-class _Default:
-    name = "DEFAULT"
-
-
-_DEFAULT = _Default()
 _SET_BY_USER = ("COMMANDLINE", "ENVIRONMENT")
