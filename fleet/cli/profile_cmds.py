@@ -12,6 +12,7 @@ from fleet.cli.controller_client import NO_CONTROLLER_HINT, running_controller_p
 from fleet.controller.status import ProfileStatus, fleet_status
 from fleet.platform.wake import send_wake
 from fleet.platform import current_platform
+from fleet.platform.base import wait_for_an_exit
 from fleet.spec.durations import parse_duration
 from fleet.spec.markers import PROFILE_ENV
 from fleet.spec.secrets import mask_argv
@@ -189,13 +190,14 @@ def _hold_every_profile_down(state: StateDir) -> None:
 
 
 def _wait_drained(state: StateDir, deadline: float) -> None:
+    platform = current_platform()
     while True:
         alive = _live_gateways(state)
         if not alive:
             return
         if time.monotonic() > deadline:
             fail("timed out draining: " + ", ".join(f"{p.name} (pid {p.pid})" for p in alive), EXIT_FAILED)
-        time.sleep(0.05)
+        wait_for_an_exit(platform, frozenset(p.pid for p in alive if p.pid), 0.05)
 
 
 def _fleet_leftovers(state, deadline: float) -> list:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -121,3 +122,23 @@ class Platform(Protocol):
     # Ask the controller `proc` to leave (it keeps every gateway running); where the OS has no stop request the
     # controller can catch, end it after half of `timeout` (as safe as a crash: the next controller adopts).
     def stop_controller_process(self, state: StateDir, proc: psutil.Process, timeout: float) -> None: ...
+
+
+def wait_for_an_exit(platform: Platform, pids: frozenset[int], timeout: float) -> None:
+    """Until one of `pids` exits or `timeout` passes, whichever comes first: at once through the platform's
+    exit watch, where it has one, instead of sleeping a polling interval out. The caller looks again either
+    way."""
+    import select
+
+    watch = platform.exit_watch()
+    try:
+        unwatched = watch.watch(pids)
+        fd = watch.fileno()
+        if fd < 0:
+            time.sleep(timeout)  # nothing can be watched here: the caller's polling interval
+        elif unwatched:
+            time.sleep(min(timeout, 0.01))  # gone already, or not openable: look again soon, never spin
+        else:
+            select.select([fd], [], [], timeout)
+    finally:
+        watch.close()

@@ -12,7 +12,7 @@ else:
     from fleet.platform.lazy_psutil import psutil
 
 from fleet.platform import current_platform
-from fleet.platform.base import Platform, ProcessInfo
+from fleet.platform.base import Platform, ProcessInfo, wait_for_an_exit
 from fleet.store.layout import StateDir
 from fleet.store.lock import Holder
 
@@ -43,11 +43,12 @@ def stop_controller(state: StateDir, holder: Holder, timeout: float = 30.0, plat
         platform.stop_controller_process(state, proc, timeout)
     except psutil.NoSuchProcess:
         return True
-    # Polled rather than psutil's wait(): that waits for a zombie to be reaped by a parent that is not us,
-    # while a zombie has already released everything.
+    # Not psutil's wait(): that waits for a zombie to be reaped by a parent that is not us, while a zombie has
+    # already released everything. The exit watch wakes at the exit itself (a zombie included).
     deadline = time.monotonic() + timeout
     while holder_process(platform, holder) is not None:
-        if time.monotonic() >= deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             return False
-        time.sleep(0.02)
+        wait_for_an_exit(platform, frozenset({holder.pid}), min(left, 0.05))
     return True
