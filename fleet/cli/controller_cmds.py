@@ -6,25 +6,15 @@ import os
 import time
 from pathlib import Path
 
-import typer
-
 from fleet.cli.console import Exit, echo
-from fleet.cli.common import (
-    EXIT_FAILED, fail, open_store, state_for,
-)
-from fleet.cli.options import FileOption, StateDirOption
+from fleet.cli.common import EXIT_FAILED, FILE, STATE_DIR, fail, open_store, state_for
+from fleet.cli.declared import Group, Opt, declare
 from fleet.cli.controller_client import stop_controller
 from fleet.controller.status import held_down_message
 
 
-controller_app = typer.Typer(help="Run or stop the controller itself.", no_args_is_help=True)
-
-
-@controller_app.command("run")
-def controller_run(
-    file: Path | None = typer.Option(None, "-f", "--file", help="Apply this manifest before starting."),
-    state_dir: str | None = StateDirOption,
-) -> None:
+@declare(Opt("file", ("-f", "--file"), "Apply this manifest before starting."), STATE_DIR)
+def controller_run(file: Path | None = None, state_dir: str | None = None) -> None:
     """Run the controller in the foreground (what a service manager runs).
 
     Exit 0 when asked to stop (by its service manager or `controller stop`; gateways keep running),
@@ -59,8 +49,8 @@ def controller_run(
     os.execv(sys.executable, [sys.executable, "-m", "fleet.controller", "--state-dir", str(state.root)])
 
 
-@controller_app.command("stop")
-def controller_stop(state_dir: str | None = StateDirOption, file: Path = FileOption) -> None:
+@declare(STATE_DIR, FILE)
+def controller_stop(state_dir: str | None = None, file: Path = Path("fleet.yaml")) -> None:
     """Stop the controller. Gateways keep running; the next controller adopts them."""
     state = state_for(state_dir, file)
     try:
@@ -71,3 +61,6 @@ def controller_stop(state_dir: str | None = StateDirOption, file: Path = FileOpt
         echo(f"no controller is running for {state.root}")
         raise Exit(EXIT_FAILED)
     echo(f"controller pid {pid} stopped; gateways left running")
+
+
+controller_app = Group("Run or stop the controller itself.", (("run", controller_run), ("stop", controller_stop)))

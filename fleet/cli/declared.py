@@ -51,6 +51,16 @@ def declare(*params: Param) -> Callable[[Command], Command]:
     return mark
 
 
+@dataclass(frozen=True)
+class Group:
+    """A command group of declared commands (`controller run|stop`): its help and its commands by name."""
+    help: str
+    commands: tuple[tuple[str, Callable[..., None]], ...]
+
+    def command(self, name: str) -> Callable[..., None] | None:
+        return dict(self.commands).get(name)
+
+
 def declaration(function: object) -> tuple[Param, ...] | None:
     """The parameters `declare` gave `function`; None for a typer command."""
     return getattr(function, "declared_params", None)

@@ -43,7 +43,7 @@ def build_app(names: frozenset[str] | None = None):
     """The typer app with the commands in `names` (None: every command)."""
     import typer
 
-    from fleet.cli.declared import declaration
+    from fleet.cli.options import typer_target
 
     app = typer.Typer(name="hermes-fleet", help=HELP, no_args_is_help=True, rich_markup_mode=None,
                       pretty_exceptions_enable=False)
@@ -61,12 +61,7 @@ def build_app(names: frozenset[str] | None = None):
     for name, module, attribute in COMMANDS:
         if names is not None and name not in names:
             continue
-        target = getattr(importlib.import_module(module), attribute)
-        params = declaration(target)
-        if params is not None:
-            from fleet.cli.options import typer_command
-
-            target = typer_command(params, target)
+        target = typer_target(getattr(importlib.import_module(module), attribute))
         if isinstance(target, typer.Typer):
             app.add_typer(target, name=name)
         else:
@@ -110,13 +105,15 @@ def declared_call(argv: list[str]) -> tuple[Callable[..., None], dict[str, Any]]
     found = next(((module, attribute) for name, module, attribute in COMMANDS if name == argv[0]), None)
     if found is None:
         return None
-    from fleet.cli.declared import declaration, parse
+    from fleet.cli.declared import Group, declaration, parse
 
-    function = getattr(importlib.import_module(found[0]), found[1])
+    function, rest = getattr(importlib.import_module(found[0]), found[1]), argv[1:]
+    if isinstance(function, Group):
+        function, rest = (function.command(rest[0]) if rest else None), rest[1:]
     params = declaration(function)
-    if params is None:
+    if function is None or params is None:
         return None
-    values = parse(params, function, argv[1:])
+    values = parse(params, function, rest)
     return None if values is None else (function, values)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from fleet.cli.common import FILE, OUTPUT, STATE_DIR
-from fleet.cli.declared import GIVEN, Arg, Param
+from fleet.cli.declared import GIVEN, Arg, Group, Param, declaration
 
 
 def typer_param(param: Param, default: object) -> Any:
@@ -56,3 +56,15 @@ def typer_command(params: tuple[Param, ...], function: Any) -> Any:
 
 
 _SET_BY_USER = ("COMMANDLINE", "ENVIRONMENT")
+
+
+def typer_target(target: Any) -> Any:
+    """What typer registers for a command module's attribute: a declared command or group built for typer,
+    a typer command or app as it is."""
+    if isinstance(target, Group):
+        group = typer.Typer(help=target.help, no_args_is_help=True)
+        for name, function in target.commands:
+            group.command(name)(typer_target(function))
+        return group
+    params = declaration(target)
+    return target if params is None else typer_command(params, target)
