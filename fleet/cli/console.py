@@ -1,5 +1,5 @@
-"""What a command prints and how it ends, without the CLI framework: the commands a person runs most
-(`status`, `diff`, `apply`) are dispatched before typer is imported, so their code cannot depend on it."""
+"""What a command prints and how it ends, without the CLI framework: the declared commands
+(fleet/cli/declared.py) run before typer is imported, so their code cannot depend on it."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Commands declared without the CLI framework, so the console script can run them before typer is imported.
 
-A declared command is a plain function (its defaults are plain values) marked by `declare` with the `Opt`s and
-the `Arg` that say how the command line spells each parameter and what `--help` says about it. typer builds its command from
-the same declaration (`fleet.cli.options.typer_command`), so there is one place to add an option. `parse`
+A declared command is a plain function (its defaults are plain values) marked by `declare` with the `Opt`s
+and the `Arg` that say how the command line spells each parameter and what `--help` says about it. typer
+builds its command from the same declaration (`fleet.cli.options.typer_target`), so there is one place to
+add an option. `parse`
 reads the plain command lines a person types; anything else (`--help`, a spelling it does not know, `--`, a
 missing value) is left to typer, which explains the mistake as it does for every other command."""
 
@@ -11,9 +12,9 @@ from __future__ import annotations
 import inspect
 import os
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 
@@ -64,6 +65,7 @@ class Group:
 def declaration(function: object) -> tuple[Param, ...] | None:
     """The parameters `declare` gave `function`; None for a typer command."""
     return getattr(function, "declared_params", None)
+
 
 # A declared command may take the names of the parameters its command line gave (a saved plan refuses the
 # options it decided already); this parameter is filled by whoever parsed the line, never by the user.
