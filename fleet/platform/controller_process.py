@@ -50,5 +50,5 @@ def stop_controller(state: StateDir, holder: Holder, timeout: float = 30.0, plat
         left = deadline - time.monotonic()
         if left <= 0:
             return False
-        wait_for_an_exit(platform, frozenset({holder.pid}), min(left, 0.05))
+        wait_for_an_exit(platform, frozenset({holder.pid}), min(left, 0.02))  # 0.02: the old poll, where no watch is
     return True
