@@ -162,6 +162,9 @@ def main(argv: list[str] | None = None) -> None:
     # few cycles; the default threshold scanned that burst again and again: a quarter of a `diff` on
     # 10,000 profiles. Cycles are still collected, every 100,000 allocations (`status --watch` runs for hours).
     gc.set_threshold(100_000, 50, 100)
+    from fleet.dataclass_code import use_cached_dataclass_code
+
+    use_cached_dataclass_code("cli")
     import sqlite3
 
     from fleet.store.db import StoreError

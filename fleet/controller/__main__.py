@@ -9,11 +9,9 @@ import sqlite3
 import sys
 from typing import NoReturn
 
-from fleet.controller.loop import EXIT_CONFIG, EXIT_FATAL, Controller
+from fleet.dataclass_code import use_cached_dataclass_code
 from fleet.platform import current_platform
-from fleet.store.db import StoreError
 from fleet.spec.markers import STATE_DIR_ENV
-from fleet.store.layout import StateDirError, resolve_state_dir
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -27,6 +25,14 @@ def arguments() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = arguments().parse_args(argv)
+    # Imported here, once the compiled dataclass methods are at hand: the loop's modules create ~80 classes.
+    # The table is dropped after them, so the resident process does not keep it.
+    compiled = use_cached_dataclass_code("controller")
+    from fleet.controller.loop import EXIT_CONFIG, EXIT_FATAL, Controller
+    from fleet.store.db import StoreError
+    from fleet.store.layout import StateDirError, resolve_state_dir
+
+    compiled.release()
     state = resolve_state_dir(args.state_dir, None)
     try:
         return Controller(state, current_platform()).run()
