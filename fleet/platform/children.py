@@ -4,7 +4,10 @@ we know of it needs no check against the process table."""
 
 from __future__ import annotations
 
-import subprocess
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # subprocess loads with the first spawn: `status` and `diff` spawn nothing
+    import subprocess
 
 
 class SpawnedChildren:

@@ -13,7 +13,6 @@ assert sys.platform != "win32"
 import errno
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -113,6 +112,8 @@ class PosixPlatform:
     # ------------------------------------------------------------ spawn and exits
 
     def spawn_detached(self, argv: list[str], env: dict[str, str], cwd: str, log_path: str) -> int:
+        import subprocess  # not at the top: `status` and `diff` use this platform and spawn nothing
+
         log_fd = open_append(log_path)
         try:
             # Own session: the gateway outlives us, and a terminal hangup never reaches it (Hermes leaves SIGHUP default).
@@ -127,6 +128,8 @@ class PosixPlatform:
         to init (or the session's subreaper) from its first instant. A controller started by a CLI
         that runs inside a gateway's process tree thus never has that gateway among its ancestors,
         which the never-signal guard would otherwise protect from it."""
+        import subprocess
+
         read_end, write_end = os.pipe()
         intermediate = os.fork()
         if intermediate == 0:  # pragma: no cover - runs in the forked child, which only spawns and leaves
