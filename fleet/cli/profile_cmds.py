@@ -12,7 +12,7 @@ from fleet.cli.controller_client import NO_CONTROLLER_HINT, running_controller_p
 from fleet.controller.status import ProfileStatus, fleet_status
 from fleet.platform.wake import send_wake
 from fleet.platform import current_platform
-from fleet.platform.base import wait_for_an_exit
+from fleet.platform.base import Platform, ProcessInfo, wait_for_an_exit
 from fleet.spec.durations import parse_duration
 from fleet.spec.markers import PROFILE_ENV
 from fleet.spec.secrets import mask_argv
@@ -190,6 +190,8 @@ def _hold_every_profile_down(state: StateDir) -> None:
 
 
 def _wait_drained(state: StateDir, deadline: float) -> None:
+    """Until the fleet's status shows no gateway. Between two looks at it (a store read, the records and a plan),
+    only the processes the last look showed are watched, until each has exited."""
     platform = current_platform()
     while True:
         alive = _live_gateways(state)
@@ -197,7 +199,18 @@ def _wait_drained(state: StateDir, deadline: float) -> None:
             return
         if time.monotonic() > deadline:
             fail("timed out draining: " + ", ".join(f"{p.name} (pid {p.pid})" for p in alive), EXIT_FAILED)
-        wait_for_an_exit(platform, frozenset(p.pid for p in alive if p.pid), 0.05)
+        shown = [info for info in (platform.process_info(p.pid) for p in alive if p.pid) if info is not None]
+        while time.monotonic() <= deadline:
+            running = [info for info in shown if _still_runs(platform, info)]
+            if not running:
+                break
+            wait_for_an_exit(platform, frozenset(info.pid for info in running), 0.05)
+
+
+def _still_runs(platform: Platform, info: ProcessInfo) -> bool:
+    """The process `info` describes is still there, not a zombie, and its PID not reused."""
+    now = platform.process_info(info.pid)
+    return now is not None and now.alive and now.started_as(info.start_ticks, info.create_time)
 
 
 def _fleet_leftovers(state, deadline: float) -> list:
