@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hmac
 import os
-import secrets
 import socket
 
 from fleet.store.fence import FileId, file_id, remove_if_same
@@ -116,6 +115,8 @@ def open_unix_channel(state: StateDir) -> UnixWakeChannel | None:
 
 
 def open_loopback_channel(state: StateDir) -> LoopbackWakeChannel | NoWakeChannel:
+    import secrets  # its token generator: only a loopback channel needs one
+
     path = str(state.wake_port)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,6 +311,8 @@ class _Builder:
             except ValueError as exc:
                 self.problem(wpath + ("schedule",), f"not a valid cron schedule: {exc}")
             tz = w.get("timezone", "UTC")
+            import zoneinfo  # the time zone database, only for a fleet with maintenance windows
+
             try:
                 zoneinfo.ZoneInfo(tz)
             except (zoneinfo.ZoneInfoNotFoundError, ValueError):
