@@ -122,8 +122,8 @@ def source_flags(module: object) -> int:
 
 
 def use_cached_dataclass_code(entry: str) -> CompiledTexts:
-    """Install the table of the entry point `entry` for this process (once) and return it. Each entry point
-    keeps its own table, so the resident controller reads only the texts it uses."""
+    """Install the table named `entry` for this process (once) and return it. Each entry point (and each
+    command of the console script) keeps its own table, so a process reads only the texts it uses."""
     import atexit
     import dataclasses
 

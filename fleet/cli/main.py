@@ -164,7 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     gc.set_threshold(100_000, 50, 100)
     from fleet.dataclass_code import use_cached_dataclass_code
 
-    use_cached_dataclass_code("cli")
+    # A table per command: each loads only the code its own classes use.
+    known = {name for name, _, _ in COMMANDS}
+    use_cached_dataclass_code(f"cli-{args[0]}" if args and args[0] in known else "cli")
     import sqlite3
 
     from fleet.store.db import StoreError
