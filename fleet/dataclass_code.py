@@ -28,9 +28,6 @@ import sys
 from importlib.util import MAGIC_NUMBER, cache_from_source
 from types import CodeType
 
-# Past this many texts (a class renamed or changed leaves its old ones behind), a save keeps only the texts
-# this process used, so the file stays a few hundred kB and its load well under a millisecond per hundred.
-MAX_TEXTS = 2000
 
 
 class CompiledTexts:
@@ -58,7 +55,11 @@ class CompiledTexts:
         """Write the table when this process compiled something new; a failure loses only the speed-up."""
         if not self.compiled or self.path is None or sys.dont_write_bytecode:
             return
-        codes = self.codes if len(self.codes) <= MAX_TEXTS else {t: self.codes[t] for t in self.used}
+        # A changed class leaves its old texts behind (after an upgrade, say): once the table holds as many texts
+        # this process did not use as it used, only the used ones are kept. Loading is most of what the table
+        # costs, and a command's runs differ by a few texts (`status` and `status --deep`), not by half.
+        unused = len(self.codes) - len(self.used)
+        codes = self.codes if unused <= len(self.used) else {t: self.codes[t] for t in self.used}
         temporary = f"{self.path}.{os.getpid()}.tmp"
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)

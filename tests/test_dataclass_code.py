@@ -159,3 +159,22 @@ def test_the_console_script_keeps_the_table(tmp_path):
     assert done.returncode == 2 and "no fleet state" in done.stderr
     [table] = table_files(prefix)
     assert table.stat().st_size > 0
+
+
+def test_texts_no_class_uses_any_more_are_dropped_once_they_outnumber_the_used_ones(tmp_path, plain):
+    """After an upgrade a table holds the old classes' texts: the next save keeps only what was used."""
+    import marshal
+    from importlib.util import MAGIC_NUMBER
+
+    prefix = tmp_path / "pycache"
+    used = classes(prefix, table=True)["compiled"]
+    [table] = table_files(prefix)
+    codes = marshal.loads(table.read_bytes()[len(MAGIC_NUMBER):])
+    codes.pop(next(iter(codes)))  # one class changed: its new text is compiled, and the table saved again
+    stale = {f"def __create_fn__():\n def old_{i}(self):\n  return {i}\n return old_{i}": compile("x = 1", "<string>", "exec")
+             for i in range(used + 1)}
+    table.write_bytes(MAGIC_NUMBER + marshal.dumps({**codes, **stale}))
+    again = classes(prefix, table=True)
+    assert again["compiled"] == 1 and again["summary"] == plain
+    kept = marshal.loads(table.read_bytes()[len(MAGIC_NUMBER):])
+    assert len(kept) == used and not set(kept) & set(stale)
