@@ -9,10 +9,10 @@ them: a third of the command. A `.pyc` keeps a module's own code, never this.
 code objects first, and compiles (exactly as the built-in would: file name `<string>`, the compiler flags of
 `dataclasses`' own source, nothing inherited from here) only what it does not find. The table is a marshal
 file in the package's `__pycache__` (or under `sys.pycache_prefix`), headed by the interpreter's bytecode magic
-number, so another interpreter ignores it. A process adds what it compiled when it ends (or, for the resident
-controller, once its imports are done: `release()`), unless bytecode writing is off (`PYTHONDONTWRITEBYTECODE`). A missing,
-unreadable or foreign file only means compiling as before: the text is the key, so a hit is the very code
-the text compiles to.
+number, so another interpreter ignores it. A process adds what it compiled when it ends (the resident
+controller: once its imports are done, `release()`), unless bytecode writing is off (`PYTHONDONTWRITEBYTECODE`).
+A missing, unreadable or foreign file only means compiling as before: the text is the key, so a hit is the
+very code the text compiles to.
 
 Only the entry points call it (the console script before it imports a command, the controller before it
 imports its loop); a library user of `fleet` keeps the standard library untouched.
@@ -27,7 +27,6 @@ import os
 import sys
 from importlib.util import MAGIC_NUMBER, cache_from_source
 from types import CodeType
-
 
 
 class CompiledTexts:
@@ -72,7 +71,6 @@ class CompiledTexts:
                 os.unlink(temporary)
             except OSError:
                 pass
-
 
     def release(self) -> None:
         """Save, give `dataclasses` its built-in `exec` back and drop the table: for a process that stays
