@@ -146,23 +146,24 @@ def test_stop_is_reported_as_held_not_synced(fleet):
 
 
 def test_the_drain_wait_watches_a_process_until_it_exits_not_its_pid(tmp_path):
-    """`down` waits for the processes its last look at the status showed: one still running counts, one that
-    exited (reaped or a zombie) does not, and neither does another process that took its PID later."""
+    """`down` waits for the processes its last look at the status showed (`still_runs`, which the executor's
+    wait for leftovers and the observer's scan share): one still running counts, one that exited (reaped or a
+    zombie) does not, and neither does another process that took its PID later."""
     from dataclasses import replace
 
-    from fleet.cli.profile_cmds import _still_runs
     from fleet.platform import current_platform
+    from fleet.platform.base import still_runs
 
     platform = current_platform()
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.DEVNULL)
     try:
         info = wait_until(lambda: platform.process_info(proc.pid), 10, what="the sleeper's process info")
-        assert _still_runs(platform, info)
+        assert still_runs(platform, info)
         reused = replace(info, start_ticks=(info.start_ticks or 0) + 1, create_time=info.create_time + 60)
-        assert not _still_runs(platform, reused)
+        assert not still_runs(platform, reused)
         proc.kill()
-        wait_until(lambda: not _still_runs(platform, info), 10, what="the killed sleeper, a zombie until reaped")
+        wait_until(lambda: not still_runs(platform, info), 10, what="the killed sleeper, a zombie until reaped")
     finally:
         proc.kill()
         proc.wait(10)
-    assert not _still_runs(platform, info)
+    assert not still_runs(platform, info)

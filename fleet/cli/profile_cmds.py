@@ -12,7 +12,7 @@ from fleet.cli.controller_client import NO_CONTROLLER_HINT, running_controller_p
 from fleet.controller.status import ProfileStatus, fleet_status
 from fleet.platform.wake import send_wake
 from fleet.platform import current_platform
-from fleet.platform.base import Platform, ProcessInfo, wait_for_an_exit
+from fleet.platform.base import still_runs, wait_for_an_exit
 from fleet.spec.durations import parse_duration
 from fleet.spec.markers import PROFILE_ENV
 from fleet.spec.secrets import mask_argv
@@ -201,16 +201,10 @@ def _wait_drained(state: StateDir, deadline: float) -> None:
             fail("timed out draining: " + ", ".join(f"{p.name} (pid {p.pid})" for p in alive), EXIT_FAILED)
         shown = [info for info in (platform.process_info(p.pid) for p in alive if p.pid) if info is not None]
         while time.monotonic() <= deadline:
-            running = [info for info in shown if _still_runs(platform, info)]
+            running = [info for info in shown if still_runs(platform, info)]
             if not running:
                 break
             wait_for_an_exit(platform, frozenset(info.pid for info in running), 0.05)
-
-
-def _still_runs(platform: Platform, info: ProcessInfo) -> bool:
-    """The process `info` describes is still there, not a zombie, and its PID not reused."""
-    now = platform.process_info(info.pid)
-    return now is not None and now.alive and now.started_as(info.start_ticks, info.create_time)
 
 
 def _fleet_leftovers(state, deadline: float) -> list:

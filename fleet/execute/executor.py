@@ -14,7 +14,7 @@ from fleet.observe import hermes_files as hf
 from fleet.observe import identity
 from fleet.observe.leftovers import ProcessSnapshot, find_leftovers
 from fleet.observe.model import LiveProcess, ProfileObservation, Verdict
-from fleet.platform.base import Platform, SignalRefused
+from fleet.platform.base import Platform, SignalRefused, still_runs
 from fleet.plan.exits import TERMINAL_CLASSES, count_exit, describe_exit
 from fleet.plan.model import Action, Stage
 from fleet.spec.model import DRIVER_HERMES, ProfileSpec
@@ -378,10 +378,10 @@ class Executor:
 
     def _wait_gone(self, infos: list, timeout: float) -> list:
         deadline = time.monotonic() + timeout
-        alive = [i for i in infos if self._still_same(i)]
+        alive = [i for i in infos if still_runs(self.platform, i)]
         while alive and time.monotonic() < deadline:
             time.sleep(0.02)
-            alive = [i for i in alive if self._still_same(i)]
+            alive = [i for i in alive if still_runs(self.platform, i)]
         return alive
 
     def _live_gateways(self, name: str, obs: ProfileObservation) -> frozenset[int]:
@@ -408,10 +408,6 @@ class Executor:
             send(info.pid)
         except SignalRefused:
             pass
-
-    def _still_same(self, info) -> bool:
-        now = self.platform.process_info(info.pid)
-        return now is not None and now.alive and now.started_as(info.start_ticks, info.create_time)
 
 
 def _spawn_error(exc: Exception) -> str:

@@ -11,7 +11,7 @@ from fleet.maintenance import queue
 from fleet.observe import hermes_files as hf
 from fleet.observe import identity
 from fleet.observe.model import LiveProcess, Observed, Orphan, ProfileObservation, Verdict, WriteRefusal
-from fleet.platform.base import Platform, ProcessInfo
+from fleet.platform.base import Platform, ProcessInfo, still_runs
 from fleet.platform.write_probe import write_refusal
 from fleet.service.native import NativeIndex, find_native_service, same_home
 from fleet.spec.markers import PROFILE_ENV, SPEC_HASH_ENV, STATE_DIR_ENV
@@ -245,8 +245,7 @@ class Observer:
     def _ended_since_listed(self, info: ProcessInfo) -> bool:
         """Whether a process whose environment could not be read has ended since the process table was listed:
         a gateway that gives up at once (another holds its lock) would otherwise be reported as unproven."""
-        now = self.platform.process_info(info.pid)
-        return now is None or not now.alive or not now.started_as(info.start_ticks, info.create_time)
+        return not still_runs(self.platform, info)
 
     def _scan(self, specs, profiles, claimed, inventory_names):
         """Find live processes of our profiles that no record names (adoption) and gateways nobody manages."""

@@ -124,6 +124,12 @@ class Platform(Protocol):
     def stop_controller_process(self, state: StateDir, proc: psutil.Process, timeout: float) -> None: ...
 
 
+def still_runs(platform: Platform, info: ProcessInfo) -> bool:
+    """The process `info` describes is still there, not a zombie, and its PID not taken by another process."""
+    now = platform.process_info(info.pid)
+    return now is not None and now.alive and now.started_as(info.start_ticks, info.create_time)
+
+
 def wait_for_an_exit(platform: Platform, pids: frozenset[int], timeout: float) -> None:
     """Until one of `pids` exits or `timeout` passes, whichever comes first: at once through the platform's
     exit watch, where it has one, instead of sleeping a polling interval out. The caller looks again either
