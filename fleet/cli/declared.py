@@ -3,9 +3,9 @@
 A declared command is a plain function (its defaults are plain values) marked by `declare` with the `Opt`s
 and the `Arg` that say how the command line spells each parameter and what `--help` says about it. typer
 builds its command from the same declaration (`fleet.cli.options.typer_target`), so there is one place to
-add an option. `parse`
-reads the plain command lines a person types; anything else (`--help`, a spelling it does not know, `--`, a
-missing value) is left to typer, which explains the mistake as it does for every other command."""
+add an option. `parse` reads the plain command lines a person types; anything else (`--help`, a spelling it
+does not know, `--`, a missing value) is left to typer, which explains the mistake as it does for every
+other command."""
 
 from __future__ import annotations
 

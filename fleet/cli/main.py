@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     from fleet.dataclass_code import use_cached_dataclass_code
 
     # A table per command: each loads only the code its own classes use.
-    known = {name for name, _, _ in COMMANDS}
-    use_cached_dataclass_code(f"cli-{args[0]}" if args and args[0] in known else "cli")
+    wanted = wanted_commands(args)
+    use_cached_dataclass_code("cli-" + next(iter(wanted)) if wanted else "cli")
     import sqlite3
 
     from fleet.store.db import StoreError
