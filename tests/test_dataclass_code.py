@@ -6,9 +6,11 @@ with `PYTHONPYCACHEPREFIX` sending the table to a temporary directory."""
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import subprocess
 import sys
+from importlib.util import MAGIC_NUMBER
 from pathlib import Path
 
 import pytest
@@ -96,7 +98,9 @@ def run_python(code: str, prefix: Path, **extra_env: str) -> subprocess.Complete
 
 
 def classes(prefix: Path, *, table: bool, **extra_env: str) -> dict:
-    return json.loads(run_python((USE_TABLE if table else "") + CLASSES, prefix, **extra_env).stdout)
+    done = run_python((USE_TABLE if table else "") + CLASSES, prefix, **extra_env)
+    assert done.stderr == ""  # a table that cannot be read or written is silent (an atexit error would show here)
+    return json.loads(done.stdout)
 
 
 def table_files(prefix: Path) -> list[Path]:
@@ -120,17 +124,36 @@ def test_a_class_made_from_the_table_is_the_class_the_standard_library_makes(tmp
     assert warm["summary"] == plain
 
 
-@pytest.mark.parametrize("content", [b"", b"garbage", b"\x00\x00\x00\x00" + b"not marshal"], ids=["empty", "damaged",
-                                                                                                  "foreign"])
-def test_a_damaged_or_foreign_table_only_costs_the_compile(tmp_path, plain, content):
+DAMAGES = {
+    "empty": lambda data: b"",
+    "garbage": lambda data: b"garbage",
+    "another interpreter's": lambda data: b"\x00\x00\x00\x00" + data[len(MAGIC_NUMBER):],
+    "truncated": lambda data: data[: len(data) // 2],
+    "not a table": lambda data: MAGIC_NUMBER + marshal.dumps(["a list"]),
+    "values that are no code": lambda data: MAGIC_NUMBER + marshal.dumps(
+        dict.fromkeys(marshal.loads(data[len(MAGIC_NUMBER):]), 1)),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES.values(), ids=DAMAGES.keys())
+def test_a_damaged_or_foreign_table_only_costs_the_compile(tmp_path, plain, damage):
     prefix = tmp_path / "pycache"
     classes(prefix, table=True)
     [table] = table_files(prefix)
-    table.write_bytes(content)
+    table.write_bytes(damage(table.read_bytes()))
     again = classes(prefix, table=True)
     assert again["compiled"] > 0
     assert again["summary"] == plain
     assert classes(prefix, table=True)["compiled"] == 0  # and the rewritten table serves the next process
+
+
+def test_a_table_that_cannot_be_written_only_costs_the_compile(tmp_path, plain):
+    prefix = tmp_path / "pycache"
+    prefix.write_text("a file where the table's folder would go")
+    for _ in range(2):
+        made = classes(prefix, table=True)
+        assert made["compiled"] > 0 and made["summary"] == plain
+    assert table_files(tmp_path) == []
 
 
 def test_no_table_is_written_when_bytecode_writing_is_off(tmp_path, plain):
@@ -163,9 +186,6 @@ def test_the_console_script_keeps_the_table(tmp_path):
 
 def test_texts_no_class_uses_any_more_are_dropped_once_they_outnumber_the_used_ones(tmp_path, plain):
     """After an upgrade a table holds the old classes' texts: the next save keeps only what was used."""
-    import marshal
-    from importlib.util import MAGIC_NUMBER
-
     prefix = tmp_path / "pycache"
     used = classes(prefix, table=True)["compiled"]
     [table] = table_files(prefix)
