@@ -632,6 +632,16 @@ class TestNeverSpawnable:
         assert len(found) == 1, found
         assert found[0].startswith(f"fleet.yaml:{where}: expected {self.NUL}; found "), found[0]
 
+    @pytest.mark.parametrize("body, where", [
+        ("profiles:\n  a: {env: {STAMP: 2001-13-45}}\n", "4:20: profiles.a.env.STAMP"),
+        ("profiles:\n  a: {env: {2001-02-30: x}}\n", "4:13: profiles.a.env.2001-02-30"),
+        ("profiles:\n  a: {env: {STAMP: 2001-12-14 25:00:00}}\n", "4:20: profiles.a.env.STAMP"),
+    ])
+    def test_a_scalar_with_a_types_form_but_no_valid_value_is_located_not_a_crash(self, body, where):
+        found = the_error(manifest(body))
+        assert found.startswith(f"fleet.yaml:{where}: has the form of a YAML date but is not a valid one ("), found
+        assert found.endswith("(quote it to keep it as text)"), found
+
     def test_the_value_of_a_secret_is_not_shown(self):
         found = the_error(manifest('profiles:\n  a: {env: {API_TOKEN: "hunter\\0two"}}\n'))
         assert "hunter" not in found and self.NUL in found

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
+from fleet.spec.pyyaml import yaml
 
 from fleet.cli.common import (
     EXIT_ERROR, check_output, emit_json, fail, load_or_exit, state_for,

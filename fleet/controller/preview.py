@@ -3,6 +3,7 @@ It is the same pure planner the controller runs, fed the same durable inputs."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 
@@ -65,9 +66,12 @@ def preflight(profiles) -> tuple[Check, ...]:
     """Problems found without acting (Nomad's scheduler dry-run)."""
     checks = []
     tokens: dict[tuple[str, str], str] = {}
+    found: dict[str, bool] = {}  # a fleet's profiles mostly share one executable; PATH is searched once for it
     for p in profiles:
         exe = p.command[0]
-        if shutil.which(exe) is None:
+        if exe not in found:
+            found[exe] = shutil.which(exe) is not None
+        if not found[exe]:
             checks.append(Check("error", "executable_missing", f"{exe} not found (neither a path nor on PATH)", p.name,
                                 "install it or fix the command in fleet.yaml"))
         for key, value in p.env:
@@ -77,9 +81,7 @@ def preflight(profiles) -> tuple[Check, ...]:
                     checks.append(Check("error", "shared_bot_token", f"shares {key} with {other}; the gateway would exit 78",
                                         p.name, "give each profile its own bot"))
                 tokens[(key, value)] = p.name
-        if p.driver == DRIVER_HERMES and p.name != "default":
-            import os
-            if not os.path.isdir(p.hermes_home):
-                checks.append(Check("warning", "profile_home_missing",
-                                    f"{p.hermes_home} does not exist yet; it will be created on first spawn", p.name))
+        if p.driver == DRIVER_HERMES and p.name != "default" and not os.path.isdir(p.hermes_home):
+            checks.append(Check("warning", "profile_home_missing",
+                                f"{p.hermes_home} does not exist yet; it will be created on first spawn", p.name))
     return tuple(checks)

@@ -11,7 +11,7 @@ import textwrap
 from dataclasses import dataclass
 from collections.abc import Sequence
 
-import yaml
+from fleet.spec.pyyaml import yaml
 
 from fleet.export.base import ExportError, Note
 

@@ -561,7 +561,7 @@ def _config(home: str) -> dict:
     path = os.path.join(home, "config.yaml")
     if not os.path.isfile(path):
         return {}
-    import yaml
+    from fleet.spec.pyyaml import yaml
 
     try:
         with open(path, "rb") as fh:

@@ -14,37 +14,11 @@ Masking never reveals anything derived from the value: no length, no prefix, no 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
+
+from fleet.spec.lazy_pattern import LazyPattern
 
 MASK = "(sensitive)"
-
-
-class _LazyPattern:
-    """A regular expression compiled on its first use: most commands mask nothing, and compiling every rule's
-    pattern up front cost each of them about 5 ms."""
-
-    __slots__ = ("_compiled", "_flags", "_source")
-
-    def __init__(self, source: str, flags: int = 0):
-        self._source, self._flags = source, flags
-        self._compiled: re.Pattern[str] | None = None
-
-    def _pattern(self) -> re.Pattern[str]:
-        if self._compiled is None:
-            self._compiled = re.compile(self._source, self._flags)
-        return self._compiled
-
-    def search(self, text: str) -> re.Match[str] | None:
-        return self._pattern().search(text)
-
-    def match(self, text: str) -> re.Match[str] | None:
-        return self._pattern().match(text)
-
-    def finditer(self, text: str) -> Iterator[re.Match[str]]:
-        return self._pattern().finditer(text)
-
-    def sub(self, replacement: str | Callable[[re.Match[str]], str], text: str) -> str:
-        return self._pattern().sub(replacement, text)
 
 
 # Substrings of a variable or option name that mark its value as secret. Matched anywhere in
@@ -53,13 +27,13 @@ class _LazyPattern:
 _NAME_PARTS = ("TOKEN", "KEY", "SECRET", "PASS", "PWD", "CREDENTIAL", "DSN", "WEBHOOK", "COOKIE", "SIGNATURE",
                "PRIVATE", "BEARER")
 # Matched as a whole word of the name only: AUTH, BASIC_AUTH, AUTH_HEADER, AUTHORIZATION (not AUTHOR).
-_NAME_WORDS = _LazyPattern(r"(?:^|[^A-Z0-9])(?:AUTH|AUTHORIZATION|AUTHN|OAUTH|PW|PIN|OTP)(?:$|[^A-Z0-9])")
+_NAME_WORDS = LazyPattern(r"(?:^|[^A-Z0-9])(?:AUTH|AUTHORIZATION|AUTHN|OAUTH|PW|PIN|OTP)(?:$|[^A-Z0-9])")
 # Names that contain a secret word but never hold a secret (the shell's working directories).
 _NOT_SECRET_NAMES = frozenset({"PWD", "OLDPWD"})
 
 # Token formats issued by common services: GitHub, GitLab, Slack, OpenAI/Anthropic/Stripe,
 # AWS access keys, Google API keys, Hugging Face, npm, PyPI, SendGrid, Telegram bot tokens.
-_TOKEN_PREFIXES = _LazyPattern(
+_TOKEN_PREFIXES = LazyPattern(
     r"(?<![A-Za-z0-9])(?:"
     r"gh[pousr]_[A-Za-z0-9]{8,}|github_pat_[A-Za-z0-9_]{8,}|glpat-[A-Za-z0-9_\-]{8,}"
     r"|xox[abposre]-[A-Za-z0-9\-]{6,}|xapp-[A-Za-z0-9\-]{6,}"
@@ -68,32 +42,32 @@ _TOKEN_PREFIXES = _LazyPattern(
     r"|hf_[A-Za-z0-9]{10,}|npm_[A-Za-z0-9]{20,}|pypi-[A-Za-z0-9_\-]{20,}|SG\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}"
     r"|\d{6,12}:[A-Za-z0-9_\-]{30,}"
     r")")
-_JWT = _LazyPattern(r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]{4,}\.eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*")
-_PEM_PRIVATE = _LazyPattern(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
+_JWT = LazyPattern(r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]{4,}\.eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*")
+_PEM_PRIVATE = LazyPattern(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
 # A credential after an Authorization scheme: 8+ characters with a digit, a symbol or mixed case
 # (so "Bot started" and "Basic authentication" stay readable).
-_AUTH_SCHEME = _LazyPattern(r"(?<![A-Za-z0-9])(?:[Bb]earer|[Bb]asic|[Dd]igest|[Tt]oken|Bot|ApiKey)\s+"
+_AUTH_SCHEME = LazyPattern(r"(?<![A-Za-z0-9])(?:[Bb]earer|[Bb]asic|[Dd]igest|[Tt]oken|Bot|ApiKey)\s+"
                           r"(?=[A-Za-z0-9._~+/=:\-]*(?:[0-9]|[._~+/=:\-][A-Za-z0-9]|[a-z][A-Z]|[A-Z][a-z]*[A-Z]))"
                           r"[A-Za-z0-9._~+/=:\-]{8,}")
 # user:password@ in a URL, or a user part that is a key (a Sentry DSN's https://<key>@host/1),
 # not a login name such as git@ or deploy@.
-_URL_USERINFO = _LazyPattern(r"(?i)\b[a-z][a-z0-9+.\-]*://(?P<user>[^/?#@:\s]*)(?P<password>:[^/?#@\s]*)?@")
-_KEY_LIKE_USER = _LazyPattern(r"^(?=.*[0-9])(?=.*[A-Za-z])[A-Za-z0-9_\-]{8,}$|^[A-Za-z0-9_\-]{20,}$")
-_URL = _LazyPattern(r"(?i)\b[a-z][a-z0-9+.\-]*://[^\s\"'<>]+")
-_PEM_BLOCK = _LazyPattern(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----.*?(?:-----END [A-Z0-9 ]*-----|$)", re.S)
+_URL_USERINFO = LazyPattern(r"(?i)\b[a-z][a-z0-9+.\-]*://(?P<user>[^/?#@:\s]*)(?P<password>:[^/?#@\s]*)?@")
+_KEY_LIKE_USER = LazyPattern(r"^(?=.*[0-9])(?=.*[A-Za-z])[A-Za-z0-9_\-]{8,}$|^[A-Za-z0-9_\-]{20,}$")
+_URL = LazyPattern(r"(?i)\b[a-z][a-z0-9+.\-]*://[^\s\"'<>]+")
+_PEM_BLOCK = LazyPattern(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----.*?(?:-----END [A-Z0-9 ]*-----|$)", re.S)
 # Hosts whose URL path is itself the credential.
 _WEBHOOK_HOSTS = ("hooks.slack.com", "discord.com", "discordapp.com", "outlook.office.com", "webhook.office.com",
                   "chat.googleapis.com", "api.telegram.org")
-_ASSIGNMENT_NAME = _LazyPattern(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_ASSIGNMENT_NAME = LazyPattern(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 # NAME=value or NAME: value inside free text, where NAME is secret-looking. A bare value never ends in ':' (taken
 # whole, atomically): in `note: password: x` the `password: x` is the assignment, not `note: password:`.
-_ASSIGNMENT = _LazyPattern(r"(?P<name>(?<![A-Za-z0-9_\-])-{0,2}[A-Za-z_][A-Za-z0-9_.\-]*)(?P<sep>\s*[=:]\s*)"
+_ASSIGNMENT = LazyPattern(r"(?P<name>(?<![A-Za-z0-9_\-])-{0,2}[A-Za-z_][A-Za-z0-9_.\-]*)(?P<sep>\s*[=:]\s*)"
                          r"(?P<value>\"[^\"]*\"|'[^']*'|(?>[^\s,;&\"']+)(?<!:))")
 # --name value inside free text (a command line quoted in a message).
-_FLAG_VALUE = _LazyPattern(r"(?<!\S)(?P<name>--[A-Za-z][A-Za-z0-9_\-]*)(?P<sep>\s+)"
+_FLAG_VALUE = LazyPattern(r"(?<!\S)(?P<name>--[A-Za-z][A-Za-z0-9_\-]*)(?P<sep>\s+)"
                          r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s\-\"'][^\s]*)")
 # A long single word of letters and digits, as API keys without a known prefix are.
-_OPAQUE = _LazyPattern(r"^(?=[^/]*[0-9])(?=[^/]*[A-Za-z])[A-Za-z0-9_\-+=]{32,}$")
+_OPAQUE = LazyPattern(r"^(?=[^/]*[0-9])(?=[^/]*[A-Za-z])[A-Za-z0-9_\-+=]{32,}$")
 
 
 def secret_name(name: str) -> bool:

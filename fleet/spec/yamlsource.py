@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import yaml
+from fleet.spec.pyyaml import yaml
 
 from fleet.spec.errors import ManifestError, Problem
 
@@ -117,12 +117,12 @@ class _Prepared:
         sources = self._merge_sources(node)
         if not sources:
             return own
-        taken = {_key_of(self.loader, k) for k, _ in own if isinstance(k, yaml.ScalarNode)}
+        taken = {_key_of(self.loader, k, self.filename) for k, _ in own if isinstance(k, yaml.ScalarNode)}
         merged: list = []
         for source in sources:
             for key_node, value_node in self.pairs[id(source)]:
                 if isinstance(key_node, yaml.ScalarNode):
-                    name = _key_of(self.loader, key_node)
+                    name = _key_of(self.loader, key_node, self.filename)
                     if name in taken:
                         continue
                     taken.add(name)
@@ -208,7 +208,109 @@ def _compose_fast(text: str, filename: str):
         return None
 
 
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+def _located_plain(text: str) -> Located | None:
+    """A plain document (no anchor, alias, merge key or explicit tag, no problem of any kind, at most
+    MAX_DEPTH levels and MAX_NODES events) built in one pass over libyaml's events, with the very
+    data and marks the node path below builds. Anything else: None, and the node path loads the
+    document and reports what it finds. A fleet.yaml is almost always plain, and this pass costs
+    less than composing, measuring and building nodes (a third of the time at 1,000 profiles)."""
+    if not getattr(yaml, "__with_libyaml__", False):
+        return None
+    loader = yaml.CSafeLoader(text)
+    try:
+        return _plain_events(loader)
+    except Exception:  # noqa: BLE001 - any error is the node path's to report, with its own message
+        return None
+    finally:
+        loader.dispose()
+
+
+def _plain_events(loader) -> Located | None:
+    get = loader.get_event
+    resolve = loader.resolve
+    value_marks: dict[Path, tuple[int, int]] = {}
+    key_marks: dict[Path, tuple[int, int]] = {}
+    scalar_event, map_start, seq_start = yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent
+    map_end, seq_end = yaml.MappingEndEvent, yaml.SequenceEndEvent
+    scalar_node = yaml.ScalarNode
+    if type(get()) is not yaml.StreamStartEvent or type(get()) is not yaml.DocumentStartEvent:
+        return None
+    # Open collections, innermost last: [container, its path, the key awaiting its value (maps)].
+    stack: list[list] = []
+    root: object = None
+    events = 2
+    while True:
+        event = get()
+        events += 1
+        if events > MAX_NODES:
+            return None
+        kind = type(event)
+        if kind is map_end or kind is seq_end:
+            done = stack.pop()
+            if not stack:
+                root = done[0]
+                break
+            continue
+        if event.anchor is not None or event.tag is not None:
+            return None
+        if stack:
+            top = stack[-1]
+            container = top[0]
+            in_map = type(container) is dict
+            if in_map and top[2] is None:
+                if kind is not scalar_event:
+                    return None
+                key = event.value
+                tag = resolve(scalar_node, key, event.implicit)
+                if tag == _MERGE_TAG or key in container:
+                    return None
+                if tag != _STR_TAG:  # kept as written, but constructed as `_key_of` does, to refuse what it refuses
+                    loader.construct_object(scalar_node(tag, key, event.start_mark, event.end_mark, event.style),
+                                            deep=True)
+                path = top[1] + (key,)
+                key_marks[path] = (event.start_mark.line + 1, event.start_mark.column + 1)
+                top[2] = path
+                continue
+            if in_map:
+                path = top[2]
+                top[2] = None
+            else:
+                path = top[1] + (len(container),)
+        else:
+            path = ()
+        value_marks[path] = (event.start_mark.line + 1, event.start_mark.column + 1)
+        if kind is scalar_event:
+            tag = resolve(scalar_node, event.value, event.implicit)
+            value = event.value if tag == _STR_TAG else loader.construct_object(
+                scalar_node(tag, event.value, event.start_mark, event.end_mark, event.style), deep=True)
+        elif kind is map_start or kind is seq_start:
+            if len(stack) >= MAX_DEPTH:
+                return None
+            value = {} if kind is map_start else []
+        else:
+            return None  # an alias
+        if not stack:
+            if kind is scalar_event:
+                return None  # a bare scalar or an empty document
+        elif type(stack[-1][0]) is dict:
+            stack[-1][0][path[-1]] = value
+        else:
+            stack[-1][0].append(value)
+        if kind is not scalar_event:
+            stack.append([value, path, None])
+    if type(get()) is not yaml.DocumentEndEvent or type(get()) is not yaml.StreamEndEvent:
+        return None
+    return Located(data=root, value_marks=value_marks, key_marks=key_marks)
+
+
 def load_located(text: str, filename: str) -> Located:
+    return _located_plain(text) or _located_by_nodes(text, filename)
+
+
+def _located_by_nodes(text: str, filename: str) -> Located:
     loader = None
     try:
         fast = _compose_fast(text, filename)
@@ -268,7 +370,7 @@ def _build(loader, node, path, located, budget, problems, filename, depth, pairs
                                      f"the document nests deeper than {MAX_DEPTH} levels")])
     located.value_marks.setdefault(path, _pos(node))
     if isinstance(node, yaml.ScalarNode):
-        return loader.construct_object(node, deep=True)
+        return _construct_scalar(loader, node, filename, path)
     if node.tag not in (_SEQ_TAG, _MAP_TAG) and not isinstance(node, yaml.ScalarNode):
         problems.append(Problem(filename, *_pos(node), _dotted(path), f"unsupported YAML tag '{node.tag}'"))
         return None
@@ -281,7 +383,7 @@ def _build(loader, node, path, located, budget, problems, filename, depth, pairs
             if not isinstance(key_node, yaml.ScalarNode):
                 problems.append(Problem(filename, *_pos(key_node), _dotted(path), "a mapping key must be a plain scalar"))
                 continue
-            key = _key_of(loader, key_node)
+            key = _key_of(loader, key_node, filename, path + (key_node.value,))
             if key in result:
                 first = located.key_marks.get(path + (key,), (0, 0))
                 problems.append(Problem(filename, *_pos(key_node), _dotted(path + (key,)),
@@ -294,10 +396,22 @@ def _build(loader, node, path, located, budget, problems, filename, depth, pairs
     return None
 
 
-def _key_of(loader, key_node) -> str:
+def _key_of(loader, key_node, filename: str, path: Path = ()) -> str:
     """A key as written: `NO:` stays "NO" (not YAML 1.1's false), `007:` stays "007" (not 7)."""
-    loader.construct_object(key_node, deep=True)  # refuses tags the safe loader does not know
+    _construct_scalar(loader, key_node, filename, path)  # refuses what the safe loader refuses
     return key_node.value
+
+
+def _construct_scalar(loader, node, filename: str, path: Path):
+    """A scalar as the safe loader builds it. One that has a type's form but is no valid value of it
+    (`2001-13-45` looks like a date) is an error in the file, located, not a crash."""
+    try:
+        return loader.construct_object(node, deep=True)
+    except (ValueError, OverflowError) as exc:
+        kind = node.tag.rsplit(":", 1)[-1].replace("timestamp", "date")
+        raise ManifestError([Problem(filename, *_pos(node), _dotted(path),
+                                     f"has the form of a YAML {kind} but is not a valid one ({exc})",
+                                     "quote it to keep it as text")]) from None
 
 
 def _node_kind(node) -> str:

@@ -31,7 +31,8 @@ def _per_profile(suffix: str, folder: str = "") -> Callable[[StateDir, str], Pat
         if found is None:
             if len(made) > 65536:
                 made.clear()
-            found = made[key] = self.root / folder / f"{profile}{suffix}"
+            name = f"{profile}{suffix}"
+            found = made[key] = self.root.joinpath(folder, name) if folder else self.root / name
         return found
     return path
 
