@@ -430,6 +430,26 @@ def test_reclaiming_its_own_gateway_ends_the_marked_leftovers_and_only_reports_t
     assert [e.kind for e in store.events(profile="alpha")][-3:] == ["warning", "leftovers_ended", "exited"]
 
 
+def test_a_process_older_than_the_dead_gateway_is_no_leftover_of_it_and_its_environment_is_never_read(
+        state, store, platform, monkeypatch):
+    """What a gateway forked started after it: a marked process that started earlier (an earlier gateway's, ended
+    by the spawn's sweep when it is a stray) is not this gateway's leftover, and the reclaim does not read the
+    environment of any process older than the gateway, however many run (most of a host's processes)."""
+    spec = process_spec()
+    run, reclaim, dead = spawned_then_ended(state, store, platform, spec)
+    older = FIRST_PID - 50
+    platform.run_stranger(older, ("sleep", "60"), identity.markers("alpha", str(state.root)), start_ticks=1)
+    read: list[int] = []
+    environ = platform.process_environ
+    monkeypatch.setattr(platform, "process_environ", lambda pid: read.append(pid) or environ(pid))
+
+    run.execute(reclaim, dead)
+
+    assert platform.signalled() == [Call("request_stop", (LEFTOVER,))]
+    assert older in platform.processes
+    assert older not in read and LEFTOVER in read
+
+
 def test_a_leftover_that_ignores_the_stop_is_killed_after_the_grace(state, store, platform, monkeypatch):
     monkeypatch.setattr("fleet.execute.executor.LEFTOVER_GRACE", 0.0)  # the grace's length is not under test
     spec = process_spec()

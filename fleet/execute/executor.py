@@ -29,13 +29,6 @@ LEFTOVER_GRACE = 1.0  # a dead gateway's leftovers get this long after the stop 
 LEFTOVER_KILL_WAIT = 2.0
 
 
-def _started_after(info, record: PidRecord) -> bool:
-    """A leftover was forked by the gateway, so it cannot have started before it."""
-    if record.start_ticks is not None and info.start_ticks is not None:
-        return info.start_ticks >= record.start_ticks
-    return info.create_time >= record.create_time - 0.05  # a damaged record (NaN) proves nothing: not ended
-
-
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
@@ -316,9 +309,9 @@ class Executor:
         gateway_pid = record.pid
         found = find_leftovers(self.platform, str(self.state.root), name,
                                group_of=gateway_pid if gateway_pid > 1 else None,
-                               exclude=self._live_gateways(name, obs), snapshot=self._processes())
+                               exclude=self._live_gateways(name, obs), snapshot=self._processes(), born_after=record)
         spec = self.spec_of(name)
-        marked = [f.info for f in found if f.profile == name and _started_after(f.info, record)
+        marked = [f.info for f in found if f.profile == name
                   and self.platform.child_environ(f.info.pid) is None  # a gateway we spawned is no leftover
                   and not identity.may_be_the_gateway(spec, f.info)]
         unmarked = [f.info for f in found if f.profile != name]

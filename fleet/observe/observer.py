@@ -39,7 +39,8 @@ class Observer:
         self.state = state
         self.store = store
         self.platform = platform
-        # Marker proofs only: a process's environment never changes, the other proofs (a held lock) can.
+        # Marker and child proofs only: the environment a process started with never changes (nor the one this
+        # controller gave a child it still holds); the other proofs (a held lock, a command line) can.
         self._proven: dict[tuple[int, int | None, str], identity.Proof] = {}
         self._foreign: dict[tuple[int, int | None], tuple[str, str] | None] = {}  # (state dir, Hermes home)
         self._natives = NativeIndex()
@@ -55,7 +56,7 @@ class Observer:
             if info is not None and info.alive and info.started_as(start_ticks, create_time):
                 return identity.Check(Verdict.ALIVE, info, cached)
         result = identity.check(self.platform, pid, start_ticks, create_time, name, str(self.state.root), spec)
-        if result.proof is not None and result.proof.how == identity.PROOF_MARKER:
+        if result.proof is not None and result.proof.how in (identity.PROOF_MARKER, identity.PROOF_CHILD):
             if len(self._proven) > 4096:
                 self._proven.clear()
             self._proven[key] = result.proof
