@@ -113,7 +113,7 @@ class FakePlatform:
         self.processes[pid] = FakeProcess(process_info(pid, argv, os.getpid()), dict(env), child=True)
         return pid
 
-    def spawn_daemon(self, argv: list[str], log_fd: int) -> int:
+    def spawn_daemon(self, argv: list[str], log_fd: int, stdin_fd: int | None = None) -> int:
         self.calls.append(Call("spawn_daemon", (tuple(argv),)))
         pid = next(self._pids)
         self.processes[pid] = FakeProcess(process_info(pid, argv, 1), dict(os.environ), child=False)

@@ -263,6 +263,9 @@ def _windows_cli(argv: list[str]) -> int:
 
     client.controller_command = lambda state: [sys.executable, __file__, "windows-controller", "--state-dir",
                                                str(state.root)]
+    import fleet.cli.early_controller as early
+
+    early.start_for = lambda args: None  # the stand-in controller above starts only the usual way, never held
     from fleet.cli.main import main
 
     main(argv)

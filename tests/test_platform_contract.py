@@ -359,16 +359,21 @@ def test_kill_tree_ends_the_root_and_its_marked_descendants_only(subject):
 
 
 @checks("spawn_daemon", "scoped_command")
-def test_spawn_daemon_starts_a_process_that_is_nobodys_child(subject):
+def test_spawn_daemon_starts_a_process_that_is_nobodys_child_reading_what_it_is_given(subject):
     started = subject.tmp / "daemon"
     fd = os.open(subject.tmp / "daemon.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    read_end, write_end = os.pipe()
     try:
         pid = subject.platform.spawn_daemon(
-            [sys.executable, "-c", f"import os, time\nopen({str(started)!r}, 'w').close()\ntime.sleep(300)"], fd)
+            [sys.executable, "-c", f"import sys, time\nword = sys.stdin.read()\n"
+                                   f"open({str(started)!r}, 'w').write(word)\ntime.sleep(300)"], fd, stdin_fd=read_end)
     finally:
         os.close(fd)
+        os.close(read_end)
     subject.reaper.track(pid)
-    wait_until(started.exists, 10, what="the daemon")
+    os.write(write_end, b"go")
+    os.close(write_end)  # the daemon holds no copy of it: it reads to the end
+    wait_until(lambda: started.exists() and started.read_text() == "go", 10, what="the daemon")
     if subject.posix:
         assert psutil.Process(pid).ppid() != os.getpid()
     elif subject.stand_ins is not None:

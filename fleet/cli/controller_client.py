@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 
+from fleet.cli import early_controller
+from fleet.cli.early_controller import controller_command
 from fleet.controller.status import controller_status
 from fleet.platform import controller_process, current_platform
 from fleet.store.db import Store
@@ -13,6 +14,7 @@ from fleet.store.files import open_append
 from fleet.store.layout import StateDir, ensure_state_dir
 from fleet.store.lock import read_holder
 
+CONTROLLER_UP_WITHIN = 15.0  # seconds from a controller's start until it holds the lock
 NO_CONTROLLER_HINT = ("start one with `hermes-fleet apply -f fleet.yaml`, `hermes-fleet controller run` "
                       "(foreground) or `hermes-fleet service install`")
 
@@ -26,25 +28,32 @@ def running_controller_pid(state: StateDir) -> int | None:
     return status.pid if status.running else None
 
 
-def controller_command(state: StateDir) -> list[str]:
-    return [sys.executable, "-m", "fleet.controller", "--state-dir", str(state.root)]
-
-
-def start_detached(state: StateDir, timeout: float = 15.0) -> int:
-    """Start a controller in its own session and return its PID once it holds the lock."""
+def _check_log(state: StateDir) -> int:
+    """The controller log, open for appending (the caller closes it); RuntimeError saying why it cannot be."""
     ensure_state_dir(state)
     try:
-        log_fd = open_append(state.controller_log)
+        return open_append(state.controller_log)
     except OSError as exc:
         raise RuntimeError(f"cannot open {state.controller_log}: {exc.strerror or exc} "
                            f"(a symlink there is refused; remove it)") from None
-    platform = current_platform()
+
+
+def start_detached(state: StateDir, timeout: float = CONTROLLER_UP_WITHIN) -> int:
+    """Start a controller in its own session and return its PID once it holds the lock."""
+    log_fd = _check_log(state)
     try:
-        daemon = platform.spawn_daemon(controller_command(state), log_fd)
+        daemon = current_platform().spawn_daemon(controller_command(state), log_fd)
     except OSError as exc:
         raise RuntimeError(f"cannot start the controller: {exc}") from None
     finally:
         os.close(log_fd)
+    return _holder_once_up(state, daemon, timeout)
+
+
+def _holder_once_up(state: StateDir, daemon: int, timeout: float) -> int:
+    """The PID of the controller that holds the lock once the one just started (`daemon`) took it, or lost the
+    race for it to another that serves just as well."""
+    platform = current_platform()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pid = running_controller_pid(state)
@@ -61,13 +70,24 @@ def start_detached(state: StateDir, timeout: float = 15.0) -> int:
 
 
 def ensure_controller(state: StateDir) -> tuple[int, bool]:
-    """(pid, started_now)."""
+    """(pid, started_now). A controller `apply` started held for this state directory while it planned
+    (fleet/cli/early_controller.py) is the one released, unless another runs by now."""
+    held = early_controller.take(state.root)
     pid = running_controller_pid(state)
     if pid is not None:
+        if held is not None:
+            held.dismiss()
         from fleet.platform.wake import send_wake  # `apply` wakes the controller; `status`, which imports this too, never does
 
         send_wake(state)
         return pid, False
+    if held is not None:
+        os.close(_check_log(state))
+        if held.release():
+            try:
+                return _holder_once_up(state, held.pid, CONTROLLER_UP_WITHIN), True
+            except RuntimeError:
+                pass  # it ended before it took the lock: one started the usual way reports why
     return start_detached(state), True
 
 

@@ -173,12 +173,18 @@ def main(argv: list[str] | None = None) -> None:
     from fleet.store.files import UnsafeFile
     from fleet.store.layout import StateDirError
 
+    from fleet.cli import early_controller
+
+    if args and args[0] == "apply":
+        early_controller.start_for(args[1:])
     try:
         code = run(args)
     except (sqlite3.Error, StoreError, StateDirError, UnsafeFile) as exc:
         hint = " (is the disk full?)" if "full" in str(exc).lower() or "i/o" in str(exc).lower() else ""
         print(f"error: the state store failed: {exc}{hint}", file=sys.stderr)
         code = 2
+    finally:
+        early_controller.dismiss()
     sys.exit(code)
 
 

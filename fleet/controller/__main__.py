@@ -7,11 +7,14 @@ import argparse
 import os
 import sqlite3
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from fleet.dataclass_code import use_cached_dataclass_code
 from fleet.platform import current_platform
 from fleet.spec.markers import STATE_DIR_ENV
+
+if TYPE_CHECKING:
+    from fleet.store.layout import StateDir
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -20,7 +23,27 @@ def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hermes-fleet-controller", description=__doc__,
                                      formatter_class=lambda prog: argparse.HelpFormatter(prog, width=100))
     parser.add_argument("--state-dir", help=f"state directory (default: ${STATE_DIR_ENV} or ~/.hermes/gateway)")
+    # Started by an `apply` while it still plans (fleet/cli/early_controller.py): the imports are done by the time
+    # the generation is recorded. Nothing is touched, not even the state directory, until the apply writes a
+    # byte to stdin; if it closes stdin without one (it failed, or was refused), the process just ends.
+    parser.add_argument("--held", action="store_true", help=argparse.SUPPRESS)
     return parser
+
+
+def released(state: StateDir) -> bool:
+    """Wait for the word of the `apply` that started this controller (--held); then its output goes to the
+    controller log, where a controller started the usual way writes from its first line."""
+    if not os.read(0, 1):
+        return False
+    from fleet.store.files import open_append
+    from fleet.store.layout import ensure_state_dir
+
+    ensure_state_dir(state)
+    log_fd = open_append(state.controller_log)
+    for fd in (1, 2):
+        os.dup2(log_fd, fd)
+    os.close(log_fd)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
 
     compiled.release()
     state = resolve_state_dir(args.state_dir, None)
+    try:
+        if args.held and not released(state):
+            return 0
+    except OSError as exc:
+        print(f"hermes-fleet controller: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         return Controller(state, current_platform()).run()
     except (StateDirError, StoreError, OSError) as exc:

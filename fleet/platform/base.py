@@ -95,7 +95,8 @@ class Platform(Protocol):
 
     # spawn and exits
     def spawn_detached(self, argv: list[str], env: dict[str, str], cwd: str, log_path: str) -> int: ...
-    def spawn_daemon(self, argv: list[str], log_fd: int) -> int: ...  # a process that is nobody's child
+    # A process that is nobody's child, its output to `log_fd`, its input from `stdin_fd` (else nothing).
+    def spawn_daemon(self, argv: list[str], log_fd: int, stdin_fd: int | None = None) -> int: ...
     # `argv` as spawn_detached should run it for a gateway: in its own service scope where the OS has them
     # (`unit_name` unique per spawn; the scope's stop waits `stop_timeout` before it kills), else unchanged.
     def scoped_command(self, unit_name: str, argv: list[str], *, stop_timeout: float) -> list[str]: ...

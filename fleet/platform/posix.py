@@ -123,7 +123,7 @@ class PosixPlatform:
             os.close(log_fd)
         return self.children.add(proc, env)
 
-    def spawn_daemon(self, argv: list[str], log_fd: int) -> int:
+    def spawn_daemon(self, argv: list[str], log_fd: int, stdin_fd: int | None = None) -> int:
         """Start `argv` through an intermediate that exits at once, so the new process is re-parented
         to init (or the session's subreaper) from its first instant. A controller started by a CLI
         that runs inside a gateway's process tree thus never has that gateway among its ancestors,
@@ -136,7 +136,8 @@ class PosixPlatform:
             code = 1
             try:
                 os.close(read_end)
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if stdin_fd is None else stdin_fd,
+                                        stdout=log_fd, stderr=log_fd,
                                         start_new_session=True, close_fds=True)
                 os.write(write_end, str(proc.pid).encode())
                 code = 0

@@ -154,9 +154,10 @@ class WindowsPlatform:
                 self._caveats[proc.pid] = BREAKAWAY_REFUSED
         return self.children.add(proc, env)
 
-    def spawn_daemon(self, argv: list[str], log_fd: int) -> int:
+    def spawn_daemon(self, argv: list[str], log_fd: int, stdin_fd: int | None = None) -> int:
         """A detached process with no console; Windows keeps no parent chain that could protect a gateway."""
-        proc = self._popen(argv, creationflags=SPAWN_FLAGS & ~CREATE_BREAKAWAY_FROM_JOB, stdin=subprocess.DEVNULL,
+        proc = self._popen(argv, creationflags=SPAWN_FLAGS & ~CREATE_BREAKAWAY_FROM_JOB,
+                           stdin=subprocess.DEVNULL if stdin_fd is None else stdin_fd,
                            stdout=log_fd, stderr=log_fd, close_fds=True)
         return proc.pid
 
