@@ -4,6 +4,8 @@ without a running fleet: the diff of two specs, the journal, the export split.""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from factories import profile_spec
 from fleet.plan.fielddiff import diff_specs
@@ -120,3 +122,46 @@ def test_the_journal_keeps_and_returns_no_secret(tmp_path):
         store.close()
     assert "pw-secret" not in entry.message and entry.message.startswith("spawn failed: ")
     assert entry.data == {"cmd": f"deploy --api-key {MASK}", "PASSWORD": MASK}
+
+
+# -- the shortcut for texts no rule can change --------------------------------------------------------------
+
+FRAGMENTS = ["generation 3 from sha256:0a1b", " by root@host ", "(apply)", "pid 4242 exited", " signal 9", "\n", ": ",
+             "=", " ", "-", "--", "_", ".", "/", "@", ":", "'", '"', "gh", "p_", "ghp_abcdEFGH1234", "github_pat_x",
+             "glpat-", "xoxb-123456", "sk-", "sk_live_abcdef12", "AKIA", "AIza", "hf_", "SG.", "eyJ", "eyJhbGciOi",
+             ".eyJzdWIiOi", "Bearer ", "bearer", "Basic ", "Token ", "Bot ", "ApiKey ", "abcDEF12.x~y", "https://",
+             "user:pass@host", "hooks.slack.com/services/T0", "-----BEGIN ", "PRIVATE KEY-----", "123456",
+             "1234567:", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "token", "Password", "api_key", "auth", "PIN", "pw",
+             "otp", "DB_PASSWD", "note", "a", "Z", "9", "é",
+             # each form whole, so that a trigger missing from the shortcut shows at once
+             "Basic abcDEF12.x~y", "Digest abcDEF12/x", "ApiKey 9f8e7d6c5b", "Bot 12345:abcDEFxyzJKL",
+             "eyJhbGciOi.eyJzdWIiOi.sig", "1234567:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "https://u:p@example.org/x",
+             "-----BEGIN RSA PRIVATE KEY-----abc-----END RSA PRIVATE KEY-----", "xapp-1-abcdef", "rk_test_abcdef12",
+             "pypi-AgEIcHlwaS5vcmcCJGE4", "npm_abcdefghijklmnopqrstuv", "ASIAABCDEFGHIJKLMNOP", "--password hunter2"]
+
+
+# One of each form the value rule knows, and nothing else that could hold a secret.
+EACH_FORM = ["https://u:p@example.org/x", "eyJhbGciOi.eyJzdWIiOi.sig", "ghp_abcdEFGH1234", "github_pat_abcdEFGH12",
+             "glpat-abcdEFGH12", "xoxb-123456", "xapp-1-abcdef", "sk-abcdef12", "sk_live_abcdef12", "rk_test_abcdef12",
+             "AKIAABCDEFGHIJKLMNOP", "ASIAABCDEFGHIJKLMNOP", "AGPAABCDEFGHIJKLMNOP", "AIDAABCDEFGHIJKLMNOP",
+             "AROAABCDEFGHIJKLMNOP", "AIza" + "A" * 20, "hf_abcdefXYZ12", "npm_" + "a" * 20, "pypi-" + "A" * 20,
+             "SG.abcdefXYZ12.abcdefXYZ12", "Basic abcDEF12.x~y", "Digest abcDEF12/x", "Bot 12345:abcDEFxyzJKL",
+             "Bearer abcDEF12.x~y", "Token abcDEF12.x~y", "ApiKey abcDEF12.x~y", "1234567:" + "A" * 34,
+             "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----", "db_password=hunter2",
+             "--api-key hunter2", "auth: hunter2", "PIN=1234", "PW: hunter2", "otp=123456"]
+
+
+@pytest.mark.parametrize("form", EACH_FORM)
+def test_no_form_of_a_secret_passes_the_shortcut(form):
+    text = f"pid 4242 said {form} and left"
+    assert MASK in mask_text(text), text
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from(FRAGMENTS), max_size=14).map("".join))
+def test_a_text_the_shortcut_passes_by_is_one_no_rule_changes(text):
+    from fleet.spec.secrets import _masked_by_patterns, _may_hold_secret
+
+    assert mask_text(text) == _masked_by_patterns(text)
+    if not _may_hold_secret(text):
+        assert _masked_by_patterns(text) == text
