@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -127,9 +128,10 @@ def test_a_released_controller_takes_the_lock_and_writes_where_any_controller_wr
         SupervisorLock(state).acquire()
     wait_until(lambda: state.controller_log.exists() and b"controller started" in state.controller_log.read_bytes(),
                10, what="its log")
-    proc.kill()
-    proc.wait(30)
+    proc.send_signal(signal.SIGTERM)  # the moment it says it runs: a clean stop, not the signal's default death
+    assert proc.wait(30) == 0
     assert proc.stdout.read() == b"" and proc.stderr.read() == b""  # all of it went to the log
+    assert b"controller stopped" in state.controller_log.read_bytes()
 
 
 def controllers_of(state: Path) -> list[psutil.Process]:

@@ -66,12 +66,18 @@ class Controller:
             store.close()
 
     def _run_locked(self, store: Store, lock: SupervisorLock, fence: Fence) -> int:
-        epoch = self._announce(store, lock)
         wakeups = Wakeups(self.state, self.platform)
         if wakeups.wake.identity is not None:
             fence.hold("wake channel", wakeups.wake.path, wakeups.wake.identity)
+        try:
+            # Before the controller says it runs: a stop asked for the moment it does (a service manager's
+            # restart, `controller stop` after `apply`) is a clean stop, not the signal's default death.
+            self._stop_on_signals(wakeups)
+            epoch = self._announce(store, lock)
+        except BaseException:
+            wakeups.close()
+            raise
         fenced = FenceWatch(fence)
-        self._stop_on_signals(wakeups)
         notifier = SdNotify.from_env()
         bookkeeping = StoreBookkeeping(store, HealthFile(self.state), self.clock)
         reconciler = Reconciler(self.state, store, self.platform, epoch=epoch, fence=fenced,
