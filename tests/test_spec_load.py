@@ -636,6 +636,8 @@ class TestNeverSpawnable:
         ("profiles:\n  a: {env: {STAMP: 2001-13-45}}\n", "4:20: profiles.a.env.STAMP"),
         ("profiles:\n  a: {env: {2001-02-30: x}}\n", "4:13: profiles.a.env.2001-02-30"),
         ("profiles:\n  a: {env: {STAMP: 2001-12-14 25:00:00}}\n", "4:20: profiles.a.env.STAMP"),
+        ("profiles:\n  a: {env: {STAMP: '2001-12-14', WHEN: 2001-12-14 21:59:43 +25:00}}\n",
+         "4:40: profiles.a.env.WHEN"),
     ])
     def test_a_scalar_with_a_types_form_but_no_valid_value_is_located_not_a_crash(self, body, where):
         found = the_error(manifest(body))

@@ -230,15 +230,13 @@ def _located_plain(text: str) -> Located | None:
 
 def _plain_events(loader) -> Located | None:
     get = loader.get_event
-    resolve = loader.resolve
     value_marks: dict[Path, tuple[int, int]] = {}
     key_marks: dict[Path, tuple[int, int]] = {}
     scalar_event, map_start, seq_start = yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent
     map_end, seq_end = yaml.MappingEndEvent, yaml.SequenceEndEvent
-    scalar_node = yaml.ScalarNode
     if type(get()) is not yaml.StreamStartEvent or type(get()) is not yaml.DocumentStartEvent:
         return None
-    # Open collections, innermost last: [container, its path, the key awaiting its value (maps)].
+    # Open collections, innermost last: [container, its path, the path of the key awaiting its value (maps)].
     stack: list[list] = []
     root: object = None
     events = 2
@@ -256,54 +254,54 @@ def _plain_events(loader) -> Located | None:
             continue
         if event.anchor is not None or event.tag is not None:
             return None
-        if stack:
+        if not stack:
+            if kind is not map_start and kind is not seq_start:
+                return None  # a bare scalar, an empty document, an alias
+            path: Path = ()
+            container = None
+        else:
             top = stack[-1]
             container = top[0]
-            in_map = type(container) is dict
-            if in_map and top[2] is None:
+            if type(container) is dict and top[2] is None:
                 if kind is not scalar_event:
                     return None
                 key = event.value
-                tag = resolve(scalar_node, key, event.implicit)
+                tag = loader.resolve(yaml.ScalarNode, key, event.implicit)
                 if tag == _MERGE_TAG or key in container:
                     return None
                 if tag != _STR_TAG:  # kept as written, but constructed as `_key_of` does, to refuse what it refuses
-                    loader.construct_object(scalar_node(tag, key, event.start_mark, event.end_mark, event.style),
-                                            deep=True)
-                path = top[1] + (key,)
-                key_marks[path] = (event.start_mark.line + 1, event.start_mark.column + 1)
-                top[2] = path
+                    _construct_event(loader, event, tag)
+                key_path = top[2] = top[1] + (key,)
+                key_marks[key_path] = _pos(event)
                 continue
-            if in_map:
-                path = top[2]
-                top[2] = None
+            if type(container) is dict:
+                path, top[2] = top[2], None
             else:
                 path = top[1] + (len(container),)
-        else:
-            path = ()
-        value_marks[path] = (event.start_mark.line + 1, event.start_mark.column + 1)
+        value_marks[path] = _pos(event)
         if kind is scalar_event:
-            tag = resolve(scalar_node, event.value, event.implicit)
-            value = event.value if tag == _STR_TAG else loader.construct_object(
-                scalar_node(tag, event.value, event.start_mark, event.end_mark, event.style), deep=True)
+            tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+            value = event.value if tag == _STR_TAG else _construct_event(loader, event, tag)
         elif kind is map_start or kind is seq_start:
             if len(stack) >= MAX_DEPTH:
                 return None
             value = {} if kind is map_start else []
+            stack.append([value, path, None])
         else:
             return None  # an alias
-        if not stack:
-            if kind is scalar_event:
-                return None  # a bare scalar or an empty document
-        elif type(stack[-1][0]) is dict:
-            stack[-1][0][path[-1]] = value
-        else:
-            stack[-1][0].append(value)
-        if kind is not scalar_event:
-            stack.append([value, path, None])
+        if type(container) is dict:
+            container[path[-1]] = value
+        elif container is not None:
+            container.append(value)
     if type(get()) is not yaml.DocumentEndEvent or type(get()) is not yaml.StreamEndEvent:
         return None
     return Located(data=root, value_marks=value_marks, key_marks=key_marks)
+
+
+def _construct_event(loader, event, tag: str):
+    """A scalar event's value as the safe loader constructs the node it would compose."""
+    return loader.construct_object(yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style),
+                                   deep=True)
 
 
 def load_located(text: str, filename: str) -> Located:
