@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from fleet.platform.base import ProcessInfo, SignalRefused
+from fleet.platform.base import ProcessInfo, ProcessStart, SignalRefused
 from fleet.platform.exits import PollingExitWatch
 from fleet.store.db import Store
 from fleet.store.layout import StateDir, ensure_state_dir
@@ -98,6 +98,9 @@ class FakePlatform:
         self.scans += 1
         self.on_scan()
         return iter([p.info for p in list(self.processes.values())])
+
+    def process_starts(self):
+        return (ProcessStart(i.pid, i.start_ticks, i.create_time, i) for i in self.iter_processes())
 
     def current_uid(self) -> int | None:
         return os.getuid()

@@ -477,3 +477,25 @@ def test_a_record_it_did_not_write_ends_no_leftovers_but_the_next_spawn_sweeps_t
 
     assert [c.name for c in platform.calls if c.name != "reap"] == ["request_stop", "spawn_detached"]
     assert platform.called("request_stop") == [(LEFTOVER,)]
+
+
+def test_a_sibling_gateway_this_controller_adopted_is_never_read_as_a_leftover(state, store, platform, monkeypatch):
+    """A fleet started together: the siblings of the dead gateway started after it, yet each is the gateway of
+    another profile, spawned or adopted by this controller: never a leftover, so the reclaim does not read them (at
+    1,000 profiles, half the fleet for a gateway of the middle). Adopted here: a controller restarted holds none."""
+    spec = process_spec()
+    run, reclaim, dead = spawned_then_ended(state, store, platform, spec)
+    sibling = platform.run_stranger(FIRST_PID + 200, ("sleep", "60"), identity.markers("beta", str(state.root)))
+    found = dataclasses.replace(live("beta", pid=sibling.pid, source="env_marker"), start_ticks=sibling.start_ticks,
+                                create_time=sibling.create_time)
+    beta = observation("beta", process=found)
+    run.execute(only(make_plan(fleet_spec(process_spec("beta")), observed(beta)), "adopt"), beta)
+    read: list[int] = []
+    environ, info = platform.process_environ, platform.process_info
+    monkeypatch.setattr(platform, "process_environ", lambda pid: read.append(pid) or environ(pid))
+    monkeypatch.setattr(platform, "process_info", lambda pid: read.append(pid) or info(pid))
+
+    run.execute(reclaim, dead)
+
+    assert platform.signalled() == [Call("request_stop", (LEFTOVER,))]
+    assert sibling.pid in platform.processes and sibling.pid not in read and LEFTOVER in read

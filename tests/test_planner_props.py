@@ -493,6 +493,19 @@ def test_empty_fleet_guard(world):
 
 @SETTINGS
 @given(worlds(), st.randoms(use_true_random=False))
+def test_records_fixes_of_some_profiles_planned_alone_are_the_whole_plans(world, rnd):
+    """plan(only=...) (a respawn after exits reclaims from it): each profile's records fixes are its own."""
+    want, obs = world
+    names = sorted(set(want.spec.names) | set(obs.profiles) | {e.name for e in obs.inventory})
+    some = frozenset(rnd.sample(names, rnd.randint(0, len(names))))
+    whole = [a for a in plan(want, obs, NOW).actions if a.kind in RECORD_KINDS and a.profile in some]
+    alone = plan(want, obs, NOW, only=some)
+    assert {a.profile for a in alone.actions} <= some
+    assert [a for a in alone.actions if a.kind in RECORD_KINDS] == whole
+
+
+@SETTINGS
+@given(worlds(), st.randoms(use_true_random=False))
 def test_determinism(world, rnd):
     want, obs = world
     first = plan(want, obs, NOW)

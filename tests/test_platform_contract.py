@@ -131,8 +131,8 @@ def test_every_method_of_the_contract_is_checked():
 
 # ---------------------------------------------------------------------------------------------- identity
 
-@checks("spawn_detached", "process_info", "process_environ", "child_environ", "iter_processes", "current_uid",
-        "process_group", "drain_epoch")
+@checks("spawn_detached", "process_info", "process_environ", "child_environ", "iter_processes", "process_starts",
+        "current_uid", "process_group", "drain_epoch")
 def test_a_spawned_child_is_seen_as_what_it_is(subject):
     env = subject.env()
     pid = subject.spawn(SLEEPER, "sentinel-word", env=env)
@@ -145,6 +145,9 @@ def test_a_spawned_child_is_seen_as_what_it_is(subject):
     assert platform.child_environ(pid) == env
     assert wait_until(lambda: (platform.process_environ(pid) or {}).get("HERMES_FLEET_PROFILE") == "alpha", 10)
     assert pid in {p.pid for p in platform.iter_processes()}
+    [start] = [s for s in platform.process_starts() if s.pid == pid]
+    assert (start.start_ticks, start.create_time) == (info.start_ticks, info.create_time)
+    assert start.info is None or start.info.cmdline == info.cmdline
     assert platform.spawn_caveat(pid) is None
     if subject.posix:
         assert platform.current_uid() == os.getuid()

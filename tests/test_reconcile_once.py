@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import time
 
+import pytest
 from fakes import FIRST_PID, FakePlatform, state, store  # noqa: F401
 
 from fleet.controller.bookkeeping import StoreBookkeeping
@@ -17,6 +18,7 @@ from fleet.spec.markers import PROFILE_ENV, STATE_DIR_ENV
 from fleet.store.db import Store
 from fleet.store.fence import Fence
 from fleet.store.health import HealthFile
+from fleet.store.layout import StateDir, ensure_state_dir
 from fleet.store.records import PidRecord, write_record
 
 
@@ -180,3 +182,125 @@ def test_an_action_that_fails_while_the_store_refuses_its_failure_is_held_in_mem
     again = passes.reconcile_once(now + 1.0)
     assert kinds(again) == [("alpha", "spawn", "first_apply")]
     assert passes.holds.failures("alpha", "spawn") == 2 and again.next_run == now + 1.0 + 2.0
+
+
+# -- a respawn after exits that alone woke the loop (Reconciler.after_exits) ------------------------------------
+def _fleet(tmp_path, *, names=("alpha", "beta"), stagger="0s", backoff="0s"):
+    path = tmp_path / "fleet.yaml"
+    profiles = "".join(f"""
+  {name}:
+    driver: process
+    command: ["{sys.executable}", "-c", "pass"]""" for name in names)
+    path.write_text(f"""version: 1
+name: test
+hermes: {{home: {tmp_path / 'home'}}}
+stagger: {stagger}
+restart: {{policy: always, backoff: [{backoff}]}}
+profiles:{profiles}
+""")
+    return path
+
+
+def _settled_fleet(root, clock, *, names=("alpha", "beta"), stagger="0s", backoff="0s", then=None):
+    """A fleet whose last pass changed nothing, its gateways running; `then(store, root)` runs once it is settled.
+    Returns (reconciler, platform, store, pid of alpha's gateway)."""
+    root.mkdir()
+    st = StateDir(root / "state")
+    ensure_state_dir(st)
+    db = Store(st.db, durable=False, degradable=True)
+    record_manifest(db, load_manifest(str(_fleet(root, names=names, stagger=stagger, backoff=backoff))),
+                    {"revision": "1"}, prune=True, source="test", lift_down=False)
+    platform = FakePlatform()
+    passes = Reconciler(st, db, platform, epoch=db.bump_epoch(), fence=FenceWatch(_NO_BREACH),
+                        bookkeeping=StoreBookkeeping(db, HealthFile(st), lambda: clock[0]), clock=lambda: clock[0])
+    for _ in range(len(names) + 2):
+        if not passes.reconcile_once(clock[0]).replan_now:
+            break
+    assert passes.settled is not None
+    if then is not None:
+        then(db, root)
+    alpha = next(pid for pid, p in platform.children.items() if p.env[PROFILE_ENV] == "alpha")
+    return passes, platform, db, alpha
+
+
+def _stopped_by_operator(db, root):
+    db.update_history("alpha", override_desired="stopped", override_by="test", override_at=time.time())
+
+
+def _new_generation(db, root):
+    path = root / "fleet.yaml"
+    path.write_text(path.read_text().replace('"pass"]', '"pass"]\n    env: {REV: "2"}'))
+    record_manifest(db, load_manifest(str(path)), {"revision": "2"}, prune=True, source="test", lift_down=False)
+
+
+SCENARIOS = {
+    "crash": {},
+    "crash backoff": {"backoff": "30s"},
+    "stagger behind a waiting sibling": {"names": ("alpha", "beta", "gamma"), "stagger": "1h"},
+    "stopped by an operator meanwhile": {"then": _stopped_by_operator},
+    "a new generation meanwhile": {"then": _new_generation},
+}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_a_respawn_after_exits_does_what_a_whole_pass_would(tmp_path, scenario):
+    """Twin fleets, the same gateway killed in both: one pass is told of the exit (it respawns first, from the last
+    look and that profile looked at again), the other is not (it looks at every profile first). They attempt the
+    same actions and leave the same gateways, pass after pass."""
+    outcomes = []
+    for told in (True, False):
+        clock = [time.time()]
+        passes, platform, db, alpha = _settled_fleet(tmp_path / str(told), clock, **SCENARIOS[scenario])
+        clock[0] += 120.0  # past the floor between two starts of one profile
+        platform.end(alpha, -9)
+        seen = []
+        for _ in range(3):
+            result = passes.reconcile_once(clock[0], frozenset({alpha}) if told and not seen else frozenset())
+            seen.append(sorted((a.profile, a.kind, a.reason) for a in result.attempted))
+        outcomes.append((seen, sorted((p.env[PROFILE_ENV], p.env.get("REV")) for p in platform.children.values()),
+                         db.history("alpha").last_exit_class))
+        db.close()
+    (told_passes, *told_rest), (whole_passes, *whole_rest) = outcomes
+    assert told_rest == whole_rest
+    # Told of the exit, the first pass does what the whole pass does, plus the look the whole pass then takes again.
+    assert [p for p in told_passes if p] == [p for p in whole_passes if p]
+
+
+def test_an_exit_that_alone_woke_the_loop_is_respawned_before_the_pass_looks_at_every_profile(tmp_path):
+    clock = [time.time()]
+    passes, platform, db, alpha = _settled_fleet(tmp_path / "fleet", clock)
+    looked_with: list[int] = []
+    look = passes.observer.observe
+
+    def counting_look(*args, **kwargs):
+        looked_with.append(len(platform.children))
+        return look(*args, **kwargs)
+
+    passes.observer.observe = counting_look
+    clock[0] += 120.0
+    platform.end(alpha, -9)
+    result = passes.reconcile_once(clock[0], frozenset({alpha}))
+    assert kinds(result) == [("alpha", "reclaim", "pid_dead"), ("alpha", "spawn", "crashed")]
+    assert looked_with == [2]  # the successor ran by the time the pass looked at every profile
+    assert result.first == 2 and result.converged and not result.replan_now
+    db.close()
+
+
+def test_exits_after_a_pass_that_acted_wait_for_the_whole_pass(tmp_path):
+    """A pass that changed something leaves no settled look: the exit is handled by the whole pass that follows."""
+    clock = [time.time()]
+    passes, platform, db, alpha = _settled_fleet(tmp_path / "fleet", clock)
+    passes.settled = None
+    clock[0] += 120.0
+    platform.end(alpha, -9)
+    result = passes.reconcile_once(clock[0], frozenset({alpha}))
+    assert result.first == 0 and kinds(result) == [("alpha", "reclaim", "pid_dead"), ("alpha", "spawn", "crashed")]
+    db.close()
+
+
+def test_an_exit_of_no_gateway_of_the_last_look_changes_nothing_first(tmp_path):
+    clock = [time.time()]
+    passes, platform, db, alpha = _settled_fleet(tmp_path / "fleet", clock)
+    result = passes.reconcile_once(clock[0], frozenset({alpha + 1000}))
+    assert result.attempted == () and result.first == 0 and result.converged
+    db.close()

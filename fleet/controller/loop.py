@@ -116,9 +116,11 @@ class Controller:
         """Only waits and calls the pass: at once after a pass that acted, else until something wakes it."""
         fenced, bookkeeping = reconciler.fence, reconciler.bookkeeping
         ready_sent = False
+        exited: frozenset[int] = frozenset()
         while not self.stopping and not fenced.breached():
             now = self.clock()
-            result = reconciler.reconcile_once(now)
+            result = reconciler.reconcile_once(now, exited)
+            exited = frozenset()
             if result.fenced:
                 return
             if result.planned:
@@ -143,6 +145,7 @@ class Controller:
             if woken.stop:
                 self.stopping = True
                 return
+            exited = woken.only_exits
             if woken.by_cli:
                 bookkeeping.retry_soon()  # a CLI command wrote: the store may take writes again
             if woken.scan:

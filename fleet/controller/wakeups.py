@@ -31,6 +31,13 @@ class Woken:
     scan: bool = False  # ... and asked for a look at the process table
     sync: bool = False  # ... and asked for a fetch of the followed git source now (`hermes-fleet sync`)
     stop: bool = False  # asked to leave (a stop request: the service host or `hermes-fleet controller stop`)
+    exited: frozenset[int] = frozenset()  # watched gateways that exited
+
+    @property
+    def only_exits(self) -> frozenset[int]:
+        """The gateways that exited, when nothing else woke the controller (else empty): their profiles may be
+        respawned before the pass looks at every profile."""
+        return frozenset() if self.by_cli or self.stop else self.exited
 
 
 class Wakeups:
@@ -78,19 +85,20 @@ class Wakeups:
     def take(self, events: list) -> Woken:
         """What the events of a wait say; empties the interrupt pair, the wake channel and the exit watch."""
         by_cli = scan = sync = stop = False
+        exited: frozenset[int] = frozenset()
         for key, _ in events:
             if key.data == "wake":
                 messages = self.wake.drain()
                 by_cli, scan, stop = True, scan or SCAN in messages, stop or STOP in messages
                 sync = sync or SYNC in messages
             elif key.data == "exit":
-                self.exits.exited()
+                exited = self.exits.exited()
             elif key.data == "interrupt":
                 try:
                     self._interrupt_r.recv(64)
                 except OSError:
                     pass
-        return Woken(by_cli=by_cli, scan=scan, sync=sync, stop=stop)
+        return Woken(by_cli=by_cli, scan=scan, sync=sync, stop=stop, exited=exited)
 
     def close(self) -> None:
         self.selector.close()

@@ -309,7 +309,8 @@ class Executor:
         gateway_pid = record.pid
         found = find_leftovers(self.platform, str(self.state.root), name,
                                group_of=gateway_pid if gateway_pid > 1 else None,
-                               exclude=self._live_gateways(name, obs), snapshot=self._processes(), born_after=record)
+                               exclude=self._live_gateways(name, obs), snapshot=self._processes(), born_after=record,
+                               siblings=self._siblings(name))
         spec = self.spec_of(name)
         marked = [f.info for f in found if f.profile == name
                   and self.platform.child_environ(f.info.pid) is None  # a gateway we spawned is no leftover
@@ -347,7 +348,8 @@ class Executor:
         # or forged), and what it left may be younger than that look.
         stale_ok = STRAY_LOOK_FOR if obs.history.last_start is None else 0.0
         strays = [f.info for f in find_leftovers(self.platform, str(self.state.root), name,
-                                                 snapshot=self._processes(stale_ok=stale_ok))
+                                                 snapshot=self._processes(stale_ok=stale_ok),
+                                                 siblings=self._siblings(name))
                   if f.profile == name and f.info.pid not in exclude
                   and self.platform.child_environ(f.info.pid) is None and not identity.may_be_the_gateway(spec, f.info)]
         self._end(name, strays, "left by an earlier gateway")
@@ -376,6 +378,11 @@ class Executor:
             time.sleep(0.02)
             alive = [i for i in alive if still_runs(self.platform, i)]
         return alive
+
+    def _siblings(self, name: str) -> frozenset[tuple[int, int | None]]:
+        """The processes this controller spawned or adopted for the other profiles: gateways, not leftovers (one that
+        has ended since is in no process table; its pid, reused, comes with another start)."""
+        return frozenset(known for profile, known in self._known.items() if profile != name)
 
     def _live_gateways(self, name: str, obs: ProfileObservation) -> frozenset[int]:
         """Marked processes that may be the profile's gateway itself, not a leftover, should the record be

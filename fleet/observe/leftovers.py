@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from fleet.platform.base import Platform, ProcessInfo
+from fleet.platform.base import Platform, ProcessInfo, ProcessStart
 from fleet.spec.markers import PROFILE_ENV, STATE_DIR_ENV
 from fleet.store.records import PidRecord
 
@@ -31,15 +31,30 @@ def carries_markers(env: dict[str, str] | None, state_root: str, profile: str | 
 
 
 class ProcessSnapshot:
-    """This user's live processes, read once: one look at the process table serves every gateway whose leftovers a
-    pass ends. A process's environment is read the first time a question needs it (most are never asked about: a
-    dead gateway's leftovers all started after it), then kept."""
+    """This user's live processes, looked at once: one look at the process table serves every gateway whose leftovers
+    a pass ends. It reads each process's start first (a dead gateway's leftovers all started after it); the rest of a
+    process (owner, command line, status) and its environment are read the first time a question needs them, then
+    kept."""
 
     def __init__(self, platform: Platform):
         self.platform = platform
         me = os.getpid()
-        self.processes = [info for info in platform.iter_processes() if info.pid != me and info.alive]
+        self.starts = [start for start in platform.process_starts() if start.pid != me]
+        self._uid = platform.current_uid()
+        self._infos: dict[int, ProcessInfo | None] = {}
         self._environs: dict[int, dict[str, str]] = {}
+
+    def info(self, start: ProcessStart) -> ProcessInfo | None:
+        """The process as it is now: None unless it is still the one that started then, alive and this user's."""
+        if start.pid not in self._infos:
+            info = start.info
+            if info is None:  # read now: the owner is checked here, which the platform's look left out
+                info = self.platform.process_info(start.pid)
+                if info is not None and self._uid is not None and info.uid != self._uid:
+                    info = None
+            keep = info is not None and info.alive and info.started_as(start.start_ticks, start.create_time)
+            self._infos[start.pid] = info if keep else None
+        return self._infos[start.pid]
 
     def environ(self, pid: int) -> dict[str, str]:
         env = self._environs.get(pid)
@@ -48,24 +63,31 @@ class ProcessSnapshot:
         return env
 
 
-def started_after(info: ProcessInfo, record: PidRecord) -> bool:
-    """Whether `info` started no earlier than the gateway `record` names: what that gateway forked cannot have."""
-    if record.start_ticks is not None and info.start_ticks is not None:
-        return info.start_ticks >= record.start_ticks
-    return info.create_time >= record.create_time - 0.05  # a damaged record (NaN) proves nothing: not ended
+def started_after(start: ProcessStart | ProcessInfo, record: PidRecord) -> bool:
+    """Whether the process started no earlier than the gateway `record` names: what that gateway forked cannot have."""
+    if record.start_ticks is not None and start.start_ticks is not None:
+        return start.start_ticks >= record.start_ticks
+    return start.create_time >= record.create_time - 0.05  # a damaged record (NaN) proves nothing: not ended
 
 
 def find_leftovers(platform: Platform, state_root: str, profile: str | None = None, *, group_of: int | None = None,
                    exclude: frozenset[int] = frozenset(), snapshot: ProcessSnapshot | None = None,
-                   born_after: PidRecord | None = None) -> list[Leftover]:
+                   born_after: PidRecord | None = None,
+                   siblings: frozenset[tuple[int, int | None]] = frozenset()) -> list[Leftover]:
     """This user's live processes that carry the markers of `profile` (any profile of the fleet when
     None), plus those in the session or process group led by `group_of` (a dead gateway's pid, which
-    was its session leader) whatever they carry. Never this process or those in `exclude`; with
-    `born_after` (the dead gateway's record), only processes that started after that gateway did."""
+    was its session leader) whatever they carry. Never this process, those in `exclude`, or `siblings`: the
+    gateways of other profiles, as (pid, start ticks), which the caller spawned or adopted (each is its own
+    profile's, never what another left); with `born_after` (the dead gateway's record), only processes that started
+    after that gateway did. So only the few left are read whole."""
     out: list[Leftover] = []
     table = snapshot or ProcessSnapshot(platform)
-    for info in table.processes:
-        if info.pid in exclude or (born_after is not None and not started_after(info, born_after)):
+    for start in table.starts:
+        if start.pid in exclude or (born_after is not None and not started_after(start, born_after)) \
+                or (start.pid, start.start_ticks) in siblings:
+            continue
+        info = table.info(start)
+        if info is None:
             continue
         env = table.environ(info.pid)
         if carries_markers(env, state_root, profile):

@@ -62,14 +62,21 @@ class Observer:
             self._proven[key] = result.proof
         return result
 
-    def observe(self, specs: dict[str, ProfileSpec], *, now: float, scan: bool) -> Observed:
-        histories = self.store.histories()
-        inventory = self.store.inventory()
+    def _fleet_inputs(self) -> dict[str, object]:
+        """What the store and the host say of the whole fleet, read afresh for a look (a whole one or a few
+        profiles'): the open take-overs, the host's native units (read on first use), and the pending restart
+        requests, first per profile."""
+        self._natives = NativeIndex()
+        self._takeovers = {t.profile: t for t in open_takeovers(self.store)}
         requests: dict[str, object] = {}
         for req in self.store.pending_requests():
             requests.setdefault(req.profile, req)
-        self._natives = NativeIndex()  # the host's native units, read once per pass
-        self._takeovers = {t.profile: t for t in open_takeovers(self.store)}
+        return requests
+
+    def observe(self, specs: dict[str, ProfileSpec], *, now: float, scan: bool) -> Observed:
+        histories = self.store.histories()
+        inventory = self.store.inventory()
+        requests = self._fleet_inputs()
         self._blocked = {name: seen for name, seen in self._blocked.items() if name in specs}
         names = sorted(set(specs) | {e.name for e in inventory} | profile_names_on_disk(self.state))
         profiles: dict[str, ProfileObservation] = {}
@@ -83,24 +90,24 @@ class Observer:
         orphans: list[Orphan] = []
         if scan:
             profiles, orphans = self._scan(specs, profiles, claimed, {e.name for e in inventory})
-        last_spawn = max((h.last_start for h in histories.values() if h.last_start), default=None)
         return Observed(observed_at=now, epoch=self.store.epoch, profiles=profiles, inventory=inventory,
-                        orphans=tuple(orphans), last_spawn_at=last_spawn, scanned=scan,
+                        orphans=tuple(orphans), last_spawn_at=self.store.last_spawn_at(), scanned=scan,
                         maintenance=tuple(queue.open_requests(self.store)))
 
     def refreshed(self, observed: Observed, specs: dict[str, ProfileSpec], names: frozenset[str], *,
                   now: float) -> Observed:
-        """`observed` with these profiles looked at again, the others as they were: after this pass fixed their
-        records (a reclaim), their next step is planned from what the fix left, without a whole new pass."""
-        requests: dict[str, object] = {}
-        for req in self.store.pending_requests():
-            if req.profile in names:
-                requests.setdefault(req.profile, req)
+        """`observed` with these profiles looked at again, the others as they were; what concerns the whole fleet
+        (take-overs, maintenance, the inventory, the last spawn for the stagger) is read afresh. For profiles whose
+        records a pass just fixed (a reclaim), or whose gateway's exit just woke the controller: their next step is
+        planned from what is now true of them, without a look at every profile."""
+        requests = self._fleet_inputs()
         profiles = dict(observed.profiles)
         for name in sorted(names):
             profiles[name] = self._observe_profile(name, specs.get(name), self.store.history(name),
                                                    requests.get(name), now)
-        return dataclasses.replace(observed, profiles=profiles, observed_at=now)
+        return dataclasses.replace(observed, profiles=profiles, observed_at=now, inventory=self.store.inventory(),
+                                   epoch=self.store.epoch, last_spawn_at=self.store.last_spawn_at(),
+                                   maintenance=tuple(queue.open_requests(self.store)))
 
     # -- one profile -------------------------------------------------------------------------
     def _observe_profile(self, name, spec: ProfileSpec | None, history, request, now: float) -> ProfileObservation:

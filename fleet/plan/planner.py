@@ -38,9 +38,13 @@ from fleet.store.takeovers import FLEET, GIVE_BACK, GIVING_BACK, RELEASE, TAKEOV
 ACTION_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
-def plan(desired: Desired, observed: Observed, now: float) -> Plan:
+def plan(desired: Desired, observed: Observed, now: float, only: frozenset[str] | None = None) -> Plan:
+    """`only`: plan these profiles alone. Their records' fixes (reclaim, adopt) are then exactly the whole plan's
+    for them; their spawns and replacements are spaced and budgeted against each other only, not the fleet."""
     inventory = {e.name: e for e in observed.inventory}
     names = sorted(set(desired.spec.names) | set(inventory) | set(observed.profiles))
+    if only is not None:
+        names = [name for name in names if name in only]
     refusal = _refusal(desired, observed)
     actions: list[Action] = []
     checks: list[Check] = []

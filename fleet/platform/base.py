@@ -42,6 +42,17 @@ class ProcessInfo:
         return abs(create_time - self.create_time) < CREATE_TIME_TOLERANCE
 
 
+@dataclass(frozen=True)
+class ProcessStart:
+    """A process's pid and when it started, read before anything else of it: what a dead gateway left behind can
+    only be younger than it, so most processes need no more. `info` is the whole of it where the platform reads
+    that at once anyway."""
+    pid: int
+    start_ticks: int | None
+    create_time: float
+    info: ProcessInfo | None = None
+
+
 class SignalRefused(PermissionError):
     """The last line of defence: a signal this controller must never send, whatever a record says."""
 
@@ -87,6 +98,7 @@ class Platform(Protocol):
     def process_info(self, pid: int) -> ProcessInfo | None: ...
     def process_environ(self, pid: int) -> dict[str, str] | None: ...
     def iter_processes(self) -> Iterator[ProcessInfo]: ...  # this user's processes
+    def process_starts(self) -> Iterator[ProcessStart]: ...  # this user's processes' starts (maybe others' too)
     def current_uid(self) -> int | None: ...
     def child_environ(self, pid: int) -> dict[str, str] | None: ...  # env of a child we spawned and still hold
     def process_group(self, pid: int) -> tuple[int | None, int | None]: ...  # (pgid, sid) or (None, None)

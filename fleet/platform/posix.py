@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 else:
     from fleet.platform.lazy_psutil import psutil
 
-from fleet.platform.base import ExitWatch, ProcessInfo, WakeChannel, refuse_protected
+from fleet.platform.base import ExitWatch, ProcessInfo, ProcessStart, WakeChannel, refuse_protected
 from fleet.platform.children import SpawnedChildren
 from fleet.platform.exits import PollingExitWatch
 from fleet.store.files import open_append
@@ -67,6 +67,10 @@ class PosixPlatform:
             return psutil.Process(pid).environ()
         except psutil.Error:
             return None
+
+    def process_starts(self) -> Iterator[ProcessStart]:
+        """psutil reads a process whole: each start carries its info."""
+        return (ProcessStart(info.pid, info.start_ticks, info.create_time, info) for info in self.iter_processes())
 
     def iter_processes(self) -> Iterator[ProcessInfo]:
         uid = self.current_uid()

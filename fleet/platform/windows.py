@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import psutil
 
-from fleet.platform.base import ExitWatch, ProcessInfo, WakeChannel, refuse_protected
+from fleet.platform.base import ExitWatch, ProcessInfo, ProcessStart, WakeChannel, refuse_protected
 from fleet.platform.children import SpawnedChildren
 from fleet.platform.wake import open_wake_channel, send_wake
 from fleet.platform.windows_exits import HandleExitWatch, Kernel32
@@ -115,6 +115,10 @@ class WindowsPlatform:
             return psutil.Process(pid).environ()
         except psutil.Error:
             return None
+
+    def process_starts(self) -> Iterator[ProcessStart]:
+        """psutil reads a process whole: each start carries its info."""
+        return (ProcessStart(info.pid, info.start_ticks, info.create_time, info) for info in self.iter_processes())
 
     def iter_processes(self) -> Iterator[ProcessInfo]:
         for proc in psutil.process_iter():

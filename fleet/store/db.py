@@ -441,6 +441,10 @@ class Store:
             out[row["name"]] = _history(row)
         return out
 
+    def last_spawn_at(self) -> float | None:
+        """When any profile's gateway was last started (the stagger spaces spawns from it)."""
+        return self.conn.execute("SELECT max(last_start) FROM profile_state").fetchone()[0]
+
     def history(self, name: str) -> ProfileHistory:
         row = self.conn.execute("SELECT * FROM profile_state WHERE name=?", (name,)).fetchone()
         return _history(row) if row else ProfileHistory(name)
