@@ -32,7 +32,8 @@ class Moved(Fence):
         return "state directory moved"
 
 
-def record(store: Store, tmp_path, revision: str = "1", names: tuple[str, ...] = ("alpha",)) -> None:
+def record(store: Store, tmp_path, revision: str = "1", names: tuple[str, ...] = ("alpha",), *, stagger: str = "0s",
+           backoff: str = "0s") -> None:
     path = tmp_path / "fleet.yaml"
     profiles = "".join(f"""
   {name}:
@@ -42,8 +43,8 @@ def record(store: Store, tmp_path, revision: str = "1", names: tuple[str, ...] =
     path.write_text(f"""version: 1
 name: test
 hermes: {{home: {tmp_path / 'home'}}}
-stagger: 0s
-restart: {{policy: always, backoff: [0s]}}
+stagger: {stagger}
+restart: {{policy: always, backoff: [{backoff}]}}
 profiles:{profiles}
 """)
     record_manifest(store, load_manifest(str(path)), {"revision": revision}, prune=True, source="test",
@@ -185,22 +186,6 @@ def test_an_action_that_fails_while_the_store_refuses_its_failure_is_held_in_mem
 
 
 # -- a respawn after exits that alone woke the loop (Reconciler.after_exits) ------------------------------------
-def _fleet(tmp_path, *, names=("alpha", "beta"), stagger="0s", backoff="0s"):
-    path = tmp_path / "fleet.yaml"
-    profiles = "".join(f"""
-  {name}:
-    driver: process
-    command: ["{sys.executable}", "-c", "pass"]""" for name in names)
-    path.write_text(f"""version: 1
-name: test
-hermes: {{home: {tmp_path / 'home'}}}
-stagger: {stagger}
-restart: {{policy: always, backoff: [{backoff}]}}
-profiles:{profiles}
-""")
-    return path
-
-
 def _settled_fleet(root, clock, *, names=("alpha", "beta"), stagger="0s", backoff="0s", then=None):
     """A fleet whose last pass changed nothing, its gateways running; `then(store, root)` runs once it is settled.
     Returns (reconciler, platform, store, pid of alpha's gateway)."""
@@ -208,8 +193,7 @@ def _settled_fleet(root, clock, *, names=("alpha", "beta"), stagger="0s", backof
     st = StateDir(root / "state")
     ensure_state_dir(st)
     db = Store(st.db, durable=False, degradable=True)
-    record_manifest(db, load_manifest(str(_fleet(root, names=names, stagger=stagger, backoff=backoff))),
-                    {"revision": "1"}, prune=True, source="test", lift_down=False)
+    record(db, root, names=names, stagger=stagger, backoff=backoff)
     platform = FakePlatform()
     passes = Reconciler(st, db, platform, epoch=db.bump_epoch(), fence=FenceWatch(_NO_BREACH),
                         bookkeeping=StoreBookkeeping(db, HealthFile(st), lambda: clock[0]), clock=lambda: clock[0])
@@ -228,9 +212,7 @@ def _stopped_by_operator(db, root):
 
 
 def _new_generation(db, root):
-    path = root / "fleet.yaml"
-    path.write_text(path.read_text().replace('"pass"]', '"pass"]\n    env: {REV: "2"}'))
-    record_manifest(db, load_manifest(str(path)), {"revision": "2"}, prune=True, source="test", lift_down=False)
+    record(db, root, revision="2", names=("alpha", "beta"))
 
 
 SCENARIOS = {

@@ -155,8 +155,9 @@ class Reconciler:
         before the pass looks at every profile: at 1,000 profiles that look was most of a respawn's latency.
         From the last pass's look, which changed nothing since, with these profiles and what concerns the whole
         fleet read afresh: the planner decides each profile on its own (its siblings weigh only in the stagger,
-        never to hurry it), so they get the steps a whole pass would give them. Only their reclaims and what
-        follows them (`_after_reclaims`); nothing when the desired state changed since (the pass plans from it)."""
+        never to hurry it), so they get the steps a whole pass would give them. Only the profiles with a reclaim
+        due: their records fixes (`Plan.executable` gives those alone) and what follows them (`_after_reclaims`);
+        nothing when the desired state changed since (the pass plans from it)."""
         last_desired, last_observed = settled
         names = frozenset(name for name, obs in last_observed.profiles.items()
                           if obs.process is not None and obs.process.pid in exited)
@@ -172,7 +173,7 @@ class Reconciler:
         if not reclaims:
             return ()
         self.executor.begin_pass()  # its look at the process table comes after these deaths were seen
-        attempted, cut_short = self._execute(desired, observed, current, now, only=reclaims, kinds=("reclaim",))
+        attempted, cut_short = self._execute(desired, observed, current, now, only=reclaims)  # records first
         if cut_short or self.fence.breached():
             return attempted
         return attempted + self._after_reclaims(desired, observed, current, attempted)[2]
@@ -211,17 +212,14 @@ class Reconciler:
                    for a in current.executable(now, self.holds.held(now)))
 
     def _execute(self, desired: Desired, observed: Observed, current: Plan, now: float,
-                 only: frozenset[str] | None = None, kinds: tuple[str, ...] | None = None
-                 ) -> tuple[tuple[Action, ...], bool]:
-        """Performs what is due (of `only` these profiles, of these `kinds`); returns the actions attempted and
-        whether a spawn was superseded."""
+                 only: frozenset[str] | None = None) -> tuple[tuple[Action, ...], bool]:
+        """Performs what is due (of `only` these profiles); returns the actions attempted and whether a spawn was
+        superseded."""
         attempted: list[Action] = []
         if only is None:
             self.executor.begin_pass()
         # Actions that failed recently wait out their backoff instead of spinning the loop.
         for action in current.executable(now, self.holds.held(now), only):
-            if kinds is not None and action.kind not in kinds:
-                continue
             if self.fence.breached():
                 break
             attempted.append(action)

@@ -63,7 +63,7 @@ class ProcessSnapshot:
         return env
 
 
-def started_after(start: ProcessStart | ProcessInfo, record: PidRecord) -> bool:
+def started_after(start: ProcessStart, record: PidRecord) -> bool:
     """Whether the process started no earlier than the gateway `record` names: what that gateway forked cannot have."""
     if record.start_ticks is not None and start.start_ticks is not None:
         return start.start_ticks >= record.start_ticks

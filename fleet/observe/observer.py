@@ -90,8 +90,10 @@ class Observer:
         orphans: list[Orphan] = []
         if scan:
             profiles, orphans = self._scan(specs, profiles, claimed, {e.name for e in inventory})
+        # Store.last_spawn_at() from the histories already read: one query less on every pass.
+        last_spawn = max((h.last_start for h in histories.values() if h.last_start), default=None)
         return Observed(observed_at=now, epoch=self.store.epoch, profiles=profiles, inventory=inventory,
-                        orphans=tuple(orphans), last_spawn_at=self.store.last_spawn_at(), scanned=scan,
+                        orphans=tuple(orphans), last_spawn_at=last_spawn, scanned=scan,
                         maintenance=tuple(queue.open_requests(self.store)))
 
     def refreshed(self, observed: Observed, specs: dict[str, ProfileSpec], names: frozenset[str], *,
