@@ -164,6 +164,44 @@ def test_a_pass_that_finds_its_state_directory_gone_touches_nothing(state, store
     assert store.meta("observed_generation") == "0"
 
 
+def test_a_stop_request_during_a_pass_starts_no_action_after_the_one_in_hand(state, store, tmp_path):
+    """The controller is asked to leave while the pass spawns three profiles: the spawn in hand completes, no
+    other starts, and nothing after the actions runs (the observed generation is not recorded). The next
+    controller takes up what is left, as after a crash between two actions."""
+    record(store, tmp_path, names=("alpha", "beta", "gamma"))
+    platform = FakePlatform()
+    asked = []
+    passes = Reconciler(state, store, platform, epoch=store.bump_epoch(), fence=FenceWatch(_NO_BREACH),
+                        bookkeeping=StoreBookkeeping(store, HealthFile(state), time.time), clock=time.time,
+                        leaving=lambda: bool(asked))
+    real_spawn = platform.spawn_detached
+
+    def spawn_then_stop_request(*args, **kwargs):
+        asked.append("SIGTERM")  # what the signal handler sets, between two bytecodes of the pass
+        return real_spawn(*args, **kwargs)
+
+    platform.spawn_detached = spawn_then_stop_request
+    result = passes.reconcile_once(time.time())
+    assert result.left and not result.fenced
+    assert kinds(result) == [("alpha", "spawn", "first_apply")]
+    assert len(platform.children) == 1
+    assert store.meta("observed_generation") == "0"
+    asked.clear()
+    platform.spawn_detached = real_spawn
+    rest = passes.reconcile_once(time.time())
+    assert [a.profile for a in rest.attempted if a.kind == "spawn"] == ["beta", "gamma"]
+
+
+def test_a_stop_request_before_the_actions_leaves_the_pass_after_its_look(state, store, tmp_path):
+    record(store, tmp_path)
+    platform = FakePlatform()
+    passes = Reconciler(state, store, platform, epoch=store.bump_epoch(), fence=FenceWatch(_NO_BREACH),
+                        bookkeeping=StoreBookkeeping(store, HealthFile(state), time.time), clock=time.time,
+                        leaving=lambda: True)
+    result = passes.reconcile_once(time.time())
+    assert result.left and result.attempted == () and platform.children == {}
+
+
 def test_an_action_that_fails_while_the_store_refuses_its_failure_is_held_in_memory(state, store, tmp_path):
     record(store, tmp_path)
     platform = FakePlatform()

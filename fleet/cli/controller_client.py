@@ -7,9 +7,7 @@ import time
 
 from fleet.cli import early_controller
 from fleet.cli.early_controller import controller_command
-from fleet.controller.status import controller_status
 from fleet.platform import controller_process, current_platform
-from fleet.store.db import Store
 from fleet.store.files import open_append
 from fleet.store.layout import StateDir, ensure_state_dir
 from fleet.store.lock import read_holder
@@ -20,12 +18,9 @@ NO_CONTROLLER_HINT = ("start one with `hermes-fleet apply -f fleet.yaml`, `herme
 
 
 def running_controller_pid(state: StateDir) -> int | None:
-    store = Store(state.db, readonly=True)
-    try:
-        status = controller_status(state, store, current_platform())
-    finally:
-        store.close()
-    return status.pid if status.running else None
+    holder = read_holder(state)
+    return holder.pid if holder is not None and controller_process.holder_runs(state, current_platform(), holder) \
+        else None
 
 
 def _check_log(state: StateDir) -> int:

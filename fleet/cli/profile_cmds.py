@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fleet.cli.common import EXIT_FAILED, FILE, STATE_DIR, fail, fleet_state, open_store, state_for
 from fleet.cli.console import Exit, echo
 from fleet.cli.declared import Arg, Opt, declare
 from fleet.cli.controller_client import NO_CONTROLLER_HINT, running_controller_pid, stop_controller
-from fleet.controller.status import ProfileStatus, fleet_status
 from fleet.platform.wake import send_wake
 from fleet.platform import current_platform
-from fleet.platform.base import still_runs, wait_for_an_exit
+from fleet.platform.base import wait_until_exited
 from fleet.spec.durations import parse_duration
 from fleet.spec.markers import PROFILE_ENV
 from fleet.spec.secrets import mask_argv
 from fleet.store.db import Store, user_name
 from fleet.store.layout import StateDir
+
+if TYPE_CHECKING:
+    from fleet.controller.status import ProfileStatus
 
 
 def _need_profiles(state, names: list[str]) -> Store:
@@ -159,6 +162,8 @@ NATIVE_UNITS_GATEWAY = ("released", "taking_over")
 
 
 def _live_gateways(state: StateDir) -> list[ProfileStatus]:
+    # Imported here: `down` wakes the controller first, and this import then runs beside its drains.
+    from fleet.controller.status import fleet_status
     st = fleet_status(state, current_platform(), time.time())
     return [p for p in st.profiles if p.pid and p.action.reason not in NATIVE_UNITS_GATEWAY]
 
@@ -175,15 +180,16 @@ def _hold_every_profile_down(state: StateDir) -> None:
     from fleet.controller.desired import DesiredSource
     from fleet.controller.record import DOWN
     try:
-        _, specs = DesiredSource(store).current()
         now = time.time()
         with store.tx():
-            for name in specs:
-                if store.history(name).override_desired == "stopped":
+            names = DesiredSource(store).names()
+            histories = store.histories()
+            for name in names:
+                if name in histories and histories[name].override_desired == "stopped":
                     continue  # already held by `stop` (which outlives `apply`) or by an earlier `down`
                 store.update_history(name, override_desired="stopped", override_by=f"{DOWN}:{user_name()}",
                                      override_at=now)
-            store.journal("down", f"{user_name()}: draining {len(specs)} profile(s), then stopping the controller; "
+            store.journal("down", f"{user_name()}: draining {len(names)} profile(s), then stopping the controller; "
                                   "the fleet stays down until `apply` or `start`", data={"by": user_name()})
     finally:
         store.close()
@@ -200,11 +206,7 @@ def _wait_drained(state: StateDir, deadline: float) -> None:
         if time.monotonic() > deadline:
             fail("timed out draining: " + ", ".join(f"{p.name} (pid {p.pid})" for p in alive), EXIT_FAILED)
         shown = [info for info in (platform.process_info(p.pid) for p in alive if p.pid) if info is not None]
-        while time.monotonic() <= deadline:
-            running = [info for info in shown if still_runs(platform, info)]
-            if not running:
-                break
-            wait_for_an_exit(platform, frozenset(info.pid for info in running), 0.05)
+        wait_until_exited(platform, shown, deadline)
 
 
 def _fleet_leftovers(state, deadline: float) -> list:

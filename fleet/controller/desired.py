@@ -4,11 +4,14 @@ of every profile that was removed but is still in the inventory (so it can be dr
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-from fleet.plan.model import Desired
 from fleet.spec.codec import fleet_from_dict, profile_from_dict
 from fleet.spec.model import FleetSpec, ProfileSpec
 from fleet.store.db import Generation, Store
+
+if TYPE_CHECKING:
+    from fleet.plan.model import Desired
 
 
 class DesiredSource:
@@ -24,6 +27,9 @@ class DesiredSource:
         return self._cache[gen.generation]
 
     def current(self) -> tuple[Desired | None, dict[str, ProfileSpec]]:
+        # Imported here: `down` reads names() before it wakes the controller, and needs none of the planner then.
+        from fleet.plan.model import Desired
+
         gen = self.store.current_generation()
         if gen is None:
             return None, {}
@@ -38,9 +44,24 @@ class DesiredSource:
         desired = Desired(spec=spec, generation=gen.generation, prune=prune, allow_empty=True, previous=dict(specs))
         return desired, specs
 
+    def names(self) -> list[str]:
+        """The profiles `current()` gives a spec for, without decoding their specs (what `down` holds)."""
+        gen = self.store.current_generation()
+        if gen is None:
+            return []
+        names = [p["name"] for p in json.loads(gen.spec_json)["profiles"]]
+        known = set(names)
+        names += [entry.name for entry in self.store.inventory()
+                  if entry.name not in known and self._last_entry_of(entry.name, gen.generation) is not None]
+        return names
+
     def last_spec_of(self, name: str, before: int) -> ProfileSpec | None:
+        entry = self._last_entry_of(name, before)
+        return profile_from_dict(entry) if entry is not None else None
+
+    def _last_entry_of(self, name: str, before: int) -> dict | None:
         for spec_json in self.store.specs_before(before):
             for p in json.loads(spec_json)["profiles"]:
                 if p["name"] == name:
-                    return profile_from_dict(p)
+                    return p
         return None

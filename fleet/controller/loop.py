@@ -81,7 +81,7 @@ class Controller:
         notifier = SdNotify.from_env()
         bookkeeping = StoreBookkeeping(store, HealthFile(self.state), self.clock)
         reconciler = Reconciler(self.state, store, self.platform, epoch=epoch, fence=fenced,
-                                bookkeeping=bookkeeping, clock=self.clock)
+                                bookkeeping=bookkeeping, clock=self.clock, leaving=lambda: self.stopping)
         log_guard = LogGuard(str(self.state.logs))
         telemetry = MetricsOnDemand(self.state, store, epoch, self.clock)
         try:
@@ -121,7 +121,7 @@ class Controller:
             now = self.clock()
             result = reconciler.reconcile_once(now, exited)
             exited = frozenset()
-            if result.fenced:
+            if result.fenced or result.left:
                 return
             if result.planned:
                 wakeups.watch(result.gateways)

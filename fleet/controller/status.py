@@ -14,13 +14,13 @@ from fleet.plan.exits import describe_exit
 from fleet.plan.model import Action, Desired, Plan
 from fleet.plan.planner import plan
 from fleet.platform.base import Platform
-from fleet.platform.controller_process import holder_process
+from fleet.platform.controller_process import holder_runs
 from fleet.spec.model import DRIVER_HERMES, FleetSpec, ProfileSpec
 from fleet.spec.secrets import mask_text
 from fleet.store.db import ProfileHistory, Store
 from fleet.store.health import read_degraded
 from fleet.store.layout import StateDir
-from fleet.store.lock import Holder, lock_is_free, read_holder
+from fleet.store.lock import read_holder
 from fleet.store.metrics_state import EndpointState, read_endpoint_state
 from fleet.store.sources import Source, get_source
 
@@ -204,8 +204,8 @@ class FleetStatus:
 
 
 def controller_status(state: StateDir, store: Store, platform: Platform) -> ControllerStatus:
-    holder: Holder | None = read_holder(state)
-    running = holder is not None and holder_process(platform, holder) is not None and not lock_is_free(state)
+    holder = read_holder(state)
+    running = holder_runs(state, platform, holder)
     gen = store.current_generation()
     return ControllerStatus(running=running, pid=holder.pid if holder and running else None,
                             epoch=holder.epoch if holder else None, version=holder.version if holder else None,

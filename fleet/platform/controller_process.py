@@ -14,7 +14,7 @@ else:
 from fleet.platform import current_platform
 from fleet.platform.base import Platform, ProcessInfo, wait_for_an_exit
 from fleet.store.layout import StateDir
-from fleet.store.lock import Holder
+from fleet.store.lock import Holder, lock_is_free
 
 
 def holder_process(platform: Platform, holder: Holder) -> ProcessInfo | None:
@@ -26,6 +26,12 @@ def holder_process(platform: Platform, holder: Holder) -> ProcessInfo | None:
     if info is None or not info.alive or not info.started_as(holder.start_ticks, holder.create_time):
         return None
     return info
+
+
+def holder_runs(state: StateDir, platform: Platform, holder: Holder | None) -> bool:
+    """The holder file names the controller that runs for this state directory: a live process that still is
+    that controller, and the lock is held."""
+    return holder is not None and holder_process(platform, holder) is not None and not lock_is_free(state)
 
 
 def stop_controller(state: StateDir, holder: Holder, timeout: float = 30.0, platform: Platform | None = None) -> bool:
