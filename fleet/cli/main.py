@@ -167,16 +167,16 @@ def main(argv: list[str] | None = None) -> None:
     # A table per command: each loads only the code its own classes use.
     wanted = wanted_commands(args)
     use_cached_dataclass_code("cli-" + next(iter(wanted)) if wanted else "cli")
+    from fleet.cli import early_controller
+
+    if args and args[0] == "apply":
+        early_controller.start_for(args[1:])  # first: the controller's imports are the longer half of the race
     import sqlite3
 
     from fleet.store.db import StoreError
     from fleet.store.files import UnsafeFile
     from fleet.store.layout import StateDirError
 
-    from fleet.cli import early_controller
-
-    if args and args[0] == "apply":
-        early_controller.start_for(args[1:])
     try:
         code = run(args)
     except (sqlite3.Error, StoreError, StateDirError, UnsafeFile) as exc:
