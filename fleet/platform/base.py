@@ -151,11 +151,15 @@ def wait_until_exited(platform: Platform, infos: Sequence[ProcessInfo], deadline
     CPU with the gateways' own exits. What no watch covers is looked at every `poll` seconds."""
     import select
 
-    left = {info.pid: info for info in infos if still_runs(platform, info)}
     watch = platform.exit_watch()
     try:
         fd = watch.fileno()
-        polled = set(left) if fd < 0 else set(watch.watch(frozenset(left)))
+        pids = frozenset(info.pid for info in infos)
+        polled = set(pids) if fd < 0 else set(watch.watch(pids))
+        # Looked at once the watch is armed: a process gone before (its PID maybe another's by now) is dropped here,
+        # so a watch never waits on a PID's next owner.
+        left = {info.pid: info for info in infos if still_runs(platform, info)}
+        polled &= set(left)
         while True:
             for pid in [pid for pid in polled if not still_runs(platform, left[pid])]:
                 polled.discard(pid)
