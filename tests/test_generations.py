@@ -91,6 +91,29 @@ def test_applying_an_older_spec_again_makes_a_new_generation_and_keeps_the_old_o
     assert [r["result"] for r in store.revisions()] == ["NoChange", "Pending", "Pending", "Pending"]
 
 
+def test_the_current_generations_number_is_the_current_generations(store, tmp_path):
+    assert store.current_generation_number() is None and store.current_generation() is None
+    for value, expected in (("1", 1), ("2", 2), ("1", 3), ("1", 3)):
+        record(store, manifest(tmp_path, alpha=value))
+        assert store.current_generation_number() == store.current_generation().generation == expected
+
+
+def test_the_desired_state_follows_a_new_generation_from_its_cached_spec(store, tmp_path):
+    """DesiredSource decodes a generation's spec once; each pass reads only the number, and a new generation
+    is read and decoded when it appears."""
+    from fleet.controller.desired import DesiredSource
+
+    source = DesiredSource(store)
+    record(store, manifest(tmp_path, alpha="1"))
+    first, specs = source.current()
+    assert first.generation == 1 and specs["alpha"].env_map["V"] == "1"
+    again, _ = source.current()
+    assert again.spec is first.spec  # the cached decode, not a second one
+    record(store, manifest(tmp_path, alpha="2", beta="3"))
+    newer, specs = source.current()
+    assert newer.generation == 2 and sorted(specs) == ["alpha", "beta"] and specs["alpha"].env_map["V"] == "2"
+
+
 def test_each_generation_keeps_who_made_it(store, tmp_path):
     a, b = manifest(tmp_path, alpha="1"), manifest(tmp_path, alpha="2")
     record(store, a, "apply")

@@ -30,18 +30,24 @@ class DesiredSource:
         # Imported here: `down` reads names() before it wakes the controller, and needs none of the planner then.
         from fleet.plan.model import Desired
 
-        gen = self.store.current_generation()
-        if gen is None:
+        number = self.store.current_generation_number()
+        if number is None:
             return None, {}
-        spec = self.spec(gen)
+        if number not in self._cache:  # every pass asks; the spec is read and decoded once per generation
+            gen = self.store.current_generation()
+            if gen is None:
+                return None, {}
+            number = gen.generation
+            self.spec(gen)
+        spec = self._cache[number]
         specs = {p.name: p for p in spec.profiles}
         for entry in self.store.inventory():
             if entry.name not in specs:
-                removed = self.last_spec_of(entry.name, gen.generation)
+                removed = self.last_spec_of(entry.name, number)
                 if removed is not None:
                     specs[entry.name] = removed
         prune = self.store.meta("prune", "1") == "1"
-        desired = Desired(spec=spec, generation=gen.generation, prune=prune, allow_empty=True, previous=dict(specs))
+        desired = Desired(spec=spec, generation=number, prune=prune, allow_empty=True, previous=dict(specs))
         return desired, specs
 
     def names(self) -> list[str]:

@@ -63,11 +63,11 @@ def superseded(store: Store, generation: int, planned_from: ProfileHistory) -> b
     """The desired state of this profile changed while this pass ran: a newer generation, or an operator's
     `stop`, `start` or `down` of it."""
     try:
-        current = store.current_generation()
+        current = store.current_generation_number()
         now = store.history(planned_from.name)
     except Exception:  # noqa: BLE001 - a store that cannot be read now: go on with what was read
         return False
-    return (current is not None and current.generation != generation) or \
+    return (current is not None and current != generation) or \
         (now.override_desired, now.override_by) != (planned_from.override_desired, planned_from.override_by)
 
 

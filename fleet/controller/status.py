@@ -173,8 +173,7 @@ def source_status(store: Store) -> SourceStatus | None:
     source = get_source(store)
     if source is None:
         return None
-    gen = store.current_generation()
-    return SourceStatus(source, gen.generation if gen else 0)
+    return SourceStatus(source, store.current_generation_number() or 0)
 
 
 @dataclass(frozen=True)
@@ -206,11 +205,11 @@ class FleetStatus:
 def controller_status(state: StateDir, store: Store, platform: Platform) -> ControllerStatus:
     holder = read_holder(state)
     running = holder_runs(state, platform, holder)
-    gen = store.current_generation()
+    generation = store.current_generation_number() or 0
     return ControllerStatus(running=running, pid=holder.pid if holder and running else None,
                             epoch=holder.epoch if holder else None, version=holder.version if holder else None,
                             since=holder.started_at if holder else None,
-                            generation=gen.generation if gen else 0, observed_generation=store.observed_generation,
+                            generation=generation, observed_generation=store.observed_generation,
                             store_degraded=_store_degraded(state) if running else None,
                             metrics=_metrics(state) if running else None)
 
