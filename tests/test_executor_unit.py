@@ -499,3 +499,17 @@ def test_a_sibling_gateway_this_controller_adopted_is_never_read_as_a_leftover(s
 
     assert platform.signalled() == [Call("request_stop", (LEFTOVER,))]
     assert sibling.pid in platform.processes and sibling.pid not in read and LEFTOVER in read
+
+
+def test_the_siblings_of_a_profile_are_the_latest_gateways_of_every_other_profile(state, store, platform):
+    """What the leftover look skips: the processes spawned or adopted for the other profiles, the latest of each
+    (a profile's earlier gateway, replaced, is no one's sibling any more)."""
+    ex = executor(state, store, platform, process_spec("alpha"), process_spec("beta"))
+    ex._remember("alpha", (100, 1))
+    ex._remember("beta", (200, 2))
+    assert (200, 2) in ex._siblings("alpha") and (100, 1) not in ex._siblings("alpha")
+    assert (100, 1) in ex._siblings("beta") and (200, 2) not in ex._siblings("beta")
+    ex._remember("alpha", (101, 3))  # alpha's successor
+    assert (100, 1) not in ex._siblings("beta") and (101, 3) in ex._siblings("beta")
+    assert (101, 3) not in ex._siblings("alpha")
+    assert (999, 9) not in ex._siblings("alpha") and "not a process" not in ex._siblings("alpha")

@@ -5,6 +5,7 @@ a dead gateway's session or process group. Read-only; fleet/execute decides what
 from __future__ import annotations
 
 import os
+from collections.abc import Container
 from dataclasses import dataclass
 
 from fleet.platform.base import Platform, ProcessInfo, ProcessStart
@@ -73,7 +74,7 @@ def started_after(start: ProcessStart, record: PidRecord) -> bool:
 def find_leftovers(platform: Platform, state_root: str, profile: str | None = None, *, group_of: int | None = None,
                    exclude: frozenset[int] = frozenset(), snapshot: ProcessSnapshot | None = None,
                    born_after: PidRecord | None = None,
-                   siblings: frozenset[tuple[int, int | None]] = frozenset()) -> list[Leftover]:
+                   siblings: Container[tuple[int, int | None]] = frozenset()) -> list[Leftover]:
     """This user's live processes that carry the markers of `profile` (any profile of the fleet when
     None), plus those in the session or process group led by `group_of` (a dead gateway's pid, which
     was its session leader) whatever they carry. Never this process, those in `exclude`, or `siblings`: the
