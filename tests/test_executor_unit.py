@@ -501,15 +501,13 @@ def test_a_sibling_gateway_this_controller_adopted_is_never_read_as_a_leftover(s
     assert sibling.pid in platform.processes and sibling.pid not in read and LEFTOVER in read
 
 
-def test_the_siblings_of_a_profile_are_the_latest_gateways_of_every_other_profile(state, store, platform):
-    """What the leftover look skips: the processes spawned or adopted for the other profiles, the latest of each
-    (a profile's earlier gateway, replaced, is no one's sibling any more)."""
+def test_the_gateways_the_leftover_look_skips_are_the_latest_of_each_profile(state, store, platform):
+    """The table the leftover look reads ((pid, start ticks) -> profile): each profile's latest gateway (an
+    earlier one, replaced, is no one's gateway any more)."""
     ex = executor(state, store, platform, process_spec("alpha"), process_spec("beta"))
     ex._remember("alpha", (100, 1))
     ex._remember("beta", (200, 2))
-    assert (200, 2) in ex._siblings("alpha") and (100, 1) not in ex._siblings("alpha")
-    assert (100, 1) in ex._siblings("beta") and (200, 2) not in ex._siblings("beta")
+    assert ex._owners == {(100, 1): "alpha", (200, 2): "beta"}
     ex._remember("alpha", (101, 3))  # alpha's successor
-    assert (100, 1) not in ex._siblings("beta") and (101, 3) in ex._siblings("beta")
-    assert (101, 3) not in ex._siblings("alpha")
-    assert (999, 9) not in ex._siblings("alpha") and "not a process" not in ex._siblings("alpha")
+    assert ex._owners == {(101, 3): "alpha", (200, 2): "beta"}
+    assert ex._known == {"alpha": (101, 3), "beta": (200, 2)}

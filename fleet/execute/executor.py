@@ -59,6 +59,8 @@ class Executor:
         self.clock = clock
         self._ended: set[str] = set()  # profiles whose dead gateway's leftovers were ended since their last spawn
         # (pid, start ticks) of the process this controller spawned or adopted, per profile, and the other way round
+        # (the leftover look skips the other profiles' gateways: processes, not leftovers; one that has ended since
+        # is in no process table, and its pid, reused, comes with another start)
         self._known: dict[str, tuple[int, int | None]] = {}
         self._owners: dict[tuple[int, int | None], str] = {}
         self._table: tuple[float, int, ProcessSnapshot] | None = None  # (when, in which pass, the process table)
@@ -311,7 +313,7 @@ class Executor:
         found = find_leftovers(self.platform, str(self.state.root), name,
                                group_of=gateway_pid if gateway_pid > 1 else None,
                                exclude=self._live_gateways(name, obs), snapshot=self._processes(), born_after=record,
-                               siblings=self._siblings(name))
+                               gateways=self._owners)
         spec = self.spec_of(name)
         marked = [f.info for f in found if f.profile == name
                   and self.platform.child_environ(f.info.pid) is None  # a gateway we spawned is no leftover
@@ -350,7 +352,7 @@ class Executor:
         stale_ok = STRAY_LOOK_FOR if obs.history.last_start is None else 0.0
         strays = [f.info for f in find_leftovers(self.platform, str(self.state.root), name,
                                                  snapshot=self._processes(stale_ok=stale_ok),
-                                                 siblings=self._siblings(name))
+                                                 gateways=self._owners)
                   if f.profile == name and f.info.pid not in exclude
                   and self.platform.child_environ(f.info.pid) is None and not identity.may_be_the_gateway(spec, f.info)]
         self._end(name, strays, "left by an earlier gateway")
@@ -387,11 +389,6 @@ class Executor:
         self._known[name] = process
         self._owners[process] = name
 
-    def _siblings(self, name: str) -> OtherProfiles:
-        """The processes this controller spawned or adopted for the other profiles: gateways, not leftovers (one that
-        has ended since is in no process table; its pid, reused, comes with another start)."""
-        return OtherProfiles(self._owners, name)
-
     def _live_gateways(self, name: str, obs: ProfileObservation) -> frozenset[int]:
         """Marked processes that may be the profile's gateway itself, not a leftover, should the record be
         wrong: the one observed and the one Hermes' pid file names while its lock is held."""
@@ -424,15 +421,3 @@ def _spawn_error(exc: Exception) -> str:
         return f"{type(exc).__name__}: {exc}"
     return f"{type(exc).__name__}: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
 
-
-class OtherProfiles:
-    """(pid, start ticks) of the processes spawned or adopted for every profile but one: a view of the executor's
-    table, not a set built for each spawn (a cold start of 1,000 built 1,000 sets of up to 1,000)."""
-
-    def __init__(self, owners: dict[tuple[int, int | None], str], name: str):
-        self._owners = owners
-        self._name = name
-
-    def __contains__(self, process: object) -> bool:
-        owner = self._owners.get(process) if isinstance(process, tuple) else None
-        return owner is not None and owner != self._name

@@ -5,7 +5,7 @@ a dead gateway's session or process group. Read-only; fleet/execute decides what
 from __future__ import annotations
 
 import os
-from collections.abc import Container
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fleet.platform.base import Platform, ProcessInfo, ProcessStart
@@ -74,18 +74,20 @@ def started_after(start: ProcessStart, record: PidRecord) -> bool:
 def find_leftovers(platform: Platform, state_root: str, profile: str | None = None, *, group_of: int | None = None,
                    exclude: frozenset[int] = frozenset(), snapshot: ProcessSnapshot | None = None,
                    born_after: PidRecord | None = None,
-                   siblings: Container[tuple[int, int | None]] = frozenset()) -> list[Leftover]:
+                   gateways: Mapping[tuple[int, int | None], str] | None = None) -> list[Leftover]:
     """This user's live processes that carry the markers of `profile` (any profile of the fleet when
     None), plus those in the session or process group led by `group_of` (a dead gateway's pid, which
-    was its session leader) whatever they carry. Never this process, those in `exclude`, or `siblings`: the
-    gateways of other profiles, as (pid, start ticks), which the caller spawned or adopted (each is its own
-    profile's, never what another left); with `born_after` (the dead gateway's record), only processes that started
-    after that gateway did. So only the few left are read whole."""
+    was its session leader) whatever they carry. Never this process, those in `exclude`, or the gateways of other
+    profiles than `profile` in `gateways` ((pid, start ticks) -> profile: those the caller spawned or adopted; each
+    is its own profile's, never what another left); with `born_after` (the dead gateway's record), only processes
+    that started after that gateway did. So only the few left are read whole."""
     out: list[Leftover] = []
     table = snapshot or ProcessSnapshot(platform)
+    others = gateways or {}
     for start in table.starts:
+        # Asked of every process of the host once per spawn: kept to lookups a C loop answers.
         if start.pid in exclude or (born_after is not None and not started_after(start, born_after)) \
-                or (start.pid, start.start_ticks) in siblings:
+                or others.get((start.pid, start.start_ticks), profile) != profile:
             continue
         info = table.info(start)
         if info is None:
