@@ -420,4 +420,3 @@ def _spawn_error(exc: Exception) -> str:
     if not isinstance(exc, OSError):
         return f"{type(exc).__name__}: {exc}"
     return f"{type(exc).__name__}: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
-
