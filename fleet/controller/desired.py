@@ -4,6 +4,7 @@ of every profile that was removed but is still in the inventory (so it can be dr
 from __future__ import annotations
 
 import json
+from collections.abc import Container, Iterator
 from typing import TYPE_CHECKING
 
 from fleet.spec.codec import fleet_from_dict, profile_from_dict
@@ -40,15 +41,18 @@ class DesiredSource:
             number = gen.generation
             self.spec(gen)
         spec = self._cache[number]
-        specs = {p.name: p for p in spec.profiles}
-        for entry in self.store.inventory():
-            if entry.name not in specs:
-                removed = self.last_spec_of(entry.name, number)
-                if removed is not None:
-                    specs[entry.name] = removed
+        specs = self.profiles(number, spec)
         prune = self.store.meta("prune", "1") == "1"
         desired = Desired(spec=spec, generation=number, prune=prune, allow_empty=True, previous=dict(specs))
         return desired, specs
+
+    def profiles(self, generation: int, spec: FleetSpec) -> dict[str, ProfileSpec]:
+        """Every profile generation `generation` (of `spec`) plans for: its own, then each one it removed that the
+        inventory still holds, with the spec last applied for it."""
+        specs = {p.name: p for p in spec.profiles}
+        removed = list(self._removed(generation, specs))
+        specs.update((name, profile_from_dict(entry)) for name, entry in removed)
+        return specs
 
     def names(self) -> list[str]:
         """The profiles `current()` gives a spec for, without decoding their specs (what `down` holds)."""
@@ -56,18 +60,16 @@ class DesiredSource:
         if gen is None:
             return []
         names = [p["name"] for p in json.loads(gen.spec_json)["profiles"]]
-        known = set(names)
-        names += [entry.name for entry in self.store.inventory()
-                  if entry.name not in known and self._last_entry_of(entry.name, gen.generation) is not None]
-        return names
+        return names + [name for name, _ in self._removed(gen.generation, set(names))]
 
-    def last_spec_of(self, name: str, before: int) -> ProfileSpec | None:
-        entry = self._last_entry_of(name, before)
-        return profile_from_dict(entry) if entry is not None else None
-
-    def _last_entry_of(self, name: str, before: int) -> dict | None:
-        for spec_json in self.store.specs_before(before):
-            for p in json.loads(spec_json)["profiles"]:
-                if p["name"] == name:
-                    return p
-        return None
+    def _removed(self, generation: int, named: Container[str]) -> Iterator[tuple[str, dict]]:
+        """The inventory's profiles that `generation` no longer names (`named`), each with the entry last applied
+        for it; one applied before no kept generation has none, and is left out."""
+        for entry in self.store.inventory():
+            if entry.name in named:
+                continue
+            for spec_json in self.store.specs_before(generation):
+                last = next((p for p in json.loads(spec_json)["profiles"] if p["name"] == entry.name), None)
+                if last is not None:
+                    yield entry.name, last
+                    break

@@ -42,13 +42,7 @@ def preview(manifest: Manifest, state: StateDir, store: Store, platform: Platfor
     current = store.current_generation()
     previous: dict[str, ProfileSpec] = {}
     if current is not None:
-        stored = source.spec(current)
-        previous = {p.name: p for p in stored.profiles}
-        for entry in store.inventory():
-            if entry.name not in previous:
-                removed = source.last_spec_of(entry.name, current.generation)
-                if removed:
-                    previous[entry.name] = removed
+        previous = source.profiles(current.generation, source.spec(current))
     spec = manifest.spec
     new_generation = current is None or current.digest != manifest.digest
     generation = (current.generation if current else 0) + (1 if new_generation else 0)

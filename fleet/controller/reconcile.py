@@ -93,8 +93,8 @@ class Reconciler:
         self.epoch = epoch
         self.fence = fence
         # A stop request (a signal, handled between two of the pass's steps): every action is whole on its own and
-        # the next controller takes up what is left, so the pass starts nothing more. A `down` stops the controller
-        # right after the drains, while the pass that records 100 exits would take another ~50 ms.
+        # the next controller takes up what is left, so the pass starts nothing more. A pass can last seconds (a cold
+        # start of 1,000 is one), longer than a service manager's stop may wait.
         self.leaving = leaving
         self.bookkeeping = bookkeeping
         self.specs: dict = {}  # the current pass's specs, the executor's too

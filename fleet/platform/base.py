@@ -176,23 +176,3 @@ def wait_until_exited(platform: Platform, infos: Sequence[ProcessInfo], deadline
                 left.pop(pid, None)
     finally:
         watch.close()
-
-
-def wait_for_an_exit(platform: Platform, pids: frozenset[int], timeout: float) -> None:
-    """Until one of `pids` exits or `timeout` passes, whichever comes first: at once through the platform's
-    exit watch, where it has one, instead of sleeping a polling interval out. The caller looks again either
-    way."""
-    import select
-
-    watch = platform.exit_watch()
-    try:
-        unwatched = watch.watch(pids)
-        fd = watch.fileno()
-        if fd < 0:
-            time.sleep(timeout)  # nothing can be watched here: the caller's polling interval
-        elif unwatched:
-            time.sleep(min(timeout, 0.01))  # gone already, or not openable: look again soon, never spin
-        else:
-            select.select([fd], [], [], timeout)
-    finally:
-        watch.close()

@@ -12,7 +12,7 @@ else:
     from fleet.platform.lazy_psutil import psutil
 
 from fleet.platform import current_platform
-from fleet.platform.base import Platform, ProcessInfo, wait_for_an_exit
+from fleet.platform.base import Platform, ProcessInfo, wait_until_exited
 from fleet.store.layout import StateDir
 from fleet.store.lock import Holder, lock_is_free
 
@@ -43,7 +43,8 @@ def stop_controller(state: StateDir, holder: Holder, timeout: float = 30.0, plat
         proc = psutil.Process(holder.pid)  # from here on psutil refuses to signal the PID once it is reused
     except psutil.NoSuchProcess:
         return True
-    if holder_process(platform, holder) is None:
+    info = holder_process(platform, holder)
+    if info is None:
         return True  # that controller is already gone; the PID belongs to someone else
     try:
         platform.stop_controller_process(state, proc, timeout)
@@ -51,10 +52,4 @@ def stop_controller(state: StateDir, holder: Holder, timeout: float = 30.0, plat
         return True
     # Not psutil's wait(): that waits for a zombie to be reaped by a parent that is not us, while a zombie has
     # already released everything. The exit watch wakes at the exit itself (a zombie included).
-    deadline = time.monotonic() + timeout
-    while holder_process(platform, holder) is not None:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        wait_for_an_exit(platform, frozenset({holder.pid}), min(left, 0.02))  # 0.02: the old poll, where no watch is
-    return True
+    return not wait_until_exited(platform, [info], time.monotonic() + timeout, poll=0.02)

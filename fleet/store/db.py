@@ -330,8 +330,8 @@ class Store:
         return Generation(**dict(row)) if row else None
 
     def current_generation_number(self) -> int | None:
-        """The newest generation's number, without its spec: the spec of 1,000 profiles is some 300 KB, and the check
-        before each spawn read it whole (a cold start of 1,000 spent 5 s there)."""
+        """The newest generation's number, without its spec (hundreds of KB at 1,000 profiles): what the check before
+        each spawn and every pass need, where reading the whole row made a cold start quadratic."""
         row = self.conn.execute("SELECT MAX(generation) FROM generations").fetchone()
         return int(row[0]) if row and row[0] is not None else None
 
