@@ -67,6 +67,20 @@ def profile_diff(tool: install.ToolInstall, root: Path, top: int) -> None:
     print_profile(out, top, "diff")
 
 
+# The controller leaves without the interpreter's teardown (`exit_at_once`), so `python -m cProfile` would never
+# write its profile: this runs its `main` under a profiler and writes the profile before that exit.
+PROFILED_CONTROLLER = """
+import cProfile, sys
+out = sys.argv[1]
+sys.argv = ["fleet.controller", *sys.argv[2:]]
+from fleet.controller.__main__ import exit_at_once, main
+profiler = cProfile.Profile()
+code = profiler.runcall(main)
+profiler.dump_stats(out)
+exit_at_once(code)
+"""
+
+
 def profile_controller(mode: str, tool: install.ToolInstall, root: Path, n: int, seconds: float, top: int,
                        kills: int | None = None) -> None:
     tracker = Tracker()
@@ -78,7 +92,7 @@ def profile_controller(mode: str, tool: install.ToolInstall, root: Path, n: int,
         adapter.start()
         fleet.wait_all_running()
         adapter.run([adapter.cli, "controller", "stop", "--state-dir", str(adapter.state)])  # gateways keep running
-        controller = procs.popen([python_executable_of(tool), "-m", "cProfile", "-o", str(out), "-m", "fleet.controller",
+        controller = procs.popen([python_executable_of(tool), "-c", PROFILED_CONTROLLER, str(out),
                                   "--state-dir", str(adapter.state)], stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         tracker.add(controller.pid, "profiled controller")

@@ -37,6 +37,11 @@ EXIT_SUPERSEDED = 5
 # a look every 0.1 s took a tenth of a core from them.
 WAIT_POLL = 0.1
 WAIT_LOOKS_PER_CPU = 9
+# Until the controller has ended a pass over the generation, a look can show only the progress of that pass (a cold
+# start of 100 is one pass of ~0.6 s, of 1,000 several seconds): one a second at most, for the phases it prints. Whether
+# the pass ended is read from the store (two numbers) every WAIT_TICK seconds.
+WAIT_PROGRESS = 1.0
+WAIT_TICK = 0.02
 
 # The codes of `apply`, printed after the options in its --help (README and docs/gitops.md list them too).
 EXIT_CODES = """\b
@@ -354,27 +359,59 @@ def _held_by_lasting_gates(status) -> bool:
     return bool(waiting) and all(p.action.kind == "wait" and p.action.reason in LASTING_GATES for p in waiting)
 
 
+class PassProgress:
+    """Whether the controller has ended a pass over a generation, or another generation was recorded since: read
+    from the store through one read-only connection, for the price of two small queries."""
+
+    def __init__(self, state: StateDir):
+        self.store = Store(state.db, readonly=True)
+
+    def worth_a_look(self, generation: int) -> bool:
+        return self.store.observed_generation >= generation or self.store.current_generation_number() != generation
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _pause(progress: PassProgress, generation: int, soonest: float, latest: float) -> None:
+    """Until `latest`, or from `soonest` on as soon as a look can show more than a pass in progress."""
+    while True:
+        now = time.monotonic()
+        if now >= latest or (now >= soonest and progress.worth_a_look(generation)):
+            return
+        time.sleep(min(max(soonest - now, WAIT_TICK), latest - now))
+
+
 def _wait(state, generation: int, timeout: float, output: str):
     platform = current_platform()
     deadline = time.monotonic() + timeout
     text = output == "text"
     seen: dict[str, str] = {}
-    while True:
-        looked = time.monotonic()
-        status = fleet_status(state, platform, time.time())
-        looked = time.monotonic() - looked
-        if status.controller.generation != generation:
-            echo(f"generation {generation} superseded by "
-                       f"{_describe_generation(state, status.controller.generation)}; not waiting for it", err=True)
-            return EXIT_SUPERSEDED, status
-        if text:
-            _echo_phase_changes(status, seen)
-        code = _outcome(status, text) if status.controller.observed_generation >= generation else None
-        if code is None:
-            code = _stalled(state, status, deadline, text)
-        if code is not None:
-            return code, status
-        time.sleep(max(WAIT_POLL, looked * WAIT_LOOKS_PER_CPU))
+    soonest = looked_at = time.monotonic()
+    looked = 0.0
+    progress = PassProgress(state)
+    try:
+        while True:
+            _pause(progress, generation, soonest,
+                   min(deadline, looked_at + max(WAIT_PROGRESS, looked * WAIT_LOOKS_PER_CPU)))
+            looked = time.monotonic()
+            status = fleet_status(state, platform, time.time())
+            looked_at = time.monotonic()
+            looked = looked_at - looked
+            if status.controller.generation != generation:
+                echo(f"generation {generation} superseded by "
+                     f"{_describe_generation(state, status.controller.generation)}; not waiting for it", err=True)
+                return EXIT_SUPERSEDED, status
+            if text:
+                _echo_phase_changes(status, seen)
+            code = _outcome(status, text) if status.controller.observed_generation >= generation else None
+            if code is None:
+                code = _stalled(state, status, deadline, text)
+            if code is not None:
+                return code, status
+            soonest = looked_at + max(WAIT_POLL, looked * WAIT_LOOKS_PER_CPU)
+    finally:
+        progress.close()
 
 
 def _echo_phase_changes(status, seen: dict[str, str]) -> None:
