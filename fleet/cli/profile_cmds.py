@@ -6,14 +6,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fleet.cli.common import EXIT_FAILED, FILE, STATE_DIR, fail, fleet_state, open_store, state_for
+from fleet.cli.common import EXIT_FAILED, FILE, STATE_DIR, fail, fleet_state, open_store, state_for, timeout_option
 from fleet.cli.console import Exit, echo
 from fleet.cli.declared import Arg, Opt, declare
 from fleet.cli.controller_client import NO_CONTROLLER_HINT, running_controller_pid, stop_controller
 from fleet.platform.wake import send_wake
 from fleet.platform import current_platform
 from fleet.platform.base import wait_until_exited
-from fleet.spec.durations import parse_duration
 from fleet.spec.markers import PROFILE_ENV
 from fleet.spec.secrets import mask_argv
 from fleet.store.db import Store, user_name
@@ -62,6 +61,7 @@ def restart(
     """Restart profiles: drain (wait for active agents to finish), planned stop, respawn.
     A drain that outlasts the profile's drain timeout ends in a kill. `--force` kills at once.
     Only the named profiles are touched."""
+    wait_for = timeout_option(timeout)  # before the request: a mistyped duration changes nothing
     state = state_for(state_dir, file)
     store = _need_profiles(state, profiles)
     released = [p for p in profiles if store.history(p).override_verb == "release"]
@@ -75,7 +75,7 @@ def restart(
         store.close()
     _after_request(state, "restart requested: " + ", ".join(f"{p} (#{i})" for p, i in ids.items()))
     if wait:
-        _wait_requests(state, ids, parse_duration(timeout))
+        _wait_requests(state, ids, wait_for)
 
 
 def _wait_requests(state, ids: dict[str, int], timeout: float) -> None:
@@ -134,6 +134,7 @@ def down(state_dir: str | None = None, file: Path = Path("fleet.yaml"), timeout:
 
     The fleet stays down, across controller restarts and reboots (a service's controller
     included), until `apply` brings it back, or `start P` brings back one profile."""
+    wait_for = timeout_option(timeout)  # before the hold: a mistyped duration changes nothing
     state = fleet_state(state_dir, file)
     running = running_controller_pid(state) is not None
     if not running:
@@ -143,7 +144,7 @@ def down(state_dir: str | None = None, file: Path = Path("fleet.yaml"), timeout:
         echo("nothing runs; the fleet stays down until `apply` or `start`")
         return
     send_wake(state)
-    deadline = time.monotonic() + parse_duration(timeout)
+    deadline = time.monotonic() + wait_for
     _wait_drained(state, deadline)
     left = _fleet_leftovers(state, deadline)
     pid = stop_controller(state)
