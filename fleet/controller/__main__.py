@@ -4,6 +4,7 @@ CLI, rendering or schema code, so a resident controller stays small."""
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sqlite3
 import sys
@@ -15,6 +16,10 @@ from fleet.spec.markers import STATE_DIR_ENV
 
 if TYPE_CHECKING:
     from fleet.store.layout import StateDir
+
+# A pass allocates tens of thousands of objects and leaves few cycles: the default (a young collection every 700)
+# collected many times per pass. Measured: no change in the resident size at 100 gateways.
+COLLECT_AFTER_ALLOCATIONS = 10_000
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -56,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     from fleet.store.layout import StateDirError, resolve_state_dir
 
     compiled.release()
+    # What the imports made lives as long as the process: kept out of the collector's sight, which otherwise walked
+    # all of it again and again as each pass allocates (a fifth of the controller's CPU in a cold start of 100).
+    gc.freeze()
+    gc.set_threshold(COLLECT_AFTER_ALLOCATIONS, 10, 10)
     state = resolve_state_dir(args.state_dir, None)
     try:
         if args.held and not released(state):
