@@ -9,6 +9,7 @@ controller pass (test_platform_windows_controller.py); see docs/platforms.md.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import select
@@ -479,6 +480,12 @@ while True:
 """
 
 
+def _info(platform, pid: int):
+    info = platform.process_info(pid)
+    assert info is not None, f"pid {pid} is not there"
+    return info
+
+
 @checks("stop_controller_process")
 def test_a_controller_is_asked_to_stop_the_way_its_os_can_ask(subject):
     state = StateDir(subject.tmp / "state")
@@ -486,8 +493,20 @@ def test_a_controller_is_asked_to_stop_the_way_its_os_can_ask(subject):
     repo = str(Path(__file__).resolve().parents[1])
     proc = subject.reaper.spawn([sys.executable, "-c", CONTROLLER.format(repo=repo), str(state.root), subject.name])
     wait_until((state.root / "ready").exists, 10, what="the controller stand-in")
-    subject.platform.stop_controller_process(state, psutil.Process(proc.pid), 20)
+    subject.platform.stop_controller_process(state, _info(subject.platform, proc.pid), 20)
     assert proc.wait(10) == (0 if not subject.posix else -signal.SIGTERM)
+
+
+@checks("stop_controller_process")
+def test_a_controller_pid_taken_by_another_process_is_left_alone(subject):
+    state = StateDir(subject.tmp / "state")
+    state.root.mkdir(mode=0o700)
+    proc = subject.reaper.spawn([sys.executable, "-c", SLEEPER])
+    info = _info(subject.platform, proc.pid)
+    earlier = dataclasses.replace(info, start_ticks=None if info.start_ticks is None else info.start_ticks - 500,
+                                  create_time=info.create_time - 5)  # the controller that had this PID before
+    subject.platform.stop_controller_process(state, earlier, 0.4)
+    assert proc.poll() is None, "a process that only reuses the controller's PID was stopped"
 
 
 @pytest.mark.skipif(NATIVE not in ("linux", "windows"), reason="the Windows platform runs here on neither")
@@ -498,6 +517,6 @@ def test_a_windows_controller_that_ignores_the_stop_message_is_terminated_after_
     proc = reaper.spawn([sys.executable, "-c", SLEEPER])
     Path(state.wake_port).write_text('{"port": 9, "token": "x"}')  # a channel no one reads
     asked = time.monotonic()
-    platform.stop_controller_process(state, psutil.Process(proc.pid), 0.4)
+    platform.stop_controller_process(state, _info(platform, proc.pid), 0.4)
     assert time.monotonic() - asked >= 0.2, "terminated without waiting for the stop message to work"
     assert proc.wait(10) is not None

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    import psutil
-
     from fleet.store.fence import FileId
     from fleet.store.layout import StateDir
 
@@ -132,9 +130,10 @@ class Platform(Protocol):
     # the controller itself
     def open_wake_channel(self, state: StateDir) -> WakeChannel: ...
     def on_stop_request(self, handler: Callable[[], None]) -> None: ...  # the OS's ways to ask a process to stop
-    # Ask the controller `proc` to leave (it keeps every gateway running); where the OS has no stop request the
-    # controller can catch, end it after half of `timeout` (as safe as a crash: the next controller adopts).
-    def stop_controller_process(self, state: StateDir, proc: psutil.Process, timeout: float) -> None: ...
+    # Ask the controller `info` describes to leave (it keeps every gateway running); where the OS has no stop request
+    # the controller can catch, end it after half of `timeout` (as safe as a crash: the next controller adopts).
+    # Nothing once that PID is no longer it.
+    def stop_controller_process(self, state: StateDir, info: ProcessInfo, timeout: float) -> None: ...
 
 
 def still_runs(platform: Platform, info: ProcessInfo) -> bool:

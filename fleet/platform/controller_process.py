@@ -4,12 +4,6 @@ it, and stopping it. One rule for `status`, `hermes-fleet controller stop` and e
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import psutil
-else:
-    from fleet.platform.lazy_psutil import psutil
 
 from fleet.platform import current_platform
 from fleet.platform.base import Platform, ProcessInfo, wait_until_exited
@@ -39,17 +33,10 @@ def stop_controller(state: StateDir, holder: Holder, timeout: float = 30.0, plat
     seconds for it to go. True once it is gone (or its PID belongs to another process), False if it still runs.
     How it is asked is the platform's (Platform.stop_controller_process)."""
     platform = platform or current_platform()
-    try:
-        proc = psutil.Process(holder.pid)  # from here on psutil refuses to signal the PID once it is reused
-    except psutil.NoSuchProcess:
-        return True
     info = holder_process(platform, holder)
     if info is None:
         return True  # that controller is already gone; the PID belongs to someone else
-    try:
-        platform.stop_controller_process(state, proc, timeout)
-    except psutil.NoSuchProcess:
-        return True
+    platform.stop_controller_process(state, info, timeout)
     # Not psutil's wait(): that waits for a zombie to be reaped by a parent that is not us, while a zombie has
     # already released everything. The exit watch wakes at the exit itself (a zombie included).
     return not wait_until_exited(platform, [info], time.monotonic() + timeout, poll=0.02)

@@ -11,10 +11,11 @@ import sys
 assert sys.platform != "win32"
 
 import os
+import signal
 from collections.abc import Iterator
 
 
-from fleet.platform.base import ExitWatch, ProcessInfo, ProcessStart
+from fleet.platform.base import ExitWatch, ProcessInfo, ProcessStart, still_runs
 from fleet.platform.exits import PidfdExitWatch, PollingExitWatch
 from fleet.platform.posix import EXITED, PosixPlatform
 from fleet.platform.systemd_scope import scope_command
@@ -165,6 +166,26 @@ class LinuxPlatform(PosixPlatform):
     def scoped_command(self, unit_name: str, argv: list[str], *, stop_timeout: float) -> list[str]:
         """In a transient systemd scope when a user manager answers (fleet.platform.systemd_scope)."""
         return scope_command(unit_name, argv, stop_timeout=stop_timeout) or argv
+
+    def _signal_if_still(self, info: ProcessInfo, signum: int) -> None:
+        """Through a pidfd: the process is checked and signalled as one, its PID cannot change hands between."""
+        if sys.platform != "linux":  # what mypy checks for other platforms; never true here
+            super()._signal_if_still(info, signum)
+            return
+        try:
+            handle = os.pidfd_open(info.pid)
+        except ProcessLookupError:
+            return
+        except (AttributeError, OSError):  # no pidfd (before Linux 5.3)
+            super()._signal_if_still(info, signum)
+            return
+        try:
+            if still_runs(self, info):
+                signal.pidfd_send_signal(handle, signum)
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(handle)
 
     def exit_watch(self) -> ExitWatch:
         if not hasattr(os, "pidfd_open"):

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 else:
     from fleet.platform.lazy_psutil import psutil
 
-from fleet.platform.base import ExitWatch, ProcessInfo, ProcessStart, WakeChannel, refuse_protected
+from fleet.platform.base import ExitWatch, ProcessInfo, ProcessStart, WakeChannel, refuse_protected, still_runs
 from fleet.platform.children import SpawnedChildren
 from fleet.platform.exits import PollingExitWatch
 from fleet.store.files import open_append
@@ -273,9 +273,19 @@ class PosixPlatform:
         for signum in STOP_SIGNALS:
             signal.signal(signum, lambda _signum, _frame: handler())
 
-    def stop_controller_process(self, state: StateDir, proc: psutil.Process, timeout: float) -> None:
-        """SIGTERM, which the controller handles by releasing the fleet and exiting 0."""
-        proc.terminate()
+    def stop_controller_process(self, state: StateDir, info: ProcessInfo, timeout: float) -> None:
+        """SIGTERM, which the controller handles by releasing the fleet and exiting 0. Not through never_signal: a
+        `down` run from a gateway's shell stops the controller above it, as it asks."""
+        self._signal_if_still(info, signal.SIGTERM)
+
+    def _signal_if_still(self, info: ProcessInfo, signum: int) -> None:
+        """`signum` to the process `info` describes, unless its PID belongs to another process by now (checked just
+        before: a PID is reused only after many others were handed out)."""
+        if still_runs(self, info):
+            try:
+                os.kill(info.pid, signum)
+            except ProcessLookupError:
+                pass
 
 
 _ANCESTORS_FOR = 1.0  # seconds one walk of this process's ancestors is reused

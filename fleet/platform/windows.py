@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import psutil
 
-from fleet.platform.base import ExitWatch, ProcessInfo, ProcessStart, WakeChannel, refuse_protected
+from fleet.platform.base import ExitWatch, ProcessInfo, ProcessStart, WakeChannel, refuse_protected, still_runs
 from fleet.platform.children import SpawnedChildren
 from fleet.platform.wake import open_wake_channel, send_wake
 from fleet.platform.windows_exits import HandleExitWatch, Kernel32
@@ -256,8 +256,14 @@ class WindowsPlatform:
             if signum is not None:
                 self._signals.signal(signum, lambda _signum, _frame: handler())
 
-    def stop_controller_process(self, state: StateDir, proc: psutil.Process, timeout: float) -> None:
+    def stop_controller_process(self, state: StateDir, info: ProcessInfo, timeout: float) -> None:
         """A `stop` message on the wake channel; TerminateProcess if it is still there after half the timeout."""
+        try:
+            proc = psutil.Process(info.pid)  # from here on psutil refuses to end the PID once it is reused
+        except psutil.NoSuchProcess:
+            return
+        if not still_runs(self, info):
+            return  # that PID is another process's by now
         if send_wake(state, "stop") and _exits_within(proc, timeout / 2):
             return
         try:
