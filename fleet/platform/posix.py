@@ -274,8 +274,7 @@ class PosixPlatform:
             signal.signal(signum, lambda _signum, _frame: handler())
 
     def stop_controller_process(self, state: StateDir, info: ProcessInfo, timeout: float) -> None:
-        """SIGTERM, which the controller handles by releasing the fleet and exiting 0. Not through never_signal: a
-        `down` run from a gateway's shell stops the controller above it, as it asks."""
+        """SIGTERM, which the controller handles by releasing the fleet and exiting 0."""
         self._signal_if_still(info, signal.SIGTERM)
 
     def _signal_if_still(self, info: ProcessInfo, signum: int) -> None:
