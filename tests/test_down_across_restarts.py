@@ -59,6 +59,10 @@ def test_down_holds_across_a_service_restart_and_status_says_so(fleet):
     assert "stays down until `apply` or `start`" in result.stdout
     for pid in pids.values():
         fleet.wait_gone(pid)
+    # The controller finished the `down` and left by itself (fleet/controller/down.py), once no gateway ran.
+    kinds = [e.kind for e in fleet.journal()]
+    assert kinds[kinds.index("down"):][-2:] == ["down_done", "controller_stopped"], kinds
+    assert kinds.count("drained") == 3 and kinds.index("drained") < kinds.index("down_done")
     user = getpass.getuser()
 
     # The service manager starts the controller again, with an edited manifest (a new generation).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,11 +13,13 @@ from fleet.cli.declared import Arg, Opt, declare
 from fleet.cli.controller_client import NO_CONTROLLER_HINT, running_controller_pid, stop_controller
 from fleet.platform.wake import send_wake
 from fleet.platform import current_platform
-from fleet.platform.base import wait_until_exited
+from fleet.platform.base import ProcessInfo, wait_until_exited
+from fleet.platform.controller_process import holder_process, holder_runs
 from fleet.spec.markers import PROFILE_ENV
 from fleet.spec.secrets import mask_argv
 from fleet.store.db import Store, user_name
 from fleet.store.layout import StateDir
+from fleet.store.lock import read_holder
 
 if TYPE_CHECKING:
     from fleet.controller.status import ProfileStatus
@@ -136,18 +139,24 @@ def down(state_dir: str | None = None, file: Path = Path("fleet.yaml"), timeout:
     included), until `apply` brings it back, or `start P` brings back one profile."""
     wait_for = timeout_option(timeout)  # before the hold: a mistyped duration changes nothing
     state = fleet_state(state_dir, file)
-    running = running_controller_pid(state) is not None
-    if not running:
+    controller = _running_controller(state)
+    if controller is None:
         _refuse_live_gateways_without_controller(state)
-    _hold_every_profile_down(state)
-    if not running:
+        _hold_every_profile_down(state, None)
         echo("nothing runs; the fleet stays down until `apply` or `start`")
         return
+    request = f"{os.getpid()}-{time.time_ns()}"  # the controller finishes this `down` (fleet/controller/down.py)
+    _hold_every_profile_down(state, request)
     send_wake(state)
     deadline = time.monotonic() + wait_for
-    _wait_drained(state, deadline)
+    pid: int | None = controller.pid
+    if not _finished_by(state, controller, request, deadline):
+        # The controller left without finishing it (a crash), or dropped it (`apply` or `start` came since).
+        if _running_controller(state) is None:
+            _refuse_live_gateways_without_controller(state)
+        _wait_drained(state, deadline)
+        pid = stop_controller(state)
     left = _fleet_leftovers(state, deadline)
-    pid = stop_controller(state)
     if left:
         fail(f"all gateways stopped, but {len(left)} process(es) of the fleet still run: "
              + ", ".join(f"pid {i.pid} ({name}) `{' '.join(mask_argv(i.cmdline))[:60]}`" for i, name in left)
@@ -157,16 +166,38 @@ def down(state_dir: str | None = None, file: Path = Path("fleet.yaml"), timeout:
                "the fleet stays down until `apply` or `start`")
 
 
-# A profile given back to its native unit, or whose unit is still being taken over: the gateway shown is the
-# unit's, which `down` neither drains nor waits for.
-NATIVE_UNITS_GATEWAY = ("released", "taking_over")
+# How often the wait for the controller to finish a `down` checks that its request still stands (an `apply` or
+# `start` since drops it).
+DROPPED_LOOK = 0.1
+
+
+def _running_controller(state: StateDir) -> ProcessInfo | None:
+    holder = read_holder(state)
+    platform = current_platform()
+    return holder_process(platform, holder) if holder is not None and holder_runs(state, platform, holder) else None
+
+
+def _finished_by(state: StateDir, controller: ProcessInfo, request: str, deadline: float) -> bool:
+    """Until the controller leaves: True when it said the fleet is down for `request` (fleet/controller/down.py);
+    False when it left without a word, dropped the request, or the deadline came first."""
+    from fleet.controller import down as requests
+    platform = current_platform()
+    store = Store(state.db, readonly=True)
+    try:
+        while True:
+            if not wait_until_exited(platform, [controller], min(deadline, time.monotonic() + DROPPED_LOOK)):
+                return requests.finished(store, request)
+            if time.monotonic() >= deadline or requests.pending(store) != request:
+                return False
+    finally:
+        store.close()
 
 
 def _live_gateways(state: StateDir) -> list[ProfileStatus]:
-    # Imported here: `down` wakes the controller first, and this import then runs beside its drains.
+    from fleet.controller.down import waited_for
     from fleet.controller.status import fleet_status
     st = fleet_status(state, current_platform(), time.time())
-    return [p for p in st.profiles if p.pid and p.action.reason not in NATIVE_UNITS_GATEWAY]
+    return [p for p in st.profiles if waited_for(p.pid, p.action)]
 
 
 def _refuse_live_gateways_without_controller(state: StateDir) -> None:
@@ -176,8 +207,10 @@ def _refuse_live_gateways_without_controller(state: StateDir) -> None:
              EXIT_FAILED, hint="start one with `hermes-fleet controller run` and run `down` again")
 
 
-def _hold_every_profile_down(state: StateDir) -> None:
+def _hold_every_profile_down(state: StateDir, request: str | None) -> None:
+    """Holds every profile stopped and, with a `request`, leaves it for the running controller to finish."""
     store = open_store(state, write=True)
+    from fleet.controller import down as requests
     from fleet.controller.desired import DesiredSource
     from fleet.controller.record import DOWN
     try:
@@ -190,6 +223,8 @@ def _hold_every_profile_down(state: StateDir) -> None:
                     continue  # already held by `stop` (which outlives `apply`) or by an earlier `down`
                 store.update_history(name, override_desired="stopped", override_by=f"{DOWN}:{user_name()}",
                                      override_at=now)
+            if request is not None:
+                requests.leave(store, request)
             store.journal("down", f"{user_name()}: draining {len(names)} profile(s), then stopping the controller; "
                                   "the fleet stays down until `apply` or `start`", data={"by": user_name()})
     finally:

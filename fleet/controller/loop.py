@@ -121,7 +121,7 @@ class Controller:
             now = self.clock()
             result = reconciler.reconcile_once(now, exited)
             exited = frozenset()
-            if result.fenced or result.left:
+            if result.fenced or result.left or result.down_done:
                 return
             if result.planned:
                 wakeups.watch(result.gateways)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fleet.controller import down
 from fleet.controller.bookkeeping import StoreBookkeeping
 from fleet.controller.claims import HomeClaims
 from fleet.controller.desired import DesiredSource
@@ -42,6 +43,7 @@ class PassResult:
     gateways: frozenset[int] = frozenset()  # pids of the live gateways, whose exits should wake the loop
     fenced: bool = False  # this process no longer owns the state directory: stop
     left: bool = False  # the controller was asked to leave during the pass, which then started nothing more
+    down_done: bool = False  # the fleet is down as a `down` asked (fleet/controller/down.py): the controller leaves
     source_next: float | None = None  # when the followed git source wants the next pass (a fetch in flight: soon)
     failed: tuple[Action, ...] = ()  # the attempted actions that raised
     first: int = 0  # how many of `attempted` came before the pass's look (a respawn after exits, see after_exits)
@@ -73,6 +75,10 @@ def superseded(store: Store, generation: int, planned_from: ProfileHistory) -> b
 
 def _earliest(*times: float | None) -> float | None:
     return min((t for t in times if t), default=None)
+
+
+def _pid(obs: ProfileObservation) -> int | None:
+    return obs.process.pid if obs.process is not None else None
 
 
 def _worth_reporting(failures: int) -> bool:
@@ -133,8 +139,9 @@ class Reconciler:
         source_next = self.follower.step(now)
         desired, self.specs = self.source.current()
         self.bookkeeping.tick(now)
-        if desired is None:
-            return PassResult(source_next=source_next, attempted=first, first=len(first), failed=tuple(self.failed))
+        if desired is None:  # nothing was ever applied: nothing of the fleet runs
+            return PassResult(source_next=source_next, attempted=first, first=len(first), failed=tuple(self.failed),
+                              down_done=not first and self._down_finished(None, None))
         observed, current = self._observe_and_plan(desired, now)
         if self._halted():
             return self._halt_result(first)
@@ -152,13 +159,15 @@ class Reconciler:
         self.store.set_observed_generation(desired.generation)
         if not attempted and not self.failed:
             self.settled = (desired, observed)
+        down_done = not first and not attempted and not self.failed and self._down_finished(observed, current)
         return PassResult(
             profiles=len(self.specs), planned=True, attempted=first + attempted, first=len(first), superseded=cut_short,
             converged=current.in_sync,
             next_run=_earliest(current.next_deadline(now), self.holds.next_retry(now), handover_next),
             poll=bool(observed.maintenance) or self.maintenance.busy(),
             gateways=frozenset(o.process.pid for o in observed.profiles.values() if o.process is not None),
-            source_next=source_next, failed=tuple(self.failed), desired=desired, observed=observed, plan=current)
+            source_next=source_next, failed=tuple(self.failed), desired=desired, observed=observed, plan=current,
+            down_done=down_done)
 
     def after_exits(self, settled: tuple[Desired, Observed], exited: frozenset[int], now: float) -> tuple[Action, ...]:
         """The profiles whose gateways (this controller's children or adoptees) just exited, reclaimed and respawned
@@ -187,6 +196,28 @@ class Reconciler:
         if cut_short or self._halted():
             return attempted
         return attempted + self._after_reclaims(desired, observed, current, attempted)[2]
+
+    def _down_finished(self, observed: Observed | None, current: Plan | None) -> bool:
+        """After a pass that changed nothing: whether a `down` left for this controller is done (no gateway of the
+        fleet runs), which it then says before it leaves; a `down` overtaken by `apply` or `start` (a profile no
+        longer held stopped) is dropped, and its command falls back to looks of its own."""
+        request = down.pending(self.store, self.epoch)
+        if request is None:
+            return False
+        shown = current.shown() if current is not None else {}
+        profiles = observed.profiles if observed is not None else {}
+        back = sorted(name for name in shown if name in profiles
+                      and profiles[name].history.override_desired != "stopped")
+        if back:
+            down.drop(self.store, request, self.epoch, f"down overtaken: {', '.join(back)} brought back", done=False)
+            return False
+        running = [name for name, action in shown.items() if name in profiles
+                   and down.waited_for(_pid(profiles[name]), action)]
+        if running:
+            return False
+        down.drop(self.store, request, self.epoch, "the fleet is down: no gateway runs; the controller leaves",
+                  done=True)
+        return True
 
     def _halted(self) -> bool:
         return self.fence.breached() or self.leaving()

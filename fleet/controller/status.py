@@ -298,7 +298,7 @@ def fleet_status(state: StateDir, platform: Platform, now: float, *, scan: bool 
 
 def profile_rows(desired: Desired, observed: Observed, current: Plan, now: float) -> tuple[ProfileStatus, ...]:
     """One row per profile the plan covers, sorted by name: what `status` shows and the metrics export."""
-    actions = _action_per_profile(current)
+    actions = current.shown()
     return tuple(_profile_status(name, actions[name], observed.get(name), desired.spec.profile(name), now)
                  for name in sorted(actions))
 
@@ -314,17 +314,6 @@ def settled(rows: tuple[ProfileStatus, ...], current: Plan) -> bool:
 def _nothing_applied() -> Desired:
     """Before the first `apply`: an empty fleet the planner may plan for (it only fixes records)."""
     return Desired(FleetSpec("default", 0, 1, (), "", ""), 0, allow_empty=True)
-
-
-def _action_per_profile(current: Plan) -> dict[str, Action]:
-    """The action a profile's row shows: its first one, unless a record fix (reclaim, adopt, update) comes
-    before what it does next."""
-    shown: dict[str, Action] = {}
-    for action in current.actions:
-        prev = shown.get(action.profile)
-        if prev is None or prev.kind in ("reclaim", "adopt", "update"):
-            shown[action.profile] = action
-    return shown
 
 
 def _profile_status(name: str, action: Action, obs: ProfileObservation, spec: ProfileSpec | None,

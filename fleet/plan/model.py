@@ -225,6 +225,16 @@ class Plan:
     def in_sync(self) -> bool:
         return not self.changes and self.refusal is None
 
+    def shown(self) -> dict[str, Action]:
+        """Each profile's headline action (its `status` row): its first one, unless a record fix (reclaim, adopt,
+        update) comes before what it does next."""
+        shown: dict[str, Action] = {}
+        for action in self.actions:
+            prev = shown.get(action.profile)
+            if prev is None or prev.kind in ("reclaim", "adopt", "update"):
+                shown[action.profile] = action
+        return shown
+
     def executable(self, now: float, skip: frozenset = frozenset(),
                    only: frozenset[str] | None = None) -> tuple[Action, ...]:
         """What to do in this pass: record fixes first on their own, so the next pass sees their effect.

@@ -1,0 +1,153 @@
+"""`down` finished by the controller it wakes (fleet/controller/down.py): the command holds every profile stopped
+and leaves a request for the running controller; once a pass that changed nothing sees no gateway running, the
+controller says so in the journal, drops the request and leaves. One pass at a time against a fake platform: no
+real gateway is started and nothing on the host is signalled."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from fakes import FakePlatform, state, store  # noqa: F401
+from helpers import reaper  # noqa: F401
+from test_reconcile_once import record, reconciler
+
+from fleet.controller import down
+from fleet.controller.record import DOWN
+
+
+def hold_down(store, request: str | None, names=("alpha", "beta")) -> None:
+    """What the command's hold does (fleet/cli/profile_cmds.py)."""
+    with store.tx():
+        for name in names:
+            store.update_history(name, override_desired="stopped", override_by=f"{DOWN}:someone", override_at=time.time())
+        if request is not None:
+            down.leave(store, request)
+
+
+def journal(store, kind: str) -> list[dict]:
+    return [json.loads(r[0] or "{}") for r in store.conn.execute("SELECT data FROM journal WHERE kind=? ORDER BY id",
+                                                                 (kind,))]
+
+
+def until_settled(passes, limit: int = 6):
+    for _ in range(limit):
+        result = passes.reconcile_once(time.time())
+        if not result.replan_now:
+            return result
+    raise AssertionError("the passes did not settle")
+
+
+def test_the_controller_finishes_a_down_once_no_gateway_runs(state, store, tmp_path):
+    record(store, tmp_path, names=("alpha", "beta"))
+    platform = FakePlatform()
+    passes = reconciler(state, store, platform)
+    until_settled(passes)
+    assert len(platform.children) == 2
+    hold_down(store, "123-456")
+    drained = passes.reconcile_once(time.time())  # the drains: gateways still ran when the pass looked
+    assert not drained.down_done and {a.kind for a in drained.attempted} == {"drain"}
+    assert down.pending(store, passes.epoch) == "123-456"
+    result = until_settled(passes)
+    assert result.down_done and platform.children == {}
+    assert journal(store, down.DOWN_DONE) == [{"request": "123-456"}]
+    assert down.finished(store, "123-456") and not down.finished(store, "123-457")
+    assert down.pending(store) is None
+
+
+def test_a_request_left_for_another_controller_is_not_this_ones(state, store, tmp_path):
+    record(store, tmp_path, names=("alpha", "beta"))
+    platform = FakePlatform()
+    hold_down(store, "123-456")  # the request names the epoch of the controller that ran then
+    passes = reconciler(state, store, platform)  # a controller started since: another epoch
+    result = until_settled(passes)
+    assert not result.down_done and journal(store, down.DOWN_DONE) == []
+    assert down.pending(store) == "123-456" and down.pending(store, passes.epoch) is None
+
+
+def test_a_profile_brought_back_meanwhile_overtakes_the_down(state, store, tmp_path):
+    record(store, tmp_path, names=("alpha", "beta"))
+    platform = FakePlatform()
+    passes = reconciler(state, store, platform)
+    until_settled(passes)
+    hold_down(store, "123-456")
+    store.update_history("beta", override_desired=None, override_by=None, override_at=None)  # `start beta`
+    result = until_settled(passes)
+    assert not result.down_done
+    assert journal(store, "down_overtaken") == [{"request": "123-456"}]
+    assert down.pending(store) is None  # the command sees it dropped and falls back to its own looks
+    assert len(platform.children) == 1  # beta runs
+
+
+def test_a_gateway_that_does_not_stop_keeps_the_request_pending(state, store, tmp_path):
+    record(store, tmp_path, names=("alpha",))
+    platform = FakePlatform()
+    passes = reconciler(state, store, platform)
+    until_settled(passes)
+    [pid] = platform.children
+    platform.stubborn.add(pid)  # ignores its planned stop
+    hold_down(store, "123-456", names=("alpha",))
+    for _ in range(3):
+        assert not passes.reconcile_once(time.time()).down_done
+    assert down.pending(store, passes.epoch) == "123-456"
+
+
+def test_without_a_request_a_fleet_held_down_keeps_its_controller(state, store, tmp_path):
+    """A controller restarted after a `down` (a reboot, a service's restart) stays, idle: `start` needs it."""
+    record(store, tmp_path, names=("alpha", "beta"))
+    hold_down(store, None)
+    result = until_settled(reconciler(state, store, FakePlatform()))
+    assert not result.down_done and result.planned
+
+
+def test_a_down_with_nothing_ever_applied_is_finished_at_once(state, store):
+    passes = reconciler(state, store, FakePlatform())
+    down.leave(store, "123-456")
+    result = passes.reconcile_once(time.time())
+    assert result.down_done and down.finished(store, "123-456")
+
+
+# The command's side (fleet/cli/profile_cmds.py): it waits for the controller to leave, then believes only the
+# journal; a controller gone without a word, or a request dropped, sends it back to its own looks.
+SLEEPER = "import time; time.sleep(60)"
+
+
+def _controller_stand_in(reaper):
+    import sys
+
+    from fleet.platform import current_platform
+
+    proc = reaper.spawn([sys.executable, "-c", SLEEPER])
+    info = current_platform().process_info(proc.pid)
+    assert info is not None
+    return proc, info
+
+
+def test_the_command_believes_a_controller_that_left_saying_the_fleet_is_down(state, store, reaper):
+    from fleet.cli.profile_cmds import _finished_by
+
+    proc, info = _controller_stand_in(reaper)
+    down.leave(store, "123-456")
+    down.drop(store, "123-456", store.epoch, "the fleet is down", done=True)
+    proc.kill()
+    assert _finished_by(state, info, "123-456", time.monotonic() + 10)
+
+
+def test_a_controller_gone_without_a_word_sends_the_command_to_its_own_looks(state, store, reaper):
+    from fleet.cli.profile_cmds import _finished_by
+
+    proc, info = _controller_stand_in(reaper)
+    down.leave(store, "123-456")
+    proc.kill()  # a crash: no down_done
+    assert not _finished_by(state, info, "123-456", time.monotonic() + 10)
+
+
+def test_a_request_dropped_while_the_controller_stays_ends_the_wait_long_before_the_deadline(state, store, reaper):
+    from fleet.cli.profile_cmds import DROPPED_LOOK, _finished_by
+
+    _, info = _controller_stand_in(reaper)
+    down.leave(store, "123-456")
+    down.drop(store, "123-456", store.epoch, "down overtaken: beta brought back", done=False)
+    started = time.monotonic()
+    assert not _finished_by(state, info, "123-456", started + 30)
+    assert time.monotonic() - started < 5 * DROPPED_LOOK + 1
