@@ -141,7 +141,7 @@ class Reconciler:
         self.bookkeeping.tick(now)
         if desired is None:  # nothing was ever applied: nothing of the fleet runs
             return PassResult(source_next=source_next, attempted=first, first=len(first), failed=tuple(self.failed),
-                              down_done=not first and self._down_finished(None, None))
+                              down_done=self._down_finished(first, None, None))
         observed, current = self._observe_and_plan(desired, now)
         if self._halted():
             return self._halt_result(first)
@@ -159,7 +159,7 @@ class Reconciler:
         self.store.set_observed_generation(desired.generation)
         if not attempted and not self.failed:
             self.settled = (desired, observed)
-        down_done = not first and not attempted and not self.failed and self._down_finished(observed, current)
+        down_done = self._down_finished(first + attempted, observed, current)
         return PassResult(
             profiles=len(self.specs), planned=True, attempted=first + attempted, first=len(first), superseded=cut_short,
             converged=current.in_sync,
@@ -197,10 +197,12 @@ class Reconciler:
             return attempted
         return attempted + self._after_reclaims(desired, observed, current, attempted)[2]
 
-    def _down_finished(self, observed: Observed | None, current: Plan | None) -> bool:
+    def _down_finished(self, attempted: tuple[Action, ...], observed: Observed | None, current: Plan | None) -> bool:
         """After a pass that changed nothing: whether a `down` left for this controller is done (no gateway of the
         fleet runs), which it then says before it leaves; a `down` overtaken by `apply` or `start` (a profile no
         longer held stopped) is dropped, and its command falls back to looks of its own."""
+        if attempted or self.failed:
+            return False
         request = down.pending(self.store, self.epoch)
         if request is None:
             return False
