@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from fakes import FakePlatform, state, store  # noqa: F401
 from helpers import reaper  # noqa: F401
 from test_reconcile_once import record, reconciler
@@ -151,3 +153,14 @@ def test_a_request_dropped_while_the_controller_stays_ends_the_wait_long_before_
     started = time.monotonic()
     assert not _finished_by(state, info, "123-456", started + 30)
     assert time.monotonic() - started < 5 * DROPPED_LOOK + 1
+
+
+def test_a_down_overtaken_fails_at_once_saying_what_came_back(state, store):
+    from fleet.cli.console import Exit
+    from fleet.cli.profile_cmds import EXIT_FAILED, _overtaken_or_refused
+
+    down.leave(store, "123-456")
+    down.drop(store, "123-456", store.epoch, "down overtaken: beta brought back", done=False)
+    with pytest.raises(Exit) as failed:
+        _overtaken_or_refused(state, "123-456")
+    assert failed.value.code == EXIT_FAILED

@@ -8,6 +8,7 @@ import time
 from fleet.cli import early_controller
 from fleet.cli.early_controller import controller_command
 from fleet.platform import controller_process, current_platform
+from fleet.platform.base import ProcessInfo
 from fleet.store.files import open_append
 from fleet.store.layout import StateDir, ensure_state_dir
 from fleet.store.lock import read_holder
@@ -17,10 +18,18 @@ NO_CONTROLLER_HINT = ("start one with `hermes-fleet apply -f fleet.yaml`, `herme
                       "(foreground) or `hermes-fleet service install`")
 
 
-def running_controller_pid(state: StateDir) -> int | None:
+def running_controller(state: StateDir) -> ProcessInfo | None:
+    """The controller that holds `state`, as the OS shows it now; None when none runs."""
     holder = read_holder(state)
-    return holder.pid if holder is not None and controller_process.holder_runs(state, current_platform(), holder) \
-        else None
+    platform = current_platform()
+    if holder is None or not controller_process.holder_runs(state, platform, holder):
+        return None
+    return controller_process.holder_process(platform, holder)
+
+
+def running_controller_pid(state: StateDir) -> int | None:
+    controller = running_controller(state)
+    return controller.pid if controller is not None else None
 
 
 def _check_log(state: StateDir) -> int:

@@ -10,16 +10,14 @@ from typing import TYPE_CHECKING
 from fleet.cli.common import EXIT_FAILED, FILE, STATE_DIR, fail, fleet_state, open_store, state_for, timeout_option
 from fleet.cli.console import Exit, echo
 from fleet.cli.declared import Arg, Opt, declare
-from fleet.cli.controller_client import NO_CONTROLLER_HINT, running_controller_pid, stop_controller
+from fleet.cli.controller_client import NO_CONTROLLER_HINT, running_controller, running_controller_pid, stop_controller
 from fleet.platform.wake import send_wake
 from fleet.platform import current_platform
 from fleet.platform.base import ProcessInfo, wait_until_exited
-from fleet.platform.controller_process import holder_process, holder_runs
 from fleet.spec.markers import PROFILE_ENV
 from fleet.spec.secrets import mask_argv
 from fleet.store.db import Store, user_name
 from fleet.store.layout import StateDir
-from fleet.store.lock import read_holder
 
 if TYPE_CHECKING:
     from fleet.controller.status import ProfileStatus
@@ -139,7 +137,7 @@ def down(state_dir: str | None = None, file: Path = Path("fleet.yaml"), timeout:
     included), until `apply` brings it back, or `start P` brings back one profile."""
     wait_for = timeout_option(timeout)  # before the hold: a mistyped duration changes nothing
     state = fleet_state(state_dir, file)
-    controller = _running_controller(state)
+    controller = running_controller(state)
     if controller is None:
         _refuse_live_gateways_without_controller(state)
         _hold_every_profile_down(state, None)
@@ -151,10 +149,8 @@ def down(state_dir: str | None = None, file: Path = Path("fleet.yaml"), timeout:
     deadline = time.monotonic() + wait_for
     pid: int | None = controller.pid
     if not _finished_by(state, controller, request, deadline):
-        # The controller left without finishing it (a crash), or dropped it (`apply` or `start` came since).
-        if _running_controller(state) is None:
-            _refuse_live_gateways_without_controller(state)
-        _wait_drained(state, deadline)
+        _overtaken_or_refused(state, request)  # an `apply` or `start` since, or a crash with gateways left
+        _wait_drained(state, deadline)  # the controller left without a word: look, then stop whatever took over
         pid = stop_controller(state)
     left = _fleet_leftovers(state, deadline)
     if left:
@@ -171,12 +167,6 @@ def down(state_dir: str | None = None, file: Path = Path("fleet.yaml"), timeout:
 DROPPED_LOOK = 0.1
 
 
-def _running_controller(state: StateDir) -> ProcessInfo | None:
-    holder = read_holder(state)
-    platform = current_platform()
-    return holder_process(platform, holder) if holder is not None and holder_runs(state, platform, holder) else None
-
-
 def _finished_by(state: StateDir, controller: ProcessInfo, request: str, deadline: float) -> bool:
     """Until the controller leaves: True when it said the fleet is down for `request` (fleet/controller/down.py);
     False when it left without a word, dropped the request, or the deadline came first."""
@@ -191,6 +181,20 @@ def _finished_by(state: StateDir, controller: ProcessInfo, request: str, deadlin
                 return False
     finally:
         store.close()
+
+
+def _overtaken_or_refused(state: StateDir, request: str) -> None:
+    from fleet.controller import down as requests
+    store = Store(state.db, readonly=True)
+    try:
+        why = requests.overtaken(store, request)
+    finally:
+        store.close()
+    if why:
+        fail(f"{why} since; the other profiles stay down and the controller runs", EXIT_FAILED,
+             hint="`hermes-fleet status` shows what runs; run `down` again to take it all down")
+    if running_controller(state) is None:
+        _refuse_live_gateways_without_controller(state)
 
 
 def _live_gateways(state: StateDir) -> list[ProfileStatus]:

@@ -5,8 +5,9 @@ The command holds every profile stopped and, when a controller runs, leaves it a
 pass that changed nothing sees no gateway of the fleet running, the controller writes `down_done` with the request,
 drops it and leaves. The command waits for that exit instead of looking at every profile while the gateways exit
 (two looks at the whole fleet, each a share of the CPUs the exits need) and asking the controller to stop after
-them. Should `apply` or `start` bring a profile back meanwhile, the controller drops the request and stays; the
-command then falls back to its own looks, as it does when the controller leaves without a word (a crash)."""
+them. Should `apply` or `start` bring a profile back meanwhile, the controller drops the request (`down_overtaken`)
+and stays, and the command fails saying what came back; a controller that leaves without a word (a crash) sends the
+command back to looks of its own."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from fleet.store.db import Store
 
 DOWN_REQUEST = "down_request"
 DOWN_DONE = "down_done"
+OVERTAKEN = "down_overtaken"
 # A profile given to its native unit, or being taken from it: the gateway it shows is the unit's, which `down`
 # neither drains nor waits for.
 NATIVE_UNITS_GATEWAY = (Reason.RELEASED.value, Reason.TAKING_OVER.value)
@@ -45,13 +47,23 @@ def drop(store: Store, request: str, epoch: int, message: str, *, done: bool) ->
     with store.tx():
         if pending(store, epoch) == request:
             store.set_meta(DOWN_REQUEST, "")
-        store.journal(DOWN_DONE if done else "down_overtaken", message, epoch=epoch, data={"request": request})
+        store.journal(DOWN_DONE if done else OVERTAKEN, message, epoch=epoch, data={"request": request})
 
 
 def finished(store: Store, request: str) -> bool:
     """Whether the controller said the fleet is down for `request`."""
-    row = store.conn.execute("SELECT data FROM journal WHERE kind=? ORDER BY id DESC LIMIT 1", (DOWN_DONE,)).fetchone()
+    return _answer(store, DOWN_DONE, request) is not None
+
+
+def overtaken(store: Store, request: str) -> str | None:
+    """What the controller said when it dropped `request` (None: it did not)."""
+    return _answer(store, OVERTAKEN, request)
+
+
+def _answer(store: Store, kind: str, request: str) -> str | None:
+    row = store.conn.execute("SELECT message, data FROM journal WHERE kind=? ORDER BY id DESC LIMIT 1",
+                             (kind,)).fetchone()
     try:
-        return row is not None and json.loads(row[0] or "{}").get("request") == request
+        return row[0] if row is not None and json.loads(row[1] or "{}").get("request") == request else None
     except ValueError:
-        return False
+        return None
