@@ -164,3 +164,23 @@ def test_a_down_overtaken_fails_at_once_saying_what_came_back(state, store):
     with pytest.raises(Exit) as failed:
         _overtaken_or_refused(state, "123-456")
     assert failed.value.code == EXIT_FAILED
+
+
+def test_a_down_whose_last_exits_are_handled_before_the_look_is_finished_in_that_pass(state, store, tmp_path):
+    """The last gateways' exits alone wake the loop: the pass reclaims them before its look (after_exits), then
+    looks at every profile and has nothing left to do. That pass is the last one for a while (nothing asks for
+    another), so it must be the one that finishes the `down`."""
+    record(store, tmp_path, names=("alpha", "beta"))
+    platform = FakePlatform()
+    passes = reconciler(state, store, platform)
+    until_settled(passes)
+    pids = set(platform.children)
+    platform.stubborn.update(pids)  # they exit a moment after their planned stop, not at once
+    hold_down(store, "123-456")
+    waiting = until_settled(passes)  # drains sent; the gateways still run
+    assert not waiting.down_done and set(platform.children) == pids
+    for pid in pids:
+        platform.end(pid, 0)
+    result = passes.reconcile_once(time.time(), frozenset(pids))
+    assert result.first and not result.replan_now  # the loop would wait for the next resync
+    assert result.down_done and down.finished(store, "123-456")

@@ -141,7 +141,7 @@ class Reconciler:
         self.bookkeeping.tick(now)
         if desired is None:  # nothing was ever applied: nothing of the fleet runs
             return PassResult(source_next=source_next, attempted=first, first=len(first), failed=tuple(self.failed),
-                              down_done=self._down_finished(first, None, None))
+                              down_done=self._down_finished((), None, None))
         observed, current = self._observe_and_plan(desired, now)
         if self._halted():
             return self._halt_result(first)
@@ -159,7 +159,8 @@ class Reconciler:
         self.store.set_observed_generation(desired.generation)
         if not attempted and not self.failed:
             self.settled = (desired, observed)
-        down_done = self._down_finished(first + attempted, observed, current)
+        # Not `first`: the look came after them. A pass whose only actions came first asks for no other pass soon.
+        down_done = self._down_finished(attempted, observed, current)
         return PassResult(
             profiles=len(self.specs), planned=True, attempted=first + attempted, first=len(first), superseded=cut_short,
             converged=current.in_sync,
