@@ -127,3 +127,44 @@ def test_a_controller_that_never_ends_the_pass_is_still_looked_at_until_the_dead
     code, _ = apply_cmd._wait(None, 1, 3.5, "json")
     assert code == apply_cmd.EXIT_FAILED  # timed out
     assert [round(t - start, 1) for t in looks] == [1.0, 2.0, 3.0, 3.5]
+
+
+def test_the_pass_progress_is_read_from_the_store(tmp_path):
+    from fleet.store.db import Store
+    from fleet.store.layout import StateDir, ensure_state_dir
+
+    state = StateDir(tmp_path / "state")
+    ensure_state_dir(state)
+    writer = Store(state.db)
+    try:
+        first, _ = writer.record_generation("d1", "{}", {}, {}, prune=False)
+        progress = apply_cmd.PassProgress(state)
+        try:
+            assert not progress.worth_a_look(first)  # recorded, no pass over it yet
+            writer.set_observed_generation(first)
+            assert progress.worth_a_look(first)  # the controller ended a pass over it
+            second, _ = writer.record_generation("d2", "{}", {}, {}, prune=False)
+            assert not progress.worth_a_look(second)  # the newest, no pass over it yet
+        finally:
+            progress.close()
+    finally:
+        writer.close()
+
+
+def test_a_newer_generation_is_worth_a_look_before_any_pass(tmp_path):
+    from fleet.store.db import Store
+    from fleet.store.layout import StateDir, ensure_state_dir
+
+    state = StateDir(tmp_path / "state")
+    ensure_state_dir(state)
+    writer = Store(state.db)
+    try:
+        first, _ = writer.record_generation("d1", "{}", {}, {}, prune=False)
+        writer.record_generation("d2", "{}", {}, {}, prune=False)
+        progress = apply_cmd.PassProgress(state)
+        try:
+            assert progress.worth_a_look(first)  # superseded: the wait says so at once
+        finally:
+            progress.close()
+    finally:
+        writer.close()
