@@ -7,6 +7,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from fakes import state, store  # noqa: F401
 
 from fleet.cli import apply_cmd
 
@@ -129,42 +130,23 @@ def test_a_controller_that_never_ends_the_pass_is_still_looked_at_until_the_dead
     assert [round(t - start, 1) for t in looks] == [1.0, 2.0, 3.0, 3.5]
 
 
-def test_the_pass_progress_is_read_from_the_store(tmp_path):
-    from fleet.store.db import Store
-    from fleet.store.layout import StateDir, ensure_state_dir
-
-    state = StateDir(tmp_path / "state")
-    ensure_state_dir(state)
-    writer = Store(state.db)
-    try:
-        first, _ = writer.record_generation("d1", "{}", {}, {}, prune=False)
-        progress = apply_cmd.PassProgress(state)
-        try:
-            assert not progress.worth_a_look(first)  # recorded, no pass over it yet
-            writer.set_observed_generation(first)
-            assert progress.worth_a_look(first)  # the controller ended a pass over it
-            second, _ = writer.record_generation("d2", "{}", {}, {}, prune=False)
-            assert not progress.worth_a_look(second)  # the newest, no pass over it yet
-        finally:
-            progress.close()
-    finally:
-        writer.close()
+@pytest.fixture
+def progress(state, store):  # the store first: a reader of no database reads an empty one
+    reader = apply_cmd.PassProgress(state)
+    yield reader
+    reader.close()
 
 
-def test_a_newer_generation_is_worth_a_look_before_any_pass(tmp_path):
-    from fleet.store.db import Store
-    from fleet.store.layout import StateDir, ensure_state_dir
+def test_the_pass_progress_is_read_from_the_store(store, progress):
+    first, _ = store.record_generation("d1", "{}", {}, {}, prune=False)
+    assert not progress.worth_a_look(first)  # recorded, no pass over it yet
+    store.set_observed_generation(first)
+    assert progress.worth_a_look(first)  # the controller ended a pass over it
+    second, _ = store.record_generation("d2", "{}", {}, {}, prune=False)
+    assert not progress.worth_a_look(second)  # the newest, no pass over it yet
 
-    state = StateDir(tmp_path / "state")
-    ensure_state_dir(state)
-    writer = Store(state.db)
-    try:
-        first, _ = writer.record_generation("d1", "{}", {}, {}, prune=False)
-        writer.record_generation("d2", "{}", {}, {}, prune=False)
-        progress = apply_cmd.PassProgress(state)
-        try:
-            assert progress.worth_a_look(first)  # superseded: the wait says so at once
-        finally:
-            progress.close()
-    finally:
-        writer.close()
+
+def test_a_newer_generation_is_worth_a_look_before_any_pass(store, progress):
+    first, _ = store.record_generation("d1", "{}", {}, {}, prune=False)
+    store.record_generation("d2", "{}", {}, {}, prune=False)
+    assert progress.worth_a_look(first)  # superseded: the wait says so at once
