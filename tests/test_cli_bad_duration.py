@@ -1,5 +1,5 @@
 """A mistyped duration option is refused before the command changes anything: one `error:` line naming the option,
-exit 2, and the fleet as it was. `down --timeout 5x` held the fleet down and had the controller drain every
+exit 2, and the fleet as it was (every command with a duration option). `down --timeout 5x` held the fleet down and had the controller drain every
 gateway, then failed on the duration with a traceback; `restart --timeout 5x` queued the restart first."""
 
 from __future__ import annotations
@@ -17,13 +17,17 @@ pytestmark = [
     pytest.mark.timeout(90),
 ]
 
+# (command line, the duration option it takes, whether it takes a manifest)
 COMMANDS = [
-    ("down",),
-    ("restart", "alpha"),
-    ("apply",),
-    ("rollback", "1"),
-    ("takeover", "alpha"),
-    ("sync",),
+    (("down",), "--timeout", True),
+    (("restart", "alpha"), "--timeout", True),
+    (("apply",), "--timeout", True),
+    (("rollback", "1"), "--timeout", True),
+    (("takeover", "alpha"), "--timeout", True),
+    (("sync",), "--timeout", False),
+    (("source", "set", "git", "file:///nowhere"), "--interval", False),
+    (("source", "set", "git", "file:///nowhere"), "--timeout", False),
+    (("maintenance", "restart", "alpha", "--reason", "test"), "--idle-seconds", True),
 ]
 
 
@@ -37,15 +41,16 @@ def _store_rows(fleet) -> dict[str, int]:
         conn.close()
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0])
-def test_a_mistyped_duration_changes_nothing(fleet, command):
+@pytest.mark.parametrize(("command", "option", "with_file"), COMMANDS,
+                         ids=[f"{' '.join(line[:2])} {option}" for line, option, _ in COMMANDS])
+def test_a_mistyped_duration_changes_nothing(fleet, command, option, with_file):
     fleet.write_manifest({"alpha": None})
     fleet.apply()
     pid = fleet.wait_running("alpha")
     before = _store_rows(fleet)
-    result = fleet.cli(*command, "--timeout", "5x", with_file=command[0] != "sync")  # sync takes no manifest
+    result = fleet.cli(*command, option, "5x", with_file=with_file)
     assert result.returncode == 2, fleet.explain(result)
     assert "Traceback" not in result.stderr
-    assert "error: --timeout:" in result.stderr and "5x" in result.stderr
+    assert f"error: {option}:" in result.stderr and "5x" in result.stderr
     assert _store_rows(fleet) == before
     assert alive(pid) and fleet.wait_running("alpha") == pid
