@@ -35,3 +35,16 @@ def test_names_are_the_profiles_current_gives_a_spec_for(store, tmp_path):
     store.forget("beta")  # drained and pruned: no longer in the inventory
     names = source.names()
     assert names == list(source.current()[1]) and sorted(names) == ["alpha", "delta", "gamma"]
+
+
+def test_a_removed_profiles_last_spec_is_read_once_however_many_passes_ask(store, tmp_path, monkeypatch):
+    source = DesiredSource(store)
+    _apply(store, tmp_path, ("alpha", "beta"), "1")
+    _apply(store, tmp_path, ("beta",), "2")  # alpha removed, still in the inventory
+    reads = []
+    specs_before = store.specs_before
+    monkeypatch.setattr(store, "specs_before", lambda before: reads.append(before) or specs_before(before))
+    for _ in range(5):  # five passes
+        assert sorted(source.current()[1]) == ["alpha", "beta"]
+    assert source.current()[1]["alpha"].name == "alpha"
+    assert len(reads) == 1

@@ -19,6 +19,9 @@ class DesiredSource:
     def __init__(self, store: Store):
         self.store = store
         self._cache: dict[int, FleetSpec] = {}
+        # (generation, removed profile) -> the entry last applied for it, None when no kept generation has one:
+        # every pass asks, and the answer reads earlier generations' specs whole. Both are immutable facts.
+        self._last_applied: dict[tuple[int, str], dict | None] = {}
 
     def spec(self, gen: Generation) -> FleetSpec:
         # From the row already read: a second read could find it gone (generations beyond the store's
@@ -68,8 +71,16 @@ class DesiredSource:
         for entry in self.store.inventory():
             if entry.name in named:
                 continue
-            for spec_json in self.store.specs_before(generation):
-                last = next((p for p in json.loads(spec_json)["profiles"] if p["name"] == entry.name), None)
-                if last is not None:
-                    yield entry.name, last
-                    break
+            key = (generation, entry.name)
+            if key not in self._last_applied:
+                self._last_applied[key] = self._last_entry(generation, entry.name)
+            last = self._last_applied[key]
+            if last is not None:
+                yield entry.name, last
+
+    def _last_entry(self, generation: int, name: str) -> dict | None:
+        for spec_json in self.store.specs_before(generation):
+            last = next((p for p in json.loads(spec_json)["profiles"] if p["name"] == name), None)
+            if last is not None:
+                return last
+        return None

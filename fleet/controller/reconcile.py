@@ -201,7 +201,7 @@ class Reconciler:
     def _down_finished(self, attempted: tuple[Action, ...], observed: Observed | None, current: Plan | None) -> bool:
         """After a pass that changed nothing: whether a `down` left for this controller is done (no gateway of the
         fleet runs), which it then says before it leaves; a `down` overtaken by `apply` or `start` (a profile no
-        longer held stopped) is dropped, and its command falls back to looks of its own."""
+        longer held stopped) is dropped, which its command reports."""
         if attempted or self.failed:
             return False
         request = down.pending(self.store, self.epoch)
