@@ -20,11 +20,7 @@ NO_CONTROLLER_HINT = ("start one with `hermes-fleet apply -f fleet.yaml`, `herme
 
 def running_controller(state: StateDir) -> ProcessInfo | None:
     """The controller that holds `state`, as the OS shows it now; None when none runs."""
-    holder = read_holder(state)
-    platform = current_platform()
-    if holder is None or not controller_process.holder_runs(state, platform, holder):
-        return None
-    return controller_process.holder_process(platform, holder)
+    return controller_process.running_holder(state, current_platform(), read_holder(state))
 
 
 def running_controller_pid(state: StateDir) -> int | None:

@@ -22,10 +22,15 @@ def holder_process(platform: Platform, holder: Holder) -> ProcessInfo | None:
     return info
 
 
+def running_holder(state: StateDir, platform: Platform, holder: Holder | None) -> ProcessInfo | None:
+    """The controller that runs for this state directory, when the holder file names it: a live process that still
+    is that controller, and the lock is held."""
+    info = holder_process(platform, holder) if holder is not None else None
+    return info if info is not None and not lock_is_free(state) else None
+
+
 def holder_runs(state: StateDir, platform: Platform, holder: Holder | None) -> bool:
-    """The holder file names the controller that runs for this state directory: a live process that still is
-    that controller, and the lock is held."""
-    return holder is not None and holder_process(platform, holder) is not None and not lock_is_free(state)
+    return running_holder(state, platform, holder) is not None
 
 
 def stop_controller(state: StateDir, holder: Holder, timeout: float = 30.0, platform: Platform | None = None) -> bool:
