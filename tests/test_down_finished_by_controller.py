@@ -15,7 +15,8 @@ from helpers import reaper  # noqa: F401
 from test_reconcile_once import record, reconciler
 
 from fleet.controller import down
-from fleet.controller.record import DOWN
+from fleet.controller.record import DOWN, record_manifest
+from fleet.spec.load import load_manifest
 
 
 def hold_down(store, request: str | None, names=("alpha", "beta")) -> None:
@@ -67,18 +68,30 @@ def test_a_request_left_for_another_controller_is_not_this_ones(state, store, tm
     assert down.pending(store) == "123-456" and down.pending(store, passes.epoch) is None
 
 
-def test_a_profile_brought_back_meanwhile_overtakes_the_down(state, store, tmp_path):
+def _start_beta(store, tmp_path) -> None:
+    store.update_history("beta", override_desired=None, override_by=None, override_at=None)  # what `start beta` writes
+
+
+def _apply_again(store, tmp_path) -> None:
+    record_manifest(store, load_manifest(str(tmp_path / "fleet.yaml")), {"revision": "1"}, prune=True, source="apply",
+                    lift_down=True)  # `apply` lifts a `down`
+
+
+@pytest.mark.parametrize(("bring_back", "back"), [(_start_beta, ["beta"]), (_apply_again, ["alpha", "beta"])],
+                         ids=["start", "apply"])
+def test_a_profile_brought_back_meanwhile_overtakes_the_down(state, store, tmp_path, bring_back, back):
     record(store, tmp_path, names=("alpha", "beta"))
     platform = FakePlatform()
     passes = reconciler(state, store, platform)
     until_settled(passes)
     hold_down(store, "123-456")
-    store.update_history("beta", override_desired=None, override_by=None, override_at=None)  # `start beta`
+    bring_back(store, tmp_path)
     result = until_settled(passes)
     assert not result.down_done
     assert journal(store, "down_overtaken") == [{"request": "123-456"}]
-    assert down.pending(store) is None  # the command sees it dropped and falls back to its own looks
-    assert len(platform.children) == 1  # beta runs
+    assert down.overtaken(store, "123-456") == f"down overtaken: {', '.join(back)} brought back"
+    assert down.pending(store) is None  # the command sees it dropped and says what came back
+    assert len(platform.children) == len(back)
 
 
 def test_a_gateway_that_does_not_stop_keeps_the_request_pending(state, store, tmp_path):
