@@ -1,6 +1,6 @@
 """`python -m fleet`: the same CLI as the hermes-fleet console script."""
 
-from fleet.cli.main import main
+from fleet.cli.main import console
 
 if __name__ == "__main__":
-    main()
+    console()

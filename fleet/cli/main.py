@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import gc
 import importlib
 import os
@@ -188,5 +189,33 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code)
 
 
+def console() -> None:
+    """The console script and `python -m fleet`: `main`, then the process ends without the interpreter's
+    teardown of its modules, a sixth of a `status` (about 11 ms of 65) and every command's last step.
+    What the teardown would have done that matters is done first: the exit handlers run (the dataclass table,
+    logging) and the standard streams are flushed; every file the commands write is closed where written.
+    A command that left a thread running, a stream that cannot be flushed (a closed pipe) or an exit that is
+    not a number end the usual way instead, with the interpreter's own handling."""
+    try:
+        main()
+    except SystemExit as done:
+        code = 0 if done.code is None else done.code
+        if type(code) is not int or not _alone():
+            raise
+        atexit._run_exitfuncs()
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            raise done from None
+        os._exit(code)
+
+
+def _alone() -> bool:
+    """No other thread is left that the interpreter would wait for."""
+    threading = sys.modules.get("threading")
+    return threading is None or all(t.daemon for t in threading.enumerate() if t is not threading.main_thread())
+
+
 if __name__ == "__main__":
-    main()
+    console()
