@@ -154,20 +154,35 @@ _VALUE_TRIGGERS = ("://", "eyJ", "gh", "github_pat_", "glpat-", "xox", "xapp-", 
                    "AKIA", "ASIA", "AGPA", "AIDA", "AROA", "AIza", "hf_", "npm_", "pypi-", "SG.",
                    "asic", "igest", "Bot")
 _BOT_ID = LazyPattern(r"\d{6}:")  # a Telegram bot token's numeric id
-# What a secret name has (upper-cased): the assignment and --flag rules mask only the value of one.
-_NAME_TRIGGERS = (*_NAME_PARTS, "AUTH", "PW", "PIN", "OTP")
+# The words of _NAME_WORDS: a name holds one only as a whole word, so in the text it stands between two characters
+# that are no letter or digit (the name's own `_`, `.`, `-`, or what may surround a name: a space, `=`, `:`).
+_WORD_TRIGGERS = ("AUTH", "AUTHORIZATION", "AUTHN", "OAUTH", "PW", "PIN", "OTP")
 
 
 def _may_hold_secret(text: str) -> bool:
-    """False only for a text no rule of mask_text can change: most journal messages and log lines. They
-    are then returned as they are, without compiling a pattern (~3 ms for a CLI command that writes one
-    journal line) or running six (tests/test_secrets_rule.py holds the two paths equal)."""
+    """False only for a text no rule of mask_text can change: most journal messages and log lines ("stopping",
+    "author" included). They are then returned as they are, without compiling a pattern (~3 ms for a CLI command
+    that writes one journal line) or running six (tests/test_secrets_rule.py holds the two paths equal)."""
     if any(trigger in text for trigger in _VALUE_TRIGGERS):
         return True
     if ":" in text and _BOT_ID.search(text):
         return True
     upper = text.upper()
-    return any(trigger in upper for trigger in _NAME_TRIGGERS)
+    if any(part in upper for part in _NAME_PARTS):
+        return True
+    if not text.isascii():  # upper-casing may add letters (ß is SS): any occurrence counts
+        return any(word in upper for word in _WORD_TRIGGERS)
+    return any(_whole_word_at(upper, word) for word in _WORD_TRIGGERS)
+
+
+def _whole_word_at(upper: str, word: str) -> bool:
+    start = upper.find(word)
+    while start >= 0:
+        end = start + len(word)
+        if (start == 0 or not upper[start - 1].isalnum()) and (end == len(upper) or not upper[end].isalnum()):
+            return True
+        start = upper.find(word, start + 1)
+    return False
 
 
 def mask_text(text: str, known: Iterable[str] = ()) -> str:
