@@ -197,3 +197,27 @@ def test_a_down_whose_last_exits_are_handled_before_the_look_is_finished_in_that
     result = passes.reconcile_once(time.time(), frozenset(pids))
     assert result.first and not result.replan_now  # the loop would wait for the next resync
     assert result.down_done and down.finished(store, "123-456")
+
+
+def test_a_down_left_after_the_pass_looked_is_judged_by_a_later_look(state, store, tmp_path):
+    """`apply --no-wait` then `down` at once: the pass that looked before the hold must not read the request left
+    with it as overtaken (its look still shows every profile wanted running)."""
+    record(store, tmp_path, names=("alpha", "beta"))
+    platform = FakePlatform()
+    passes = reconciler(state, store, platform)
+    until_settled(passes)
+    look = passes.observer.observe
+
+    def look_then_hold(*args, **kwargs):
+        seen = look(*args, **kwargs)
+        hold_down(store, "123-456")  # the command's hold lands between the look and the end of the pass
+        return seen
+
+    passes.observer.observe = look_then_hold
+    first = passes.reconcile_once(time.time())
+    passes.observer.observe = look
+    assert not first.down_done and not first.attempted
+    assert journal(store, down.OVERTAKEN) == [] and down.pending(store, passes.epoch) == "123-456"
+    result = until_settled(passes)  # the wake the command sends after its hold brings these passes
+    assert result.down_done and platform.children == {}
+    assert journal(store, down.DOWN_DONE) == [{"request": "123-456"}]

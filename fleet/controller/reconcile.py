@@ -139,9 +139,11 @@ class Reconciler:
         source_next = self.follower.step(now)
         desired, self.specs = self.source.current()
         self.bookkeeping.tick(now)
+        # Read before the look: a `down` left after it is judged by a pass that saw its hold.
+        down_seen = down.pending(self.store, self.epoch)
         if desired is None:  # nothing was ever applied: nothing of the fleet runs
             return PassResult(source_next=source_next, attempted=first, first=len(first), failed=tuple(self.failed),
-                              down_done=self._down_finished((), None, None))
+                              down_done=self._down_finished((), None, None, down_seen) is True)
         observed, current = self._observe_and_plan(desired, now)
         if self._halted():
             return self._halt_result(first)
@@ -160,15 +162,16 @@ class Reconciler:
         if not attempted and not self.failed:
             self.settled = (desired, observed)
         # Not `first`: the look came after them. A pass whose only actions came first asks for no other pass soon.
-        down_done = self._down_finished(attempted, observed, current)
+        down_done = self._down_finished(attempted, observed, current, down_seen)
         return PassResult(
-            profiles=len(self.specs), planned=True, attempted=first + attempted, first=len(first), superseded=cut_short,
+            profiles=len(self.specs), planned=True, attempted=first + attempted, first=len(first),
+            superseded=cut_short or down_done is None,
             converged=current.in_sync,
             next_run=_earliest(current.next_deadline(now), self.holds.next_retry(now), handover_next),
             poll=bool(observed.maintenance) or self.maintenance.busy(),
             gateways=frozenset(o.process.pid for o in observed.profiles.values() if o.process is not None),
             source_next=source_next, failed=tuple(self.failed), desired=desired, observed=observed, plan=current,
-            down_done=down_done)
+            down_done=down_done is True)
 
     def after_exits(self, settled: tuple[Desired, Observed], exited: frozenset[int], now: float) -> tuple[Action, ...]:
         """The profiles whose gateways (this controller's children or adoptees) just exited, reclaimed and respawned
@@ -198,15 +201,19 @@ class Reconciler:
             return attempted
         return attempted + self._after_reclaims(desired, observed, current, attempted)[2]
 
-    def _down_finished(self, attempted: tuple[Action, ...], observed: Observed | None, current: Plan | None) -> bool:
+    def _down_finished(self, attempted: tuple[Action, ...], observed: Observed | None, current: Plan | None,
+                       seen: str | None) -> bool | None:
         """After a pass that changed nothing: whether a `down` left for this controller is done (no gateway of the
         fleet runs), which it then says before it leaves; a `down` overtaken by `apply` or `start` (a profile no
-        longer held stopped) is dropped, which its command reports."""
+        longer held stopped) is dropped, which its command reports. None for a `down` left after the pass looked
+        (`seen`: the request before the look), which that look cannot judge: another pass does, at once."""
         if attempted or self.failed:
             return False
         request = down.pending(self.store, self.epoch)
         if request is None:
             return False
+        if request != seen:
+            return None
         shown = current.shown() if current is not None else {}
         profiles = observed.profiles if observed is not None else {}
         back = sorted(name for name in shown if name in profiles
