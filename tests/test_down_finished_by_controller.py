@@ -36,7 +36,7 @@ def journal(store, kind: str) -> list[dict]:
 def until_settled(passes, limit: int = 6):
     for _ in range(limit):
         result = passes.reconcile_once(time.time())
-        if not result.replan_now:
+        if result.down_done or not result.replan_now:  # the loop returns on either
             return result
     raise AssertionError("the passes did not settle")
 
@@ -221,3 +221,23 @@ def test_a_down_left_after_the_pass_looked_is_judged_by_a_later_look(state, stor
     result = until_settled(passes)  # the wake the command sends after its hold brings these passes
     assert result.down_done and platform.children == {}
     assert journal(store, down.DOWN_DONE) == [{"request": "123-456"}]
+
+
+def test_the_pass_that_records_the_last_exits_finishes_the_down(state, store, tmp_path):
+    """The drains' pass asks for another at once, whose look finds the gateways gone: it reclaims them, looks at
+    those profiles again (`_after_reclaims`) and has nothing more to do. That second look saw every action's
+    effect, so the pass finishes the `down` itself instead of leaving it to one more look at the whole fleet."""
+    record(store, tmp_path, names=("alpha", "beta"))
+    platform = FakePlatform()
+    passes = reconciler(state, store, platform)
+    until_settled(passes)
+    pids = set(platform.children)
+    platform.stubborn.update(pids)
+    hold_down(store, "123-456")
+    drained = passes.reconcile_once(time.time())
+    assert {a.kind for a in drained.attempted} == {"drain"} and set(platform.children) == pids
+    for pid in pids:
+        platform.end(pid, 0)
+    result = passes.reconcile_once(time.time())
+    assert "reclaim" in {a.kind for a in result.attempted}
+    assert result.down_done and down.finished(store, "123-456")

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here, once the compiled dataclass methods are at hand: the loop's modules create ~80 classes.
     # The table is dropped after them, so the resident process does not keep it.
     compiled = use_cached_dataclass_code("controller")
+    import hashlib  # noqa: F401 - the first pass hashes every spec it decodes: loaded before an apply's word, not after
     from fleet.controller.loop import EXIT_CONFIG, EXIT_FATAL, Controller
     from fleet.store.db import StoreError
     from fleet.store.layout import StateDirError, resolve_state_dir

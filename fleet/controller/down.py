@@ -12,21 +12,25 @@ command back to looks of its own."""
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-from fleet.plan.model import Action, Reason
 from fleet.store.db import Store
+
+if TYPE_CHECKING:  # the command's hold and wait need none of the planner's model
+    from fleet.plan.model import Action
 
 DOWN_REQUEST = "down_request"
 DOWN_DONE = "down_done"
 OVERTAKEN = "down_overtaken"
-# A profile given to its native unit, or being taken from it: the gateway it shows is the unit's, which `down`
-# neither drains nor waits for.
-NATIVE_UNITS_GATEWAY = (Reason.RELEASED.value, Reason.TAKING_OVER.value)
 
 
 def waited_for(pid: int | None, action: Action) -> bool:
-    """Whether `down` waits for this profile's gateway: any that runs, but a native unit's."""
-    return pid is not None and action.reason not in NATIVE_UNITS_GATEWAY
+    """Whether `down` waits for this profile's gateway: any that runs, but a native unit's (a profile given to its
+    native unit, or being taken from it: the gateway it shows is the unit's, which `down` neither drains nor waits
+    for)."""
+    from fleet.plan.model import Reason
+
+    return pid is not None and action.reason not in (Reason.RELEASED, Reason.TAKING_OVER)
 
 
 def leave(store: Store, request: str) -> None:

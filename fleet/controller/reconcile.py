@@ -149,8 +149,11 @@ class Reconciler:
             return self._halt_result(first)
         self.claims.update(desired, self.specs, observed)
         attempted, cut_short = self._execute(desired, observed, current, now)
+        unseen = attempted  # the actions no look of this pass came after
         if not cut_short and not self._halted():
-            observed, current, respawned, cut_short = self._after_reclaims(desired, observed, current, attempted)
+            observed, current, respawned, cut_short, looked_again = self._after_reclaims(desired, observed, current,
+                                                                                        attempted)
+            unseen = tuple(a for a in attempted if a.profile not in looked_again) + respawned
             attempted += respawned
         if self._halted():  # nothing more goes into a store that may be another controller's now
             return self._halt_result(first + attempted)
@@ -162,7 +165,8 @@ class Reconciler:
         if not attempted and not self.failed:
             self.settled = (desired, observed)
         # Not `first`: the look came after them. A pass whose only actions came first asks for no other pass soon.
-        down_done = self._down_finished(attempted, observed, current, down_seen)
+        # Nor the reclaims whose profiles were looked at again: the pass that records a `down`'s last exits ends it.
+        down_done = self._down_finished(unseen, observed, current, down_seen)
         return PassResult(
             profiles=len(self.specs), planned=True, attempted=first + attempted, first=len(first),
             superseded=cut_short or down_done is None,
@@ -247,22 +251,23 @@ class Reconciler:
         return observed, current
 
     def _after_reclaims(self, desired: Desired, observed: Observed, current: Plan,
-                        attempted: tuple[Action, ...]) -> tuple[Observed, Plan, tuple[Action, ...], bool]:
+                        attempted: tuple[Action, ...]) -> tuple[Observed, Plan, tuple[Action, ...], bool, frozenset[str]]:
         """The profiles whose dead gateway's record this pass reclaimed: looked at again and planned at once, so a
         respawn is one pass, not two (a pass looks at every profile: at 1,000 that is most of the latency).
         Only the profiles whose own gateway (spawned or adopted by this controller) ended, and whose leftovers it
         ended, with no action of this pass failed: a record it did not write says nothing of what runs, and the
-        look again reads records, not the process table (the next pass looks at the host first)."""
+        look again reads records, not the process table (the next pass looks at the host first). Also returns
+        the profiles looked at again."""
         failed = {a.profile for a in self.failed}
         ready = frozenset(a.profile for a in attempted if a.kind == "reclaim" and a.profile not in failed
                           and self.executor.saw_its_gateway_end(a.profile))
         if not ready:
-            return observed, current, (), False
+            return observed, current, (), False, ready
         now = self.clock()
         observed = self.observer.refreshed(observed, self.specs, ready, now=now)
         current = plan(desired, observed, now)
         respawned, cut_short = self._execute(desired, observed, current, now, only=ready)
-        return observed, current, respawned, cut_short
+        return observed, current, respawned, cut_short, ready
 
     def _would_spawn_blind(self, current: Plan, now: float) -> bool:
         return any(a.kind == "spawn" and not self.executor.saw_its_gateway_end(a.profile)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 SPEC_HASH_VERSION = "v1"
@@ -13,6 +12,8 @@ def canonical_json(value: object) -> str:
 
 
 def sha256_hex(text: str) -> str:
+    import hashlib  # loading OpenSSL is ~2 ms that a `down` or a `status` of undecoded specs never needs
+
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

@@ -8,7 +8,6 @@ error texts are masked by the one secrets rule before they are written."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 from dataclasses import dataclass, fields
@@ -67,6 +66,8 @@ class SourceConfig:
 
     @property
     def digest(self) -> str:
+        import hashlib
+
         body = {f.name: getattr(self, f.name) for f in fields(self)}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
