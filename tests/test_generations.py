@@ -266,3 +266,19 @@ def test_a_stored_spec_comes_back_as_the_same_manifest(tmp_path, store):
     record(store, m)
     back = stored_manifest(store.generation(1))
     assert back.spec == m.spec and back.digest == m.digest
+
+
+def test_each_new_store_gets_its_own_version_4_uuid(tmp_path):
+    import uuid
+
+    ids = []
+    for n in range(20):
+        store = Store(str(tmp_path / f"fleet-{n}.db"))
+        try:
+            ids.append(store.meta("store_id"))
+        finally:
+            store.close()
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    assert len(set(ids)) == len(ids)
