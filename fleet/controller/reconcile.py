@@ -148,13 +148,7 @@ class Reconciler:
         if self._halted():
             return self._halt_result(first)
         self.claims.update(desired, self.specs, observed)
-        attempted, cut_short = self._execute(desired, observed, current, now)
-        unseen = attempted  # the actions no look of this pass came after
-        if not cut_short and not self._halted():
-            observed, current, respawned, cut_short, looked_again = self._after_reclaims(desired, observed, current,
-                                                                                        attempted)
-            unseen = tuple(a for a in attempted if a.profile not in looked_again) + respawned
-            attempted += respawned
+        observed, current, attempted, unseen, cut_short = self._act(desired, observed, current, now)
         if self._halted():  # nothing more goes into a store that may be another controller's now
             return self._halt_result(first + attempted)
         self._retain_when_due(desired, now)
@@ -176,6 +170,19 @@ class Reconciler:
             gateways=frozenset(o.process.pid for o in observed.profiles.values() if o.process is not None),
             source_next=source_next, failed=tuple(self.failed), desired=desired, observed=observed, plan=current,
             down_done=down_done is True)
+
+    def _act(self, desired: Desired, observed: Observed, current: Plan, now: float
+             ) -> tuple[Observed, Plan, tuple[Action, ...], tuple[Action, ...], bool]:
+        """The pass's actions, then the reclaimed profiles looked at again and acted on (`_after_reclaims`). Returns
+        the look and plan as they are after that, the actions, those no look of the pass came after, and whether
+        one was superseded."""
+        attempted, cut_short = self._execute(desired, observed, current, now)
+        if cut_short or self._halted():
+            return observed, current, attempted, attempted, cut_short
+        observed, current, respawned, cut_short, looked_again = self._after_reclaims(desired, observed, current,
+                                                                                    attempted)
+        unseen = tuple(a for a in attempted if a.profile not in looked_again) + respawned
+        return observed, current, attempted + respawned, unseen, cut_short
 
     def after_exits(self, settled: tuple[Desired, Observed], exited: frozenset[int], now: float) -> tuple[Action, ...]:
         """The profiles whose gateways (this controller's children or adoptees) just exited, reclaimed and respawned
