@@ -68,7 +68,7 @@ def test_the_pre_commit_hook_runs_validate_on_the_file_names_pre_commit_passes(t
     assert hook.get("pass_filenames", True) and not hook.get("always_run", False)
     pyproject = (ROOT / "pyproject.toml").read_text()
     program, *args = shlex.split(hook["entry"])
-    assert f'\n{program} = "fleet.cli.main:main"' in pyproject  # the console script pip installs for the hook
+    assert f'\n{program} = "fleet.cli.main:console"' in pyproject  # the console script pip installs for the hook
     pattern = re.compile(hook["files"])
     assert all(pattern.search(p) for p in ("fleet.yaml", "hosts/a/fleet.yml", "deploy/fleet.yaml"))
     assert not any(pattern.search(p) for p in ("myfleet.yaml", "fleet.yaml.bak", "docs/fleet.md"))
