@@ -5,31 +5,54 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
+
+
+GIT_TIMEOUT = 5.0
+
+
+def _start_git(folder: str, *args: str) -> subprocess.Popen | None:
+    try:
+        return subprocess.Popen(["git", "-C", folder, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                stdin=subprocess.DEVNULL, text=True, env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+    except OSError:
+        return None
+
+
+def _output(proc: subprocess.Popen | None, deadline: float) -> str | None:
+    if proc is None:
+        return None
+    try:
+        out, _ = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return None
+    return out.strip() if proc.returncode == 0 else None
 
 
 def _git(folder: str, *args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", folder, *args], capture_output=True, text=True, timeout=5,
-                             env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    return _output(_start_git(folder, *args), time.monotonic() + GIT_TIMEOUT)
 
 
 def revision_of(manifest_path: str, digest: str) -> dict:
+    """Where `manifest_path` stands in its git repository. Outside one, a single git run answers (the usual case
+    for a manifest kept elsewhere); inside, one run names the work tree, commit and branch, then the three
+    questions left run side by side: two git start-ups in a row instead of six."""
     path = os.path.abspath(manifest_path)
     folder = os.path.dirname(path)
-    commit = _git(folder, "rev-parse", "HEAD")
     info: dict = {"path": path, "revision": digest}
-    if not commit:
+    head = _git(folder, "rev-parse", "--show-toplevel", "HEAD", "--abbrev-ref", "HEAD")
+    lines = head.splitlines() if head else []
+    if len(lines) != 3 or not lines[1]:
         return info
-    top = _git(folder, "rev-parse", "--show-toplevel") or folder
+    top, commit, branch = lines[0] or folder, lines[1], lines[2] or "HEAD"
     rel = os.path.relpath(path, top)
-    branch = _git(folder, "rev-parse", "--abbrev-ref", "HEAD") or "HEAD"
-    blob = _git(folder, "rev-parse", f"HEAD:{rel}")
-    current = _git(folder, "hash-object", path)
+    deadline = time.monotonic() + GIT_TIMEOUT
+    asked = [_start_git(folder, "rev-parse", f"HEAD:{rel}"), _start_git(folder, "hash-object", path),
+             _start_git(folder, "config", "--get", "remote.origin.url")]
+    blob, current, remote = (_output(proc, deadline) for proc in asked)
     dirty = blob is None or blob != current
-    remote = _git(folder, "config", "--get", "remote.origin.url")
     if remote:
         remote = re.sub(r"//[^@/]+@", "//", remote)  # never record credentials
     info.update(commit=commit, branch=branch, dirty=dirty, blob=blob, path_in_repo=rel, remote=remote,
