@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 
@@ -683,7 +684,7 @@ def test_plan_value_helpers():
     assert not p.in_sync
     assert [a.render() for a in p.executable(NOW)] == ["alpha reclaim pid_dead"]  # records first, on their own
     assert p.next_deadline(NOW) == NOW + 4
-    assert p.next_deadline(NOW + 10) == pytest.approx(NOW + 85.05)  # beta's heartbeat deadline
+    assert p.next_deadline(NOW + 10) == math.ceil(NOW + 85.05)  # beta's heartbeat deadline, at a whole second
     assert p.next_deadline(NOW + 100) is None
 
 
@@ -801,6 +802,22 @@ def test_keep_wakes_at_the_heartbeat_deadline(spec, started_ago, heartbeat_ago, 
         assert action.not_before is None
     else:
         assert action.not_before == pytest.approx(NOW + deadline)
+
+
+def test_gateways_started_together_share_the_look_at_their_heartbeat_deadlines():
+    """A cold start spreads the grace ends of its gateways over a fraction of a second: one look for them all,
+    at the next whole second, not one each. A backoff's deadline stays exact (a respawn waits for it)."""
+    started = [profile_spec(name, driver="process") for name in ("alpha", "beta", "gamma", "delta")]
+    spread = [NOW - 30.0 + 0.15 * i for i in range(4)]  # their graces end 0.15 s apart
+    obs = observed(*(running(spec, pid=10 + i, started_at=at, heartbeat_at=None)
+                     for i, (spec, at) in enumerate(zip(started, spread, strict=True))))
+    p = make_plan(fleet_spec(*started), obs)
+    ends = sorted(a.not_before for a in p.actions)
+    assert ends == pytest.approx([at + 60.05 for at in spread])  # each keep says its own deadline
+    wake = p.next_deadline(NOW)
+    assert wake == math.ceil(ends[0]) == NOW + 31 and all(end <= wake for end in ends)  # one look for all four
+    crashed_obs = observed(observation("gamma", history=crashed("gamma", failures=3, at=NOW)))
+    assert make_plan(fleet_spec(C), crashed_obs).next_deadline(NOW) == NOW + 4  # not rounded
 
 
 def test_at_the_heartbeat_deadline_the_keep_becomes_a_kill():

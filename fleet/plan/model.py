@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -246,7 +247,11 @@ class Plan:
         return tuple(records or due)
 
     def next_deadline(self, now: float) -> float | None:
-        times = [a.not_before for a in self.actions if a.not_before is not None and a.not_before > now]
+        """When the controller must look again. A running gateway's heartbeat check (a `keep`'s deadline) waits for
+        the next whole second: gateways started together then share the look at their grace's end (a cold start
+        of 100 spreads their deadlines over half a second: eight looks at the whole fleet in a row otherwise)."""
+        times = [math.ceil(a.not_before) if a.kind == Kind.KEEP else a.not_before
+                 for a in self.actions if a.not_before is not None and a.not_before > now]
         return min(times) if times else None
 
     def render(self) -> str:

@@ -20,6 +20,7 @@ from fleet.store.files import UnsafeFile, read_json, remove, write_json_atomic
 from fleet.store.layout import StateDir
 
 if TYPE_CHECKING:
+    import _socket
     import socket
 
 MAX_MESSAGE = 256
@@ -175,9 +176,8 @@ def send_wake(state: StateDir, message: str = "wake") -> bool:
         return False
 
 
-def _send_once(sock, data: bytes, address: object) -> None:
+def _send_once(sock: _socket.socket, data: bytes, address: str | tuple[str, int]) -> None:
     try:
         sock.sendto(data, address)
     finally:
         sock.close()
-
