@@ -211,8 +211,9 @@ def measure_idle(adapter: Adapter, window: float, settle: float,
     return cpu, rss
 
 
-def cold_start(f: Fleet, recorder: Recorder, sid: str, timeout: float = START_TIMEOUT) -> None:
-    """Start the supervisor from nothing; records the start command to the last child's own start stamp."""
+def cold_start(f: Fleet, recorder: Recorder, sid: str, timeout: float = START_TIMEOUT, first_sid: str | None = None) -> None:
+    """Start the supervisor from nothing; records the start command to the last child's own start stamp (and, under
+    `first_sid`, to the first child's)."""
     adapter = f.adapter
     t0 = now_ns()
     adapter.start()
@@ -220,6 +221,8 @@ def cold_start(f: Fleet, recorder: Recorder, sid: str, timeout: float = START_TI
     firsts = f.wait_all_running(since_ns=t0, timeout=timeout)
     recorder.add(sid, adapter.name, ms_since(t0, max(e.monotonic_ns for e in firsts.values())))
     recorder.extra(sid, adapter.name, "start_command_ms", round(ms_since(t0, returned), 1))
+    if first_sid is not None:
+        recorder.add(first_sid, adapter.name, ms_since(t0, min(e.monotonic_ns for e in firsts.values())))
 
 
 def record_idle(adapter: Adapter, recorder: Recorder, cpu_id: str, rss_id: str, window: float, settle: float) -> None:
@@ -237,13 +240,13 @@ def record_idle(adapter: Adapter, recorder: Recorder, cpu_id: str, rss_id: str, 
 def run_lifecycle(adapter: Adapter, tracker: Tracker, root: Path, n: int, reps: int, idle_window: float,
                   idle_settle: float, wanted: set[str], recorder: Recorder) -> None:
     """Cold start of N, idle overhead (first repetition only), graceful stop of the whole fleet."""
-    cold, stop = f"cold_start_n{n}", f"stop_n{n}"
+    cold, first, stop = f"cold_start_n{n}", f"first_child_n{n}", f"stop_n{n}"
     idle_cpu, idle_rss = f"idle_cpu_n{n}", f"idle_rss_n{n}"
-    ids = [cold, stop, idle_cpu, idle_rss]
+    ids = [cold, first, stop, idle_cpu, idle_rss]
     for rep in range(reps):
         with fleet(adapter, tracker, root / f"lifecycle-n{n}-{rep}", n, recorder, ids) as f:
             try:
-                cold_start(f, recorder, cold)
+                cold_start(f, recorder, cold, first_sid=first)
             except Exception as exc:  # noqa: BLE001
                 for sid in ids:
                     recorder.error(sid, adapter.name, f"start: {exc}")
