@@ -14,9 +14,6 @@ from fleet.execute.logs import LogGuard
 from fleet.platform.base import Platform
 from fleet.store.layout import StateDir
 
-# Between passes the fence is re-checked at least this often, so a controller whose state directory
-# was removed or replaced exits promptly even while nothing wakes it.
-FENCE_POLL_SECONDS = 2.0
 # How often a gateway no exit watch covers (or a store without a wake channel) is looked at.
 POLL_SECONDS = 1.0
 STOP = "stop"
@@ -72,13 +69,15 @@ class Wakeups:
         self.unwatched = self.exits.watch(live)
 
     def wait(self, timeout: float, breached: Callable[[], bool], log_guard: LogGuard) -> list:
-        """select() in slices, checking the fence between them (and the logs' sizes, see LogGuard);
-        returns early once it is breached."""
+        """select() until an event or `timeout`, waking as the logs are due for a check (LogGuard: every second
+        while one grows, every few seconds while none does) and checking the fence at each of those wake-ups,
+        so a controller whose state directory was removed or replaced exits promptly even while nothing else
+        wakes it; returns early once it is breached."""
         if self.polls:
             timeout = min(timeout, POLL_SECONDS)
         deadline = time.monotonic() + timeout
         while True:
-            events = log_guard.select(self.selector, min(max(0.0, deadline - time.monotonic()), FENCE_POLL_SECONDS))
+            events = log_guard.select(self.selector, max(0.0, deadline - time.monotonic()))
             if events or time.monotonic() >= deadline or breached():
                 return events
 

@@ -1,8 +1,10 @@
 """Gateway logs: a file the child holds itself (never a pipe through the controller), so a
 gateway outlives its controller and is adopted with its log as it was.
 
-Bounded while the gateway runs: the controller's LogGuard checks the logs' sizes every second
-(every LOG_FLOOD_CHECK_SECONDS for a while after one was over its cap) and copy-truncates a log
+Bounded while the gateway runs: the controller's LogGuard checks the logs' sizes every second while one
+grows or is past half its cap, every LOG_QUIET_CHECK_SECONDS while none does (an idle fleet's controller
+then wakes a fifth as often), and every LOG_FLOOD_CHECK_SECONDS for a while after one was over its cap; it
+copy-truncates a log
 over the cap: its bytes are copied to `<log>.1` (the older rotated files shift up, the oldest
 goes first), then the log is truncated; the gateway writes with O_APPEND, so its next write
 lands at the new end. What is lost: the bytes written between the copy reaching the end and the
@@ -10,7 +12,8 @@ truncate (a window of microseconds), and a line still being written then (the co
 end: no line is torn); under a flood (over FLOOD_SLACK per check interval) also
 the oldest bytes beyond MAX_LOG_BYTES + FLOOD_SLACK and the newest written while those are
 copied. On disk at any time: KEEP_ROTATED rotated files of at most MAX_LOG_BYTES + FLOOD_SLACK,
-plus the live log (the cap plus what a flood writes in one check interval). At a spawn, with no
+plus the live log (the cap plus what a flood writes in one check interval: up to LOG_QUIET_CHECK_SECONDS for
+a flood that begins in a quiet spell, one second for one that begins while a log grows). At a spawn, with no
 writer left, a log over the cap is renamed, and cut to the same bound if a flood outran a dead
 controller."""
 
@@ -25,6 +28,7 @@ MAX_LOG_BYTES = 10 * 1024 * 1024
 KEEP_ROTATED = 3
 FLOOD_SLACK = 1024 * 1024
 LOG_CHECK_SECONDS = 1.0
+LOG_QUIET_CHECK_SECONDS = 5.0
 LOG_FLOOD_CHECK_SECONDS = 0.05
 FLOOD_STICKY_SECONDS = 10.0
 _CHUNK = 1024 * 1024
@@ -119,50 +123,59 @@ class LogGuard:
         self.max_bytes = max_bytes
         self.keep = keep
         self.open: dict[str, tuple[int, int]] = {}  # log name -> (inode, a read-only descriptor of it)
+        self.sizes: dict[str, int] = {}  # log name -> its size at the last check
+        self.growing = True  # a log grew (or is past half its cap) at the last check: look again in a second
         self.next_check = 0.0
         self.flooding_until = 0.0
 
     def select(self, selector, timeout: float):
-        """selector.select(timeout), checking the logs every LOG_CHECK_SECONDS while it waits."""
-        deadline = time.monotonic() + max(0.0, timeout)
-        while True:
-            now = time.monotonic()
-            if now >= self.next_check:
-                if self.check():
-                    self.flooding_until = now + FLOOD_STICKY_SECONDS  # a flood rarely stops at once
-                self.next_check = now + (LOG_FLOOD_CHECK_SECONDS if now < self.flooding_until else LOG_CHECK_SECONDS)
-            events = selector.select(max(0.0, min(deadline, self.next_check) - now))
-            if events or time.monotonic() >= deadline:
-                return events
+        """selector.select(timeout), cut short when the logs are due for a check (their cadence: see the module):
+        then it checks them and returns no events, so the caller's own check (the fence) shares the wake-up."""
+        now = time.monotonic()
+        if now >= self.next_check:
+            if self.check():
+                self.flooding_until = now + FLOOD_STICKY_SECONDS  # a flood rarely stops at once
+            self.next_check = now + self.interval(now)
+            return []
+        return selector.select(max(0.0, min(timeout, self.next_check - now)))
+
+    def interval(self, now: float) -> float:
+        if now < self.flooding_until:
+            return LOG_FLOOD_CHECK_SECONDS
+        return LOG_CHECK_SECONDS if self.growing else LOG_QUIET_CHECK_SECONDS
 
     def check(self) -> bool:
-        """One pass over the logs; True when one was over its cap (check again soon). Cheap enough to
-        run every second at N=100 (well under 0.1 ms of CPU): one directory read, and the size of each
-        log from a descriptor the guard keeps open (a seek to its end), reopened when the file changes."""
+        """One pass over the logs; True when one was over its cap (check again soon). One directory read, and
+        the size of each log from a descriptor the guard keeps open (a seek to its end), reopened when the
+        file changes: ~0.1 ms of CPU at N=100, but the wake-up that runs it costs the idle controller several
+        times that, hence the quiet cadence."""
         trimmed = False
         try:
             entries = [e for e in os.scandir(self.directory) if e.name.endswith(".log")]
         except OSError:
             return False
-        seen = set()
+        sizes: dict[str, int] = {}
         for entry in entries:
             try:
                 if not entry.is_file(follow_symlinks=False):
                     continue
-                seen.add(entry.name)
                 held = self.open.get(entry.name)
                 if held is None or held[0] != entry.inode():
                     if held is not None:
                         os.close(held[1])
                         del self.open[entry.name]
                     held = self.open[entry.name] = (entry.inode(), os.open(entry.path, os.O_RDONLY | _NOFOLLOW))
-                if os.lseek(held[1], 0, os.SEEK_END) < self.max_bytes:
+                size = sizes[entry.name] = os.lseek(held[1], 0, os.SEEK_END)
+                if size < self.max_bytes:
                     continue
             except OSError:
                 continue
             trimmed = trim_running(entry.path, self.max_bytes, self.keep) or trimmed
-        for name in set(self.open) - seen:
+        for name in set(self.open) - set(sizes):
             os.close(self.open.pop(name)[1])
+        self.growing = any(size > self.sizes.get(name, -1) or size >= self.max_bytes // 2
+                           for name, size in sizes.items())
+        self.sizes = sizes
         return trimmed
 
     def close(self) -> None:
