@@ -118,10 +118,23 @@ def test_a_controller_killed_during_a_fetch_loses_and_duplicates_nothing(fleet, 
     gateway = fleet.wait_pid("alpha", timeout=10)
 
     second = origin.fleet(rev="2")
+    touched = time.time()
     slow.touch()
     assert fleet.cli("sync", with_file=False).returncode == 0
-    in_flight = wait_until(lambda: row(fleet).fetch_pid, 10, what="a fetch in flight")
-    fetch = psutil.Process(in_flight)
+
+    def slow_fetch():
+        """The fetch `sync` started, which the marker holds up; not one `source set` left wanted that started
+        before the marker (it ends at once, maybe before a look at it)."""
+        pid = row(fleet).fetch_pid
+        if pid is None:
+            return None
+        try:
+            proc = psutil.Process(pid)
+            return proc if proc.create_time() > touched else None
+        except psutil.NoSuchProcess:
+            return None
+
+    fetch = wait_until(slow_fetch, 10, what="the synced fetch in flight")
     controller = fleet.controller_pid()
     fleet.kill9(controller)
     assert fetch.is_running() and fetch.status() != psutil.STATUS_ZOMBIE  # the killed controller left it behind
