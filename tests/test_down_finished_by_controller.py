@@ -17,6 +17,7 @@ from test_reconcile_once import record, reconciler
 from fleet.controller import down
 from fleet.controller.record import DOWN, record_manifest
 from fleet.spec.load import load_manifest
+from fleet.store.db import Store
 
 
 def hold_down(store, request: str | None, names=("alpha", "beta")) -> None:
@@ -241,3 +242,34 @@ def test_the_pass_that_records_the_last_exits_finishes_the_down(state, store, tm
     result = passes.reconcile_once(time.time())
     assert "reclaim" in {a.kind for a in result.attempted}
     assert result.down_done and down.finished(store, "123-456")
+
+
+def test_a_down_lifted_after_the_pass_looked_is_not_finished_by_that_look(state, store, tmp_path):
+    """The other way round: the pass looked while every profile was held down and no gateway ran, then `apply`
+    (another process: its own connection) lifted the hold before the pass judged the `down`. That look must not end
+    the `down` (the controller would leave the fleet the `apply` asked for): the next pass sees the profiles wanted
+    again and reports the `down` overtaken."""
+    record(store, tmp_path, names=("alpha", "beta"))
+    platform = FakePlatform()
+    passes = reconciler(state, store, platform)
+    until_settled(passes)
+    hold_down(store, "123-456")
+    drained = passes.reconcile_once(time.time())
+    assert {a.kind for a in drained.attempted} == {"drain"}
+    after_the_looks = passes._retain_when_due
+    applied = []
+
+    def apply_then_go_on(*args, **kwargs):
+        if not platform.children and not applied:  # the pass whose looks showed the fleet down
+            other = Store(str(state.db))
+            try:
+                _apply_again(other, tmp_path)
+            finally:
+                other.close()
+            applied.append(True)
+        return after_the_looks(*args, **kwargs)
+
+    passes._retain_when_due = apply_then_go_on
+    results = [passes.reconcile_once(time.time()) for _ in range(4)]
+    assert applied and not any(r.down_done for r in results) and journal(store, down.DOWN_DONE) == []
+    assert journal(store, down.OVERTAKEN) == [{"request": "123-456"}]

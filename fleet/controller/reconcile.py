@@ -139,8 +139,9 @@ class Reconciler:
         source_next = self.follower.step(now)
         desired, self.specs = self.source.current()
         self.bookkeeping.tick(now)
-        # Read before the look: a `down` left after it is judged by a pass that saw its hold.
-        down_seen = down.pending(self.store, self.epoch)
+        # Read before the look: a `down` is judged only by a look no other writer came after (a `down` left, an
+        # `apply` or `start` that brought a profile back): otherwise by the next pass, at once.
+        down_seen = (down.pending(self.store, self.epoch), self.store.data_version())
         if desired is None:  # nothing was ever applied: nothing of the fleet runs
             return PassResult(source_next=source_next, attempted=first, first=len(first), failed=tuple(self.failed),
                               down_done=self._down_finished((), None, None, down_seen) is True)
@@ -213,17 +214,18 @@ class Reconciler:
         return attempted + self._after_reclaims(desired, observed, current, attempted)[2]
 
     def _down_finished(self, attempted: tuple[Action, ...], observed: Observed | None, current: Plan | None,
-                       seen: str | None) -> bool | None:
+                       seen: tuple[str | None, int]) -> bool | None:
         """After a pass that changed nothing: whether a `down` left for this controller is done (no gateway of the
         fleet runs), which it then says before it leaves; a `down` overtaken by `apply` or `start` (a profile no
-        longer held stopped) is dropped, which its command reports. None for a `down` left after the pass looked
-        (`seen`: the request before the look), which that look cannot judge: another pass does, at once."""
+        longer held stopped) is dropped, which its command reports. None when another process wrote to the store
+        after the pass looked (`seen`: the request and the store's data version before the look): the request
+        may be newer than the look, or the hold lifted since; that look judges neither, another pass does, at once."""
         if attempted or self.failed:
             return False
         request = down.pending(self.store, self.epoch)
         if request is None:
             return False
-        if request != seen:
+        if (request, self.store.data_version()) != seen:
             return None
         shown = current.shown() if current is not None else {}
         profiles = observed.profiles if observed is not None else {}
