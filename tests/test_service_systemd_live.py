@@ -52,6 +52,13 @@ def _kill_recorded(paths) -> None:
             pass
 
 
+def _gateway_environ(pid: int, argv: list[str]) -> dict[str, str]:
+    """The gateway's environment once its exec chain is done: its PID runs `systemd-run --scope` first, then
+    `env -u INVOCATION_ID`, then the gateway; `env` still carries the scope's INVOCATION_ID it is about to drop."""
+    wait_for(lambda: psutil.Process(pid).cmdline() == argv, 30, f"pid {pid} to exec {argv}")
+    return psutil.Process(pid).environ()
+
+
 # ------------------------------------------------------------------ a stand-in controller
 
 STAND_IN = r'''
@@ -135,7 +142,7 @@ def test_unit_restarts_a_killed_controller_and_leaves_the_gateway_alone(private_
         assert gw["scoped"] is True
         cgroup = Path(f"/proc/{gw['pid']}/cgroup").read_text()
         assert "hermes-fleet-gw-" in cgroup and ".scope" in cgroup, cgroup  # its own scope, not the unit's cgroup
-        environ = psutil.Process(gw["pid"]).environ()
+        environ = _gateway_environ(gw["pid"], [sys.executable, "-c", "import time\nwhile True: time.sleep(1)"])
         assert not {"NOTIFY_SOCKET", "INVOCATION_ID", "WATCHDOG_USEC"} & environ.keys()
 
         os.kill(first_main, signal.SIGKILL)
@@ -218,7 +225,7 @@ def test_real_controller_under_systemd_survives_kill_and_adopts(private_env, tmp
         record_path = state / "alpha.pid"
         gw = wait_for(lambda: record_path.exists() and json.loads(record_path.read_text()), 30, "the gateway record")
         gw_pid, gw_created = int(gw["pid"]), float(gw["create_time"])
-        environ = psutil.Process(gw_pid).environ()
+        environ = _gateway_environ(gw_pid, [sys.executable, str(gateway)])
         assert not {"NOTIFY_SOCKET", "INVOCATION_ID", "WATCHDOG_USEC", "WATCHDOG_PID"} & environ.keys()
         assert ".scope" in Path(f"/proc/{gw_pid}/cgroup").read_text()  # spawned in its own transient scope
 
