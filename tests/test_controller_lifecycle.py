@@ -266,7 +266,8 @@ def test_the_resident_controller_loads_no_library_it_does_not_use(tmp_path):
     """Its idle RSS is the budget (at or below supervisord's): no manifest loader (PyYAML, the schema), no shutil
     with the bz2 and lzma compressors (tempfile, argparse's terminal width, shutil.which), no uuid once its
     store exists, no time zone database without maintenance windows, no lock library (with logging and decimal)
-    for the supervisor lock. Each was a megabyte or more."""
+    for the supervisor lock, no OpenSSL for hashing specs or comparing the metrics endpoint's token (hashlib, hmac:
+    3.5 MiB). Each was a megabyte or more."""
     code = (
         "import sys, time\n"
         "from fleet.controller.__main__ import arguments\n"
@@ -281,9 +282,11 @@ def test_the_resident_controller_loads_no_library_it_does_not_use(tmp_path):
         "arguments().format_help(); current_platform(); user_manager_available()\n"
         "Store(sys.argv[1]).close(); write_json_atomic(sys.argv[2], {'x': 1}); window_gate((), time.time())\n"
         "from pathlib import Path; lock = SupervisorLock(StateDir(Path(sys.argv[3]))); lock.acquire(); lock.release()\n"
+        "import fleet.metrics.server, fleet.platform.wake; from fleet.spec.hashing import sha256_hex, same_secret\n"
+        "sha256_hex('spec'); same_secret(b'token', b'token')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('yaml', 'jsonschema', 'shutil', 'tempfile', 'bz2', 'lzma', 'uuid', 'zoneinfo', 'typer', 'click', "
-        "'filelock', 'logging', 'decimal')))")
+        "'filelock', 'logging', 'decimal', 'hashlib', '_hashlib', 'hmac', 'ssl')))")
     db, record = tmp_path / "fleet.db", tmp_path / "a.pid"
     subprocess.run([sys.executable, "-c", f"from fleet.store.db import Store; Store({str(db)!r}).close()"],
                    check=True, timeout=60)  # the store exists already, as it does for a running controller

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from factories import profile_spec, with_changes
 from fleet.plan.fielddiff import diff_specs, flatten
 from fleet.spec.codec import fleet_digest, fleet_from_dict, fleet_to_dict, profile_from_dict, profile_to_dict
-from fleet.spec.hashing import SPEC_HASH_VERSION, canonical_json, hash_version, sha256_hex, spec_hash_of
+from fleet.spec.hashing import SPEC_HASH_VERSION, canonical_json, hash_version, same_secret, sha256_hex, spec_hash_of
 from fleet.spec.load import parse_manifest
 from fleet.spec.model import (
     DrainPolicy, HealthPolicy, MaintenancePolicy, MaintenanceWindow, ProfileSpec, RestartPolicy,
@@ -406,3 +406,18 @@ def test_factory_specs_hash_like_loaded_ones():
         assert built == loaded.profile(name)
         assert built.spec_hash == loaded.profile(name).spec_hash
     assert with_changes(profile_spec("advisor"), drain=DrainPolicy(1.0)).spec_hash == profile_spec("advisor").spec_hash
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(), st.binary(max_size=5000)))
+def test_the_builtin_digest_is_hashlibs(data):
+    """Specs are hashed with CPython's own SHA-256 (no OpenSSL in the controller): the same digest as hashlib's,
+    so a gateway started before this change keeps its spec hash."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    assert sha256_hex(data) == hashlib.sha256(raw).hexdigest()
+
+
+@given(st.binary(max_size=64), st.binary(max_size=64))
+def test_a_token_is_the_same_secret_only_when_equal(given_token, expected):
+    assert same_secret(given_token, expected) is (given_token == expected)
+    assert same_secret(expected, expected)

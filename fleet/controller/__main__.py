@@ -3,7 +3,6 @@ CLI, rendering or schema code, so a resident controller stays small."""
 
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import sqlite3
@@ -15,6 +14,8 @@ from fleet.platform import current_platform
 from fleet.spec.markers import STATE_DIR_ENV
 
 if TYPE_CHECKING:
+    import argparse
+
     from fleet.store.layout import StateDir
 
 # A pass allocates tens of thousands of objects and leaves few cycles: the default (a young collection every 700)
@@ -23,6 +24,8 @@ COLLECT_AFTER_ALLOCATIONS = 10_000
 
 
 def arguments() -> argparse.ArgumentParser:
+    import argparse
+
     # A fixed help width: argparse asks shutil for the terminal's otherwise, and shutil loads the bz2 and lzma
     # compressors into a process that stays resident.
     parser = argparse.ArgumentParser(prog="hermes-fleet-controller", description=__doc__,
@@ -33,6 +36,27 @@ def arguments() -> argparse.ArgumentParser:
     # byte to stdin; if it closes stdin without one (it failed, or was refused), the process just ends.
     parser.add_argument("--held", action="store_true", help=argparse.SUPPRESS)
     return parser
+
+
+def usual_arguments(argv: list[str]) -> tuple[str | None, bool] | None:
+    """(state directory, held) of the invocations `apply` and the services write (`--state-dir DIR` or
+    `--state-dir=DIR`, `--held`), read without argparse: with gettext and locale it is ~4 ms before a cold start's
+    first gateway. None for anything else (help, an abbreviation, a repeat, a typo): argparse answers that."""
+    state_dir: str | None = None
+    held = False
+    words = iter(argv)
+    for word in words:
+        if word == "--held" and not held:
+            held = True
+        elif word == "--state-dir" and state_dir is None:
+            state_dir = next(words, "-")
+            if state_dir.startswith("-"):
+                return None
+        elif word.startswith("--state-dir=") and state_dir is None:
+            state_dir = word.partition("=")[2]
+        else:
+            return None
+    return state_dir, held
 
 
 def released(state: StateDir) -> bool:
@@ -52,11 +76,15 @@ def released(state: StateDir) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = arguments().parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    usual = usual_arguments(given)
+    if usual is None:
+        args = arguments().parse_args(given)
+        usual = (args.state_dir, args.held)
+    state_dir, held = usual
     # Imported here, once the compiled dataclass methods are at hand: the loop's modules create ~80 classes.
     # The table is dropped after them, so the resident process does not keep it.
     compiled = use_cached_dataclass_code("controller")
-    import hashlib  # noqa: F401 - the first pass hashes every spec it decodes: loaded before an apply's word, not after
     from fleet.controller.loop import EXIT_CONFIG, EXIT_FATAL, Controller
     from fleet.store.db import StoreError
     from fleet.store.layout import StateDirError, resolve_state_dir
@@ -66,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     # all of it again and again as each pass allocates (a fifth of the controller's CPU in a cold start of 100).
     gc.freeze()
     gc.set_threshold(COLLECT_AFTER_ALLOCATIONS, 10, 10)
-    state = resolve_state_dir(args.state_dir, None)
+    state = resolve_state_dir(state_dir, None)
     try:
-        if args.held and not released(state):
+        if held and not released(state):
             return 0
     except OSError as exc:
         print(f"hermes-fleet controller: {exc}", file=sys.stderr)

@@ -8,7 +8,6 @@ paths, no control route, `Connection: close`. Health bodies reveal nothing but c
 
 from __future__ import annotations
 
-import hmac
 import selectors
 import socket
 import threading
@@ -17,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fleet.metrics.exposition import CONTENT_TYPE
+from fleet.spec.hashing import same_secret
 
 MAX_REQUEST_BYTES = 8192
 EXCHANGE_SECONDS = 5.0
@@ -225,7 +225,7 @@ def _headers(lines: list[str]) -> dict[str, str]:
 
 def _bearer_matches(header: str, token: bytes) -> bool:
     scheme, _, credentials = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode("latin-1"), token)
+    return scheme.lower() == "bearer" and same_secret(credentials.strip().encode("latin-1"), token)
 
 
 def _health(checks: tuple[tuple[str, bool], ...], verbose: bool, head_only: bool) -> tuple[bytes, bytes]:

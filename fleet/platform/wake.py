@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from fleet.store.fence import FileId, file_id, remove_if_same
 from fleet.store.files import UnsafeFile, read_json, remove, write_json_atomic
+from fleet.spec.hashing import same_secret
 from fleet.store.layout import StateDir
 
 if TYPE_CHECKING:
@@ -90,11 +91,9 @@ class LoopbackWakeChannel(_DatagramChannel):
         self._token = token.encode("ascii")
 
     def _accept(self, data: bytes, sender: object) -> str | None:
-        import hmac
-
         token, _, message = data.partition(b" ")
         host = sender[0] if isinstance(sender, tuple) and sender else None
-        if host != LOOPBACK or not hmac.compare_digest(token, self._token):
+        if host != LOOPBACK or not same_secret(token, self._token):
             return None
         return message.decode("ascii", "replace")
 

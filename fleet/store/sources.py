@@ -13,6 +13,7 @@ import sqlite3
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
+from fleet.spec.hashing import sha256_hex
 from fleet.spec.secrets import mask_text
 
 if TYPE_CHECKING:
@@ -66,10 +67,8 @@ class SourceConfig:
 
     @property
     def digest(self) -> str:
-        import hashlib
-
         body = {f.name: getattr(self, f.name) for f in fields(self)}
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+        return sha256_hex(json.dumps(body, sort_keys=True))[:16]
 
 
 @dataclass(frozen=True)
