@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from fleet.platform.base import ProcessInfo, ProcessStart, SignalRefused
+from fleet.platform.executables import which
 from fleet.platform.exits import PollingExitWatch
 from fleet.store.db import Store
 from fleet.store.layout import StateDir, ensure_state_dir
@@ -163,6 +164,9 @@ class FakePlatform:
 
     def drain_epoch(self) -> str:
         return self.epoch
+
+    def find_executable(self, name: str) -> str | None:
+        return which(name)
 
     def _refuse_protected(self, pid: int) -> None:
         why = self.never_signal(pid)

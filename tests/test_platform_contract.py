@@ -212,6 +212,29 @@ def test_a_gateway_lock_is_held_only_while_its_holder_lives(subject):
     assert not subject.platform.lock_is_held(str(lock))
 
 
+@checks("find_executable")
+def test_a_program_is_found_by_its_path_or_on_path_and_nothing_else_is(subject, monkeypatch):
+    """What `diff` and `apply` check a command's first word with ("executable_missing")."""
+    tool_dir = subject.tmp / "bin"
+    tool_dir.mkdir()
+    tool, data, folder = tool_dir / "fleet-probe-tool", tool_dir / "fleet-probe-data", tool_dir / "fleet-probe-dir"
+    tool.write_text("#!/bin/sh\nexit 0\n")
+    tool.chmod(0o755)
+    data.write_text("not a program\n")
+    data.chmod(0o644)
+    folder.mkdir()
+    monkeypatch.setenv("PATH", os.pathsep.join([str(subject.tmp / "missing"), str(tool_dir)]))
+    find = subject.platform.find_executable
+    assert find(sys.executable) == sys.executable
+    assert find(tool.name) == str(tool)
+    assert find(str(tool)) == str(tool)
+    assert find("fleet-probe-absent") is None
+    assert find(str(subject.tmp / "missing" / "fleet-probe-tool")) is None
+    if subject.posix:
+        assert find(data.name) is None and find(str(data)) is None  # not executable
+    assert find(folder.name) is None and find(str(folder)) is None  # a directory
+
+
 # ---------------------------------------------------------------------------------------------- exits
 
 @checks("exit_watch")

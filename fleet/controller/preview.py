@@ -4,7 +4,6 @@ It is the same pure planner the controller runs, fed the same durable inputs."""
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 
 from fleet.controller.desired import DesiredSource
@@ -53,10 +52,10 @@ def preview(manifest: Manifest, state: StateDir, store: Store, platform: Platfor
     result = plan(desired, observed, now)
     return Preview(manifest=manifest, desired=desired, observed=observed, plan=result, previous=previous,
                    last_generation=current.generation if current else 0, new_generation=new_generation,
-                   controller=controller or controller_status(state, store, platform), checks=result.checks + preflight(spec.profiles))
+                   controller=controller or controller_status(state, store, platform), checks=result.checks + preflight(spec.profiles, platform))
 
 
-def preflight(profiles) -> tuple[Check, ...]:
+def preflight(profiles, platform: Platform) -> tuple[Check, ...]:
     """Problems found without acting (Nomad's scheduler dry-run)."""
     checks = []
     tokens: dict[tuple[str, str], str] = {}
@@ -64,7 +63,7 @@ def preflight(profiles) -> tuple[Check, ...]:
     for p in profiles:
         exe = p.command[0]
         if exe not in found:
-            found[exe] = shutil.which(exe) is not None
+            found[exe] = platform.find_executable(exe) is not None
         if not found[exe]:
             checks.append(Check("error", "executable_missing", f"{exe} not found (neither a path nor on PATH)", p.name,
                                 "install it or fix the command in fleet.yaml"))

@@ -102,6 +102,9 @@ class Platform(Protocol):
     def process_group(self, pid: int) -> tuple[int | None, int | None]: ...  # (pgid, sid) or (None, None)
     def lock_is_held(self, path: str) -> bool: ...  # a Hermes gateway.lock held by a live process
     def drain_epoch(self) -> str: ...  # Hermes' drain-request epoch; "" turns its check off
+    # The program a command's first word names, as starting it would find it (that path, or the first on PATH;
+    # Windows adds PATHEXT's extensions), or None.
+    def find_executable(self, name: str) -> str | None: ...
 
     # spawn and exits
     def spawn_detached(self, argv: list[str], env: dict[str, str], cwd: str, log_path: str) -> int: ...

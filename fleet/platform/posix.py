@@ -24,6 +24,7 @@ else:
 
 from fleet.platform.base import ExitWatch, ProcessInfo, ProcessStart, WakeChannel, refuse_protected, still_runs
 from fleet.platform.children import SpawnedChildren
+from fleet.platform.executables import which
 from fleet.platform.exits import PollingExitWatch
 from fleet.store.files import open_append
 from fleet.store.layout import StateDir
@@ -112,6 +113,9 @@ class PosixPlatform:
 
     def drain_epoch(self) -> str:
         return ""  # Hermes derives its epoch from Linux's boot id; elsewhere it has none and checks none
+
+    def find_executable(self, name: str) -> str | None:
+        return which(name)
 
     # ------------------------------------------------------------ spawn and exits
 

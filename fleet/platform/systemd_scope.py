@@ -18,6 +18,8 @@ import os
 import re
 from collections.abc import Mapping
 
+from fleet.platform.executables import which
+
 # Variables systemd gives the controller that must not reach a gateway: with them a Hermes
 # gateway would notify *our* unit, or believe it runs under its own systemd unit.
 SERVICE_ENV_TO_STRIP = (
@@ -29,18 +31,8 @@ _UNIT_UNSAFE = re.compile(r"[^A-Za-z0-9:_.\-]")
 _MAX_UNIT_NAME = 250  # 255 minus ".scope"
 
 
-def _which(name: str, path: str | None) -> str | None:
-    """shutil.which for a bare name, without importing shutil (and the compressors it loads) into the
-    resident controller."""
-    for folder in (path if path is not None else os.defpath).split(os.pathsep):
-        candidate = os.path.join(folder or os.curdir, name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
 def _env_binary(environ: Mapping[str, str]) -> str | None:
-    return _which("env", environ.get("PATH"))
+    return which("env", environ.get("PATH", os.defpath))
 
 
 def user_manager_available(environ: Mapping[str, str] | None = None) -> bool:
@@ -54,7 +46,7 @@ def user_manager_available(environ: Mapping[str, str] | None = None) -> bool:
     runtime_dir = env.get("XDG_RUNTIME_DIR", "")
     if not runtime_dir or not os.path.exists(os.path.join(runtime_dir, "systemd", "private")):
         return False
-    return _which("systemd-run", env.get("PATH")) is not None and _env_binary(env) is not None
+    return which("systemd-run", env.get("PATH", os.defpath)) is not None and _env_binary(env) is not None
 
 
 def scope_command(

@@ -187,6 +187,11 @@ class WindowsPlatform:
     def drain_epoch(self) -> str:
         return ""  # Hermes derives its epoch from Linux's boot id; on Windows it has none and checks none
 
+    def find_executable(self, name: str) -> str | None:
+        import shutil  # PATHEXT, and the current directory first, as CreateProcess searches
+
+        return shutil.which(name)
+
     def never_signal(self, pid: int) -> str | None:
         if pid in SYSTEM_PIDS or pid < 0:
             return f"pid {pid} is a system process"

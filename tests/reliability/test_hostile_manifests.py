@@ -100,9 +100,10 @@ def exercise_plan(manifest) -> None:
     from fleet.observe.model import LiveProcess, Observed, ProfileObservation
     from fleet.plan.model import Desired
     from fleet.plan.planner import plan
+    from fleet.platform import current_platform
     from fleet.store.db import ProfileHistory
 
-    now = time.time()
+    now, platform = time.time(), current_platform()
     spec = manifest.spec
     durations = [d for p in spec.profiles for d in (spec.stagger, p.stagger, p.drain.timeout, p.restart.cap,
                                                     *p.restart.backoff)]
@@ -125,7 +126,7 @@ def exercise_plan(manifest) -> None:
         result = plan(desired, observed, now)
         pv = Preview(manifest=manifest, desired=desired, observed=observed, plan=result, previous={},
                      last_generation=0, new_generation=True, controller=controller,
-                     checks=result.checks + preflight(spec.profiles))
+                     checks=result.checks + preflight(spec.profiles, platform))
         report = plan_report(pv)
         assert render_text(report)
         json.dumps(render_json(report), default=str)
