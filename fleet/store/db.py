@@ -601,6 +601,20 @@ class Store:
             gone += _trim_takeovers(self, cutoff, request_rows)
         return gone
 
+    def applied_entry(self, generation: int) -> int:
+        """The id of the newest journal entry that recorded `generation` ("applied"), else of the newest entry: what
+        a pass over that generation journals comes after it."""
+        for row in self.conn.execute("SELECT id, data FROM journal WHERE kind='applied' ORDER BY id DESC LIMIT 20"):
+            if row["data"] and json.loads(row["data"]).get("generation") == generation:
+                return int(row["id"])
+        return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM journal").fetchone()[0])
+
+    def profile_entry_counts(self, after_id: int) -> dict[str, int]:
+        """How many journal entries of each kind (in the order they first came) name a profile after `after_id`."""
+        return {kind: count for kind, count in self.conn.execute(
+            "SELECT kind, COUNT(*) FROM journal WHERE id>? AND profile IS NOT NULL GROUP BY kind ORDER BY MIN(id)",
+            (after_id,))}
+
     def events(self, *, after_id: int = 0, profile: str | None = None, limit: int = 200) -> list[JournalEntry]:
         q = "SELECT * FROM journal WHERE id>?"
         args: list = [after_id]
