@@ -233,6 +233,9 @@ def test_a_program_is_found_by_its_path_or_on_path_and_nothing_else_is(subject, 
     if subject.posix:
         assert find(data.name) is None and find(str(data)) is None  # not executable
     assert find(folder.name) is None and find(str(folder)) is None  # a directory
+    monkeypatch.chdir(tool_dir)
+    monkeypatch.setenv("PATH", "")
+    assert find(tool.name) is None  # an empty PATH searches nowhere, not the current directory
 
 
 # ---------------------------------------------------------------------------------------------- exits
