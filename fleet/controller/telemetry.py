@@ -68,6 +68,9 @@ class Telemetry:
             self._publish(result, ended, wait)
         except Exception as exc:  # noqa: BLE001 - metrics never stop the fleet
             self._note_error("listen_error", f"metrics snapshot failed: {type(exc).__name__}: {exc}")
+        # A listener started in this pass is announced (.metrics.json, `status`) once it has a body to serve: a
+        # scraper told the address earlier got 503 for its first scrape.
+        self._report()
 
     def bound(self, timeout: float, now: float) -> float:
         """The loop waits no longer than the textfile may go unwritten, and while a gateway starts it looks
@@ -116,7 +119,6 @@ class Telemetry:
         self.listen_error = ""
         log(f"metrics: serving http://{bound}/metrics" + (" (bearer token required)" if token else ""))
         self.store.journal("metrics_listening", f"metrics served on http://{bound}/metrics", epoch=self.epoch)
-        self._report()
 
     def _stop_server(self) -> None:
         if self.server is not None:
