@@ -172,3 +172,32 @@ def short_in_ci(cases: dict, keep: tuple[str, ...]) -> dict:
     assert not missing, f"short_in_ci keeps cases that do not exist: {missing}"
     return {k: v for k, v in cases.items() if k in keep}
 
+
+
+def recorded_idle_fleet(tmp_path: Path, name: str, extra: str = "") -> Path:
+    """A state directory (returned) whose store holds one recorded generation of fleet `name`: profile alpha,
+    suspended, so a pass over it starts nothing. `extra`: more top-level manifest lines."""
+    from fleet.controller.record import record_manifest
+    from fleet.spec.load import load_manifest
+    from fleet.store.db import Store
+    from fleet.store.layout import StateDir, ensure_state_dir
+
+    state = StateDir(tmp_path / "state")
+    ensure_state_dir(state)
+    manifest = tmp_path / "fleet.yaml"
+    manifest.write_text(f"""version: 1
+name: {name}
+hermes: {{home: {tmp_path / 'home'}}}
+{extra}profiles:
+  alpha:
+    driver: process
+    command: ["{sys.executable}", "-c", "pass"]
+    suspend: true
+""")
+    store = Store(state.db)
+    try:
+        record_manifest(store, load_manifest(str(manifest)), {"revision": "1"}, prune=True, source="test",
+                        lift_down=False)
+    finally:
+        store.close()
+    return state.root

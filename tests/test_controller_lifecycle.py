@@ -21,7 +21,7 @@ import fleet_harness
 from fleet.platform.wake import send_wake
 from fleet.store.layout import StateDir
 from fleet_harness import alive, fleet  # noqa: F401
-from helpers import read_json, wait_until
+from helpers import read_json, recorded_idle_fleet, wait_until
 
 pytestmark = [
     pytest.mark.skipif(os.name != "posix" or not sys.platform.startswith("linux"), reason="Linux process model"),
@@ -299,31 +299,19 @@ def test_the_resident_controller_loads_no_library_it_does_not_use(tmp_path):
 _PASSES = """
 import dataclasses, json, sys, time, types
 from pathlib import Path
-from fleet.controller.bookkeeping import StoreBookkeeping
-from fleet.controller.fence_watch import FenceWatch
-from fleet.controller.metrics_on_demand import MetricsOnDemand
-from fleet.controller.reconcile import Reconciler
+sys.path.insert(0, sys.argv[4])
+from pass_parts import pass_parts
 from fleet.controller.record import record_manifest
 from fleet.maintenance import queue
-from fleet.platform import current_platform
 from fleet.spec.model import MetricsSpec
 from fleet.store import sources, takeovers
-from fleet.store.db import Store
-from fleet.store.fence import Fence
-from fleet.store.health import HealthFile
 from fleet.store.layout import StateDir
 
 OPTIONAL = ('fleet.controller.maintenance_tick', 'fleet.controller.takeover_tick', 'fleet.service.unit_control',
             'fleet.controller.source_follow', 'fleet.controller.telemetry', 'fleet.controller.metrics_snapshot',
             'fleet.controller.status', 'fleet.metrics.catalog')
 state = StateDir(Path(sys.argv[1]))
-store = Store(state.db)
-fence = Fence()
-fence.hold('state directory', state.root)
-epoch = store.bump_epoch()
-reconciler = Reconciler(state, store, current_platform(), epoch=epoch, fence=FenceWatch(fence),
-                        bookkeeping=StoreBookkeeping(store, HealthFile(state), time.time), clock=time.time)
-metrics = MetricsOnDemand(state, store, epoch)
+store, reconciler, metrics = pass_parts(state)
 
 def passes(what):
     for _ in range(3):
@@ -356,29 +344,10 @@ def test_the_optional_features_load_only_with_their_first_work(tmp_path):
     """A fleet without maintenance requests, take-overs, a git source or metrics never imports their code; each
     loads with the fleet's first work for it, and does that work in the same pass. The pass counters count
     from the start, so metrics turned on later see every pass."""
-    from fleet.controller.record import record_manifest
-    from fleet.spec.load import load_manifest
-    from fleet.store.db import Store
-    from fleet.store.layout import ensure_state_dir
-
-    state = StateDir(tmp_path / "state")
-    ensure_state_dir(state)
-    manifest = tmp_path / "fleet.yaml"
-    manifest.write_text(f"""version: 1
-name: lazy
-hermes: {{home: {tmp_path / 'home'}}}
-profiles:
-  alpha:
-    driver: process
-    command: ["{sys.executable}", "-c", "pass"]
-    suspend: true
-""")
-    store = Store(state.db)
-    record_manifest(store, load_manifest(str(manifest)), {"revision": "1"}, prune=True, source="test",
-                    lift_down=False)
-    store.close()
+    state = StateDir(recorded_idle_fleet(tmp_path, "lazy"))
     textfile = tmp_path / "fleet.prom"
-    out = subprocess.run([sys.executable, "-c", _PASSES, str(state.root), str(tmp_path / "home"), str(textfile)],
+    out = subprocess.run([sys.executable, "-c", _PASSES, str(state.root), str(tmp_path / "home"), str(textfile),
+                          os.path.dirname(os.path.abspath(__file__))],
                          capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(tmp_path)})
     assert out.returncode == 0, out.stderr
     seen = dict(json.loads(line) for line in out.stdout.splitlines())

@@ -3,47 +3,18 @@ body to serve: told the address earlier, a scraper's first scrape got 503 (a rac
 
 from __future__ import annotations
 
-import sys
 import time
 import urllib.request
 
 from fleet.controller import telemetry
-from fleet.controller.bookkeeping import StoreBookkeeping
-from fleet.controller.fence_watch import FenceWatch
-from fleet.controller.metrics_on_demand import MetricsOnDemand
-from fleet.controller.reconcile import Reconciler
-from fleet.controller.record import record_manifest
-from fleet.platform import current_platform
-from fleet.spec.load import load_manifest
-from fleet.store.db import Store
-from fleet.store.fence import Fence
-from fleet.store.health import HealthFile
-from fleet.store.layout import StateDir, ensure_state_dir
+from fleet.store.layout import StateDir
+from helpers import recorded_idle_fleet
+from pass_parts import pass_parts
 
 
 def test_a_listener_is_announced_only_once_it_has_a_body_to_serve(tmp_path, monkeypatch):
-    state = StateDir(tmp_path / "state")
-    ensure_state_dir(state)
-    manifest = tmp_path / "fleet.yaml"
-    manifest.write_text(f"""version: 1
-name: announce
-hermes: {{home: {tmp_path / 'home'}}}
-metrics: {{listen: "127.0.0.1:0"}}
-profiles:
-  alpha:
-    driver: process
-    command: ["{sys.executable}", "-c", "pass"]
-    suspend: true
-""")
-    store = Store(state.db)
-    record_manifest(store, load_manifest(str(manifest)), {"revision": "1"}, prune=True, source="test",
-                    lift_down=False)
-    fence = Fence()
-    fence.hold("state directory", state.root)
-    epoch = store.bump_epoch()
-    reconciler = Reconciler(state, store, current_platform(), epoch=epoch, fence=FenceWatch(fence),
-                            bookkeeping=StoreBookkeeping(store, HealthFile(state), time.time), clock=time.time)
-    metrics = MetricsOnDemand(state, store, epoch)
+    state = StateDir(recorded_idle_fleet(tmp_path, "announce", extra='metrics: {listen: "127.0.0.1:0"}\n'))
+    store, reconciler, metrics = pass_parts(state)
     announced: list[tuple[str, bool]] = []
     write = telemetry.write_endpoint_state
 
