@@ -4,8 +4,7 @@ gateway outlives its controller and is adopted with its log as it was.
 Bounded while the gateway runs: the controller's LogGuard checks the logs' sizes every second while one
 grows or is past half its cap, every LOG_QUIET_CHECK_SECONDS while none does (an idle fleet's controller
 then wakes a fifth as often), and every LOG_FLOOD_CHECK_SECONDS for a while after one was over its cap; it
-copy-truncates a log
-over the cap: its bytes are copied to `<log>.1` (the older rotated files shift up, the oldest
+copy-truncates a log over the cap: its bytes are copied to `<log>.1` (the older rotated files shift up, the oldest
 goes first), then the log is truncated; the gateway writes with O_APPEND, so its next write
 lands at the new end. What is lost: the bytes written between the copy reaching the end and the
 truncate (a window of microseconds), and a line still being written then (the copy ends at a line's

@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from fleet.spec.hashing import same_secret
 from fleet.store.fence import FileId, file_id, remove_if_same
 from fleet.store.files import UnsafeFile, read_json, remove, write_json_atomic
-from fleet.spec.hashing import same_secret
 from fleet.store.layout import StateDir
 
 if TYPE_CHECKING:

@@ -27,7 +27,8 @@ MASK = "(sensitive)"
 _NAME_PARTS = ("TOKEN", "KEY", "SECRET", "PASS", "PWD", "CREDENTIAL", "DSN", "WEBHOOK", "COOKIE", "SIGNATURE",
                "PRIVATE", "BEARER")
 # Matched as a whole word of the name only: AUTH, BASIC_AUTH, AUTH_HEADER, AUTHORIZATION (not AUTHOR).
-_NAME_WORDS = LazyPattern(r"(?:^|[^A-Z0-9])(?:AUTH|AUTHORIZATION|AUTHN|OAUTH|PW|PIN|OTP)(?:$|[^A-Z0-9])")
+_SECRET_WORDS = ("AUTH", "AUTHORIZATION", "AUTHN", "OAUTH", "PW", "PIN", "OTP")
+_NAME_WORDS = LazyPattern(r"(?:^|[^A-Z0-9])(?:" + "|".join(_SECRET_WORDS) + r")(?:$|[^A-Z0-9])")
 # Names that contain a secret word but never hold a secret (the shell's working directories).
 _NOT_SECRET_NAMES = frozenset({"PWD", "OLDPWD"})
 
@@ -154,9 +155,6 @@ _VALUE_TRIGGERS = ("://", "eyJ", "gh", "github_pat_", "glpat-", "xox", "xapp-", 
                    "AKIA", "ASIA", "AGPA", "AIDA", "AROA", "AIza", "hf_", "npm_", "pypi-", "SG.",
                    "asic", "igest", "Bot")
 _BOT_ID = LazyPattern(r"\d{6}:")  # a Telegram bot token's numeric id
-# The words of _NAME_WORDS: a name holds one only as a whole word, so in the text it stands between two characters
-# that are no letter or digit (the name's own `_`, `.`, `-`, or what may surround a name: a space, `=`, `:`).
-_WORD_TRIGGERS = ("AUTH", "AUTHORIZATION", "AUTHN", "OAUTH", "PW", "PIN", "OTP")
 
 
 def _may_hold_secret(text: str) -> bool:
@@ -170,9 +168,11 @@ def _may_hold_secret(text: str) -> bool:
     upper = text.upper()
     if any(part in upper for part in _NAME_PARTS):
         return True
+    # A name holds a secret word only as a whole word: in the text it stands between two characters that are no
+    # letter or digit (the name's own `_`, `.`, `-`, or what may surround a name: a space, `=`, `:`).
     if not text.isascii():  # upper-casing may add letters (ß is SS): any occurrence counts
-        return any(word in upper for word in _WORD_TRIGGERS)
-    return any(_whole_word_at(upper, word) for word in _WORD_TRIGGERS)
+        return any(word in upper for word in _SECRET_WORDS)
+    return any(_whole_word_at(upper, word) for word in _SECRET_WORDS)
 
 
 def _whole_word_at(upper: str, word: str) -> bool:
